@@ -1,0 +1,26 @@
+//! The `raven.v1` API: generated protobuf types and client ([`pb`]), the generated
+//! `Market` server ([`market_server`]), the hand-written encode-once wire encoder
+//! ([`wire`]), and conversions between the model and protobuf ([`convert`]).
+//!
+//! This is the one crate where generated types live; nothing else depends on prost.
+#![deny(missing_docs)]
+
+pub mod convert;
+pub mod wire;
+
+/// Types and client stubs generated from `proto/raven/v1/raven.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/raven.v1.rs"));
+}
+
+/// The `raven.v1.Market` server, generated with `Stream` answering in
+/// [`wire::EncodedBatch`] so events are encoded once for all subscribers.
+#[allow(missing_docs, clippy::all)]
+mod generated_server {
+    include!(concat!(env!("OUT_DIR"), "/raven.v1.Market.rs"));
+}
+pub use generated_server::market_server;
+
+/// The encoded `FileDescriptorSet` of raven.v1, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/raven_v1_descriptor.bin"));
