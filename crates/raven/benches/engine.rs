@@ -1,0 +1,75 @@
+//! Engine throughput on one core: simulator events applied to books, sequenced, BBO and
+//! candles derived, and every output event encoded to the wire format once (one
+//! subscriber per instrument on every channel, so nothing is skipped for lack of
+//! subscribers). The mailbox is drained between batches as a client would.
+
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use raven::clock::SystemClock;
+use raven::engine::{Command, Shard, ShardContext};
+use raven::fanout::{Fanout, LagPolicy};
+use raven::feed::sim::{SimConfig, Simulator};
+use raven_model::{Channel, FeedEvent, InstrumentRegistry, UnixNanos};
+
+fn engine(c: &mut Criterion) {
+    let registry = InstrumentRegistry::new();
+    let config = SimConfig {
+        seed: 1,
+        rate: 1_000_000,
+        levels: 25,
+    };
+    let mut sim = Simulator::new(&config, &registry, UnixNanos(1));
+    let mut warmup = Vec::new();
+    sim.snapshots(None, &mut warmup);
+    let batches: Vec<Vec<FeedEvent>> = (0..200)
+        .map(|_| {
+            let mut b = Vec::new();
+            sim.generate(1000, &mut b);
+            b
+        })
+        .collect();
+    let events: usize = batches.iter().map(Vec::len).sum();
+
+    let (resync, _resync_rx) = crossbeam_channel::bounded(1024);
+    let fanout = Arc::new(Fanout::default());
+    let ctx = ShardContext {
+        registry: registry.clone(),
+        clock: Arc::new(SystemClock),
+        resync,
+        taps: Vec::new(),
+        tops: Default::default(),
+        fanout: fanout.clone(),
+    };
+    let mut shard = Shard::new(ctx);
+    shard.process(&warmup);
+    let mailbox = fanout.open(1 << 30, LagPolicy::Gap);
+    for (id, _) in registry.all() {
+        for channel in Channel::ALL {
+            let (done, _) = tokio::sync::oneshot::channel();
+            shard.command(Command::Subscribe {
+                mailbox: mailbox.clone(),
+                instrument: id,
+                channel,
+                depth: 0,
+                done,
+            });
+        }
+    }
+
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(events as u64));
+    g.sample_size(20);
+    g.bench_function("sim_events_apply_sequence_encode", |b| {
+        b.iter(|| {
+            for batch in &batches {
+                shard.process(batch);
+                std::hint::black_box(mailbox.drain(usize::MAX));
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine);
+criterion_main!(benches);

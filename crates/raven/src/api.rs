@@ -1,0 +1,6 @@
+//! The gRPC surface: `raven.v1.Market` ([`market`]) plus the standard health and
+//! reflection services, wired up in [`crate::app`]. Requests are validated here and
+//! refused with precise status codes before anything reaches the engine.
+
+pub mod market;
+mod session;

@@ -1,0 +1,196 @@
+//! One client's `Stream` call: a task reading its requests (subscribe, unsubscribe,
+//! heartbeat) and a response stream draining its mailbox. A guard owned by the response
+//! stream cleans up when tonic drops it, which is what happens when the client goes away
+//! (HTTP/2 keepalive catches peers that vanish without closing).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use raven_model::{Channel, InstrumentId};
+use raven_proto::pb::{self, stream_request::Request as Req};
+use raven_proto::wire;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+use tonic::{Status, Streaming};
+
+use super::market::{EventStream, MarketService, channel, depth, engine_status};
+use crate::clock::{Clock, SystemClock};
+use crate::engine::{Command, EngineError};
+use crate::fanout::{Closed, Mailbox};
+
+/// Cleans up after a stream, however it ends.
+struct Guard {
+    service: Arc<MarketService>,
+    mailbox: Arc<Mailbox>,
+    reader: AbortHandle,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.mailbox.close(Closed::ClientLeft);
+        self.reader.abort();
+        self.service.commands.detach(self.mailbox.id());
+        self.service.fanout.remove(self.mailbox.id());
+    }
+}
+
+/// Starts a session and returns its response stream.
+pub(super) fn open(
+    service: Arc<MarketService>,
+    inbound: Streaming<pb::StreamRequest>,
+) -> EventStream {
+    let limits = service.limits;
+    let mailbox = service
+        .fanout
+        .open(limits.fanout.queue_events, limits.fanout.trade_overflow);
+    let reader = tokio::spawn(read_requests(service.clone(), mailbox.clone(), inbound));
+    let guard = Guard {
+        service,
+        mailbox,
+        reader: reader.abort_handle(),
+    };
+    Box::pin(futures::stream::unfold(
+        Some(guard),
+        move |guard| async move {
+            let guard = guard?;
+            loop {
+                let drained = guard.mailbox.drain(limits.fanout.max_batch_bytes);
+                for (instrument, depth) in drained.resync_requests {
+                    let command = Command::Resync {
+                        mailbox: guard.mailbox.clone(),
+                        instrument,
+                        depth,
+                    };
+                    if guard.service.commands.send(instrument, command).is_err() {
+                        // The engine is busy: ask again on the next drain.
+                        guard.mailbox.rearm_resync(instrument, depth);
+                    }
+                }
+                match drained.closed {
+                    None => {}
+                    Some(Closed::ClientLeft) => return None,
+                    Some(Closed::Refused(status)) => return Some((Err(status), None)),
+                    Some(Closed::TooSlow { queued }) => {
+                        let status = Status::resource_exhausted(format!(
+                            "client too slow: {queued} events were waiting when its queue overflowed; disconnecting as configured (fanout.trade_overflow = \"disconnect\")"
+                        ));
+                        return Some((Err(status), None));
+                    }
+                }
+                if !drained.batch.is_empty() {
+                    return Some((Ok(drained.batch), Some(guard)));
+                }
+                guard.mailbox.ready().await;
+            }
+        },
+    ))
+}
+
+async fn read_requests(
+    service: Arc<MarketService>,
+    mailbox: Arc<Mailbox>,
+    mut inbound: Streaming<pb::StreamRequest>,
+) {
+    let mut session = Session {
+        service,
+        mailbox,
+        subscriptions: HashSet::new(),
+    };
+    loop {
+        let result = match inbound.message().await {
+            Ok(Some(request)) => session.handle(request).await,
+            // The client finished sending; keep streaming to it.
+            Ok(None) => return,
+            Err(status) => Err(status),
+        };
+        if let Err(status) = result {
+            session.mailbox.close(Closed::Refused(status));
+            return;
+        }
+    }
+}
+
+struct Session {
+    service: Arc<MarketService>,
+    mailbox: Arc<Mailbox>,
+    subscriptions: HashSet<(InstrumentId, Channel)>,
+}
+
+impl Session {
+    async fn handle(&mut self, request: pb::StreamRequest) -> Result<(), Status> {
+        match request.request {
+            Some(Req::Subscribe(s)) => self.subscribe(s).await,
+            Some(Req::Unsubscribe(u)) => self.unsubscribe(u).await,
+            Some(Req::Heartbeat(h)) => {
+                let mut buf = BytesMut::new();
+                wire::put_heartbeat_ack(&mut buf, h.id, SystemClock.now().0);
+                self.mailbox.push_control(buf.freeze());
+                Ok(())
+            }
+            None => Err(Status::invalid_argument(
+                "empty StreamRequest: set one of subscribe, unsubscribe or heartbeat",
+            )),
+        }
+    }
+
+    async fn subscribe(&mut self, s: pb::Subscribe) -> Result<(), Status> {
+        let channel = channel(s.channel)?;
+        let depth = depth(s.depth)?;
+        if depth != 0 && channel != Channel::Book {
+            return Err(Status::invalid_argument(
+                "depth applies to the book channel only",
+            ));
+        }
+        let ids = self.service.resolve_all(&s.instruments, "subscribe")?;
+        let new = ids
+            .iter()
+            .filter(|&&id| !self.subscriptions.contains(&(id, channel)))
+            .count();
+        let max = self.service.limits.max_subscriptions;
+        if self.subscriptions.len() + new > max {
+            return Err(Status::resource_exhausted(format!(
+                "a stream may hold at most {max} subscriptions; this one has {} and asked for {new} more",
+                self.subscriptions.len()
+            )));
+        }
+        for id in ids {
+            let (done, finished) = oneshot::channel();
+            let command = Command::Subscribe {
+                mailbox: self.mailbox.clone(),
+                instrument: id,
+                channel,
+                depth,
+                done,
+            };
+            self.service.send(id, command)?;
+            // Waiting keeps requests ordered: a heartbeat sent after a subscribe is
+            // answered after that subscription's snapshot.
+            finished
+                .await
+                .map_err(|_| engine_status(EngineError::Stopped))?;
+            self.subscriptions.insert((id, channel));
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, u: pb::Unsubscribe) -> Result<(), Status> {
+        let channel = channel(u.channel)?;
+        let ids = self.service.resolve_all(&u.instruments, "unsubscribe")?;
+        for id in ids {
+            let (done, finished) = oneshot::channel();
+            let command = Command::Unsubscribe {
+                subscriber: self.mailbox.id(),
+                instrument: id,
+                channel,
+                done,
+            };
+            self.service.send(id, command)?;
+            finished
+                .await
+                .map_err(|_| engine_status(EngineError::Stopped))?;
+            self.subscriptions.remove(&(id, channel));
+        }
+        Ok(())
+    }
+}

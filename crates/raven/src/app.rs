@@ -1,0 +1,175 @@
+//! Wiring: builds the registry, engine, simulator feed and gRPC server from a [`Config`],
+//! runs them, and shuts them down in order (feed, client streams, gRPC, engine).
+//! Entry points take the listener as an argument so tests bind port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use raven_model::InstrumentRegistry;
+use raven_proto::market_server::MarketServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::market::{Limits, MarketApi, MarketService};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig, ShardContext};
+use crate::fanout::{Closed, Fanout};
+use crate::feed::sim::{self, Simulator};
+
+/// Subscriptions one stream may hold (instruments × channels).
+const MAX_SUBSCRIPTIONS_PER_STREAM: usize = 10_000;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Threads or sockets.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC transport failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not load the descriptors (a build defect).
+    #[error("gRPC reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A running server.
+pub struct RunningServer {
+    addr: SocketAddr,
+    fanout: Arc<Fanout>,
+    engine: Engine,
+    stop_feed: Arc<AtomicBool>,
+    feed: JoinHandle<()>,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    stop_grpc: oneshot::Sender<()>,
+}
+
+/// Starts everything on `listener`.
+pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServer, AppError> {
+    let addr = listener.local_addr()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let registry = InstrumentRegistry::new();
+    let fanout = Arc::new(Fanout::default());
+    let sim = Simulator::new(&config.sim, &registry, clock.now());
+    let instruments = sim.instruments();
+
+    let (resync_tx, resync_rx) = crossbeam_channel::bounded(1024);
+    let engine = Engine::start(
+        EngineConfig::with_shards(config.shards),
+        ShardContext {
+            registry: registry.clone(),
+            clock,
+            resync: resync_tx,
+            taps: Vec::new(),
+            tops: Default::default(),
+            fanout: fanout.clone(),
+        },
+    )?;
+    let stop_feed = Arc::new(AtomicBool::new(false));
+    let feed = sim::spawn(
+        sim,
+        config.sim.rate,
+        engine.input(),
+        resync_rx,
+        stop_feed.clone(),
+    )?;
+
+    let service = Arc::new(MarketService::new(
+        registry,
+        instruments,
+        engine.commands(),
+        fanout.clone(),
+        Limits {
+            max_instruments_per_request: config.max_instruments_per_request,
+            max_subscriptions: MAX_SUBSCRIPTIONS_PER_STREAM,
+            fanout: config.fanout,
+        },
+    ));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<MarketServer<MarketApi>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(raven_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // A subscribe naming 100,000 instruments must reach validation and get a precise
+    // answer, so requests up to 4 MiB decode; the instrument limit refuses it there.
+    let market = MarketServer::new(MarketApi::new(service)).max_decoding_message_size(4 << 20);
+
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|stream| {
+            // Market data is many small writes; Nagle would add up to 40 ms to each.
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    });
+    let (stop_grpc, stopped) = oneshot::channel::<()>();
+    let grpc = Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(market)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        });
+    let grpc = tokio::spawn(grpc);
+    tracing::info!(%addr, "serving gRPC");
+    Ok(RunningServer {
+        addr,
+        fanout,
+        engine,
+        stop_feed,
+        feed,
+        grpc,
+        stop_grpc,
+    })
+}
+
+impl RunningServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Subscriber stats.
+    pub fn fanout(&self) -> &Arc<Fanout> {
+        &self.fanout
+    }
+
+    /// The engine (for lock-free top-of-book reads).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Stops the feed, ends client streams with `UNAVAILABLE`, stops gRPC, then lets the
+    /// engine finish what it has queued.
+    pub async fn shutdown(self) -> Result<(), AppError> {
+        self.stop_feed.store(true, Ordering::Relaxed);
+        let feed = self.feed;
+        tokio::task::spawn_blocking(move || feed.join())
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|_| std::io::Error::other("simulator thread panicked"))?;
+        self.fanout
+            .close_all(Closed::Refused(tonic::Status::unavailable(
+                "server shutting down",
+            )));
+        let _ = self.stop_grpc.send(());
+        self.grpc.await.map_err(std::io::Error::other)??;
+        let engine = self.engine;
+        tokio::task::spawn_blocking(move || engine.shutdown())
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(())
+    }
+}

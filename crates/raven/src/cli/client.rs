@@ -1,0 +1,136 @@
+//! The client commands: connect, call, print. Server errors become one line naming the
+//! gRPC status code.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use raven_proto::pb::{self, market_client::MarketClient, stream_request::Request as Req};
+use tonic::transport::{Channel, Endpoint};
+
+use super::render::{Printed, Printer, print_instruments, print_snapshot};
+use super::{ChannelArg, InstrumentsArgs, SnapshotArgs, SubscribeArgs};
+
+async fn connect(url: &str) -> anyhow::Result<MarketClient<Channel>> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| {
+            format!("invalid server URL {url:?} (expected e.g. http://127.0.0.1:50051)")
+        })?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| {
+        let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        anyhow!("cannot connect to {url}: {cause} (is `raven serve` running?)")
+    })?;
+    // Batches are capped well below this by the server; snapshots of deep books need room.
+    Ok(MarketClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// One line for a gRPC error: the canonical code name and the server's message.
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    use tonic::Code::*;
+    let code = match status.code() {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    };
+    anyhow!("{code}: {}", status.message())
+}
+
+/// Ends quietly when stdout is closed (e.g. piped into `head`).
+fn ok_if_pipe_closed(r: std::io::Result<()>) -> anyhow::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to stdout"),
+    }
+}
+
+pub(super) async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.server.server).await?;
+    let channel = match args.channel {
+        ChannelArg::Book => pb::Channel::Book,
+        ChannelArg::Bbo => pb::Channel::Bbo,
+        ChannelArg::Trades => pb::Channel::Trades,
+        ChannelArg::Candles => pb::Channel::Candles,
+    };
+    let (requests, rx) = tokio::sync::mpsc::channel(4);
+    requests
+        .send(pb::StreamRequest {
+            request: Some(Req::Subscribe(pb::Subscribe {
+                instruments: args.instruments.clone(),
+                channel: channel as i32,
+                depth: args.depth,
+            })),
+        })
+        .await
+        .context("request stream closed")?;
+    let mut stream = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let stdout = std::io::stdout();
+    let mut printer = Printer::new(args.json);
+    let mut printed = 0u64;
+    while let Some(batch) = stream.message().await.map_err(status_error)? {
+        let mut out = stdout.lock();
+        for event in &batch.events {
+            match printer.print(&mut out, event) {
+                Ok(Printed::Event) => printed += 1,
+                Ok(Printed::Marker) => {}
+                Err(e) => return ok_if_pipe_closed(Err(e)),
+            }
+            if args.count.is_some_and(|n| printed >= n) {
+                return ok_if_pipe_closed(out.flush());
+            }
+        }
+        ok_if_pipe_closed(out.flush())?;
+    }
+    // `requests` stays alive until here so the server sees an open request stream.
+    drop(requests);
+    Err(anyhow!("the server ended the stream"))
+}
+
+pub(super) async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.server.server).await?;
+    let event = client
+        .get_snapshot(pb::GetSnapshotRequest {
+            instrument: args.instrument,
+            depth: args.depth,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    ok_if_pipe_closed(print_snapshot(
+        &mut std::io::stdout().lock(),
+        &event,
+        args.json,
+    ))
+}
+
+pub(super) async fn instruments(args: InstrumentsArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.server.server).await?;
+    let list = client
+        .list_instruments(pb::ListInstrumentsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    ok_if_pipe_closed(print_instruments(
+        &mut std::io::stdout().lock(),
+        &list,
+        args.json,
+    ))
+}

@@ -1,0 +1,308 @@
+//! Configuration: one TOML file (unknown keys rejected), parsed in two stages — the file
+//! form ([`FileConfig`], every field optional with a documented default) and the
+//! validated, resolved [`Config`] the server runs on. Command-line flags override the file.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::fanout::LagPolicy;
+use crate::feed::sim::SimConfig;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown keys included).
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid config value {field} = {value}: {reason}")]
+    Invalid {
+        /// Dotted field name.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// What is allowed.
+        reason: &'static str,
+    },
+}
+
+/// The config file as written. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// `[server]`: the gRPC listener.
+    pub server: ServerSection,
+    /// `[sim]`: the built-in simulator feed.
+    pub sim: SimSection,
+    /// `[engine]`: book-keeping threads.
+    pub engine: EngineSection,
+    /// `[fanout]`: per-subscriber queues and their overflow policy.
+    pub fanout: FanoutSection,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address for gRPC. Default `127.0.0.1:50051` (loopback only).
+    pub listen: String,
+    /// Seconds between HTTP/2 keepalive pings to detect dead peers. Default 10.
+    pub keepalive_secs: u64,
+    /// Seconds to wait for a keepalive answer before dropping the connection. Default 20.
+    pub keepalive_timeout_secs: u64,
+    /// Most instruments one subscribe request may name. Default 1000.
+    pub max_instruments_per_request: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "127.0.0.1:50051".into(),
+            keepalive_secs: 10,
+            keepalive_timeout_secs: 20,
+            max_instruments_per_request: 1000,
+        }
+    }
+}
+
+/// `[sim]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimSection {
+    /// PRNG seed: the same seed gives the same market. Default 42.
+    pub seed: u64,
+    /// Events per second over all instruments. Default 2000.
+    pub rate: u64,
+    /// Price levels per side the simulated books start with. Default 25.
+    pub levels: usize,
+}
+
+impl Default for SimSection {
+    fn default() -> Self {
+        SimSection {
+            seed: 42,
+            rate: 2000,
+            levels: 25,
+        }
+    }
+}
+
+/// `[engine]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Worker threads; instruments are spread over them, one writer per instrument.
+    /// Default 1 (this leaves cores for gRPC on small machines).
+    pub shards: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection { shards: 1 }
+    }
+}
+
+/// `[fanout]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanoutSection {
+    /// Events a subscriber may have queued before its overflow policy applies. Default 8192.
+    pub queue_events: usize,
+    /// Trade, BBO and candle channels on overflow: `"gap"` (drop, then report how many
+    /// were missed) or `"disconnect"`. Book channels always conflate to a resync snapshot.
+    /// Default `"gap"`.
+    pub trade_overflow: LagPolicy,
+    /// Largest stream message the server sends, in bytes. Default 1 MiB.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for FanoutSection {
+    fn default() -> Self {
+        FanoutSection {
+            queue_events: 8192,
+            trade_overflow: LagPolicy::Gap,
+            max_batch_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Fan-out settings, resolved.
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutConfig {
+    /// Per-subscriber queue bound, in events.
+    pub queue_events: usize,
+    /// Overflow policy for non-book channels.
+    pub trade_overflow: LagPolicy,
+    /// Largest stream message in bytes.
+    pub max_batch_bytes: usize,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// HTTP/2 keepalive interval.
+    pub keepalive: Duration,
+    /// HTTP/2 keepalive timeout.
+    pub keepalive_timeout: Duration,
+    /// Subscribe request size limit.
+    pub max_instruments_per_request: usize,
+    /// The simulator.
+    pub sim: SimConfig,
+    /// Engine shard threads.
+    pub shards: usize,
+    /// Fan-out.
+    pub fanout: FanoutConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        FileConfig::default()
+            .resolve()
+            .expect("the built-in defaults are valid (invariant, tested)")
+    }
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Validates every field and resolves the configuration.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let invalid = |field, value: &dyn std::fmt::Display, reason| ConfigError::Invalid {
+            field,
+            value: value.to_string(),
+            reason,
+        };
+        let listen = self.server.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                &self.server.listen,
+                "expected IP:PORT, e.g. 127.0.0.1:50051",
+            )
+        })?;
+        if self.server.keepalive_secs == 0 {
+            return Err(invalid("server.keepalive_secs", &0, "must be at least 1"));
+        }
+        if self.server.max_instruments_per_request == 0 {
+            return Err(invalid(
+                "server.max_instruments_per_request",
+                &0,
+                "must be at least 1",
+            ));
+        }
+        if self.sim.rate == 0 || self.sim.rate > 10_000_000 {
+            return Err(invalid(
+                "sim.rate",
+                &self.sim.rate,
+                "must be between 1 and 10000000 events/s",
+            ));
+        }
+        if !(1..=1000).contains(&self.sim.levels) {
+            return Err(invalid(
+                "sim.levels",
+                &self.sim.levels,
+                "must be between 1 and 1000",
+            ));
+        }
+        if !(1..=64).contains(&self.engine.shards) {
+            return Err(invalid(
+                "engine.shards",
+                &self.engine.shards,
+                "must be between 1 and 64",
+            ));
+        }
+        if self.fanout.queue_events < 16 {
+            return Err(invalid(
+                "fanout.queue_events",
+                &self.fanout.queue_events,
+                "must be at least 16",
+            ));
+        }
+        if self.fanout.max_batch_bytes < 4096 || self.fanout.max_batch_bytes > 4 << 20 {
+            return Err(invalid(
+                "fanout.max_batch_bytes",
+                &self.fanout.max_batch_bytes,
+                "must be between 4096 and 4194304 (gRPC clients refuse messages over 4 MiB by default)",
+            ));
+        }
+        Ok(Config {
+            listen,
+            keepalive: Duration::from_secs(self.server.keepalive_secs),
+            keepalive_timeout: Duration::from_secs(self.server.keepalive_timeout_secs.max(1)),
+            max_instruments_per_request: self.server.max_instruments_per_request,
+            sim: SimConfig {
+                seed: self.sim.seed,
+                rate: self.sim.rate,
+                levels: self.sim.levels,
+            },
+            shards: self.engine.shards,
+            fanout: FanoutConfig {
+                queue_events: self.fanout.queue_events,
+                trade_overflow: self.fanout.trade_overflow,
+                max_batch_bytes: self.fanout.max_batch_bytes,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let c = Config::default();
+        assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!((c.sim.seed, c.sim.rate, c.shards), (42, 2000, 1));
+        assert_eq!(c.fanout.trade_overflow, LagPolicy::Gap);
+    }
+
+    #[test]
+    fn file_values_are_read_and_unknown_keys_refused() {
+        let f: FileConfig = toml::from_str(
+            "[server]\nlisten = \"127.0.0.1:7000\"\n[sim]\nrate = 5\n[fanout]\ntrade_overflow = \"disconnect\"\n",
+        )
+        .unwrap();
+        let c = f.resolve().unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.sim.rate, 5);
+        assert_eq!(c.fanout.trade_overflow, LagPolicy::Disconnect);
+
+        let err = toml::from_str::<FileConfig>("[server]\nlisen = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
+
+        let f: FileConfig = toml::from_str("[sim]\nrate = 0\n").unwrap();
+        let err = f.resolve().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid config value sim.rate = 0: must be between 1 and 10000000 events/s"
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! The engine: one writer per instrument. Instruments are sharded over plain worker
+//! threads (`id % shards`); each shard owns its instruments' books outright, so the hot
+//! path takes no locks. A shard applies feed events, assigns sequences, derives BBO and
+//! candles, encodes each output event once and hands it to subscribers' mailboxes and to
+//! lossless taps (the recorder's entry point).
+//!
+//! Inputs are bounded: feed batches block the feed when a shard is behind (nothing
+//! accepted is dropped), and commands from the API are refused with "busy" rather than
+//! queued without limit.
+
+mod candles;
+mod shard;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use raven_book::top::{TopOfBook, TopReader};
+use raven_model::{Channel, Event, FeedEvent, InstrumentId, InstrumentRegistry};
+use tokio::sync::oneshot;
+
+use crate::clock::Clock;
+use crate::fanout::{Fanout, Mailbox};
+
+pub use shard::Shard;
+
+/// Requests the API sends to the shard that owns an instrument.
+pub enum Command {
+    /// Start delivering (instrument, channel) to a mailbox: queue the current state (the
+    /// book snapshot at `depth`, the BBO) and a `SnapshotEnd` marker, then live events.
+    Subscribe {
+        /// Where to deliver.
+        mailbox: Arc<Mailbox>,
+        /// What.
+        instrument: InstrumentId,
+        /// Which channel.
+        channel: Channel,
+        /// Book levels per side, 0 = full.
+        depth: u32,
+        /// Answered once the snapshot is queued and the subscription is live.
+        done: oneshot::Sender<()>,
+    },
+    /// Stop delivering (instrument, channel) to a subscriber.
+    Unsubscribe {
+        /// Subscriber id.
+        subscriber: u64,
+        /// What.
+        instrument: InstrumentId,
+        /// Which channel.
+        channel: Channel,
+        /// Answered once no further events will be queued.
+        done: oneshot::Sender<()>,
+    },
+    /// A lagging subscriber's book view needs a fresh snapshot.
+    Resync {
+        /// The subscriber.
+        mailbox: Arc<Mailbox>,
+        /// Which book.
+        instrument: InstrumentId,
+        /// Which view.
+        depth: u32,
+    },
+    /// The current book, at a consistent sequence.
+    Snapshot {
+        /// Which book.
+        instrument: InstrumentId,
+        /// Levels per side, 0 = full.
+        depth: u32,
+        /// The snapshot event.
+        reply: oneshot::Sender<Event>,
+    },
+    /// Forget a subscriber everywhere in this shard.
+    Detach {
+        /// Subscriber id.
+        subscriber: u64,
+    },
+    /// Finish the current batch and exit.
+    Stop,
+}
+
+/// Why a command was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The shard's command queue is full.
+    #[error("server busy: the engine's command queue is full, retry shortly")]
+    Busy,
+    /// The engine is shutting down.
+    #[error("server is shutting down")]
+    Stopped,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Worker threads.
+    pub shards: usize,
+    /// Feed batches a shard may have waiting.
+    pub input_batches: usize,
+    /// Commands a shard may have waiting.
+    pub commands: usize,
+}
+
+impl EngineConfig {
+    /// Defaults with `shards` workers.
+    pub fn with_shards(shards: usize) -> EngineConfig {
+        EngineConfig {
+            shards,
+            input_batches: 64,
+            commands: 4096,
+        }
+    }
+}
+
+/// Lock-free top-of-book readers, by instrument. Written when a shard first sees an
+/// instrument; read by anyone.
+pub type TopDirectory = Arc<RwLock<HashMap<InstrumentId, TopReader>>>;
+
+/// Everything a shard needs from outside.
+#[derive(Clone)]
+pub struct ShardContext {
+    /// Instrument names.
+    pub registry: InstrumentRegistry,
+    /// Publish-time source.
+    pub clock: Arc<dyn Clock>,
+    /// Resync requests to the feed.
+    pub resync: Sender<InstrumentId>,
+    /// Lossless consumers of every event.
+    pub taps: Vec<Sender<Arc<[Event]>>>,
+    /// Where shards register top-of-book readers.
+    pub tops: TopDirectory,
+    /// Subscriber stats.
+    pub fanout: Arc<Fanout>,
+}
+
+/// The running engine.
+pub struct Engine {
+    input: EngineInput,
+    commands: EngineCommands,
+    tops: TopDirectory,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The feed side: sends batches to the owning shards, blocking when they are behind.
+#[derive(Clone)]
+pub struct EngineInput {
+    shards: Vec<Sender<Vec<FeedEvent>>>,
+}
+
+/// The API side: routes commands to the owning shard without blocking.
+#[derive(Clone)]
+pub struct EngineCommands {
+    shards: Vec<Sender<Command>>,
+}
+
+impl Engine {
+    /// Starts `config.shards` worker threads.
+    pub fn start(config: EngineConfig, ctx: ShardContext) -> std::io::Result<Engine> {
+        let mut inputs = Vec::new();
+        let mut commands = Vec::new();
+        let mut threads = Vec::new();
+        for n in 0..config.shards {
+            let (input_tx, input_rx) = bounded(config.input_batches);
+            let (command_tx, command_rx) = bounded(config.commands);
+            let shard = Shard::new(ctx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("raven-shard-{n}"))
+                    .spawn(move || run_shard(shard, input_rx, command_rx))?,
+            );
+            inputs.push(input_tx);
+            commands.push(command_tx);
+        }
+        Ok(Engine {
+            input: EngineInput { shards: inputs },
+            commands: EngineCommands { shards: commands },
+            tops: ctx.tops,
+            threads,
+        })
+    }
+
+    /// A handle for feeds.
+    pub fn input(&self) -> EngineInput {
+        self.input.clone()
+    }
+
+    /// A handle for the API.
+    pub fn commands(&self) -> EngineCommands {
+        self.commands.clone()
+    }
+
+    /// The latest top of book of an instrument, read without locking the writer.
+    pub fn top_of_book(&self, instrument: InstrumentId) -> Option<TopOfBook> {
+        let tops = self.tops.read().unwrap_or_else(|p| p.into_inner());
+        tops.get(&instrument).map(TopReader::read)
+    }
+
+    /// Lets each shard finish what it has queued, then joins the threads.
+    pub fn shutdown(self) {
+        for shard in &self.commands.shards {
+            // A full queue still drains: block until Stop fits.
+            let _ = shard.send(Command::Stop);
+        }
+        drop(self.input);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_shard(mut shard: Shard, input: Receiver<Vec<FeedEvent>>, commands: Receiver<Command>) {
+    let never = crossbeam_channel::never();
+    let mut input = &input;
+    loop {
+        crossbeam_channel::select! {
+            recv(commands) -> c => match c {
+                Ok(Command::Stop) | Err(_) => return,
+                Ok(c) => shard.command(c),
+            },
+            recv(input) -> b => match b {
+                Ok(batch) => shard.process(&batch),
+                // Feeds gone: keep answering commands until told to stop.
+                Err(_) => input = &never,
+            },
+        }
+    }
+}
+
+impl EngineInput {
+    fn shard_of(&self, instrument: InstrumentId) -> usize {
+        instrument.index() % self.shards.len()
+    }
+
+    /// Sends a batch, split by owning shard. Blocks while a shard is full; returns false
+    /// once the engine has stopped.
+    pub fn send(&self, batch: Vec<FeedEvent>) -> bool {
+        if self.shards.len() == 1 {
+            return self.shards[0].send(batch).is_ok();
+        }
+        let mut split: Vec<Vec<FeedEvent>> = vec![Vec::new(); self.shards.len()];
+        for e in batch {
+            split[self.shard_of(e.instrument)].push(e);
+        }
+        split
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .all(|(i, b)| self.shards[i].send(b).is_ok())
+    }
+}
+
+impl EngineCommands {
+    /// Sends a command concerning `instrument` to its shard.
+    pub fn send(&self, instrument: InstrumentId, command: Command) -> Result<(), EngineError> {
+        let shard = &self.shards[instrument.index() % self.shards.len()];
+        shard.try_send(command).map_err(|e| match e {
+            TrySendError::Full(_) => EngineError::Busy,
+            TrySendError::Disconnected(_) => EngineError::Stopped,
+        })
+    }
+
+    /// Sends `Detach` to every shard. Best effort: a shard that misses it drops the
+    /// subscriber the next time it finds the mailbox closed.
+    pub fn detach(&self, subscriber: u64) {
+        for shard in &self.shards {
+            let _ = shard.try_send(Command::Detach { subscriber });
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Fan-out: the per-subscriber side of delivery.
+//!
+//! The engine encodes each event once (see `raven_proto::wire`) and pushes the shared
+//! bytes into the [`Mailbox`] of every subscriber of that (instrument, channel). A
+//! mailbox is a bounded queue; the gRPC stream drains whatever is queued into one message.
+//! Pushing is a short critical section and never waits for the client, so a stalled client
+//! costs the publisher exactly what a fast one does.
+//!
+//! Overflow is a policy, never unbounded memory:
+//! - book channels conflate: the subscriber is marked for resync, further book events for
+//!   that view are dropped, and the engine later sends a fresh snapshot marked `resync`;
+//! - other channels follow [`LagPolicy`]: drop and report the number missed in a `Status`
+//!   gap event, or disconnect the client.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use raven_model::{Channel, InstrumentId, InstrumentName, Status, StatusKind};
+use raven_proto::wire::{self, EncodedBatch};
+use serde::Deserialize;
+use tokio::sync::{Notify, watch};
+
+/// What happens to a non-book subscription whose queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LagPolicy {
+    /// Drop events; when the client catches up it gets a gap status with the count.
+    Gap,
+    /// End the client's stream with `RESOURCE_EXHAUSTED`.
+    Disconnect,
+}
+
+/// Where a pushed chunk belongs, for the overflow policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    /// The instrument.
+    pub instrument: InstrumentId,
+    /// Its name (for gap reports).
+    pub name: &'a InstrumentName,
+    /// The channel.
+    pub channel: Channel,
+    /// Book view depth (0 = full); 0 for other channels.
+    pub depth: u32,
+}
+
+/// Outcome of a push, for the publisher's bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// Dropped under the overflow policy; the subscriber stays.
+    Dropped,
+    /// The subscriber is gone (left, or disconnected for being slow): forget it.
+    Closed,
+}
+
+/// Why a mailbox closed.
+#[derive(Debug, Clone)]
+pub enum Closed {
+    /// The client went away.
+    ClientLeft,
+    /// The client could not keep up and the policy is to disconnect.
+    TooSlow {
+        /// Events queued when it overflowed.
+        queued: usize,
+    },
+    /// A request was refused; the stream ends with this status.
+    Refused(tonic::Status),
+}
+
+enum Entry {
+    Chunk {
+        bytes: Bytes,
+        events: u32,
+    },
+    /// Control entries (snapshots on subscribe, acks) bypass the bound; see `push_control`.
+    Control(Bytes),
+    Gap {
+        name: InstrumentName,
+        channel: Channel,
+        missed: u64,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    entries: VecDeque<Entry>,
+    queued: usize,
+    /// Book views marked for a resync snapshot, and whether the engine was asked yet.
+    resync: Vec<(InstrumentId, u32, bool)>,
+    /// Non-book events dropped per (instrument, channel) since the last delivered one.
+    missed: HashMap<(InstrumentId, Channel), u64>,
+    closed: Option<Closed>,
+}
+
+/// A subscriber's bounded queue of encoded events.
+pub struct Mailbox {
+    id: u64,
+    capacity: usize,
+    policy: LagPolicy,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+/// What a drain produced.
+pub struct Drained {
+    /// Events to send as one message (may be empty).
+    pub batch: EncodedBatch,
+    /// Book views that overflowed and still need the engine to send a resync snapshot.
+    pub resync_requests: Vec<(InstrumentId, u32)>,
+    /// Set when the stream must end.
+    pub closed: Option<Closed>,
+}
+
+impl Mailbox {
+    /// A new mailbox holding at most `capacity` data events.
+    pub fn new(id: u64, capacity: usize, policy: LagPolicy) -> Mailbox {
+        Mailbox {
+            id,
+            capacity,
+            policy,
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    /// The subscriber id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    // A std Mutex, not tokio's: the lock is never held across an await, and the publisher
+    // is a plain thread. A poisoned lock only means another holder panicked mid-push; the
+    // queue is still structurally valid, so keep going.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(&self, was_empty: bool) {
+        // `notify_one` stores a permit when nobody waits, so a drain that checked the
+        // queue just before this push still wakes up.
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queues `events` encoded events under the overflow policy.
+    pub fn push(&self, bytes: &Bytes, events: u32, route: Route<'_>) -> Pushed {
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return Pushed::Closed;
+        }
+        if route.channel == Channel::Book {
+            if s.resync
+                .iter()
+                .any(|r| (r.0, r.1) == (route.instrument, route.depth))
+            {
+                return Pushed::Dropped;
+            }
+            if s.queued + events as usize > self.capacity {
+                s.resync.push((route.instrument, route.depth, false));
+                drop(s);
+                // Wake the drain even when the queue is empty, so it asks for the snapshot.
+                self.notify.notify_one();
+                return Pushed::Dropped;
+            }
+        } else if s.queued + events as usize > self.capacity {
+            match self.policy {
+                LagPolicy::Gap => {
+                    *s.missed
+                        .entry((route.instrument, route.channel))
+                        .or_default() += u64::from(events);
+                    return Pushed::Dropped;
+                }
+                LagPolicy::Disconnect => {
+                    s.closed = Some(Closed::TooSlow { queued: s.queued });
+                    drop(s);
+                    self.notify.notify_one();
+                    return Pushed::Closed;
+                }
+            }
+        } else if let Some(missed) = s.missed.remove(&(route.instrument, route.channel)) {
+            s.entries.push_back(Entry::Gap {
+                name: route.name.clone(),
+                channel: route.channel,
+                missed,
+            });
+        }
+        let was_empty = s.entries.is_empty();
+        s.entries.push_back(Entry::Chunk {
+            bytes: bytes.clone(),
+            events,
+        });
+        s.queued += events as usize;
+        drop(s);
+        self.wake(was_empty);
+        Pushed::Queued
+    }
+
+    /// Queues control output (subscribe snapshots, markers, acks) regardless of the bound:
+    /// it is produced at most once per request or resync, so it cannot grow without limit.
+    pub fn push_control(&self, bytes: Bytes) -> Pushed {
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return Pushed::Closed;
+        }
+        let was_empty = s.entries.is_empty();
+        s.entries.push_back(Entry::Control(bytes));
+        drop(s);
+        self.wake(was_empty);
+        Pushed::Queued
+    }
+
+    /// Ends a resync: queues the fresh snapshot and lets book events for the view flow again.
+    /// Must be called by the engine thread that owns the instrument, between batches, so no
+    /// delta can slip between the snapshot and the reopening.
+    pub fn complete_resync(&self, instrument: InstrumentId, depth: u32, snapshot: Bytes) -> Pushed {
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return Pushed::Closed;
+        }
+        s.resync.retain(|r| (r.0, r.1) != (instrument, depth));
+        let was_empty = s.entries.is_empty();
+        s.entries.push_back(Entry::Control(snapshot));
+        drop(s);
+        self.wake(was_empty);
+        Pushed::Queued
+    }
+
+    /// Marks a resync as not yet requested, so the next drain asks the engine again.
+    pub fn rearm_resync(&self, instrument: InstrumentId, depth: u32) {
+        let mut s = self.lock();
+        for r in s
+            .resync
+            .iter_mut()
+            .filter(|r| (r.0, r.1) == (instrument, depth))
+        {
+            r.2 = false;
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Closes the mailbox; pending output is dropped and publishers forget it.
+    pub fn close(&self, why: Closed) {
+        let mut s = self.lock();
+        if s.closed.is_none() {
+            s.closed = Some(why);
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+
+    /// Data events currently queued.
+    pub fn queued(&self) -> usize {
+        self.lock().queued
+    }
+
+    /// Waits until there may be something to drain.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Takes up to `max_bytes` of queued output (at least one entry) as one batch.
+    pub fn drain(&self, max_bytes: usize) -> Drained {
+        let mut batch = EncodedBatch::new();
+        let mut s = self.lock();
+        if let Some(closed) = s.closed.clone() {
+            return Drained {
+                batch,
+                resync_requests: Vec::new(),
+                closed: Some(closed),
+            };
+        }
+        while let Some(entry) = s.entries.pop_front() {
+            match entry {
+                Entry::Chunk { bytes, events } => {
+                    s.queued -= events as usize;
+                    batch.push(bytes);
+                }
+                Entry::Control(bytes) => batch.push(bytes),
+                Entry::Gap {
+                    name,
+                    channel,
+                    missed,
+                } => batch.push(gap_event(&name, channel, missed)),
+            }
+            if batch.len_bytes() >= max_bytes {
+                break;
+            }
+        }
+        let resync_requests = s
+            .resync
+            .iter_mut()
+            .filter(|r| !r.2)
+            .map(|r| {
+                r.2 = true;
+                (r.0, r.1)
+            })
+            .collect();
+        if !s.entries.is_empty() {
+            // More to send: make sure the next `ready` returns at once.
+            self.notify.notify_one();
+        }
+        Drained {
+            batch,
+            resync_requests,
+            closed: None,
+        }
+    }
+}
+
+/// A per-subscriber `Status` gap event. It has no sequence of its own: the channel's
+/// sequence jumps by `missed`, and this event says why.
+fn gap_event(name: &InstrumentName, channel: Channel, missed: u64) -> Bytes {
+    use raven_model::{Event, EventBody, Sequence, UnixNanos};
+    let event = Event {
+        instrument: InstrumentId(0),
+        sequence: Sequence(0),
+        exchange_time: UnixNanos::ZERO,
+        receive_time: UnixNanos::ZERO,
+        publish_time: UnixNanos::ZERO,
+        body: EventBody::Status(Status {
+            kind: StatusKind::Gap,
+            channel,
+            missed,
+            detail: format!("subscriber lagged: {missed} events dropped"),
+        }),
+    };
+    let mut buf = BytesMut::new();
+    wire::put_event(&mut buf, name.as_str(), &event);
+    buf.freeze()
+}
+
+/// Server-wide view of the subscribers, for stats and tests.
+#[derive(Default)]
+pub struct Fanout {
+    next_id: AtomicU64,
+    mailboxes: Mutex<HashMap<u64, Arc<Mailbox>>>,
+    count: watch::Sender<usize>,
+    resyncs: AtomicU64,
+}
+
+impl Fanout {
+    /// Registers a new subscriber.
+    pub fn open(&self, capacity: usize, policy: LagPolicy) -> Arc<Mailbox> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mailbox = Arc::new(Mailbox::new(id, capacity, policy));
+        let mut all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        all.insert(id, mailbox.clone());
+        self.count.send_replace(all.len());
+        mailbox
+    }
+
+    /// Forgets a subscriber whose stream ended.
+    pub fn remove(&self, id: u64) {
+        let mut all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        all.remove(&id);
+        self.count.send_replace(all.len());
+    }
+
+    /// Connected subscribers.
+    pub fn subscribers(&self) -> usize {
+        *self.count.borrow()
+    }
+
+    /// Watches the subscriber count.
+    pub fn watch_subscribers(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+
+    /// The most events any subscriber has queued right now.
+    pub fn max_queued(&self) -> usize {
+        let all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        all.values().map(|m| m.queued()).max().unwrap_or(0)
+    }
+
+    /// Ends every stream with `why` (used at shutdown).
+    pub fn close_all(&self, why: Closed) {
+        let all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        for m in all.values() {
+            m.close(why.clone());
+        }
+    }
+
+    /// Counts a resync snapshot sent to a lagging subscriber.
+    pub fn record_resync(&self) {
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Resync snapshots sent so far.
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::Relaxed)
+    }
+}

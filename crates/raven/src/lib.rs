@@ -1,0 +1,14 @@
+//! Raven, a market-data server. Data flows one way:
+//!
+//! `feed` (simulator) → `engine` (one writer per instrument: books, sequences, BBO,
+//! candles; encodes each event once) → `fanout` (bounded per-subscriber mailboxes) →
+//! `api` (gRPC streams). `app` wires them together from a `config`.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod fanout;
+pub mod feed;
