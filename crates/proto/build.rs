@@ -27,12 +27,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .name("Market")
         .package("raven.v1")
         .method(
-            method("stream", "Stream", "crate::pb::StreamRequest", "crate::wire::EncodedBatch")
-                .client_streaming()
-                .server_streaming()
-                .build(),
+            method(
+                "stream",
+                "Stream",
+                "crate::pb::StreamRequest",
+                "crate::wire::EncodedBatch",
+            )
+            .client_streaming()
+            .server_streaming()
+            .build(),
         )
-        .method(method("get_snapshot", "GetSnapshot", "crate::pb::GetSnapshotRequest", "crate::pb::Event").build())
+        .method(
+            method(
+                "get_snapshot",
+                "GetSnapshot",
+                "crate::pb::GetSnapshotRequest",
+                "crate::pb::Event",
+            )
+            .build(),
+        )
         .method(
             method(
                 "list_instruments",

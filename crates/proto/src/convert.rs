@@ -5,8 +5,8 @@
 use crate::pb;
 use crate::wire::{channel_number, status_number};
 use raven_model::{
-    Aggressor, Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody, Level,
-    LevelChange, Price, Qty, Side, SnapshotKind, Status, StatusKind, Trade, UnixNanos,
+    Aggressor, Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody,
+    Level, LevelChange, Price, Qty, Side, SnapshotKind, Status, StatusKind, Trade, UnixNanos,
 };
 
 /// A protobuf value that has no model meaning.
@@ -32,7 +32,10 @@ pub fn channel_from_pb(value: i32) -> Result<Channel, ProtoError> {
         Ok(pb::Channel::Bbo) => Ok(Channel::Bbo),
         Ok(pb::Channel::Trades) => Ok(Channel::Trades),
         Ok(pb::Channel::Candles) => Ok(Channel::Candles),
-        Ok(pb::Channel::Unspecified) | Err(_) => Err(ProtoError::UnknownEnum { field: "channel", value }),
+        Ok(pb::Channel::Unspecified) | Err(_) => Err(ProtoError::UnknownEnum {
+            field: "channel",
+            value,
+        }),
     }
 }
 
@@ -151,16 +154,28 @@ pub fn event_to_pb(instrument: &str, event: &Event) -> pb::Event {
 pub fn body_from_pb(event: &pb::Event) -> Result<Option<EventBody>, ProtoError> {
     use pb::event::Body;
     let levels = |ls: &[pb::Level]| ls.iter().map(level_from_pb).collect::<Vec<_>>();
-    let body = match event.body.as_ref().ok_or(ProtoError::Missing("event body"))? {
+    let body = match event
+        .body
+        .as_ref()
+        .ok_or(ProtoError::Missing("event body"))?
+    {
         Body::Snapshot(s) => EventBody::Snapshot(BookSnapshot {
             bids: levels(&s.bids),
             asks: levels(&s.asks),
-            kind: if s.resync { SnapshotKind::Resync } else { SnapshotKind::Initial },
+            kind: if s.resync {
+                SnapshotKind::Resync
+            } else {
+                SnapshotKind::Initial
+            },
         }),
         Body::Delta(d) => {
             let side = |ls: &[pb::Level], side| {
                 ls.iter()
-                    .map(move |l| LevelChange { side, price: Price::from_units(l.price), qty: qty_from_words(l.qty, l.qty_hi) })
+                    .map(move |l| LevelChange {
+                        side,
+                        price: Price::from_units(l.price),
+                        qty: qty_from_words(l.qty, l.qty_hi),
+                    })
                     .collect::<Vec<_>>()
             };
             let mut changes = side(&d.bids, Side::Bid);
@@ -174,7 +189,12 @@ pub fn body_from_pb(event: &pb::Event) -> Result<Option<EventBody>, ProtoError> 
                 Ok(pb::Aggressor::Buy) => Aggressor::Buy,
                 Ok(pb::Aggressor::Sell) => Aggressor::Sell,
                 Ok(pb::Aggressor::Unspecified) => Aggressor::Unknown,
-                Err(_) => return Err(ProtoError::UnknownEnum { field: "trade.aggressor", value: t.aggressor }),
+                Err(_) => {
+                    return Err(ProtoError::UnknownEnum {
+                        field: "trade.aggressor",
+                        value: t.aggressor,
+                    });
+                }
             },
             trade_id: t.trade_id.clone(),
         }),
@@ -186,7 +206,12 @@ pub fn body_from_pb(event: &pb::Event) -> Result<Option<EventBody>, ProtoError> 
             interval: match pb::CandleInterval::try_from(c.interval) {
                 Ok(pb::CandleInterval::CandleInterval1s) => CandleInterval::Second1,
                 Ok(pb::CandleInterval::CandleInterval1m) => CandleInterval::Minute1,
-                _ => return Err(ProtoError::UnknownEnum { field: "candle.interval", value: c.interval }),
+                _ => {
+                    return Err(ProtoError::UnknownEnum {
+                        field: "candle.interval",
+                        value: c.interval,
+                    });
+                }
             },
             open_time: UnixNanos(c.open_time),
             open: Price::from_units(c.open),
@@ -204,7 +229,12 @@ pub fn body_from_pb(event: &pb::Event) -> Result<Option<EventBody>, ProtoError> 
                 4 => StatusKind::FeedUp,
                 5 => StatusKind::Stale,
                 6 => StatusKind::Rejected,
-                value => return Err(ProtoError::UnknownEnum { field: "status.kind", value }),
+                value => {
+                    return Err(ProtoError::UnknownEnum {
+                        field: "status.kind",
+                        value,
+                    });
+                }
             },
             channel: channel_from_pb(event.channel)?,
             missed: s.missed,
@@ -224,8 +254,20 @@ mod tests {
         for c in Channel::ALL {
             assert_eq!(channel_from_pb(channel_to_pb(c) as i32), Ok(c));
         }
-        assert_eq!(channel_from_pb(0), Err(ProtoError::UnknownEnum { field: "channel", value: 0 }));
-        assert_eq!(channel_from_pb(99), Err(ProtoError::UnknownEnum { field: "channel", value: 99 }));
+        assert_eq!(
+            channel_from_pb(0),
+            Err(ProtoError::UnknownEnum {
+                field: "channel",
+                value: 0
+            })
+        );
+        assert_eq!(
+            channel_from_pb(99),
+            Err(ProtoError::UnknownEnum {
+                field: "channel",
+                value: 99
+            })
+        );
     }
 
     #[test]

@@ -23,4 +23,5 @@ mod generated_server {
 pub use generated_server::market_server;
 
 /// The encoded `FileDescriptorSet` of raven.v1, served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/raven_v1_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/raven_v1_descriptor.bin"));

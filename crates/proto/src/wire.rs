@@ -9,10 +9,12 @@
 //! the tests below.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, skip_field};
+use prost::encoding::{
+    DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, skip_field,
+};
 use raven_model::{
-    Aggressor, Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody, Level, Qty,
-    Side, SnapshotKind, Status, StatusKind, Trade,
+    Aggressor, Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody,
+    Level, Qty, Side, SnapshotKind, Status, StatusKind, Trade,
 };
 
 /// `StreamResponse.events` is field 1.
@@ -65,7 +67,11 @@ fn qty_words(q: Qty) -> (u64, u64) {
 
 #[inline]
 fn varint_field_len(tag: u32, v: u64) -> usize {
-    if v == 0 { 0 } else { key_len(tag) + encoded_len_varint(v) }
+    if v == 0 {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(v)
+    }
 }
 
 #[inline]
@@ -100,7 +106,11 @@ fn put_string_field(tag: u32, s: &str, buf: &mut impl BufMut) {
 }
 
 fn string_field_len(tag: u32, s: &str) -> usize {
-    if s.is_empty() { 0 } else { bytes_field_len(tag, s.len()) }
+    if s.is_empty() {
+        0
+    } else {
+        bytes_field_len(tag, s.len())
+    }
 }
 
 fn level_len(price: i64, qty: Qty) -> usize {
@@ -117,7 +127,9 @@ fn put_level(tag: u32, price: i64, qty: Qty, buf: &mut impl BufMut) {
 }
 
 fn levels_len(tag: u32, levels: impl Iterator<Item = (i64, Qty)>) -> usize {
-    levels.map(|(p, q)| bytes_field_len(tag, level_len(p, q))).sum()
+    levels
+        .map(|(p, q)| bytes_field_len(tag, level_len(p, q)))
+        .sum()
 }
 
 fn snapshot_len(s: &BookSnapshot) -> usize {
@@ -175,7 +187,9 @@ fn put_trade(t: &Trade, buf: &mut impl BufMut) {
 }
 
 fn opt_level_len(tag: u32, l: Option<Level>) -> usize {
-    l.map_or(0, |l| bytes_field_len(tag, level_len(l.price.units(), l.qty)))
+    l.map_or(0, |l| {
+        bytes_field_len(tag, level_len(l.price.units(), l.qty))
+    })
 }
 
 fn bbo_len(b: &Bbo) -> usize {
@@ -207,7 +221,9 @@ fn candle_fields(c: &Candle) -> [(u32, u64); 9] {
 }
 
 fn status_len(s: &Status) -> usize {
-    varint_field_len(1, status_number(s.kind)) + varint_field_len(2, s.missed) + string_field_len(3, &s.detail)
+    varint_field_len(1, status_number(s.kind))
+        + varint_field_len(2, s.missed)
+        + string_field_len(3, &s.detail)
 }
 
 fn put_status(s: &Status, buf: &mut impl BufMut) {
@@ -223,7 +239,13 @@ fn body_tag_len(body: &EventBody) -> (u32, usize) {
         EventBody::Delta(d) => (11, delta_len(d)),
         EventBody::Trade(t) => (12, trade_len(t)),
         EventBody::Bbo(b) => (13, bbo_len(b)),
-        EventBody::Candle(c) => (14, candle_fields(c).iter().map(|&(t, v)| varint_field_len(t, v)).sum()),
+        EventBody::Candle(c) => (
+            14,
+            candle_fields(c)
+                .iter()
+                .map(|&(t, v)| varint_field_len(t, v))
+                .sum(),
+        ),
         EventBody::Status(s) => (15, status_len(s)),
     }
 }
@@ -234,7 +256,9 @@ fn put_body(body: &EventBody, buf: &mut impl BufMut) {
         EventBody::Delta(d) => put_delta(d, buf),
         EventBody::Trade(t) => put_trade(t, buf),
         EventBody::Bbo(b) => put_bbo(b, buf),
-        EventBody::Candle(c) => candle_fields(c).iter().for_each(|&(t, v)| put_varint_field(t, v, buf)),
+        EventBody::Candle(c) => candle_fields(c)
+            .iter()
+            .for_each(|&(t, v)| put_varint_field(t, v, buf)),
         EventBody::Status(s) => put_status(s, buf),
     }
 }
@@ -290,7 +314,13 @@ impl<'a> Header<'a> {
 
 /// Writes `header` with a body of `body_tag`/`body_len` as one `StreamResponse.events`
 /// entry; `put` writes the body.
-fn put_entry(buf: &mut BytesMut, header: &Header<'_>, body_tag: u32, body_len: usize, put: impl FnOnce(&mut BytesMut)) {
+fn put_entry(
+    buf: &mut BytesMut,
+    header: &Header<'_>,
+    body_tag: u32,
+    body_len: usize,
+    put: impl FnOnce(&mut BytesMut),
+) {
     let event_len = header.len() + bytes_field_len(body_tag, body_len);
     buf.reserve(bytes_field_len(RESPONSE_EVENTS, event_len));
     put_len_prefix(RESPONSE_EVENTS, event_len, buf);
@@ -302,7 +332,9 @@ fn put_entry(buf: &mut BytesMut, header: &Header<'_>, body_tag: u32, body_len: u
 /// Appends `event` to `buf` as one `StreamResponse.events` entry.
 pub fn put_event(buf: &mut BytesMut, instrument: &str, event: &Event) {
     let (tag, len) = body_tag_len(&event.body);
-    put_entry(buf, &Header::of(instrument, event), tag, len, |b| put_body(&event.body, b));
+    put_entry(buf, &Header::of(instrument, event), tag, len, |b| {
+        put_body(&event.body, b)
+    });
 }
 
 /// Appends a `SnapshotEnd` marker entry.
@@ -412,7 +444,10 @@ mod tests {
     }
 
     fn lvl(p: &str, q: &str) -> Level {
-        Level { price: p.parse().unwrap(), qty: q.parse().unwrap() }
+        Level {
+            price: p.parse().unwrap(),
+            qty: q.parse().unwrap(),
+        }
     }
 
     fn bodies() -> Vec<EventBody> {
@@ -422,12 +457,28 @@ mod tests {
                 asks: vec![lvl("65000.2", "0.00000001")],
                 kind: SnapshotKind::Resync,
             }),
-            EventBody::Snapshot(BookSnapshot { bids: vec![], asks: vec![], kind: SnapshotKind::Initial }),
+            EventBody::Snapshot(BookSnapshot {
+                bids: vec![],
+                asks: vec![],
+                kind: SnapshotKind::Initial,
+            }),
             EventBody::Delta(BookDelta {
                 changes: vec![
-                    LevelChange { side: Side::Ask, price: Price::from_units(5), qty: Qty::ZERO },
-                    LevelChange { side: Side::Bid, price: Price::from_units(4), qty: Qty::from_units(1 << 70) },
-                    LevelChange { side: Side::Bid, price: Price::from_units(3), qty: Qty::from_units(9) },
+                    LevelChange {
+                        side: Side::Ask,
+                        price: Price::from_units(5),
+                        qty: Qty::ZERO,
+                    },
+                    LevelChange {
+                        side: Side::Bid,
+                        price: Price::from_units(4),
+                        qty: Qty::from_units(1 << 70),
+                    },
+                    LevelChange {
+                        side: Side::Bid,
+                        price: Price::from_units(3),
+                        qty: Qty::from_units(9),
+                    },
                 ],
             }),
             EventBody::Trade(Trade {
@@ -436,8 +487,14 @@ mod tests {
                 aggressor: Aggressor::Sell,
                 trade_id: "t-981".into(),
             }),
-            EventBody::Bbo(Bbo { bid: Some(lvl("1", "2")), ask: None }),
-            EventBody::Bbo(Bbo { bid: None, ask: Some(lvl("0", "0")) }),
+            EventBody::Bbo(Bbo {
+                bid: Some(lvl("1", "2")),
+                ask: None,
+            }),
+            EventBody::Bbo(Bbo {
+                bid: None,
+                ask: Some(lvl("0", "0")),
+            }),
             EventBody::Candle(Candle {
                 interval: CandleInterval::Minute1,
                 open_time: UnixNanos(60_000_000_000),
@@ -464,7 +521,11 @@ mod tests {
             let mut buf = BytesMut::new();
             put_event(&mut buf, "SIM:BTC-USD", &ev);
             let decoded = pb::StreamResponse::decode(buf.freeze()).unwrap();
-            assert_eq!(decoded.events, vec![event_to_pb("SIM:BTC-USD", &ev)], "{ev:?}");
+            assert_eq!(
+                decoded.events,
+                vec![event_to_pb("SIM:BTC-USD", &ev)],
+                "{ev:?}"
+            );
         }
     }
 
@@ -506,7 +567,10 @@ mod tests {
         });
         expected.push(pb::Event {
             publish_time: 1234,
-            body: Some(pb::event::Body::HeartbeatAck(pb::HeartbeatAck { id: 77, server_time: 1234 })),
+            body: Some(pb::event::Body::HeartbeatAck(pb::HeartbeatAck {
+                id: 77,
+                server_time: 1234,
+            })),
             ..Default::default()
         });
         assert_eq!(decoded.events, expected);

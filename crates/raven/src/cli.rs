@@ -144,8 +144,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         file.sim.rate = rate;
     }
     let config = file.resolve()?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = raven::app::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let server = raven::app::start(&config, listener).await?;
     // Scripts (and the CLI tests) read the bound address from this line.

@@ -346,6 +346,7 @@ pub struct Fanout {
     mailboxes: Mutex<HashMap<u64, Arc<Mailbox>>>,
     count: watch::Sender<usize>,
     resyncs: AtomicU64,
+    lagged: AtomicU64,
 }
 
 impl Fanout {
@@ -393,6 +394,16 @@ impl Fanout {
     /// Counts a resync snapshot sent to a lagging subscriber.
     pub fn record_resync(&self) {
         self.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts pushes a full mailbox refused (conflated or dropped under the policy).
+    pub fn record_lagged(&self, pushes: u64) {
+        self.lagged.fetch_add(pushes, Ordering::Relaxed);
+    }
+
+    /// Pushes refused for lag so far.
+    pub fn lagged(&self) -> u64 {
+        self.lagged.load(Ordering::Relaxed)
     }
 
     /// Resync snapshots sent so far.

@@ -33,14 +33,23 @@ impl Group {
         self.events += 1;
     }
 
-    fn flush(&mut self, route: Route<'_>) {
+    /// Pushes the batch's bytes to every subscriber; returns how many refused it for lag.
+    fn flush(&mut self, route: Route<'_>) -> u64 {
         if self.events == 0 {
-            return;
+            return 0;
         }
         let bytes = self.out.split().freeze();
         let events = std::mem::take(&mut self.events);
-        self.subs
-            .retain(|m| m.push(&bytes, events, route) != Pushed::Closed);
+        let mut lagged = 0;
+        self.subs.retain(|m| match m.push(&bytes, events, route) {
+            Pushed::Queued => true,
+            Pushed::Dropped => {
+                lagged += 1;
+                true
+            }
+            Pushed::Closed => false,
+        });
+        lagged
     }
 
     fn remove(&mut self, subscriber: u64) {
@@ -237,6 +246,7 @@ impl Shard {
     }
 
     fn flush(&mut self) {
+        let mut lagged = 0;
         for id in std::mem::take(&mut self.dirty) {
             let Some(inst) = self.instruments[id.index()].as_deref_mut() else {
                 continue;
@@ -244,7 +254,7 @@ impl Shard {
             inst.dirty = false;
             let name = &inst.name;
             for view in &mut inst.views {
-                view.group.flush(Route {
+                lagged += view.group.flush(Route {
                     instrument: id,
                     name,
                     channel: Channel::Book,
@@ -256,7 +266,7 @@ impl Shard {
                     .iter_mut()
                     .zip([Channel::Bbo, Channel::Trades, Channel::Candles])
             {
-                group.flush(Route {
+                lagged += group.flush(Route {
                     instrument: id,
                     name,
                     channel,
@@ -264,6 +274,9 @@ impl Shard {
                 });
             }
             inst.views.retain(|v| !v.group.subs.is_empty());
+        }
+        if lagged > 0 {
+            self.ctx.fanout.record_lagged(lagged);
         }
         if !self.tapped.is_empty() {
             let batch: Arc<[Event]> = std::mem::take(&mut self.tapped).into();
