@@ -34,7 +34,7 @@ fn setup(depth: i64) -> (OrderBook, Vec<LevelChange>) {
             x ^= x << 17;
             let side = if x & 1 == 0 { Side::Bid } else { Side::Ask };
             // Near the top most of the time, anywhere in the book sometimes.
-            let i = if x % 8 == 0 {
+            let i = if x.is_multiple_of(8) {
                 (x >> 8) as i64 % depth
             } else {
                 (x >> 8) as i64 % 5

@@ -292,8 +292,10 @@ fn build_ladder(side: Side, levels: &[Level]) -> Result<Ladder, BookError> {
         }
     }
     match side {
-        Side::Bid => ladder.levels.sort_unstable_by(|a, b| a.price.cmp(&b.price)),
-        Side::Ask => ladder.levels.sort_unstable_by(|a, b| b.price.cmp(&a.price)),
+        Side::Bid => ladder.levels.sort_unstable_by_key(|l| l.price),
+        Side::Ask => ladder
+            .levels
+            .sort_unstable_by_key(|l| std::cmp::Reverse(l.price)),
     }
     if let Some(w) = ladder.levels.windows(2).find(|w| w[0].price == w[1].price) {
         return Err(BookError::DuplicateLevel {

@@ -45,7 +45,7 @@ fn encode(top: &TopOfBook) -> [u64; WORDS] {
         qty: Qty::ZERO,
     });
     let flags =
-        u64::from(top.bbo.bid.is_some()) * HAS_BID | u64::from(top.bbo.ask.is_some()) * HAS_ASK;
+        (u64::from(top.bbo.bid.is_some()) * HAS_BID) | (u64::from(top.bbo.ask.is_some()) * HAS_ASK);
     let bq = bid.qty.units() as u128;
     let aq = ask.qty.units() as u128;
     [
@@ -64,7 +64,7 @@ fn encode(top: &TopOfBook) -> [u64; WORDS] {
 fn decode(w: &[u64; WORDS]) -> TopOfBook {
     let level = |price: u64, lo: u64, hi: u64| Level {
         price: Price::from_units(price as i64),
-        qty: Qty::from_units((u128::from(hi) << 64 | u128::from(lo)) as i128),
+        qty: Qty::from_units(((u128::from(hi) << 64) | u128::from(lo)) as i128),
     };
     TopOfBook {
         bbo: Bbo {
@@ -146,7 +146,7 @@ mod tests {
                     price: Price::from_units(i as i64),
                     qty: Qty::from_units(big + i as i128 * 3),
                 }),
-                ask: (i % 5 != 0).then(|| Level {
+                ask: (!i.is_multiple_of(5)).then(|| Level {
                     price: Price::from_units(i as i64 + 1),
                     qty: Qty::from_units(big * 2 + i as i128 * 7),
                 }),

@@ -162,7 +162,7 @@ fn write_units(f: &mut fmt::Formatter<'_>, negative: bool, magnitude: u128) -> f
         return write!(f, "{sign}{whole}");
     }
     let mut width = FIXED_DECIMALS as usize;
-    while frac % 10 == 0 {
+    while frac.is_multiple_of(10) {
         frac /= 10;
         width -= 1;
     }

@@ -285,6 +285,14 @@ mod tests {
     }
 
     #[test]
+    fn example_file_in_the_repository_shows_the_defaults() {
+        let example: FileConfig =
+            toml::from_str(include_str!("../../../raven.example.toml")).unwrap();
+        let (example, defaults) = (example.resolve().unwrap(), Config::default());
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn file_values_are_read_and_unknown_keys_refused() {
         let f: FileConfig = toml::from_str(
             "[server]\nlisten = \"127.0.0.1:7000\"\n[sim]\nrate = 5\n[fanout]\ntrade_overflow = \"disconnect\"\n",

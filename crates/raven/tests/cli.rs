@@ -1,0 +1,234 @@
+//! The `raven` binary as a user runs it: `raven serve` in the background, client commands
+//! against it, output parsed and checked.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+use raven_book::OrderBook;
+use raven_model::{
+    BookDelta, BookSnapshot, Level, LevelChange, Price, Qty, Sequence, Side, SnapshotKind,
+};
+use serde_json::Value;
+
+const RAVEN: &str = env!("CARGO_BIN_EXE_raven");
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(extra: &[&str]) -> Served {
+    let mut child = Command::new(RAVEN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RAVEN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    Served {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+fn raven(args: &[&str], url: &str) -> Output {
+    Command::new(RAVEN)
+        .args(args)
+        .args(["--server", url])
+        .output()
+        .unwrap()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn levels(v: &Value) -> Vec<Level> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| Level {
+            price: pair[0].as_str().unwrap().parse::<Price>().unwrap(),
+            qty: pair[1].as_str().unwrap().parse::<Qty>().unwrap(),
+        })
+        .collect()
+}
+
+#[test]
+fn serve_subscribe_snapshot_instruments_as_a_user_would() {
+    let server = serve(&["--rate", "3000", "--seed", "5"]);
+
+    let instruments = json_lines(&raven(&["instruments", "--json"], &server.url));
+    assert_eq!(instruments.len(), 8);
+    assert_eq!(instruments[0]["name"], "SIM:BTC-USD");
+    assert_eq!(instruments[0]["tick_size"], "0.01");
+    assert_eq!(instruments[5]["tick_size"], "0.0000001");
+
+    // A book rebuilt from `subscribe --json` output: snapshot first, contiguous deltas,
+    // and prices that are exact multiples of the tick.
+    let lines = json_lines(&raven(
+        &["subscribe", "SIM:BTC-USD", "--json", "--count", "300"],
+        &server.url,
+    ));
+    let events: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["type"] != "snapshot_end")
+        .collect();
+    assert_eq!(events.len(), 300);
+    assert_eq!(events[0]["type"], "snapshot");
+    let mut book = OrderBook::new();
+    let first = events[0]["sequence"].as_u64().unwrap();
+    let snapshot = BookSnapshot {
+        bids: levels(&events[0]["bids"]),
+        asks: levels(&events[0]["asks"]),
+        kind: SnapshotKind::Initial,
+    };
+    assert!(snapshot.bids.len() >= 20 && snapshot.asks.len() >= 20);
+    book.apply_snapshot(Sequence(1), &snapshot).unwrap();
+    for (expected, e) in (first + 1..).zip(&events[1..]) {
+        assert_eq!(e["type"], "delta");
+        assert_eq!(e["sequence"].as_u64().unwrap(), expected);
+        let mut changes = Vec::new();
+        for (side, key) in [(Side::Bid, "bids"), (Side::Ask, "asks")] {
+            for l in levels(&e[key]) {
+                assert_eq!(
+                    l.price.units() % 10_000_000,
+                    0,
+                    "price {} off the 0.01 tick",
+                    l.price
+                );
+                changes.push(LevelChange {
+                    side,
+                    price: l.price,
+                    qty: l.qty,
+                });
+            }
+        }
+        let next = book.sequence().next();
+        book.apply_delta(next, &BookDelta { changes }).unwrap();
+    }
+
+    let trades = json_lines(&raven(
+        &[
+            "subscribe",
+            "SIM:ETH-USD",
+            "--channel",
+            "trades",
+            "--json",
+            "--count",
+            "20",
+        ],
+        &server.url,
+    ));
+    let trades: Vec<&Value> = trades.iter().filter(|l| l["type"] == "trade").collect();
+    assert_eq!(trades.len(), 20);
+    for t in &trades {
+        assert!(t["qty"].as_str().unwrap().parse::<Qty>().unwrap() > Qty::ZERO);
+        assert!(["buy", "sell"].contains(&t["aggressor"].as_str().unwrap()));
+    }
+
+    let snap = json_lines(&raven(
+        &["snapshot", "SIM:PEPE-USD", "--depth", "5", "--json"],
+        &server.url,
+    ));
+    let (bids, asks) = (levels(&snap[0]["bids"]), levels(&snap[0]["asks"]));
+    assert_eq!((bids.len(), asks.len()), (5, 5));
+    assert!(bids.windows(2).all(|w| w[0].price > w[1].price));
+    assert!(asks.windows(2).all(|w| w[0].price < w[1].price));
+    assert!(bids[0].price < asks[0].price);
+
+    // Human output reads as a ladder.
+    let human = raven(&["snapshot", "SIM:BTC-USD", "--depth", "3"], &server.url);
+    let text = String::from_utf8(human.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 1 + 3 + 1 + 3, "{text}");
+    assert!(
+        lines[1].contains("BID QTY") && lines[1].contains("PRICE") && lines[1].contains("ASK QTY")
+    );
+    assert!(lines[5].contains("spread"));
+
+    // Errors: one line, non-zero exit, no panic.
+    for (args, expected) in [
+        (
+            vec!["snapshot", "SIM:NOPE"],
+            "error: NOT_FOUND: unknown instrument \"SIM:NOPE\"",
+        ),
+        (
+            vec!["subscribe", "not-an-instrument"],
+            "error: INVALID_ARGUMENT: invalid instrument name",
+        ),
+    ] {
+        let out = raven(&args, &server.url);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with(expected), "{stderr}");
+    }
+    let out = raven(&["instruments"], "http://127.0.0.1:1");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .starts_with("error: cannot connect to http://127.0.0.1:1")
+    );
+
+    // SIGTERM: a clean exit.
+    let mut server = server;
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.child.wait().unwrap().success());
+}
+
+#[test]
+fn bad_configuration_is_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("raven-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("raven.toml");
+    std::fs::write(&file, "[server]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(RAVEN)
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: invalid config file")
+            && stderr.contains("unknown field `lisen`"),
+        "{stderr}"
+    );
+    let out = Command::new(RAVEN)
+        .args(["serve", "--rate", "0", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap().trim(),
+        "error: invalid config value sim.rate = 0: must be between 1 and 10000000 events/s"
+    );
+}
