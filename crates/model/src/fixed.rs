@@ -85,21 +85,11 @@ impl FixedError {
     }
 }
 
-/// Accumulates up to 19 ASCII digits; `None` if any byte is not a digit.
-#[inline]
-fn digits_u64(bytes: &[u8]) -> Option<u64> {
-    let mut acc = 0u64;
-    for &b in bytes {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        acc = acc * 10 + u64::from(d);
-    }
-    Some(acc)
-}
-
 /// Parses `-?[0-9]+(\.[0-9]{1,9})?` into (negative, magnitude in 1e-9 units).
+///
+/// One pass over the bytes: integer digits accumulate in a `u64` (19 digits cannot
+/// overflow it), the fraction in another, and only integer parts longer than 19 digits
+/// take the checked `u128` path.
 #[inline]
 fn parse_units(s: &str) -> Result<(bool, u128), FixedErrorKind> {
     let bytes = s.as_bytes();
@@ -108,48 +98,87 @@ fn parse_units(s: &str) -> Result<(bool, u128), FixedErrorKind> {
         Some((b'-', rest)) => (true, rest),
         Some(_) => (false, bytes),
     };
+    let mut i = 0;
+    let mut int = 0u64;
+    while let Some(&b) = body.get(i) {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        if i == 19 {
+            return parse_long(body).map(|m| (negative, m));
+        }
+        int = int * 10 + u64::from(d);
+        i += 1;
+    }
+    if i == 0 {
+        return Err(FixedErrorKind::Malformed);
+    }
+    let int_units = u128::from(int) * FIXED_SCALE as u128;
+    match body.get(i) {
+        None => return Ok((negative, int_units)),
+        Some(b'.') => i += 1,
+        Some(_) => return Err(FixedErrorKind::Malformed),
+    }
+    let frac = &body[i..];
+    if frac.is_empty() {
+        return Err(FixedErrorKind::Malformed);
+    }
+    let mut f = 0u64;
+    for (n, &b) in frac.iter().enumerate() {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return Err(FixedErrorKind::Malformed);
+        }
+        if n == FIXED_DECIMALS as usize {
+            // A second '.' or a letter is a worse problem than the length: say that.
+            return Err(if frac.iter().all(u8::is_ascii_digit) {
+                FixedErrorKind::TooManyDecimals
+            } else {
+                FixedErrorKind::Malformed
+            });
+        }
+        f = f * 10 + u64::from(d);
+    }
+    let frac_units = f * POW10[FIXED_DECIMALS as usize - frac.len()];
+    Ok((negative, int_units + u128::from(frac_units)))
+}
+
+/// The rare integer part of more than 19 digits: checked `u128` arithmetic throughout.
+#[cold]
+fn parse_long(body: &[u8]) -> Result<u128, FixedErrorKind> {
     let (int, frac) = match body.iter().position(|&b| b == b'.') {
         Some(dot) => (&body[..dot], Some(&body[dot + 1..])),
         None => (body, None),
     };
-    if int.is_empty() {
-        return Err(FixedErrorKind::Malformed);
+    let mut acc = 0u128;
+    for &b in int {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return Err(FixedErrorKind::Malformed);
+        }
+        acc = acc
+            .checked_mul(10)
+            .and_then(|a| a.checked_add(u128::from(d)))
+            .ok_or(FixedErrorKind::Overflow)?;
     }
+    let int_units = acc
+        .checked_mul(FIXED_SCALE as u128)
+        .ok_or(FixedErrorKind::Overflow)?;
     let frac_units = match frac {
         None => 0,
-        Some([]) => return Err(FixedErrorKind::Malformed),
-        Some(frac) => {
-            if frac.len() > FIXED_DECIMALS as usize {
-                // A second '.' or a letter is a worse problem than the length: say that.
-                return Err(if frac.iter().all(u8::is_ascii_digit) {
-                    FixedErrorKind::TooManyDecimals
-                } else {
-                    FixedErrorKind::Malformed
-                });
-            }
-            let f = digits_u64(frac).ok_or(FixedErrorKind::Malformed)?;
-            f * POW10[FIXED_DECIMALS as usize - frac.len()]
+        // Reuse the short path on "0.<fraction>" for the fractional rules.
+        Some(f) => {
+            let mut short = Vec::with_capacity(f.len() + 2);
+            short.extend_from_slice(b"0.");
+            short.extend_from_slice(f);
+            let text = std::str::from_utf8(&short).map_err(|_| FixedErrorKind::Malformed)?;
+            parse_units(text)?.1
         }
     };
-    let int_units = if int.len() <= 19 {
-        // 10^19 - 1 fits a u64, and times 1e9 it fits a u128: no overflow checks needed.
-        u128::from(digits_u64(int).ok_or(FixedErrorKind::Malformed)?) * FIXED_SCALE as u128
-    } else {
-        let mut acc = 0u128;
-        for &b in int {
-            let d = b.wrapping_sub(b'0');
-            if d > 9 {
-                return Err(FixedErrorKind::Malformed);
-            }
-            acc = acc
-                .checked_mul(10)
-                .and_then(|a| a.checked_add(u128::from(d)))
-                .ok_or(FixedErrorKind::Overflow)?;
-        }
-        acc.checked_mul(FIXED_SCALE as u128)
-            .ok_or(FixedErrorKind::Overflow)?
-    };
-    Ok((negative, int_units + u128::from(frac_units)))
+    int_units
+        .checked_add(frac_units)
+        .ok_or(FixedErrorKind::Overflow)
 }
 
 /// Writes a magnitude in 1e-9 units as the canonical decimal: no leading zeros, no
