@@ -1,7 +1,9 @@
-//! Engine throughput on one core: simulator events applied to books, sequenced, BBO and
-//! candles derived, and every output event encoded to the wire format once (one
-//! subscriber per instrument on every channel, so nothing is skipped for lack of
-//! subscribers). The mailbox is drained between batches as a client would.
+//! Engine throughput on one core, and the simulator's own speed.
+//!
+//! The engine bench applies simulator events to books, sequences them, derives BBO and
+//! candles, and encodes every output event to the wire format once (one subscriber per
+//! instrument on every channel, so nothing is skipped for lack of subscribers). The
+//! mailbox is drained between batches as a client would.
 
 use std::sync::Arc;
 
@@ -94,5 +96,27 @@ fn engine(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, engine);
+/// The simulator alone: how fast it can produce events (it must sustain 1M/s).
+fn simulator(c: &mut Criterion) {
+    let registry = InstrumentRegistry::new();
+    let config = SimConfig {
+        seed: 1,
+        rate: 1_000_000,
+        levels: 25,
+    };
+    let mut sim = Simulator::new(&config, &registry, UnixNanos(1));
+    let mut out = Vec::with_capacity(8192);
+    let mut g = c.benchmark_group("sim");
+    g.throughput(Throughput::Elements(4096));
+    g.bench_function("generate_4096_events", |b| {
+        b.iter(|| {
+            out.clear();
+            sim.generate(4096, &mut out);
+            std::hint::black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine, simulator);
 criterion_main!(benches);
