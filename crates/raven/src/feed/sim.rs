@@ -95,10 +95,13 @@ impl SimBook {
         best.map(|l| self.ticks(l.price))
     }
 
-    /// Applies one change to the venue book; false if it would break it.
-    fn set(&mut self, change: LevelChange) -> bool {
+    /// Applies one change to the venue book and records it; changes that would break
+    /// the book are skipped.
+    fn set(&mut self, change: LevelChange, changes: &mut Vec<LevelChange>) {
         let next = self.book.sequence().next();
-        self.book.apply_changes(next, &[change]).is_ok()
+        if self.book.apply_changes(next, &[change]).is_ok() {
+            changes.push(change);
+        }
     }
 }
 
@@ -149,11 +152,14 @@ impl Simulator {
                             b.mid + 1 + k
                         };
                         let qty = Qty::from_units(b.lot * (1 + rng.below(50) as i128));
-                        b.set(LevelChange {
-                            side,
-                            price: b.price(ticks),
-                            qty,
-                        });
+                        b.set(
+                            LevelChange {
+                                side,
+                                price: b.price(ticks),
+                                qty,
+                            },
+                            &mut Vec::new(),
+                        );
                     }
                 }
                 b
@@ -227,6 +233,21 @@ impl Simulator {
         Qty::from_units(lot * (1 + self.rng.below(max_lots) as i128))
     }
 
+    /// Keeps the book deep, then sends the changes (if any) as one delta.
+    fn emit_delta(
+        &mut self,
+        i: usize,
+        time: UnixNanos,
+        mut changes: Vec<LevelChange>,
+        out: &mut Vec<FeedEvent>,
+    ) {
+        self.refill_and_trim(i, &mut changes);
+        if !changes.is_empty() {
+            let delta = FeedKind::Delta(BookDelta { changes });
+            out.push(Self::feed_event(self.books[i].id, time, delta));
+        }
+    }
+
     /// One to three level changes, mostly near the top of the book.
     fn quote(&mut self, i: usize, time: UnixNanos, out: &mut Vec<FeedEvent>) {
         let levels = self.levels as u64;
@@ -253,27 +274,12 @@ impl Simulator {
                     (b.mid + 1 + k).max(b.best_ticks(Side::Bid).map_or(i64::MIN, |b| b + 1))
                 }
             };
-            if ticks <= 0 {
-                continue;
-            }
-            let change = LevelChange {
-                side,
-                price: b.price(ticks),
-                qty,
-            };
-            if b.set(change) {
-                changes.push(change);
+            if ticks > 0 {
+                let price = b.price(ticks);
+                b.set(LevelChange { side, price, qty }, &mut changes);
             }
         }
-        self.refill_and_trim(i, &mut changes);
-        if !changes.is_empty() {
-            let id = self.books[i].id;
-            out.push(Self::feed_event(
-                id,
-                time,
-                FeedKind::Delta(BookDelta { changes }),
-            ));
-        }
+        self.emit_delta(i, time, changes, out);
     }
 
     /// Keeps each side between `levels` and `2 * levels` deep.
@@ -283,29 +289,24 @@ impl Simulator {
         let b = &mut self.books[i];
         for side in [Side::Bid, Side::Ask] {
             let depth = b.book.depth(side);
-            let worst = b.book.levels(side).last().map(|l| l.price);
-            let Some(worst) = worst else { continue };
-            let change = if depth > 2 * levels {
-                LevelChange {
-                    side,
-                    price: worst,
-                    qty: Qty::ZERO,
-                }
-            } else if depth < levels {
-                let ticks = b.ticks(worst) + if side == Side::Bid { -1 } else { 1 };
-                if ticks <= 0 {
-                    continue;
-                }
-                LevelChange {
-                    side,
-                    price: b.price(ticks),
-                    qty,
-                }
-            } else {
+            let Some(worst) = b.book.levels(side).last().map(|l| l.price) else {
                 continue;
             };
-            if b.set(change) {
-                changes.push(change);
+            if depth > 2 * levels {
+                b.set(
+                    LevelChange {
+                        side,
+                        price: worst,
+                        qty: Qty::ZERO,
+                    },
+                    changes,
+                );
+            } else if depth < levels {
+                let ticks = b.ticks(worst) + if side == Side::Bid { -1 } else { 1 };
+                if ticks > 0 {
+                    let price = b.price(ticks);
+                    b.set(LevelChange { side, price, qty }, changes);
+                }
             }
         }
     }
@@ -328,30 +329,27 @@ impl Simulator {
         };
         let qty = take.min(level.qty);
         let rest = level.qty.checked_sub(qty).unwrap_or(Qty::ZERO);
-        let change = LevelChange {
-            side,
-            price: level.price,
-            qty: rest,
-        };
-        if !b.set(change) {
+        let mut changes = Vec::with_capacity(3);
+        b.set(
+            LevelChange {
+                side,
+                price: level.price,
+                qty: rest,
+            },
+            &mut changes,
+        );
+        if changes.is_empty() {
             return;
         }
         self.trade_id += 1;
-        let id = b.id;
         let trade = Trade {
             price: level.price,
             qty,
             aggressor,
             trade_id: self.trade_id.to_string(),
         };
-        out.push(Self::feed_event(id, time, FeedKind::Trade(trade)));
-        let mut changes = vec![change];
-        self.refill_and_trim(i, &mut changes);
-        out.push(Self::feed_event(
-            id,
-            time,
-            FeedKind::Delta(BookDelta { changes }),
-        ));
+        out.push(Self::feed_event(b.id, time, FeedKind::Trade(trade)));
+        self.emit_delta(i, time, changes, out);
     }
 
     /// Moves the mid one tick (pulled back when it strays over 20% from where it began)
@@ -374,46 +372,36 @@ impl Simulator {
         let mut changes = Vec::with_capacity(4);
         // Levels left on the wrong side of the new mid are pulled first.
         if let Some(bid) = b.best_ticks(Side::Bid).filter(|&t| t >= b.mid) {
-            let change = LevelChange {
-                side: Side::Bid,
-                price: b.price(bid),
-                qty: Qty::ZERO,
-            };
-            if b.set(change) {
-                changes.push(change);
-            }
+            let price = b.price(bid);
+            b.set(
+                LevelChange {
+                    side: Side::Bid,
+                    price,
+                    qty: Qty::ZERO,
+                },
+                &mut changes,
+            );
         }
         if let Some(ask) = b.best_ticks(Side::Ask).filter(|&t| t <= b.mid) {
-            let change = LevelChange {
-                side: Side::Ask,
-                price: b.price(ask),
-                qty: Qty::ZERO,
-            };
-            if b.set(change) {
-                changes.push(change);
-            }
+            let price = b.price(ask);
+            b.set(
+                LevelChange {
+                    side: Side::Ask,
+                    price,
+                    qty: Qty::ZERO,
+                },
+                &mut changes,
+            );
         }
         let bid = (b.mid - 1).min(b.best_ticks(Side::Ask).map_or(i64::MAX, |a| a - 1));
         let ask = (b.mid + 1).max(b.best_ticks(Side::Bid).map_or(i64::MIN, |b| b + 1));
         for (side, ticks, qty) in [(Side::Bid, bid, bid_qty), (Side::Ask, ask, ask_qty)] {
-            let change = LevelChange {
-                side,
-                price: b.price(ticks),
-                qty,
-            };
-            if ticks > 0 && b.set(change) {
-                changes.push(change);
+            if ticks > 0 {
+                let price = b.price(ticks);
+                b.set(LevelChange { side, price, qty }, &mut changes);
             }
         }
-        self.refill_and_trim(i, &mut changes);
-        if !changes.is_empty() {
-            let id = self.books[i].id;
-            out.push(Self::feed_event(
-                id,
-                time,
-                FeedKind::Delta(BookDelta { changes }),
-            ));
-        }
+        self.emit_delta(i, time, changes, out);
     }
 }
 

@@ -1,0 +1,77 @@
+//! A peer that vanishes without closing its socket (the host died, a firewall dropped
+//! the flow) is found by HTTP/2 keepalive and cleaned up. A raw `h2` client opens a real
+//! gRPC `Stream` call, subscribes, then stops answering while holding the socket open.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use raven_proto::pb::{self, stream_request::Request as Req};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peer_is_dropped_by_keepalive() {
+    let mut file = raven::config::FileConfig::default();
+    file.server.keepalive_secs = 1;
+    file.server.keepalive_timeout_secs = 1;
+    let config = file.resolve().unwrap();
+    let server = raven::app::start(
+        &config,
+        raven::app::bind("127.0.0.1:0".parse().unwrap()).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let tcp = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = tokio::spawn(async move {
+        let mut connection = Box::pin(connection);
+        tokio::select! {
+            _ = &mut connection => panic!("connection ended before the peer went silent"),
+            _ = stopped => {}
+        }
+        // Silent from here on: the socket stays open, nothing is read or answered.
+        connection
+    });
+
+    let request = http::Request::post(format!(
+        "http://{}/raven.v1.Market/Stream",
+        server.local_addr()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let mut client = client.ready().await.unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    let subscribe = pb::StreamRequest {
+        request: Some(Req::Subscribe(pb::Subscribe {
+            instruments: vec!["SIM:BTC-USD".into()],
+            channel: pb::Channel::Book as i32,
+            depth: 0,
+        })),
+    };
+    let message = subscribe.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    body.send_data(Bytes::from(frame), false).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut data = response.into_body();
+    let first = data.data().await.unwrap().unwrap();
+    assert!(first.len() > 5, "the snapshot arrived");
+
+    let mut count = server.fanout().watch_subscribers();
+    assert_eq!(*count.borrow(), 1);
+    stop.send(()).unwrap();
+    let _silent = driver.await.unwrap();
+    // Keepalive pings every second and waits one for the answer.
+    tokio::time::timeout(Duration::from_secs(15), count.wait_for(|&n| n == 0))
+        .await
+        .expect("the silent peer was never dropped")
+        .unwrap();
+    server.shutdown().await.unwrap();
+}
