@@ -33,7 +33,8 @@ async fn silent_peer_is_dropped_by_keepalive() {
             _ = stopped => {}
         }
         // Silent from here on: the socket stays open, nothing is read or answered.
-        connection
+        // (Returned in an Option so it is held, not awaited.)
+        Some(connection)
     });
 
     let request = http::Request::post(format!(
