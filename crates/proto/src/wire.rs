@@ -4,14 +4,12 @@
 //! `StreamResponse`, so a subscriber's batch is assembled by queueing shared `Bytes`
 //! handles — no re-encoding, no per-subscriber copy until the socket write.
 //!
-//! The encoder writes protobuf by hand (prost's primitives, no intermediate structs, no
-//! allocation). Its output is checked against prost's own encoding of the same event in
-//! the tests below.
+//! The encoder writes protobuf by hand into a slice sized to the exact entry length (no
+//! intermediate structs, no allocation per field). Its output is checked against prost's
+//! own encoding of the same event in the tests below.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use prost::encoding::{
-    DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, skip_field,
-};
+use prost::encoding::{DecodeContext, WireType, encoded_len_varint, skip_field};
 use raven_model::{
     Aggressor, Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody,
     Level, Qty, Side, SnapshotKind, Status, StatusKind, Trade,
@@ -79,11 +77,56 @@ fn key_len(tag: u32) -> usize {
     encoded_len_varint(u64::from(tag << 3))
 }
 
+/// The output of one entry: a slice exactly as long as the entry, consumed from the front.
+type Out<'a, 'b> = &'a mut &'b mut [u8];
+
+/// Writes a base-128 varint. Indexing a plain slice costs a compare per byte; going
+/// through `BufMut::put_u8` cost about twenty instructions per byte (measured).
 #[inline]
-fn put_varint_field(tag: u32, v: u64, buf: &mut impl BufMut) {
+fn put_varint(out: Out<'_, '_>, mut v: u64) {
+    let buf = std::mem::take(out);
+    let mut i = 0;
+    while v >= 0x80 {
+        buf[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    buf[i] = v as u8;
+    *out = &mut buf[i + 1..];
+}
+
+#[inline]
+fn put_key(tag: u32, wire_type: WireType, out: Out<'_, '_>) {
+    put_varint(out, u64::from(tag << 3 | wire_type as u32));
+}
+
+/// A `fixed64` field (omitted when zero, as proto3 does).
+#[inline]
+fn put_fixed64_field(tag: u32, v: u64, out: Out<'_, '_>) {
     if v != 0 {
-        encode_key(tag, WireType::Varint, buf);
-        encode_varint(v, buf);
+        put_key(tag, WireType::SixtyFourBit, out);
+        put_bytes(&v.to_le_bytes(), out);
+    }
+}
+
+#[inline]
+fn fixed64_field_len(tag: u32, v: u64) -> usize {
+    if v == 0 { 0 } else { key_len(tag) + 8 }
+}
+
+#[inline]
+fn put_bytes(bytes: &[u8], out: Out<'_, '_>) {
+    let buf = std::mem::take(out);
+    let (head, tail) = buf.split_at_mut(bytes.len());
+    head.copy_from_slice(bytes);
+    *out = tail;
+}
+
+#[inline]
+fn put_varint_field(tag: u32, v: u64, out: Out<'_, '_>) {
+    if v != 0 {
+        put_key(tag, WireType::Varint, out);
+        put_varint(out, v);
     }
 }
 
@@ -93,15 +136,15 @@ fn bytes_field_len(tag: u32, len: usize) -> usize {
 }
 
 #[inline]
-fn put_len_prefix(tag: u32, len: usize, buf: &mut impl BufMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
+fn put_len_prefix(tag: u32, len: usize, out: Out<'_, '_>) {
+    put_key(tag, WireType::LengthDelimited, out);
+    put_varint(out, len as u64);
 }
 
-fn put_string_field(tag: u32, s: &str, buf: &mut impl BufMut) {
+fn put_string_field(tag: u32, s: &str, out: Out<'_, '_>) {
     if !s.is_empty() {
-        put_len_prefix(tag, s.len(), buf);
-        buf.put_slice(s.as_bytes());
+        put_len_prefix(tag, s.len(), out);
+        put_bytes(s.as_bytes(), out);
     }
 }
 
@@ -118,12 +161,12 @@ fn level_len(price: i64, qty: Qty) -> usize {
     varint_field_len(1, price as u64) + varint_field_len(2, lo) + varint_field_len(3, hi)
 }
 
-fn put_level(tag: u32, price: i64, qty: Qty, buf: &mut impl BufMut) {
+fn put_level(tag: u32, price: i64, qty: Qty, out: Out<'_, '_>) {
     let (lo, hi) = qty_words(qty);
-    put_len_prefix(tag, level_len(price, qty), buf);
-    put_varint_field(1, price as u64, buf);
-    put_varint_field(2, lo, buf);
-    put_varint_field(3, hi, buf);
+    put_len_prefix(tag, level_len(price, qty), out);
+    put_varint_field(1, price as u64, out);
+    put_varint_field(2, lo, out);
+    put_varint_field(3, hi, out);
 }
 
 fn levels_len(tag: u32, levels: impl Iterator<Item = (i64, Qty)>) -> usize {
@@ -138,14 +181,14 @@ fn snapshot_len(s: &BookSnapshot) -> usize {
         + varint_field_len(3, u64::from(s.kind == SnapshotKind::Resync))
 }
 
-fn put_snapshot(s: &BookSnapshot, buf: &mut impl BufMut) {
+fn put_snapshot(s: &BookSnapshot, out: Out<'_, '_>) {
     for l in &s.bids {
-        put_level(1, l.price.units(), l.qty, buf);
+        put_level(1, l.price.units(), l.qty, out);
     }
     for l in &s.asks {
-        put_level(2, l.price.units(), l.qty, buf);
+        put_level(2, l.price.units(), l.qty, out);
     }
-    put_varint_field(3, u64::from(s.kind == SnapshotKind::Resync), buf);
+    put_varint_field(3, u64::from(s.kind == SnapshotKind::Resync), out);
 }
 
 fn side_changes(d: &BookDelta, side: Side) -> impl Iterator<Item = (i64, Qty)> + '_ {
@@ -159,12 +202,12 @@ fn delta_len(d: &BookDelta) -> usize {
     levels_len(1, side_changes(d, Side::Bid)) + levels_len(2, side_changes(d, Side::Ask))
 }
 
-fn put_delta(d: &BookDelta, buf: &mut impl BufMut) {
+fn put_delta(d: &BookDelta, out: Out<'_, '_>) {
     for (p, q) in side_changes(d, Side::Bid) {
-        put_level(1, p, q, buf);
+        put_level(1, p, q, out);
     }
     for (p, q) in side_changes(d, Side::Ask) {
-        put_level(2, p, q, buf);
+        put_level(2, p, q, out);
     }
 }
 
@@ -177,13 +220,13 @@ fn trade_len(t: &Trade) -> usize {
         + string_field_len(5, &t.trade_id)
 }
 
-fn put_trade(t: &Trade, buf: &mut impl BufMut) {
+fn put_trade(t: &Trade, out: Out<'_, '_>) {
     let (lo, hi) = qty_words(t.qty);
-    put_varint_field(1, t.price.units() as u64, buf);
-    put_varint_field(2, lo, buf);
-    put_varint_field(3, hi, buf);
-    put_varint_field(4, aggressor_number(t.aggressor), buf);
-    put_string_field(5, &t.trade_id, buf);
+    put_varint_field(1, t.price.units() as u64, out);
+    put_varint_field(2, lo, out);
+    put_varint_field(3, hi, out);
+    put_varint_field(4, aggressor_number(t.aggressor), out);
+    put_string_field(5, &t.trade_id, out);
 }
 
 fn opt_level_len(tag: u32, l: Option<Level>) -> usize {
@@ -196,12 +239,12 @@ fn bbo_len(b: &Bbo) -> usize {
     opt_level_len(1, b.bid) + opt_level_len(2, b.ask)
 }
 
-fn put_bbo(b: &Bbo, buf: &mut impl BufMut) {
+fn put_bbo(b: &Bbo, out: Out<'_, '_>) {
     if let Some(l) = b.bid {
-        put_level(1, l.price.units(), l.qty, buf);
+        put_level(1, l.price.units(), l.qty, out);
     }
     if let Some(l) = b.ask {
-        put_level(2, l.price.units(), l.qty, buf);
+        put_level(2, l.price.units(), l.qty, out);
     }
 }
 
@@ -226,10 +269,10 @@ fn status_len(s: &Status) -> usize {
         + string_field_len(3, &s.detail)
 }
 
-fn put_status(s: &Status, buf: &mut impl BufMut) {
-    put_varint_field(1, status_number(s.kind), buf);
-    put_varint_field(2, s.missed, buf);
-    put_string_field(3, &s.detail, buf);
+fn put_status(s: &Status, out: Out<'_, '_>) {
+    put_varint_field(1, status_number(s.kind), out);
+    put_varint_field(2, s.missed, out);
+    put_string_field(3, &s.detail, out);
 }
 
 /// `Event.body` oneof tag and encoded length of a body.
@@ -250,16 +293,16 @@ fn body_tag_len(body: &EventBody) -> (u32, usize) {
     }
 }
 
-fn put_body(body: &EventBody, buf: &mut impl BufMut) {
+fn put_body(body: &EventBody, out: Out<'_, '_>) {
     match body {
-        EventBody::Snapshot(s) => put_snapshot(s, buf),
-        EventBody::Delta(d) => put_delta(d, buf),
-        EventBody::Trade(t) => put_trade(t, buf),
-        EventBody::Bbo(b) => put_bbo(b, buf),
+        EventBody::Snapshot(s) => put_snapshot(s, out),
+        EventBody::Delta(d) => put_delta(d, out),
+        EventBody::Trade(t) => put_trade(t, out),
+        EventBody::Bbo(b) => put_bbo(b, out),
         EventBody::Candle(c) => candle_fields(c)
             .iter()
-            .for_each(|&(t, v)| put_varint_field(t, v, buf)),
-        EventBody::Status(s) => put_status(s, buf),
+            .for_each(|&(t, v)| put_varint_field(t, v, out)),
+        EventBody::Status(s) => put_status(s, out),
     }
 }
 
@@ -297,36 +340,48 @@ impl<'a> Header<'a> {
         string_field_len(1, self.instrument)
             + varint_field_len(2, channel_number(self.channel))
             + varint_field_len(3, self.sequence)
-            + varint_field_len(4, self.exchange_time)
-            + varint_field_len(5, self.receive_time)
-            + varint_field_len(6, self.publish_time)
+            + fixed64_field_len(4, self.exchange_time)
+            + fixed64_field_len(5, self.receive_time)
+            + fixed64_field_len(6, self.publish_time)
     }
 
-    fn put(&self, buf: &mut impl BufMut) {
-        put_string_field(1, self.instrument, buf);
-        put_varint_field(2, channel_number(self.channel), buf);
-        put_varint_field(3, self.sequence, buf);
-        put_varint_field(4, self.exchange_time, buf);
-        put_varint_field(5, self.receive_time, buf);
-        put_varint_field(6, self.publish_time, buf);
+    fn put(&self, out: Out<'_, '_>) {
+        put_string_field(1, self.instrument, out);
+        put_varint_field(2, channel_number(self.channel), out);
+        put_varint_field(3, self.sequence, out);
+        put_fixed64_field(4, self.exchange_time, out);
+        put_fixed64_field(5, self.receive_time, out);
+        put_fixed64_field(6, self.publish_time, out);
     }
 }
 
 /// Writes `header` with a body of `body_tag`/`body_len` as one `StreamResponse.events`
 /// entry; `put` writes the body.
+///
+/// The entry's exact size is known up front, so the buffer grows once and the fields are
+/// written into a plain byte slice. Writing through `BufMut` (into the `BytesMut`, or
+/// even into a slice) cost about twenty instructions per varint byte under callgrind,
+/// most of the encoding cost; the slice writer here costs a few.
 fn put_entry(
     buf: &mut BytesMut,
     header: &Header<'_>,
     body_tag: u32,
     body_len: usize,
-    put: impl FnOnce(&mut BytesMut),
+    put: impl FnOnce(Out<'_, '_>),
 ) {
     let event_len = header.len() + bytes_field_len(body_tag, body_len);
-    buf.reserve(bytes_field_len(RESPONSE_EVENTS, event_len));
-    put_len_prefix(RESPONSE_EVENTS, event_len, buf);
-    header.put(buf);
-    put_len_prefix(body_tag, body_len, buf);
-    put(buf);
+    let total = bytes_field_len(RESPONSE_EVENTS, event_len);
+    let start = buf.len();
+    buf.resize(start + total, 0);
+    let mut out: &mut [u8] = &mut buf[start..];
+    put_len_prefix(RESPONSE_EVENTS, event_len, &mut out);
+    header.put(&mut out);
+    put_len_prefix(body_tag, body_len, &mut out);
+    put(&mut out);
+    debug_assert!(
+        out.is_empty(),
+        "encoded length disagrees with the computed length"
+    );
 }
 
 /// Appends `event` to `buf` as one `StreamResponse.events` entry.
@@ -356,11 +411,18 @@ pub fn put_heartbeat_ack(buf: &mut BytesMut, id: u64, server_time: u64) {
     let header_len = header.len() - varint_field_len(2, channel_number(Channel::Book));
     let body_len = varint_field_len(1, id) + varint_field_len(2, server_time);
     let event_len = header_len + bytes_field_len(17, body_len);
-    put_len_prefix(RESPONSE_EVENTS, event_len, buf);
-    put_varint_field(6, server_time, buf);
-    put_len_prefix(17, body_len, buf);
-    put_varint_field(1, id, buf);
-    put_varint_field(2, server_time, buf);
+    let start = buf.len();
+    buf.resize(start + bytes_field_len(RESPONSE_EVENTS, event_len), 0);
+    let out = &mut &mut buf[start..];
+    put_len_prefix(RESPONSE_EVENTS, event_len, out);
+    put_fixed64_field(6, server_time, out);
+    put_len_prefix(17, body_len, out);
+    put_varint_field(1, id, out);
+    put_varint_field(2, server_time, out);
+    debug_assert!(
+        out.is_empty(),
+        "encoded length disagrees with the computed length"
+    );
 }
 
 /// A `StreamResponse` made of pre-encoded `events` entries. Implements `prost::Message` so

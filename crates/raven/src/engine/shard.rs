@@ -27,8 +27,15 @@ struct Group {
     events: u32,
 }
 
+/// Encoding buffers grow in blocks this large. Flushed bytes are handed out as shared
+/// slices of the block, so a small reserve would allocate again for nearly every event.
+const ENCODE_BLOCK: usize = 64 * 1024;
+
 impl Group {
     fn encode(&mut self, name: &InstrumentName, event: &Event) {
+        if self.out.capacity() - self.out.len() < ENCODE_BLOCK / 16 {
+            self.out.reserve(ENCODE_BLOCK);
+        }
         wire::put_event(&mut self.out, name.as_str(), event);
         self.events += 1;
     }
