@@ -52,6 +52,8 @@ pub enum Pushed {
     Queued,
     /// Dropped under the overflow policy; the subscriber stays.
     Dropped,
+    /// Overflowed under the `disconnect` policy: the subscriber is being closed.
+    Disconnected,
     /// The subscriber is gone (left, or disconnected for being slow): forget it.
     Closed,
 }
@@ -178,7 +180,7 @@ impl Mailbox {
                     s.closed = Some(Closed::TooSlow { queued: s.queued });
                     drop(s);
                     self.notify.notify_one();
-                    return Pushed::Closed;
+                    return Pushed::Disconnected;
                 }
             }
         } else if let Some(missed) = s.missed.remove(&(route.instrument, route.channel)) {
@@ -396,7 +398,8 @@ impl Fanout {
         self.resyncs.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts pushes a full mailbox refused (conflated or dropped under the policy).
+    /// Counts pushes a full mailbox refused (conflated, dropped, or disconnected under the
+    /// policy).
     pub fn record_lagged(&self, pushes: u64) {
         self.lagged.fetch_add(pushes, Ordering::Relaxed);
     }

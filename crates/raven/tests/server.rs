@@ -571,3 +571,57 @@ async fn health_and_reflection_are_served() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_trade_subscriber_is_disconnected_when_configured() {
+    let server = server(|f| {
+        f.sim.rate = 20_000;
+        f.fanout.queue_events = 64;
+        f.fanout.trade_overflow = raven::fanout::LagPolicy::Disconnect;
+    })
+    .await;
+    // Small HTTP/2 windows so that not reading backs up to the server quickly.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr()))
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await
+            .unwrap();
+    let mut c = MarketClient::new(channel);
+    let mut sub = Sub::open(&mut c).await;
+    let all = [
+        "SIM:BTC-USD",
+        "SIM:ETH-USD",
+        "SIM:SOL-USD",
+        "SIM:XRP-USD",
+        "SIM:DOGE-USD",
+        "SIM:PEPE-USD",
+        "SIM:SHIB-USD",
+        "SIM:EUR-USD",
+    ];
+    sub.subscribe(&all, pb::Channel::Trades, 0).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.fanout().lagged() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled trade subscriber never overflowed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = sub.error().await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().starts_with("client too slow"),
+        "{}",
+        status.message()
+    );
+    let mut count = server.fanout().watch_subscribers();
+    drop(sub);
+    tokio::time::timeout(WAIT, count.wait_for(|&n| n == 0))
+        .await
+        .unwrap()
+        .unwrap();
+    server.shutdown().await.unwrap();
+}

@@ -54,6 +54,10 @@ impl Group {
                 lagged += 1;
                 true
             }
+            Pushed::Disconnected => {
+                lagged += 1;
+                false
+            }
             Pushed::Closed => false,
         });
         lagged
