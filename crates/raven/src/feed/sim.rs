@@ -112,9 +112,10 @@ pub struct Simulator {
     levels: usize,
     interval: u64,
     start: u64,
-    /// Events timed so far: event n happens at `start + n * interval`, so the synthetic
-    /// clock keeps pace with the driver's wall-clock pacing.
-    count: u64,
+    /// Events emitted so far: event n happens at `start + n * interval`, so the synthetic
+    /// clock keeps pace with the driver, which paces by events. (Counting generation steps
+    /// instead let exchange time fall 17% behind: a trade step emits two events.)
+    emitted: u64,
     clock: u64,
     burst: u32,
     trade_id: u64,
@@ -171,7 +172,7 @@ impl Simulator {
             levels,
             interval: (UnixNanos::PER_SECOND / config.rate.max(1)).max(1),
             start: start.0,
-            count: 0,
+            emitted: 0,
             clock: start.0,
             burst: 0,
             trade_id: 0,
@@ -184,12 +185,11 @@ impl Simulator {
     }
 
     fn time(&mut self) -> UnixNanos {
-        self.count += 1;
         if self.burst > 0 {
             // A burst: many events in the same instant.
             self.burst -= 1;
         } else {
-            self.clock = self.start + self.count * self.interval;
+            self.clock = self.start + self.emitted * self.interval;
             if self.rng.below(1000) == 0 {
                 self.burst = 20 + self.rng.below(80) as u32;
             }
@@ -219,6 +219,7 @@ impl Simulator {
     pub fn generate(&mut self, n: usize, out: &mut Vec<FeedEvent>) {
         let target = out.len() + n;
         while out.len() < target {
+            let before = out.len();
             let i = self.rng.below(self.books.len() as u64) as usize;
             let time = self.time();
             match self.rng.below(100) {
@@ -226,6 +227,7 @@ impl Simulator {
                 62..82 => self.trade(i, time, out),
                 _ => self.walk(i, time, out),
             }
+            self.emitted += (out.len() - before) as u64;
         }
     }
 
@@ -460,6 +462,21 @@ mod tests {
         sim.snapshots(None, &mut out);
         sim.generate(n, &mut out);
         out
+    }
+
+    #[test]
+    fn exchange_clock_keeps_pace_with_events_emitted() {
+        // The driver paces by events; exchange time must advance 1/rate per event, or it
+        // falls behind wall time (it did, by 17%, when it advanced per generation step).
+        let start = 1_700_000_000_000_000_000;
+        let events = run(9, 500_000);
+        let last = events.last().unwrap().exchange_time.0;
+        let expected = start + (events.len() as u64 - 8) * (UnixNanos::PER_SECOND / 1000);
+        let slack = 200 * (UnixNanos::PER_SECOND / 1000); // a burst holds the clock briefly
+        assert!(
+            last.abs_diff(expected) <= slack,
+            "exchange clock at {last}, expected about {expected}"
+        );
     }
 
     #[test]
