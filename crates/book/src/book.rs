@@ -460,6 +460,30 @@ mod tests {
             }
         }
 
+        fn replace(levels: &[LevelChange]) -> Option<Reference> {
+            let mut next = Reference::default();
+            for l in levels {
+                if l.qty.is_negative() {
+                    return None;
+                }
+                if l.qty.is_zero() {
+                    continue;
+                }
+                let side = if l.side == Side::Bid {
+                    &mut next.bids
+                } else {
+                    &mut next.asks
+                };
+                if side.insert(l.price.units(), l.qty.units()).is_some() {
+                    return None; // duplicate price
+                }
+            }
+            match (next.bids.keys().next_back(), next.asks.keys().next()) {
+                (Some(b), Some(a)) if b >= a => None,
+                _ => Some(next),
+            }
+        }
+
         fn matches(&self, book: &OrderBook) -> bool {
             let bids: Vec<_> = book
                 .levels(Side::Bid)
@@ -489,14 +513,45 @@ mod tests {
             })
     }
 
+    #[derive(Debug, Clone)]
+    enum Op {
+        Delta(Vec<LevelChange>),
+        /// Levels in any order, possibly with duplicates, negatives or a cross.
+        Snapshot(Vec<LevelChange>),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => prop::collection::vec(change(), 0..6).prop_map(Op::Delta),
+            1 => prop::collection::vec(change(), 0..12).prop_map(Op::Snapshot),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
-        fn book_agrees_with_reference_after_every_step(deltas in prop::collection::vec(prop::collection::vec(change(), 0..6), 1..60)) {
+        fn book_agrees_with_reference_after_every_step(ops in prop::collection::vec(op(), 1..60)) {
             let mut book = OrderBook::new();
             let mut reference = Reference::default();
-            for changes in &deltas {
+            for op in &ops {
                 let next = book.sequence().next();
+                let changes = match op {
+                    Op::Delta(changes) => changes,
+                    Op::Snapshot(levels) => {
+                        let snapshot = BookSnapshot {
+                            bids: levels.iter().filter(|l| l.side == Side::Bid).map(|l| Level { price: l.price, qty: l.qty }).collect(),
+                            asks: levels.iter().filter(|l| l.side == Side::Ask).map(|l| Level { price: l.price, qty: l.qty }).collect(),
+                            kind: SnapshotKind::Initial,
+                        };
+                        match (Reference::replace(levels), book.apply_snapshot(next, &snapshot)) {
+                            (Some(r), Ok(())) => reference = r,
+                            (None, Err(_)) => {}
+                            (r, b) => prop_assert!(false, "snapshot: reference {:?} vs book {:?} for {:?}", r.is_some(), b, levels),
+                        }
+                        prop_assert!(reference.matches(&book), "diverged after snapshot {:?}", levels);
+                        continue;
+                    }
+                };
                 match (reference.apply(changes), book.apply_changes(next, changes)) {
                     (Some(r), Ok(())) => reference = r,
                     (None, Err(e)) => {
