@@ -625,3 +625,30 @@ async fn slow_trade_subscriber_is_disconnected_when_configured() {
         .unwrap();
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candles_stream_closed_bars_in_sequence() {
+    let server = server(|f| f.sim.rate = 20_000).await;
+    let mut c = client(&server).await;
+    let mut sub = Sub::open(&mut c).await;
+    sub.subscribe(&["SIM:BTC-USD"], pb::Channel::Candles, 0)
+        .await;
+    let end = sub.next().await;
+    assert!(is_snapshot_end(&end));
+    let mut last = end.sequence;
+    // The simulator's exchange clock follows wall time, so 1 s bars close every second.
+    for _ in 0..2 {
+        let e = sub.next().await;
+        assert_eq!(e.sequence, last + 1);
+        last = e.sequence;
+        let Some(EventBody::Candle(bar)) = body_from_pb(&e).unwrap() else {
+            panic!("{e:?}")
+        };
+        // A 1 min bar closes too when a minute boundary falls inside the test.
+        assert_eq!(bar.open_time.0 % bar.interval.nanos(), 0, "{bar:?}");
+        assert!(bar.low <= bar.open && bar.open <= bar.high);
+        assert!(bar.low <= bar.close && bar.close <= bar.high);
+        assert!(bar.trades > 0 && bar.volume > raven_model::Qty::ZERO);
+    }
+    server.shutdown().await.unwrap();
+}
