@@ -1,5 +1,5 @@
 //! Compiles raven.v1 with protox (pure Rust: no system `protoc`), generates the prost types
-//! and client, and generates the `Market` server by hand so that `Stream` can send batches
+//! and clients, and generates the servers by hand so that `Market.Stream` can send batches
 //! of pre-encoded events (see `wire`). Also saves the descriptor set for reflection.
 
 use prost::Message;
@@ -56,6 +56,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .build(),
         )
         .build();
-    Builder::new().build_client(false).compile(&[market]);
+    let ingest = Service::builder()
+        .name("Ingest")
+        .package("raven.v1")
+        .method(
+            method(
+                "publish",
+                "Publish",
+                "crate::pb::PublishRequest",
+                "crate::pb::PublishResponse",
+            )
+            .client_streaming()
+            .build(),
+        )
+        .build();
+    Builder::new()
+        .build_client(false)
+        .compile(&[market, ingest]);
     Ok(())
 }

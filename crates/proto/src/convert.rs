@@ -6,7 +6,8 @@ use crate::pb;
 use crate::wire::{channel_number, status_number};
 use raven_model::{
     Aggressor, Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody,
-    Level, LevelChange, Price, Qty, Side, SnapshotKind, Status, StatusKind, Trade, UnixNanos,
+    FeedKind, Level, LevelChange, Price, Qty, Side, SnapshotKind, Status, StatusKind, Trade,
+    UnixNanos,
 };
 
 /// A protobuf value that has no model meaning.
@@ -149,55 +150,79 @@ pub fn event_to_pb(instrument: &str, event: &Event) -> pb::Event {
     }
 }
 
+fn snapshot_from_pb(s: &pb::BookSnapshot) -> BookSnapshot {
+    BookSnapshot {
+        bids: s.bids.iter().map(level_from_pb).collect(),
+        asks: s.asks.iter().map(level_from_pb).collect(),
+        kind: if s.resync {
+            SnapshotKind::Resync
+        } else {
+            SnapshotKind::Initial
+        },
+    }
+}
+
+fn delta_from_pb(d: &pb::BookDelta) -> BookDelta {
+    let change = |side| {
+        move |l: &pb::Level| LevelChange {
+            side,
+            price: Price::from_units(l.price),
+            qty: qty_from_words(l.qty, l.qty_hi),
+        }
+    };
+    let bids = d.bids.iter().map(change(Side::Bid));
+    let changes = bids.chain(d.asks.iter().map(change(Side::Ask))).collect();
+    BookDelta { changes }
+}
+
+fn trade_from_pb(t: &pb::Trade) -> Result<Trade, ProtoError> {
+    Ok(Trade {
+        price: Price::from_units(t.price),
+        qty: qty_from_words(t.qty, t.qty_hi),
+        aggressor: match pb::Aggressor::try_from(t.aggressor) {
+            Ok(pb::Aggressor::Buy) => Aggressor::Buy,
+            Ok(pb::Aggressor::Sell) => Aggressor::Sell,
+            Ok(pb::Aggressor::Unspecified) => Aggressor::Unknown,
+            Err(_) => {
+                return Err(ProtoError::UnknownEnum {
+                    field: "trade.aggressor",
+                    value: t.aggressor,
+                });
+            }
+        },
+        trade_id: t.trade_id.clone(),
+    })
+}
+
+/// The model payload of a published event (the instrument and times are the caller's).
+pub fn feed_kind_from_pb(event: &pb::FeedEvent) -> Result<FeedKind, ProtoError> {
+    use pb::feed_event::Body;
+    match event
+        .body
+        .as_ref()
+        .ok_or(ProtoError::Missing("event body"))?
+    {
+        Body::Snapshot(s) => Ok(FeedKind::Snapshot(BookSnapshot {
+            kind: SnapshotKind::Initial,
+            ..snapshot_from_pb(s)
+        })),
+        Body::Delta(d) => Ok(FeedKind::Delta(delta_from_pb(d))),
+        Body::Trade(t) => Ok(FeedKind::Trade(trade_from_pb(t)?)),
+    }
+}
+
 /// The model body of a wire event; `Ok(None)` for per-subscriber control events
 /// (`SnapshotEnd`, `HeartbeatAck`) which have no model counterpart.
 pub fn body_from_pb(event: &pb::Event) -> Result<Option<EventBody>, ProtoError> {
     use pb::event::Body;
-    let levels = |ls: &[pb::Level]| ls.iter().map(level_from_pb).collect::<Vec<_>>();
     let body = match event
         .body
         .as_ref()
         .ok_or(ProtoError::Missing("event body"))?
     {
-        Body::Snapshot(s) => EventBody::Snapshot(BookSnapshot {
-            bids: levels(&s.bids),
-            asks: levels(&s.asks),
-            kind: if s.resync {
-                SnapshotKind::Resync
-            } else {
-                SnapshotKind::Initial
-            },
-        }),
-        Body::Delta(d) => {
-            let side = |ls: &[pb::Level], side| {
-                ls.iter()
-                    .map(move |l| LevelChange {
-                        side,
-                        price: Price::from_units(l.price),
-                        qty: qty_from_words(l.qty, l.qty_hi),
-                    })
-                    .collect::<Vec<_>>()
-            };
-            let mut changes = side(&d.bids, Side::Bid);
-            changes.extend(side(&d.asks, Side::Ask));
-            EventBody::Delta(BookDelta { changes })
-        }
-        Body::Trade(t) => EventBody::Trade(Trade {
-            price: Price::from_units(t.price),
-            qty: qty_from_words(t.qty, t.qty_hi),
-            aggressor: match pb::Aggressor::try_from(t.aggressor) {
-                Ok(pb::Aggressor::Buy) => Aggressor::Buy,
-                Ok(pb::Aggressor::Sell) => Aggressor::Sell,
-                Ok(pb::Aggressor::Unspecified) => Aggressor::Unknown,
-                Err(_) => {
-                    return Err(ProtoError::UnknownEnum {
-                        field: "trade.aggressor",
-                        value: t.aggressor,
-                    });
-                }
-            },
-            trade_id: t.trade_id.clone(),
-        }),
+        Body::Snapshot(s) => EventBody::Snapshot(snapshot_from_pb(s)),
+        Body::Delta(d) => EventBody::Delta(delta_from_pb(d)),
+        Body::Trade(t) => EventBody::Trade(trade_from_pb(t)?),
         Body::Bbo(b) => EventBody::Bbo(Bbo {
             bid: b.bid.as_ref().map(level_from_pb),
             ask: b.ask.as_ref().map(level_from_pb),

@@ -1,5 +1,5 @@
-//! The `raven.v1` API: generated protobuf types and client ([`pb`]), the generated
-//! `Market` server ([`market_server`]), the hand-written encode-once wire encoder
+//! The `raven.v1` API: generated protobuf types and clients ([`pb`]), the generated
+//! servers ([`market_server`], [`ingest_server`]), the hand-written encode-once wire encoder
 //! ([`wire`]), and conversions between the model and protobuf ([`convert`]).
 //!
 //! This is the one crate where generated types live; nothing else depends on prost.
@@ -17,10 +17,17 @@ pub mod pb {
 /// The `raven.v1.Market` server, generated with `Stream` answering in
 /// [`wire::EncodedBatch`] so events are encoded once for all subscribers.
 #[allow(missing_docs, clippy::all)]
-mod generated_server {
+mod generated_market {
     include!(concat!(env!("OUT_DIR"), "/raven.v1.Market.rs"));
 }
-pub use generated_server::market_server;
+pub use generated_market::market_server;
+
+/// The `raven.v1.Ingest` server.
+#[allow(missing_docs, clippy::all)]
+mod generated_ingest {
+    include!(concat!(env!("OUT_DIR"), "/raven.v1.Ingest.rs"));
+}
+pub use generated_ingest::ingest_server;
 
 /// The encoded `FileDescriptorSet` of raven.v1, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

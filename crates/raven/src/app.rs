@@ -1,4 +1,5 @@
-//! Wiring: builds the registry, engine, simulator feed and gRPC server from a [`Config`],
+//! Wiring: builds the registry, engine, simulator feed and gRPC services (market, ingest,
+//! health, reflection) from a [`Config`],
 //! runs them, and shuts them down in order (feed, client streams, gRPC, engine).
 //! Entry points take the listener as an argument so tests bind port 0.
 
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use raven_model::InstrumentRegistry;
+use raven_proto::ingest_server::IngestServer;
 use raven_proto::market_server::MarketServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -15,12 +17,14 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::api::ingest::IngestApi;
 use crate::api::market::{Limits, MarketApi, MarketService};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, ShardContext};
 use crate::fanout::{Closed, Fanout};
 use crate::feed::sim::{self, Simulator};
+use crate::feed::{Catalog, Owner};
 
 /// Subscriptions one stream may hold (instruments × channels).
 const MAX_SUBSCRIPTIONS_PER_STREAM: usize = 10_000;
@@ -74,14 +78,17 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
     let registry = InstrumentRegistry::new();
     let fanout = Arc::new(Fanout::default());
     let sim = Simulator::new(&config.sim, &registry, clock.now());
-    let instruments = sim.instruments();
+    let catalog = Catalog::new(registry.clone());
+    for info in sim.instruments() {
+        catalog.add(info, Owner::Simulator);
+    }
 
     let (resync_tx, resync_rx) = crossbeam_channel::bounded(1024);
     let engine = Engine::start(
         EngineConfig::with_shards(config.shards),
         ShardContext {
             registry: registry.clone(),
-            clock,
+            clock: clock.clone(),
             resync: resync_tx,
             taps: Vec::new(),
             tops: Default::default(),
@@ -97,9 +104,11 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         stop_feed.clone(),
     )?;
 
+    let ingest = IngestServer::new(IngestApi::new(catalog.clone(), engine.input(), clock))
+        .max_decoding_message_size(16 << 20);
     let service = Arc::new(MarketService::new(
         registry,
-        instruments,
+        catalog,
         engine.commands(),
         fanout.clone(),
         Limits {
@@ -110,6 +119,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
     ));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<MarketServer<MarketApi>>().await;
+    health.set_serving::<IngestServer<IngestApi>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(raven_proto::FILE_DESCRIPTOR_SET)
@@ -136,6 +146,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(market)
+        .add_service(ingest)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         });

@@ -535,7 +535,7 @@ async fn health_and_reflection_are_served() {
         .await
         .unwrap();
     let mut health = HealthClient::new(channel.clone());
-    for service in ["", "raven.v1.Market"] {
+    for service in ["", "raven.v1.Market", "raven.v1.Ingest"] {
         let answer = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -566,6 +566,7 @@ async fn health_and_reflection_are_served() {
         vec![
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
+            "raven.v1.Ingest",
             "raven.v1.Market"
         ]
     );

@@ -16,7 +16,7 @@ use super::session;
 use crate::config::FanoutConfig;
 use crate::engine::{Command, EngineCommands, EngineError};
 use crate::fanout::Fanout;
-use crate::feed::InstrumentInfo;
+use crate::feed::Catalog;
 
 /// Deepest book view a client may ask for.
 pub const MAX_DEPTH: u32 = 10_000;
@@ -24,7 +24,7 @@ pub const MAX_DEPTH: u32 = 10_000;
 /// Everything the service needs, shared by all calls.
 pub struct MarketService {
     pub(super) registry: InstrumentRegistry,
-    instruments: Vec<InstrumentInfo>,
+    catalog: Catalog,
     pub(super) commands: EngineCommands,
     pub(super) fanout: Arc<Fanout>,
     pub(super) limits: Limits,
@@ -45,14 +45,14 @@ impl MarketService {
     /// A service over a running engine.
     pub fn new(
         registry: InstrumentRegistry,
-        instruments: Vec<InstrumentInfo>,
+        catalog: Catalog,
         commands: EngineCommands,
         fanout: Arc<Fanout>,
         limits: Limits,
     ) -> MarketService {
         MarketService {
             registry,
-            instruments,
+            catalog,
             commands,
             fanout,
             limits,
@@ -184,7 +184,8 @@ impl Market for MarketApi {
     ) -> Result<Response<pb::ListInstrumentsResponse>, Status> {
         let instruments = self
             .0
-            .instruments
+            .catalog
+            .list()
             .iter()
             .map(|i| pb::Instrument {
                 name: i.name.to_string(),

@@ -1,0 +1,130 @@
+//! `raven.v1.Ingest`: outside collectors publish normalized events into the same engine
+//! path as every other feed. A request is validated whole before any of it is accepted;
+//! accepted events are handed to the engine with backpressure (the call waits while the
+//! engine is behind), so nothing accepted is dropped.
+
+use std::sync::Arc;
+
+use raven_model::{FeedEvent, FeedKind, InstrumentName, Price, UnixNanos};
+use raven_proto::convert::feed_kind_from_pb;
+use raven_proto::ingest_server::Ingest;
+use raven_proto::pb;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::clock::Clock;
+use crate::engine::EngineInput;
+use crate::feed::{Catalog, InstrumentInfo, Owner};
+
+/// Most events one publish request may carry.
+pub const MAX_EVENTS_PER_REQUEST: usize = 10_000;
+
+/// The ingest service.
+#[derive(Clone)]
+pub struct IngestApi {
+    catalog: Catalog,
+    input: EngineInput,
+    clock: Arc<dyn Clock>,
+}
+
+impl IngestApi {
+    /// Publishes into `input`; new instruments are added to `catalog` as publisher-owned.
+    pub fn new(catalog: Catalog, input: EngineInput, clock: Arc<dyn Clock>) -> IngestApi {
+        IngestApi {
+            catalog,
+            input,
+            clock,
+        }
+    }
+
+    fn convert(&self, event: &pb::FeedEvent, now: UnixNanos) -> Result<FeedEvent, Status> {
+        let name = InstrumentName::parse(&event.instrument)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let kind = feed_kind_from_pb(event).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(qty) = negative_quantity(&kind) {
+            return Err(Status::invalid_argument(format!(
+                "quantity out of range ({qty} units as a signed 128-bit count of 1e-9)"
+            )));
+        }
+        let info = InstrumentInfo {
+            name,
+            // Publishers do not declare a tick size; 0 means unknown.
+            tick_size: Price::ZERO,
+        };
+        let (instrument, owner) = self.catalog.add(info, Owner::Publisher);
+        if owner != Owner::Publisher {
+            return Err(Status::failed_precondition(format!(
+                "{} is fed by the {owner:?} feed; publish to an instrument of your own venue",
+                event.instrument
+            )));
+        }
+        Ok(FeedEvent {
+            instrument,
+            exchange_time: UnixNanos(event.exchange_time),
+            receive_time: if event.receive_time == 0 {
+                now
+            } else {
+                UnixNanos(event.receive_time)
+            },
+            kind,
+        })
+    }
+}
+
+/// A quantity whose high word put it past `i128::MAX` (it reads as negative).
+fn negative_quantity(kind: &FeedKind) -> Option<i128> {
+    let mut quantities: Box<dyn Iterator<Item = raven_model::Qty> + '_> = match kind {
+        FeedKind::Snapshot(s) => Box::new(s.bids.iter().chain(&s.asks).map(|l| l.qty)),
+        FeedKind::Delta(d) => Box::new(d.changes.iter().map(|c| c.qty)),
+        FeedKind::Trade(t) => Box::new(std::iter::once(t.qty)),
+        FeedKind::Status(_) => Box::new(std::iter::empty()),
+    };
+    quantities.find(|q| q.is_negative()).map(|q| q.units())
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestApi {
+    async fn publish(
+        &self,
+        request: Request<Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let mut inbound = request.into_inner();
+        let mut accepted = 0u64;
+        while let Some(request) = inbound.message().await? {
+            if request.events.len() > MAX_EVENTS_PER_REQUEST {
+                return Err(Status::resource_exhausted(format!(
+                    "a publish request carries {} events; at most {MAX_EVENTS_PER_REQUEST} are allowed ({accepted} accepted before it)",
+                    request.events.len()
+                )));
+            }
+            let now = self.clock.now();
+            let batch = request
+                .events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    self.convert(e, now).map_err(|s| {
+                        Status::new(
+                            s.code(),
+                            format!(
+                                "event {i} of the request ({:?}) refused: {}; the request was not applied, {accepted} events accepted before it",
+                                e.instrument,
+                                s.message()
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
+            let n = batch.len() as u64;
+            let input = self.input.clone();
+            // Blocking send: the engine's bounded input slows this stream when it is behind.
+            let sent = tokio::task::spawn_blocking(move || input.send(batch))
+                .await
+                .map_err(|e| Status::internal(format!("ingest task failed: {e}")))?;
+            if !sent {
+                return Err(Status::unavailable("server shutting down"));
+            }
+            accepted += n;
+        }
+        Ok(Response::new(pb::PublishResponse { accepted }))
+    }
+}
