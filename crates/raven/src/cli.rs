@@ -1,12 +1,13 @@
 //! The `raven` command line: `serve` runs the server; `subscribe`, `snapshot` and
-//! `instruments` are gRPC clients. Human output by default, `--json` for one JSON object
-//! per line with prices as exact decimal strings.
+//! `instruments` are gRPC clients; `bench` load-tests a server. Human output by default,
+//! `--json` for one JSON object per line with prices as exact decimal strings.
 
 mod client;
 mod render;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -29,6 +30,51 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// List the instruments the server has.
     Instruments(InstrumentsArgs),
+    /// Load-test a server: N streaming clients, events published through the ingest API.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Server to load; without it, a `raven serve` child is started for each row.
+    #[arg(long)]
+    server: Option<String>,
+    /// Client counts, one row each (each client has its own connection).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    clients: Vec<usize>,
+    /// Events published per second.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Measured time per row, e.g. 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before each row.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Bench instruments; every client subscribes to all of them.
+    #[arg(long, default_value_t = 8)]
+    instruments: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `10s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 10s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!(
+            "invalid duration {text:?}: the unit must be ms, s or m"
+        )),
+    }
 }
 
 #[derive(Args)]
@@ -118,7 +164,28 @@ pub fn run() -> anyhow::Result<()> {
         Command::Subscribe(args) => runtime.block_on(client::subscribe(args)),
         Command::Snapshot(args) => runtime.block_on(client::snapshot(args)),
         Command::Instruments(args) => runtime.block_on(client::instruments(args)),
+        Command::Bench(args) => runtime.block_on(bench(args)),
     }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let config = raven::bench::BenchConfig {
+        server: args.server,
+        raven_binary: std::env::current_exe()
+            .context("cannot find the raven binary to start a server")?,
+        clients: args.clients,
+        rate: args.rate,
+        duration: args.duration,
+        warmup: args.warmup,
+        instruments: args.instruments,
+    };
+    let report = raven::bench::run(&config, |line| eprintln!("{line}")).await?;
+    print!("{}", report.table());
+    if let Some(path) = args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

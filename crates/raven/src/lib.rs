@@ -2,11 +2,13 @@
 //!
 //! `feed` (simulator) → `engine` (one writer per instrument: books, sequences, BBO,
 //! candles; encodes each event once) → `fanout` (bounded per-subscriber mailboxes) →
-//! `api` (gRPC streams). `app` wires them together from a `config`.
+//! `api` (gRPC streams). `app` wires them together from a `config`; `bench` is the
+//! whole-server load generator.
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod engine;

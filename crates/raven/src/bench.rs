@@ -1,0 +1,92 @@
+//! `raven bench`: the whole-server load generator. For each client count N it opens N
+//! streaming clients on their own HTTP/2 connections, publishes trades at a fixed rate
+//! through the real ingest path (`Ingest.Publish`), and measures what every client
+//! receives: deliveries per second, publish→receive latency (HDR histogram, every
+//! delivery counted), exact loss, and the server's RSS and CPU.
+//!
+//! The publisher stamps each event's exchange time with its send time, so latency covers
+//! ingest, engine, fan-out and the socket. Clients read event headers with
+//! `raven_proto::wire::scan` and never decode bodies, so they stay cheaper than the
+//! server they measure.
+//!
+//! Not here yet (issue 4): `--max`, `--compare nats://…`, `--soak`, the SVG plot and
+//! `scripts/bench.sh`.
+
+mod load;
+mod report;
+mod server;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use report::{BenchReport, Row};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// A running server to target; `None` starts one (`raven_binary serve`) per run.
+    pub server: Option<String>,
+    /// The `raven` binary used to start a server when `server` is `None`.
+    pub raven_binary: PathBuf,
+    /// Client counts, one row each.
+    pub clients: Vec<usize>,
+    /// Events published per second, all instruments together.
+    pub rate: u64,
+    /// Measured time per row.
+    pub duration: Duration,
+    /// Unmeasured time before it (connections warm, queues steady).
+    pub warmup: Duration,
+    /// Bench instruments (`BENCH:T0`…); every client subscribes to all of them.
+    pub instruments: usize,
+}
+
+/// Why a bench run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Starting or talking to the server process.
+    #[error("server process: {0}")]
+    Process(#[from] std::io::Error),
+    /// Connecting to the server.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// A call failed.
+    #[error("{0}")]
+    Call(#[from] tonic::Status),
+    /// The server sent bytes that are not a `StreamResponse`.
+    #[error("malformed stream data: {0}")]
+    Scan(#[from] raven_proto::wire::scan::ScanError),
+    /// Deliveries did not complete in time.
+    #[error("{0}")]
+    Stalled(String),
+}
+
+/// Runs every row of `config`, reporting progress through `progress`.
+pub async fn run(
+    config: &BenchConfig,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, BenchError> {
+    let mut rows = Vec::new();
+    for &clients in &config.clients {
+        let server = match &config.server {
+            Some(url) => server::Target::remote(url.clone()),
+            None => {
+                progress(&format!("N={clients}: starting a server"));
+                server::Target::spawn(&config.raven_binary).await?
+            }
+        };
+        let row = load::run_row(config, clients, &server, &mut progress).await?;
+        progress(&row.summary());
+        rows.push(row);
+        server.stop().await;
+    }
+    Ok(BenchReport {
+        rate: config.rate,
+        duration_s: config.duration.as_secs_f64(),
+        rows,
+    })
+}
