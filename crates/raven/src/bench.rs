@@ -28,6 +28,8 @@ pub struct BenchConfig {
     pub server: Option<String>,
     /// The `raven` binary used to start a server when `server` is `None`.
     pub raven_binary: PathBuf,
+    /// Config file for the server the bench starts.
+    pub server_config: Option<PathBuf>,
     /// Client counts, one row each.
     pub clients: Vec<usize>,
     /// Events published per second, all instruments together.
@@ -76,7 +78,7 @@ pub async fn run(
             Some(url) => server::Target::remote(url.clone()),
             None => {
                 progress(&format!("N={clients}: starting a server"));
-                server::Target::spawn(&config.raven_binary).await?
+                server::Target::spawn(&config.raven_binary, config.server_config.as_deref()).await?
             }
         };
         let row = load::run_row(config, clients, &server, &mut progress).await?;

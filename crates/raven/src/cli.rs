@@ -39,6 +39,9 @@ struct BenchArgs {
     /// Server to load; without it, a `raven serve` child is started for each row.
     #[arg(long)]
     server: Option<String>,
+    /// Config file for the `raven serve` child (ignored with --server).
+    #[arg(long)]
+    server_config: Option<PathBuf>,
     /// Client counts, one row each (each client has its own connection).
     #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
     clients: Vec<usize>,
@@ -173,6 +176,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         server: args.server,
         raven_binary: std::env::current_exe()
             .context("cannot find the raven binary to start a server")?,
+        server_config: args.server_config,
         clients: args.clients,
         rate: args.rate,
         duration: args.duration,

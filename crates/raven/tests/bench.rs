@@ -13,6 +13,7 @@ async fn every_published_event_reaches_every_client_and_is_counted() {
     let config = BenchConfig {
         server: None,
         raven_binary: PathBuf::from(RAVEN),
+        server_config: None,
         clients: vec![1, 4],
         rate: 2000,
         duration: Duration::from_secs(1),

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use raven_model::{Channel, InstrumentId};
@@ -51,9 +52,20 @@ pub(super) fn open(
         reader: reader.abort_handle(),
     };
     Box::pin(futures::stream::unfold(
-        Some(guard),
-        move |guard| async move {
-            let guard = guard?;
+        Some((guard, None::<tokio::time::Instant>)),
+        move |state| async move {
+            let (guard, last_write) = state?;
+            if let (Some(last), Some(budget)) = (last_write, limits.fanout.write_budget_per_s) {
+                // Space this client's writes so that all clients together stay within the
+                // budget; each write then carries more events. Below the timer's 1 ms
+                // resolution spacing would only add latency, so it is skipped.
+                let gap = Duration::from_secs_f64(
+                    guard.service.fanout.subscribers() as f64 / budget as f64,
+                );
+                if gap >= Duration::from_millis(1) && last.elapsed() < gap {
+                    tokio::time::sleep_until(last + gap).await;
+                }
+            }
             loop {
                 let drained = guard.mailbox.drain(limits.fanout.max_batch_bytes);
                 for (instrument, depth) in drained.resync_requests {
@@ -79,7 +91,10 @@ pub(super) fn open(
                     }
                 }
                 if !drained.batch.is_empty() {
-                    return Some((Ok(drained.batch), Some(guard)));
+                    return Some((
+                        Ok(drained.batch),
+                        Some((guard, Some(tokio::time::Instant::now()))),
+                    ));
                 }
                 guard.mailbox.ready().await;
             }

@@ -28,12 +28,20 @@ impl Target {
         Target { url, child: None }
     }
 
-    /// Starts `raven serve` on a free loopback port with the simulator nearly idle.
-    pub async fn spawn(raven: &Path) -> Result<Target, BenchError> {
+    /// Starts `raven serve` (with `config`, if given) on a free loopback port with the
+    /// simulator nearly idle.
+    pub async fn spawn(raven: &Path, config: Option<&Path>) -> Result<Target, BenchError> {
         let raven = raven.to_owned();
+        let config = config.map(Path::to_owned);
         tokio::task::spawn_blocking(move || {
-            let mut child = Command::new(raven)
-                .args(["serve", "--listen", "127.0.0.1:0", "--rate", "1"])
+            let mut command = Command::new(raven);
+            if let Some(config) = config {
+                command.arg("serve").arg("--config").arg(config);
+            } else {
+                command.arg("serve");
+            }
+            let mut child = command
+                .args(["--listen", "127.0.0.1:0", "--rate", "1"])
                 .env("RAVEN_LOG", "warn")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
