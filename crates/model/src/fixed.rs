@@ -9,7 +9,8 @@
 //! Parsing accepts exactly `-?[0-9]+(\.[0-9]+)?` with at most nine decimals. Anything
 //! else — empty, exponent forms, `NaN`, stray signs or dots, too many decimals, values
 //! out of range — is a [`FixedError`] naming the input. Nothing is rounded, truncated or
-//! saturated, and no value ever passes through `f64`.
+//! saturated, and no value ever passes through `f64`: display uses the exact decimal
+//! `Display` form.
 
 use std::fmt;
 use std::str::FromStr;
@@ -230,12 +231,6 @@ impl Price {
     pub fn checked_sub(self, other: Price) -> Option<Price> {
         self.0.checked_sub(other.0).map(Price)
     }
-
-    /// For display and charts only: rounds to the nearest `f64`, which cannot hold every
-    /// price exactly. Never feed the result back into the pipeline.
-    pub fn to_f64_lossy(self) -> f64 {
-        self.0 as f64 / FIXED_SCALE as f64
-    }
 }
 
 impl FromStr for Price {
@@ -320,11 +315,6 @@ impl Qty {
     /// `self - other`, or `None` on overflow.
     pub fn checked_sub(self, other: Qty) -> Option<Qty> {
         self.0.checked_sub(other.0).map(Qty)
-    }
-
-    /// For display and charts only: rounds to the nearest `f64`.
-    pub fn to_f64_lossy(self) -> f64 {
-        self.0 as f64 / FIXED_SCALE as f64
     }
 }
 

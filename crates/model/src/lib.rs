@@ -2,8 +2,8 @@
 //! API share. Pure data and validation — this crate cannot depend on async, I/O or
 //! wire-format crates, so the compiler keeps the core free of them.
 //!
-//! Numbers are integers at one published scale ([`FIXED_SCALE`]); floats appear only in
-//! explicitly named display helpers.
+//! Numbers are integers at one published scale ([`FIXED_SCALE`]); there are no floats
+//! here at all (display uses the exact decimal form).
 #![deny(missing_docs)]
 
 mod event;

@@ -34,16 +34,9 @@ fn engine(c: &mut Criterion) {
         .collect();
     let events: usize = batches.iter().map(Vec::len).sum();
 
-    let (resync, _resync_rx) = crossbeam_channel::bounded(1024);
     let fanout = Arc::new(Fanout::default());
-    let ctx = ShardContext {
-        registry: registry.clone(),
-        clock: Arc::new(SystemClock),
-        resync,
-        taps: Vec::new(),
-        tops: Default::default(),
-        fanout: fanout.clone(),
-    };
+    let (ctx, _resync_requests) =
+        ShardContext::new(registry.clone(), Arc::new(SystemClock), fanout.clone());
     let mut shard = Shard::new(ctx);
     shard.process(&warmup);
     let mailbox = fanout.open(1 << 30, LagPolicy::Gap);

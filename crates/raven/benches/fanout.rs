@@ -44,15 +44,9 @@ fn fanout(c: &mut Criterion) {
     g.throughput(Throughput::Elements(100));
     for (subscribers, stalled) in [(1, false), (100, false), (1000, false), (1000, true)] {
         let fanout = Arc::new(Fanout::default());
-        let (resync, _resync_rx) = crossbeam_channel::bounded(1024);
-        let mut shard = Shard::new(ShardContext {
-            registry: registry.clone(),
-            clock: Arc::new(SystemClock),
-            resync,
-            taps: Vec::new(),
-            tops: Default::default(),
-            fanout: fanout.clone(),
-        });
+        let (ctx, _resync_requests) =
+            ShardContext::new(registry.clone(), Arc::new(SystemClock), fanout.clone());
+        let mut shard = Shard::new(ctx);
         shard.process(&snapshots);
         let mailboxes: Vec<Arc<Mailbox>> = (0..subscribers)
             .map(|_| {

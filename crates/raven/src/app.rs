@@ -83,18 +83,8 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         catalog.add(info, Owner::Simulator);
     }
 
-    let (resync_tx, resync_rx) = crossbeam_channel::bounded(1024);
-    let engine = Engine::start(
-        EngineConfig::with_shards(config.shards),
-        ShardContext {
-            registry: registry.clone(),
-            clock: clock.clone(),
-            resync: resync_tx,
-            taps: Vec::new(),
-            tops: Default::default(),
-            fanout: fanout.clone(),
-        },
-    )?;
+    let (ctx, resync_rx) = ShardContext::new(registry.clone(), clock.clone(), fanout.clone());
+    let engine = Engine::start(EngineConfig::with_shards(config.shards), ctx)?;
     let stop_feed = Arc::new(AtomicBool::new(false));
     let feed = sim::spawn(
         sim,

@@ -133,6 +133,27 @@ pub struct ShardContext {
     pub fanout: Arc<Fanout>,
 }
 
+impl ShardContext {
+    /// A context with no taps and a fresh top-of-book directory; also returns the
+    /// receiving end of the resync requests, for the feed.
+    pub fn new(
+        registry: InstrumentRegistry,
+        clock: Arc<dyn Clock>,
+        fanout: Arc<Fanout>,
+    ) -> (ShardContext, Receiver<InstrumentId>) {
+        let (resync, requests) = bounded(1024);
+        let ctx = ShardContext {
+            registry,
+            clock,
+            resync,
+            taps: Vec::new(),
+            tops: TopDirectory::default(),
+            fanout,
+        };
+        (ctx, requests)
+    }
+}
+
 /// The running engine.
 pub struct Engine {
     input: EngineInput,

@@ -26,19 +26,13 @@ struct Harness {
 
 fn start(registry: &InstrumentRegistry, shards: usize) -> Harness {
     let (tap_tx, tap) = bounded(1024);
-    let (resync_tx, resync) = bounded(64);
-    let engine = Engine::start(
-        EngineConfig::with_shards(shards),
-        ShardContext {
-            registry: registry.clone(),
-            clock: Arc::new(SystemClock),
-            resync: resync_tx,
-            taps: vec![tap_tx],
-            tops: Default::default(),
-            fanout: Arc::new(Fanout::default()),
-        },
-    )
-    .unwrap();
+    let (mut ctx, resync) = ShardContext::new(
+        registry.clone(),
+        Arc::new(SystemClock),
+        Arc::new(Fanout::default()),
+    );
+    ctx.taps.push(tap_tx);
+    let engine = Engine::start(EngineConfig::with_shards(shards), ctx).unwrap();
     let input = engine.input();
     Harness {
         engine,

@@ -1,10 +1,10 @@
 //! The ingest service over a real socket: published events reach subscribers through the
 //! engine exactly, and bad publishes get precise errors without disturbing anything.
 
+mod common;
+
 use std::time::Duration;
 
-use raven::app::{bind, start};
-use raven::config::FileConfig;
 use raven_book::OrderBook;
 use raven_model::{
     BookDelta, EventBody, LevelChange, Price, Qty, Sequence, Side, SnapshotKind, StatusKind,
@@ -50,14 +50,7 @@ async fn publish(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_events_reach_subscribers_exactly() {
-    let mut file = FileConfig::default();
-    file.sim.rate = 100;
-    let server = start(
-        &file.resolve().unwrap(),
-        bind("127.0.0.1:0".parse().unwrap()).unwrap(),
-    )
-    .await
-    .unwrap();
+    let server = common::server(|f| f.sim.rate = 100).await;
     let url = format!("http://{}", server.local_addr());
     let mut ingest = IngestClient::connect(url.clone()).await.unwrap();
     let mut market = MarketClient::connect(url).await.unwrap();
@@ -215,12 +208,7 @@ async fn published_events_reach_subscribers_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_publishes_get_precise_errors() {
-    let server = start(
-        &FileConfig::default().resolve().unwrap(),
-        bind("127.0.0.1:0".parse().unwrap()).unwrap(),
-    )
-    .await
-    .unwrap();
+    let server = common::server(|_| {}).await;
     let mut ingest = IngestClient::connect(format!("http://{}", server.local_addr()))
         .await
         .unwrap();

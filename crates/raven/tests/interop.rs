@@ -3,6 +3,8 @@
 //! grpcio-tools from PyPI once, cached under the target directory). Without Python it is
 //! skipped with a message, unless `RAVEN_REQUIRE_SERVICES=1` (CI) makes that a failure.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -78,15 +80,7 @@ async fn python_grpcio_client_rebuilds_books() {
             ));
         }
     };
-    let mut file = raven::config::FileConfig::default();
-    file.sim.rate = 5000;
-    let config = file.resolve().unwrap();
-    let server = raven::app::start(
-        &config,
-        raven::app::bind("127.0.0.1:0".parse().unwrap()).unwrap(),
-    )
-    .await
-    .unwrap();
+    let server = common::server(|f| f.sim.rate = 5000).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/interop.py");
     let run = tokio::process::Command::new(python)
         .arg(script)

@@ -2,6 +2,8 @@
 //! the flow) is found by HTTP/2 keepalive and cleaned up. A raw `h2` client opens a real
 //! gRPC `Stream` call, subscribes, then stops answering while holding the socket open.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,16 +12,11 @@ use raven_proto::pb::{self, stream_request::Request as Req};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peer_is_dropped_by_keepalive() {
-    let mut file = raven::config::FileConfig::default();
-    file.server.keepalive_secs = 1;
-    file.server.keepalive_timeout_secs = 1;
-    let config = file.resolve().unwrap();
-    let server = raven::app::start(
-        &config,
-        raven::app::bind("127.0.0.1:0".parse().unwrap()).unwrap(),
-    )
-    .await
-    .unwrap();
+    let server = common::server(|f| {
+        f.server.keepalive_secs = 1;
+        f.server.keepalive_timeout_secs = 1;
+    })
+    .await;
 
     let tcp = tokio::net::TcpStream::connect(server.local_addr())
         .await

@@ -3,7 +3,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use raven::app::{RunningServer, start};
+mod common;
+
+use raven::app::RunningServer;
 use raven::config::FileConfig;
 use raven_book::OrderBook;
 use raven_model::{EventBody, SnapshotKind, StatusKind};
@@ -17,12 +19,11 @@ use tonic::transport::Channel;
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn server(configure: impl FnOnce(&mut FileConfig)) -> RunningServer {
-    let mut file = FileConfig::default();
-    file.sim.rate = 5000;
-    configure(&mut file);
-    let config = file.resolve().unwrap();
-    let listener = raven::app::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    start(&config, listener).await.unwrap()
+    common::server(|f| {
+        f.sim.rate = 5000;
+        configure(f);
+    })
+    .await
 }
 
 async fn client(server: &RunningServer) -> MarketClient<Channel> {

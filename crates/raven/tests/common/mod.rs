@@ -1,0 +1,18 @@
+//! Shared by the integration tests: the real server, in process, on a free loopback port.
+//! (In `common/mod.rs` so that cargo does not build it as a test of its own.)
+
+use raven::app::{RunningServer, bind, start};
+use raven::config::FileConfig;
+
+/// Starts a server on the defaults with `configure` applied.
+pub async fn server(configure: impl FnOnce(&mut FileConfig)) -> RunningServer {
+    let mut file = FileConfig::default();
+    configure(&mut file);
+    let config = file.resolve().expect("test configuration is valid");
+    start(
+        &config,
+        bind("127.0.0.1:0".parse().expect("valid address")).expect("bind loopback"),
+    )
+    .await
+    .expect("server starts")
+}
