@@ -9,7 +9,10 @@
 //! `raven_proto::wire::scan` and never decode bodies, so they stay cheaper than the
 //! server they measure.
 //!
-//! Not here yet (issue 4): `--max`, `--compare nats://…`, `--soak`, the SVG plot and
+//! With `max`, each N steps the rate up ×1.5 from `rate` and reports the highest rate it
+//! sustained (loss ≤ 0.1%, p99 ≤ 100 ms).
+//!
+//! Not here yet (issue 4): `--compare nats://…`, `--soak`, the SVG plot and
 //! `scripts/bench.sh`.
 
 mod load;
@@ -40,7 +43,16 @@ pub struct BenchConfig {
     pub warmup: Duration,
     /// Bench instruments (`BENCH:T0`…); every client subscribes to all of them.
     pub instruments: usize,
+    /// Find the highest sustained rate per N instead of measuring `rate` only: start at
+    /// `rate` and step up ×1.5 until a row loses over 0.1% or its p99 exceeds 100 ms, or
+    /// the next step would pass this cap (events/s).
+    pub max: Option<u64>,
 }
+
+/// A row sustains its rate when it loses at most this fraction of deliveries...
+const MAX_LOSS: f64 = 0.001;
+/// ...and its p99 latency stays within this (µs).
+const MAX_P99_US: u64 = 100_000;
 
 /// Why a bench run failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,21 +86,52 @@ pub async fn run(
 ) -> Result<BenchReport, BenchError> {
     let mut rows = Vec::new();
     for &clients in &config.clients {
-        let server = match &config.server {
-            Some(url) => server::Target::remote(url.clone()),
-            None => {
-                progress(&format!("N={clients}: starting a server"));
-                server::Target::spawn(&config.raven_binary, config.server_config.as_deref()).await?
+        let mut rate = config.rate;
+        let mut best: Option<Row> = None;
+        loop {
+            let row = run_one(config, clients, rate, &mut progress).await?;
+            progress(&row.summary());
+            let sustained = (row.lost as f64) <= MAX_LOSS * (row.published * clients as u64) as f64
+                && row.latency_us.p99 <= MAX_P99_US;
+            let Some(cap) = config.max else {
+                rows.push(row);
+                break;
+            };
+            if !sustained {
+                progress(&format!(
+                    "N={clients}: {rate} events/s not sustained; stopping"
+                ));
+                break;
             }
-        };
-        let row = load::run_row(config, clients, &server, &mut progress).await?;
-        progress(&row.summary());
-        rows.push(row);
-        server.stop().await;
+            best = Some(row);
+            let next = rate + rate / 2;
+            if next > cap {
+                break;
+            }
+            rate = next;
+        }
+        rows.extend(best);
     }
     Ok(BenchReport {
-        rate: config.rate,
         duration_s: config.duration.as_secs_f64(),
         rows,
     })
+}
+
+async fn run_one(
+    config: &BenchConfig,
+    clients: usize,
+    rate: u64,
+    progress: &mut impl FnMut(&str),
+) -> Result<Row, BenchError> {
+    let server = match &config.server {
+        Some(url) => server::Target::remote(url.clone()),
+        None => {
+            progress(&format!("N={clients}: starting a server"));
+            server::Target::spawn(&config.raven_binary, config.server_config.as_deref()).await?
+        }
+    };
+    let row = load::run_row(config, clients, rate, &server, progress).await;
+    server.stop().await;
+    row
 }

@@ -60,6 +60,10 @@ struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Find each N's highest sustained rate (loss ≤ 0.1%, p99 ≤ 100 ms): start at --rate
+    /// and step up ×1.5, never past this many events/s.
+    #[arg(long, value_name = "CAP")]
+    max: Option<u64>,
 }
 
 /// `10s`, `500ms`, `2m`, or plain seconds.
@@ -176,6 +180,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         server: args.server,
         raven_binary: std::env::current_exe()
             .context("cannot find the raven binary to start a server")?,
+        max: args.max,
         server_config: args.server_config,
         clients: args.clients,
         rate: args.rate,

@@ -14,6 +14,7 @@ async fn every_published_event_reaches_every_client_and_is_counted() {
         server: None,
         raven_binary: PathBuf::from(RAVEN),
         server_config: None,
+        max: None,
         clients: vec![1, 4],
         rate: 2000,
         duration: Duration::from_secs(1),
@@ -94,4 +95,33 @@ fn cli_prints_a_table_and_writes_json() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid duration \"ten\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_mode_steps_the_rate_up_to_the_cap_and_reports_the_highest_sustained() {
+    let config = BenchConfig {
+        server: None,
+        raven_binary: PathBuf::from(RAVEN),
+        server_config: None,
+        clients: vec![2],
+        rate: 500,
+        duration: Duration::from_millis(400),
+        warmup: Duration::from_millis(100),
+        instruments: 2,
+        // 500, 750, 1125, 1687; the next step (2530) would pass the cap.
+        max: Some(2000),
+    };
+    let mut progress = Vec::new();
+    let report = run(&config, |line| progress.push(line.to_owned()))
+        .await
+        .unwrap();
+    let steps: Vec<&String> = progress
+        .iter()
+        .filter(|l| l.contains("events/s: "))
+        .collect();
+    assert_eq!(steps.len(), 4, "{progress:?}");
+    assert_eq!(report.rows.len(), 1);
+    let row = &report.rows[0];
+    assert_eq!((row.clients, row.rate, row.lost), (2, 1687, 0));
+    assert_eq!(row.delivered, 2 * row.published);
 }

@@ -290,6 +290,7 @@ fn trade(instrument: &str, stamp: u64) -> pb::FeedEvent {
 pub(super) async fn run_row(
     config: &BenchConfig,
     clients: usize,
+    rate: u64,
     target: &Target,
     progress: &mut impl FnMut(&str),
 ) -> Result<Row, BenchError> {
@@ -338,8 +339,7 @@ pub(super) async fn run_row(
     }
 
     progress(&format!(
-        "N={clients}: publishing {} events/s for {:.1}s after {:.1}s of warm-up",
-        config.rate,
+        "N={clients}: publishing {rate} events/s for {:.1}s after {:.1}s of warm-up",
         config.duration.as_secs_f64(),
         config.warmup.as_secs_f64()
     ));
@@ -378,6 +378,11 @@ pub(super) async fn run_row(
         ))
     })??;
     Ok(Row::new(
-        clients, config, published, &results, elapsed, before, after,
+        (clients, rate),
+        published,
+        &results,
+        config.duration,
+        elapsed,
+        (before, after),
     ))
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::BenchConfig;
 use super::load::ClientResult;
 use super::server::Usage;
 
@@ -17,6 +16,8 @@ const TICKS_PER_SECOND: f64 = 100.0;
 pub struct Row {
     /// Streaming clients, each on its own connection.
     pub clients: usize,
+    /// Events published per second.
+    pub rate: u64,
     /// Events published inside the measurement window.
     pub published: u64,
     /// Deliveries counted (published events received, over all clients).
@@ -53,8 +54,6 @@ pub struct Latency {
 /// A whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    /// Publish rate, events/s.
-    pub rate: u64,
     /// Measured seconds per row.
     pub duration_s: f64,
     /// One per client count.
@@ -62,15 +61,16 @@ pub struct BenchReport {
 }
 
 impl Row {
+    /// `usage` is the server's before and after the run (when it is a local child).
     pub(super) fn new(
-        clients: usize,
-        config: &BenchConfig,
+        (clients, rate): (usize, u64),
         published: u64,
         results: &[ClientResult],
+        measured: Duration,
         elapsed: Duration,
-        before: Option<Usage>,
-        after: Option<Usage>,
+        usage: (Option<Usage>, Option<Usage>),
     ) -> Row {
+        let (before, after) = usage;
         let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2)
             .expect("valid histogram bounds (invariant)");
         for r in results {
@@ -88,9 +88,10 @@ impl Row {
         };
         Row {
             clients,
+            rate,
             published,
             delivered,
-            delivered_per_s: delivered as f64 / config.duration.as_secs_f64(),
+            delivered_per_s: delivered as f64 / measured.as_secs_f64(),
             lost: expected.saturating_sub(delivered),
             gaps: results.iter().map(|r| r.gaps).sum(),
             latency_us: Latency {
@@ -108,8 +109,13 @@ impl Row {
     /// One line for progress output.
     pub fn summary(&self) -> String {
         format!(
-            "N={}: {:.0} deliveries/s, p50 {} µs, p99 {} µs, lost {}",
-            self.clients, self.delivered_per_s, self.latency_us.p50, self.latency_us.p99, self.lost
+            "N={} at {} events/s: {:.0} deliveries/s, p50 {} µs, p99 {} µs, lost {}",
+            self.clients,
+            self.rate,
+            self.delivered_per_s,
+            self.latency_us.p50,
+            self.latency_us.p99,
+            self.lost
         )
     }
 }
@@ -118,10 +124,10 @@ impl BenchReport {
     /// The results as an aligned table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "rate {} events/s, {:.1} s measured per row\n{:>6} {:>12} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}\n",
-            self.rate,
+            "{:.1} s measured per row\n{:>6} {:>9} {:>12} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}\n",
             self.duration_s,
             "N",
+            "events/s",
             "deliveries/s",
             "published",
             "lost",
@@ -136,8 +142,9 @@ impl BenchReport {
         for r in &self.rows {
             let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
             out.push_str(&format!(
-                "{:>6} {:>12.0} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}\n",
+                "{:>6} {:>9} {:>12.0} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}\n",
                 r.clients,
+                r.rate,
                 r.delivered_per_s,
                 r.published,
                 r.lost,
