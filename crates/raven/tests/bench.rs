@@ -31,6 +31,7 @@ async fn every_published_event_reaches_every_client_and_is_counted() {
     );
     for row in &report.rows {
         assert!(row.published > 0);
+        assert_eq!(row.published_per_s, row.published as f64);
         assert_eq!(row.delivered, row.published * row.clients as u64, "{row:?}");
         assert_eq!((row.lost, row.gaps), (0, 0));
         let l = row.latency_us;
@@ -117,11 +118,12 @@ async fn max_mode_steps_the_rate_up_to_the_cap_and_reports_the_highest_sustained
         .unwrap();
     let steps: Vec<&String> = progress
         .iter()
-        .filter(|l| l.contains("events/s: "))
+        .filter(|l| l.contains("deliveries/s, p50"))
         .collect();
     assert_eq!(steps.len(), 4, "{progress:?}");
     assert_eq!(report.rows.len(), 1);
     let row = &report.rows[0];
     assert_eq!((row.clients, row.rate, row.lost), (2, 1687, 0));
     assert_eq!(row.delivered, 2 * row.published);
+    assert!(row.published_per_s >= 0.97 * 1687.0, "{row:?}");
 }

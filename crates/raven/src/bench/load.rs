@@ -348,7 +348,7 @@ pub(super) async fn run_row(
     let (published, per_instrument) = publish(
         ingest,
         &names,
-        config.rate,
+        rate,
         config.warmup,
         config.duration,
         &shared,

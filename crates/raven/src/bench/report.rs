@@ -16,10 +16,13 @@ const TICKS_PER_SECOND: f64 = 100.0;
 pub struct Row {
     /// Streaming clients, each on its own connection.
     pub clients: usize,
-    /// Events published per second.
+    /// Target publish rate, events/s.
     pub rate: u64,
     /// Events published inside the measurement window.
     pub published: u64,
+    /// Achieved publish rate: `published` per second of the window. Below `rate` when the
+    /// server could not keep up and ingest backpressure slowed the publisher.
+    pub published_per_s: f64,
     /// Deliveries counted (published events received, over all clients).
     pub delivered: u64,
     /// `delivered` per second of the window.
@@ -90,6 +93,7 @@ impl Row {
             clients,
             rate,
             published,
+            published_per_s: published as f64 / measured.as_secs_f64(),
             delivered,
             delivered_per_s: delivered as f64 / measured.as_secs_f64(),
             lost: expected.saturating_sub(delivered),
@@ -109,9 +113,10 @@ impl Row {
     /// One line for progress output.
     pub fn summary(&self) -> String {
         format!(
-            "N={} at {} events/s: {:.0} deliveries/s, p50 {} µs, p99 {} µs, lost {}",
+            "N={} at {} events/s (published {:.0}/s): {:.0} deliveries/s, p50 {} µs, p99 {} µs, lost {}",
             self.clients,
             self.rate,
+            self.published_per_s,
             self.delivered_per_s,
             self.latency_us.p50,
             self.latency_us.p99,
@@ -124,10 +129,11 @@ impl BenchReport {
     /// The results as an aligned table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:.1} s measured per row\n{:>6} {:>9} {:>12} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}\n",
+            "{:.1} s measured per row\n{:>6} {:>9} {:>11} {:>12} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}\n",
             self.duration_s,
             "N",
-            "events/s",
+            "target/s",
+            "published/s",
             "deliveries/s",
             "published",
             "lost",
@@ -142,9 +148,10 @@ impl BenchReport {
         for r in &self.rows {
             let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
             out.push_str(&format!(
-                "{:>6} {:>9} {:>12.0} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}\n",
+                "{:>6} {:>9} {:>11.0} {:>12.0} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}\n",
                 r.clients,
                 r.rate,
+                r.published_per_s,
                 r.delivered_per_s,
                 r.published,
                 r.lost,
