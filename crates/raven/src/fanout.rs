@@ -93,7 +93,7 @@ struct State {
     /// Book views marked for a resync snapshot, and whether the engine was asked yet.
     resync: Vec<(InstrumentId, u32, bool)>,
     /// Non-book events dropped per (instrument, channel) since the last delivered one.
-    missed: HashMap<(InstrumentId, Channel), u64>,
+    missed: HashMap<(InstrumentId, Channel), (InstrumentName, u64)>,
     closed: Option<Closed>,
 }
 
@@ -171,9 +171,11 @@ impl Mailbox {
         } else if s.queued + events as usize > self.capacity {
             match self.policy {
                 LagPolicy::Gap => {
-                    *s.missed
+                    let missed = s
+                        .missed
                         .entry((route.instrument, route.channel))
-                        .or_default() += u64::from(events);
+                        .or_insert_with(|| (route.name.clone(), 0));
+                    missed.1 += u64::from(events);
                     return Pushed::Dropped;
                 }
                 LagPolicy::Disconnect => {
@@ -183,9 +185,9 @@ impl Mailbox {
                     return Pushed::Disconnected;
                 }
             }
-        } else if let Some(missed) = s.missed.remove(&(route.instrument, route.channel)) {
+        } else if let Some((name, missed)) = s.missed.remove(&(route.instrument, route.channel)) {
             s.entries.push_back(Entry::Gap {
-                name: route.name.clone(),
+                name,
                 channel: route.channel,
                 missed,
             });
@@ -296,6 +298,13 @@ impl Mailbox {
             }
             if batch.len_bytes() >= max_bytes {
                 break;
+            }
+        }
+        if s.entries.is_empty() && !s.missed.is_empty() {
+            // The client caught up with everything queued; report drops now rather than
+            // in front of a next event that may never come (the end of a burst).
+            for ((_, channel), (name, missed)) in s.missed.drain() {
+                batch.push(gap_event(&name, channel, missed));
             }
         }
         let resync_requests = s
@@ -412,5 +421,66 @@ impl Fanout {
     /// Resync snapshots sent so far.
     pub fn resyncs(&self) -> u64 {
         self.resyncs.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use raven_proto::pb;
+
+    fn route(name: &InstrumentName) -> Route<'_> {
+        Route {
+            instrument: InstrumentId(0),
+            name,
+            channel: Channel::Trades,
+            depth: 0,
+        }
+    }
+
+    fn decode(drained: Drained) -> Vec<pb::Event> {
+        pb::StreamResponse::decode(drained.batch.encode_to_vec().as_slice())
+            .unwrap()
+            .events
+    }
+
+    #[test]
+    fn drops_at_the_end_of_a_burst_are_reported_when_the_queue_drains() {
+        let name = InstrumentName::parse("TEST:X").unwrap();
+        let mailbox = Mailbox::new(1, 16, LagPolicy::Gap);
+        let mut chunk = BytesMut::new();
+        let trade = raven_model::Event {
+            instrument: InstrumentId(0),
+            sequence: raven_model::Sequence(1),
+            exchange_time: raven_model::UnixNanos(1),
+            receive_time: raven_model::UnixNanos(1),
+            publish_time: raven_model::UnixNanos(1),
+            body: raven_model::EventBody::Trade(raven_model::Trade {
+                price: raven_model::Price::from_units(1),
+                qty: raven_model::Qty::from_units(1),
+                aggressor: raven_model::Aggressor::Buy,
+                trade_id: "1".into(),
+            }),
+        };
+        for _ in 0..10 {
+            wire::put_event(&mut chunk, "TEST:X", &trade);
+        }
+        let chunk = chunk.freeze();
+        assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Queued);
+        // 10 more do not fit in 16: dropped, and nothing follows them.
+        assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Dropped);
+        assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Dropped);
+        let events = decode(mailbox.drain(usize::MAX));
+        assert_eq!(events.len(), 11);
+        let Some(pb::event::Body::Status(gap)) = &events[10].body else {
+            panic!("{:?}", events[10])
+        };
+        assert_eq!((gap.kind, gap.missed), (pb::StatusKind::Gap as i32, 20));
+        assert_eq!(events[10].instrument, "TEST:X");
+        // Reported once: the next accepted chunk is not preceded by it again.
+        assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Queued);
+        assert_eq!(decode(mailbox.drain(usize::MAX)).len(), 10);
+        assert_eq!(mailbox.queued(), 0);
     }
 }

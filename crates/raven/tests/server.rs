@@ -322,7 +322,8 @@ async fn stalled_client_is_resynced_while_a_fast_client_sees_no_gap() {
                 assert_eq!(s.kind, StatusKind::Gap);
                 assert!(s.missed > 0);
                 gaps += 1;
-                pending_gap.insert(e.instrument.clone(), s.missed);
+                // Consecutive reports add up (a drained queue reports drops at once).
+                *pending_gap.entry(e.instrument.clone()).or_default() += s.missed;
             }
             EventBody::Trade(_) => {
                 let missed = pending_gap.remove(&e.instrument).unwrap_or(0);

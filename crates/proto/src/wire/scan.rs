@@ -45,6 +45,8 @@ pub struct EventHeader<'a> {
     /// Field number of the body in the `Event.body` oneof (10 snapshot, 11 delta, 12
     /// trade, 13 BBO, 14 candle, 15 status, 16 snapshot end, 17 heartbeat ack); 0 if none.
     pub body: u32,
+    /// The body message's bytes, for the rare event a reader wants to decode.
+    pub body_bytes: &'a [u8],
 }
 
 struct Reader<'a> {
@@ -135,7 +137,8 @@ fn event(buf: &[u8]) -> Result<EventHeader<'_>, ScanError> {
             (6, 1) => h.publish_time = r.fixed64()?,
             (10..=17, 2) => {
                 h.body = field as u32;
-                r.skip(2)?;
+                let len = r.varint()?;
+                h.body_bytes = r.bytes(len)?;
             }
             (_, wire_type) => r.skip(wire_type)?,
         }

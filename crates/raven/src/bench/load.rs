@@ -26,8 +26,9 @@ use crate::clock::{Clock, SystemClock};
 const MAX_LATENCY_US: u64 = 60_000_000;
 /// How long clients may take to receive everything after publishing stops.
 const DRAIN: Duration = Duration::from_secs(30);
-/// Body field number of a trade and of `SnapshotEnd` in `Event` (see raven.proto).
+/// Body field numbers in `Event` (see raven.proto).
 const TRADE: u32 = 12;
+const STATUS: u32 = 15;
 const SNAPSHOT_END: u32 = 16;
 
 /// Sends `StreamRequest`s and hands back each `StreamResponse` as raw bytes, so the client
@@ -176,6 +177,15 @@ async fn client(
                     markers += 1;
                     if markers == names.len() {
                         ready.take().map(|r| r.send(()));
+                    }
+                }
+                STATUS => {
+                    // A gap report: the server dropped `missed` trades for this client.
+                    let status = pb::Status::decode(header.body_bytes)
+                        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+                    if status.kind == pb::StatusKind::Gap as i32 {
+                        last_seq[i] += status.missed;
+                        gaps += status.missed;
                     }
                 }
                 TRADE => {
