@@ -6,6 +6,7 @@
 //! mailbox is drained between batches as a client would.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
@@ -15,14 +16,20 @@ use raven::fanout::{Fanout, LagPolicy};
 use raven::feed::sim::{SimConfig, Simulator};
 use raven_model::{Channel, FeedEvent, InstrumentRegistry, UnixNanos};
 
-fn engine(c: &mut Criterion) {
+/// The simulated market both benches draw from.
+fn simulator_for_bench() -> (InstrumentRegistry, Simulator) {
     let registry = InstrumentRegistry::new();
     let config = SimConfig {
         seed: 1,
         rate: 1_000_000,
         levels: 25,
     };
-    let mut sim = Simulator::new(&config, &registry, UnixNanos(1));
+    let sim = Simulator::new(&config, &registry, UnixNanos(1));
+    (registry, sim)
+}
+
+fn engine(c: &mut Criterion) {
+    let (registry, mut sim) = simulator_for_bench();
     let mut warmup = Vec::new();
     sim.snapshots(None, &mut warmup);
     let batches: Vec<Vec<FeedEvent>> = (0..200)
@@ -38,7 +45,7 @@ fn engine(c: &mut Criterion) {
     let (ctx, _resync_requests) =
         ShardContext::new(registry.clone(), Arc::new(SystemClock), fanout.clone());
     let mut shard = Shard::new(ctx);
-    shard.process(&warmup);
+    shard.process(warmup.clone());
     let mailbox = fanout.open(1 << 30, LagPolicy::Gap);
     for (id, _) in registry.all() {
         for channel in Channel::ALL {
@@ -55,11 +62,14 @@ fn engine(c: &mut Criterion) {
 
     // Each pass restarts from the snapshots the deltas were generated against, so every
     // delta applies. Checked once here: a refused delta would leave its instrument waiting
-    // for a snapshot and make the rest of the pass look cheap.
-    let mut pass = |check: bool| {
-        shard.process(&warmup);
+    // for a snapshot and make the rest of the pass look cheap. The shard consumes its
+    // input, so each pass gets fresh copies, made before the clock starts.
+    let mut pass = |check: bool| -> Duration {
+        shard.process(warmup.clone());
         mailbox.drain(usize::MAX);
-        for batch in &batches {
+        let input = batches.clone();
+        let start = Instant::now();
+        for batch in input {
             shard.process(batch);
             let drained = mailbox.drain(usize::MAX);
             if check {
@@ -76,6 +86,7 @@ fn engine(c: &mut Criterion) {
             }
             std::hint::black_box(drained);
         }
+        start.elapsed()
     };
     pass(true);
     pass(true);
@@ -84,20 +95,14 @@ fn engine(c: &mut Criterion) {
     g.throughput(Throughput::Elements(events as u64));
     g.sample_size(20);
     g.bench_function("sim_events_apply_sequence_encode", |b| {
-        b.iter(|| pass(false))
+        b.iter_custom(|iterations| (0..iterations).map(|_| pass(false)).sum())
     });
     g.finish();
 }
 
 /// The simulator alone: how fast it can produce events (it must sustain 1M/s).
 fn simulator(c: &mut Criterion) {
-    let registry = InstrumentRegistry::new();
-    let config = SimConfig {
-        seed: 1,
-        rate: 1_000_000,
-        levels: 25,
-    };
-    let mut sim = Simulator::new(&config, &registry, UnixNanos(1));
+    let (_registry, mut sim) = simulator_for_bench();
     let mut out = Vec::with_capacity(8192);
     let mut g = c.benchmark_group("sim");
     g.throughput(Throughput::Elements(4096));

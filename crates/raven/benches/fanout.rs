@@ -47,7 +47,7 @@ fn fanout(c: &mut Criterion) {
         let (ctx, _resync_requests) =
             ShardContext::new(registry.clone(), Arc::new(SystemClock), fanout.clone());
         let mut shard = Shard::new(ctx);
-        shard.process(&snapshots);
+        shard.process(snapshots.clone());
         let mailboxes: Vec<Arc<Mailbox>> = (0..subscribers)
             .map(|_| {
                 let mailbox = fanout.open(8192, LagPolicy::Gap);
@@ -71,7 +71,7 @@ fn fanout(c: &mut Criterion) {
         // applied to another state could cross the book and be refused, and a refused book
         // publishes nothing). Checked once: no status event reaches a subscriber.
         for batch in &batches {
-            shard.process(batch);
+            shard.process(batch.clone());
             let out = readers[0].drain(usize::MAX).batch.encode_to_vec();
             let response = raven_proto::pb::StreamResponse::decode(out.as_slice()).unwrap();
             assert!(
@@ -100,9 +100,10 @@ fn fanout(c: &mut Criterion) {
                         m.drain(usize::MAX);
                     }
                     if next == 0 {
-                        shard.process(&snapshots);
+                        shard.process(snapshots.clone());
                     }
-                    let batch = &batches[next];
+                    // The shard consumes its input: copy it before the clock starts.
+                    let batch = batches[next].clone();
                     next = (next + 1) % batches.len();
                     let start = Instant::now();
                     shard.process(batch);

@@ -239,7 +239,7 @@ fn run_shard(mut shard: Shard, input: Receiver<Vec<FeedEvent>>, commands: Receiv
                 Ok(c) => shard.command(c),
             },
             recv(input) -> b => match b {
-                Ok(batch) => shard.process(&batch),
+                Ok(batch) => shard.process(batch),
                 // Feeds gone: keep answering commands until told to stop.
                 Err(_) => input = &never,
             },

@@ -184,8 +184,9 @@ impl Shard {
         }
     }
 
-    /// Applies one input batch and publishes its output.
-    pub fn process(&mut self, batch: &[FeedEvent]) {
+    /// Applies one input batch and publishes its output. The batch is consumed: deltas
+    /// and trades move into the events they produce instead of being copied.
+    pub fn process(&mut self, batch: Vec<FeedEvent>) {
         self.now = self.ctx.clock.now();
         for event in batch {
             self.apply(event);
@@ -193,7 +194,7 @@ impl Shard {
         self.flush();
     }
 
-    fn apply(&mut self, fe: &FeedEvent) {
+    fn apply(&mut self, fe: FeedEvent) {
         let now = self.now;
         let tapping = !self.ctx.taps.is_empty();
         let Some(inst) = slot(&mut self.instruments, &self.ctx, fe.instrument) else {
@@ -216,10 +217,10 @@ impl Shard {
             tapped: tapping.then_some(&mut self.tapped),
             scratch: &mut self.scratch,
         };
-        match &fe.kind {
+        match fe.kind {
             FeedKind::Snapshot(s) => {
                 let next = inst.book.sequence().next();
-                match inst.book.apply_snapshot(next, s) {
+                match inst.book.apply_snapshot(next, &s) {
                     Ok(()) => {
                         let kind = if inst.awaiting_snapshot && inst.seq[0] == Sequence(0) {
                             SnapshotKind::Initial
@@ -237,7 +238,7 @@ impl Shard {
                     return;
                 }
                 let next = inst.book.sequence().next();
-                match inst.book.apply_delta(next, d) {
+                match inst.book.apply_delta(next, &d) {
                     Ok(()) => out.book_changed(inst, &times, Some(d), SnapshotKind::Initial),
                     Err(e) => self.ctx.reject(inst, &mut out, &times, &e),
                 }
@@ -251,7 +252,7 @@ impl Shard {
                 out.trade(inst, &times, t);
             }
             FeedKind::Status(s) => {
-                out.status(inst, &times, s.channel, s.kind, s.detail.clone());
+                out.status(inst, &times, s.channel, s.kind, s.detail);
             }
         }
     }
@@ -437,12 +438,13 @@ impl Output<'_> {
         &mut self,
         inst: &mut Instrument,
         times: &Times,
-        delta: Option<&BookDelta>,
+        delta: Option<BookDelta>,
         kind: SnapshotKind,
     ) {
         inst.book_times = (times.exchange, times.receive);
+        let is_delta = delta.is_some();
         let body = match delta {
-            Some(d) => EventBody::Delta(d.clone()),
+            Some(d) => EventBody::Delta(d),
             None => EventBody::Snapshot(inst.book.snapshot(0, kind)),
         };
         let event = self.event(inst, Channel::Book, times, body);
@@ -455,7 +457,7 @@ impl Output<'_> {
             let s = &mut *self.scratch;
             inst.book.top_into(Side::Bid, depth, &mut s.bids);
             inst.book.top_into(Side::Ask, depth, &mut s.asks);
-            let body = if delta.is_some() {
+            let body = if is_delta {
                 let mut changes = Vec::new();
                 diff_levels(Side::Bid, &view.bids, &s.bids, &mut changes);
                 diff_levels(Side::Ask, &view.asks, &s.asks, &mut changes);
@@ -472,8 +474,12 @@ impl Output<'_> {
             // Every view carries the book sequence, so each view's stream stays contiguous
             // (an unchanged top-N is an empty delta).
             let view_event = Event {
+                instrument: event.instrument,
+                sequence: event.sequence,
+                exchange_time: event.exchange_time,
+                receive_time: event.receive_time,
+                publish_time: event.publish_time,
                 body,
-                ..event.clone()
             };
             view.group.encode(&inst.name, &view_event);
         }
@@ -495,7 +501,7 @@ impl Output<'_> {
         }
     }
 
-    fn trade(&mut self, inst: &mut Instrument, times: &Times, trade: &Trade) {
+    fn trade(&mut self, inst: &mut Instrument, times: &Times, trade: Trade) {
         let mut closed = std::mem::take(&mut self.scratch.candles);
         inst.candles
             .on_trade(times.exchange, trade.price, trade.qty, &mut closed);
@@ -504,12 +510,7 @@ impl Output<'_> {
             self.emit(inst, event);
         }
         self.scratch.candles = closed;
-        let event = self.event(
-            inst,
-            Channel::Trades,
-            times,
-            EventBody::Trade(trade.clone()),
-        );
+        let event = self.event(inst, Channel::Trades, times, EventBody::Trade(trade));
         self.emit(inst, event);
     }
 
