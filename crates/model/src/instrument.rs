@@ -92,6 +92,14 @@ impl InstrumentName {
     }
 }
 
+// Sound: `Hash` and `Eq` are derived from the `Arc<str>`, which hash and compare as the
+// `str` itself, so maps keyed by name can be queried with a plain `&str`.
+impl std::borrow::Borrow<str> for InstrumentName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TryFrom<&str> for InstrumentName {
     type Error = InstrumentError;
 
@@ -150,6 +158,13 @@ impl InstrumentRegistry {
 
     /// The id of `name`, if interned.
     pub fn id(&self, name: &InstrumentName) -> Option<InstrumentId> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner.by_name.get(name).copied()
+    }
+
+    /// The id of an already interned name given as text, without validating or
+    /// allocating (a name that was never interned is simply not found).
+    pub fn id_of(&self, name: &str) -> Option<InstrumentId> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         inner.by_name.get(name).copied()
     }
@@ -239,6 +254,8 @@ mod tests {
         assert_eq!(reg.intern(&a), InstrumentId(0));
         assert_eq!(reg.name(InstrumentId(1)), Some(b.clone()));
         assert_eq!(reg.id(&b), Some(InstrumentId(1)));
+        assert_eq!(reg.id_of("SIM:B"), Some(InstrumentId(1)));
+        assert_eq!(reg.id_of("SIM:C"), None);
         assert_eq!(reg.name(InstrumentId(2)), None);
         assert_eq!(reg.all(), vec![(InstrumentId(0), a), (InstrumentId(1), b)]);
     }

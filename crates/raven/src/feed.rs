@@ -57,6 +57,13 @@ impl Catalog {
         (id, *owner)
     }
 
+    /// The id and owner of a known instrument, by name; read locks only, no allocation.
+    pub fn lookup(&self, name: &str) -> Option<(InstrumentId, Owner)> {
+        let id = self.registry.id_of(name)?;
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.get(&id).map(|(_, owner)| (id, *owner))
+    }
+
     /// Every instrument, in id order.
     pub fn list(&self) -> Vec<InstrumentInfo> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());

@@ -37,20 +37,26 @@ impl IngestApi {
     }
 
     fn convert(&self, event: &pb::FeedEvent, now: UnixNanos) -> Result<FeedEvent, Status> {
-        let name = InstrumentName::parse(&event.instrument)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let kind = feed_kind_from_pb(event).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(qty) = negative_quantity(&kind) {
             return Err(Status::invalid_argument(format!(
                 "quantity out of range ({qty} units as a signed 128-bit count of 1e-9)"
             )));
         }
-        let info = InstrumentInfo {
-            name,
-            // Publishers do not declare a tick size; 0 means unknown.
-            tick_size: Price::ZERO,
+        let (instrument, owner) = match self.catalog.lookup(&event.instrument) {
+            // Known instruments (every event but the first of each) take read locks only.
+            Some(known) => known,
+            None => {
+                let name = InstrumentName::parse(&event.instrument)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let info = InstrumentInfo {
+                    name,
+                    // Publishers do not declare a tick size; 0 means unknown.
+                    tick_size: Price::ZERO,
+                };
+                self.catalog.add(info, Owner::Publisher)
+            }
         };
-        let (instrument, owner) = self.catalog.add(info, Owner::Publisher);
         if owner != Owner::Publisher {
             return Err(Status::failed_precondition(format!(
                 "{} is fed by the {owner:?} feed; publish to an instrument of your own venue",
