@@ -655,3 +655,32 @@ async fn candles_stream_closed_bars_in_sequence() {
     }
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_budget_batches_more_events_per_message() {
+    async fn second_message_events(budget: u64) -> usize {
+        let server = server(|f| f.fanout.write_budget_per_s = budget).await;
+        let mut c = client(&server).await;
+        let mut sub = Sub::open(&mut c).await;
+        sub.subscribe(&["SIM:BTC-USD"], pb::Channel::Trades, 0)
+            .await;
+        // First message: the SnapshotEnd marker (and perhaps a trade).
+        let first = sub.responses.message().await.unwrap().unwrap();
+        assert!(first.events.iter().any(is_snapshot_end));
+        let second = sub.responses.message().await.unwrap().unwrap();
+        server.shutdown().await.unwrap();
+        second.events.len()
+    }
+    // One write per second for the one subscriber: the second message holds about a
+    // second of BTC trades (~125 at 5,000 events/s); without a budget, one or two.
+    let budgeted = second_message_events(1).await;
+    let unbudgeted = second_message_events(0).await;
+    assert!(
+        budgeted >= 30,
+        "with a budget: {budgeted} events in the second message"
+    );
+    assert!(
+        unbudgeted < 30,
+        "without a budget: {unbudgeted} events in the second message"
+    );
+}
