@@ -9,21 +9,27 @@
 //! `raven_proto::wire::scan` and never decode bodies, so they stay cheaper than the
 //! server they measure.
 //!
-//! With `max`, each N steps the rate up ×1.5 from `rate` and reports the highest rate it
+//! With `compare`, every row runs again on NATS core pub/sub with the same payload bytes,
+//! rates and client count (`nats.rs`), and the report sets the two side by side. With
+//! `max`, each N steps the rate up ×1.5 from its start and reports the highest rate it
 //! sustained: published at 97% of the target or more (ingest backpressure slows a
-//! publisher that the server cannot keep up with), loss ≤ 0.1%, p99 ≤ 100 ms.
-//!
-//! Not here yet (issue 4): `--compare nats://…`, `--soak`, the SVG plot and
-//! `scripts/bench.sh`.
+//! publisher that the server cannot keep up with), loss ≤ 0.1%, p99 ≤ 100 ms. With
+//! `sample_every` (the soak), the server's RSS is read through the run and its slope
+//! reported.
 
-mod load;
+mod grpc;
+mod nats;
+mod plot;
 mod report;
 mod server;
+mod workload;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use report::{BenchReport, Row};
+pub use plot::svg;
+pub use report::{BenchReport, Entry, Latency, Row};
+pub use server::RssSample;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -36,18 +42,61 @@ pub struct BenchConfig {
     pub server_config: Option<PathBuf>,
     /// Client counts, one row each.
     pub clients: Vec<usize>,
-    /// Events published per second, all instruments together.
-    pub rate: u64,
+    /// Events published per second, all instruments together: one rate for every row,
+    /// or one per client count.
+    pub rates: Vec<u64>,
     /// Measured time per row.
     pub duration: Duration,
     /// Unmeasured time before it (connections warm, queues steady).
     pub warmup: Duration,
     /// Bench instruments (`BENCH:T0`…); every client subscribes to all of them.
     pub instruments: usize,
-    /// Find the highest sustained rate per N instead of measuring `rate` only: start at
-    /// `rate` and step up ×1.5 until a row is not sustained (published under 97% of the
-    /// target, lost over 0.1%, or p99 over 100 ms), or the next step would pass this cap.
+    /// Find the highest sustained rate per N instead of measuring the given rate only:
+    /// start there and step up ×1.5 until a row is not sustained (published under 97% of
+    /// the target, lost over 0.1%, or p99 over 100 ms), or the next step would pass this
+    /// cap. When the start rate is not sustained, step down ÷1.5 instead.
     pub max: Option<u64>,
+    /// A NATS server (`nats://…`) to run the same workload on, side by side.
+    pub compare: Option<String>,
+    /// Read the Raven server's RSS this often during each row (the soak).
+    pub sample_every: Option<Duration>,
+}
+
+impl BenchConfig {
+    fn rate_for(&self, row: usize) -> u64 {
+        match self.rates.as_slice() {
+            [one] => *one,
+            rates => rates.get(row).copied().unwrap_or(0),
+        }
+    }
+
+    fn validate(&self) -> Result<(), BenchError> {
+        if self.clients.is_empty() || self.clients.contains(&0) {
+            return Err(BenchError::Config(
+                "client counts must be at least 1".into(),
+            ));
+        }
+        if self.rates.len() != 1 && self.rates.len() != self.clients.len() {
+            return Err(BenchError::Config(format!(
+                "give one rate, or one per client count ({} rates for {} client counts)",
+                self.rates.len(),
+                self.clients.len()
+            )));
+        }
+        if self.rates.contains(&0) {
+            return Err(BenchError::Config(
+                "rates must be at least 1 event/s".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One row to run: this many clients at this rate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowPlan {
+    pub(crate) clients: usize,
+    pub(crate) rate: u64,
 }
 
 /// A row sustains its rate when the publisher actually achieved it (ingest applies
@@ -57,10 +106,15 @@ const MIN_ACHIEVED: f64 = 0.97;
 const MAX_LOSS: f64 = 0.001;
 /// ...and its p99 latency stays within this (µs).
 const MAX_P99_US: u64 = 100_000;
+/// `max` gives up stepping down below this rate.
+const MIN_RATE: u64 = 10;
 
 /// Why a bench run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// The configuration cannot be run.
+    #[error("{0}")]
+    Config(String),
     /// Starting or talking to the server process.
     #[error("server process: {0}")]
     Process(#[from] std::io::Error),
@@ -81,6 +135,25 @@ pub enum BenchError {
     /// Deliveries did not complete in time.
     #[error("{0}")]
     Stalled(String),
+    /// The NATS side of `compare`.
+    #[error("NATS: {0}")]
+    Nats(String),
+}
+
+/// The system a row runs on.
+#[derive(Debug, Clone, Copy)]
+enum System<'a> {
+    Raven,
+    Nats(&'a str),
+}
+
+impl System<'_> {
+    fn name(self) -> &'static str {
+        match self {
+            System::Raven => "Raven",
+            System::Nats(_) => "NATS",
+        }
+    }
 }
 
 /// Runs every row of `config`, reporting progress through `progress`.
@@ -88,55 +161,99 @@ pub async fn run(
     config: &BenchConfig,
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport, BenchError> {
-    let mut rows = Vec::new();
-    for &clients in &config.clients {
-        let mut rate = config.rate;
-        let mut best: Option<Row> = None;
-        loop {
-            let row = run_one(config, clients, rate, &mut progress).await?;
-            progress(&row.summary());
-            let sustained = row.published_per_s >= MIN_ACHIEVED * rate as f64
-                && (row.lost as f64) <= MAX_LOSS * (row.published * clients as u64) as f64
-                && row.latency_us.p99 <= MAX_P99_US;
-            let Some(cap) = config.max else {
-                rows.push(row);
-                break;
-            };
-            if !sustained {
-                progress(&format!(
-                    "N={clients}: {rate} events/s not sustained; stopping"
-                ));
-                break;
-            }
-            best = Some(row);
-            let next = rate + rate / 2;
-            if next > cap {
-                break;
-            }
-            rate = next;
-        }
-        rows.extend(best);
+    config.validate()?;
+    let mut entries = Vec::new();
+    for (index, &clients) in config.clients.iter().enumerate() {
+        let plan = RowPlan {
+            clients,
+            rate: config.rate_for(index),
+        };
+        let raven = search(config, System::Raven, plan, &mut progress).await?;
+        let nats = match &config.compare {
+            Some(url) => search(config, System::Nats(url), plan, &mut progress).await?,
+            None => None,
+        };
+        entries.push(Entry::new(clients, raven, nats));
     }
     Ok(BenchReport {
         duration_s: config.duration.as_secs_f64(),
-        rows,
+        max: config.max.is_some(),
+        rows: entries,
     })
+}
+
+fn sustained(row: &Row) -> bool {
+    row.published_per_s >= MIN_ACHIEVED * row.rate as f64
+        && (row.lost as f64) <= MAX_LOSS * (row.published * row.clients as u64) as f64
+        && row.latency_us.p99 <= MAX_P99_US
+}
+
+/// One row at `plan`'s rate, or with `max` the highest sustained rate found from it.
+async fn search(
+    config: &BenchConfig,
+    system: System<'_>,
+    plan: RowPlan,
+    progress: &mut impl FnMut(&str),
+) -> Result<Option<Row>, BenchError> {
+    let Some(cap) = config.max else {
+        let row = run_one(config, system, plan, progress).await?;
+        progress(&format!("{}: {}", system.name(), row.summary()));
+        return Ok(Some(row));
+    };
+    let mut rate = plan.rate;
+    let mut best: Option<Row> = None;
+    let mut stepping_down = false;
+    loop {
+        let row = run_one(config, system, RowPlan { rate, ..plan }, progress).await?;
+        progress(&format!("{}: {}", system.name(), row.summary()));
+        let name = system.name();
+        let clients = plan.clients;
+        if sustained(&row) {
+            best = Some(row);
+            // Found by stepping down: the rate above was already refused.
+            if stepping_down || rate + rate / 2 > cap {
+                break;
+            }
+            rate += rate / 2;
+        } else if best.is_none() && rate * 2 / 3 >= MIN_RATE {
+            progress(&format!(
+                "{name}: N={clients}: {rate} events/s not sustained; trying lower"
+            ));
+            stepping_down = true;
+            rate = rate * 2 / 3;
+        } else {
+            progress(&format!(
+                "{name}: N={clients}: {rate} events/s not sustained; stopping"
+            ));
+            break;
+        }
+    }
+    Ok(best)
 }
 
 async fn run_one(
     config: &BenchConfig,
-    clients: usize,
-    rate: u64,
+    system: System<'_>,
+    plan: RowPlan,
     progress: &mut impl FnMut(&str),
 ) -> Result<Row, BenchError> {
-    let server = match &config.server {
-        Some(url) => server::Target::remote(url.clone()),
-        None => {
-            progress(&format!("N={clients}: starting a server"));
-            server::Target::spawn(&config.raven_binary, config.server_config.as_deref()).await?
+    match system {
+        System::Raven => {
+            let server = match &config.server {
+                Some(url) => server::Target::remote(url.clone()),
+                None => {
+                    progress(&format!("N={}: starting a Raven server", plan.clients));
+                    server::Target::spawn(&config.raven_binary, config.server_config.as_deref())
+                        .await?
+                }
+            };
+            let row = grpc::run_row(config, plan, &server, progress).await;
+            server.stop().await;
+            row
         }
-    };
-    let row = load::run_row(config, clients, rate, &server, progress).await;
-    server.stop().await;
-    row
+        System::Nats(url) => {
+            let target = server::Target::nats(url.to_owned());
+            nats::run_row(config, plan, &target, progress).await
+        }
+    }
 }

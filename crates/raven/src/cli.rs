@@ -43,11 +43,13 @@ struct BenchArgs {
     #[arg(long)]
     server_config: Option<PathBuf>,
     /// Client counts, one row each (each client has its own connection).
-    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
-    clients: Vec<usize>,
-    /// Events published per second.
-    #[arg(long, default_value_t = 10_000)]
-    rate: u64,
+    /// [default: 1,10,100,1000; 100 with --soak]
+    #[arg(long, value_delimiter = ',')]
+    clients: Option<Vec<usize>>,
+    /// Events published per second: one rate, or one per client count.
+    /// [default: 10000; 50000 with --soak]
+    #[arg(long, value_delimiter = ',')]
+    rate: Option<Vec<u64>>,
     /// Measured time per row, e.g. 10s, 500ms, 2m.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -57,14 +59,30 @@ struct BenchArgs {
     /// Bench instruments; every client subscribes to all of them.
     #[arg(long, default_value_t = 8)]
     instruments: usize,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
     /// Find each N's highest sustained rate (loss ≤ 0.1%, p99 ≤ 100 ms): start at --rate
     /// and step up ×1.5, never past this many events/s.
     #[arg(long, value_name = "CAP")]
     max: Option<u64>,
+    /// Run the same workload on this NATS server (core pub/sub) and show Raven/NATS.
+    #[arg(long, value_name = "NATS_URL")]
+    compare: Option<String>,
+    /// Soak: one long row (this long; 100 clients at 50,000 events/s unless given), the
+    /// server's RSS read every 10 s and its slope reported; fails on any loss or gap.
+    #[arg(long, value_parser = parse_duration, conflicts_with_all = ["max", "compare", "duration"])]
+    soak: Option<Duration>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the results as a Markdown table to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Also plot the results (latency and deliveries/s against N) to this SVG file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
+
+/// How often a soak reads the server's RSS.
+const SOAK_SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 /// `10s`, `500ms`, `2m`, or plain seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -176,23 +194,54 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let soak = args.soak.is_some();
     let config = raven::bench::BenchConfig {
         server: args.server,
         raven_binary: std::env::current_exe()
             .context("cannot find the raven binary to start a server")?,
         max: args.max,
         server_config: args.server_config,
-        clients: args.clients,
-        rate: args.rate,
-        duration: args.duration,
+        clients: args.clients.unwrap_or_else(|| {
+            if soak {
+                vec![100]
+            } else {
+                vec![1, 10, 100, 1000]
+            }
+        }),
+        rates: args
+            .rate
+            .unwrap_or_else(|| vec![if soak { 50_000 } else { 10_000 }]),
+        duration: args.soak.unwrap_or(args.duration),
         warmup: args.warmup,
         instruments: args.instruments,
+        compare: args.compare,
+        sample_every: soak.then_some(SOAK_SAMPLE_EVERY),
     };
     let report = raven::bench::run(&config, |line| eprintln!("{line}")).await?;
     print!("{}", report.table());
-    if let Some(path) = args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    if let Some(path) = &args.json {
+        write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    if let Some(path) = &args.markdown {
+        write(path, report.markdown())?;
+    }
+    if let Some(path) = &args.svg {
+        write(path, raven::bench::svg(&report))?;
+    }
+    if soak {
+        let failed: Vec<String> = report
+            .rows
+            .iter()
+            .filter_map(|e| e.raven.as_ref())
+            .filter(|r| r.lost > 0 || r.gaps > 0)
+            .map(|r| format!("N={}: lost {}, gaps {}", r.clients, r.lost, r.gaps))
+            .collect();
+        if !failed.is_empty() {
+            anyhow::bail!("soak failed: {}", failed.join("; "));
+        }
     }
     Ok(())
 }

@@ -131,10 +131,12 @@ pub struct FanoutSection {
     /// Largest stream message the server sends, in bytes. Default 1 MiB.
     pub max_batch_bytes: usize,
     /// Stream writes per second for all clients together; each client's writes are spaced
-    /// by `subscribers / budget` so that a write carries more events. 0 (the default)
-    /// means no limit. Trades latency for CPU: on a 2-core box, 50000 took 1,000 clients
-    /// at 1k events/s from p99 1.6 s to 27 ms, and 100 clients at 10k/s from 2.4 to
-    /// 5.5 ms (see BENCHMARKS.md).
+    /// by `subscribers / budget` (when that is 1 ms or more) so that a write carries more
+    /// events. 0 means no limit. Default 50000: with many clients, per-message costs on
+    /// both ends (HTTP/2 framing, a syscall, the client's own per-message work) dominate,
+    /// and without spacing 1,000 clients at 1k events/s on a 2-core box queue for seconds;
+    /// with it, p99 is about 30 ms. Costs about 2 ms with 100 clients at 10k events/s,
+    /// nothing with fewer than 50 (see BENCHMARKS.md).
     pub write_budget_per_s: u64,
 }
 
@@ -144,7 +146,7 @@ impl Default for FanoutSection {
             queue_events: 8192,
             trade_overflow: LagPolicy::Gap,
             max_batch_bytes: 1 << 20,
-            write_budget_per_s: 0,
+            write_budget_per_s: 50_000,
         }
     }
 }
@@ -306,12 +308,12 @@ mod tests {
     #[test]
     fn file_values_are_read_and_unknown_keys_refused() {
         let f: FileConfig = toml::from_str(
-            "[server]\nlisten = \"127.0.0.1:7000\"\n[sim]\nrate = 5\n[fanout]\ntrade_overflow = \"disconnect\"\nwrite_budget_per_s = 50000\n",
+            "[server]\nlisten = \"127.0.0.1:7000\"\n[sim]\nrate = 5\n[fanout]\ntrade_overflow = \"disconnect\"\nwrite_budget_per_s = 20000\n",
         )
         .unwrap();
         let c = f.resolve().unwrap();
-        assert_eq!(c.fanout.write_budget_per_s, Some(50_000));
-        assert_eq!(Config::default().fanout.write_budget_per_s, None);
+        assert_eq!(c.fanout.write_budget_per_s, Some(20_000));
+        assert_eq!(Config::default().fanout.write_budget_per_s, Some(50_000));
         assert_eq!(c.listen.port(), 7000);
         assert_eq!(c.sim.rate, 5);
         assert_eq!(c.fanout.trade_overflow, LagPolicy::Disconnect);

@@ -1,17 +1,20 @@
-//! Bench results: one row per client count, printed as a table or written as JSON.
+//! Bench results: one entry per client count (Raven, and NATS beside it with
+//! `--compare`), printed as a table, written as JSON or as a Markdown summary.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::load::ClientResult;
-use super::server::Usage;
+use super::RowPlan;
+use super::server::{RssSample, Usage};
+use super::workload::{ClientResult, MAX_LATENCY_US};
 
 /// Clock ticks per second in /proc CPU times (USER_HZ, 100 on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// One client count's results.
+/// One system's results at one client count and rate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     /// Streaming clients, each on its own connection.
@@ -21,7 +24,7 @@ pub struct Row {
     /// Events published inside the measurement window.
     pub published: u64,
     /// Achieved publish rate: `published` per second of the window. Below `rate` when the
-    /// server could not keep up and ingest backpressure slowed the publisher.
+    /// server could not keep up and backpressure slowed the publisher.
     pub published_per_s: f64,
     /// Deliveries counted (published events received, over all clients).
     pub delivered: u64,
@@ -29,7 +32,8 @@ pub struct Row {
     pub delivered_per_s: f64,
     /// Deliveries expected (`published × clients`) minus those received.
     pub lost: u64,
-    /// Sequence numbers skipped on the clients' streams (over the whole run).
+    /// Sequence numbers skipped on the clients' streams (over the whole run): Raven's
+    /// reported gaps, and NATS drops that later messages revealed.
     pub gaps: u64,
     /// Publish→receive latency percentiles, µs.
     pub latency_us: Latency,
@@ -37,6 +41,12 @@ pub struct Row {
     pub server_rss_mib: Option<f64>,
     /// Server CPU during the run, percent of one core (local server only).
     pub server_cpu_percent: Option<f64>,
+    /// Server RSS read through the run (with `sample_every`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rss_samples: Vec<RssSample>,
+    /// Least-squares slope of `rss_samples`, MiB per minute (two samples or more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_slope_mib_per_min: Option<f64>,
 }
 
 /// Latency percentiles, µs.
@@ -54,34 +64,52 @@ pub struct Latency {
     pub max: u64,
 }
 
+/// One client count: Raven's row and, with `--compare`, NATS's. With `--max` either may
+/// be missing when no rate was sustained.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// Streaming clients.
+    pub clients: usize,
+    /// Raven's row.
+    pub raven: Option<Row>,
+    /// NATS's row, same workload.
+    pub nats: Option<Row>,
+    /// Raven's deliveries/s over NATS's.
+    pub deliveries_ratio: Option<f64>,
+    /// Raven's p99 latency over NATS's (below 1: Raven is faster).
+    pub p99_ratio: Option<f64>,
+}
+
 /// A whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     /// Measured seconds per row.
     pub duration_s: f64,
+    /// Whether rows are highest sustained rates (`--max`) rather than fixed rates.
+    pub max: bool,
     /// One per client count.
-    pub rows: Vec<Row>,
+    pub rows: Vec<Entry>,
 }
 
 impl Row {
-    /// `usage` is the server's before and after the run (when it is a local child).
+    /// `usage` is the server's before and after the run (when it is a local process);
+    /// `measured` is the window's length and `elapsed` the whole publishing time.
     pub(super) fn new(
-        (clients, rate): (usize, u64),
+        plan: RowPlan,
         published: u64,
         results: &[ClientResult],
-        measured: Duration,
-        elapsed: Duration,
-        usage: (Option<Usage>, Option<Usage>),
+        (measured, elapsed): (Duration, Duration),
+        (before, after): (Option<Usage>, Option<Usage>),
+        rss_samples: Vec<RssSample>,
     ) -> Row {
-        let (before, after) = usage;
-        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2)
+        let mut all = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 2)
             .expect("valid histogram bounds (invariant)");
         for r in results {
             // Same bounds everywhere, so adding cannot fail.
             let _ = all.add(&r.latency_us);
         }
         let delivered: u64 = results.iter().map(|r| r.delivered).sum();
-        let expected = published * clients as u64;
+        let expected = published * plan.clients as u64;
         let cpu = match (before, after) {
             (Some(b), Some(a)) => Some(
                 (a.cpu_ticks - b.cpu_ticks) as f64 / TICKS_PER_SECOND / elapsed.as_secs_f64()
@@ -90,8 +118,8 @@ impl Row {
             _ => None,
         };
         Row {
-            clients,
-            rate,
+            clients: plan.clients,
+            rate: plan.rate,
             published,
             published_per_s: published as f64 / measured.as_secs_f64(),
             delivered,
@@ -107,6 +135,8 @@ impl Row {
             },
             server_rss_mib: after.map(|u| u.rss as f64 / (1024.0 * 1024.0)),
             server_cpu_percent: cpu,
+            rss_slope_mib_per_min: slope_per_min(&rss_samples),
+            rss_samples,
         }
     }
 
@@ -123,47 +153,176 @@ impl Row {
             self.lost
         )
     }
+
+    /// The cells every format shows, in `HEADER` order after the system's name.
+    fn cells(&self) -> [String; 13] {
+        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+        [
+            self.rate.to_string(),
+            format!("{:.0}", self.published_per_s),
+            format!("{:.0}", self.delivered_per_s),
+            self.lost.to_string(),
+            self.gaps.to_string(),
+            self.latency_us.p50.to_string(),
+            self.latency_us.p90.to_string(),
+            self.latency_us.p99.to_string(),
+            self.latency_us.p999.to_string(),
+            self.latency_us.max.to_string(),
+            opt(self.server_rss_mib),
+            opt(self.server_cpu_percent),
+            self.rss_slope_mib_per_min
+                .map_or_else(|| "-".to_owned(), |s| format!("{s:+.2}")),
+        ]
+    }
 }
+
+/// Least-squares slope of RSS against time, MiB per minute.
+fn slope_per_min(samples: &[RssSample]) -> Option<f64> {
+    if samples.len() < 2 {
+        return None;
+    }
+    let n = samples.len() as f64;
+    let mean_t = samples.iter().map(|s| s.t_s).sum::<f64>() / n;
+    let mean_m = samples.iter().map(|s| s.rss_mib).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for s in samples {
+        num += (s.t_s - mean_t) * (s.rss_mib - mean_m);
+        den += (s.t_s - mean_t) * (s.t_s - mean_t);
+    }
+    (den > 0.0).then(|| num / den * 60.0)
+}
+
+impl Entry {
+    pub(super) fn new(clients: usize, raven: Option<Row>, nats: Option<Row>) -> Entry {
+        let ratio = |f: fn(&Row) -> f64| match (&raven, &nats) {
+            (Some(r), Some(n)) if f(n) > 0.0 => Some(f(r) / f(n)),
+            _ => None,
+        };
+        Entry {
+            clients,
+            deliveries_ratio: ratio(|r| r.delivered_per_s),
+            p99_ratio: ratio(|r| r.latency_us.p99 as f64),
+            raven,
+            nats,
+        }
+    }
+
+    /// (system, cells, ratio cells) for each system that has a row.
+    fn lines(&self) -> Vec<(&'static str, [String; 13], [String; 2])> {
+        let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+        let mut lines = Vec::new();
+        if let Some(r) = &self.raven {
+            let ratios = [ratio(self.deliveries_ratio), ratio(self.p99_ratio)];
+            lines.push(("Raven", r.cells(), ratios));
+        }
+        if let Some(n) = &self.nats {
+            lines.push(("NATS", n.cells(), ["".to_owned(), "".to_owned()]));
+        }
+        lines
+    }
+}
+
+/// Column headers after N and system.
+const HEADER: [&str; 15] = [
+    "target/s",
+    "published/s",
+    "deliveries/s",
+    "lost",
+    "gaps",
+    "p50 µs",
+    "p90 µs",
+    "p99 µs",
+    "p99.9 µs",
+    "max µs",
+    "RSS MiB",
+    "CPU %",
+    "RSS MiB/min",
+    "deliv. R/N",
+    "p99 R/N",
+];
 
 impl BenchReport {
     /// The results as an aligned table.
     pub fn table(&self) -> String {
+        let widths = [9, 11, 12, 8, 8, 8, 8, 8, 9, 8, 8, 6, 11, 10, 8];
         let mut out = format!(
-            "{:.1} s measured per row\n{:>6} {:>9} {:>11} {:>12} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}\n",
+            "{:.1} s measured per row{}\n{:>6} {:<6}",
             self.duration_s,
+            if self.max {
+                "; highest sustained rate per N"
+            } else {
+                ""
+            },
             "N",
-            "target/s",
-            "published/s",
-            "deliveries/s",
-            "published",
-            "lost",
-            "p50 µs",
-            "p90 µs",
-            "p99 µs",
-            "p99.9 µs",
-            "max µs",
-            "RSS MiB",
-            "CPU %"
+            "system"
         );
-        for r in &self.rows {
-            let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
-            out.push_str(&format!(
-                "{:>6} {:>9} {:>11.0} {:>12.0} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}\n",
-                r.clients,
-                r.rate,
-                r.published_per_s,
-                r.delivered_per_s,
-                r.published,
-                r.lost,
-                r.latency_us.p50,
-                r.latency_us.p90,
-                r.latency_us.p99,
-                r.latency_us.p999,
-                r.latency_us.max,
-                opt(r.server_rss_mib),
-                opt(r.server_cpu_percent)
-            ));
+        for (h, w) in HEADER.iter().zip(widths) {
+            let _ = write!(out, " {h:>w$}");
+        }
+        out.push('\n');
+        for entry in &self.rows {
+            if entry.raven.is_none() && entry.nats.is_none() {
+                let _ = writeln!(out, "{:>6} no rate sustained", entry.clients);
+            }
+            for (system, cells, ratios) in entry.lines() {
+                let _ = write!(out, "{:>6} {system:<6}", entry.clients);
+                for (cell, w) in cells.iter().chain(&ratios).zip(widths) {
+                    let _ = write!(out, " {cell:>w$}");
+                }
+                out.push('\n');
+            }
         }
         out
+    }
+
+    /// The results as a Markdown table.
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "{:.1} s measured per row{}. R/N: Raven over NATS.\n\n| N | system |",
+            self.duration_s,
+            if self.max {
+                "; highest sustained rate per N"
+            } else {
+                ""
+            }
+        );
+        for h in HEADER {
+            let _ = write!(out, " {h} |");
+        }
+        out.push_str("\n|---|---|");
+        out.push_str(&"---:|".repeat(HEADER.len()));
+        out.push('\n');
+        for entry in &self.rows {
+            for (system, cells, ratios) in entry.lines() {
+                let _ = write!(out, "| {} | {system} |", entry.clients);
+                for cell in cells.iter().chain(&ratios) {
+                    let _ = write!(out, " {cell} |");
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_is_least_squares_in_mib_per_minute() {
+        let samples: Vec<RssSample> = [(0.0, 100.0), (10.0, 101.0), (20.0, 102.0)]
+            .into_iter()
+            .map(|(t_s, rss_mib)| RssSample { t_s, rss_mib })
+            .collect();
+        assert_eq!(slope_per_min(&samples), Some(6.0));
+        assert_eq!(slope_per_min(&samples[..1]), None);
+        let flat: Vec<RssSample> = (0..5)
+            .map(|i| RssSample {
+                t_s: f64::from(i) * 10.0,
+                rss_mib: 50.0,
+            })
+            .collect();
+        assert_eq!(slope_per_min(&flat), Some(0.0));
     }
 }

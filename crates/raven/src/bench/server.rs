@@ -1,17 +1,24 @@
-//! The server under test: a `raven serve` child process the bench starts (so its memory
-//! and CPU can be read from /proc apart from the load generator's), or a URL.
+//! The system under test: a `raven serve` child process the bench starts (so its memory
+//! and CPU can be read from /proc apart from the load generator's), a Raven URL, or the
+//! NATS server for `--compare` (read from /proc too when it runs on this machine).
 
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
 
 use super::BenchError;
 
 /// Where the load goes.
 pub struct Target {
-    /// gRPC URL.
+    /// Server URL (`http://…` for Raven, `nats://…` for NATS).
     pub url: String,
     child: Option<Child>,
+    /// The server process, when it runs on this machine.
+    pid: Option<u32>,
 }
 
 /// A reading of the server process's resources.
@@ -23,9 +30,73 @@ pub struct Usage {
     pub cpu_ticks: u64,
 }
 
+/// The server's resident memory at one moment of a row.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RssSample {
+    /// Seconds since publishing started.
+    pub t_s: f64,
+    /// Resident set, MiB.
+    pub rss_mib: f64,
+}
+
+impl Usage {
+    /// Reads `pid`'s RSS and CPU time from /proc.
+    fn of(pid: u32) -> Option<Usage> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kib: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(Usage {
+            rss: rss_kib * 1024,
+            cpu_ticks: utime + stime,
+        })
+    }
+}
+
+/// The pid of the process named `name` (as in /proc/PID/comm), if exactly one runs.
+fn find_process(name: &str) -> Option<u32> {
+    let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim_end() == name).then_some(pid)
+    });
+    let pid = found.next()?;
+    found.next().is_none().then_some(pid)
+}
+
 impl Target {
     pub fn remote(url: String) -> Target {
-        Target { url, child: None }
+        Target {
+            url,
+            child: None,
+            pid: None,
+        }
+    }
+
+    /// A NATS server; its process is read from /proc when the URL is on this machine.
+    pub fn nats(url: String) -> Target {
+        let local = ["://127.0.0.1", "://localhost", "://[::1]"]
+            .iter()
+            .any(|host| url.contains(host));
+        let pid = if local {
+            find_process("nats-server")
+        } else {
+            None
+        };
+        Target {
+            url,
+            child: None,
+            pid,
+        }
     }
 
     /// Starts `raven serve` (with `config`, if given) on a free loopback port with the
@@ -60,6 +131,7 @@ impl Target {
                 })?;
             Ok(Target {
                 url: format!("http://{addr}"),
+                pid: Some(child.id()),
                 child: Some(child),
             })
         })
@@ -67,26 +139,44 @@ impl Target {
         .map_err(std::io::Error::other)?
     }
 
-    /// The server's current resource use, when it is a local child.
+    /// The server's current resource use, when it runs on this machine.
     pub fn usage(&self) -> Option<Usage> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let rss_kib: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the parenthesised command name; utime and stime are 14th and 15th.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(Usage {
-            rss: rss_kib * 1024,
-            cpu_ticks: utime + stime,
-        })
+        Usage::of(self.pid?)
+    }
+
+    /// Runs `work`, reading the server's RSS every `every` (the first reading at once)
+    /// and reporting each reading through `progress`.
+    pub async fn sample_while<T>(
+        &self,
+        every: Option<Duration>,
+        progress: &mut impl FnMut(&str),
+        work: impl Future<Output = T>,
+    ) -> (T, Vec<RssSample>) {
+        let mut samples = Vec::new();
+        let Some(every) = every else {
+            return (work.await, samples);
+        };
+        let begin = Instant::now();
+        let mut ticker = tokio::time::interval(every);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return (out, samples),
+                _ = ticker.tick() => {
+                    if let Some(usage) = self.usage() {
+                        let sample = RssSample {
+                            t_s: begin.elapsed().as_secs_f64(),
+                            rss_mib: usage.rss as f64 / (1024.0 * 1024.0),
+                        };
+                        progress(&format!(
+                            "  {:>6.0} s: server RSS {:.1} MiB",
+                            sample.t_s, sample.rss_mib
+                        ));
+                        samples.push(sample);
+                    }
+                }
+            }
+        }
     }
 
     /// Stops a child server.
