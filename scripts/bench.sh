@@ -25,9 +25,9 @@ cargo build --release -p raven 2>"$RAW/build.txt"
 cargo bench --workspace --no-run 2>>"$RAW/build.txt"
 raven=target/release/raven
 
-# Criterion: short runs (1 s warm-up, 2 s measurement, 30 samples) are enough to compare
+# Criterion: short runs (0.5 s warm-up, 1 s measurement, 20 samples) are enough to compare
 # against the targets; BENCHMARKS.md has longer runs.
-criterion_flags=(--warm-up-time 1 --measurement-time 2 --sample-size 30 --noplot)
+criterion_flags=(--warm-up-time 0.5 --measurement-time 1 --sample-size 20 --noplot)
 for bench in raven-model:fixed raven-book:book raven:engine raven:fanout; do
   step "criterion ${bench#*:}"
   cargo bench -q -p "${bench%%:*}" --bench "${bench#*:}" -- "${criterion_flags[@]}" \
@@ -60,7 +60,7 @@ step "writing $OUT/summary.md"
   echo "- NATS: $NATS_URL; server and load generator share this machine"
   echo "- command: scripts/bench.sh (SOAK=$SOAK)"
   echo
-  echo "## Hot path (criterion; median of 30 samples, [low high] of the 95% interval)"
+  echo "## Hot path (criterion; [low median high] of the 95% interval, 20 samples)"
   echo
   echo '```'
   for f in "$RAW"/criterion-*.txt; do

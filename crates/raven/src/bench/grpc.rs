@@ -15,7 +15,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
 use super::report::Row;
-use super::server::Target;
+use super::server::{Target, Usage};
 use super::workload::{self, ClientResult, Pacer, Shared, Tally};
 use super::{BenchConfig, BenchError, RowPlan};
 
@@ -232,16 +232,16 @@ pub(super) async fn run_row(
         config.duration.as_secs_f64(),
         config.warmup.as_secs_f64()
     ));
-    let before = target.usage();
+    let (before, client_before) = (target.usage(), Usage::own());
     let wall = Instant::now();
     let pacer = Pacer::start(&shared, rate, config.warmup, config.duration);
     let publishing = publish(ingest, &names, pacer);
     let (published, samples) = target
-        .sample_while(config.sample_every, progress, publishing)
+        .sample_while((config.sample_every, config.warmup), progress, publishing)
         .await;
     let published = published?;
     let elapsed = wall.elapsed();
-    let after = target.usage();
+    let (after, client_after) = (target.usage(), Usage::own());
     finish.send_replace(true);
 
     progress(&format!(
@@ -266,6 +266,7 @@ pub(super) async fn run_row(
         &results,
         (config.duration, elapsed),
         (before, after),
+        (client_before, client_after),
         samples,
     ))
 }

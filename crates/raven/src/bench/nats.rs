@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tokio::sync::{oneshot, watch};
 
 use super::report::Row;
-use super::server::Target;
+use super::server::{Target, Usage};
 use super::workload::{self, ClientResult, Pacer, Shared, Tally};
 use super::{BenchConfig, BenchError, RowPlan};
 use crate::clock::{Clock, SystemClock};
@@ -134,12 +134,12 @@ pub(super) async fn run_row(
         config.warmup.as_secs_f64()
     ));
     let publisher = connect(&target.url).await?;
-    let before = target.usage();
+    let (before, client_before) = (target.usage(), Usage::own());
     let wall = Instant::now();
     let pacer = Pacer::start(&shared, rate, config.warmup, config.duration);
     let published = publish(&publisher, &subjects, &names, pacer).await?;
     let elapsed = wall.elapsed();
-    let after = target.usage();
+    let (after, client_after) = (target.usage(), Usage::own());
     finish.send_replace(true);
 
     progress(&format!(
@@ -156,6 +156,7 @@ pub(super) async fn run_row(
         &results,
         (config.duration, elapsed),
         (before, after),
+        (client_before, client_after),
         Vec::new(),
     ))
 }

@@ -41,6 +41,9 @@ pub struct Row {
     pub server_rss_mib: Option<f64>,
     /// Server CPU during the run, percent of one core (local server only).
     pub server_cpu_percent: Option<f64>,
+    /// The load generator's CPU during the run (publisher and all clients), percent of
+    /// one core: shows whether the clients, not the server, were the limit.
+    pub client_cpu_percent: Option<f64>,
     /// Server RSS read through the run (with `sample_every`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rss_samples: Vec<RssSample>,
@@ -92,14 +95,16 @@ pub struct BenchReport {
 }
 
 impl Row {
-    /// `usage` is the server's before and after the run (when it is a local process);
-    /// `measured` is the window's length and `elapsed` the whole publishing time.
+    /// `measured` is the window's length and `elapsed` the whole publishing time; the
+    /// usages are the server's (when it is a local process) and the load generator's,
+    /// before and after publishing.
     pub(super) fn new(
         plan: RowPlan,
         published: u64,
         results: &[ClientResult],
         (measured, elapsed): (Duration, Duration),
         (before, after): (Option<Usage>, Option<Usage>),
+        client: (Option<Usage>, Option<Usage>),
         rss_samples: Vec<RssSample>,
     ) -> Row {
         let mut all = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 2)
@@ -110,12 +115,12 @@ impl Row {
         }
         let delivered: u64 = results.iter().map(|r| r.delivered).sum();
         let expected = published * plan.clients as u64;
-        let cpu = match (before, after) {
-            (Some(b), Some(a)) => Some(
+        let cpu = |(before, after): (Option<Usage>, Option<Usage>)| {
+            let (b, a) = (before?, after?);
+            Some(
                 (a.cpu_ticks - b.cpu_ticks) as f64 / TICKS_PER_SECOND / elapsed.as_secs_f64()
                     * 100.0,
-            ),
-            _ => None,
+            )
         };
         Row {
             clients: plan.clients,
@@ -134,7 +139,8 @@ impl Row {
                 max: all.max(),
             },
             server_rss_mib: after.map(|u| u.rss as f64 / (1024.0 * 1024.0)),
-            server_cpu_percent: cpu,
+            server_cpu_percent: cpu((before, after)),
+            client_cpu_percent: cpu(client),
             rss_slope_mib_per_min: slope_per_min(&rss_samples),
             rss_samples,
         }
@@ -155,7 +161,7 @@ impl Row {
     }
 
     /// The cells every format shows, in `HEADER` order after the system's name.
-    fn cells(&self) -> [String; 13] {
+    fn cells(&self) -> [String; 14] {
         let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
         [
             self.rate.to_string(),
@@ -170,6 +176,7 @@ impl Row {
             self.latency_us.max.to_string(),
             opt(self.server_rss_mib),
             opt(self.server_cpu_percent),
+            opt(self.client_cpu_percent),
             self.rss_slope_mib_per_min
                 .map_or_else(|| "-".to_owned(), |s| format!("{s:+.2}")),
         ]
@@ -208,7 +215,7 @@ impl Entry {
     }
 
     /// (system, cells, ratio cells) for each system that has a row.
-    fn lines(&self) -> Vec<(&'static str, [String; 13], [String; 2])> {
+    fn lines(&self) -> Vec<(&'static str, [String; 14], [String; 2])> {
         let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
         let mut lines = Vec::new();
         if let Some(r) = &self.raven {
@@ -223,7 +230,7 @@ impl Entry {
 }
 
 /// Column headers after N and system.
-const HEADER: [&str; 15] = [
+const HEADER: [&str; 16] = [
     "target/s",
     "published/s",
     "deliveries/s",
@@ -236,6 +243,7 @@ const HEADER: [&str; 15] = [
     "max µs",
     "RSS MiB",
     "CPU %",
+    "client CPU %",
     "RSS MiB/min",
     "deliv. R/N",
     "p99 R/N",
@@ -244,7 +252,7 @@ const HEADER: [&str; 15] = [
 impl BenchReport {
     /// The results as an aligned table.
     pub fn table(&self) -> String {
-        let widths = [9, 11, 12, 8, 8, 8, 8, 8, 9, 8, 8, 6, 11, 10, 8];
+        let widths = [9, 11, 12, 8, 8, 8, 8, 8, 9, 8, 8, 6, 12, 11, 10, 8];
         let mut out = format!(
             "{:.1} s measured per row{}\n{:>6} {:<6}",
             self.duration_s,

@@ -40,6 +40,11 @@ pub struct RssSample {
 }
 
 impl Usage {
+    /// The load generator's own (this process).
+    pub fn own() -> Option<Usage> {
+        Usage::of(std::process::id())
+    }
+
     /// Reads `pid`'s RSS and CPU time from /proc.
     fn of(pid: u32) -> Option<Usage> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -144,11 +149,12 @@ impl Target {
         Usage::of(self.pid?)
     }
 
-    /// Runs `work`, reading the server's RSS every `every` (the first reading at once)
-    /// and reporting each reading through `progress`.
+    /// Runs `work`, reading the server's RSS every `every` from `warmup` on (readings
+    /// while load ramps up would only tilt the slope) and reporting each reading through
+    /// `progress`.
     pub async fn sample_while<T>(
         &self,
-        every: Option<Duration>,
+        (every, warmup): (Option<Duration>, Duration),
         progress: &mut impl FnMut(&str),
         work: impl Future<Output = T>,
     ) -> (T, Vec<RssSample>) {
@@ -157,7 +163,7 @@ impl Target {
             return (work.await, samples);
         };
         let begin = Instant::now();
-        let mut ticker = tokio::time::interval(every);
+        let mut ticker = tokio::time::interval_at((begin + warmup).into(), every);
         tokio::pin!(work);
         loop {
             tokio::select! {
