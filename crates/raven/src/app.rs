@@ -1,6 +1,6 @@
-//! Wiring: builds the registry, engine, simulator feed and gRPC services (market, ingest,
-//! health, reflection) from a [`Config`],
-//! runs them, and shuts them down in order (feed, client streams, gRPC, engine).
+//! Wiring: builds the registry, engine, recorder, simulator feed and gRPC services
+//! (market, ingest, health, reflection) from a [`Config`], runs them, and shuts them down
+//! in order (feed, client streams, gRPC, engine, then the recorder's last batch).
 //! Entry points take the listener as an argument so tests bind port 0.
 
 use std::net::SocketAddr;
@@ -25,6 +25,9 @@ use crate::engine::{Engine, EngineConfig, ShardContext};
 use crate::fanout::{Closed, Fanout};
 use crate::feed::sim::{self, Simulator};
 use crate::feed::{Catalog, Owner};
+use crate::recorder::{Recorder, RecorderStats};
+use crate::store::StoreError;
+use crate::store::spill::Spill;
 
 /// Subscriptions one stream may hold (instruments × channels).
 const MAX_SUBSCRIPTIONS_PER_STREAM: usize = 10_000;
@@ -41,6 +44,9 @@ pub enum AppError {
     /// Reflection could not load the descriptors (a build defect).
     #[error("gRPC reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The store (or its spill file) could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A running server.
@@ -52,7 +58,11 @@ pub struct RunningServer {
     feed: JoinHandle<()>,
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     stop_grpc: oneshot::Sender<()>,
+    recorder: Option<Recorder>,
 }
+
+/// Engine output batches the recorder's tap holds before the engine waits for it.
+const TAP_BATCHES: usize = 4096;
 
 /// Accept-queue length for the gRPC listener. Tokio's default (1024) overflows when a
 /// thousand clients connect at once (seen in the 1,000-client test as connection resets);
@@ -83,7 +93,26 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         catalog.add(info, Owner::Simulator);
     }
 
-    let (ctx, resync_rx) = ShardContext::new(registry.clone(), clock.clone(), fanout.clone());
+    let (mut ctx, resync_rx) = ShardContext::new(registry.clone(), clock.clone(), fanout.clone());
+    let recorder = match config.store.clone() {
+        Some(store) => {
+            let (tap, tapped) = crossbeam_channel::bounded(TAP_BATCHES);
+            ctx.taps.push(tap);
+            let (registry, run) = (registry.clone(), clock.now().0);
+            // Opening may connect to PostgreSQL with a blocking client: off the runtime.
+            let recorder = tokio::task::spawn_blocking(move || {
+                let db = crate::store::open(&store.url, &store.schema)?;
+                let spill = Spill::open(&store.spill)?;
+                tracing::info!(store = %db.describe(), spill = %store.spill.display(), "recording");
+                Recorder::start(store.recorder, db, spill, registry, tapped, run)
+                    .map_err(StoreError::from)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Some(recorder)
+        }
+        None => None,
+    };
     let engine = Engine::start(EngineConfig::with_shards(config.shards), ctx)?;
     let stop_feed = Arc::new(AtomicBool::new(false));
     let feed = sim::spawn(
@@ -150,6 +179,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         feed,
         grpc,
         stop_grpc,
+        recorder,
     })
 }
 
@@ -169,8 +199,14 @@ impl RunningServer {
         &self.engine
     }
 
-    /// Stops the feed, ends client streams with `UNAVAILABLE`, stops gRPC, then lets the
-    /// engine finish what it has queued.
+    /// The recorder's counters, when recording.
+    pub fn recorder_stats(&self) -> Option<Arc<RecorderStats>> {
+        self.recorder.as_ref().map(Recorder::stats)
+    }
+
+    /// Stops the feed, ends client streams with `UNAVAILABLE`, stops gRPC, lets the
+    /// engine finish what it has queued, then waits for the recorder to write its last
+    /// batch.
     pub async fn shutdown(self) -> Result<(), AppError> {
         self.stop_feed.store(true, Ordering::Relaxed);
         let feed = self.feed;
@@ -188,6 +224,11 @@ impl RunningServer {
         tokio::task::spawn_blocking(move || engine.shutdown())
             .await
             .map_err(std::io::Error::other)?;
+        if let Some(recorder) = self.recorder {
+            tokio::task::spawn_blocking(move || recorder.join())
+                .await
+                .map_err(std::io::Error::other)?;
+        }
         Ok(())
     }
 }

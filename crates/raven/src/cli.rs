@@ -116,6 +116,10 @@ struct ServeArgs {
     /// Simulator event rate, events per second over all instruments.
     #[arg(long, env = "RAVEN_RATE")]
     rate: Option<u64>,
+    /// Where to record every event: `sqlite:PATH`, `postgres://USER@HOST:PORT/DB`, or
+    /// `off` (overrides `store.url`; default `sqlite:./data/raven.db`).
+    #[arg(long, env = "RAVEN_STORE")]
+    store: Option<String>,
 }
 
 #[derive(Args)]
@@ -267,6 +271,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(rate) = args.rate {
         file.sim.rate = rate;
+    }
+    if let Some(store) = args.store {
+        file.store.url = store;
     }
     let config = file.resolve()?;
     let listener = raven::app::bind(config.listen)

@@ -3,13 +3,14 @@
 //! validated, resolved [`Config`] the server runs on. Command-line flags override the file.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::fanout::LagPolicy;
 use crate::feed::sim::SimConfig;
+use crate::recorder::RecorderConfig;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,54 @@ pub struct FileConfig {
     pub engine: EngineSection,
     /// `[fanout]`: per-subscriber queues and their overflow policy.
     pub fanout: FanoutSection,
+    /// `[store]`: where every event is recorded.
+    pub store: StoreSection,
+}
+
+/// `[store]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Where events are recorded: `sqlite:PATH`, `postgres://USER@HOST:PORT/DB`, or `off`.
+    /// Default `sqlite:./data/raven.db`.
+    pub url: String,
+    /// PostgreSQL schema for Raven's tables (created if need be). Default `raven`.
+    pub schema: String,
+    /// Append-only file batches go to while the store is unavailable; they are
+    /// backfilled when it returns. Default `./data/raven.spill`.
+    pub spill: PathBuf,
+    /// A batch is written at most this many ms after its first event. Default 5.
+    pub batch_window_ms: u64,
+    /// ...or as soon as it holds this many events. Default 50000.
+    pub batch_max_rows: usize,
+    /// Seconds between attempts to reach a failed store. Default 1.
+    pub retry_secs: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            url: "sqlite:./data/raven.db".into(),
+            schema: "raven".into(),
+            spill: "./data/raven.spill".into(),
+            batch_window_ms: 5,
+            batch_max_rows: 50_000,
+            retry_secs: 1,
+        }
+    }
+}
+
+/// The store, resolved.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite:PATH` or `postgres://…`.
+    pub url: String,
+    /// PostgreSQL schema.
+    pub schema: String,
+    /// The spill file.
+    pub spill: PathBuf,
+    /// Batching and retry.
+    pub recorder: RecorderConfig,
 }
 
 /// `[server]`
@@ -181,6 +230,8 @@ pub struct Config {
     pub shards: usize,
     /// Fan-out.
     pub fanout: FanoutConfig,
+    /// Recording; `None` when `store.url = "off"`.
+    pub store: Option<StoreConfig>,
 }
 
 impl Default for Config {
@@ -263,6 +314,33 @@ impl FileConfig {
                 "must be between 4096 and 4194304 (gRPC clients refuse messages over 4 MiB by default)",
             ));
         }
+        if !(1..=1000).contains(&self.store.batch_window_ms) {
+            return Err(invalid(
+                "store.batch_window_ms",
+                &self.store.batch_window_ms,
+                "must be between 1 and 1000",
+            ));
+        }
+        if !(1..=crate::store::MAX_BATCH_ROWS).contains(&self.store.batch_max_rows) {
+            return Err(invalid(
+                "store.batch_max_rows",
+                &self.store.batch_max_rows,
+                "must be between 1 and 16777216",
+            ));
+        }
+        if self.store.retry_secs == 0 {
+            return Err(invalid("store.retry_secs", &0, "must be at least 1"));
+        }
+        let store = (self.store.url != "off").then(|| StoreConfig {
+            url: self.store.url,
+            schema: self.store.schema,
+            spill: self.store.spill,
+            recorder: RecorderConfig {
+                window: Duration::from_millis(self.store.batch_window_ms),
+                max_rows: self.store.batch_max_rows,
+                retry_every: Duration::from_secs(self.store.retry_secs),
+            },
+        });
         Ok(Config {
             listen,
             keepalive: Duration::from_secs(self.server.keepalive_secs),
@@ -281,6 +359,7 @@ impl FileConfig {
                 write_budget_per_s: (self.fanout.write_budget_per_s > 0)
                     .then_some(self.fanout.write_budget_per_s),
             },
+            store,
         })
     }
 }

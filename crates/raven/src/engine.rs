@@ -235,7 +235,14 @@ fn run_shard(mut shard: Shard, input: Receiver<Vec<FeedEvent>>, commands: Receiv
     loop {
         crossbeam_channel::select! {
             recv(commands) -> c => match c {
-                Ok(Command::Stop) | Err(_) => return,
+                Ok(Command::Stop) | Err(_) => {
+                    // Everything accepted before the stop is processed (and reaches
+                    // the taps): the feeds have stopped, so this ends.
+                    while let Ok(batch) = input.try_recv() {
+                        shard.process(batch);
+                    }
+                    return;
+                }
                 Ok(c) => shard.command(c),
             },
             recv(input) -> b => match b {

@@ -2,8 +2,9 @@
 //!
 //! `feed` (simulator) → `engine` (one writer per instrument: books, sequences, BBO,
 //! candles; encodes each event once) → `fanout` (bounded per-subscriber mailboxes) →
-//! `api` (gRPC streams). `app` wires them together from a `config`; `bench` is the
-//! whole-server load generator.
+//! `api` (gRPC streams). The `recorder` taps the engine and writes every event to a
+//! `store` (SQLite or PostgreSQL). `app` wires them together from a `config`; `bench` is
+//! the whole-server load generator.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -14,3 +15,5 @@ pub mod config;
 pub mod engine;
 pub mod fanout;
 pub mod feed;
+pub mod recorder;
+pub mod store;

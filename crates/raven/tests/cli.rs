@@ -24,8 +24,19 @@ impl Drop for Served {
     }
 }
 
+/// A directory of its own for each server: its `./data` (SQLite file, spill) goes there.
+fn scratch_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn serve(extra: &[&str]) -> Served {
     let mut child = Command::new(RAVEN)
+        .current_dir(scratch_dir())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
         .env("RAVEN_LOG", "warn")

@@ -105,7 +105,8 @@ impl Target {
     }
 
     /// Starts `raven serve` (with `config`, if given) on a free loopback port with the
-    /// simulator nearly idle.
+    /// simulator nearly idle and recording off: these rows measure streaming, and the
+    /// recorder has benchmarks of its own.
     pub async fn spawn(raven: &Path, config: Option<&Path>) -> Result<Target, BenchError> {
         let raven = raven.to_owned();
         let config = config.map(Path::to_owned);
@@ -117,7 +118,7 @@ impl Target {
                 command.arg("serve");
             }
             let mut child = command
-                .args(["--listen", "127.0.0.1:0", "--rate", "1"])
+                .args(["--listen", "127.0.0.1:0", "--rate", "1", "--store", "off"])
                 .env("RAVEN_LOG", "warn")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

@@ -1,0 +1,91 @@
+//! Event storage: what the recorder writes and the query side reads. Two stores, SQLite
+//! (the embedded default: one file, WAL) and PostgreSQL (binary `COPY`), behind one
+//! [`Store`] trait; they differ only in how a batch is written and read back. Batching,
+//! spill and retry live in the recorder and are shared.
+//!
+//! Both stores keep the same tables:
+//! - `events`: one row per event: `run` (the server run, its start time in ns; sequences
+//!   restart per run), `position` (batch number << 24 | index in batch: record order),
+//!   instrument id, channel, sequence, the three times, body kind, and the event's wire
+//!   bytes (a one-event `StreamResponse`, exactly what a subscriber received). Primary
+//!   key (run, position).
+//! - `instruments`: name ↔ id.
+//! - `batches`: (run, number, rows) of every batch written, in the batch's own
+//!   transaction, so a batch retried after an unacknowledged commit is skipped, never
+//!   duplicated.
+
+mod batch;
+pub mod postgres;
+pub mod spill;
+pub mod sqlite;
+
+pub use batch::{Batch, Row, row};
+
+/// Rows a batch may hold: `position` keeps 24 bits for the index within a batch.
+pub const MAX_BATCH_ROWS: usize = 1 << 24;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused, or the connection is gone.
+    #[error("postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// The file system (database directory, spill file).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Stored or spilled bytes that do not read back.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// A store URL that names no store.
+    #[error("{0}")]
+    Url(String),
+}
+
+/// A place events are recorded.
+pub trait Store: Send {
+    /// What and where, for logs.
+    fn describe(&self) -> String;
+
+    /// Writes `batch` in one transaction. A batch already stored (same run and number) is
+    /// skipped, so retrying a batch whose commit was not acknowledged cannot duplicate it.
+    fn write(&mut self, batch: &Batch) -> Result<(), StoreError>;
+
+    /// The wire bytes of every stored event of `instrument` on `channel`, in record order
+    /// (run, then position).
+    fn events(&mut self, instrument: &str, channel: u8) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// Events stored.
+    fn count(&mut self) -> Result<u64, StoreError>;
+
+    /// Drops the connection and opens a new one (after a failure).
+    fn reconnect(&mut self) -> Result<(), StoreError>;
+}
+
+/// Opens the store `url` names: `postgres://…` (tables in `schema`, created if need be),
+/// `sqlite:PATH`, or a plain path (SQLite).
+pub fn open(url: &str, schema: &str) -> Result<Box<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(postgres::PostgresStore::connect(url, schema)?));
+    }
+    let path = url.strip_prefix("sqlite:").unwrap_or(url);
+    if path.is_empty() || path.contains("://") {
+        return Err(StoreError::Url(format!(
+            "store {url:?}: expected postgres://…, sqlite:PATH or a file path"
+        )));
+    }
+    Ok(Box::new(sqlite::SqliteStore::open(path.as_ref())?))
+}
+
+/// `position` of row `index` of batch `number`.
+pub(crate) fn position(number: u64, index: usize) -> i64 {
+    ((number << 24) | index as u64) as i64
+}
+
+/// A stored time, sequence or run (u64) as the i64 both databases hold. Nanosecond
+/// times fit until 2262; a value over i64::MAX is refused rather than wrapped.
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} exceeds i64")))
+}
