@@ -1,6 +1,6 @@
 //! Compiles raven.v1 with protox (pure Rust: no system `protoc`), generates the prost types
-//! and clients, and generates the servers by hand so that `Market.Stream` can send batches
-//! of pre-encoded events (see `wire`). Also saves the descriptor set for reflection.
+//! and clients, and generates the servers by hand so that `Market.Stream` and the
+//! `History` streams can send batches of pre-encoded events (see `wire`). Also saves the descriptor set for reflection.
 
 use prost::Message;
 use tonic_prost_build::manual::{Builder, Method, Service};
@@ -70,8 +70,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .build(),
         )
         .build();
+    let history = Service::builder()
+        .name("History")
+        .package("raven.v1")
+        .method(
+            method(
+                "query",
+                "Query",
+                "crate::pb::HistoryRequest",
+                "crate::wire::EncodedBatch",
+            )
+            .server_streaming()
+            .build(),
+        )
+        .method(
+            method(
+                "book_at",
+                "BookAt",
+                "crate::pb::BookAtRequest",
+                "crate::pb::Event",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "replay",
+                "Replay",
+                "crate::pb::ReplayRequest",
+                "crate::wire::EncodedBatch",
+            )
+            .server_streaming()
+            .build(),
+        )
+        .build();
     Builder::new()
         .build_client(false)
-        .compile(&[market, ingest]);
+        .compile(&[market, ingest, history]);
     Ok(())
 }

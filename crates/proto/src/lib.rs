@@ -1,5 +1,5 @@
 //! The `raven.v1` API: generated protobuf types and clients ([`pb`]), the generated
-//! servers ([`market_server`], [`ingest_server`]), the hand-written encode-once wire encoder
+//! servers ([`market_server`], [`ingest_server`], [`history_server`]), the hand-written encode-once wire encoder
 //! ([`wire`]), and conversions between the model and protobuf ([`convert`]).
 //!
 //! This is the one crate where generated types live; nothing else depends on prost.
@@ -28,6 +28,14 @@ mod generated_ingest {
     include!(concat!(env!("OUT_DIR"), "/raven.v1.Ingest.rs"));
 }
 pub use generated_ingest::ingest_server;
+
+/// The `raven.v1.History` server, its streams answering in [`wire::EncodedBatch`]: stored
+/// events are already encoded, so they go out as stored.
+#[allow(missing_docs, clippy::all)]
+mod generated_history {
+    include!(concat!(env!("OUT_DIR"), "/raven.v1.History.rs"));
+}
+pub use generated_history::history_server;
 
 /// The encoded `FileDescriptorSet` of raven.v1, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -1,7 +1,9 @@
-//! The gRPC surface: `raven.v1.Market` ([`market`]), `raven.v1.Ingest` ([`ingest`]), plus
+//! The gRPC surface: `raven.v1.Market` ([`market`]), `raven.v1.Ingest` ([`ingest`]),
+//! `raven.v1.History` ([`history`]), plus
 //! the standard health and reflection services, wired up in [`crate::app`]. Requests are validated here and
 //! refused with precise status codes before anything reaches the engine.
 
+pub mod history;
 pub mod ingest;
 pub mod market;
 mod session;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use raven_model::InstrumentRegistry;
+use raven_proto::history_server::HistoryServer;
 use raven_proto::ingest_server::IngestServer;
 use raven_proto::market_server::MarketServer;
 use tokio::net::TcpListener;
@@ -17,6 +18,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::api::history::HistoryApi;
 use crate::api::ingest::IngestApi;
 use crate::api::market::{Limits, MarketApi, MarketService};
 use crate::clock::{Clock, SystemClock};
@@ -139,6 +141,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<MarketServer<MarketApi>>().await;
     health.set_serving::<IngestServer<IngestApi>>().await;
+    health.set_serving::<HistoryServer<HistoryApi>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(raven_proto::FILE_DESCRIPTOR_SET)
@@ -166,6 +169,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         .add_service(reflection_v1alpha)
         .add_service(market)
         .add_service(ingest)
+        .add_service(HistoryServer::new(HistoryApi::new(config.store.clone())))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         });

@@ -44,6 +44,40 @@ pub enum StoreError {
     Url(String),
 }
 
+/// Which stored events to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// Instrument names; names the store does not hold match nothing.
+    pub instruments: Vec<String>,
+    /// `raven.v1.Channel` numbers; empty means every channel.
+    pub channels: Vec<u8>,
+    /// Publish time from (inclusive), Unix ns.
+    pub from: u64,
+    /// Publish time to (exclusive), Unix ns.
+    pub to: u64,
+    /// Most events; 0 means no limit.
+    pub limit: u64,
+}
+
+impl Query {
+    /// Everything stored for `instruments` on `channels`.
+    pub fn all(instruments: &[&str], channels: &[u8]) -> Query {
+        Query {
+            instruments: instruments.iter().map(|s| (*s).to_owned()).collect(),
+            channels: channels.to_vec(),
+            from: 0,
+            to: u64::MAX,
+            limit: 0,
+        }
+    }
+
+    /// The time range as the i64s both databases hold (times past 2262 clamp).
+    pub(crate) fn range(&self) -> (i64, i64) {
+        let clamp = |t: u64| i64::try_from(t).unwrap_or(i64::MAX);
+        (clamp(self.from), clamp(self.to))
+    }
+}
+
 /// A place events are recorded.
 pub trait Store: Send {
     /// What and where, for logs.
@@ -53,9 +87,16 @@ pub trait Store: Send {
     /// skipped, so retrying a batch whose commit was not acknowledged cannot duplicate it.
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError>;
 
-    /// The wire bytes of every stored event of `instrument` on `channel`, in record order
-    /// (run, then position).
-    fn events(&mut self, instrument: &str, channel: u8) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Hands every stored event matching `query` to `each` as (run, wire bytes), in record
+    /// order (run, then position), until `each` returns false.
+    fn query(
+        &mut self,
+        query: &Query,
+        each: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// Names of every instrument with stored events.
+    fn instruments(&mut self) -> Result<Vec<String>, StoreError>;
 
     /// Events stored.
     fn count(&mut self) -> Result<u64, StoreError>;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use prost::Message;
 use raven::store::postgres::PostgresStore;
 use raven::store::sqlite::SqliteStore;
-use raven::store::{self, Batch, Store};
+use raven::store::{self, Batch, Query, Store};
 use raven_model::{
     Aggressor, Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody,
     InstrumentId, Level, LevelChange, Price, Qty, Sequence, Side, SnapshotKind, Status, StatusKind,
@@ -177,6 +177,18 @@ fn batch(run: u64, number: u64, events: &[(&str, Event)]) -> Batch {
     batch
 }
 
+/// Every stored event of one instrument and channel.
+fn read(store: &mut dyn Store, instrument: &str, channel: u8) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    store
+        .query(&Query::all(&[instrument], &[channel]), &mut |_, bytes| {
+            out.push(bytes.to_vec());
+            true
+        })
+        .unwrap();
+    out
+}
+
 /// The contract every store keeps.
 fn contract(store: &mut dyn Store) {
     let events = fixture();
@@ -198,9 +210,7 @@ fn contract(store: &mut dyn Store) {
             .filter(|(n, e)| *n == name && e.body.channel() == channel)
             .map(|(_, e)| e)
             .collect();
-        let stored = store
-            .events(name, convert::channel_to_pb(channel) as u8)
-            .unwrap();
+        let stored = read(store, name, convert::channel_to_pb(channel) as u8);
         assert_eq!(stored.len(), expected.len(), "{name} {channel:?}");
         for (bytes, original) in stored.iter().zip(expected) {
             let mut one = Batch::new(0, 0);
@@ -218,7 +228,7 @@ fn contract(store: &mut dyn Store) {
             );
         }
     }
-    assert!(store.events("TEST:NOPE", 3).unwrap().is_empty());
+    assert!(read(store, "TEST:NOPE", 3).is_empty());
 
     // A batch written again (a retry after an unacknowledged commit) is not duplicated;
     // the same number in another run is another batch.
@@ -227,11 +237,77 @@ fn contract(store: &mut dyn Store) {
     store.write(&batch(8, 0, first)).unwrap();
     assert_eq!(store.count().unwrap(), events.len() as u64 + 3);
     // Runs come back in order, each in record order.
-    let trades = store.events("TEST:BTC-USD", 3).unwrap();
+    let trades = read(store, "TEST:BTC-USD", 3);
     assert_eq!(trades.len(), 2);
     assert_eq!(
         trades[0], trades[1],
         "the same trade, recorded by runs 7 and 8"
+    );
+
+    // Queries: publish time in [from, to), channels (none = all), limit, early stop.
+    let base = 1_764_300_000_000_000_777;
+    let select = |store: &mut dyn Store, query: Query| {
+        let mut out = Vec::new();
+        store
+            .query(&query, &mut |run, bytes| {
+                let e = &pb::StreamResponse::decode(bytes).unwrap().events[0];
+                out.push((run, e.channel, e.sequence));
+                true
+            })
+            .unwrap();
+        out
+    };
+    let btc = |from, to, limit| Query {
+        instruments: vec!["TEST:BTC-USD".into()],
+        channels: Vec::new(),
+        from,
+        to,
+        limit,
+    };
+    // Only the deltas were published at base + 2, once by run 7 and once by run 8.
+    assert_eq!(
+        select(store, btc(base + 2, base + 3, 0)),
+        vec![(7, 1, 2), (8, 1, 2)]
+    );
+    // Everything of BTC, record order: run 7's snapshot, delta, trade, status; run 8's.
+    assert_eq!(
+        select(store, btc(0, u64::MAX, 0)),
+        vec![
+            (7, 1, 1),
+            (7, 1, 2),
+            (7, 3, 1),
+            (7, 1, 3),
+            (8, 1, 1),
+            (8, 1, 2),
+            (8, 3, 1)
+        ]
+    );
+    assert_eq!(
+        select(store, btc(0, u64::MAX, 2)),
+        vec![(7, 1, 1), (7, 1, 2)]
+    );
+    assert!(select(store, btc(base + 2, base + 2, 0)).is_empty());
+    let both = Query {
+        instruments: vec![
+            "TEST:SPREAD".into(),
+            "TEST:BTC-USD".into(),
+            "TEST:NOPE".into(),
+        ],
+        channels: vec![2, 3],
+        ..btc(0, u64::MAX, 0)
+    };
+    assert_eq!(select(store, both), vec![(7, 3, 1), (7, 2, 1), (8, 3, 1)]);
+    let mut calls = 0;
+    store
+        .query(&btc(0, u64::MAX, 0), &mut |_, _| {
+            calls += 1;
+            calls < 3
+        })
+        .unwrap();
+    assert_eq!(calls, 3);
+    assert_eq!(
+        store.instruments().unwrap(),
+        vec!["TEST:BTC-USD".to_owned(), "TEST:SPREAD".to_owned()]
     );
 
     // An empty batch is a valid (if pointless) transaction.

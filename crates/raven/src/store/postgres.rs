@@ -8,7 +8,9 @@ use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
 use postgres::{Client, NoTls};
 
-use super::{Batch, Store, StoreError, position, to_i64};
+use postgres::fallible_iterator::FallibleIterator;
+
+use super::{Batch, Query, Store, StoreError, position, to_i64};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS instruments (
@@ -155,12 +157,43 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    fn events(&mut self, instrument: &str, channel: u8) -> Result<Vec<Vec<u8>>, StoreError> {
-        let rows = self.client.query(
-            "SELECT e.event FROM events e JOIN instruments i ON i.id = e.instrument \
-             WHERE i.name = $1 AND e.channel = $2 ORDER BY e.run, e.position",
-            &[&instrument, &i16::from(channel)],
+    fn query(
+        &mut self,
+        query: &Query,
+        each: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let channels: Vec<i16> = query.channels.iter().map(|&c| i16::from(c)).collect();
+        let (from, to) = query.range();
+        let limit = (query.limit > 0).then(|| i64::try_from(query.limit).unwrap_or(i64::MAX));
+        // Rows stream as they arrive (`query_raw`), so a long history never sits in
+        // memory whole.
+        let mut rows = self.client.query_raw(
+            "SELECT e.run, e.event FROM events e JOIN instruments i ON i.id = e.instrument \
+             WHERE i.name = ANY($1) AND (cardinality($2::int2[]) = 0 OR e.channel = ANY($2)) \
+             AND e.publish_time >= $3 AND e.publish_time < $4 \
+             ORDER BY e.run, e.position LIMIT $5",
+            [
+                &query.instruments as &dyn postgres::types::ToSql,
+                &channels,
+                &from,
+                &to,
+                &limit,
+            ],
         )?;
+        while let Some(row) = rows.next()? {
+            let run: i64 = row.get(0);
+            let bytes: &[u8] = row.get(1);
+            if !each(run as u64, bytes) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn instruments(&mut self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .client
+            .query("SELECT name FROM instruments ORDER BY name", &[])?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Batch, Store, StoreError, position, to_i64};
+use super::{Batch, Query, Store, StoreError, position, to_i64};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS instruments (
@@ -144,13 +144,62 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn events(&mut self, instrument: &str, channel: u8) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut query = self.conn.prepare_cached(
-            "SELECT e.event FROM events e JOIN instruments i ON i.id = e.instrument \
-             WHERE i.name = ?1 AND e.channel = ?2 ORDER BY e.run, e.position",
-        )?;
-        let rows = query.query_map(params![instrument, channel], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    fn query(
+        &mut self,
+        query: &Query,
+        each: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut ids = Vec::new();
+        for name in &query.instruments {
+            let id: Option<i64> = self
+                .conn
+                .query_row("SELECT id FROM instruments WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            ids.extend(id);
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Ids and channel numbers are integers (ours), so they go in the text; the list
+        // lengths vary, which placeholders cannot.
+        let list = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(",");
+        let mut sql = format!(
+            "SELECT run, event FROM events WHERE instrument IN ({})",
+            list(&mut ids.iter().map(i64::to_string))
+        );
+        if !query.channels.is_empty() {
+            sql += &format!(
+                " AND channel IN ({})",
+                list(&mut query.channels.iter().map(u8::to_string))
+            );
+        }
+        sql += " AND publish_time >= ?1 AND publish_time < ?2 ORDER BY run, position LIMIT ?3";
+        let (from, to) = query.range();
+        let limit = if query.limit == 0 {
+            -1
+        } else {
+            i64::try_from(query.limit).unwrap_or(i64::MAX)
+        };
+        let mut statement = self.conn.prepare(&sql)?;
+        let mut rows = statement.query(params![from, to, limit])?;
+        while let Some(row) = rows.next()? {
+            let run: i64 = row.get(0)?;
+            let bytes = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            if !each(run as u64, bytes) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn instruments(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut q = self
+            .conn
+            .prepare("SELECT name FROM instruments ORDER BY name")?;
+        let names = q.query_map([], |r| r.get(0))?;
+        Ok(names.collect::<Result<_, _>>()?)
     }
 
     fn count(&mut self) -> Result<u64, StoreError> {

@@ -1,0 +1,324 @@
+//! `raven.v1.History`: what the recorder stored, read back. Each request opens its own
+//! store connection on a blocking thread (the recorder keeps its own for writing) and
+//! streams rows in record order. Rows are the wire bytes subscribers received, so a
+//! history message is stored rows concatenated, never decoded and re-encoded; only
+//! `BookAt` decodes, to rebuild the book.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use prost::Message;
+use raven_book::OrderBook;
+use raven_model::{
+    Event, EventBody, InstrumentError, InstrumentId, InstrumentName, Sequence, SnapshotKind,
+    UnixNanos,
+};
+use raven_proto::convert::{body_from_pb, channel_to_pb, event_to_pb};
+use raven_proto::history_server::History;
+use raven_proto::pb;
+use raven_proto::wire::{EncodedBatch, scan};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::market::{EventStream, channel, depth};
+use crate::config::StoreConfig;
+use crate::store::{self, Query, Store};
+
+/// Most events one query may ask for.
+pub const MAX_LIMIT: u64 = 1_000_000_000;
+/// Most instruments one query may name.
+pub const MAX_INSTRUMENTS: usize = 1000;
+/// Highest replay speed (× recorded time).
+pub const MAX_SPEED: f64 = 1_000_000.0;
+/// A history message holds about this many bytes of rows.
+const MESSAGE_BYTES: usize = 256 << 10;
+
+/// The tonic service.
+#[derive(Clone)]
+pub struct HistoryApi {
+    store: Option<StoreConfig>,
+}
+
+impl HistoryApi {
+    /// Reads from the store `store` describes; `None` when recording is off (every call
+    /// then fails with `FAILED_PRECONDITION`).
+    pub fn new(store: Option<StoreConfig>) -> HistoryApi {
+        HistoryApi { store }
+    }
+
+    /// Opens a connection of its own, off the runtime (PostgreSQL's client blocks).
+    async fn open(&self) -> Result<Box<dyn Store>, Status> {
+        let config = self.store.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "recording is off on this server (store.url = \"off\"): there is no history",
+            )
+        })?;
+        tokio::task::spawn_blocking(move || store::open(&config.url, &config.schema))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("the store is unavailable: {e}")))
+    }
+
+    /// Validates a query and checks its instruments were recorded.
+    async fn prepare(
+        &self,
+        request: &pb::HistoryRequest,
+    ) -> Result<(Box<dyn Store>, Query), Status> {
+        let query = validate(request)?;
+        let mut store = self.open().await?;
+        let (store, known) = tokio::task::spawn_blocking(move || {
+            let known = store.instruments();
+            (store, known)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let known =
+            known.map_err(|e| Status::unavailable(format!("the store is unavailable: {e}")))?;
+        for name in &query.instruments {
+            if known.binary_search(name).is_err() {
+                return Err(Status::not_found(format!(
+                    "no recorded events for instrument {name:?}"
+                )));
+            }
+        }
+        Ok((store, query))
+    }
+}
+
+fn validate(request: &pb::HistoryRequest) -> Result<Query, Status> {
+    if request.instruments.is_empty() {
+        return Err(Status::invalid_argument("the query names no instruments"));
+    }
+    if request.instruments.len() > MAX_INSTRUMENTS {
+        return Err(Status::resource_exhausted(format!(
+            "the query names {} instruments; at most {MAX_INSTRUMENTS} are allowed",
+            request.instruments.len()
+        )));
+    }
+    for name in &request.instruments {
+        parse_name(name)?;
+    }
+    let channels = request
+        .channels
+        .iter()
+        .map(|&c| channel(c).map(|c| channel_to_pb(c) as u8))
+        .collect::<Result<Vec<_>, _>>()?;
+    // 0 (unset) means no end.
+    let to = if request.to == 0 {
+        u64::MAX
+    } else {
+        request.to
+    };
+    if request.from > to {
+        return Err(Status::invalid_argument(format!(
+            "from ({}) is after to ({})",
+            request.from, request.to
+        )));
+    }
+    if request.limit > MAX_LIMIT {
+        return Err(Status::invalid_argument(format!(
+            "limit {} is too large; use 1..={MAX_LIMIT}, or 0 for no limit",
+            request.limit
+        )));
+    }
+    Ok(Query {
+        instruments: request.instruments.clone(),
+        channels,
+        from: request.from,
+        to,
+        limit: request.limit,
+    })
+}
+
+fn parse_name(name: &str) -> Result<InstrumentName, Status> {
+    InstrumentName::parse(name).map_err(|e| match e {
+        InstrumentError::Empty => Status::invalid_argument(
+            "instrument name is empty; expected VENUE:SYMBOL, e.g. SIM:BTC-USD",
+        ),
+        other => Status::invalid_argument(other.to_string()),
+    })
+}
+
+/// Streams the query's rows in messages of about `MESSAGE_BYTES`, paced by publish time
+/// when `speed` is above 0.
+fn stream_rows(mut store: Box<dyn Store>, query: Query, speed: f64) -> EventStream {
+    let (tx, rx) = mpsc::channel::<Result<EncodedBatch, Status>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = BytesMut::with_capacity(MESSAGE_BYTES);
+        let send = |buf: &mut BytesMut| {
+            let mut batch = EncodedBatch::new();
+            batch.push(buf.split().freeze());
+            tx.blocking_send(Ok(batch)).is_ok()
+        };
+        let mut clock: Option<(Instant, u64)> = None;
+        let mut open = true;
+        let result = store.query(&query, &mut |_, row| {
+            if speed > 0.0 {
+                let published = scan::events(row)
+                    .next()
+                    .and_then(Result::ok)
+                    .map_or(0, |h| h.publish_time);
+                let (start, first) = *clock.get_or_insert((Instant::now(), published));
+                let offset = published.saturating_sub(first) as f64 / speed;
+                let due = start + Duration::from_nanos(offset as u64);
+                if due > Instant::now() {
+                    // Send what is due now before waiting for the next event's time.
+                    if !buf.is_empty() && !send(&mut buf) {
+                        open = false;
+                        return false;
+                    }
+                    std::thread::sleep(due - Instant::now());
+                }
+            }
+            buf.extend_from_slice(row);
+            if buf.len() >= MESSAGE_BYTES && !send(&mut buf) {
+                open = false;
+                return false;
+            }
+            true
+        });
+        match result {
+            Ok(()) if open && !buf.is_empty() => {
+                send(&mut buf);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Status::unavailable(format!(
+                    "the store failed mid-query: {e}"
+                ))));
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl History for HistoryApi {
+    type QueryStream = EventStream;
+    type ReplayStream = EventStream;
+
+    async fn query(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let (store, query) = self.prepare(request.get_ref()).await?;
+        Ok(Response::new(stream_rows(store, query, 0.0)))
+    }
+
+    async fn replay(
+        &self,
+        request: Request<pb::ReplayRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let request = request.into_inner();
+        let speed = request.speed;
+        if !(0.0..=MAX_SPEED).contains(&speed) {
+            return Err(Status::invalid_argument(format!(
+                "speed {speed} is out of range; use 0 (as fast as possible) or up to {MAX_SPEED}"
+            )));
+        }
+        let query = request
+            .query
+            .ok_or_else(|| Status::invalid_argument("the replay has no query"))?;
+        let (store, query) = self.prepare(&query).await?;
+        Ok(Response::new(stream_rows(store, query, speed)))
+    }
+
+    async fn book_at(
+        &self,
+        request: Request<pb::BookAtRequest>,
+    ) -> Result<Response<pb::Event>, Status> {
+        let request = request.into_inner();
+        let name = parse_name(&request.instrument)?;
+        let depth = depth(request.depth)?;
+        let history = pb::HistoryRequest {
+            instruments: vec![request.instrument.clone()],
+            channels: vec![pb::Channel::Book as i32],
+            from: 0,
+            // Events published at the instant count: the range's end is exclusive.
+            to: request.at.saturating_add(1),
+            limit: 0,
+        };
+        let (mut store, query) = self.prepare(&history).await?;
+        let at = request.at;
+        let rebuilt = tokio::task::spawn_blocking(move || rebuild(store.as_mut(), &query))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        let Some((book, last)) = rebuilt else {
+            return Err(Status::not_found(format!(
+                "no recorded book for {name} at or before {at}"
+            )));
+        };
+        let event = Event {
+            instrument: InstrumentId(0),
+            sequence: book.sequence(),
+            exchange_time: UnixNanos(last.exchange_time),
+            receive_time: UnixNanos(last.receive_time),
+            publish_time: UnixNanos(last.publish_time),
+            body: EventBody::Snapshot(book.snapshot(depth as usize, SnapshotKind::Initial)),
+        };
+        Ok(Response::new(event_to_pb(name.as_str(), &event)))
+    }
+}
+
+/// Replays the book events `query` selects: each run starts from its own snapshots (a
+/// new run's book does not continue the old one's). Returns the book and the last event
+/// applied, or `None` when no snapshot was found.
+fn rebuild(store: &mut dyn Store, query: &Query) -> Result<Option<(OrderBook, pb::Event)>, Status> {
+    let mut book: Option<(OrderBook, pb::Event)> = None;
+    let mut run = None;
+    let mut failure = None;
+    let result = store.query(query, &mut |this_run, row| {
+        if run != Some(this_run) {
+            run = Some(this_run);
+            book = None;
+        }
+        let decoded = pb::StreamResponse::decode(row)
+            .ok()
+            .and_then(|r| r.events.into_iter().next());
+        let Some(event) = decoded else {
+            failure = Some(Status::data_loss("a stored book event does not decode"));
+            return false;
+        };
+        let applied = match body_from_pb(&event) {
+            Ok(Some(EventBody::Snapshot(snapshot))) => {
+                let mut fresh = OrderBook::new();
+                fresh
+                    .apply_snapshot(Sequence(event.sequence), &snapshot)
+                    .map(|()| Some(fresh))
+            }
+            Ok(Some(EventBody::Delta(delta))) => match book.take() {
+                Some((mut current, _)) => current
+                    .apply_delta(Sequence(event.sequence), &delta)
+                    .map(|()| Some(current)),
+                // A delta before any snapshot of the run: nothing to apply it to.
+                None => Ok(None),
+            },
+            // Book status events carry no levels.
+            Ok(_) => return true,
+            Err(e) => {
+                failure = Some(Status::data_loss(format!(
+                    "a stored book event is invalid: {e}"
+                )));
+                return false;
+            }
+        };
+        match applied {
+            Ok(Some(next)) => book = Some((next, event)),
+            Ok(None) => {}
+            Err(e) => {
+                failure = Some(Status::data_loss(format!(
+                    "stored book event {} does not apply: {e}",
+                    event.sequence
+                )));
+                return false;
+            }
+        }
+        true
+    });
+    result.map_err(|e| Status::unavailable(format!("the store failed mid-query: {e}")))?;
+    match failure {
+        Some(status) => Err(status),
+        None => Ok(book),
+    }
+}

@@ -1,0 +1,357 @@
+//! `raven.v1.History` over real sockets, against a real server recording to SQLite:
+//! history equals what live subscribers received, book-at-time equals the live book at
+//! that sequence, replay yields the identical sequence, bad queries get precise errors.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use raven::app::RunningServer;
+use raven_proto::pb;
+use raven_proto::pb::history_client::HistoryClient;
+use raven_proto::pb::market_client::MarketClient;
+use raven_proto::pb::stream_request::Request as Req;
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn history(server: &RunningServer) -> HistoryClient<Channel> {
+    HistoryClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap()
+}
+
+fn request(instruments: &[&str], channels: &[pb::Channel]) -> pb::HistoryRequest {
+    pb::HistoryRequest {
+        instruments: instruments.iter().map(|s| (*s).to_owned()).collect(),
+        channels: channels.iter().map(|&c| c as i32).collect(),
+        from: 0,
+        to: 0,
+        limit: 0,
+    }
+}
+
+/// Every event of a history (or replay) stream, and the raw bytes of its messages.
+async fn collect(mut stream: tonic::Streaming<pb::StreamResponse>) -> Vec<pb::Event> {
+    let mut events = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        events.extend(message.events);
+    }
+    events
+}
+
+async fn query(server: &RunningServer, request: pb::HistoryRequest) -> Vec<pb::Event> {
+    let stream = history(server)
+        .await
+        .query(request)
+        .await
+        .unwrap()
+        .into_inner();
+    collect(stream).await
+}
+
+/// Live events of one channel of BTC as a subscriber receives them, for `duration`.
+async fn live(server: &RunningServer, channel: pb::Channel, duration: Duration) -> Vec<pb::Event> {
+    let mut client = MarketClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::StreamRequest {
+        request: Some(Req::Subscribe(pb::Subscribe {
+            instruments: vec!["SIM:BTC-USD".into()],
+            channel: channel as i32,
+            depth: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    let end = tokio::time::Instant::now() + duration;
+    while let Ok(message) = tokio::time::timeout_at(end, stream.message()).await {
+        events.extend(message.unwrap().expect("open").events);
+    }
+    events
+}
+
+/// Waits until the store holds BTC `channel` events up to `sequence`.
+async fn stored_up_to(
+    server: &RunningServer,
+    channel: pb::Channel,
+    sequence: u64,
+) -> Vec<pb::Event> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = query(server, request(&["SIM:BTC-USD"], &[channel])).await;
+        if events.last().is_some_and(|e| e.sequence >= sequence) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sequence {sequence} never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_exactly_what_live_subscribers_received() {
+    let server = common::server(|f| f.sim.rate = 5000).await;
+    let live_trades: Vec<pb::Event> = live(&server, pb::Channel::Trades, Duration::from_secs(1))
+        .await
+        .into_iter()
+        .filter(|e| matches!(e.body, Some(pb::event::Body::Trade(_))))
+        .collect();
+    assert!(live_trades.len() > 50, "{} live trades", live_trades.len());
+    let last = live_trades.last().unwrap().sequence;
+    let stored = stored_up_to(&server, pb::Channel::Trades, last).await;
+    // Contiguous from the first trade of the run.
+    for (i, e) in stored.iter().enumerate() {
+        assert_eq!(e.sequence, i as u64 + 1);
+        assert_eq!(e.instrument, "SIM:BTC-USD");
+    }
+    for trade in &live_trades {
+        assert_eq!(&stored[trade.sequence as usize - 1], trade);
+    }
+    // The time range selects by publish time, [from, to).
+    let (from, to) = (live_trades[10].publish_time, live_trades[20].publish_time);
+    let window = query(
+        &server,
+        pb::HistoryRequest {
+            from,
+            to,
+            ..request(&["SIM:BTC-USD"], &[pb::Channel::Trades])
+        },
+    )
+    .await;
+    let expected: Vec<&pb::Event> = stored
+        .iter()
+        .filter(|e| e.publish_time >= from && e.publish_time < to)
+        .collect();
+    assert_eq!(window.iter().collect::<Vec<_>>(), expected);
+    assert!(!window.is_empty());
+    // A limit cuts the stream.
+    let limited = query(
+        &server,
+        pb::HistoryRequest {
+            limit: 7,
+            ..request(&["SIM:BTC-USD", "SIM:ETH-USD"], &[])
+        },
+    )
+    .await;
+    assert_eq!(limited.len(), 7);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn book_at_time_equals_the_live_book_at_that_sequence() {
+    let server = common::server(|f| f.sim.rate = 5000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    let live_book = market
+        .get_snapshot(pb::GetSnapshotRequest {
+            instrument: "SIM:BTC-USD".into(),
+            depth: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::event::Body::Snapshot(live_levels)) = &live_book.body else {
+        panic!("{live_book:?}");
+    };
+    let sequence = live_book.sequence;
+    let book_events = stored_up_to(&server, pb::Channel::Book, sequence).await;
+    let at = book_events
+        .iter()
+        .find(|e| e.sequence == sequence)
+        .unwrap()
+        .publish_time;
+    let mut client = history(&server).await;
+    let rebuilt = client
+        .book_at(pb::BookAtRequest {
+            instrument: "SIM:BTC-USD".into(),
+            at,
+            depth: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rebuilt.sequence, sequence);
+    assert_eq!(rebuilt.publish_time, at);
+    let Some(pb::event::Body::Snapshot(levels)) = &rebuilt.body else {
+        panic!("{rebuilt:?}");
+    };
+    assert_eq!(levels.bids, live_levels.bids);
+    assert_eq!(levels.asks, live_levels.asks);
+    assert!(levels.bids.len() >= 20 && levels.asks.len() >= 20);
+    // At a depth: the top levels of the same book.
+    let top = client
+        .book_at(pb::BookAtRequest {
+            instrument: "SIM:BTC-USD".into(),
+            at,
+            depth: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::event::Body::Snapshot(top)) = top.body else {
+        panic!();
+    };
+    assert_eq!(top.bids, live_levels.bids[..5]);
+    assert_eq!(top.asks, live_levels.asks[..5]);
+    // Before anything was recorded there is no book.
+    let none = client
+        .book_at(pb::BookAtRequest {
+            instrument: "SIM:BTC-USD".into(),
+            at: 1,
+            depth: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::NotFound);
+    assert_eq!(
+        none.message(),
+        "no recorded book for SIM:BTC-USD at or before 1"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_yields_the_identical_sequence_paced_by_speed() {
+    let server = common::server(|f| f.sim.rate = 5000).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = query(&server, request(&["SIM:BTC-USD"], &[])).await;
+    let (from, to) = (
+        stored[0].publish_time,
+        stored[stored.len() / 2].publish_time,
+    );
+    let window = pb::HistoryRequest {
+        from,
+        to,
+        ..request(&["SIM:BTC-USD"], &[])
+    };
+    let expected = query(&server, window.clone()).await;
+    assert!(expected.len() > 100);
+    let mut client = history(&server).await;
+    for speed in [0.0, 4.0] {
+        let begun = Instant::now();
+        let stream = client
+            .replay(pb::ReplayRequest {
+                query: Some(window.clone()),
+                speed,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let replayed = collect(stream).await;
+        // Byte for byte: every event re-encodes to what the query sent.
+        assert_eq!(replayed.len(), expected.len());
+        for (a, b) in replayed.iter().zip(&expected) {
+            assert_eq!(a.encode_to_vec(), b.encode_to_vec());
+        }
+        if speed > 0.0 {
+            // Paced: it cannot finish before the recorded span divided by the speed.
+            let span = Duration::from_nanos(expected.last().unwrap().publish_time - from);
+            assert!(
+                begun.elapsed() >= span.div_f64(speed),
+                "{:?}",
+                begun.elapsed()
+            );
+        }
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_queries_get_precise_errors() {
+    let server = common::server(|_| {}).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut client = history(&server).await;
+    let refused =
+        |r: Result<tonic::Response<tonic::Streaming<pb::StreamResponse>>, tonic::Status>| {
+            let e = r.err().expect("refused");
+            (e.code(), e.message().to_owned())
+        };
+    let base = request(&["SIM:BTC-USD"], &[pb::Channel::Trades]);
+    let cases: Vec<(pb::HistoryRequest, Code, &str)> = vec![
+        (
+            pb::HistoryRequest {
+                from: 10,
+                to: 5,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "from (10) is after to (5)",
+        ),
+        (
+            request(&[], &[]),
+            Code::InvalidArgument,
+            "the query names no instruments",
+        ),
+        (
+            request(&["SIM:NOPE"], &[]),
+            Code::NotFound,
+            "no recorded events for instrument \"SIM:NOPE\"",
+        ),
+        (
+            pb::HistoryRequest {
+                limit: 2_000_000_000,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "limit 2000000000 is too large; use 1..=1000000000, or 0 for no limit",
+        ),
+        (
+            pb::HistoryRequest {
+                channels: vec![0],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "channel is required: CHANNEL_BOOK, CHANNEL_BBO, CHANNEL_TRADES or CHANNEL_CANDLES",
+        ),
+    ];
+    for (req, code, message) in cases {
+        assert_eq!(refused(client.query(req).await), (code, message.to_owned()));
+    }
+    let malformed = refused(client.query(request(&["no-colon"], &[])).await);
+    assert_eq!(malformed.0, Code::InvalidArgument);
+    for speed in [-1.0, f64::NAN, 1e9] {
+        let r = client
+            .replay(pb::ReplayRequest {
+                query: Some(base.clone()),
+                speed,
+            })
+            .await;
+        assert_eq!(refused(r).0, Code::InvalidArgument, "speed {speed}");
+    }
+    assert_eq!(
+        refused(
+            client
+                .replay(pb::ReplayRequest {
+                    query: None,
+                    speed: 1.0
+                })
+                .await
+        ),
+        (Code::InvalidArgument, "the replay has no query".to_owned())
+    );
+    // The server is unharmed: a good query still answers.
+    assert!(!query(&server, base).await.is_empty());
+    server.shutdown().await.unwrap();
+
+    let off = common::server(|f| f.store.url = "off".into()).await;
+    let mut client = history(&off).await;
+    let e = client
+        .query(request(&["SIM:BTC-USD"], &[]))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    off.shutdown().await.unwrap();
+}
