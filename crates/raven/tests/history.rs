@@ -274,9 +274,9 @@ async fn bad_queries_get_precise_errors() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut client = history(&server).await;
     let refused =
-        |r: Result<tonic::Response<tonic::Streaming<pb::StreamResponse>>, tonic::Status>| {
-            let e = r.err().expect("refused");
-            (e.code(), e.message().to_owned())
+        |r: Result<tonic::Response<tonic::Streaming<pb::StreamResponse>>, tonic::Status>| match r {
+            Ok(_) => panic!("accepted"),
+            Err(e) => (e.code(), e.message().to_owned()),
         };
     let base = request(&["SIM:BTC-USD"], &[pb::Channel::Trades]);
     let cases: Vec<(pb::HistoryRequest, Code, &str)> = vec![
