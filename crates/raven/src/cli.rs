@@ -3,6 +3,7 @@
 //! `--json` for one JSON object per line with prices as exact decimal strings.
 
 mod client;
+mod history;
 mod render;
 
 use std::net::SocketAddr;
@@ -30,8 +31,94 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// List the instruments the server has.
     Instruments(InstrumentsArgs),
+    /// Export recorded events (JSON lines or CSV).
+    History(HistoryArgs),
+    /// Print an instrument's book as it was at an instant.
+    BookAt(BookAtArgs),
+    /// Replay recorded events, paced as recorded (or faster).
+    Replay(ReplayArgs),
     /// Load-test a server: N streaming clients, events published through the ingest API.
     Bench(BenchArgs),
+}
+
+/// How `history` writes events.
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// One JSON object per event, prices as exact decimal strings.
+    Jsonl,
+    /// One row per level, trade, candle or status.
+    Csv,
+}
+
+#[derive(Args)]
+struct HistoryArgs {
+    /// Instruments, VENUE:SYMBOL.
+    #[arg(required = true)]
+    instruments: Vec<String>,
+    /// Channels to export (repeat, or comma-separated); all when not given.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    channel: Vec<ChannelArg>,
+    /// Events published at or after this: RFC 3339 or Unix ns.
+    #[arg(long, value_parser = history::parse_time)]
+    from: Option<u64>,
+    /// Events published before this: RFC 3339 or Unix ns.
+    #[arg(long, value_parser = history::parse_time)]
+    to: Option<u64>,
+    /// Most events; 0 is no limit.
+    #[arg(long, default_value_t = 0)]
+    limit: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: ExportFormat,
+    /// Write here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args)]
+struct BookAtArgs {
+    /// Instrument, VENUE:SYMBOL.
+    instrument: String,
+    /// The instant: RFC 3339 or Unix ns.
+    #[arg(long, value_parser = history::parse_time)]
+    at: u64,
+    /// Levels per side; 0 is the full book.
+    #[arg(long, default_value_t = 10)]
+    depth: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Instruments, VENUE:SYMBOL.
+    #[arg(required = true)]
+    instruments: Vec<String>,
+    /// Channels to replay (repeat, or comma-separated); all when not given.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    channel: Vec<ChannelArg>,
+    /// From this publish time: RFC 3339 or Unix ns.
+    #[arg(long, value_parser = history::parse_time)]
+    from: Option<u64>,
+    /// To this publish time: RFC 3339 or Unix ns.
+    #[arg(long, value_parser = history::parse_time)]
+    to: Option<u64>,
+    /// Most events; 0 is no limit.
+    #[arg(long, default_value_t = 0)]
+    limit: u64,
+    /// Multiple of recorded time: 1 replays in real time, 0 as fast as possible.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
 }
 
 #[derive(Args)]
@@ -137,6 +224,17 @@ enum ChannelArg {
     Candles,
 }
 
+/// The wire channel of a `--channel` value.
+fn channel_pb(channel: ChannelArg) -> raven_proto::pb::Channel {
+    use raven_proto::pb::Channel;
+    match channel {
+        ChannelArg::Book => Channel::Book,
+        ChannelArg::Bbo => Channel::Bbo,
+        ChannelArg::Trades => Channel::Trades,
+        ChannelArg::Candles => Channel::Candles,
+    }
+}
+
 #[derive(Args)]
 struct SubscribeArgs {
     /// Instruments, VENUE:SYMBOL.
@@ -193,6 +291,9 @@ pub fn run() -> anyhow::Result<()> {
         Command::Subscribe(args) => runtime.block_on(client::subscribe(args)),
         Command::Snapshot(args) => runtime.block_on(client::snapshot(args)),
         Command::Instruments(args) => runtime.block_on(client::instruments(args)),
+        Command::History(args) => runtime.block_on(history::history(args)),
+        Command::BookAt(args) => runtime.block_on(history::book_at(args)),
+        Command::Replay(args) => runtime.block_on(history::replay(args)),
         Command::Bench(args) => runtime.block_on(bench(args)),
     }
 }

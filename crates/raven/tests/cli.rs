@@ -243,3 +243,128 @@ fn bad_configuration_is_one_clear_line() {
         "error: invalid config value sim.rate = 0: must be between 1 and 10000000 events/s"
     );
 }
+
+#[test]
+fn history_book_at_and_replay_read_back_what_was_recorded() {
+    let served = serve(&["--rate", "5000"]);
+    let url = served.url.as_str();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+
+    // JSON lines, limited: trades with exact decimal strings, contiguous from 1.
+    let trades = json_lines(&raven(
+        &[
+            "history",
+            "SIM:BTC-USD",
+            "--channel",
+            "trades",
+            "--limit",
+            "5",
+        ],
+        url,
+    ));
+    assert_eq!(trades.len(), 5);
+    for (i, t) in trades.iter().enumerate() {
+        assert_eq!(t["type"], "trade");
+        assert_eq!(t["sequence"], i as u64 + 1);
+        assert!(
+            t["price"]
+                .as_str()
+                .unwrap()
+                .parse::<raven_model::Price>()
+                .is_ok()
+        );
+    }
+
+    // CSV to a file: a header, then rows whose sequences never go backwards per channel.
+    let dir = scratch_dir();
+    let csv = dir.join("btc.csv");
+    let out = raven(
+        &[
+            "history",
+            "SIM:BTC-USD",
+            "--channel",
+            "book,trades",
+            "--format",
+            "csv",
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+        url,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exported "));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "instrument,channel,sequence,exchange_time,receive_time,publish_time,type,side,price,qty,detail"
+    );
+    let mut last = std::collections::HashMap::new();
+    let mut rows = 0;
+    for line in lines {
+        let cols: Vec<&str> = line.split(',').collect();
+        assert_eq!(cols[0], "SIM:BTC-USD");
+        let seq: u64 = cols[2].parse().unwrap();
+        let prev = last.insert(cols[1].to_owned(), seq).unwrap_or(0);
+        assert!(seq == prev || seq == prev + 1, "{line}");
+        assert!(
+            matches!(cols[6], "snapshot" | "delta" | "trade" | "status"),
+            "{line}"
+        );
+        rows += 1;
+    }
+    assert!(rows > 100, "{rows} rows");
+
+    // The book as it was at the last trade's publish time, three levels a side.
+    let at = trades[4]["publish_time"].as_u64().unwrap().to_string();
+    let book = json_lines(&raven(
+        &[
+            "book-at",
+            "SIM:BTC-USD",
+            "--at",
+            &at,
+            "--depth",
+            "3",
+            "--json",
+        ],
+        url,
+    ));
+    assert_eq!(book[0]["bids"].as_array().unwrap().len(), 3);
+    assert_eq!(book[0]["asks"].as_array().unwrap().len(), 3);
+    assert!(book[0]["publish_time"].as_u64().unwrap() <= at.parse::<u64>().unwrap());
+
+    // Replay as fast as possible: the same trades as the history.
+    let replayed = json_lines(&raven(
+        &[
+            "replay",
+            "SIM:BTC-USD",
+            "--channel",
+            "trades",
+            "--speed",
+            "0",
+            "--limit",
+            "5",
+            "--json",
+        ],
+        url,
+    ));
+    assert_eq!(replayed, trades);
+
+    // Errors: one line naming the status, exit 1; a bad time is a usage error, exit 2.
+    let out = raven(
+        &["history", "SIM:BTC-USD", "--from", "10", "--to", "5"],
+        url,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: INVALID_ARGUMENT: from (10) is after to (5)"
+    );
+    let out = raven(&["book-at", "SIM:BTC-USD", "--at", "yesterday"], url);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid time \"yesterday\""));
+}

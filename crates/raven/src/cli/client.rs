@@ -9,7 +9,7 @@ use raven_proto::pb::{self, market_client::MarketClient, stream_request::Request
 use tonic::transport::{Channel, Endpoint};
 
 use super::render::{Printed, Printer, print_instruments, print_snapshot};
-use super::{ChannelArg, InstrumentsArgs, SnapshotArgs, SubscribeArgs};
+use super::{InstrumentsArgs, SnapshotArgs, SubscribeArgs};
 
 async fn connect(url: &str) -> anyhow::Result<MarketClient<Channel>> {
     let endpoint = Endpoint::from_shared(url.to_owned())
@@ -26,7 +26,7 @@ async fn connect(url: &str) -> anyhow::Result<MarketClient<Channel>> {
 }
 
 /// One line for a gRPC error: the canonical code name and the server's message.
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(super) fn status_error(status: tonic::Status) -> anyhow::Error {
     use tonic::Code::*;
     let code = match status.code() {
         Ok => "OK",
@@ -51,7 +51,7 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 /// Ends quietly when stdout is closed (e.g. piped into `head`).
-fn ok_if_pipe_closed(r: std::io::Result<()>) -> anyhow::Result<()> {
+pub(super) fn ok_if_pipe_closed(r: std::io::Result<()>) -> anyhow::Result<()> {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("cannot write to stdout"),
@@ -60,12 +60,7 @@ fn ok_if_pipe_closed(r: std::io::Result<()>) -> anyhow::Result<()> {
 
 pub(super) async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.server.server).await?;
-    let channel = match args.channel {
-        ChannelArg::Book => pb::Channel::Book,
-        ChannelArg::Bbo => pb::Channel::Bbo,
-        ChannelArg::Trades => pb::Channel::Trades,
-        ChannelArg::Candles => pb::Channel::Candles,
-    };
+    let channel = super::channel_pb(args.channel);
     let (requests, rx) = tokio::sync::mpsc::channel(4);
     requests
         .send(pb::StreamRequest {
