@@ -212,7 +212,7 @@ pub fn feed_kind_from_pb(event: &pb::FeedEvent) -> Result<FeedKind, ProtoError> 
 }
 
 /// The model body of a wire event; `Ok(None)` for per-subscriber control events
-/// (`SnapshotEnd`, `HeartbeatAck`) which have no model counterpart.
+/// (`SnapshotEnd`, `HistoryEnd`, `HeartbeatAck`) which have no model counterpart.
 pub fn body_from_pb(event: &pb::Event) -> Result<Option<EventBody>, ProtoError> {
     use pb::event::Body;
     let body = match event
@@ -265,7 +265,7 @@ pub fn body_from_pb(event: &pb::Event) -> Result<Option<EventBody>, ProtoError> 
             missed: s.missed,
             detail: s.detail.clone(),
         }),
-        Body::SnapshotEnd(_) | Body::HeartbeatAck(_) => return Ok(None),
+        Body::SnapshotEnd(_) | Body::HistoryEnd(_) | Body::HeartbeatAck(_) => return Ok(None),
     };
     Ok(Some(body))
 }

@@ -55,6 +55,7 @@ fn engine(c: &mut Criterion) {
                 instrument: id,
                 channel,
                 depth: 0,
+                state: true,
                 done,
             });
         }

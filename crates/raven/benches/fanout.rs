@@ -57,6 +57,7 @@ fn fanout(c: &mut Criterion) {
                     instrument: btc,
                     channel: Channel::Book,
                     depth: 0,
+                    state: true,
                     done,
                 });
                 mailbox

@@ -18,7 +18,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
-use crate::api::history::HistoryApi;
+use crate::api::history::{HistoryApi, Recorded};
 use crate::api::ingest::IngestApi;
 use crate::api::market::{Limits, MarketApi, MarketService};
 use crate::clock::{Clock, SystemClock};
@@ -127,7 +127,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
 
     let ingest = IngestServer::new(IngestApi::new(catalog.clone(), engine.input(), clock))
         .max_decoding_message_size(16 << 20);
-    let service = Arc::new(MarketService::new(
+    let mut service = MarketService::new(
         registry,
         catalog,
         engine.commands(),
@@ -137,7 +137,14 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
             max_subscriptions: MAX_SUBSCRIPTIONS_PER_STREAM,
             fanout: config.fanout,
         },
-    ));
+    );
+    if let (Some(store), Some(recorder)) = (&config.store, &recorder) {
+        service = service.with_history(Recorded {
+            store: store.clone(),
+            run: recorder.run(),
+        });
+    }
+    let service = Arc::new(service);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<MarketServer<MarketApi>>().await;
     health.set_serving::<IngestServer<IngestApi>>().await;

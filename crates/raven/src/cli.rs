@@ -249,6 +249,10 @@ struct SubscribeArgs {
     /// Exit after this many events (markers not counted).
     #[arg(long)]
     count: Option<u64>,
+    /// Start from the recorded events published since this time (RFC 3339 or Unix ns),
+    /// then continue live with no gap: a `history_end` marker shows where.
+    #[arg(long, value_parser = history::parse_time)]
+    start: Option<u64>,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,

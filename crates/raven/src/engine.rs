@@ -38,8 +38,12 @@ pub enum Command {
         channel: Channel,
         /// Book levels per side, 0 = full.
         depth: u32,
-        /// Answered once the snapshot is queued and the subscription is live.
-        done: oneshot::Sender<()>,
+        /// Queue the current state (book snapshot, BBO) before the `SnapshotEnd` marker;
+        /// false when the subscriber gets recorded history instead.
+        state: bool,
+        /// Answered, with the channel's sequence at the marker, once the marker is queued
+        /// and the subscription is live.
+        done: oneshot::Sender<u64>,
     },
     /// Stop delivering (instrument, channel) to a subscriber.
     Unsubscribe {

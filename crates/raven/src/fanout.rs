@@ -95,6 +95,9 @@ struct State {
     /// Non-book events dropped per (instrument, channel) since the last delivered one.
     missed: HashMap<(InstrumentId, Channel), (InstrumentName, u64)>,
     closed: Option<Closed>,
+    /// While above 0, drains hand out nothing: recorded history is being put in front
+    /// of what is queued (see `hold`).
+    held: u32,
 }
 
 /// A subscriber's bounded queue of encoded events.
@@ -272,6 +275,29 @@ impl Mailbox {
         self.notify.notified().await;
     }
 
+    /// Holds output back (drains hand out nothing) until [`Mailbox::release`], so that
+    /// recorded history can go in front of live events already queued. Live events
+    /// still queue under the usual bound meanwhile.
+    pub fn hold(&self) {
+        self.lock().held += 1;
+    }
+
+    /// Ends a [`Mailbox::hold`].
+    pub fn release(&self) {
+        let mut s = self.lock();
+        s.held = s.held.saturating_sub(1);
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Puts control output (recorded history) in front of everything queued, in order.
+    pub fn prepend_control(&self, chunks: Vec<Bytes>) {
+        let mut s = self.lock();
+        for chunk in chunks.into_iter().rev() {
+            s.entries.push_front(Entry::Control(chunk));
+        }
+    }
+
     /// Takes up to `max_bytes` of queued output (at least one entry) as one batch.
     pub fn drain(&self, max_bytes: usize) -> Drained {
         let mut batch = EncodedBatch::new();
@@ -281,6 +307,13 @@ impl Mailbox {
                 batch,
                 resync_requests: Vec::new(),
                 closed: Some(closed),
+            };
+        }
+        if s.held > 0 {
+            return Drained {
+                batch,
+                resync_requests: Vec::new(),
+                closed: None,
             };
         }
         while let Some(entry) = s.entries.pop_front() {

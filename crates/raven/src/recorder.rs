@@ -63,6 +63,7 @@ pub struct RecorderStats {
 pub struct Recorder {
     thread: JoinHandle<()>,
     stats: Arc<RecorderStats>,
+    run: u64,
 }
 
 impl Recorder {
@@ -98,7 +99,12 @@ impl Recorder {
         let thread = std::thread::Builder::new()
             .name("raven-recorder".into())
             .spawn(move || record(config, sink, &registry, &input, run))?;
-        Ok(Recorder { thread, stats })
+        Ok(Recorder { thread, stats, run })
+    }
+
+    /// This server run's id in the store.
+    pub fn run(&self) -> u64 {
+        self.run
     }
 
     /// The shared counters.

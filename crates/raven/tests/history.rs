@@ -61,6 +61,7 @@ async fn live(server: &RunningServer, channel: pb::Channel, duration: Duration) 
             instruments: vec!["SIM:BTC-USD".into()],
             channel: channel as i32,
             depth: 0,
+            start: 0,
         })),
     })
     .await
@@ -352,6 +353,165 @@ async fn bad_queries_get_precise_errors() {
         .await
         .err()
         .unwrap();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    off.shutdown().await.unwrap();
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Opens a stream, sends `subscribes`, and reads every event for `duration`.
+async fn stream_events(
+    server: &RunningServer,
+    subscribes: Vec<pb::Subscribe>,
+    duration: Duration,
+) -> Result<Vec<pb::Event>, tonic::Status> {
+    let mut client = MarketClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for s in subscribes {
+        tx.send(pb::StreamRequest {
+            request: Some(Req::Subscribe(s)),
+        })
+        .await
+        .unwrap();
+    }
+    let mut stream = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut events = Vec::new();
+    let end = tokio::time::Instant::now() + duration;
+    while let Ok(message) = tokio::time::timeout_at(end, stream.message()).await {
+        match message? {
+            Some(m) => events.extend(m.events),
+            None => break,
+        }
+    }
+    Ok(events)
+}
+
+fn subscribe(channel: pb::Channel, depth: u32, start: u64) -> pb::Subscribe {
+    pb::Subscribe {
+        instruments: vec!["SIM:BTC-USD".into()],
+        channel: channel as i32,
+        depth,
+        start,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_with_a_start_gets_history_then_live_with_no_gap() {
+    let server = common::server(|f| f.sim.rate = 20_000).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let start = now_ns() - 400_000_000;
+    let events = stream_events(
+        &server,
+        vec![
+            subscribe(pb::Channel::Trades, 0, start),
+            subscribe(pb::Channel::Book, 0, start),
+        ],
+        Duration::from_millis(1200),
+    )
+    .await
+    .unwrap();
+    use pb::event::Body;
+    for channel in [pb::Channel::Trades, pb::Channel::Book] {
+        let mine: Vec<&pb::Event> = events
+            .iter()
+            .filter(|e| e.channel == channel as i32)
+            .collect();
+        let end = mine
+            .iter()
+            .position(|e| matches!(e.body, Some(Body::HistoryEnd(_))))
+            .unwrap_or_else(|| panic!("{channel:?}: no HistoryEnd"));
+        let (history, rest) = mine.split_at(end);
+        let marker = rest[0];
+        assert!(
+            history.len() > 100,
+            "{channel:?}: {} recorded",
+            history.len()
+        );
+        // The live part: its SnapshotEnd marks the same sequence, then live events.
+        assert!(
+            matches!(rest[1].body, Some(Body::SnapshotEnd(_))),
+            "{:?}",
+            rest[1]
+        );
+        assert_eq!(rest[1].sequence, marker.sequence);
+        let live = &rest[2..];
+        assert!(live.len() > 100, "{channel:?}: {} live", live.len());
+        if channel == pb::Channel::Book {
+            // The book as it was at the start, then every change.
+            assert!(matches!(history[0].body, Some(Body::Snapshot(_))));
+            assert!(history[0].publish_time <= start);
+            assert!(history[1].publish_time > start);
+        } else {
+            assert!(history.iter().all(|e| e.publish_time >= start));
+        }
+        assert_eq!(history.last().unwrap().sequence, marker.sequence);
+        // History and live together: every sequence once, none skipped.
+        let sequences: Vec<u64> = history.iter().chain(live).map(|e| e.sequence).collect();
+        for pair in sequences.windows(2) {
+            assert_eq!(
+                pair[1],
+                pair[0] + 1,
+                "{channel:?}: {} then {}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_with_a_start_are_refused_precisely_when_they_cannot_be_served() {
+    let server = common::server(|_| {}).await;
+    let future = now_ns() + 3_600_000_000_000;
+    let e = stream_events(
+        &server,
+        vec![subscribe(pb::Channel::Trades, 0, future)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message()
+            .starts_with(&format!("start ({future}) is in the future")),
+        "{}",
+        e.message()
+    );
+    let e = stream_events(
+        &server,
+        vec![subscribe(pb::Channel::Book, 5, 1)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            Code::InvalidArgument,
+            "a book subscription with a start time is full depth: use depth 0"
+        )
+    );
+    server.shutdown().await.unwrap();
+
+    let off = common::server(|f| f.store.url = "off".into()).await;
+    let e = stream_events(
+        &off,
+        vec![subscribe(pb::Channel::Trades, 0, 1)],
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     off.shutdown().await.unwrap();
 }

@@ -91,6 +91,7 @@ async fn published_events_reach_subscribers_exactly() {
             instruments: vec!["TEST:ABC".into()],
             channel: channel as i32,
             depth: 0,
+            start: 0,
         };
         tx.send(pb::StreamRequest {
             request: Some(Req::Subscribe(subscribe)),

@@ -49,6 +49,7 @@ async fn silent_peer_is_dropped_by_keepalive() {
             instruments: vec!["SIM:BTC-USD".into()],
             channel: pb::Channel::Book as i32,
             depth: 0,
+            start: 0,
         })),
     };
     let message = subscribe.encode_to_vec();

@@ -69,6 +69,7 @@ impl Sub {
             instruments,
             channel: channel as i32,
             depth,
+            start: 0,
         }))
         .await;
     }
@@ -404,6 +405,7 @@ fn subscribe(instruments: Vec<String>, channel: i32, depth: u32) -> Option<Req> 
         instruments,
         channel,
         depth,
+        start: 0,
     }))
 }
 

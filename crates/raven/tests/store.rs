@@ -434,6 +434,7 @@ async fn live_trades(addr: std::net::SocketAddr, duration: Duration) -> Vec<pb::
             instruments: vec!["SIM:BTC-USD".into()],
             channel: pb::Channel::Trades as i32,
             depth: 0,
+            start: 0,
         })),
     })
     .await

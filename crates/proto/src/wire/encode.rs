@@ -397,6 +397,11 @@ pub fn put_snapshot_end(buf: &mut BytesMut, header: &Header<'_>) {
     put_entry(buf, header, 16, 0, |_| {});
 }
 
+/// Appends a `HistoryEnd` marker entry.
+pub fn put_history_end(buf: &mut BytesMut, header: &Header<'_>) {
+    put_entry(buf, header, 18, 0, |_| {});
+}
+
 /// Appends a `HeartbeatAck` entry (no instrument).
 pub fn put_heartbeat_ack(buf: &mut BytesMut, id: u64, server_time: u64) {
     let header = Header {
@@ -614,6 +619,17 @@ mod tests {
                 publish_time: 5,
             },
         );
+        put_history_end(
+            &mut buf,
+            &Header {
+                instrument: "SIM:ETH-USD",
+                channel: Channel::Trades,
+                sequence: 8,
+                exchange_time: 0,
+                receive_time: 0,
+                publish_time: 6,
+            },
+        );
         put_heartbeat_ack(&mut buf, 77, 1234);
         batch.push(buf.freeze());
         let bytes = batch.encode_to_vec();
@@ -625,6 +641,14 @@ mod tests {
             sequence: 9,
             publish_time: 5,
             body: Some(pb::event::Body::SnapshotEnd(pb::SnapshotEnd {})),
+            ..Default::default()
+        });
+        expected.push(pb::Event {
+            instrument: "SIM:ETH-USD".into(),
+            channel: pb::Channel::Trades as i32,
+            sequence: 8,
+            publish_time: 6,
+            body: Some(pb::event::Body::HistoryEnd(pb::HistoryEnd {})),
             ..Default::default()
         });
         expected.push(pb::Event {

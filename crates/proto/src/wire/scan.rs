@@ -43,7 +43,8 @@ pub struct EventHeader<'a> {
     /// Publish time, ns.
     pub publish_time: u64,
     /// Field number of the body in the `Event.body` oneof (10 snapshot, 11 delta, 12
-    /// trade, 13 BBO, 14 candle, 15 status, 16 snapshot end, 17 heartbeat ack); 0 if none.
+    /// trade, 13 BBO, 14 candle, 15 status, 16 snapshot end, 17 heartbeat ack, 18 history
+    /// end); 0 if none.
     pub body: u32,
     /// The body message's bytes, for the rare event a reader wants to decode.
     pub body_bytes: &'a [u8],

@@ -273,52 +273,191 @@ fn rebuild(store: &mut dyn Store, query: &Query) -> Result<Option<(OrderBook, pb
             run = Some(this_run);
             book = None;
         }
-        let decoded = pb::StreamResponse::decode(row)
-            .ok()
-            .and_then(|r| r.events.into_iter().next());
-        let Some(event) = decoded else {
-            failure = Some(Status::data_loss("a stored book event does not decode"));
-            return false;
-        };
-        let applied = match body_from_pb(&event) {
-            Ok(Some(EventBody::Snapshot(snapshot))) => {
-                let mut fresh = OrderBook::new();
-                fresh
-                    .apply_snapshot(Sequence(event.sequence), &snapshot)
-                    .map(|()| Some(fresh))
-            }
-            Ok(Some(EventBody::Delta(delta))) => match book.take() {
-                Some((mut current, _)) => current
-                    .apply_delta(Sequence(event.sequence), &delta)
-                    .map(|()| Some(current)),
-                // A delta before any snapshot of the run: nothing to apply it to.
-                None => Ok(None),
-            },
-            // Book status events carry no levels.
-            Ok(_) => return true,
-            Err(e) => {
-                failure = Some(Status::data_loss(format!(
-                    "a stored book event is invalid: {e}"
-                )));
-                return false;
-            }
-        };
-        match applied {
-            Ok(Some(next)) => book = Some((next, event)),
-            Ok(None) => {}
-            Err(e) => {
-                failure = Some(Status::data_loss(format!(
-                    "stored book event {} does not apply: {e}",
-                    event.sequence
-                )));
-                return false;
+        match fold(&mut book, row) {
+            Ok(()) => true,
+            Err(status) => {
+                failure = Some(status);
+                false
             }
         }
-        true
     });
     result.map_err(|e| Status::unavailable(format!("the store failed mid-query: {e}")))?;
     match failure {
         Some(status) => Err(status),
         None => Ok(book),
     }
+}
+
+/// Where this server run's recorded events are, for subscriptions with a start time.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The store.
+    pub store: StoreConfig,
+    /// This run's id in it (its start time, ns): events published since have it.
+    pub run: u64,
+}
+
+/// Recorded events one instrument and channel may send ahead of live ones.
+pub const MAX_BACKLOG: usize = 100_000;
+/// How long a subscription waits for the recorder to store the last event before the
+/// live part (normally one batch window, 5 ms).
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// The recorded events of `name` on `channel` in this run, published from `start`, up to
+/// and including sequence `upto` (where the live part begins), then a `HistoryEnd`
+/// marker. For the book, what comes first is the book as it was at `start` (rebuilt from
+/// the run's snapshot and deltas), then every change after it. Waits for the recorder to
+/// have stored `upto`.
+pub(super) async fn backlog(
+    recorded: &Recorded,
+    name: &str,
+    channel: raven_model::Channel,
+    start: u64,
+    upto: u64,
+) -> Result<Vec<bytes::Bytes>, Status> {
+    let config = recorded.store.clone();
+    let run = recorded.run;
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut store = store::open(&config.url, &config.schema)
+            .map_err(|e| Status::unavailable(format!("the store is unavailable: {e}")))?;
+        let deadline = Instant::now() + CATCH_UP;
+        loop {
+            let found = collect_backlog(store.as_mut(), &name, channel, run, start, upto)?;
+            if let Some(mut rows) = found {
+                let mut marker = BytesMut::new();
+                raven_proto::wire::put_history_end(
+                    &mut marker,
+                    &raven_proto::wire::Header {
+                        instrument: &name,
+                        channel,
+                        sequence: upto,
+                        exchange_time: 0,
+                        receive_time: 0,
+                        publish_time: 0,
+                    },
+                );
+                rows.push(marker.freeze());
+                return Ok(rows);
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "the recorder has not stored {name} up to sequence {upto} after {}s; try again",
+                    CATCH_UP.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+}
+
+/// One attempt: `None` while the store does not yet hold sequence `upto`.
+fn collect_backlog(
+    store: &mut dyn Store,
+    name: &str,
+    channel: raven_model::Channel,
+    run: u64,
+    start: u64,
+    upto: u64,
+) -> Result<Option<Vec<bytes::Bytes>>, Status> {
+    let book = channel == raven_model::Channel::Book;
+    let query = Query {
+        instruments: vec![name.to_owned()],
+        channels: vec![channel_to_pb(channel) as u8],
+        // The book is rebuilt from the run's first snapshot.
+        from: if book { run } else { start.max(run) },
+        to: u64::MAX,
+        limit: 0,
+    };
+    let mut rows: Vec<bytes::Bytes> = Vec::new();
+    let (mut last, mut folded) = (0, 0);
+    let mut rebuilt: Option<(OrderBook, pb::Event)> = None;
+    let mut failure = None;
+    let result = store.query(&query, &mut |this_run, row| {
+        if this_run != run {
+            return true;
+        }
+        let Some(Ok(header)) = scan::events(row).next() else {
+            failure = Some(Status::data_loss("a stored event does not scan"));
+            return false;
+        };
+        if header.sequence > upto {
+            return false;
+        }
+        last = header.sequence;
+        if book && header.publish_time <= start {
+            // Before the start: folded into the book sent first, not sent itself.
+            if let Err(status) = fold(&mut rebuilt, row) {
+                failure = Some(status);
+                return false;
+            }
+            folded = header.sequence;
+            return true;
+        }
+        if rows.len() >= MAX_BACKLOG {
+            failure = Some(Status::resource_exhausted(format!(
+                "more than {MAX_BACKLOG} recorded events of {name} since the start time; fetch older ones with History.Query"
+            )));
+            return false;
+        }
+        rows.push(bytes::Bytes::copy_from_slice(row));
+        true
+    });
+    result.map_err(|e| Status::unavailable(format!("the store failed mid-query: {e}")))?;
+    if let Some(status) = failure {
+        return Err(status);
+    }
+    if last < upto {
+        return Ok(None);
+    }
+    if let Some((book, event)) = rebuilt {
+        // The last book event folded in may be a status (it has a book sequence too).
+        let snapshot = Event {
+            instrument: InstrumentId(0),
+            sequence: Sequence(folded),
+            exchange_time: UnixNanos(event.exchange_time),
+            receive_time: UnixNanos(event.receive_time),
+            publish_time: UnixNanos(event.publish_time),
+            body: EventBody::Snapshot(book.snapshot(0, SnapshotKind::Initial)),
+        };
+        let mut buf = BytesMut::new();
+        raven_proto::wire::put_event(&mut buf, name, &snapshot);
+        rows.insert(0, buf.freeze());
+    }
+    Ok(Some(rows))
+}
+
+/// Applies one stored book event to the book being rebuilt.
+fn fold(book: &mut Option<(OrderBook, pb::Event)>, row: &[u8]) -> Result<(), Status> {
+    let event = pb::StreamResponse::decode(row)
+        .ok()
+        .and_then(|r| r.events.into_iter().next())
+        .ok_or_else(|| Status::data_loss("a stored book event does not decode"))?;
+    let invalid = |e: &dyn std::fmt::Display| {
+        Status::data_loss(format!(
+            "stored book event {} does not apply: {e}",
+            event.sequence
+        ))
+    };
+    match body_from_pb(&event).map_err(|e| invalid(&e))? {
+        Some(EventBody::Snapshot(snapshot)) => {
+            let mut fresh = OrderBook::new();
+            fresh
+                .apply_snapshot(Sequence(event.sequence), &snapshot)
+                .map_err(|e| invalid(&e))?;
+            *book = Some((fresh, event));
+        }
+        Some(EventBody::Delta(delta)) => {
+            if let Some((current, last)) = book.as_mut() {
+                current
+                    .apply_delta(Sequence(event.sequence), &delta)
+                    .map_err(|e| invalid(&e))?;
+                *last = event;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }

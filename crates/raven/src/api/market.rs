@@ -12,6 +12,7 @@ use raven_proto::wire::EncodedBatch;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::history::Recorded;
 use super::session;
 use crate::config::FanoutConfig;
 use crate::engine::{Command, EngineCommands, EngineError};
@@ -28,6 +29,8 @@ pub struct MarketService {
     pub(super) commands: EngineCommands,
     pub(super) fanout: Arc<Fanout>,
     pub(super) limits: Limits,
+    /// Recorded events, for subscriptions with a start time; `None` when not recording.
+    pub(super) recorded: Option<Recorded>,
 }
 
 /// Per-request and per-client limits.
@@ -56,7 +59,14 @@ impl MarketService {
             commands,
             fanout,
             limits,
+            recorded: None,
         }
+    }
+
+    /// Lets subscriptions start from recorded history.
+    pub fn with_history(mut self, recorded: Recorded) -> MarketService {
+        self.recorded = Some(recorded);
+        self
     }
 
     /// Resolves a client-supplied instrument name.

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tonic::{Status, Streaming};
 
+use super::history::{self, Recorded};
 use super::market::{EventStream, MarketService, channel, depth, engine_status};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{Command, EngineError};
@@ -169,24 +170,74 @@ impl Session {
                 self.subscriptions.len()
             )));
         }
+        let recorded = match s.start {
+            0 => None,
+            start => Some(self.history_source(start, channel, depth)?),
+        };
         for id in ids {
+            if recorded.is_some() {
+                // Live events queue behind the held output until the history is in front.
+                self.mailbox.hold();
+            }
             let (done, finished) = oneshot::channel();
             let command = Command::Subscribe {
                 mailbox: self.mailbox.clone(),
                 instrument: id,
                 channel,
                 depth,
+                state: recorded.is_none(),
                 done,
             };
-            self.service.send(id, command)?;
+            let sent = self.service.send(id, command);
             // Waiting keeps requests ordered: a heartbeat sent after a subscribe is
             // answered after that subscription's snapshot.
-            finished
-                .await
-                .map_err(|_| engine_status(EngineError::Stopped))?;
+            let upto = match sent {
+                Ok(()) => finished
+                    .await
+                    .map_err(|_| engine_status(EngineError::Stopped)),
+                Err(e) => Err(e),
+            };
+            if let Some(recorded) = &recorded {
+                let backlog = match upto {
+                    Ok(upto) => {
+                        let name = self.service.registry.name(id).map(|n| n.to_string());
+                        let name = name.unwrap_or_default();
+                        history::backlog(recorded, &name, channel, s.start, upto).await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Ok(rows) = &backlog {
+                    self.mailbox.prepend_control(rows.clone());
+                }
+                self.mailbox.release();
+                backlog?;
+            } else {
+                upto?;
+            }
             self.subscriptions.insert((id, channel));
         }
         Ok(())
+    }
+
+    /// Checks a subscription with a start time can be served from the recording.
+    fn history_source(&self, start: u64, channel: Channel, depth: u32) -> Result<Recorded, Status> {
+        let recorded = self.service.recorded.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "recording is off on this server (store.url = \"off\"): a subscription cannot start from history",
+            )
+        })?;
+        let now = SystemClock.now().0;
+        if start > now {
+            return Err(Status::invalid_argument(format!(
+                "start ({start}) is in the future (server time {now})"
+            )));
+        }
+        if channel == Channel::Book && depth != 0 {
+            return Err(Status::invalid_argument(
+                "a book subscription with a start time is full depth: use depth 0",
+            ));
+        }
+        Ok(recorded)
     }
 
     async fn unsubscribe(&mut self, u: pb::Unsubscribe) -> Result<(), Status> {

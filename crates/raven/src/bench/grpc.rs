@@ -98,6 +98,7 @@ async fn client(
             instruments: names.clone(),
             channel: pb::Channel::Trades as i32,
             depth: 0,
+            start: 0,
         })),
     };
     // The request stream stays open (pending) for the life of the call.

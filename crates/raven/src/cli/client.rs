@@ -68,6 +68,7 @@ pub(super) async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
                 instruments: args.instruments.clone(),
                 channel: channel as i32,
                 depth: args.depth,
+                start: args.start.unwrap_or(0),
             })),
         })
         .await

@@ -93,12 +93,17 @@ impl Printer {
         let body =
             body_from_pb(event).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let Some(body) = body else {
-            if self.json && matches!(event.body, Some(pb::event::Body::SnapshotEnd(_))) {
+            let marker = match event.body {
+                Some(pb::event::Body::SnapshotEnd(_)) => Some("snapshot_end"),
+                Some(pb::event::Body::HistoryEnd(_)) => Some("history_end"),
+                _ => None,
+            };
+            if let (true, Some(marker)) = (self.json, marker) {
                 let line = json!({
                     "instrument": event.instrument,
                     "channel": channel_name(event.channel),
                     "sequence": event.sequence,
-                    "type": "snapshot_end",
+                    "type": marker,
                 });
                 writeln!(out, "{line}")?;
             }

@@ -308,19 +308,26 @@ impl Shard {
                 instrument,
                 channel,
                 depth,
+                state,
                 done,
             } => {
+                let mut sequence = 0;
                 if let Some(inst) = slot(&mut self.instruments, &self.ctx, instrument) {
                     remove_subscriber(inst, mailbox.id(), Some(channel));
                     let now = self.now;
-                    let initial = initial_state(inst, channel, depth, SnapshotKind::Initial, now);
+                    let initial = if state {
+                        initial_state(inst, channel, depth, SnapshotKind::Initial, now)
+                    } else {
+                        snapshot_end(inst, channel, now)
+                    };
                     mailbox.push_control(initial);
+                    sequence = inst.seq[channel.index()].0;
                     match channel {
                         Channel::Book => book_view(inst, depth).group.subs.push(mailbox),
                         other => inst.group(other).subs.push(mailbox),
                     }
                 }
-                let _ = done.send(());
+                let _ = done.send(sequence);
             }
             Command::Unsubscribe {
                 subscriber,
@@ -616,10 +623,17 @@ fn initial_state(
         }
         _ => {}
     }
+    buf.extend_from_slice(&snapshot_end(inst, channel, now));
+    buf.freeze()
+}
+
+/// The `SnapshotEnd` marker: live events of `channel` continue from the next sequence.
+fn snapshot_end(inst: &Instrument, channel: Channel, now: UnixNanos) -> Bytes {
+    let mut buf = BytesMut::new();
     wire::put_snapshot_end(
         &mut buf,
         &Header {
-            instrument: name,
+            instrument: inst.name.as_str(),
             channel,
             sequence: inst.seq[channel.index()].0,
             exchange_time: 0,
