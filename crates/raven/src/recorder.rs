@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use raven_model::{Event, InstrumentRegistry};
 
+use crate::clock::{Clock, SystemClock};
 use crate::store::spill::Spill;
 use crate::store::{Batch, MAX_BATCH_ROWS, Store, StoreError};
 
@@ -57,6 +58,10 @@ pub struct RecorderStats {
     pub failures: AtomicU64,
     /// False while the store is failing (batches go to the spill file).
     pub store_up: AtomicBool,
+    /// Longest time from a batch's first event being published to its commit, ns.
+    pub max_lag_ns: AtomicU64,
+    /// The same summed over every batch written directly, ns (mean: divide by `batches`).
+    pub total_lag_ns: AtomicU64,
 }
 
 /// A running recorder thread.
@@ -178,6 +183,17 @@ fn record(
     if sink.spilling {
         sink.recover();
     }
+    let stats = &sink.stats;
+    tracing::info!(
+        stored = stats.stored.load(Ordering::Relaxed),
+        batches = stats.batches.load(Ordering::Relaxed),
+        spilled = stats.spilled.load(Ordering::Relaxed),
+        max_lag_ms = stats.max_lag_ns.load(Ordering::Relaxed) as f64 / 1e6,
+        mean_lag_ms = stats.total_lag_ns.load(Ordering::Relaxed) as f64
+            / 1e6
+            / stats.batches.load(Ordering::Relaxed).max(1) as f64,
+        "recorder stopped"
+    );
     if sink.spilling {
         tracing::error!(
             batches = sink.spill.batches(),
@@ -205,6 +221,12 @@ impl Sink {
         if !self.spilling {
             match self.store.write(&batch) {
                 Ok(()) => {
+                    let first = batch.rows().next().and_then(Result::ok);
+                    if let Some(row) = first {
+                        let lag = SystemClock.now().0.saturating_sub(row.publish_time);
+                        self.stats.max_lag_ns.fetch_max(lag, Ordering::Relaxed);
+                        self.stats.total_lag_ns.fetch_add(lag, Ordering::Relaxed);
+                    }
                     self.stats
                         .stored
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);

@@ -6,7 +6,7 @@
 //! Both stores keep the same tables:
 //! - `events`: one row per event: `run` (the server run, its start time in ns; sequences
 //!   restart per run), `position` (batch number << 24 | index in batch: record order),
-//!   instrument id, channel, sequence, the three times, body kind, and the event's wire
+//!   instrument id, channel, sequence, publish time, body kind, and the event's wire
 //!   bytes (a one-event `StreamResponse`, exactly what a subscriber received). Primary
 //!   key (run, position).
 //! - `instruments`: name ↔ id.

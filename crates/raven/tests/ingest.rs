@@ -104,6 +104,23 @@ async fn published_events_reach_subscribers_exactly() {
         .await
         .unwrap()
         .into_inner();
+    // Both subscriptions are live once their SnapshotEnd markers arrive; publishing
+    // before that would race them. What came first (the book snapshot) is kept.
+    let mut pending: Vec<pb::Event> = Vec::new();
+    let mut markers = 0;
+    while markers < 2 {
+        let batch = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        for e in batch.events {
+            if matches!(e.body, Some(pb::event::Body::SnapshotEnd(_))) {
+                markers += 1;
+            }
+            pending.push(e);
+        }
+    }
 
     let deltas = [
         pb::BookDelta {
@@ -167,12 +184,17 @@ async fn published_events_reach_subscribers_exactly() {
     let mut book = OrderBook::new();
     let (mut trade_seen, mut rejected) = (false, false);
     while !(trade_seen && rejected) {
-        let batch = tokio::time::timeout(WAIT, stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        for e in batch.events {
+        let events = if pending.is_empty() {
+            tokio::time::timeout(WAIT, stream.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                .events
+        } else {
+            std::mem::take(&mut pending)
+        };
+        for e in events {
             let Some(body) = body_from_pb(&e).unwrap() else {
                 continue;
             };

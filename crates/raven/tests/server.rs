@@ -539,7 +539,7 @@ async fn health_and_reflection_are_served() {
         .await
         .unwrap();
     let mut health = HealthClient::new(channel.clone());
-    for service in ["", "raven.v1.Market", "raven.v1.Ingest"] {
+    for service in ["", "raven.v1.Market", "raven.v1.Ingest", "raven.v1.History"] {
         let answer = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -570,6 +570,7 @@ async fn health_and_reflection_are_served() {
         vec![
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
+            "raven.v1.History",
             "raven.v1.Ingest",
             "raven.v1.Market"
         ]

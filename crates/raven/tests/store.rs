@@ -628,3 +628,21 @@ fn after_kill_9_the_database_is_sound_and_recording_resumes() {
         "ok"
     );
 }
+
+#[test]
+fn a_sqlite_file_of_another_layout_is_refused_not_written_into() {
+    let dir = common::scratch_dir("sqlite-layout");
+    let path = dir.join("old.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE events (run INTEGER, exchange_time INTEGER)")
+        .unwrap();
+    drop(conn);
+    let error = SqliteStore::open(&path).err().unwrap().to_string();
+    assert_eq!(
+        error,
+        format!(
+            "corrupt data: {} holds events in layout version 0, this Raven writes version 1; move the file aside",
+            path.display()
+        )
+    );
+}

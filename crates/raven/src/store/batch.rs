@@ -29,10 +29,6 @@ pub struct Row<'a> {
     pub channel: u8,
     /// Sequence within (run, instrument, channel).
     pub sequence: u64,
-    /// Exchange time, ns.
-    pub exchange_time: u64,
-    /// Receive time, ns.
-    pub receive_time: u64,
     /// Publish time, ns.
     pub publish_time: u64,
     /// Body field number in `raven.v1.Event` (10 snapshot, 11 delta, 12 trade, …).
@@ -146,8 +142,6 @@ pub fn row(bytes: &[u8]) -> Result<Row<'_>, StoreError> {
         channel: u8::try_from(header.channel)
             .map_err(|_| corrupt(format!("channel {} out of range", header.channel)))?,
         sequence: header.sequence,
-        exchange_time: header.exchange_time,
-        receive_time: header.receive_time,
         publish_time: header.publish_time,
         kind: u8::try_from(header.body)
             .map_err(|_| corrupt(format!("body kind {} out of range", header.body)))?,

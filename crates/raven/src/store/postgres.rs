@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::Type;
+use std::io::Write;
+
 use postgres::{Client, NoTls};
 
 use postgres::fallible_iterator::FallibleIterator;
@@ -29,8 +29,6 @@ CREATE TABLE IF NOT EXISTS events (
     instrument INT NOT NULL,
     channel SMALLINT NOT NULL,
     sequence BIGINT NOT NULL,
-    exchange_time BIGINT NOT NULL,
-    receive_time BIGINT NOT NULL,
     publish_time BIGINT NOT NULL,
     kind SMALLINT NOT NULL,
     event BYTEA NOT NULL,
@@ -87,6 +85,13 @@ impl PostgresStore {
     }
 }
 
+/// One field of a binary COPY row: its length, then its bytes.
+fn field(out: &mut Vec<u8>, value: &[u8]) {
+    let len = i32::try_from(value.len()).expect("a stored event is far below 2 GiB (invariant)");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(value);
+}
+
 fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
     let mut client = Client::connect(url, NoTls)?;
     // The schema name was checked to be a plain identifier.
@@ -104,9 +109,11 @@ impl Store for PostgresStore {
     }
 
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        let mut ids = Vec::with_capacity(batch.len());
-        for row in batch.rows() {
-            ids.push(self.instrument_id(row?.instrument)?);
+        // Scanned once: the rows' columns are read from their bytes.
+        let rows = batch.rows().collect::<Result<Vec<_>, _>>()?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            ids.push(self.instrument_id(row.instrument)?);
         }
         let run = to_i64(batch.run, "run")?;
         let number = to_i64(batch.number, "batch number")?;
@@ -120,39 +127,33 @@ impl Store for PostgresStore {
             // Stored already: its commit went through but was not acknowledged.
             return Ok(());
         }
-        let sink = tx.copy_in(
-            "COPY events (run, position, instrument, channel, sequence, exchange_time, \
-             receive_time, publish_time, kind, event) FROM STDIN BINARY",
+        let mut sink = tx.copy_in(
+            "COPY events (run, position, instrument, channel, sequence, publish_time, kind, \
+             event) FROM STDIN BINARY",
         )?;
-        let types = [
-            Type::INT8,
-            Type::INT8,
-            Type::INT4,
-            Type::INT2,
-            Type::INT8,
-            Type::INT8,
-            Type::INT8,
-            Type::INT8,
-            Type::INT2,
-            Type::BYTEA,
-        ];
-        let mut writer = BinaryCopyInWriter::new(sink, &types);
-        for (index, (row, id)) in batch.rows().zip(ids).enumerate() {
-            let row = row?;
-            writer.write(&[
-                &run,
-                &position(batch.number, index),
-                &id,
-                &i16::from(row.channel),
-                &to_i64(row.sequence, "sequence")?,
-                &to_i64(row.exchange_time, "exchange time")?,
-                &to_i64(row.receive_time, "receive time")?,
-                &to_i64(row.publish_time, "publish time")?,
-                &i16::from(row.kind),
-                &row.bytes,
-            ])?;
+        // The binary COPY format written directly: a per-value `ToSql` costs more than
+        // the rows themselves.
+        let mut out = Vec::with_capacity(batch.bytes().len() + batch.len() * 64 + 32);
+        out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        out.extend_from_slice(&0i32.to_be_bytes()); // flags
+        out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+        for (index, (row, id)) in rows.iter().zip(ids).enumerate() {
+            out.extend_from_slice(&8i16.to_be_bytes());
+            field(&mut out, &run.to_be_bytes());
+            field(&mut out, &position(batch.number, index).to_be_bytes());
+            field(&mut out, &id.to_be_bytes());
+            field(&mut out, &i16::from(row.channel).to_be_bytes());
+            field(&mut out, &to_i64(row.sequence, "sequence")?.to_be_bytes());
+            field(
+                &mut out,
+                &to_i64(row.publish_time, "publish time")?.to_be_bytes(),
+            );
+            field(&mut out, &i16::from(row.kind).to_be_bytes());
+            field(&mut out, row.bytes);
         }
-        writer.finish()?;
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        sink.write_all(&out)?;
+        sink.finish()?;
         tx.commit()?;
         Ok(())
     }
