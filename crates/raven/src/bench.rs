@@ -156,6 +156,39 @@ impl System<'_> {
     }
 }
 
+/// Replays `request` from the server at `url` and counts its events by scanning headers
+/// (no decode, so the client is not what is measured); returns the events and the time
+/// from the call to the last message. For measuring `History.Replay` at full speed.
+pub async fn replay_rate(
+    url: &str,
+    request: raven_proto::pb::ReplayRequest,
+) -> Result<(u64, std::time::Duration), BenchError> {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let mut grpc =
+        tonic::client::Grpc::new(grpc::connect(url).await?).max_decoding_message_size(64 << 20);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let begun = std::time::Instant::now();
+    let path = PathAndQuery::from_static("/raven.v1.History/Replay");
+    let mut stream = grpc
+        .server_streaming(
+            tonic::Request::new(request),
+            path,
+            grpc::RawCodec::default(),
+        )
+        .await?
+        .into_inner();
+    let mut events = 0u64;
+    while let Some(message) = stream.message().await? {
+        for header in raven_proto::wire::scan::events(&message) {
+            header?;
+            events += 1;
+        }
+    }
+    Ok((events, begun.elapsed()))
+}
+
 /// Runs every row of `config`, reporting progress through `progress`.
 pub async fn run(
     config: &BenchConfig,

@@ -114,6 +114,10 @@ struct ReplayArgs {
     /// Multiple of recorded time: 1 replays in real time, 0 as fast as possible.
     #[arg(long, default_value_t = 1.0)]
     speed: f64,
+    /// Print only how many events arrived and how fast (headers are scanned, not
+    /// decoded, so this measures the server rather than the printer).
+    #[arg(long)]
+    stats: bool,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,

@@ -353,6 +353,26 @@ fn history_book_at_and_replay_read_back_what_was_recorded() {
         url,
     ));
     assert_eq!(replayed, trades);
+    let stats = raven(
+        &[
+            "replay",
+            "SIM:BTC-USD",
+            "--channel",
+            "trades",
+            "--speed",
+            "0",
+            "--limit",
+            "5",
+            "--stats",
+        ],
+        url,
+    );
+    assert!(stats.status.success());
+    assert!(
+        String::from_utf8_lossy(&stats.stdout).starts_with("replayed 5 events in "),
+        "{}",
+        String::from_utf8_lossy(&stats.stdout)
+    );
 
     // Errors: one line naming the status, exit 1; a bad time is a usage error, exit 2.
     let out = raven(

@@ -2,6 +2,7 @@
 //! connection, reading raw `StreamResponse` bytes), publish through `Ingest.Publish` at
 //! the configured rate, and account for every event every client receives.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,23 +25,24 @@ use super::{BenchConfig, BenchError, RowPlan};
 /// error, not loss.
 const DRAIN: Duration = Duration::from_secs(30);
 
-/// Sends `StreamRequest`s and hands back each `StreamResponse` as raw bytes, so the client
-/// scans headers instead of decoding.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
+/// Sends requests of type `T` and hands back each `StreamResponse` as raw bytes, so the
+/// client scans headers instead of decoding.
+pub(super) struct RawCodec<T>(PhantomData<T>);
 
-struct RequestEncoder;
-struct RawDecoder;
+impl<T> Default for RawCodec<T> {
+    fn default() -> Self {
+        RawCodec(PhantomData)
+    }
+}
 
-impl Encoder for RequestEncoder {
-    type Item = pb::StreamRequest;
+pub(super) struct RequestEncoder<T>(PhantomData<T>);
+pub(super) struct RawDecoder;
+
+impl<T: Message + Send + 'static> Encoder for RequestEncoder<T> {
+    type Item = T;
     type Error = tonic::Status;
 
-    fn encode(
-        &mut self,
-        item: pb::StreamRequest,
-        dst: &mut EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
+    fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
         item.encode(dst)
             .map_err(|e| tonic::Status::internal(e.to_string()))
     }
@@ -55,14 +57,14 @@ impl Decoder for RawDecoder {
     }
 }
 
-impl Codec for RawCodec {
-    type Encode = pb::StreamRequest;
+impl<T: Message + Send + 'static> Codec for RawCodec<T> {
+    type Encode = T;
     type Decode = Bytes;
-    type Encoder = RequestEncoder;
+    type Encoder = RequestEncoder<T>;
     type Decoder = RawDecoder;
 
-    fn encoder(&mut self) -> RequestEncoder {
-        RequestEncoder
+    fn encoder(&mut self) -> RequestEncoder<T> {
+        RequestEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> RawDecoder {
@@ -70,7 +72,7 @@ impl Codec for RawCodec {
     }
 }
 
-async fn connect(url: &str) -> Result<Channel, BenchError> {
+pub(super) async fn connect(url: &str) -> Result<Channel, BenchError> {
     let connect = |source| BenchError::Connect {
         url: url.to_owned(),
         source,
@@ -106,7 +108,7 @@ async fn client(
         tokio_stream::StreamExt::chain(tokio_stream::iter([subscribe]), tokio_stream::pending());
     let path = PathAndQuery::from_static("/raven.v1.Market/Stream");
     let mut stream = grpc
-        .streaming(tonic::Request::new(requests), path, RawCodec)
+        .streaming(tonic::Request::new(requests), path, RawCodec::default())
         .await?
         .into_inner();
 

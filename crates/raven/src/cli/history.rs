@@ -321,18 +321,33 @@ pub(super) async fn book_at(args: BookAtArgs) -> anyhow::Result<()> {
 }
 
 pub(super) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let request = pb::ReplayRequest {
+        query: Some(pb::HistoryRequest {
+            instruments: args.instruments,
+            channels: channels(&args.channel),
+            from: args.from.unwrap_or(0),
+            to: args.to.unwrap_or(0),
+            limit: args.limit,
+        }),
+        speed: args.speed,
+    };
+    if args.stats {
+        let (events, elapsed) = raven::bench::replay_rate(&args.server.server, request)
+            .await
+            .map_err(|e| match e {
+                raven::bench::BenchError::Call(status) => status_error(status),
+                other => anyhow!(other),
+            })?;
+        println!(
+            "replayed {events} events in {:.3} s: {:.0} events/s",
+            elapsed.as_secs_f64(),
+            events as f64 / elapsed.as_secs_f64().max(1e-9)
+        );
+        return Ok(());
+    }
     let mut client = connect(&args.server.server).await?;
     let mut stream = client
-        .replay(pb::ReplayRequest {
-            query: Some(pb::HistoryRequest {
-                instruments: args.instruments,
-                channels: channels(&args.channel),
-                from: args.from.unwrap_or(0),
-                to: args.to.unwrap_or(0),
-                limit: args.limit,
-            }),
-            speed: args.speed,
-        })
+        .replay(request)
         .await
         .map_err(status_error)?
         .into_inner();
