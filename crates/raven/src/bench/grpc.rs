@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::report::Row;
 use super::server::{Target, Usage};
-use super::workload::{self, ClientResult, Pacer, Shared, Tally};
+use super::workload::{self, ClientResult, Clients, Pacer, Shared, Tally};
 use super::{BenchConfig, BenchError, RowPlan};
 
 /// How long clients may take to receive everything after publishing stops. Raven never
@@ -202,33 +202,13 @@ pub(super) async fn run_row(
     let (finish, finished) = watch::channel(false);
 
     progress(&format!("N={clients}: connecting {clients} Raven clients"));
-    let mut tasks = Vec::with_capacity(clients);
-    let mut readies = Vec::with_capacity(clients);
+    let mut fleet = Clients::new(clients);
     for _ in 0..clients {
         let channel = connect(&target.url).await?;
-        let (ready, is_ready) = oneshot::channel();
-        readies.push(is_ready);
-        tasks.push(tokio::spawn(client(
-            channel,
-            names.clone(),
-            shared.clone(),
-            ready,
-            finished.clone(),
-        )));
+        let (names, shared, finished) = (names.clone(), shared.clone(), finished.clone());
+        fleet.spawn(|ready| client(channel, names, shared, ready, finished));
     }
-    for r in readies {
-        if r.await.is_err() {
-            // That client failed before it was subscribed: report its error.
-            for t in tasks {
-                if let Ok(Err(e)) = t.await {
-                    return Err(e);
-                }
-            }
-            return Err(BenchError::Stalled(
-                "a client ended before subscribing".into(),
-            ));
-        }
-    }
+    fleet.all_ready().await?;
 
     progress(&format!(
         "N={clients}: publishing {rate} events/s to Raven for {:.1}s after {:.1}s of warm-up",
@@ -250,19 +230,14 @@ pub(super) async fn run_row(
     progress(&format!(
         "N={clients}: waiting for every Raven client to receive everything"
     ));
-    let mut results = Vec::with_capacity(clients);
-    let collect = async {
-        for t in tasks {
-            results.push(t.await.map_err(std::io::Error::other)??);
-        }
-        Ok::<_, BenchError>(())
-    };
-    tokio::time::timeout(DRAIN, collect).await.map_err(|_| {
-        BenchError::Stalled(format!(
-            "clients still missing events {}s after publishing ended",
-            DRAIN.as_secs()
-        ))
-    })??;
+    let results = tokio::time::timeout(DRAIN, fleet.results())
+        .await
+        .map_err(|_| {
+            BenchError::Stalled(format!(
+                "clients still missing events {}s after publishing ended",
+                DRAIN.as_secs()
+            ))
+        })??;
     Ok(Row::new(
         plan,
         published,

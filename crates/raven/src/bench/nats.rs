@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::report::Row;
 use super::server::{Target, Usage};
-use super::workload::{self, ClientResult, Pacer, Shared, Tally};
+use super::workload::{self, ClientResult, Clients, Pacer, Shared, Tally};
 use super::{BenchConfig, BenchError, RowPlan};
 use crate::clock::{Clock, SystemClock};
 
@@ -102,31 +102,15 @@ pub(super) async fn run_row(
     let (finish, finished) = watch::channel(false);
 
     progress(&format!("N={clients}: connecting {clients} NATS clients"));
-    let mut tasks = Vec::with_capacity(clients);
-    let mut readies = Vec::with_capacity(clients);
+    let mut fleet = Clients::new(clients);
     for _ in 0..clients {
         let nats = connect(&target.url).await?;
-        let (ready, is_ready) = oneshot::channel();
-        readies.push(is_ready);
-        tasks.push(tokio::spawn(client(
-            nats,
-            format!("{prefix}.*"),
-            names.len(),
-            shared.clone(),
-            ready,
-            finished.clone(),
-        )));
+        let (subjects, shared, finished) =
+            (format!("{prefix}.*"), shared.clone(), finished.clone());
+        let instruments = names.len();
+        fleet.spawn(|ready| client(nats, subjects, instruments, shared, ready, finished));
     }
-    for r in readies {
-        if r.await.is_err() {
-            for t in tasks {
-                if let Ok(Err(e)) = t.await {
-                    return Err(e);
-                }
-            }
-            return Err(BenchError::Nats("a client ended before subscribing".into()));
-        }
-    }
+    fleet.all_ready().await?;
 
     progress(&format!(
         "N={clients}: publishing {rate} events/s to NATS for {:.1}s after {:.1}s of warm-up",
@@ -146,10 +130,7 @@ pub(super) async fn run_row(
         "N={clients}: waiting for NATS clients to receive everything (or go idle for {}s)",
         IDLE.as_secs()
     ));
-    let mut results = Vec::with_capacity(clients);
-    for t in tasks {
-        results.push(t.await.map_err(std::io::Error::other)??);
-    }
+    let results = fleet.results().await?;
     Ok(Row::new(
         plan,
         published,

@@ -171,6 +171,57 @@ pub(super) struct ClientResult {
     pub(super) gaps: u64,
 }
 
+/// A row's client tasks, each with a signal that it has subscribed.
+pub(super) struct Clients {
+    tasks: Vec<tokio::task::JoinHandle<Result<ClientResult, BenchError>>>,
+    readies: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Clients {
+    pub(super) fn new(count: usize) -> Clients {
+        Clients {
+            tasks: Vec::with_capacity(count),
+            readies: Vec::with_capacity(count),
+        }
+    }
+
+    /// Spawns a client; it signals through the sender it is given once subscribed.
+    pub(super) fn spawn<F>(&mut self, client: impl FnOnce(tokio::sync::oneshot::Sender<()>) -> F)
+    where
+        F: std::future::Future<Output = Result<ClientResult, BenchError>> + Send + 'static,
+    {
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        self.readies.push(is_ready);
+        self.tasks.push(tokio::spawn(client(ready)));
+    }
+
+    /// Waits until every client has subscribed; one that failed first reports its error.
+    pub(super) async fn all_ready(&mut self) -> Result<(), BenchError> {
+        for ready in std::mem::take(&mut self.readies) {
+            if ready.await.is_err() {
+                for task in std::mem::take(&mut self.tasks) {
+                    if let Ok(Err(e)) = task.await {
+                        return Err(e);
+                    }
+                }
+                return Err(BenchError::Stalled(
+                    "a client ended before subscribing".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every client's result, in order.
+    pub(super) async fn results(self) -> Result<Vec<ClientResult>, BenchError> {
+        let mut results = Vec::with_capacity(self.tasks.len());
+        for task in self.tasks {
+            results.push(task.await.map_err(std::io::Error::other)??);
+        }
+        Ok(results)
+    }
+}
+
 /// One client's running account of what it has received.
 pub(super) struct Tally {
     latency_us: Histogram<u64>,

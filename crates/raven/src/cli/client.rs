@@ -12,6 +12,12 @@ use super::render::{Printed, Printer, print_instruments, print_snapshot};
 use super::{InstrumentsArgs, SnapshotArgs, SubscribeArgs};
 
 async fn connect(url: &str) -> anyhow::Result<MarketClient<Channel>> {
+    // Batches are capped well below this by the server; snapshots of deep books need room.
+    Ok(MarketClient::new(channel(url).await?).max_decoding_message_size(64 << 20))
+}
+
+/// A connection to the server at `url`, or an error saying how to get one.
+pub(super) async fn channel(url: &str) -> anyhow::Result<Channel> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| {
             format!("invalid server URL {url:?} (expected e.g. http://127.0.0.1:50051)")
@@ -21,8 +27,7 @@ async fn connect(url: &str) -> anyhow::Result<MarketClient<Channel>> {
         let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
         anyhow!("cannot connect to {url}: {cause} (is `raven serve` running?)")
     })?;
-    // Batches are capped well below this by the server; snapshots of deep books need room.
-    Ok(MarketClient::new(channel).max_decoding_message_size(64 << 20))
+    Ok(channel)
 }
 
 /// One line for a gRPC error: the canonical code name and the server's message.
@@ -78,8 +83,25 @@ pub(super) async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
+    let done = print_stream(&mut stream, args.json, args.count).await?;
+    // `requests` stays alive until here so the server sees an open request stream.
+    drop(requests);
+    if done {
+        Ok(())
+    } else {
+        Err(anyhow!("the server ended the stream"))
+    }
+}
+
+/// Prints the events of `stream` until it ends (false) or `count` events were printed,
+/// or stdout was closed (true).
+pub(super) async fn print_stream(
+    stream: &mut tonic::Streaming<pb::StreamResponse>,
+    json: bool,
+    count: Option<u64>,
+) -> anyhow::Result<bool> {
     let stdout = std::io::stdout();
-    let mut printer = Printer::new(args.json);
+    let mut printer = Printer::new(json);
     let mut printed = 0u64;
     while let Some(batch) = stream.message().await.map_err(status_error)? {
         let mut out = stdout.lock();
@@ -87,17 +109,15 @@ pub(super) async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
             match printer.print(&mut out, event) {
                 Ok(Printed::Event) => printed += 1,
                 Ok(Printed::Marker) => {}
-                Err(e) => return ok_if_pipe_closed(Err(e)),
+                Err(e) => return ok_if_pipe_closed(Err(e)).map(|()| true),
             }
-            if args.count.is_some_and(|n| printed >= n) {
-                return ok_if_pipe_closed(out.flush());
+            if count.is_some_and(|n| printed >= n) {
+                return ok_if_pipe_closed(out.flush()).map(|()| true);
             }
         }
         ok_if_pipe_closed(out.flush())?;
     }
-    // `requests` stays alive until here so the server sees an open request stream.
-    drop(requests);
-    Err(anyhow!("the server ended the stream"))
+    Ok(false)
 }
 
 pub(super) async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {

@@ -10,22 +10,14 @@ use anyhow::{Context, anyhow};
 use raven_model::{EventBody, Side};
 use raven_proto::convert::body_from_pb;
 use raven_proto::pb::{self, history_client::HistoryClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use super::client::{ok_if_pipe_closed, status_error};
-use super::render::{Printed, Printer, print_snapshot};
+use super::client::{channel, ok_if_pipe_closed, print_stream, status_error};
+use super::render::{Printer, print_snapshot};
 use super::{BookAtArgs, ExportFormat, HistoryArgs, ReplayArgs};
 
 async fn connect(url: &str) -> anyhow::Result<HistoryClient<Channel>> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .with_context(|| {
-            format!("invalid server URL {url:?} (expected e.g. http://127.0.0.1:50051)")
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| anyhow!("cannot connect to {url}: {e} (is `raven serve` running?)"))?;
-    Ok(HistoryClient::new(channel).max_decoding_message_size(64 << 20))
+    Ok(HistoryClient::new(channel(url).await?).max_decoding_message_size(64 << 20))
 }
 
 /// Parses `--from`, `--to` and `--at`: Unix nanoseconds, or RFC 3339.
@@ -351,17 +343,7 @@ pub(super) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    let mut printer = Printer::new(args.json);
-    let stdout = std::io::stdout();
-    while let Some(message) = stream.message().await.map_err(status_error)? {
-        let mut out = stdout.lock();
-        for event in &message.events {
-            if let Err(e) = printer.print(&mut out, event).map(|_: Printed| ()) {
-                return ok_if_pipe_closed(Err(e));
-            }
-        }
-        ok_if_pipe_closed(out.flush())?;
-    }
+    print_stream(&mut stream, args.json, None).await?;
     Ok(())
 }
 
