@@ -94,6 +94,9 @@ pub enum SnapshotKind {
     Initial,
     /// Sent after a gap or to a lagging subscriber: discard the book and start again.
     Resync,
+    /// Taken for the recorder every so many book events, so that a past book is rebuilt
+    /// from the nearest one rather than from the start; stored, never sent live.
+    Checkpoint,
 }
 
 /// A full book (or its top levels), best level first on each side.

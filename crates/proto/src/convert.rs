@@ -93,6 +93,7 @@ pub fn event_to_pb(instrument: &str, event: &Event) -> pb::Event {
             bids: levels(&s.bids),
             asks: levels(&s.asks),
             resync: s.kind == SnapshotKind::Resync,
+            checkpoint: s.kind == SnapshotKind::Checkpoint,
         }),
         EventBody::Delta(d) => Body::Delta(pb::BookDelta {
             bids: changes(d, Side::Bid),
@@ -154,7 +155,9 @@ fn snapshot_from_pb(s: &pb::BookSnapshot) -> BookSnapshot {
     BookSnapshot {
         bids: s.bids.iter().map(level_from_pb).collect(),
         asks: s.asks.iter().map(level_from_pb).collect(),
-        kind: if s.resync {
+        kind: if s.checkpoint {
+            SnapshotKind::Checkpoint
+        } else if s.resync {
             SnapshotKind::Resync
         } else {
             SnapshotKind::Initial

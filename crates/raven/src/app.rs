@@ -100,6 +100,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         Some(store) => {
             let (tap, tapped) = crossbeam_channel::bounded(TAP_BATCHES);
             ctx.taps.push(tap);
+            ctx.checkpoint_every = store.snapshot_every;
             let (registry, run) = (registry.clone(), clock.now().0);
             // Opening may connect to PostgreSQL with a blocking client: off the runtime.
             let recorder = tokio::task::spawn_blocking(move || {

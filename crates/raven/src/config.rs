@@ -77,6 +77,9 @@ pub struct StoreSection {
     pub batch_max_rows: usize,
     /// Seconds between attempts to reach a failed store. Default 1.
     pub retry_secs: u64,
+    /// A book's full snapshot is stored after this many of its events, so a past book
+    /// (`History.BookAt`) is rebuilt from the nearest one. Default 10000.
+    pub snapshot_every: u32,
 }
 
 impl Default for StoreSection {
@@ -88,6 +91,7 @@ impl Default for StoreSection {
             batch_window_ms: 5,
             batch_max_rows: 50_000,
             retry_secs: 1,
+            snapshot_every: 10_000,
         }
     }
 }
@@ -103,6 +107,8 @@ pub struct StoreConfig {
     pub spill: PathBuf,
     /// Batching and retry.
     pub recorder: RecorderConfig,
+    /// Book events between stored snapshots.
+    pub snapshot_every: u32,
 }
 
 /// `[server]`
@@ -331,6 +337,9 @@ impl FileConfig {
         if self.store.retry_secs == 0 {
             return Err(invalid("store.retry_secs", &0, "must be at least 1"));
         }
+        if self.store.snapshot_every == 0 {
+            return Err(invalid("store.snapshot_every", &0, "must be at least 1"));
+        }
         let store = (self.store.url != "off").then(|| StoreConfig {
             url: self.store.url,
             schema: self.store.schema,
@@ -340,6 +349,7 @@ impl FileConfig {
                 max_rows: self.store.batch_max_rows,
                 retry_every: Duration::from_secs(self.store.retry_secs),
             },
+            snapshot_every: self.store.snapshot_every,
         });
         Ok(Config {
             listen,

@@ -131,11 +131,17 @@ pub struct ShardContext {
     pub resync: Sender<InstrumentId>,
     /// Lossless consumers of every event.
     pub taps: Vec<Sender<Arc<[Event]>>>,
+    /// Taps also get a checkpoint snapshot of a book after this many of its events
+    /// (`SnapshotKind::Checkpoint`), so a past book is rebuilt from the nearest one.
+    pub checkpoint_every: u32,
     /// Where shards register top-of-book readers.
     pub tops: TopDirectory,
     /// Subscriber stats.
     pub fanout: Arc<Fanout>,
 }
+
+/// Book events between checkpoint snapshots, unless configured.
+pub const DEFAULT_CHECKPOINT_EVERY: u32 = 10_000;
 
 impl ShardContext {
     /// A context with no taps and a fresh top-of-book directory; also returns the
@@ -151,6 +157,7 @@ impl ShardContext {
             clock,
             resync,
             taps: Vec::new(),
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             tops: TopDirectory::default(),
             fanout,
         };

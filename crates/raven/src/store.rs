@@ -21,6 +21,10 @@ pub mod sqlite;
 
 pub use batch::{Batch, Row, row};
 
+/// The `channel` column of checkpoint snapshots (`raven.v1.Channel` 0 is unused by
+/// events): queries for channels never return them; `BookAt` starts from one.
+pub const CHECKPOINT_CHANNEL: u8 = 0;
+
 /// Rows a batch may hold: `position` keeps 24 bits for the index within a batch.
 pub const MAX_BATCH_ROWS: usize = 1 << 24;
 
@@ -49,7 +53,8 @@ pub enum StoreError {
 pub struct Query {
     /// Instrument names; names the store does not hold match nothing.
     pub instruments: Vec<String>,
-    /// `raven.v1.Channel` numbers; empty means every channel.
+    /// `raven.v1.Channel` numbers; empty means every channel (checkpoints excluded:
+    /// they are read only when asked for, as `CHECKPOINT_CHANNEL`).
     pub channels: Vec<u8>,
     /// Publish time from (inclusive), Unix ns.
     pub from: u64,
@@ -57,6 +62,8 @@ pub struct Query {
     pub to: u64,
     /// Most events; 0 means no limit.
     pub limit: u64,
+    /// Only rows at or after this (run, position), in record order.
+    pub after: Option<(u64, i64)>,
 }
 
 impl Query {
@@ -68,6 +75,7 @@ impl Query {
             from: 0,
             to: u64::MAX,
             limit: 0,
+            after: None,
         }
     }
 
@@ -94,6 +102,14 @@ pub trait Store: Send {
         query: &Query,
         each: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<(), StoreError>;
+
+    /// Where the last checkpoint snapshot of `instrument` published at or before `at`
+    /// is: (run, position).
+    fn last_checkpoint(
+        &mut self,
+        instrument: &str,
+        at: u64,
+    ) -> Result<Option<(u64, i64)>, StoreError>;
 
     /// Names of every instrument with stored events.
     fn instruments(&mut self) -> Result<Vec<String>, StoreError>;

@@ -150,7 +150,15 @@ async fn history_is_exactly_what_live_subscribers_received() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn book_at_time_equals_the_live_book_at_that_sequence() {
-    let server = common::server(|f| f.sim.rate = 5000).await;
+    // A checkpoint snapshot every 50 book events: the rebuild starts from the nearest.
+    let dir = common::scratch_dir("book-at");
+    let db = dir.join("raven.db");
+    let server = common::server(|f| {
+        f.sim.rate = 5000;
+        f.store.snapshot_every = 50;
+        f.store.url = format!("sqlite:{}", db.display());
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
         .await
@@ -206,6 +214,17 @@ async fn book_at_time_equals_the_live_book_at_that_sequence() {
     };
     assert_eq!(top.bids, live_levels.bids[..5]);
     assert_eq!(top.asks, live_levels.asks[..5]);
+    // Checkpoints were stored, and never show in a query's results.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let checkpoints: i64 = conn
+        .query_row("SELECT count(*) FROM events WHERE channel = 0", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(checkpoints > 5, "{checkpoints} checkpoints");
+    let stored = query(&server, request(&["SIM:BTC-USD"], &[])).await;
+    assert!(stored.iter().all(|e| !matches!(&e.body,
+        Some(pb::event::Body::Snapshot(s)) if s.checkpoint)));
     // Before anything was recorded there is no book.
     let none = client
         .book_at(pb::BookAtRequest {

@@ -60,6 +60,7 @@ async fn published_events_reach_subscribers_exactly() {
         bids: vec![level(100, 5), level(99, 7)],
         asks: vec![level(101, 3)],
         resync: false,
+        checkpoint: false,
     };
     assert_eq!(
         publish(

@@ -263,6 +263,7 @@ fn contract(store: &mut dyn Store) {
         from,
         to,
         limit,
+        after: None,
     };
     // Only the deltas were published at base + 2, once by run 7 and once by run 8.
     assert_eq!(
@@ -317,6 +318,75 @@ fn contract(store: &mut dyn Store) {
     // Reconnecting keeps everything.
     store.reconnect().unwrap();
     assert_eq!(store.count().unwrap(), events.len() as u64 + 3);
+
+    // Checkpoint snapshots: kept apart from the book's events, found by time, and a
+    // read can start at one.
+    let at = |sequence: u64, publish: u64, body| Event {
+        instrument: InstrumentId(0),
+        sequence: Sequence(sequence),
+        exchange_time: UnixNanos(publish),
+        receive_time: UnixNanos(publish),
+        publish_time: UnixNanos(publish),
+        body,
+    };
+    let book = BookSnapshot {
+        bids: vec![Level {
+            price: p("100"),
+            qty: q("1"),
+        }],
+        asks: vec![],
+        kind: SnapshotKind::Checkpoint,
+    };
+    let delta = BookDelta {
+        changes: vec![LevelChange {
+            side: Side::Bid,
+            price: p("99"),
+            qty: q("2"),
+        }],
+    };
+    let later = [
+        (
+            "TEST:BTC-USD",
+            at(5, base + 10, EventBody::Delta(delta.clone())),
+        ),
+        ("TEST:BTC-USD", at(5, base + 10, EventBody::Snapshot(book))),
+        ("TEST:BTC-USD", at(6, base + 20, EventBody::Delta(delta))),
+    ];
+    store.write(&batch(9, 0, &later)).unwrap();
+    assert_eq!(
+        store.last_checkpoint("TEST:BTC-USD", base + 9).unwrap(),
+        None
+    );
+    let found = store.last_checkpoint("TEST:BTC-USD", base + 10).unwrap();
+    assert_eq!(found, Some((9, 1)));
+    assert_eq!(
+        store.last_checkpoint("TEST:SPREAD", u64::MAX).unwrap(),
+        None
+    );
+    // Channel queries never see it; asking for channel 0 does.
+    let run9 = |channels: Vec<u8>, after| Query {
+        channels,
+        after,
+        ..btc(base + 10, u64::MAX, 0)
+    };
+    assert_eq!(
+        select(store, run9(vec![], None)),
+        vec![(9, 1, 5), (9, 1, 6)]
+    );
+    // From the checkpoint on: the checkpoint itself, then the delta after it.
+    let mut kinds = Vec::new();
+    store
+        .query(&run9(vec![0, 1], found), &mut |_, bytes| {
+            let e = pb::StreamResponse::decode(bytes).unwrap().events.remove(0);
+            kinds.push(match e.body {
+                Some(pb::event::Body::Snapshot(s)) if s.checkpoint => ("checkpoint", e.sequence),
+                Some(pb::event::Body::Delta(_)) => ("delta", e.sequence),
+                other => panic!("{other:?}"),
+            });
+            true
+        })
+        .unwrap();
+    assert_eq!(kinds, vec![("checkpoint", 5), ("delta", 6)]);
 }
 
 #[test]
@@ -329,7 +399,7 @@ fn sqlite_store_keeps_the_contract() {
     drop(store);
     // Reopened from the file: still all there.
     let mut again = store::open(&format!("sqlite:{}", path.display()), "unused").unwrap();
-    assert_eq!(again.count().unwrap(), 9);
+    assert_eq!(again.count().unwrap(), 12);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -347,7 +417,7 @@ fn postgres_store_keeps_the_contract() {
     );
     drop(store);
     let mut again = store::open(PG, &schema).unwrap();
-    assert_eq!(again.count().unwrap(), 9);
+    assert_eq!(again.count().unwrap(), 12);
     drop(again);
     drop_schema(&schema);
 }
@@ -369,8 +439,8 @@ fn bad_store_urls_and_schemas_are_refused_with_the_reason() {
     );
 }
 
-/// Every stored row of the store at `url`: (run, instrument, channel, sequence, bytes) in
-/// record order.
+/// Every stored event (checkpoint snapshots aside): (run, instrument, channel, sequence,
+/// bytes) in record order.
 type StoredRow = (i64, String, i16, i64, Vec<u8>);
 
 fn sqlite_rows(path: &std::path::Path) -> Vec<StoredRow> {
@@ -378,7 +448,8 @@ fn sqlite_rows(path: &std::path::Path) -> Vec<StoredRow> {
     let mut q = conn
         .prepare(
             "SELECT e.run, i.name, e.channel, e.sequence, e.event FROM events e \
-             JOIN instruments i ON i.id = e.instrument ORDER BY e.run, e.position",
+             JOIN instruments i ON i.id = e.instrument WHERE e.channel <> 0 \
+             ORDER BY e.run, e.position",
         )
         .unwrap();
     q.query_map([], |r| {
@@ -395,7 +466,8 @@ fn postgres_rows(schema: &str) -> Vec<StoredRow> {
         .query(
             &format!(
                 "SELECT e.run, i.name, e.channel, e.sequence, e.event FROM {schema}.events e \
-                 JOIN {schema}.instruments i ON i.id = e.instrument ORDER BY e.run, e.position"
+                 JOIN {schema}.instruments i ON i.id = e.instrument WHERE e.channel <> 0 \
+                 ORDER BY e.run, e.position"
             ),
             &[],
         )

@@ -179,6 +179,7 @@ fn snapshot_len(s: &BookSnapshot) -> usize {
     levels_len(1, s.bids.iter().map(|l| (l.price.units(), l.qty)))
         + levels_len(2, s.asks.iter().map(|l| (l.price.units(), l.qty)))
         + varint_field_len(3, u64::from(s.kind == SnapshotKind::Resync))
+        + varint_field_len(4, u64::from(s.kind == SnapshotKind::Checkpoint))
 }
 
 fn put_snapshot(s: &BookSnapshot, out: Out<'_, '_>) {
@@ -189,6 +190,7 @@ fn put_snapshot(s: &BookSnapshot, out: Out<'_, '_>) {
         put_level(2, l.price.units(), l.qty, out);
     }
     put_varint_field(3, u64::from(s.kind == SnapshotKind::Resync), out);
+    put_varint_field(4, u64::from(s.kind == SnapshotKind::Checkpoint), out);
 }
 
 fn side_changes(d: &BookDelta, side: Side) -> impl Iterator<Item = (i64, Qty)> + '_ {

@@ -128,6 +128,7 @@ fn validate(request: &pb::HistoryRequest) -> Result<Query, Status> {
         from: request.from,
         to,
         limit: request.limit,
+        after: None,
     })
 }
 
@@ -239,11 +240,20 @@ impl History for HistoryApi {
             to: request.at.saturating_add(1),
             limit: 0,
         };
-        let (mut store, query) = self.prepare(&history).await?;
+        let (mut store, mut query) = self.prepare(&history).await?;
         let at = request.at;
-        let rebuilt = tokio::task::spawn_blocking(move || rebuild(store.as_mut(), &query))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let instrument = request.instrument.clone();
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            // Start from the nearest checkpoint snapshot at or before the instant, so the
+            // work is bounded by the checkpoint interval rather than the run's length.
+            query.after = store
+                .last_checkpoint(&instrument, at)
+                .map_err(|e| Status::unavailable(format!("the store is unavailable: {e}")))?;
+            query.channels.push(crate::store::CHECKPOINT_CHANNEL);
+            rebuild(store.as_mut(), &query)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         let Some((book, last)) = rebuilt else {
             return Err(Status::not_found(format!(
                 "no recorded book for {name} at or before {at}"
@@ -370,6 +380,7 @@ fn collect_backlog(
         from: if book { run } else { start.max(run) },
         to: u64::MAX,
         limit: 0,
+        after: None,
     };
     let mut rows: Vec<bytes::Bytes> = Vec::new();
     let (mut last, mut folded) = (0, 0);

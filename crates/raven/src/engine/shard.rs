@@ -94,6 +94,8 @@ struct Instrument {
     /// BBO, trades and candles subscribers (indexed by `Channel::index() - 1`).
     groups: [Group; 3],
     dirty: bool,
+    /// Book events tapped since the last checkpoint snapshot.
+    since_checkpoint: u32,
 }
 
 impl Instrument {
@@ -161,6 +163,7 @@ fn slot<'a>(
             views: Vec::new(),
             groups: Default::default(),
             dirty: false,
+            since_checkpoint: 0,
         }));
     }
     instruments[id.index()].as_deref_mut()
@@ -259,11 +262,22 @@ impl Shard {
 
     fn flush(&mut self) {
         let mut lagged = 0;
+        let tapping = !self.ctx.taps.is_empty();
         for id in std::mem::take(&mut self.dirty) {
             let Some(inst) = self.instruments[id.index()].as_deref_mut() else {
                 continue;
             };
             inst.dirty = false;
+            if tapping
+                && inst.since_checkpoint >= self.ctx.checkpoint_every
+                && !inst.awaiting_snapshot
+            {
+                // For the recorder only: subscribers never see checkpoints.
+                inst.since_checkpoint = 0;
+                let now = self.now;
+                self.tapped
+                    .push(snapshot_event(inst, 0, SnapshotKind::Checkpoint, now));
+            }
             let name = &inst.name;
             for view in &mut inst.views {
                 lagged += view.group.flush(Route {
@@ -435,6 +449,9 @@ impl Output<'_> {
             }
         }
         if let Some(tapped) = self.tapped.as_deref_mut() {
+            if channel == Channel::Book {
+                inst.since_checkpoint += 1;
+            }
             tapped.push(event);
         }
     }

@@ -4,10 +4,15 @@
 //! the bytes with `wire::scan`; the spill file writes the bytes as they are. So the bytes
 //! are the one source of truth, from the engine to the database and back.
 
+use prost::Message;
 use raven_model::Event;
+use raven_proto::pb;
 use raven_proto::wire::{self, scan};
 
-use super::StoreError;
+use super::{CHECKPOINT_CHANNEL, StoreError};
+
+/// `Event.body` field number of a book snapshot.
+const SNAPSHOT: u32 = 10;
 
 /// One batch of the recorder, numbered within its run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +30,7 @@ pub struct Batch {
 pub struct Row<'a> {
     /// `VENUE:SYMBOL`.
     pub instrument: &'a str,
-    /// `raven.v1.Channel` number.
+    /// `raven.v1.Channel` number; `CHECKPOINT_CHANNEL` for checkpoint snapshots.
     pub channel: u8,
     /// Sequence within (run, instrument, channel).
     pub sequence: u64,
@@ -137,10 +142,21 @@ pub fn row(bytes: &[u8]) -> Result<Row<'_>, StoreError> {
     }
     let instrument = std::str::from_utf8(header.instrument)
         .map_err(|_| corrupt("an instrument name is not UTF-8".into()))?;
+    // Checkpoint snapshots are stored under channel 0, apart from the book's events
+    // (queries for channels never see them). Snapshots are rare, so decoding one to
+    // tell is cheap.
+    let checkpoint = header.body == SNAPSHOT
+        && pb::BookSnapshot::decode(header.body_bytes)
+            .map_err(|e| corrupt(format!("a stored snapshot does not decode: {e}")))?
+            .checkpoint;
     Ok(Row {
         instrument,
-        channel: u8::try_from(header.channel)
-            .map_err(|_| corrupt(format!("channel {} out of range", header.channel)))?,
+        channel: if checkpoint {
+            CHECKPOINT_CHANNEL
+        } else {
+            u8::try_from(header.channel)
+                .map_err(|_| corrupt(format!("channel {} out of range", header.channel)))?
+        },
         sequence: header.sequence,
         publish_time: header.publish_time,
         kind: u8::try_from(header.body)

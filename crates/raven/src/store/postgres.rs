@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS events (
     event BYTEA NOT NULL,
     PRIMARY KEY (run, position)
 );
+CREATE INDEX IF NOT EXISTS checkpoints ON events (instrument, publish_time) WHERE channel = 0;
 ";
 
 /// Events in a PostgreSQL schema.
@@ -166,12 +167,18 @@ impl Store for PostgresStore {
         let channels: Vec<i16> = query.channels.iter().map(|&c| i16::from(c)).collect();
         let (from, to) = query.range();
         let limit = (query.limit > 0).then(|| i64::try_from(query.limit).unwrap_or(i64::MAX));
+        let (after_run, after_position) = match query.after {
+            Some((run, position)) => (to_i64(run, "run")?, position),
+            None => (i64::MIN, i64::MIN),
+        };
         // Rows stream as they arrive (`query_raw`), so a long history never sits in
         // memory whole.
         let mut rows = self.client.query_raw(
             "SELECT e.run, e.event FROM events e JOIN instruments i ON i.id = e.instrument \
-             WHERE i.name = ANY($1) AND (cardinality($2::int2[]) = 0 OR e.channel = ANY($2)) \
+             WHERE i.name = ANY($1) \
+             AND (cardinality($2::int2[]) = 0 AND e.channel <> 0 OR e.channel = ANY($2)) \
              AND e.publish_time >= $3 AND e.publish_time < $4 \
+             AND (e.run, e.position) >= ($6, $7) \
              ORDER BY e.run, e.position LIMIT $5",
             [
                 &query.instruments as &dyn postgres::types::ToSql,
@@ -179,6 +186,8 @@ impl Store for PostgresStore {
                 &from,
                 &to,
                 &limit,
+                &after_run,
+                &after_position,
             ],
         )?;
         while let Some(row) = rows.next()? {
@@ -189,6 +198,21 @@ impl Store for PostgresStore {
             }
         }
         Ok(())
+    }
+
+    fn last_checkpoint(
+        &mut self,
+        instrument: &str,
+        at: u64,
+    ) -> Result<Option<(u64, i64)>, StoreError> {
+        let at = i64::try_from(at).unwrap_or(i64::MAX);
+        let row = self.client.query_opt(
+            "SELECT e.run, e.position FROM events e JOIN instruments i ON i.id = e.instrument \
+             WHERE i.name = $1 AND e.channel = 0 AND e.publish_time <= $2 \
+             ORDER BY e.publish_time DESC, e.run DESC, e.position DESC LIMIT 1",
+            &[&instrument, &at],
+        )?;
+        Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
     }
 
     fn instruments(&mut self) -> Result<Vec<String>, StoreError> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Batch, Query, Store, StoreError, position, to_i64};
+use super::{Batch, CHECKPOINT_CHANNEL, Query, Store, StoreError, position, to_i64};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS instruments (
@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS events (
     event BLOB NOT NULL,
     PRIMARY KEY (run, position)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS checkpoints ON events (instrument, publish_time) WHERE channel = 0;
 ";
 
 /// Events in a SQLite file.
@@ -242,10 +243,18 @@ impl Store for SqliteStore {
             "SELECT run, event FROM events WHERE instrument IN ({})",
             list(&mut ids.iter().map(i64::to_string))
         );
-        if !query.channels.is_empty() {
+        if query.channels.is_empty() {
+            sql += &format!(" AND channel <> {CHECKPOINT_CHANNEL}");
+        } else {
             sql += &format!(
                 " AND channel IN ({})",
                 list(&mut query.channels.iter().map(u8::to_string))
+            );
+        }
+        if let Some((run, position)) = query.after {
+            sql += &format!(
+                " AND (run, position) >= ({}, {position})",
+                to_i64(run, "run")?
             );
         }
         sql += " AND publish_time >= ?1 AND publish_time < ?2 ORDER BY run, position LIMIT ?3";
@@ -265,6 +274,25 @@ impl Store for SqliteStore {
             }
         }
         Ok(())
+    }
+
+    fn last_checkpoint(
+        &mut self,
+        instrument: &str,
+        at: u64,
+    ) -> Result<Option<(u64, i64)>, StoreError> {
+        let at = i64::try_from(at).unwrap_or(i64::MAX);
+        let found: Option<(i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT e.run, e.position FROM events e JOIN instruments i ON i.id = e.instrument \
+                 WHERE i.name = ?1 AND e.channel = 0 AND e.publish_time <= ?2 \
+                 ORDER BY e.publish_time DESC, e.run DESC, e.position DESC LIMIT 1",
+                params![instrument, at],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(found.map(|(run, position)| (run as u64, position)))
     }
 
     fn instruments(&mut self) -> Result<Vec<String>, StoreError> {
