@@ -46,6 +46,8 @@ impl Default for RecorderConfig {
 /// What the recorder has done so far; shared with whoever watches it.
 #[derive(Debug, Default)]
 pub struct RecorderStats {
+    /// Events taken from the engine's tap: everything the engine published.
+    pub received: AtomicU64,
     /// Events handed to the store (or found already there on a retry).
     pub stored: AtomicU64,
     /// Events appended to the spill file.
@@ -153,6 +155,9 @@ fn record(
         };
         match received {
             Ok(events) => {
+                sink.stats
+                    .received
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
                 for event in events.iter() {
                     let name = registry.name(event.instrument);
                     let name = name.as_ref().map_or("", |n| n.as_str());
