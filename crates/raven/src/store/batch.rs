@@ -4,6 +4,7 @@
 //! the bytes with `wire::scan`; the spill file writes the bytes as they are. So the bytes
 //! are the one source of truth, from the engine to the database and back.
 
+use bytes::BytesMut;
 use prost::Message;
 use raven_model::Event;
 use raven_proto::pb;
@@ -21,7 +22,7 @@ pub struct Batch {
     pub run: u64,
     /// Position in the run, from 0: a store that already holds (run, number) skips it.
     pub number: u64,
-    bytes: Vec<u8>,
+    bytes: BytesMut,
     ends: Vec<u32>,
 }
 
@@ -48,7 +49,7 @@ impl Batch {
         Batch {
             run,
             number,
-            bytes: Vec::new(),
+            bytes: BytesMut::new(),
             ends: Vec::new(),
         }
     }
@@ -63,7 +64,7 @@ impl Batch {
         let batch = Batch {
             run,
             number,
-            bytes,
+            bytes: BytesMut::from(&bytes[..]),
             ends,
         };
         let mut start = 0;
@@ -90,9 +91,8 @@ impl Batch {
 
     /// Appends an event of instrument `name`.
     pub fn push(&mut self, name: &str, event: &Event) {
-        let mut buf = bytes::BytesMut::new();
-        wire::put_event(&mut buf, name, event);
-        self.bytes.extend_from_slice(&buf);
+        // Encoded straight onto the batch: no buffer per event.
+        wire::put_event(&mut self.bytes, name, event);
         self.ends.push(
             u32::try_from(self.bytes.len()).expect("a batch stays far below 4 GiB (invariant)"),
         );
