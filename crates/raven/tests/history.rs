@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use raven::app::RunningServer;
-use raven_proto::pb;
+use raven_model::{EventBody, Sequence, SnapshotKind};
 use raven_proto::pb::history_client::HistoryClient;
 use raven_proto::pb::market_client::MarketClient;
 use raven_proto::pb::stream_request::Request as Req;
+use raven_proto::{convert, pb};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -426,7 +427,15 @@ fn subscribe(channel: pb::Channel, depth: u32, start: u64) -> pb::Subscribe {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_with_a_start_gets_history_then_live_with_no_gap() {
-    let server = common::server(|f| f.sim.rate = 20_000).await;
+    // Checkpoints every 50 book events: the book at the start is rebuilt from one.
+    let dir = common::scratch_dir("start");
+    let db = dir.join("raven.db");
+    let server = common::server(|f| {
+        f.sim.rate = 20_000;
+        f.store.snapshot_every = 50;
+        f.store.url = format!("sqlite:{}", db.display());
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let start = now_ns() - 400_000_000;
     let events = stream_events(
@@ -466,10 +475,50 @@ async fn a_subscription_with_a_start_gets_history_then_live_with_no_gap() {
         let live = &rest[2..];
         assert!(live.len() > 100, "{channel:?}: {} live", live.len());
         if channel == pb::Channel::Book {
-            // The book as it was at the start, then every change.
-            assert!(matches!(history[0].body, Some(Body::Snapshot(_))));
+            // The book as it was at the start, then every change, no checkpoint among
+            // them.
             assert!(history[0].publish_time <= start);
             assert!(history[1].publish_time > start);
+            assert!(
+                history[1..]
+                    .iter()
+                    .all(|e| !matches!(e.body, Some(Body::Snapshot(_))))
+            );
+            // The same book as every stored book event from the run's first snapshot up
+            // to that sequence gives.
+            let stored = query(&server, request(&["SIM:BTC-USD"], &[channel])).await;
+            let mut book = raven_book::OrderBook::new();
+            for e in stored
+                .iter()
+                .take_while(|e| e.sequence <= history[0].sequence)
+            {
+                match convert::body_from_pb(e).unwrap() {
+                    Some(EventBody::Snapshot(s)) => {
+                        book.apply_snapshot(Sequence(e.sequence), &s).unwrap()
+                    }
+                    Some(EventBody::Delta(d)) => {
+                        book.apply_delta(Sequence(e.sequence), &d).unwrap()
+                    }
+                    _ => {}
+                }
+            }
+            let Some(EventBody::Snapshot(first)) = convert::body_from_pb(history[0]).unwrap()
+            else {
+                panic!("{:?}", history[0]);
+            };
+            let expected = book.snapshot(0, SnapshotKind::Initial);
+            assert_eq!(book.sequence().0, history[0].sequence);
+            assert_eq!((first.bids, first.asks), (expected.bids, expected.asks));
+            // Checkpoints precede the start, so the server's rebuild began at one.
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let before: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM events WHERE channel = 0 AND publish_time <= ?1",
+                    [start as i64],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(before > 5, "{before} checkpoints before the start");
         } else {
             assert!(history.iter().all(|e| e.publish_time >= start));
         }

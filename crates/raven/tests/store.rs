@@ -69,13 +69,13 @@ fn fixture() -> Vec<(&'static str, Event)> {
     let event = |sequence, body| Event {
         instrument: InstrumentId(0),
         sequence: Sequence(sequence),
-        exchange_time: UnixNanos(1_764_300_000_000_000_001 + sequence),
-        receive_time: UnixNanos(1_764_300_000_000_000_501 + sequence),
-        publish_time: UnixNanos(1_764_300_000_000_000_777 + sequence),
+        exchange_time: UnixNanos::ZERO,
+        receive_time: UnixNanos::ZERO,
+        publish_time: UnixNanos::ZERO,
         body,
     };
     let big = q("123456789012.123456789");
-    vec![
+    let mut events = vec![
         (
             "TEST:BTC-USD",
             event(
@@ -166,7 +166,15 @@ fn fixture() -> Vec<(&'static str, Event)> {
                 }),
             ),
         ),
-    ]
+    ];
+    // Times grow through the fixture, as the engine stamps them.
+    for (index, (_, event)) in events.iter_mut().enumerate() {
+        let index = index as u64;
+        event.exchange_time = UnixNanos(1_764_300_000_000_000_001 + index);
+        event.receive_time = UnixNanos(1_764_300_000_000_000_501 + index);
+        event.publish_time = UnixNanos(1_764_300_000_000_000_777 + index);
+    }
+    events
 }
 
 fn batch(run: u64, number: u64, events: &[(&str, Event)]) -> Batch {
@@ -189,8 +197,8 @@ fn read(store: &mut dyn Store, instrument: &str, channel: u8) -> Vec<Vec<u8>> {
     out
 }
 
-/// The contract every store keeps.
-fn contract(store: &mut dyn Store) {
+/// The contract every store keeps. Returns the events it stored.
+fn contract(store: &mut dyn Store) -> u64 {
     let events = fixture();
     let (first, second) = events.split_at(3);
     assert_eq!(store.count().unwrap(), 0);
@@ -265,9 +273,9 @@ fn contract(store: &mut dyn Store) {
         limit,
         after: None,
     };
-    // Only the deltas were published at base + 2, once by run 7 and once by run 8.
+    // Only the deltas were published at base + 1, once by run 7 and once by run 8.
     assert_eq!(
-        select(store, btc(base + 2, base + 3, 0)),
+        select(store, btc(base + 1, base + 2, 0)),
         vec![(7, 1, 2), (8, 1, 2)]
     );
     // Everything of BTC, record order: run 7's snapshot, delta, trade, status; run 8's.
@@ -387,6 +395,104 @@ fn contract(store: &mut dyn Store) {
         })
         .unwrap();
     assert_eq!(kinds, vec![("checkpoint", 5), ("delta", 6)]);
+
+    let timed = time_index(store);
+    let total = events.len() as u64 + 3 + 3 + timed;
+    assert_eq!(store.count().unwrap(), total);
+    total
+}
+
+/// Time-range queries, each checked against a plain filter of everything written: three
+/// runs of 40 batches whose times overlap, three instruments interleaved out of time
+/// order across instruments (as two shards' output is) but in order within each (as the
+/// engine stamps them), equal stamps, and batches without some instruments.
+/// Returns the events it wrote.
+fn time_index(store: &mut dyn Store) -> u64 {
+    const NAMES: [&str; 3] = ["TIME:A", "TIME:B", "TIME:C"];
+    // (run, position, instrument, publish time, sequence), in record order.
+    let mut written: Vec<(u64, i64, usize, u64, u64)> = Vec::new();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    for run in [100u64, 200, 300] {
+        let mut clocks = [1_000 + run; 3];
+        let mut sequences = [0u64; 3];
+        for number in 0..40u64 {
+            let mut batch = Batch::new(run, number);
+            for _ in 0..next(12) {
+                let i = next(3) as usize;
+                clocks[i] += next(50);
+                sequences[i] += 1;
+                let time = UnixNanos(clocks[i]);
+                let event = Event {
+                    instrument: InstrumentId(0),
+                    sequence: Sequence(sequences[i]),
+                    exchange_time: time,
+                    receive_time: time,
+                    publish_time: time,
+                    body: EventBody::Trade(Trade {
+                        price: p("1"),
+                        qty: q("1"),
+                        aggressor: Aggressor::Buy,
+                        trade_id: format!("{run}-{}", sequences[i]),
+                    }),
+                };
+                let position = ((number << 24) | batch.len() as u64) as i64;
+                written.push((run, position, i, clocks[i], sequences[i]));
+                batch.push(NAMES[i], &event);
+            }
+            store.write(&batch).unwrap();
+        }
+    }
+    let end = written.iter().map(|w| w.3).max().unwrap() + 10;
+    for case in 0..300 {
+        let picked: Vec<usize> = (0..3).filter(|_| next(2) == 1).collect();
+        let picked = if picked.is_empty() { vec![0] } else { picked };
+        let from = 1_000 + next(end - 1_000);
+        let to = if case % 10 == 0 {
+            u64::MAX
+        } else {
+            from + next(600)
+        };
+        let limit = if next(3) == 0 { 1 + next(30) } else { 0 };
+        let after = (next(4) == 0).then(|| {
+            let w = written[next(written.len() as u64) as usize];
+            (w.0, w.1)
+        });
+        let expected: Vec<(u64, String, u64)> = written
+            .iter()
+            .filter(|w| picked.contains(&w.2) && w.3 >= from && w.3 < to)
+            .filter(|w| after.is_none_or(|a| (w.0, w.1) >= a))
+            .take(if limit == 0 {
+                usize::MAX
+            } else {
+                limit as usize
+            })
+            .map(|w| (w.0, NAMES[w.2].to_owned(), w.4))
+            .collect();
+        let query = Query {
+            instruments: picked.iter().map(|&i| NAMES[i].to_owned()).collect(),
+            channels: if case % 2 == 0 { vec![3] } else { Vec::new() },
+            from,
+            to,
+            limit,
+            after,
+        };
+        let mut got = Vec::new();
+        store
+            .query(&query, &mut |run, bytes| {
+                let e = pb::StreamResponse::decode(bytes).unwrap().events.remove(0);
+                got.push((run, e.instrument, e.sequence));
+                true
+            })
+            .unwrap();
+        assert_eq!(got, expected, "case {case}: {query:?}");
+    }
+    written.len() as u64
 }
 
 #[test]
@@ -394,12 +500,12 @@ fn sqlite_store_keeps_the_contract() {
     let dir = common::scratch_dir("sqlite-contract");
     let path = dir.join("nested").join("raven.db");
     let mut store = SqliteStore::open(&path).unwrap();
-    contract(&mut store);
+    let stored = contract(&mut store);
     assert_eq!(store.integrity_check().unwrap(), "ok");
     drop(store);
     // Reopened from the file: still all there.
     let mut again = store::open(&format!("sqlite:{}", path.display()), "unused").unwrap();
-    assert_eq!(again.count().unwrap(), 12);
+    assert_eq!(again.count().unwrap(), stored);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -410,14 +516,14 @@ fn postgres_store_keeps_the_contract() {
     }
     let schema = unique_schema("contract");
     let mut store = PostgresStore::connect(PG, &schema).unwrap();
-    contract(&mut store);
+    let stored = contract(&mut store);
     assert_eq!(
         store.describe(),
         format!("postgres 127.0.0.1:5432/test schema {schema}")
     );
     drop(store);
     let mut again = store::open(PG, &schema).unwrap();
-    assert_eq!(again.count().unwrap(), 12);
+    assert_eq!(again.count().unwrap(), stored);
     drop(again);
     drop_schema(&schema);
 }
@@ -720,8 +826,40 @@ fn a_sqlite_file_of_another_layout_is_refused_not_written_into() {
     assert_eq!(
         error,
         format!(
-            "corrupt data: {} holds events in layout version 0, this Raven writes version 1; move the file aside",
+            "corrupt data: {} holds events in layout version 0, this Raven writes version 2; move the file aside",
             path.display()
         )
     );
+}
+
+#[test]
+fn a_postgres_schema_of_another_layout_is_refused_not_written_into() {
+    if !postgres_available() {
+        return;
+    }
+    let schema = unique_schema("layout");
+    let mut client = postgres::Client::connect(PG, postgres::NoTls).unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; CREATE TABLE {schema}.events (run BIGINT)"
+        ))
+        .unwrap();
+    let error = PostgresStore::connect(PG, &schema)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        error,
+        format!(
+            "corrupt data: schema {schema} holds events in layout version 1, this Raven writes version 2; use another schema"
+        )
+    );
+    // A fresh schema is laid out once; opening it again finds its own layout.
+    let fresh = unique_schema("layout_fresh");
+    drop(PostgresStore::connect(PG, &fresh).unwrap());
+    let mut again = PostgresStore::connect(PG, &fresh).unwrap();
+    assert_eq!(again.count().unwrap(), 0);
+    drop(again);
+    drop_schema(&schema);
+    drop_schema(&fresh);
 }

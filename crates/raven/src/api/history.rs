@@ -373,14 +373,27 @@ fn collect_backlog(
     upto: u64,
 ) -> Result<Option<Vec<bytes::Bytes>>, Status> {
     let book = channel == raven_model::Channel::Book;
+    let unavailable = |e: store::StoreError| Status::unavailable(format!("the store failed: {e}"));
+    let mut channels = vec![channel_to_pb(channel) as u8];
+    // The book is rebuilt from this run's last checkpoint at or before the start, or
+    // from its first snapshot when it has none yet.
+    let mut after = (run, 0);
+    if book {
+        channels.push(store::CHECKPOINT_CHANNEL);
+        if let Some((found_run, position)) =
+            store.last_checkpoint(name, start).map_err(unavailable)?
+            && found_run == run
+        {
+            after = (run, position);
+        }
+    }
     let query = Query {
         instruments: vec![name.to_owned()],
-        channels: vec![channel_to_pb(channel) as u8],
-        // The book is rebuilt from the run's first snapshot.
+        channels,
         from: if book { run } else { start.max(run) },
         to: u64::MAX,
         limit: 0,
-        after: None,
+        after: Some(after),
     };
     let mut rows: Vec<bytes::Bytes> = Vec::new();
     let (mut last, mut folded) = (0, 0);
@@ -396,6 +409,12 @@ fn collect_backlog(
         };
         if header.sequence > upto {
             return false;
+        }
+        if header.publish_time > start
+            && store::row(row).is_ok_and(|r| r.channel == store::CHECKPOINT_CHANNEL)
+        {
+            // Checkpoints are for rebuilding; subscribers never see them.
+            return true;
         }
         last = header.sequence;
         if book && header.publish_time <= start {
@@ -416,7 +435,7 @@ fn collect_backlog(
         rows.push(bytes::Bytes::copy_from_slice(row));
         true
     });
-    result.map_err(|e| Status::unavailable(format!("the store failed mid-query: {e}")))?;
+    result.map_err(unavailable)?;
     if let Some(status) = failure {
         return Err(status);
     }

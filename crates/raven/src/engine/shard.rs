@@ -190,11 +190,18 @@ impl Shard {
     /// Applies one input batch and publishes its output. The batch is consumed: deltas
     /// and trades move into the events they produce instead of being copied.
     pub fn process(&mut self, batch: Vec<FeedEvent>) {
-        self.now = self.ctx.clock.now();
+        self.tick();
         for event in batch {
             self.apply(event);
         }
         self.flush();
+    }
+
+    /// Reads the clock for the next publish stamp. Stamps never go backwards, even when
+    /// the wall clock is stepped back: every instrument's events are then in publish-time
+    /// order wherever they are recorded, which the store's time index relies on.
+    fn tick(&mut self) {
+        self.now = self.now.max(self.ctx.clock.now());
     }
 
     fn apply(&mut self, fe: FeedEvent) {
@@ -315,7 +322,7 @@ impl Shard {
 
     /// Handles an API command between batches, when no output is pending.
     pub fn command(&mut self, command: Command) {
-        self.now = self.ctx.clock.now();
+        self.tick();
         match command {
             Command::Subscribe {
                 mailbox,

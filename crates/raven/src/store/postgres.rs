@@ -10,7 +10,7 @@ use postgres::{Client, NoTls};
 
 use postgres::fallible_iterator::FallibleIterator;
 
-use super::{Batch, Query, Store, StoreError, position, to_i64};
+use super::{Batch, Query, Seek, Store, StoreError, firsts, position, span, to_i64};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS instruments (
@@ -35,7 +35,24 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run, position)
 );
 CREATE INDEX IF NOT EXISTS checkpoints ON events (instrument, publish_time) WHERE channel = 0;
+CREATE TABLE IF NOT EXISTS runs (
+    run BIGINT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS marks (
+    run BIGINT NOT NULL,
+    instrument INT NOT NULL,
+    publish_time BIGINT NOT NULL,
+    position BIGINT NOT NULL,
+    PRIMARY KEY (run, instrument, publish_time, position)
+);
+CREATE TABLE IF NOT EXISTS layout (
+    single BOOL PRIMARY KEY DEFAULT TRUE CHECK (single),
+    version INT NOT NULL
+);
 ";
+
+/// The layout `SCHEMA` creates, kept in the `layout` table.
+const LAYOUT_VERSION: i32 = 2;
 
 /// Events in a PostgreSQL schema.
 pub struct PostgresStore {
@@ -97,8 +114,39 @@ fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
     let mut client = Client::connect(url, NoTls)?;
     // The schema name was checked to be a plain identifier.
     client.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; {SCHEMA}"
+        "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
     ))?;
+    // Events written by another layout are refused, not mixed with this one's (checked
+    // before `SCHEMA`, whose indexes need this layout's columns).
+    let (events, layout) = client
+        .query_one(
+            "SELECT to_regclass('events') IS NOT NULL, to_regclass('layout') IS NOT NULL",
+            &[],
+        )
+        .map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1)))?;
+    let version: Option<i32> = if layout {
+        client
+            .query_opt("SELECT version FROM layout", &[])?
+            .map(|r| r.get(0))
+    } else {
+        None
+    };
+    match version {
+        Some(LAYOUT_VERSION) => {}
+        None if !events => {
+            client.batch_execute(SCHEMA)?;
+            client.execute(
+                "INSERT INTO layout (version) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&LAYOUT_VERSION],
+            )?;
+        }
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "schema {schema} holds events in layout version {}, this Raven writes version {LAYOUT_VERSION}; use another schema",
+                other.unwrap_or(1)
+            )));
+        }
+    }
     Ok(client)
 }
 
@@ -128,6 +176,28 @@ impl Store for PostgresStore {
             // Stored already: its commit went through but was not acknowledged.
             return Ok(());
         }
+        tx.execute(
+            "INSERT INTO runs (run) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&run],
+        )?;
+        let marked = firsts(&ids);
+        let times = marked
+            .iter()
+            .map(|&i| to_i64(rows[i].publish_time, "publish time"))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.execute(
+            "INSERT INTO marks (run, instrument, publish_time, position) \
+             SELECT $1, * FROM unnest($2::int[], $3::bigint[], $4::bigint[])",
+            &[
+                &run,
+                &marked.iter().map(|&i| ids[i]).collect::<Vec<_>>(),
+                &times,
+                &marked
+                    .iter()
+                    .map(|&i| position(batch.number, i))
+                    .collect::<Vec<_>>(),
+            ],
+        )?;
         let mut sink = tx.copy_in(
             "COPY events (run, position, instrument, channel, sequence, publish_time, kind, \
              event) FROM STDIN BINARY",
@@ -138,7 +208,7 @@ impl Store for PostgresStore {
         out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         out.extend_from_slice(&0i32.to_be_bytes()); // flags
         out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-        for (index, (row, id)) in rows.iter().zip(ids).enumerate() {
+        for (index, (row, id)) in rows.iter().zip(&ids).enumerate() {
             out.extend_from_slice(&8i16.to_be_bytes());
             field(&mut out, &run.to_be_bytes());
             field(&mut out, &position(batch.number, index).to_be_bytes());
@@ -164,36 +234,87 @@ impl Store for PostgresStore {
         query: &Query,
         each: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
+        let ids: Vec<i32> = self
+            .client
+            .query(
+                "SELECT id FROM instruments WHERE name = ANY($1)",
+                &[&query.instruments],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
         let channels: Vec<i16> = query.channels.iter().map(|&c| i16::from(c)).collect();
         let (from, to) = query.range();
-        let limit = (query.limit > 0).then(|| i64::try_from(query.limit).unwrap_or(i64::MAX));
-        let (after_run, after_position) = match query.after {
-            Some((run, position)) => (to_i64(run, "run")?, position),
-            None => (i64::MIN, i64::MIN),
+        let first_run = match query.after {
+            Some((run, _)) => to_i64(run, "run")?,
+            None => i64::MIN,
         };
-        // Rows stream as they arrive (`query_raw`), so a long history never sits in
-        // memory whole.
-        let mut rows = self.client.query_raw(
-            "SELECT e.run, e.event FROM events e JOIN instruments i ON i.id = e.instrument \
-             WHERE i.name = ANY($1) \
-             AND (cardinality($2::int2[]) = 0 AND e.channel <> 0 OR e.channel = ANY($2)) \
-             AND e.publish_time >= $3 AND e.publish_time < $4 \
-             AND (e.run, e.position) >= ($6, $7) \
-             ORDER BY e.run, e.position LIMIT $5",
-            [
-                &query.instruments as &dyn postgres::types::ToSql,
-                &channels,
-                &from,
-                &to,
-                &limit,
-                &after_run,
-                &after_position,
-            ],
+        let runs: Vec<i64> = self
+            .client
+            .query(
+                "SELECT run FROM runs WHERE run >= $1 ORDER BY run",
+                &[&first_run],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let seek_last = self.client.prepare(
+            "SELECT position FROM marks WHERE run = $1 AND instrument = $2 \
+             AND publish_time < $3 ORDER BY publish_time DESC, position DESC LIMIT 1",
         )?;
-        while let Some(row) = rows.next()? {
-            let run: i64 = row.get(0);
-            let bytes: &[u8] = row.get(1);
-            if !each(run as u64, bytes) {
+        let seek_first = self.client.prepare(
+            "SELECT position FROM marks WHERE run = $1 AND instrument = $2 \
+             AND publish_time >= $3 ORDER BY publish_time, position LIMIT 1",
+        )?;
+        let select = self.client.prepare(
+            "SELECT event FROM events WHERE run = $1 AND position >= $2 AND position < $3 \
+             AND instrument = ANY($4) \
+             AND (cardinality($5::int2[]) = 0 AND channel <> 0 OR channel = ANY($5)) \
+             AND publish_time >= $6 AND publish_time < $7 \
+             ORDER BY position LIMIT $8",
+        )?;
+        // Rows still wanted; `None` is no limit.
+        let mut left = (query.limit > 0).then(|| i64::try_from(query.limit).unwrap_or(i64::MAX));
+        for run in runs {
+            let client = &mut self.client;
+            let bounds = span(query, run as u64, &ids, |id, seek| {
+                let (statement, time) = match seek {
+                    Seek::LastBefore(t) => (&seek_last, t),
+                    Seek::FirstFrom(t) => (&seek_first, t),
+                };
+                Ok(client
+                    .query_opt(statement, &[&run, &id, &time])?
+                    .map(|r| r.get(0)))
+            })?;
+            let Some((start, end)) = bounds else { continue };
+            // Rows stream as they arrive (`query_raw`), so a long history never sits in
+            // memory whole.
+            let mut rows = self.client.query_raw(
+                &select,
+                [
+                    &run as &dyn postgres::types::ToSql,
+                    &start,
+                    &end,
+                    &ids,
+                    &channels,
+                    &from,
+                    &to,
+                    &left,
+                ],
+            )?;
+            while let Some(row) = rows.next()? {
+                let bytes: &[u8] = row.get(0);
+                if !each(run as u64, bytes) {
+                    return Ok(());
+                }
+                if let Some(n) = left.as_mut() {
+                    *n -= 1;
+                }
+            }
+            if left == Some(0) {
                 break;
             }
         }

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Batch, CHECKPOINT_CHANNEL, Query, Store, StoreError, position, to_i64};
+use super::{
+    Batch, CHECKPOINT_CHANNEL, Query, Seek, Store, StoreError, firsts, position, span, to_i64,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS instruments (
@@ -37,6 +39,16 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run, position)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS checkpoints ON events (instrument, publish_time) WHERE channel = 0;
+CREATE TABLE IF NOT EXISTS runs (
+    run INTEGER PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS marks (
+    run INTEGER NOT NULL,
+    instrument INTEGER NOT NULL,
+    publish_time INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (run, instrument, publish_time, position)
+) WITHOUT ROWID;
 ";
 
 /// Events in a SQLite file.
@@ -130,7 +142,7 @@ impl SqliteStore {
 }
 
 /// The layout `SCHEMA` creates, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
@@ -196,6 +208,21 @@ impl Store for SqliteStore {
             "INSERT INTO batches (run, number, rows) VALUES (?1, ?2, ?3)",
             params![run, number, batch.len() as i64],
         )?;
+        tx.execute("INSERT OR IGNORE INTO runs (run) VALUES (?1)", [run])?;
+        {
+            let mut mark = tx.prepare_cached(
+                "INSERT INTO marks (run, instrument, publish_time, position) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for index in firsts(&ids) {
+                mark.execute(params![
+                    run,
+                    ids[index],
+                    to_i64(rows[index].publish_time, "publish time")?,
+                    position(batch.number, index)
+                ])?;
+            }
+        }
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (run, position, instrument, channel, sequence, \
@@ -203,7 +230,7 @@ impl Store for SqliteStore {
             )?;
             // Raw binds: the row loop is the recorder's hot path.
             insert.raw_bind_parameter(1, run)?;
-            for (index, (row, id)) in rows.iter().zip(ids).enumerate() {
+            for (index, (row, &id)) in rows.iter().zip(&ids).enumerate() {
                 insert.raw_bind_parameter(2, position(batch.number, index))?;
                 insert.raw_bind_parameter(3, id)?;
                 insert.raw_bind_parameter(4, row.channel)?;
@@ -240,7 +267,8 @@ impl Store for SqliteStore {
         // lengths vary, which placeholders cannot.
         let list = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(",");
         let mut sql = format!(
-            "SELECT run, event FROM events WHERE instrument IN ({})",
+            "SELECT event FROM events WHERE run = ?1 AND position >= ?2 AND position < ?3 \
+             AND instrument IN ({})",
             list(&mut ids.iter().map(i64::to_string))
         );
         if query.channels.is_empty() {
@@ -251,25 +279,52 @@ impl Store for SqliteStore {
                 list(&mut query.channels.iter().map(u8::to_string))
             );
         }
-        if let Some((run, position)) = query.after {
-            sql += &format!(
-                " AND (run, position) >= ({}, {position})",
-                to_i64(run, "run")?
-            );
-        }
-        sql += " AND publish_time >= ?1 AND publish_time < ?2 ORDER BY run, position LIMIT ?3";
+        sql += " AND publish_time >= ?4 AND publish_time < ?5 ORDER BY position LIMIT ?6";
         let (from, to) = query.range();
-        let limit = if query.limit == 0 {
+        let first_run = match query.after {
+            Some((run, _)) => to_i64(run, "run")?,
+            None => i64::MIN,
+        };
+        let runs: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT run FROM runs WHERE run >= ?1 ORDER BY run")?
+            .query_map([first_run], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        // Rows still wanted; -1 is SQLite's "no limit".
+        let mut left = if query.limit == 0 {
             -1
         } else {
             i64::try_from(query.limit).unwrap_or(i64::MAX)
         };
-        let mut statement = self.conn.prepare(&sql)?;
-        let mut rows = statement.query(params![from, to, limit])?;
-        while let Some(row) = rows.next()? {
-            let run: i64 = row.get(0)?;
-            let bytes = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-            if !each(run as u64, bytes) {
+        for run in runs {
+            let mut seek_last = self.conn.prepare_cached(
+                "SELECT position FROM marks WHERE run = ?1 AND instrument = ?2 \
+                 AND publish_time < ?3 ORDER BY publish_time DESC, position DESC LIMIT 1",
+            )?;
+            let mut seek_first = self.conn.prepare_cached(
+                "SELECT position FROM marks WHERE run = ?1 AND instrument = ?2 \
+                 AND publish_time >= ?3 ORDER BY publish_time, position LIMIT 1",
+            )?;
+            let bounds = span(query, run as u64, &ids, |id, seek| {
+                let (statement, time) = match seek {
+                    Seek::LastBefore(t) => (&mut seek_last, t),
+                    Seek::FirstFrom(t) => (&mut seek_first, t),
+                };
+                Ok(statement
+                    .query_row(params![run, id, time], |r| r.get(0))
+                    .optional()?)
+            })?;
+            let Some((start, end)) = bounds else { continue };
+            let mut statement = self.conn.prepare_cached(&sql)?;
+            let mut rows = statement.query(params![run, start, end, from, to, left])?;
+            while let Some(row) = rows.next()? {
+                let bytes = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+                if !each(run as u64, bytes) {
+                    return Ok(());
+                }
+                left -= 1;
+            }
+            if left == 0 {
                 break;
             }
         }
