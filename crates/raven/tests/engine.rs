@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, bounded};
-use raven::clock::SystemClock;
+use raven::clock::{Clock, SystemClock};
 use raven::engine::{Command, Engine, EngineConfig, EngineInput, ShardContext};
 use raven::fanout::Fanout;
 use raven::feed::sim::{SimConfig, Simulator};
@@ -14,7 +14,7 @@ use raven_book::OrderBook;
 use raven_model::{
     Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody, FeedEvent,
     FeedKind, InstrumentId, InstrumentName, InstrumentRegistry, Level, LevelChange, Price, Qty,
-    Sequence, Side, SnapshotKind, StatusKind, UnixNanos,
+    Sequence, Side, SnapshotKind, StatusKind, Trade, UnixNanos,
 };
 
 struct Harness {
@@ -268,4 +268,50 @@ fn refused_update_reports_status_requests_resync_and_is_never_half_applied() {
         })
     );
     h.engine.shutdown();
+}
+
+/// A wall clock the test sets.
+struct SetClock(std::sync::atomic::AtomicU64);
+
+impl Clock for SetClock {
+    fn now(&self) -> UnixNanos {
+        UnixNanos(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+#[test]
+fn publish_times_never_go_backwards_when_the_wall_clock_does() {
+    let registry = InstrumentRegistry::new();
+    let id = registry.intern(&InstrumentName::parse("TEST:X").unwrap());
+    let clock = Arc::new(SetClock(1_000.into()));
+    let (tap_tx, tap) = bounded(1024);
+    let (mut ctx, _resync) =
+        ShardContext::new(registry.clone(), clock.clone(), Arc::new(Fanout::default()));
+    ctx.taps.push(tap_tx);
+    let engine = Engine::start(EngineConfig::with_shards(1), ctx).unwrap();
+    let mut published = Vec::new();
+    // The clock reads 1000, is stepped back to 500, then moves on to 2000.
+    for (wall, n) in [(1_000, 1), (500, 2), (2_000, 3)] {
+        clock.0.store(wall, std::sync::atomic::Ordering::SeqCst);
+        assert!(engine.input().send(vec![FeedEvent {
+            instrument: id,
+            exchange_time: UnixNanos(n),
+            receive_time: UnixNanos(n),
+            kind: FeedKind::Trade(Trade {
+                price: Price::from_units(100),
+                qty: Qty::from_units(1),
+                aggressor: raven_model::Aggressor::Buy,
+                trade_id: n.to_string(),
+            }),
+        }]));
+        let events = collect_until(&tap, 1, |e| matches!(e.body, EventBody::Trade(_)));
+        published.extend(
+            events
+                .iter()
+                .filter(|e| matches!(e.body, EventBody::Trade(_)))
+                .map(|e| e.publish_time.0),
+        );
+    }
+    assert_eq!(published, vec![1_000, 1_000, 2_000]);
+    engine.shutdown();
 }
