@@ -637,9 +637,13 @@ async fn live_trades(addr: std::net::SocketAddr, duration: Duration) -> Vec<pb::
     trades
 }
 
-/// The live trades are stored, byte for byte, at the same sequences.
+/// The live trades came without a gap, and are stored, byte for byte, at the same
+/// sequences.
 fn assert_live_trades_stored(live: &[pb::Event], rows: &[StoredRow]) {
     assert!(live.len() > 100, "only {} live trades", live.len());
+    for pair in live.windows(2) {
+        assert_eq!(pair[1].sequence, pair[0].sequence + 1, "live trades");
+    }
     let stored: BTreeMap<i64, &[u8]> = rows
         .iter()
         .filter(|r| r.1 == "SIM:BTC-USD" && r.2 == pb::Channel::Trades as i16)
@@ -756,6 +760,76 @@ async fn a_postgres_outage_mid_run_spills_then_backfills_everything_exactly_once
     assert_eq!(rows.len() as u64, load(&stats.stored));
     assert_eq!(load(&stats.received), load(&stats.stored));
     assert_live_trades_stored(&live, &rows);
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_file_locked_by_another_writer_spills_then_backfills_everything_exactly_once() {
+    let dir = common::scratch_dir("sqlite-locked");
+    let db = dir.join("raven.db");
+    let server = common::server(|f| {
+        f.sim.rate = 20_000;
+        f.store.url = format!("sqlite:{}", db.display());
+    })
+    .await;
+    let watcher = tokio::spawn(live_trades(
+        server.local_addr(),
+        Duration::from_millis(3000),
+    ));
+    // Another process (a sqlite3 shell, a backup) holds the write lock for 1.5 s.
+    let locker = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(600));
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let from = now_ns();
+            std::thread::sleep(Duration::from_millis(1500));
+            let to = now_ns();
+            conn.execute_batch("ROLLBACK").unwrap();
+            (from, to)
+        }
+    });
+    let (locked_from, locked_to) = locker.await.unwrap();
+    let live = watcher.await.unwrap();
+    let stats = server.recorder_stats().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !stats.store_up.load(std::sync::atomic::Ordering::Relaxed)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await.unwrap();
+
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(load(&stats.failures) >= 1);
+    assert!(load(&stats.spilled) > 0, "nothing was spilled");
+    assert_eq!(load(&stats.backfilled), load(&stats.spilled));
+    // Live streaming went on while the store was locked.
+    let during = live
+        .iter()
+        .filter(|e| (locked_from..locked_to).contains(&e.publish_time))
+        .count();
+    assert!(
+        during > 50,
+        "{during} live trades while the store was locked"
+    );
+    let rows = sqlite_rows(&db);
+    let per_run = assert_contiguous(&rows);
+    assert_eq!(per_run.len(), 1);
+    assert_eq!(rows.len() as u64, load(&stats.stored));
+    assert_eq!(load(&stats.received), load(&stats.stored));
+    assert_live_trades_stored(&live, &rows);
+    assert_eq!(
+        SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
+        "ok"
+    );
 }
 
 const RAVEN: &str = env!("CARGO_BIN_EXE_raven");

@@ -69,6 +69,10 @@ struct Checkpointer {
 
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
+/// How long the recorder waits for the write lock before the batch goes to the spill
+/// file.
+const WRITE_LOCK_WAIT: Duration = Duration::from_millis(250);
+
 impl Checkpointer {
     fn start(path: &Path) -> Result<Checkpointer, StoreError> {
         let conn = Connection::open(path)?;
@@ -163,14 +167,17 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         [],
         |r| r.get(0),
     )?;
-    if tables > 0 && version != SCHEMA_VERSION {
+    if tables == 0 {
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    } else if version != SCHEMA_VERSION {
         return Err(StoreError::Corrupt(format!(
             "{} holds events in layout version {version}, this Raven writes version {SCHEMA_VERSION}; move the file aside",
             path.display()
         )));
     }
-    conn.execute_batch(SCHEMA)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    // Opening an existing file writes nothing, so readers opening never contend with
+    // the recorder for the write lock.
     Ok(conn)
 }
 
@@ -182,6 +189,10 @@ impl Store for SqliteStore {
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
         if self.checkpointer.is_none() {
             self.checkpointer = Some(Checkpointer::start(&self.path)?);
+            // Only another process can hold the write lock (readers never take it): the
+            // recorder waits this long for it, then spills, rather than stall the engine
+            // behind a `sqlite3` shell's open transaction.
+            self.conn.busy_timeout(WRITE_LOCK_WAIT)?;
         }
         // Instruments first, outside the batch's transaction: an id that outlives a
         // failed batch is harmless.
@@ -193,7 +204,11 @@ impl Store for SqliteStore {
         }
         let run = to_i64(batch.run, "run")?;
         let number = to_i64(batch.number, "batch number")?;
-        let tx = self.conn.transaction()?;
+        // Immediate: the write lock is taken (or waited for) up front, not on the first
+        // insert after a read.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let done = tx
             .query_row(
                 "SELECT 1 FROM batches WHERE run = ?1 AND number = ?2",
