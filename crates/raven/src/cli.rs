@@ -385,6 +385,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         file.store.url = store;
     }
     let config = file.resolve()?;
+    // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would otherwise kill the
+    // server when the database outgrows it; ignored, the write fails with EFBIG, and the
+    // recorder spills and retries as for any store failure.
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let listener = raven::app::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let server = raven::app::start(&config, listener).await?;

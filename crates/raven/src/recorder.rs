@@ -190,9 +190,11 @@ fn record(
     }
     let stats = &sink.stats;
     tracing::info!(
+        received = stats.received.load(Ordering::Relaxed),
         stored = stats.stored.load(Ordering::Relaxed),
         batches = stats.batches.load(Ordering::Relaxed),
         spilled = stats.spilled.load(Ordering::Relaxed),
+        backfilled = stats.backfilled.load(Ordering::Relaxed),
         max_lag_ms = stats.max_lag_ns.load(Ordering::Relaxed) as f64 / 1e6,
         mean_lag_ms = stats.total_lag_ns.load(Ordering::Relaxed) as f64
             / 1e6

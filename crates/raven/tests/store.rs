@@ -937,3 +937,91 @@ fn a_postgres_schema_of_another_layout_is_refused_not_written_into() {
     drop_schema(&schema);
     drop_schema(&fresh);
 }
+
+/// The number after `name=` in a log line.
+fn field(line: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&key))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_sqlite_write_error_spills_then_backfills_everything_exactly_once() {
+    // A real I/O error from the file system: the server runs under an 8 MiB file-size
+    // limit (`prlimit`, util-linux), so once the database and its WAL outgrow it, SQLite's
+    // writes fail with EFBIG; then the limit is lifted from outside, as an operator
+    // freeing space would.
+    const LIMIT: u64 = 8 << 20;
+    let dir = common::scratch_dir("sqlite-write-error");
+    let db = dir.join("data").join("raven.db");
+    let mut child = Command::new("prlimit")
+        .arg(format!("--fsize={LIMIT}:"))
+        .arg("--")
+        .arg(RAVEN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--rate", "20000"])
+        .current_dir(&dir)
+        .env("RAVEN_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux) runs the server under a file-size limit");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("raven: serving gRPC on"), "{line}");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = lines_tx.send(line.unwrap());
+        }
+    });
+    let wait_for = |what: &str, within: Duration| -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what:?} in the log within {within:?}"));
+            if line.contains(what) {
+                return line;
+            }
+        }
+    };
+    let failed = wait_for("store failed; spilling", Duration::from_secs(60));
+    assert!(failed.contains("sqlite: disk I/O error"), "{failed}");
+    // Spill for a second (≈2 MB of events, well under the limit for the spill file).
+    std::thread::sleep(Duration::from_secs(1));
+    let lifted = Command::new("prlimit")
+        .args(["--pid", &child.id().to_string(), "--fsize=unlimited"])
+        .status()
+        .unwrap();
+    assert!(lifted.success());
+    wait_for("store back; spill file backfilled", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stopped = wait_for("recorder stopped", Duration::from_secs(15));
+    assert!(child.wait().unwrap().success());
+
+    let spilled = field(&stopped, "spilled");
+    assert!(spilled > 10_000, "{stopped}");
+    assert_eq!(field(&stopped, "backfilled"), spilled, "{stopped}");
+    let rows = sqlite_rows(&db);
+    let per_run = assert_contiguous(&rows);
+    assert_eq!(per_run.len(), 1);
+    // Everything the engine published was stored, once.
+    assert_eq!(rows.len() as u64, field(&stopped, "received"), "{stopped}");
+    assert_eq!(rows.len() as u64, field(&stopped, "stored"), "{stopped}");
+    assert_eq!(
+        SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
+        "ok"
+    );
+}
