@@ -1,5 +1,6 @@
-//! Recorder write throughput, and the read rate replay and history stand on: engine output (simulator events through a shard, so the mix
-//! of deltas, trades, BBO and candles is the real one) in batches of 50,000 rows, each
+//! Recorder write throughput, the read rate replay and history stand on, and what the
+//! time index buys: engine output (simulator events through a shard, so the mix of
+//! deltas, trades, BBO and candles is the real one) in batches of 50,000 rows, each
 //! written in one transaction, into a SQLite file and into PostgreSQL (127.0.0.1:5432,
 //! a schema of its own, dropped afterwards; skipped with a message when it is not up).
 
@@ -130,12 +131,67 @@ fn bench_store(c: &mut Criterion, name: &str, store: &mut dyn Store, batches: &[
     g.finish();
 }
 
+/// A 10 ms window of one instrument from the middle of `WINDOW_BATCHES` batches, read
+/// through the time index, beside the same instrument read whole (what any window cost
+/// before the index: the run was scanned). `batches` are written first, as they were
+/// recorded (publish times growing).
+fn bench_window(c: &mut Criterion, name: &str, store: &mut dyn Store, batches: &[Batch]) {
+    for batch in batches {
+        store.write(batch).expect("write");
+    }
+    let middle = &batches[batches.len() / 2];
+    let from = middle
+        .rows()
+        .next()
+        .expect("rows")
+        .expect("a row")
+        .publish_time;
+    let rows = (batches.len() * ROWS) as u64;
+    let window = Query {
+        from,
+        to: from + 10_000_000,
+        ..Query::all(&["SIM:BTC-USD"], &[])
+    };
+    let whole = Query::all(&["SIM:BTC-USD"], &[]);
+    let mut g = c.benchmark_group("store_window");
+    g.sample_size(10);
+    for (what, query) in [("10ms_window", &window), ("whole_run", &whole)] {
+        let mut found = 0u64;
+        store
+            .query(query, &mut |_, _| {
+                found += 1;
+                true
+            })
+            .expect("read");
+        g.bench_function(format!("{name}/btc_{what}_{found}_of_{rows}_rows"), |b| {
+            b.iter(|| {
+                let mut bytes = 0usize;
+                store
+                    .query(query, &mut |_, row| {
+                        bytes += row.len();
+                        true
+                    })
+                    .expect("read");
+                bytes
+            });
+        });
+    }
+    g.finish();
+}
+
+/// Batches for the window bench: 2M rows.
+const WINDOW_BATCHES: usize = 40;
+
 fn stores(c: &mut Criterion) {
-    let batches = engine_batches(4);
+    let recorded = engine_batches(WINDOW_BATCHES);
+    let batches = &recorded[..4];
     let dir = std::env::temp_dir().join(format!("raven-store-bench-{}", std::process::id()));
     let mut sqlite = SqliteStore::open(&dir.join("bench.db")).expect("open sqlite");
-    bench_store(c, "sqlite", &mut sqlite, &batches);
+    bench_store(c, "sqlite", &mut sqlite, batches);
     bench_read(c, "sqlite", &mut sqlite);
+    drop(sqlite);
+    let mut sqlite = SqliteStore::open(&dir.join("window.db")).expect("open sqlite");
+    bench_window(c, "sqlite", &mut sqlite, &recorded);
     drop(sqlite);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -145,13 +201,19 @@ fn stores(c: &mut Criterion) {
     }
     let schema = format!("raven_bench_{}", std::process::id());
     let mut pg = PostgresStore::connect(PG, &schema).expect("connect postgres");
-    bench_store(c, "postgres", &mut pg, &batches);
+    bench_store(c, "postgres", &mut pg, batches);
     bench_read(c, "postgres", &mut pg);
+    drop(pg);
+    let window_schema = format!("{schema}_window");
+    let mut pg = PostgresStore::connect(PG, &window_schema).expect("connect postgres");
+    bench_window(c, "postgres", &mut pg, &recorded);
     drop(pg);
     let mut admin = postgres::Client::connect(PG, postgres::NoTls).expect("connect postgres");
     admin
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .expect("drop the bench schema");
+        .batch_execute(&format!(
+            "DROP SCHEMA {schema} CASCADE; DROP SCHEMA {window_schema} CASCADE"
+        ))
+        .expect("drop the bench schemas");
 }
 
 criterion_group!(benches, stores);

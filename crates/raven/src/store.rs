@@ -14,14 +14,13 @@
 //!   transaction, so a batch retried after an unacknowledged commit is skipped, never
 //!   duplicated.
 //! - `runs`: every run with stored events.
-//! - `marks`: the time index. One row per instrument per batch: the run, instrument,
-//!   publish time and position of the instrument's first event in the batch. The engine
+//! - `marks`: the time index: the run, instrument, publish time and position of some of
+//!   an instrument's events (its first in the run, then one at most every
+//!   [`MARK_EVERY`], each the first of its batch; see [`Marker`]). The engine
 //!   stamps publish times that never go backwards, and each shard's events reach the
 //!   recorder in order, so within a run an instrument's events are in publish-time
 //!   order; two seeks in `marks` then bound the positions a time range can hold (see
 //!   [`span`]), and a query reads that stretch of the primary key rather than the run.
-//!   A mark per instrument per batch (not per event) keeps the index a few rows per
-//!   5 ms batch, whatever the event rate.
 
 mod batch;
 pub mod postgres;
@@ -197,20 +196,60 @@ pub(crate) fn span<I: Copy>(
     Ok((start < end).then_some((start, end)))
 }
 
-/// Indexes of the rows that are the first of their instrument in a batch (the marks).
-pub(crate) fn firsts<I: Copy + Eq + std::hash::Hash>(ids: &[I]) -> Vec<usize> {
-    let mut seen = std::collections::HashSet::new();
-    let mut previous = None;
-    let mut out = Vec::new();
-    for (index, &id) in ids.iter().enumerate() {
-        // An instrument's events come in runs (a shard flushes one at a time): most rows
-        // are settled by comparing with the row before.
-        if previous != Some(id) && seen.insert(id) {
-            out.push(index);
+/// An instrument gets a new mark once its last is this old (ns). Any of an instrument's
+/// events may be a mark, so sparse marks bound a range as exactly as dense ones, only
+/// less tightly: a query reads up to this much of the run more on each side. One per
+/// 100 ms keeps the index to a few rows a second: a mark per batch put a page of each
+/// instrument's marks in every commit's WAL frames.
+pub(crate) const MARK_EVERY: u64 = 100_000_000;
+
+/// Which rows of a batch become marks: an instrument's first event in a run (always: a
+/// range's start is found from it), then its first event in a batch once its last mark
+/// is `MARK_EVERY` old. Remembers the marks written, per (run, instrument).
+#[derive(Debug, Default)]
+pub(crate) struct Marker<I> {
+    last: std::collections::HashMap<(u64, I), u64>,
+}
+
+impl<I: Copy + Eq + std::hash::Hash> Marker<I> {
+    /// The indexes of `rows` (with their instrument `ids`) to mark.
+    pub(crate) fn pick(&self, run: u64, rows: &[Row<'_>], ids: &[I]) -> Vec<usize> {
+        let mut seen = std::collections::HashSet::new();
+        let mut previous = None;
+        let mut out = Vec::new();
+        for (index, (&id, row)) in ids.iter().zip(rows).enumerate() {
+            // An instrument's events come in runs (a shard flushes one at a time): most
+            // rows are settled by comparing with the row before.
+            if previous == Some(id) {
+                continue;
+            }
+            previous = Some(id);
+            if !seen.insert(id) {
+                continue;
+            }
+            let due = self
+                .last
+                .get(&(run, id))
+                .is_none_or(|&last| row.publish_time >= last.saturating_add(MARK_EVERY));
+            if due {
+                out.push(index);
+            }
         }
-        previous = Some(id);
+        out
     }
-    out
+
+    /// Records the marks of a committed batch (a batch that failed wrote none).
+    pub(crate) fn written(&mut self, run: u64, rows: &[Row<'_>], ids: &[I], marks: &[usize]) {
+        for &index in marks {
+            self.last
+                .insert((run, ids[index]), rows[index].publish_time);
+        }
+    }
+
+    /// Forgets everything (a new connection): the next batches mark again.
+    pub(crate) fn clear(&mut self) {
+        self.last.clear();
+    }
 }
 
 /// `position` of row `index` of batch `number`.

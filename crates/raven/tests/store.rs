@@ -405,9 +405,11 @@ fn contract(store: &mut dyn Store) -> u64 {
 /// Time-range queries, each checked against a plain filter of everything written: three
 /// runs of 40 batches whose times overlap, three instruments interleaved out of time
 /// order across instruments (as two shards' output is) but in order within each (as the
-/// engine stamps them), equal stamps, and batches without some instruments.
-/// Returns the events it wrote.
+/// engine stamps them), equal stamps, batches without some instruments, and steps of
+/// 0–49 ms, so some batches carry marks (at most one per instrument per 100 ms) and
+/// some do not. Returns the events it wrote.
 fn time_index(store: &mut dyn Store) -> u64 {
+    const MS: u64 = 1_000_000;
     const NAMES: [&str; 3] = ["TIME:A", "TIME:B", "TIME:C"];
     // (run, position, instrument, publish time, sequence), in record order.
     let mut written: Vec<(u64, i64, usize, u64, u64)> = Vec::new();
@@ -419,13 +421,13 @@ fn time_index(store: &mut dyn Store) -> u64 {
         state % n
     };
     for run in [100u64, 200, 300] {
-        let mut clocks = [1_000 + run; 3];
+        let mut clocks = [MS + run * MS; 3];
         let mut sequences = [0u64; 3];
         for number in 0..40u64 {
             let mut batch = Batch::new(run, number);
             for _ in 0..next(12) {
                 let i = next(3) as usize;
-                clocks[i] += next(50);
+                clocks[i] += next(50) * MS;
                 sequences[i] += 1;
                 let time = UnixNanos(clocks[i]);
                 let event = Event {
@@ -448,15 +450,15 @@ fn time_index(store: &mut dyn Store) -> u64 {
             store.write(&batch).unwrap();
         }
     }
-    let end = written.iter().map(|w| w.3).max().unwrap() + 10;
+    let end = written.iter().map(|w| w.3).max().unwrap() + 10 * MS;
     for case in 0..300 {
         let picked: Vec<usize> = (0..3).filter(|_| next(2) == 1).collect();
         let picked = if picked.is_empty() { vec![0] } else { picked };
-        let from = 1_000 + next(end - 1_000);
+        let from = MS + next(end - MS);
         let to = if case % 10 == 0 {
             u64::MAX
         } else {
-            from + next(600)
+            from + next(600) * MS
         };
         let limit = if next(3) == 0 { 1 + next(30) } else { 0 };
         let after = (next(4) == 0).then(|| {

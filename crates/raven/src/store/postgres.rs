@@ -10,7 +10,7 @@ use postgres::{Client, NoTls};
 
 use postgres::fallible_iterator::FallibleIterator;
 
-use super::{Batch, Query, Seek, Store, StoreError, firsts, position, span, to_i64};
+use super::{Batch, Marker, Query, Seek, Store, StoreError, position, span, to_i64};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS instruments (
@@ -60,6 +60,7 @@ pub struct PostgresStore {
     schema: String,
     client: Client,
     instruments: HashMap<String, i32>,
+    marker: Marker<i32>,
 }
 
 impl PostgresStore {
@@ -83,6 +84,7 @@ impl PostgresStore {
             schema: schema.to_owned(),
             client,
             instruments: HashMap::new(),
+            marker: Marker::default(),
         })
     }
 
@@ -180,7 +182,7 @@ impl Store for PostgresStore {
             "INSERT INTO runs (run) VALUES ($1) ON CONFLICT DO NOTHING",
             &[&run],
         )?;
-        let marked = firsts(&ids);
+        let marked = self.marker.pick(batch.run, &rows, &ids);
         let times = marked
             .iter()
             .map(|&i| to_i64(rows[i].publish_time, "publish time"))
@@ -226,6 +228,7 @@ impl Store for PostgresStore {
         sink.write_all(&out)?;
         sink.finish()?;
         tx.commit()?;
+        self.marker.written(batch.run, &rows, &ids, &marked);
         Ok(())
     }
 
@@ -354,6 +357,7 @@ impl Store for PostgresStore {
     fn reconnect(&mut self) -> Result<(), StoreError> {
         self.client = connect(&self.url, &self.schema)?;
         self.instruments.clear();
+        self.marker.clear();
         Ok(())
     }
 }

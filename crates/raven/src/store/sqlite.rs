@@ -13,7 +13,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Batch, CHECKPOINT_CHANNEL, Query, Seek, Store, StoreError, firsts, position, span, to_i64,
+    Batch, CHECKPOINT_CHANNEL, Marker, Query, Seek, Store, StoreError, position, span, to_i64,
 };
 
 const SCHEMA: &str = "
@@ -58,6 +58,7 @@ pub struct SqliteStore {
     instruments: HashMap<String, i64>,
     /// Started by the first write: only the recorder's connection writes.
     checkpointer: Option<Checkpointer>,
+    marker: Marker<i64>,
 }
 
 /// Checkpoints the WAL in the background (`PASSIVE`: never blocks the writer or
@@ -117,6 +118,7 @@ impl SqliteStore {
             conn,
             instruments: HashMap::new(),
             checkpointer: None,
+            marker: Marker::default(),
         })
     }
 
@@ -224,12 +226,13 @@ impl Store for SqliteStore {
             params![run, number, batch.len() as i64],
         )?;
         tx.execute("INSERT OR IGNORE INTO runs (run) VALUES (?1)", [run])?;
+        let marks = self.marker.pick(batch.run, &rows, &ids);
         {
             let mut mark = tx.prepare_cached(
                 "INSERT INTO marks (run, instrument, publish_time, position) \
                  VALUES (?1, ?2, ?3, ?4)",
             )?;
-            for index in firsts(&ids) {
+            for &index in &marks {
                 mark.execute(params![
                     run,
                     ids[index],
@@ -257,6 +260,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit()?;
+        self.marker.written(batch.run, &rows, &ids, &marks);
         Ok(())
     }
 
@@ -384,6 +388,7 @@ impl Store for SqliteStore {
         self.checkpointer = None;
         self.conn = connect(&self.path)?;
         self.instruments.clear();
+        self.marker.clear();
         Ok(())
     }
 }
