@@ -9,9 +9,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prost::Message;
+use raven::app::RunningServer;
+use raven::recorder::RecorderStats;
 use raven::store::postgres::PostgresStore;
 use raven::store::sqlite::SqliteStore;
 use raven::store::{self, Batch, Query, Store};
@@ -678,23 +682,42 @@ async fn the_recorder_stores_every_event_once_in_order_as_subscribers_received_i
     server.shutdown().await.unwrap();
 
     let rows = sqlite_rows(&db);
-    let per_run = assert_contiguous(&rows);
-    assert_eq!(per_run.len(), 1);
-    let stored = stats.stored.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(rows.len() as u64, stored);
-    // Everything the engine published was stored.
-    assert_eq!(
-        stats.received.load(std::sync::atomic::Ordering::Relaxed),
-        stored
-    );
-    assert!(stored > 20_000, "{stored} events stored");
-    assert_eq!(stats.spilled.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_stored_once(&stats, &rows, &live);
+    assert!(rows.len() > 20_000, "{} events stored", rows.len());
+    assert_eq!(stats.spilled.load(Ordering::Relaxed), 0);
     // Book, BBO, trades and candles were all recorded.
     let channels: std::collections::BTreeSet<i16> = rows.iter().map(|r| r.2).collect();
     assert_eq!(channels.into_iter().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-    assert_live_trades_stored(&live, &rows);
     let store = SqliteStore::open(&db).unwrap();
     assert_eq!(store.integrity_check().unwrap(), "ok");
+}
+
+/// Waits for the recorder to have reconnected and backfilled (it retries every second),
+/// stops the server, and checks the store failed, something spilled, and all of it was
+/// backfilled.
+async fn backfilled_then_stopped(server: RunningServer) -> Arc<RecorderStats> {
+    let stats = server.recorder_stats().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !stats.store_up.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await.unwrap();
+    assert!(stats.failures.load(Ordering::Relaxed) >= 1);
+    let spilled = stats.spilled.load(Ordering::Relaxed);
+    assert!(spilled > 0, "nothing was spilled");
+    assert_eq!(stats.backfilled.load(Ordering::Relaxed), spilled);
+    stats
+}
+
+/// One run, every event the engine published stored exactly once, the live trades
+/// among them byte for byte.
+fn assert_stored_once(stats: &RecorderStats, rows: &[StoredRow], live: &[pb::Event]) {
+    let per_run = assert_contiguous(rows);
+    assert_eq!(per_run.len(), 1);
+    let stored = stats.stored.load(Ordering::Relaxed);
+    assert_eq!(rows.len() as u64, stored);
+    assert_eq!(stats.received.load(Ordering::Relaxed), stored);
+    assert_live_trades_stored(live, rows);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -734,21 +757,8 @@ async fn a_postgres_outage_mid_run_spills_then_backfills_everything_exactly_once
     });
     let killed = killer.await.unwrap();
     let live = watcher.await.unwrap();
-    // Let the recorder reconnect and backfill (it retries every second).
-    let stats = server.recorder_stats().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !stats.store_up.load(std::sync::atomic::Ordering::Relaxed)
-        && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server.shutdown().await.unwrap();
-
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let stats = backfilled_then_stopped(server).await;
     assert!(killed >= 1, "no recorder connection was found to terminate");
-    assert!(load(&stats.failures) >= 1);
-    assert!(load(&stats.spilled) > 0, "nothing was spilled");
-    assert_eq!(load(&stats.backfilled), load(&stats.spilled));
     // The blocking PostgreSQL client runs its own runtime: off this one.
     let rows = tokio::task::spawn_blocking(move || {
         let rows = postgres_rows(&schema);
@@ -757,11 +767,7 @@ async fn a_postgres_outage_mid_run_spills_then_backfills_everything_exactly_once
     })
     .await
     .unwrap();
-    let per_run = assert_contiguous(&rows);
-    assert_eq!(per_run.len(), 1);
-    assert_eq!(rows.len() as u64, load(&stats.stored));
-    assert_eq!(load(&stats.received), load(&stats.stored));
-    assert_live_trades_stored(&live, &rows);
+    assert_stored_once(&stats, &rows, &live);
 }
 
 fn now_ns() -> u64 {
@@ -800,19 +806,7 @@ async fn a_sqlite_file_locked_by_another_writer_spills_then_backfills_everything
     });
     let (locked_from, locked_to) = locker.await.unwrap();
     let live = watcher.await.unwrap();
-    let stats = server.recorder_stats().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !stats.store_up.load(std::sync::atomic::Ordering::Relaxed)
-        && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server.shutdown().await.unwrap();
-
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(load(&stats.failures) >= 1);
-    assert!(load(&stats.spilled) > 0, "nothing was spilled");
-    assert_eq!(load(&stats.backfilled), load(&stats.spilled));
+    let stats = backfilled_then_stopped(server).await;
     // Live streaming went on while the store was locked.
     let during = live
         .iter()
@@ -823,11 +817,7 @@ async fn a_sqlite_file_locked_by_another_writer_spills_then_backfills_everything
         "{during} live trades while the store was locked"
     );
     let rows = sqlite_rows(&db);
-    let per_run = assert_contiguous(&rows);
-    assert_eq!(per_run.len(), 1);
-    assert_eq!(rows.len() as u64, load(&stats.stored));
-    assert_eq!(load(&stats.received), load(&stats.stored));
-    assert_live_trades_stored(&live, &rows);
+    assert_stored_once(&stats, &rows, &live);
     assert_eq!(
         SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
         "ok"
