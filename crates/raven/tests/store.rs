@@ -515,6 +515,86 @@ fn sqlite_store_keeps_the_contract() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Regression: with checkpoints only from a background thread, the WAL was never started
+/// over while the writer committed every few ms (255 MB after 10 s of the default
+/// server). Small batches are written back to back while a slow reader keeps querying;
+/// the WAL file must never pass its bound, and every row must read back.
+#[test]
+fn the_sqlite_wal_stays_under_its_bound_while_writing_with_a_slow_reader() {
+    use raven::store::sqlite::WAL_LIMIT;
+    const NAMES: [&str; 8] = ["W:A", "W:B", "W:C", "W:D", "W:E", "W:F", "W:G", "W:H"];
+    const BATCHES: u64 = 1200;
+    const ROWS: u64 = 100;
+    let dir = common::scratch_dir("sqlite-wal");
+    let path = dir.join("raven.db");
+    let wal = dir.join("raven.db-wal");
+    let mut store = SqliteStore::open(&path).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            let mut store = SqliteStore::open(&path).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                // A client that reads slowly: a pause every 1,000 rows.
+                let mut seen = 0u64;
+                store
+                    .query(&Query::all(&NAMES, &[]), &mut |_, _| {
+                        seen += 1;
+                        if seen.is_multiple_of(1000) {
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        !stop.load(Ordering::Relaxed)
+                    })
+                    .unwrap();
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let mut largest = 0;
+    for number in 0..BATCHES {
+        let mut batch = Batch::new(1, number);
+        for i in 0..ROWS {
+            let n = number * ROWS + i;
+            let event = Event {
+                instrument: InstrumentId(0),
+                sequence: Sequence(n / 8 + 1),
+                exchange_time: UnixNanos(n),
+                receive_time: UnixNanos(n),
+                publish_time: UnixNanos(1_000_000 + n * 1000),
+                body: EventBody::Trade(Trade {
+                    price: p("65000.25"),
+                    qty: q("0.5"),
+                    aggressor: Aggressor::Buy,
+                    trade_id: format!("t{n}"),
+                }),
+            };
+            batch.push(NAMES[(n % 8) as usize], &event);
+        }
+        store.write(&batch).unwrap();
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0, "the reader ran");
+    assert!(
+        largest <= WAL_LIMIT,
+        "the WAL reached {largest} bytes; its bound is {WAL_LIMIT}"
+    );
+    assert_eq!(store.count().unwrap(), BATCHES * ROWS);
+    let mut got = 0u64;
+    store
+        .query(&Query::all(&NAMES, &[]), &mut |_, _| {
+            got += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(got, BATCHES * ROWS);
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn postgres_store_keeps_the_contract() {
     if !postgres_available() {

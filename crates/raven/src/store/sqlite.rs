@@ -1,20 +1,62 @@
 //! The SQLite store: one file in WAL mode, written by one connection. A batch is one
 //! transaction of prepared inserts; `synchronous = NORMAL` (safe in WAL: a crash loses at
-//! most the last commits, never consistency). Checkpoints (copying the WAL back into the
-//! file) run on a thread of their own for the writer, so a commit never waits for one.
+//! most the last commits, never consistency).
+//!
+//! The WAL is bounded ([`WAL_LIMIT`]). SQLite only starts the WAL over when a write
+//! begins with every frame already copied back into the database (checkpointed) and no
+//! reader still reading from it; a checkpoint run from another thread while the writer
+//! commits every few milliseconds never gets there, and the WAL grew without end
+//! (255 MB in 10 s at the default 2,000 events/s). So the writer checkpoints itself,
+//! between its own commits, once [`CHECKPOINT_AT`] of frames have piled up: nothing can
+//! be written meanwhile, the checkpoint copies every frame, and the next commit starts
+//! the WAL over. A background thread still checkpoints passively every 250 ms, so most
+//! frames are already copied (on the other core) when the writer's turn comes. Readers
+//! can hold frames back; they read in chunks of [`QUERY_CHUNK`] rows, each in a short
+//! read transaction of its own, so a slow history client never pins the WAL, and past
+//! [`RESTART_AT`] the writer waits for readers (a `RESTART` checkpoint) rather than let
+//! it grow. `journal_size_limit` gives the file back when it did grow past the bound.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     Batch, CHECKPOINT_CHANNEL, Marker, Query, Seek, Store, StoreError, position, span, to_i64,
 };
+
+/// The most the WAL file holds with default settings while the recorder keeps up: the
+/// documented bound (README, RELIABILITY.md).
+pub const WAL_LIMIT: u64 = 64 << 20;
+
+/// The writer checkpoints once the WAL holds this many bytes of frames.
+pub const CHECKPOINT_AT: u64 = 16 << 20;
+
+/// Past this, the writer's checkpoint waits (up to the lock wait) for readers to move
+/// off the WAL, so that it can start over.
+pub const RESTART_AT: u64 = 40 << 20;
+
+/// Rows a query reads per read transaction. A reader holds the WAL frames it started on
+/// until its transaction ends, so a query that stays open while its client reads slowly
+/// would hold the WAL at any size: reading in chunks ends each transaction in
+/// milliseconds.
+pub const QUERY_CHUNK: usize = 4096;
+
+thread_local! {
+    /// Frames in the WAL after the last commit on this thread, from SQLite's WAL hook
+    /// (a plain function pointer, so the count comes back through here).
+    static WAL_FRAMES: Cell<i32> = const { Cell::new(0) };
+}
+
+fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::os::raw::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(frames);
+    Ok(())
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS instruments (
@@ -59,6 +101,11 @@ pub struct SqliteStore {
     /// Started by the first write: only the recorder's connection writes.
     checkpointer: Option<Checkpointer>,
     marker: Marker<i64>,
+    /// Bytes a WAL frame takes: the page size and a 24-byte frame header.
+    frame_bytes: u64,
+    /// When the writer last said that readers hold the WAL back (said at most once a
+    /// minute).
+    pinned_warning: Option<Instant>,
 }
 
 /// Checkpoints the WAL in the background (`PASSIVE`: never blocks the writer or
@@ -113,13 +160,58 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)?;
         }
         let conn = connect(path)?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         Ok(SqliteStore {
             path: path.to_owned(),
             conn,
             instruments: HashMap::new(),
             checkpointer: None,
             marker: Marker::default(),
+            frame_bytes: page_size as u64 + 24,
+            pinned_warning: None,
         })
+    }
+
+    /// Keeps the WAL under [`WAL_LIMIT`] (see the module doc); runs after each commit.
+    /// A checkpoint that fails leaves the batch committed: it is retried after the next
+    /// commit, and a store that cannot write fails that batch instead.
+    fn bound_wal(&mut self) {
+        let wal = WAL_FRAMES.get().max(0) as u64 * self.frame_bytes;
+        if wal < CHECKPOINT_AT {
+            return;
+        }
+        let mode = if wal >= RESTART_AT {
+            "RESTART"
+        } else {
+            "PASSIVE"
+        };
+        let done = self
+            .conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            });
+        match done {
+            // Every frame copied: the next commit starts the WAL over.
+            Ok((log, copied)) if copied >= log => {}
+            Ok((log, copied)) => {
+                if wal >= RESTART_AT
+                    && self
+                        .pinned_warning
+                        .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                {
+                    self.pinned_warning = Some(Instant::now());
+                    tracing::warn!(
+                        wal_mb = wal >> 20,
+                        frames = log,
+                        copied,
+                        "readers hold the SQLite WAL: it cannot start over until they finish"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed; retrying after the next commit")
+            }
+        }
     }
 
     /// `PRAGMA integrity_check`'s verdict: "ok" for a sound file.
@@ -147,6 +239,41 @@ impl SqliteStore {
     }
 }
 
+/// Rows read in one read transaction: their bytes end to end, and where each ends.
+#[derive(Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    last_position: Option<i64>,
+}
+
+impl Chunk {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        self.last_position = None;
+    }
+
+    fn push(&mut self, position: i64, row: &[u8]) {
+        self.bytes.extend_from_slice(row);
+        self.ends.push(self.bytes.len());
+        self.last_position = Some(position);
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn rows(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let row = &self.bytes[start..end];
+            start = end;
+            row
+        })
+    }
+}
+
 /// The layout `SCHEMA` creates, kept in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 2;
 
@@ -161,6 +288,9 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     // No checkpoint inside a commit (SQLite's default, every 1000 pages, stalled the
     // recorder for up to 0.56 s at 100k events/s): the writer's `Checkpointer` does it.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // A WAL that grew past the bound (readers held it) is cut back to it when it starts
+    // over, rather than keep its largest size for good.
+    conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)?;
     // 64 MiB of page cache: batches touch the tail of the table and its index.
     conn.pragma_update(None, "cache_size", -65536)?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -195,6 +325,7 @@ impl Store for SqliteStore {
             // recorder waits this long for it, then spills, rather than stall the engine
             // behind a `sqlite3` shell's open transaction.
             self.conn.busy_timeout(WRITE_LOCK_WAIT)?;
+            self.conn.wal_hook(Some(note_wal_frames));
         }
         // Instruments first, outside the batch's transaction: an id that outlives a
         // failed batch is harmless.
@@ -261,6 +392,7 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         self.marker.written(batch.run, &rows, &ids, &marks);
+        self.bound_wal();
         Ok(())
     }
 
@@ -286,7 +418,7 @@ impl Store for SqliteStore {
         // lengths vary, which placeholders cannot.
         let list = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(",");
         let mut sql = format!(
-            "SELECT event FROM events WHERE run = ?1 AND position >= ?2 AND position < ?3 \
+            "SELECT position, event FROM events WHERE run = ?1 AND position >= ?2 AND position < ?3 \
              AND instrument IN ({})",
             list(&mut ids.iter().map(i64::to_string))
         );
@@ -309,12 +441,11 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT run FROM runs WHERE run >= ?1 ORDER BY run")?
             .query_map([first_run], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        // Rows still wanted; -1 is SQLite's "no limit".
-        let mut left = if query.limit == 0 {
-            -1
-        } else {
-            i64::try_from(query.limit).unwrap_or(i64::MAX)
-        };
+        // Rows still wanted; None is no limit.
+        let mut left = (query.limit > 0).then_some(query.limit);
+        // One chunk's rows, copied out so its read transaction can end before `each`
+        // sees them.
+        let mut chunk = Chunk::default();
         for run in runs {
             let mut seek_last = self.conn.prepare_cached(
                 "SELECT position FROM marks WHERE run = ?1 AND instrument = ?2 \
@@ -333,18 +464,37 @@ impl Store for SqliteStore {
                     .query_row(params![run, id, time], |r| r.get(0))
                     .optional()?)
             })?;
-            let Some((start, end)) = bounds else { continue };
-            let mut statement = self.conn.prepare_cached(&sql)?;
-            let mut rows = statement.query(params![run, start, end, from, to, left])?;
-            while let Some(row) = rows.next()? {
-                let bytes = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
-                if !each(run as u64, bytes) {
-                    return Ok(());
+            let Some((mut start, end)) = bounds else {
+                continue;
+            };
+            loop {
+                let want = left.map_or(QUERY_CHUNK, |l| l.min(QUERY_CHUNK as u64) as usize);
+                chunk.clear();
+                {
+                    let mut statement = self.conn.prepare_cached(&sql)?;
+                    let mut rows =
+                        statement.query(params![run, start, end, from, to, want as i64])?;
+                    while let Some(row) = rows.next()? {
+                        let bytes = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+                        chunk.push(row.get(0)?, bytes);
+                    }
+                    // Dropping the rows resets the statement: the read transaction ends.
                 }
-                left -= 1;
-            }
-            if left == 0 {
-                break;
+                for bytes in chunk.rows() {
+                    if !each(run as u64, bytes) {
+                        return Ok(());
+                    }
+                }
+                if let Some(l) = left.as_mut() {
+                    *l -= chunk.len() as u64;
+                    if *l == 0 {
+                        return Ok(());
+                    }
+                }
+                match chunk.last_position {
+                    Some(last) if chunk.len() == want => start = last + 1,
+                    _ => break,
+                }
             }
         }
         Ok(())
