@@ -66,6 +66,10 @@ pub struct RunningServer {
 /// Engine output batches the recorder's tap holds before the engine waits for it.
 const TAP_BATCHES: usize = 4096;
 
+/// How long the recorder may take at shutdown to store what waits; the rest waits in
+/// the spill file for the next start.
+const RECORDER_FINISH: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Accept-queue length for the gRPC listener. Tokio's default (1024) overflows when a
 /// thousand clients connect at once (seen in the 1,000-client test as connection resets);
 /// the kernel caps this at `net.core.somaxconn`.
@@ -105,8 +109,20 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
             // Opening may connect to PostgreSQL with a blocking client: off the runtime.
             let recorder = tokio::task::spawn_blocking(move || {
                 let db = crate::store::open(&store.url, &store.schema)?;
-                let spill = Spill::open(&store.spill)?;
-                tracing::info!(store = %db.describe(), spill = %store.spill.display(), "recording");
+                let spill = Spill::open(&store.spill, store.spill_reserve)?;
+                tracing::info!(
+                    store = %db.describe(),
+                    spill = %store.spill.display(),
+                    spill_reserved_mb = store.spill_reserve >> 20,
+                    queue_mb = store.recorder.queue_bytes >> 20,
+                    "recording"
+                );
+                if crate::store::shares_filesystem(&store.url, &store.spill) {
+                    tracing::warn!(
+                        spill = %store.spill.display(),
+                        "the spill file is on the database's filesystem: when that disk fills, the store fails and only the spill file's reservation and the memory queue hold new events; set store.spill to another disk"
+                    );
+                }
                 Recorder::start(store.recorder, db, spill, registry, tapped, run)
                     .map_err(StoreError::from)
             })
@@ -237,7 +253,7 @@ impl RunningServer {
             .await
             .map_err(std::io::Error::other)?;
         if let Some(recorder) = self.recorder {
-            tokio::task::spawn_blocking(move || recorder.join())
+            tokio::task::spawn_blocking(move || recorder.finish(RECORDER_FINISH))
                 .await
                 .map_err(std::io::Error::other)?;
         }

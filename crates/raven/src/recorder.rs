@@ -1,14 +1,25 @@
 //! The recorder: a lossless consumer of every event the engine publishes (an engine tap:
-//! the engine waits for it rather than drop, and it is never conflated). It batches by
-//! time window (default 5 ms from a batch's first event) or row count, whichever comes
-//! first, and writes each batch in one transaction.
+//! the engine waits for it rather than drop, and it is never conflated). Two threads:
 //!
-//! When the store fails, live streaming goes on: batches are appended to the spill file
-//! instead, in order, and the store is retried every `retry_every`; once it answers, the
-//! spill file is backfilled into it in order before any newer batch, then emptied. A
-//! batch whose commit was not acknowledged is retried, and the store skips it if it had
-//! landed (see `store::Store::write`), so nothing is stored twice. A spill file left by
-//! a crash is backfilled at the next start.
+//! - the **intake** takes the tap's events and batches them by time window (default
+//!   5 ms from a batch's first event) or row count, whichever comes first, into the
+//!   [`queue`]. It never waits on the store, so neither does the engine: a store that
+//!   is down, slow, or being backfilled never pauses live streams.
+//! - the **writer** writes the queue's batches to the store, oldest first, each in one
+//!   transaction. When the store fails it keeps the batch and tries again every
+//!   `retry_every`; meanwhile batches wait in memory (up to `queue_bytes`), then in the
+//!   spill file (its reservation), and are backfilled when the store answers, beside
+//!   live recording. Only when all of that is full are events dropped, and then the loss
+//!   is recorded as gap events ([`ledger`]) that history queries return.
+//!
+//! A batch retried after an unacknowledged commit is skipped by the store if it had
+//! landed (`store::Store::write`), so nothing is stored twice. A spill file left by a
+//! crash is backfilled at the next start. At shutdown the writer gets a time budget;
+//! what it has not stored by then goes to the spill file for the next start, even if
+//! it is stuck in a store call (a frozen database), so shutdown always ends.
+
+mod ledger;
+mod queue;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +31,8 @@ use raven_model::{Event, InstrumentRegistry};
 
 use crate::clock::{Clock, SystemClock};
 use crate::store::spill::Spill;
-use crate::store::{Batch, MAX_BATCH_ROWS, Store, StoreError};
+use crate::store::{Batch, MAX_BATCH_ROWS, Store};
+use queue::{Next, Queue};
 
 /// Recorder settings.
 #[derive(Debug, Clone)]
@@ -31,6 +43,8 @@ pub struct RecorderConfig {
     pub max_rows: usize,
     /// How often a failed store is tried again.
     pub retry_every: Duration,
+    /// Bytes of batches waiting in memory before they go to the spill file.
+    pub queue_bytes: u64,
 }
 
 impl Default for RecorderConfig {
@@ -39,6 +53,7 @@ impl Default for RecorderConfig {
             window: Duration::from_millis(5),
             max_rows: 50_000,
             retry_every: Duration::from_secs(1),
+            queue_bytes: 64 << 20,
         }
     }
 }
@@ -48,34 +63,51 @@ impl Default for RecorderConfig {
 pub struct RecorderStats {
     /// Events taken from the engine's tap: everything the engine published.
     pub received: AtomicU64,
-    /// Events handed to the store (or found already there on a retry).
+    /// Events in the store (written, or found already there on a retry).
     pub stored: AtomicU64,
     /// Events appended to the spill file.
     pub spilled: AtomicU64,
-    /// Events taken from the spill file into the store.
+    /// Events written to the store from the spill file.
     pub backfilled: AtomicU64,
-    /// Batches written to the store.
+    /// Events dropped because the store, the memory queue and the spill file were all
+    /// unavailable or full. Each is covered by a gap row.
+    pub lost: AtomicU64,
+    /// Gap rows stored: one per (instrument, channel) per stretch of loss.
+    pub gaps: AtomicU64,
+    /// Batches written to the store (gap batches included).
     pub batches: AtomicU64,
     /// Store failures seen.
     pub failures: AtomicU64,
-    /// False while the store is failing (batches go to the spill file).
+    /// False while the store is failing (batches wait in the queue).
     pub store_up: AtomicBool,
-    /// Longest time from a batch's first event being published to its commit, ns.
+    /// Bytes of batches waiting in memory.
+    pub memory_bytes: AtomicU64,
+    /// Bytes of batches waiting in the spill file.
+    pub spill_bytes: AtomicU64,
+    /// Bytes of damaged spill records skipped (their events are lost, unrecorded).
+    pub damaged_bytes: AtomicU64,
+    /// Longest time from a batch's first event being published to its commit, ns (a
+    /// backfilled batch's lag includes the outage it waited out).
     pub max_lag_ns: AtomicU64,
-    /// The same summed over every batch written directly, ns (mean: divide by `batches`).
+    /// The same summed over those batches, ns (mean: divide by `lag_batches`).
     pub total_lag_ns: AtomicU64,
+    /// Batches in `total_lag_ns`.
+    pub lag_batches: AtomicU64,
 }
 
-/// A running recorder thread.
+/// A running recorder.
 pub struct Recorder {
-    thread: JoinHandle<()>,
+    intake: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    written: Receiver<()>,
+    queue: Arc<Queue>,
     stats: Arc<RecorderStats>,
     run: u64,
 }
 
 impl Recorder {
-    /// Starts recording what arrives on `input` (an engine tap) into `store`, spilling to
-    /// `spill` when it fails. `run` identifies this server run in the store.
+    /// Starts recording what arrives on `input` (an engine tap) into `store`, with
+    /// `spill` for when it fails. `run` identifies this server run in the store.
     pub fn start(
         config: RecorderConfig,
         store: Box<dyn Store>,
@@ -86,27 +118,38 @@ impl Recorder {
     ) -> std::io::Result<Recorder> {
         let stats = Arc::new(RecorderStats::default());
         stats.store_up.store(true, Ordering::Relaxed);
-        let mut sink = Sink {
-            store,
-            spill,
-            spilling: false,
-            retry_at: Instant::now(),
-            retry_every: config.retry_every,
-            stats: stats.clone(),
-            confirmed: 0,
-        };
-        if sink.spill.batches() > 0 {
+        if !spill.is_empty() {
             tracing::warn!(
-                batches = sink.spill.batches(),
-                path = %sink.spill.path().display(),
+                batches = spill.batches(),
+                path = %spill.path().display(),
                 "the spill file holds batches from an earlier run; backfilling"
             );
-            sink.spilling = true;
         }
-        let thread = std::thread::Builder::new()
-            .name("raven-recorder".into())
-            .spawn(move || record(config, sink, &registry, &input, run))?;
-        Ok(Recorder { thread, stats, run })
+        let queue = Arc::new(Queue::new(spill, config.queue_bytes, stats.clone()));
+        let (done, written) = crossbeam_channel::bounded(1);
+        let writer = {
+            let (queue, stats, retry_every) = (queue.clone(), stats.clone(), config.retry_every);
+            std::thread::Builder::new()
+                .name("raven-writer".into())
+                .spawn(move || {
+                    write(store, &queue, &stats, retry_every);
+                    let _ = done.send(());
+                })?
+        };
+        let intake = {
+            let (queue, stats) = (queue.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("raven-recorder".into())
+                .spawn(move || intake(&config, &queue, &stats, &registry, &input, run))?
+        };
+        Ok(Recorder {
+            intake,
+            writer,
+            written,
+            queue,
+            stats,
+            run,
+        })
     }
 
     /// This server run's id in the store.
@@ -119,18 +162,67 @@ impl Recorder {
         self.stats.clone()
     }
 
-    /// Waits until the recorder has written its last batch: it ends once every sender of
-    /// its input (the engine's shards) is gone.
-    pub fn join(self) {
-        if self.thread.join().is_err() {
-            tracing::error!("the recorder thread panicked");
+    /// Waits for the last batch: the intake ends once every sender of its input (the
+    /// engine's shards) is gone, then the writer stores what waits, for at most
+    /// `budget`. What it has not stored by then goes to the spill file, to be backfilled
+    /// at the next start, and this returns even if the writer is stuck in the store.
+    pub fn finish(self, budget: Duration) {
+        if self.intake.join().is_err() {
+            tracing::error!("the recorder's intake thread panicked");
+            self.queue.close();
+        }
+        match self.written.recv_timeout(budget) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                if self.writer.join().is_err() {
+                    tracing::error!("the recorder's writer thread panicked");
+                    self.queue.spill_everything(true);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let lost = self.queue.spill_everything(true);
+                tracing::error!(
+                    budget_ms = budget.as_millis() as u64,
+                    lost,
+                    spilled_batches = self.queue.spilled_batches(),
+                    "the store did not take the last batches in time; they wait in the spill file for the next start"
+                );
+            }
+        }
+        log_totals(&self.stats);
+        let spilled = self.queue.spilled_batches();
+        if spilled > 0 {
+            tracing::warn!(
+                batches = spilled,
+                "batches wait in the spill file; they are backfilled at the next start"
+            );
         }
     }
 }
 
-fn record(
-    config: RecorderConfig,
-    mut sink: Sink,
+/// The recorder's totals, in one line that scripts read.
+fn log_totals(stats: &RecorderStats) {
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    tracing::info!(
+        received = load(&stats.received),
+        stored = load(&stats.stored),
+        batches = load(&stats.batches),
+        spilled = load(&stats.spilled),
+        backfilled = load(&stats.backfilled),
+        lost = load(&stats.lost),
+        gaps = load(&stats.gaps),
+        damaged_bytes = load(&stats.damaged_bytes),
+        max_lag_ms = load(&stats.max_lag_ns) as f64 / 1e6,
+        mean_lag_ms =
+            load(&stats.total_lag_ns) as f64 / 1e6 / load(&stats.lag_batches).max(1) as f64,
+        "recorder stopped"
+    );
+}
+
+/// The intake thread: engine events into batches into the queue.
+fn intake(
+    config: &RecorderConfig,
+    queue: &Queue,
+    stats: &RecorderStats,
     registry: &InstrumentRegistry,
     input: &Receiver<Arc<[Event]>>,
     run: u64,
@@ -140,22 +232,13 @@ fn record(
     let mut batch = Batch::new(run, number);
     let mut due: Option<Instant> = None;
     loop {
-        if sink.spilling && Instant::now() >= sink.retry_at {
-            sink.recover();
-        }
-        let wake = match (due, sink.spilling) {
-            (Some(d), true) => Some(d.min(sink.retry_at)),
-            (Some(d), false) => Some(d),
-            (None, true) => Some(sink.retry_at),
-            (None, false) => None,
-        };
-        let received = match wake {
+        let received = match due {
             Some(at) => input.recv_deadline(at),
             None => input.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match received {
             Ok(events) => {
-                sink.stats
+                stats
                     .received
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
                 for event in events.iter() {
@@ -164,7 +247,7 @@ fn record(
                     batch.push(name, event);
                     if batch.len() >= max_rows {
                         number += 1;
-                        sink.write(std::mem::replace(&mut batch, Batch::new(run, number)));
+                        queue.push(std::mem::replace(&mut batch, Batch::new(run, number)));
                         due = None;
                     }
                 }
@@ -177,132 +260,86 @@ fn record(
         }
         if due.is_some_and(|d| Instant::now() >= d) {
             number += 1;
-            sink.write(std::mem::replace(&mut batch, Batch::new(run, number)));
+            queue.push(std::mem::replace(&mut batch, Batch::new(run, number)));
             due = None;
         }
     }
-    // The engine has stopped: write what is left, and try once more to empty the spill.
+    // The engine has stopped: queue what is left.
     if !batch.is_empty() {
-        sink.write(batch);
+        queue.push(batch);
     }
-    if sink.spilling {
-        sink.recover();
-    }
-    let stats = &sink.stats;
-    tracing::info!(
-        received = stats.received.load(Ordering::Relaxed),
-        stored = stats.stored.load(Ordering::Relaxed),
-        batches = stats.batches.load(Ordering::Relaxed),
-        spilled = stats.spilled.load(Ordering::Relaxed),
-        backfilled = stats.backfilled.load(Ordering::Relaxed),
-        max_lag_ms = stats.max_lag_ns.load(Ordering::Relaxed) as f64 / 1e6,
-        mean_lag_ms = stats.total_lag_ns.load(Ordering::Relaxed) as f64
-            / 1e6
-            / stats.batches.load(Ordering::Relaxed).max(1) as f64,
-        "recorder stopped"
-    );
-    if sink.spilling {
-        tracing::error!(
-            batches = sink.spill.batches(),
-            path = %sink.spill.path().display(),
-            "the store is still failing at shutdown; events stay in the spill file and are backfilled at the next start"
-        );
-    }
+    queue.close();
 }
 
-/// The store, and the spill file for when it fails.
-struct Sink {
-    store: Box<dyn Store>,
-    spill: Spill,
-    spilling: bool,
-    retry_at: Instant,
-    retry_every: Duration,
-    stats: Arc<RecorderStats>,
-    /// Batches at the start of the spill file already in the store (a backfill that
-    /// failed part way), so a retry neither rewrites nor recounts them.
-    confirmed: u64,
-}
-
-impl Sink {
-    fn write(&mut self, batch: Batch) {
-        if !self.spilling {
-            match self.store.write(&batch) {
-                Ok(()) => {
-                    let first = batch.rows().next().and_then(Result::ok);
-                    if let Some(row) = first {
-                        let lag = SystemClock.now().0.saturating_sub(row.publish_time);
-                        self.stats.max_lag_ns.fetch_max(lag, Ordering::Relaxed);
-                        self.stats.total_lag_ns.fetch_add(lag, Ordering::Relaxed);
-                    }
-                    self.stats
-                        .stored
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+/// The writer thread: the queue into the store, retrying while it fails.
+fn write(mut store: Box<dyn Store>, queue: &Queue, stats: &RecorderStats, retry_every: Duration) {
+    let mut up = true;
+    loop {
+        let batch = match queue.next() {
+            Next::Batch(batch) => batch,
+            Next::Drained | Next::Abandoned => return,
+            Next::Unreadable(e) => {
+                tracing::error!(error = %e, "cannot read the spill file; retrying");
+                if queue.closed_by(Instant::now() + retry_every) {
+                    queue.spill_everything(false);
                     return;
                 }
-                Err(e) => self.failed(&e),
+                continue;
             }
-        }
-        // Spilling keeps order: nothing newer reaches the store before the spill does.
-        match self.spill.append(&batch) {
+        };
+        let result = if up {
+            store.write(&batch)
+        } else {
+            store.reconnect().and_then(|()| store.write(&batch))
+        };
+        match result {
             Ok(()) => {
-                self.stats
-                    .spilled
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                // Neither the store nor the disk takes it: nothing else can be done with
-                // the batch, and saying so loudly is all that is left.
-                tracing::error!(error = %e, rows = batch.len(), "cannot spill a batch; it is lost");
-            }
-        }
-    }
-
-    fn failed(&mut self, error: &StoreError) {
-        if !self.spilling {
-            tracing::warn!(store = %self.store.describe(), %error, "store failed; spilling to {}", self.spill.path().display());
-        }
-        self.stats.failures.fetch_add(1, Ordering::Relaxed);
-        self.stats.store_up.store(false, Ordering::Relaxed);
-        self.spilling = true;
-        self.retry_at = Instant::now() + self.retry_every;
-    }
-
-    /// Reconnects and backfills the spill file; on success, direct writes resume.
-    fn recover(&mut self) {
-        let result = self.store.reconnect().and_then(|()| {
-            let (store, stats, confirmed) = (&mut self.store, &self.stats, &mut self.confirmed);
-            let mut index = 0;
-            self.spill.replay(|batch| {
-                index += 1;
-                if index <= *confirmed {
-                    // Stored by an earlier, interrupted backfill.
-                    return Ok(());
+                if !up {
+                    up = true;
+                    stats.store_up.store(true, Ordering::Relaxed);
+                    tracing::info!(store = %store.describe(), "store back; backfilling what waited");
                 }
-                store.write(&batch)?;
-                *confirmed += 1;
-                stats
-                    .backfilled
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                stats
-                    .stored
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            })
-        });
-        match result.and_then(|()| self.spill.clear()) {
-            Ok(()) => {
-                tracing::info!(store = %self.store.describe(), "store back; spill file backfilled");
-                self.confirmed = 0;
-                self.spilling = false;
-                self.stats.store_up.store(true, Ordering::Relaxed);
+                note_lag(stats, &batch);
+                if !queue.written() {
+                    return;
+                }
             }
-            Err(e) => {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                self.retry_at = Instant::now() + self.retry_every;
-                tracing::debug!(error = %e, "store still failing");
+            Err(error) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                if up {
+                    up = false;
+                    stats.store_up.store(false, Ordering::Relaxed);
+                    tracing::warn!(store = %store.describe(), %error, "store failed; batches wait in memory, then in the spill file");
+                } else {
+                    tracing::debug!(%error, "store still failing");
+                }
+                // While the store is down, shutdown is the one reason not to wait.
+                if queue.closed_by(Instant::now() + retry_every) {
+                    // One last try, then everything waits in the spill file.
+                    let last = store.reconnect().and_then(|()| store.write(&batch));
+                    if last.is_ok() {
+                        up = true;
+                        stats.store_up.store(true, Ordering::Relaxed);
+                        if !queue.written() {
+                            return;
+                        }
+                        continue;
+                    }
+                    queue.spill_everything(false);
+                    return;
+                }
             }
         }
     }
+}
+
+/// Records how long `batch`'s first event waited to be stored.
+fn note_lag(stats: &RecorderStats, batch: &Batch) {
+    let Some(Ok(first)) = batch.rows().next() else {
+        return;
+    };
+    let lag = SystemClock.now().0.saturating_sub(first.publish_time);
+    stats.max_lag_ns.fetch_max(lag, Ordering::Relaxed);
+    stats.total_lag_ns.fetch_add(lag, Ordering::Relaxed);
+    stats.lag_batches.fetch_add(1, Ordering::Relaxed);
 }

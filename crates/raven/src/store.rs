@@ -153,6 +153,25 @@ pub fn open(url: &str, schema: &str) -> Result<Box<dyn Store>, StoreError> {
     Ok(Box::new(sqlite::SqliteStore::open(path.as_ref())?))
 }
 
+/// True when `url` is a SQLite file on the same filesystem as `spill` (both directories
+/// exist by now): one full disk then fails the store and leaves the spill file only its
+/// reservation.
+pub fn shares_filesystem(url: &str, spill: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return false;
+    }
+    let database = std::path::Path::new(url.strip_prefix("sqlite:").unwrap_or(url));
+    let device = |path: &std::path::Path| {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        std::fs::metadata(dir).map(|m| m.dev()).ok()
+    };
+    matches!((device(database), device(spill)), (Some(a), Some(b)) if a == b)
+}
+
 /// A seek in one run's marks of one instrument.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Seek {
@@ -205,10 +224,13 @@ pub(crate) const MARK_EVERY: u64 = 100_000_000;
 
 /// Which rows of a batch become marks: an instrument's first event in a run (always: a
 /// range's start is found from it), then its first event in a batch once its last mark
-/// is `MARK_EVERY` old. Remembers the marks written, per (run, instrument).
+/// is `MARK_EVERY` old. Batches may reach the store out of order (a gap batch written
+/// after later ones, a batch retried from the spill file), so an event published before
+/// the earliest mark of its instrument is marked too: it may be the first. Remembers the
+/// (earliest, latest) mark written per (run, instrument).
 #[derive(Debug, Default)]
 pub(crate) struct Marker<I> {
-    last: std::collections::HashMap<(u64, I), u64>,
+    marks: std::collections::HashMap<(u64, I), (u64, u64)>,
 }
 
 impl<I: Copy + Eq + std::hash::Hash> Marker<I> {
@@ -228,9 +250,12 @@ impl<I: Copy + Eq + std::hash::Hash> Marker<I> {
                 continue;
             }
             let due = self
-                .last
+                .marks
                 .get(&(run, id))
-                .is_none_or(|&last| row.publish_time >= last.saturating_add(MARK_EVERY));
+                .is_none_or(|&(earliest, latest)| {
+                    row.publish_time < earliest
+                        || row.publish_time >= latest.saturating_add(MARK_EVERY)
+                });
             if due {
                 out.push(index);
             }
@@ -241,14 +266,20 @@ impl<I: Copy + Eq + std::hash::Hash> Marker<I> {
     /// Records the marks of a committed batch (a batch that failed wrote none).
     pub(crate) fn written(&mut self, run: u64, rows: &[Row<'_>], ids: &[I], marks: &[usize]) {
         for &index in marks {
-            self.last
-                .insert((run, ids[index]), rows[index].publish_time);
+            let time = rows[index].publish_time;
+            self.marks
+                .entry((run, ids[index]))
+                .and_modify(|(earliest, latest)| {
+                    *earliest = (*earliest).min(time);
+                    *latest = (*latest).max(time);
+                })
+                .or_insert((time, time));
         }
     }
 
     /// Forgets everything (a new connection): the next batches mark again.
     pub(crate) fn clear(&mut self) {
-        self.last.clear();
+        self.marks.clear();
     }
 }
 

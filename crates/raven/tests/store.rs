@@ -1,21 +1,19 @@
 //! The stores' contract, run against both: a real SQLite file and a real PostgreSQL
 //! database (127.0.0.1:5432, a schema per test run; skipped with a message when it is not
-//! running, unless `RAVEN_REQUIRE_SERVICES=1` makes that a failure). Then the recorder
-//! end to end in a real server: every event the engine publishes is stored once, in
-//! order, byte for byte what subscribers receive, including across a PostgreSQL outage.
+//! running, unless `RAVEN_REQUIRE_SERVICES=1` makes that a failure), the SQLite WAL's
+//! bound, and layouts that are refused. The recorder end to end is in `recorder.rs`.
 
-mod common;
+#[path = "common/pg.rs"]
+mod pg;
+#[path = "common/scratch.rs"]
+mod scratch;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use pg::{PG, drop_schema, postgres_available, unique_schema};
 use prost::Message;
-use raven::app::RunningServer;
-use raven::recorder::RecorderStats;
 use raven::store::postgres::PostgresStore;
 use raven::store::sqlite::SqliteStore;
 use raven::store::{self, Batch, Query, Store};
@@ -24,40 +22,7 @@ use raven_model::{
     InstrumentId, Level, LevelChange, Price, Qty, Sequence, Side, SnapshotKind, Status, StatusKind,
     Trade, UnixNanos,
 };
-use raven_proto::pb::market_client::MarketClient;
-use raven_proto::pb::stream_request::Request as Req;
 use raven_proto::{convert, pb};
-
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn postgres_available() -> bool {
-    if std::net::TcpStream::connect("127.0.0.1:5432").is_ok() {
-        return true;
-    }
-    if std::env::var("RAVEN_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-        panic!(
-            "PostgreSQL required (RAVEN_REQUIRE_SERVICES=1) but nothing listens on 127.0.0.1:5432"
-        );
-    }
-    eprintln!("SKIPPED PostgreSQL store tests: no server on 127.0.0.1:5432");
-    false
-}
-
-/// A schema no other run uses; dropped by the test that made it.
-fn unique_schema(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("raven_test_{what}_{}_{nanos}", std::process::id())
-}
-
-fn drop_schema(schema: &str) {
-    let mut client = postgres::Client::connect(PG, postgres::NoTls).unwrap();
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .unwrap();
-}
 
 fn p(s: &str) -> Price {
     s.parse().unwrap()
@@ -427,6 +392,7 @@ fn time_index(store: &mut dyn Store) -> u64 {
     for run in [100u64, 200, 300] {
         let mut clocks = [MS + run * MS; 3];
         let mut sequences = [0u64; 3];
+        let mut batches = Vec::new();
         for number in 0..40u64 {
             let mut batch = Batch::new(run, number);
             for _ in 0..next(12) {
@@ -451,7 +417,18 @@ fn time_index(store: &mut dyn Store) -> u64 {
                 written.push((run, position, i, clocks[i], sequences[i]));
                 batch.push(NAMES[i], &event);
             }
-            store.write(&batch).unwrap();
+            batches.push(batch);
+        }
+        // Batches can reach the store out of order (a gap batch stored after later
+        // ones, a retry from the spill file): run 200 is written backwards, and run 300
+        // with every seventh batch last. What queries return must not change.
+        match run {
+            200 => batches.reverse(),
+            300 => batches.sort_by_key(|b| b.number % 7 == 3),
+            _ => {}
+        }
+        for batch in &batches {
+            store.write(batch).unwrap();
         }
     }
     let end = written.iter().map(|w| w.3).max().unwrap() + 10 * MS;
@@ -503,7 +480,7 @@ fn time_index(store: &mut dyn Store) -> u64 {
 
 #[test]
 fn sqlite_store_keeps_the_contract() {
-    let dir = common::scratch_dir("sqlite-contract");
+    let dir = scratch::scratch_dir("sqlite-contract");
     let path = dir.join("nested").join("raven.db");
     let mut store = SqliteStore::open(&path).unwrap();
     let stored = contract(&mut store);
@@ -525,7 +502,7 @@ fn the_sqlite_wal_stays_under_its_bound_while_writing_with_a_slow_reader() {
     const NAMES: [&str; 8] = ["W:A", "W:B", "W:C", "W:D", "W:E", "W:F", "W:G", "W:H"];
     const BATCHES: u64 = 1200;
     const ROWS: u64 = 100;
-    let dir = common::scratch_dir("sqlite-wal");
+    let dir = scratch::scratch_dir("sqlite-wal");
     let path = dir.join("raven.db");
     let wal = dir.join("raven.db-wal");
     let mut store = SqliteStore::open(&path).unwrap();
@@ -631,338 +608,9 @@ fn bad_store_urls_and_schemas_are_refused_with_the_reason() {
     );
 }
 
-/// Every stored row: (run, instrument, channel, sequence, bytes) in record order.
-type StoredRow = (i64, String, i16, i64, Vec<u8>);
-
-fn sqlite_rows(path: &std::path::Path) -> Vec<StoredRow> {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    let mut q = conn
-        .prepare(
-            "SELECT e.run, i.name, e.channel, e.sequence, e.event FROM events e \
-             JOIN instruments i ON i.id = e.instrument ORDER BY e.run, e.position",
-        )
-        .unwrap();
-    q.query_map([], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
-}
-
-fn postgres_rows(schema: &str) -> Vec<StoredRow> {
-    let mut client = postgres::Client::connect(PG, postgres::NoTls).unwrap();
-    client
-        .query(
-            &format!(
-                "SELECT e.run, i.name, e.channel, e.sequence, e.event FROM {schema}.events e \
-                 JOIN {schema}.instruments i ON i.id = e.instrument ORDER BY e.run, e.position"
-            ),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-        .collect()
-}
-
-/// Within each run, every (instrument, channel) holds sequences 1, 2, 3, … with none
-/// missing or repeated (checkpoint snapshots, channel 0, repeat the book's sequence and
-/// are not checked); returns the number of rows per run, checkpoints included.
-fn assert_contiguous(rows: &[StoredRow]) -> BTreeMap<i64, usize> {
-    let mut last: BTreeMap<(i64, &str, i16), i64> = BTreeMap::new();
-    let mut per_run = BTreeMap::new();
-    for (run, name, channel, sequence, _) in rows {
-        *per_run.entry(*run).or_insert(0) += 1;
-        if *channel == 0 {
-            continue;
-        }
-        let prev = last.entry((*run, name.as_str(), *channel)).or_insert(0);
-        assert_eq!(
-            *sequence,
-            *prev + 1,
-            "run {run} {name} channel {channel}: sequence {sequence} after {prev}"
-        );
-        *prev = *sequence;
-    }
-    per_run
-}
-
-/// Live BTC trades as a subscriber received them, for `duration`.
-async fn live_trades(addr: std::net::SocketAddr, duration: Duration) -> Vec<pb::Event> {
-    let mut client = MarketClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::StreamRequest {
-        request: Some(Req::Subscribe(pb::Subscribe {
-            instruments: vec!["SIM:BTC-USD".into()],
-            channel: pb::Channel::Trades as i32,
-            depth: 0,
-            start: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut stream = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut trades = Vec::new();
-    let end = tokio::time::Instant::now() + duration;
-    while let Ok(message) = tokio::time::timeout_at(end, stream.message()).await {
-        let message = message.unwrap().expect("the stream stays open");
-        trades.extend(
-            message
-                .events
-                .into_iter()
-                .filter(|e| matches!(e.body, Some(pb::event::Body::Trade(_)))),
-        );
-    }
-    trades
-}
-
-/// The live trades came without a gap, and are stored, byte for byte, at the same
-/// sequences.
-fn assert_live_trades_stored(live: &[pb::Event], rows: &[StoredRow]) {
-    assert!(live.len() > 100, "only {} live trades", live.len());
-    for pair in live.windows(2) {
-        assert_eq!(pair[1].sequence, pair[0].sequence + 1, "live trades");
-    }
-    let stored: BTreeMap<i64, &[u8]> = rows
-        .iter()
-        .filter(|r| r.1 == "SIM:BTC-USD" && r.2 == pb::Channel::Trades as i16)
-        .map(|r| (r.3, r.4.as_slice()))
-        .collect();
-    for trade in live {
-        let bytes = stored
-            .get(&(trade.sequence as i64))
-            .unwrap_or_else(|| panic!("live trade {} not stored", trade.sequence));
-        let as_sent = pb::StreamResponse {
-            events: vec![trade.clone()],
-        }
-        .encode_to_vec();
-        assert_eq!(*bytes, as_sent.as_slice(), "trade {}", trade.sequence);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_recorder_stores_every_event_once_in_order_as_subscribers_received_it() {
-    let dir = common::scratch_dir("recorder-sqlite");
-    let db = dir.join("raven.db");
-    let server = common::server(|f| {
-        f.sim.rate = 20_000;
-        f.engine.shards = 2;
-        f.store.url = format!("sqlite:{}", db.display());
-    })
-    .await;
-    let live = live_trades(server.local_addr(), Duration::from_millis(1500)).await;
-    let stats = server.recorder_stats().unwrap();
-    server.shutdown().await.unwrap();
-
-    let rows = sqlite_rows(&db);
-    assert_stored_once(&stats, &rows, &live);
-    assert!(rows.len() > 20_000, "{} events stored", rows.len());
-    assert_eq!(stats.spilled.load(Ordering::Relaxed), 0);
-    // Book, BBO, trades and candles were all recorded.
-    let channels: std::collections::BTreeSet<i16> = rows.iter().map(|r| r.2).collect();
-    assert_eq!(channels.into_iter().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-    let store = SqliteStore::open(&db).unwrap();
-    assert_eq!(store.integrity_check().unwrap(), "ok");
-}
-
-/// Waits for the recorder to have reconnected and backfilled (it retries every second),
-/// stops the server, and checks the store failed, something spilled, and all of it was
-/// backfilled.
-async fn backfilled_then_stopped(server: RunningServer) -> Arc<RecorderStats> {
-    let stats = server.recorder_stats().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !stats.store_up.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server.shutdown().await.unwrap();
-    assert!(stats.failures.load(Ordering::Relaxed) >= 1);
-    let spilled = stats.spilled.load(Ordering::Relaxed);
-    assert!(spilled > 0, "nothing was spilled");
-    assert_eq!(stats.backfilled.load(Ordering::Relaxed), spilled);
-    stats
-}
-
-/// One run, every event the engine published stored exactly once, the live trades
-/// among them byte for byte.
-fn assert_stored_once(stats: &RecorderStats, rows: &[StoredRow], live: &[pb::Event]) {
-    let per_run = assert_contiguous(rows);
-    assert_eq!(per_run.len(), 1);
-    let stored = stats.stored.load(Ordering::Relaxed);
-    assert_eq!(rows.len() as u64, stored);
-    assert_eq!(stats.received.load(Ordering::Relaxed), stored);
-    assert_live_trades_stored(live, rows);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_outage_mid_run_spills_then_backfills_everything_exactly_once() {
-    if !postgres_available() {
-        return;
-    }
-    let schema = unique_schema("outage");
-    let app = schema.clone();
-    let server = common::server(|f| {
-        f.sim.rate = 20_000;
-        f.store.url = format!("{PG}?application_name={app}");
-        f.store.schema = app.clone();
-    })
-    .await;
-    let addr = server.local_addr();
-    let watcher = tokio::spawn(live_trades(addr, Duration::from_millis(2500)));
-    // Cut the recorder's connection three times while events keep flowing.
-    let killer = tokio::task::spawn_blocking({
-        let app = schema.clone();
-        move || {
-            let mut admin = postgres::Client::connect(PG, postgres::NoTls).unwrap();
-            let mut killed = 0;
-            for _ in 0..3 {
-                std::thread::sleep(Duration::from_millis(500));
-                killed += admin
-                    .query(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                         WHERE application_name = $1",
-                        &[&app],
-                    )
-                    .unwrap()
-                    .len();
-            }
-            killed
-        }
-    });
-    let killed = killer.await.unwrap();
-    let live = watcher.await.unwrap();
-    let stats = backfilled_then_stopped(server).await;
-    assert!(killed >= 1, "no recorder connection was found to terminate");
-    // The blocking PostgreSQL client runs its own runtime: off this one.
-    let rows = tokio::task::spawn_blocking(move || {
-        let rows = postgres_rows(&schema);
-        drop_schema(&schema);
-        rows
-    })
-    .await
-    .unwrap();
-    assert_stored_once(&stats, &rows, &live);
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sqlite_file_locked_by_another_writer_spills_then_backfills_everything_exactly_once() {
-    let dir = common::scratch_dir("sqlite-locked");
-    let db = dir.join("raven.db");
-    let server = common::server(|f| {
-        f.sim.rate = 20_000;
-        f.store.url = format!("sqlite:{}", db.display());
-    })
-    .await;
-    let watcher = tokio::spawn(live_trades(
-        server.local_addr(),
-        Duration::from_millis(3000),
-    ));
-    // Another process (a sqlite3 shell, a backup) holds the write lock for 1.5 s.
-    let locker = tokio::task::spawn_blocking({
-        let db = db.clone();
-        move || {
-            std::thread::sleep(Duration::from_millis(600));
-            let conn = rusqlite::Connection::open(&db).unwrap();
-            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-            let from = now_ns();
-            std::thread::sleep(Duration::from_millis(1500));
-            let to = now_ns();
-            conn.execute_batch("ROLLBACK").unwrap();
-            (from, to)
-        }
-    });
-    let (locked_from, locked_to) = locker.await.unwrap();
-    let live = watcher.await.unwrap();
-    let stats = backfilled_then_stopped(server).await;
-    // Live streaming went on while the store was locked.
-    let during = live
-        .iter()
-        .filter(|e| (locked_from..locked_to).contains(&e.publish_time))
-        .count();
-    assert!(
-        during > 50,
-        "{during} live trades while the store was locked"
-    );
-    let rows = sqlite_rows(&db);
-    assert_stored_once(&stats, &rows, &live);
-    assert_eq!(
-        SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
-        "ok"
-    );
-}
-
-const RAVEN: &str = env!("CARGO_BIN_EXE_raven");
-
-fn spawn_server(dir: &std::path::Path) -> std::process::Child {
-    let mut child = Command::new(RAVEN)
-        .current_dir(dir)
-        .args(["serve", "--listen", "127.0.0.1:0", "--rate", "20000"])
-        .env("RAVEN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("raven: serving gRPC on"), "{line}");
-    child
-}
-
-#[test]
-fn after_kill_9_the_database_is_sound_and_recording_resumes() {
-    let dir = common::scratch_dir("kill9");
-    // The default store: ./data/raven.db under the server's working directory.
-    let db = dir.join("data").join("raven.db");
-    let mut first = spawn_server(&dir);
-    std::thread::sleep(Duration::from_millis(1500));
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    let after_kill = sqlite_rows(&db);
-    assert!(after_kill.len() > 1000, "{} rows", after_kill.len());
-    assert_eq!(
-        SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
-        "ok"
-    );
-
-    let second = spawn_server(&dir);
-    std::thread::sleep(Duration::from_millis(1500));
-    let status = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = second.wait_with_output().unwrap();
-    assert!(out.status.success(), "{:?}", out.status);
-
-    let rows = sqlite_rows(&db);
-    let per_run = assert_contiguous(&rows);
-    // The killed run kept what it had committed; the second run recorded from 1 again.
-    assert_eq!(per_run.len(), 2, "{per_run:?}");
-    assert_eq!(*per_run.values().next().unwrap(), after_kill.len());
-    assert!(*per_run.values().nth(1).unwrap() > 1000);
-    assert_eq!(
-        SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
-        "ok"
-    );
-}
-
 #[test]
 fn a_sqlite_file_of_another_layout_is_refused_not_written_into() {
-    let dir = common::scratch_dir("sqlite-layout");
+    let dir = scratch::scratch_dir("sqlite-layout");
     let path = dir.join("old.db");
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch("CREATE TABLE events (run INTEGER, exchange_time INTEGER)")
@@ -1008,92 +656,4 @@ fn a_postgres_schema_of_another_layout_is_refused_not_written_into() {
     drop(again);
     drop_schema(&schema);
     drop_schema(&fresh);
-}
-
-/// The number after `name=` in a log line.
-fn field(line: &str, name: &str) -> u64 {
-    let key = format!("{name}=");
-    line.split_whitespace()
-        .find_map(|word| word.strip_prefix(&key))
-        .unwrap_or_else(|| panic!("no {name} in {line}"))
-        .parse()
-        .unwrap()
-}
-
-#[test]
-fn a_sqlite_write_error_spills_then_backfills_everything_exactly_once() {
-    // A real I/O error from the file system: the server runs under an 8 MiB file-size
-    // limit (`prlimit`, util-linux), so once the database and its WAL outgrow it, SQLite's
-    // writes fail with EFBIG; then the limit is lifted from outside, as an operator
-    // freeing space would.
-    const LIMIT: u64 = 8 << 20;
-    let dir = common::scratch_dir("sqlite-write-error");
-    let db = dir.join("data").join("raven.db");
-    let mut child = Command::new("prlimit")
-        .arg(format!("--fsize={LIMIT}:"))
-        .arg("--")
-        .arg(RAVEN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--rate", "20000"])
-        .current_dir(&dir)
-        .env("RAVEN_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("prlimit (util-linux) runs the server under a file-size limit");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("raven: serving gRPC on"), "{line}");
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let _ = lines_tx.send(line.unwrap());
-        }
-    });
-    let wait_for = |what: &str, within: Duration| -> String {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {what:?} in the log within {within:?}"));
-            if line.contains(what) {
-                return line;
-            }
-        }
-    };
-    let failed = wait_for("store failed; spilling", Duration::from_secs(60));
-    assert!(failed.contains("sqlite: disk I/O error"), "{failed}");
-    // Spill for a second (≈2 MB of events, well under the limit for the spill file).
-    std::thread::sleep(Duration::from_secs(1));
-    let lifted = Command::new("prlimit")
-        .args(["--pid", &child.id().to_string(), "--fsize=unlimited"])
-        .status()
-        .unwrap();
-    assert!(lifted.success());
-    wait_for("store back; spill file backfilled", Duration::from_secs(15));
-    std::thread::sleep(Duration::from_millis(500));
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let stopped = wait_for("recorder stopped", Duration::from_secs(15));
-    assert!(child.wait().unwrap().success());
-
-    let spilled = field(&stopped, "spilled");
-    assert!(spilled > 10_000, "{stopped}");
-    assert_eq!(field(&stopped, "backfilled"), spilled, "{stopped}");
-    let rows = sqlite_rows(&db);
-    let per_run = assert_contiguous(&rows);
-    assert_eq!(per_run.len(), 1);
-    // Everything the engine published was stored, once.
-    assert_eq!(rows.len() as u64, field(&stopped, "received"), "{stopped}");
-    assert_eq!(rows.len() as u64, field(&stopped, "stored"), "{stopped}");
-    assert_eq!(
-        SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
-        "ok"
-    );
 }

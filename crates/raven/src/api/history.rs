@@ -11,7 +11,7 @@ use prost::Message;
 use raven_book::OrderBook;
 use raven_model::{
     Event, EventBody, InstrumentError, InstrumentId, InstrumentName, Sequence, SnapshotKind,
-    UnixNanos,
+    StatusKind, UnixNanos,
 };
 use raven_proto::convert::{body_from_pb, channel_to_pb, event_to_pb};
 use raven_proto::history_server::History;
@@ -273,17 +273,18 @@ impl History for HistoryApi {
 
 /// Replays the book events `query` selects: each run starts from its own snapshots (a
 /// new run's book does not continue the old one's). Returns the book and the last event
-/// applied, or `None` when no snapshot was found.
+/// applied, or `None` when no snapshot was found; `DATA_LOSS` when book events were
+/// lost after the last snapshot.
 fn rebuild(store: &mut dyn Store, query: &Query) -> Result<Option<(OrderBook, pb::Event)>, Status> {
-    let mut book: Option<(OrderBook, pb::Event)> = None;
+    let mut book = Rebuilding::default();
     let mut run = None;
     let mut failure = None;
     let result = store.query(query, &mut |this_run, row| {
         if run != Some(this_run) {
             run = Some(this_run);
-            book = None;
+            book = Rebuilding::default();
         }
-        match fold(&mut book, row) {
+        match book.fold(row) {
             Ok(()) => true,
             Err(status) => {
                 failure = Some(status);
@@ -294,7 +295,7 @@ fn rebuild(store: &mut dyn Store, query: &Query) -> Result<Option<(OrderBook, pb
     result.map_err(|e| Status::unavailable(format!("the store failed mid-query: {e}")))?;
     match failure {
         Some(status) => Err(status),
-        None => Ok(book),
+        None => book.finish(),
     }
 }
 
@@ -397,7 +398,7 @@ fn collect_backlog(
     };
     let mut rows: Vec<bytes::Bytes> = Vec::new();
     let (mut last, mut folded) = (0, 0);
-    let mut rebuilt: Option<(OrderBook, pb::Event)> = None;
+    let mut rebuilt = Rebuilding::default();
     let mut failure = None;
     let result = store.query(&query, &mut |this_run, row| {
         if this_run != run {
@@ -419,7 +420,7 @@ fn collect_backlog(
         last = header.sequence;
         if book && header.publish_time <= start {
             // Before the start: folded into the book sent first, not sent itself.
-            if let Err(status) = fold(&mut rebuilt, row) {
+            if let Err(status) = rebuilt.fold(row) {
                 failure = Some(status);
                 return false;
             }
@@ -442,7 +443,7 @@ fn collect_backlog(
     if last < upto {
         return Ok(None);
     }
-    if let Some((book, event)) = rebuilt {
+    if let Some((book, event)) = rebuilt.finish()? {
         // The last book event folded in may be a status (it has a book sequence too).
         let snapshot = Event {
             instrument: InstrumentId(0),
@@ -459,35 +460,64 @@ fn collect_backlog(
     Ok(Some(rows))
 }
 
-/// Applies one stored book event to the book being rebuilt.
-fn fold(book: &mut Option<(OrderBook, pb::Event)>, row: &[u8]) -> Result<(), Status> {
-    let event = pb::StreamResponse::decode(row)
-        .ok()
-        .and_then(|r| r.events.into_iter().next())
-        .ok_or_else(|| Status::data_loss("a stored book event does not decode"))?;
-    let invalid = |e: &dyn std::fmt::Display| {
-        Status::data_loss(format!(
-            "stored book event {} does not apply: {e}",
-            event.sequence
-        ))
-    };
-    match body_from_pb(&event).map_err(|e| invalid(&e))? {
-        Some(EventBody::Snapshot(snapshot)) => {
-            let mut fresh = OrderBook::new();
-            fresh
-                .apply_snapshot(Sequence(event.sequence), &snapshot)
-                .map_err(|e| invalid(&e))?;
-            *book = Some((fresh, event));
-        }
-        Some(EventBody::Delta(delta)) => {
-            if let Some((current, last)) = book.as_mut() {
-                current
-                    .apply_delta(Sequence(event.sequence), &delta)
+/// A book being rebuilt from stored events.
+#[derive(Default)]
+struct Rebuilding {
+    book: Option<(OrderBook, pb::Event)>,
+    /// A recorded gap since the last snapshot: the book is unknown until the next one.
+    lost: Option<(u64, pb::Status)>,
+}
+
+impl Rebuilding {
+    /// Applies one stored book event.
+    fn fold(&mut self, row: &[u8]) -> Result<(), Status> {
+        let event = pb::StreamResponse::decode(row)
+            .ok()
+            .and_then(|r| r.events.into_iter().next())
+            .ok_or_else(|| Status::data_loss("a stored book event does not decode"))?;
+        let invalid = |e: &dyn std::fmt::Display| {
+            Status::data_loss(format!(
+                "stored book event {} does not apply: {e}",
+                event.sequence
+            ))
+        };
+        match body_from_pb(&event).map_err(|e| invalid(&e))? {
+            Some(EventBody::Snapshot(snapshot)) => {
+                let mut fresh = OrderBook::new();
+                fresh
+                    .apply_snapshot(Sequence(event.sequence), &snapshot)
                     .map_err(|e| invalid(&e))?;
-                *last = event;
+                self.book = Some((fresh, event));
+                self.lost = None;
             }
+            Some(EventBody::Delta(delta)) => {
+                if let Some((current, last)) = self.book.as_mut() {
+                    current
+                        .apply_delta(Sequence(event.sequence), &delta)
+                        .map_err(|e| invalid(&e))?;
+                    *last = event;
+                }
+            }
+            Some(EventBody::Status(status)) if status.kind == StatusKind::Gap => {
+                if let Some(pb::event::Body::Status(recorded)) = event.body {
+                    self.lost = Some((event.sequence, recorded));
+                }
+                self.book = None;
+            }
+            _ => {}
         }
-        _ => {}
+        Ok(())
     }
-    Ok(())
+
+    /// The book, `None` when no snapshot was found, or `DATA_LOSS` when events were lost
+    /// after the last one.
+    fn finish(self) -> Result<Option<(OrderBook, pb::Event)>, Status> {
+        match self.lost {
+            Some((sequence, gap)) => Err(Status::data_loss(format!(
+                "{} book events up to sequence {sequence} were lost, not recorded ({}); the book is unknown until the next stored snapshot",
+                gap.missed, gap.detail
+            ))),
+            None => Ok(self.book),
+        }
+    }
 }

@@ -1,29 +1,61 @@
-//! The spill file: where the recorder appends batches while the store is down, and reads
-//! them back, in order, to backfill it when it returns. Append-only records, each with
-//! a checksum; a record cut short by a crash (the process killed mid-append) is found on
-//! open and cut off, since the batch in flight is the one a crash may lose.
+//! The spill file: where the recorder's batches wait, in order, while the store cannot
+//! take them, until the store is backfilled from it. It owns the file's layout, its
+//! space, and reading it back past damage; what goes into it, and when, is the
+//! recorder's business.
 //!
-//! Record: `RVSP`, run (u64), number (u64), rows (u32), byte length (u32), the rows' end
-//! offsets (u32 each), the bytes, then FNV-1a 64 over everything after the magic. All
-//! integers little-endian.
+//! **Space is reserved when it opens** (`posix_fallocate`, [`Spill::open`]'s `reserve`
+//! bytes), so a disk that fills up later (the database often shares it) cannot refuse
+//! a batch that fits in the reservation. The last [`HEADROOM`] bytes are kept for
+//! the recorder's small gap batches ([`Kind::Gaps`]), so that when even the spill is
+//! full, the record of what was lost still fits.
+//!
+//! **Layout.** A 64-byte header at offset 0: `RVSPILL2`, the generation (u64), a flag
+//! saying the file holds nothing (u64: 1 = empty), 32 bytes reserved, FNV-1a 64 of the
+//! first 56 bytes. Then records from offset 64, back to back: `RVS2`, generation (u64),
+//! run (u64), number (u64), rows (u32), byte length (u32), kind (u32: 0 events, 1 gaps),
+//! the rows' end offsets (u32 each), the bytes, FNV-1a 64 of everything after the magic.
+//! Integers little-endian.
+//! When the file has been read to its end it starts over at offset 64 under the next
+//! generation, so records of earlier generations (still on disk) are never read again.
+//!
+//! **Damage never wedges it.** A failed append leaves the file as it was: the tail does
+//! not move, and the bytes it may have written are overwritten by the next append (or
+//! cut off, on a file without a reservation). Reading skips a damaged record to the
+//! next sound one instead of stopping, and opening never cuts off sound records that
+//! follow a damaged one. A record is sound only if its magic, generation, lengths and
+//! checksum all agree, so a record's bytes are never mistaken for the next record.
+//!
+//! The records of the first layout (`RVSP` from offset 0, no header) are carried over
+//! into this one when such a file is opened.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::{Batch, MAX_BATCH_ROWS, StoreError};
 
-const MAGIC: &[u8; 4] = b"RVSP";
+const FILE_MAGIC: &[u8; 8] = b"RVSPILL2";
+const RECORD_MAGIC: &[u8; 4] = b"RVS2";
+/// The first layout's record magic.
+const V1_MAGIC: &[u8; 4] = b"RVSP";
+/// Where records start.
+const DATA_START: u64 = 64;
+/// Bytes of a record before the row ends: magic, generation, run, number, rows, length,
+/// kind.
+const RECORD_HEAD: usize = 4 + 8 + 8 + 8 + 4 + 4 + 4;
+/// Bytes of a record after its payload: the checksum.
+const RECORD_TAIL: usize = 8;
 /// Largest batch byte length a record may claim.
 const MAX_RECORD_BYTES: usize = 1 << 30;
+/// The end of the reservation kept for gap batches (see [`Kind`]): room for about
+/// 30,000 gap rows.
+pub const HEADROOM: u64 = 4 << 20;
+/// The smallest reservation: a few batches beside the headroom.
+pub const MIN_RESERVE: u64 = 2 * HEADROOM;
 
-/// An open spill file.
-pub struct Spill {
-    path: PathBuf,
-    file: File,
-    /// Batches in the file.
-    batches: u64,
-}
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
     for &b in bytes {
@@ -32,162 +64,706 @@ fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
     }
     hash
 }
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// What a spilled batch holds, which says how much of the reservation it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Recorded events: everything but the headroom.
+    Events,
+    /// The recorder's gap rows (see `recorder::ledger`): everything, since the record
+    /// of a loss must fit when nothing else does.
+    Gaps,
+}
+
+/// Why an append did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SpillError {
+    /// The reservation is used up; nothing was written.
+    #[error(
+        "the spill file is full ({used} of {capacity} bytes used; a record of {needed} bytes does not fit)"
+    )]
+    Full {
+        /// Bytes of records in the file.
+        used: u64,
+        /// Bytes the reservation holds for records.
+        capacity: u64,
+        /// Bytes the record needs.
+        needed: u64,
+    },
+    /// The file system refused; the file is as it was before the append.
+    #[error("cannot append to the spill file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What reading the file found that it could not use.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    /// Damaged stretches skipped.
+    pub stretches: u64,
+    /// Bytes in them.
+    pub bytes: u64,
+}
+
+/// An open spill file.
+pub struct Spill {
+    path: PathBuf,
+    file: File,
+    generation: u64,
+    /// Offset of the first record not yet read back.
+    head: u64,
+    /// Offset after the last record.
+    tail: u64,
+    /// Records between head and tail.
+    records: u64,
+    /// The file's reserved length; records end at or before it.
+    end: u64,
+    /// The header says the file holds nothing.
+    marked_empty: bool,
+    damage: Damage,
+}
 
 impl Spill {
-    /// Opens (creating if need be) the spill file at `path`, cutting off a torn last
-    /// record.
-    pub fn open(path: &Path) -> Result<Spill, StoreError> {
+    /// Opens (creating if need be) the spill file at `path` with `reserve` bytes of disk
+    /// reserved for it, and finds the records it holds, skipping damaged ones.
+    pub fn open(path: &Path, reserve: u64) -> Result<Spill, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut file = OpenOptions::new()
+        let reserve = reserve.max(MIN_RESERVE);
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
-        let (batches, sound) = scan(&mut file)?;
-        if sound < file.metadata()?.len() {
-            tracing::warn!(
-                path = %path.display(),
-                kept = sound,
-                "spill file ends in a torn record (a crash mid-append); cutting it off"
-            );
-            file.set_len(sound)?;
+        let length = file.metadata()?.len();
+        let mut first = [0u8; DATA_START as usize];
+        let present = (length as usize).min(first.len());
+        file.read_exact_at(&mut first[..present], 0)?;
+        let header = (present == first.len())
+            .then(|| parse_header(&first))
+            .flatten();
+        let ours = present >= FILE_MAGIC.len() && &first[..FILE_MAGIC.len()] == FILE_MAGIC;
+        if ours && header.is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "the header of the spill file {} is damaged; move it aside",
+                path.display()
+            )));
         }
-        file.seek(SeekFrom::End(0))?;
-        Ok(Spill {
+        // (The file magic starts with the first layout's record magic.)
+        let legacy = !ours && present >= V1_MAGIC.len() && &first[..V1_MAGIC.len()] == V1_MAGIC;
+        if header.is_none() && !legacy && !all_zero(&file, length)? {
+            return Err(StoreError::Corrupt(format!(
+                "{} is not a spill file (no RVSPILL2 header); move it aside",
+                path.display()
+            )));
+        }
+        let (generation, marked_empty) = header.unwrap_or((1, true));
+        let mut spill = Spill {
             path: path.to_owned(),
             file,
-            batches,
-        })
+            generation,
+            head: DATA_START,
+            tail: DATA_START,
+            records: 0,
+            end: DATA_START,
+            marked_empty,
+            damage: Damage::default(),
+        };
+        if legacy {
+            return spill.carry_over_first_layout(reserve);
+        }
+        // A file larger than the reservation (it was lowered) keeps its length: records
+        // may lie past the new one.
+        spill.reserve(length.max(DATA_START + reserve))?;
+        if header.is_none() {
+            spill.write_header()?;
+        } else if !marked_empty {
+            spill.find_records()?;
+        }
+        Ok(spill)
     }
 
     /// Batches waiting in the file.
     pub fn batches(&self) -> u64 {
-        self.batches
+        self.records
     }
 
-    /// Appends `batch`. It is in the file (the OS's page cache: safe from a process
-    /// crash) when this returns.
-    pub fn append(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        let mut record = Vec::with_capacity(28 + batch.ends().len() * 4 + batch.bytes().len());
-        record.extend_from_slice(MAGIC);
-        record.extend_from_slice(&batch.run.to_le_bytes());
-        record.extend_from_slice(&batch.number.to_le_bytes());
-        record.extend_from_slice(&(batch.len() as u32).to_le_bytes());
-        record.extend_from_slice(&(batch.bytes().len() as u32).to_le_bytes());
-        for end in batch.ends() {
-            record.extend_from_slice(&end.to_le_bytes());
-        }
-        record.extend_from_slice(batch.bytes());
-        let sum = fnv1a(&record[4..], FNV_OFFSET);
-        record.extend_from_slice(&sum.to_le_bytes());
-        let mut out = BufWriter::new(&mut self.file);
-        out.write_all(&record)?;
-        out.flush()?;
-        self.batches += 1;
-        Ok(())
+    /// True when no batch waits.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
     }
 
-    /// Hands every batch in the file to `each`, in order, stopping at the first error.
-    pub fn replay(
-        &mut self,
-        mut each: impl FnMut(Batch) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        self.file.seek(SeekFrom::Start(0))?;
-        let mut reader = BufReader::new(&mut self.file);
-        let result = loop {
-            match read_record(&mut reader) {
-                Ok(Some(batch)) => {
-                    if let Err(e) = each(batch) {
-                        break Err(e);
-                    }
-                }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
-        self.file.seek(SeekFrom::End(0))?;
-        result
+    /// Bytes of records waiting.
+    pub fn used(&self) -> u64 {
+        self.tail - self.head
     }
 
-    /// Empties the file (after a complete backfill).
-    pub fn clear(&mut self) -> Result<(), StoreError> {
-        self.file.set_len(0)?;
-        self.file.seek(SeekFrom::Start(0))?;
-        self.batches = 0;
-        Ok(())
+    /// Bytes the reservation holds for records (headroom included).
+    pub fn capacity(&self) -> u64 {
+        self.end - DATA_START
+    }
+
+    /// Damage skipped so far (on open and while reading).
+    pub fn damage(&self) -> Damage {
+        self.damage
     }
 
     /// Where the file is.
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
 
-/// Counts sound records from the start; returns (records, bytes they cover).
-fn scan(file: &mut File) -> Result<(u64, u64), StoreError> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut reader = BufReader::new(file);
-    let (mut records, mut sound) = (0, 0);
-    loop {
-        match read_record(&mut reader) {
-            Ok(Some(batch)) => {
-                records += 1;
-                sound += 36 + 4 * batch.ends().len() as u64 + batch.bytes().len() as u64;
-            }
-            Ok(None) | Err(StoreError::Corrupt(_)) => return Ok((records, sound)),
-            Err(e) => return Err(e),
+    /// Appends `batch` within `room`. It is in the file (the OS's page cache: safe from
+    /// a process crash) when this returns; on an error the file is as it was.
+    pub fn append(&mut self, batch: &Batch, kind: Kind) -> Result<(), SpillError> {
+        let record = encode(self.generation, batch, kind);
+        let needed = record.len() as u64;
+        let limit = match kind {
+            Kind::Events => self.end.saturating_sub(HEADROOM),
+            Kind::Gaps => self.end,
+        };
+        if self.tail + needed > limit {
+            return Err(SpillError::Full {
+                used: self.used(),
+                capacity: limit - DATA_START,
+                needed,
+            });
         }
+        if self.marked_empty {
+            // Said before the record is written: a crash between the two then costs a
+            // scan of the file at the next open, never a record.
+            self.marked_empty = false;
+            if let Err(e) = self.write_header() {
+                self.marked_empty = true;
+                return Err(e.into());
+            }
+        }
+        if let Err(e) = self.file.write_all_at(&record, self.tail) {
+            self.undo_torn_append();
+            return Err(e.into());
+        }
+        self.tail += needed;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// The next batch, oldest first, or `None` when none waits; a damaged record is
+    /// skipped (see [`Spill::damage`]). The batch stays in the file until
+    /// [`Spill::reclaim`] is called once it is safe elsewhere.
+    pub fn read_next(&mut self) -> Result<Option<(Batch, Kind)>, StoreError> {
+        while self.head < self.tail {
+            match read_record(&self.file, self.head, self.tail, self.generation)? {
+                Some((batch, kind, length)) => {
+                    self.head += length;
+                    self.records -= 1;
+                    return Ok(Some((batch, kind)));
+                }
+                None => {
+                    let next = self.find_sound(self.head + 1, self.tail)?;
+                    tracing::error!(
+                        path = %self.path.display(),
+                        offset = self.head,
+                        bytes = next - self.head,
+                        "a damaged spill record was skipped; the events in it are lost"
+                    );
+                    self.damage.stretches += 1;
+                    self.damage.bytes += next - self.head;
+                    self.head = next;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Once every batch has been read back (and the last is safe elsewhere), starts the
+    /// file over under the next generation, so its space is used again.
+    pub fn reclaim(&mut self) -> Result<(), StoreError> {
+        if self.head < self.tail || self.marked_empty {
+            return Ok(());
+        }
+        self.generation += 1;
+        self.head = DATA_START;
+        self.tail = DATA_START;
+        self.records = 0;
+        self.marked_empty = true;
+        self.write_header()?;
+        Ok(())
+    }
+
+    /// After a failed write at the tail: make what it may have left unreadable. On a
+    /// reserved file the next append overwrites it anyway; a file that grew is cut back.
+    fn undo_torn_append(&mut self) {
+        let length = self.file.metadata().map(|m| m.len()).unwrap_or(self.end);
+        if length > self.end {
+            let _ = self.file.set_len(self.end);
+        }
+        let _ = self.file.write_all_at(&[0u8; 4], self.tail);
+    }
+
+    /// Reserves disk for the file up to `length` bytes.
+    fn reserve(&mut self, length: u64) -> Result<(), StoreError> {
+        let len = libc::off_t::try_from(length)
+            .map_err(|_| StoreError::Corrupt(format!("spill reservation {length} too large")))?;
+        // SAFETY: the descriptor is open for writing for the whole call; posix_fallocate
+        // only allocates blocks for it.
+        let result = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), 0, len) };
+        if result != 0 {
+            let error = std::io::Error::from_raw_os_error(result);
+            return Err(StoreError::Io(std::io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot reserve {} MiB for the spill file {}: {error}; free disk space or lower store.spill_reserve_mb",
+                    length >> 20,
+                    self.path.display()
+                ),
+            )));
+        }
+        self.end = length;
+        Ok(())
+    }
+
+    fn write_header(&mut self) -> Result<(), std::io::Error> {
+        let mut header = [0u8; DATA_START as usize];
+        header[..8].copy_from_slice(FILE_MAGIC);
+        header[8..16].copy_from_slice(&self.generation.to_le_bytes());
+        header[16..24].copy_from_slice(&u64::from(self.marked_empty).to_le_bytes());
+        let sum = fnv1a(&header[..56], FNV_OFFSET);
+        header[56..].copy_from_slice(&sum.to_le_bytes());
+        self.file.write_all_at(&header, 0)
+    }
+
+    /// Finds the records of this generation from the start: sound ones are kept, damaged
+    /// stretches between them are skipped, and the tail is after the last sound one.
+    fn find_records(&mut self) -> Result<(), StoreError> {
+        let mut at = DATA_START;
+        let mut first = None;
+        loop {
+            match read_record(&self.file, at, self.end, self.generation)? {
+                Some((_, _, length)) => {
+                    first.get_or_insert(at);
+                    self.records += 1;
+                    at += length;
+                }
+                None => {
+                    let next = self.find_sound(at + 1, self.end)?;
+                    if next >= self.end {
+                        break;
+                    }
+                    if first.is_some() {
+                        tracing::error!(
+                            path = %self.path.display(),
+                            offset = at,
+                            bytes = next - at,
+                            "the spill file has a damaged record between sound ones; skipping it"
+                        );
+                        self.damage.stretches += 1;
+                        self.damage.bytes += next - at;
+                    }
+                    first.get_or_insert(next);
+                    at = next;
+                }
+            }
+        }
+        self.head = first.unwrap_or(DATA_START);
+        self.tail = if self.records == 0 { DATA_START } else { at };
+        if self.records > 0 {
+            tracing::info!(
+                path = %self.path.display(),
+                batches = self.records,
+                bytes = self.tail - self.head,
+                "the spill file holds batches from an earlier run"
+            );
+        }
+        Ok(())
+    }
+
+    /// The offset of the first sound record of this generation at or after `from` and
+    /// before `to`, or `to` when there is none.
+    fn find_sound(&self, from: u64, to: u64) -> Result<u64, StoreError> {
+        const WINDOW: usize = 1 << 20;
+        let mut buf = vec![0u8; WINDOW + RECORD_MAGIC.len()];
+        let mut at = from;
+        while at < to {
+            let want = ((to - at) as usize).min(buf.len());
+            self.file.read_exact_at(&mut buf[..want], at)?;
+            let window = &buf[..want];
+            for (i, w) in window.windows(RECORD_MAGIC.len()).enumerate() {
+                if w == RECORD_MAGIC
+                    && read_record(&self.file, at + i as u64, to, self.generation)?.is_some()
+                {
+                    return Ok(at + i as u64);
+                }
+            }
+            if want < buf.len() {
+                break;
+            }
+            // Step so that a magic across the window's end is seen in the next one.
+            at += WINDOW as u64;
+        }
+        Ok(to)
+    }
+
+    /// Moves the first layout's records into this one: the file is renamed aside, read
+    /// record by record into a fresh file at `path`, then removed.
+    fn carry_over_first_layout(self, reserve: u64) -> Result<Spill, StoreError> {
+        let old = self.path.with_extension("spill-v1");
+        std::fs::rename(&self.path, &old)?;
+        let mut spill = Spill::open(&self.path, reserve)?;
+        let mut reader = BufReader::new(File::open(&old)?);
+        let mut carried = 0u64;
+        let whole = loop {
+            match read_v1_record(&mut reader) {
+                Ok(Some(batch)) => {
+                    spill.append(&batch, Kind::Events).map_err(|e| match e {
+                        SpillError::Io(e) => StoreError::Io(e),
+                        full => StoreError::Corrupt(format!(
+                            "carrying {} over: {full}; raise store.spill_reserve_mb",
+                            old.display()
+                        )),
+                    })?;
+                    carried += 1;
+                }
+                Ok(None) => break true,
+                Err(e) => {
+                    tracing::error!(error = %e, path = %old.display(), "the first-layout spill file is damaged past this point; it is kept for inspection");
+                    break false;
+                }
+            }
+        };
+        if whole {
+            std::fs::remove_file(&old)?;
+        }
+        tracing::info!(batches = carried, path = %spill.path.display(), "spill file carried over from the first layout");
+        Ok(spill)
     }
 }
 
-/// Reads one record: `None` at a clean end, `Corrupt` for a torn or damaged one.
-fn read_record(reader: &mut impl Read) -> Result<Option<Batch>, StoreError> {
-    let torn = || StoreError::Corrupt("spill record cut short or damaged".into());
-    let mut magic = [0u8; 4];
-    match reader.read_exact(&mut magic) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+fn parse_header(header: &[u8]) -> Option<(u64, bool)> {
+    let word = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+    (&header[..8] == FILE_MAGIC && word(56) == fnv1a(&header[..56], FNV_OFFSET))
+        .then(|| (word(8), word(16) == 1))
+}
+
+/// A file of zeros is a reservation that never got its header (a crash at creation).
+fn all_zero(file: &File, length: u64) -> Result<bool, std::io::Error> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = 0;
+    while at < length {
+        let want = ((length - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..want], at)?;
+        if buf[..want].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += want as u64;
     }
-    if &magic != MAGIC {
-        return Err(torn());
+    Ok(true)
+}
+
+/// A record's bytes.
+fn encode(generation: u64, batch: &Batch, kind: Kind) -> Vec<u8> {
+    let mut record = Vec::with_capacity(
+        RECORD_HEAD + batch.ends().len() * 4 + batch.bytes().len() + RECORD_TAIL,
+    );
+    record.extend_from_slice(RECORD_MAGIC);
+    record.extend_from_slice(&generation.to_le_bytes());
+    record.extend_from_slice(&batch.run.to_le_bytes());
+    record.extend_from_slice(&batch.number.to_le_bytes());
+    record.extend_from_slice(&(batch.len() as u32).to_le_bytes());
+    record.extend_from_slice(&(batch.bytes().len() as u32).to_le_bytes());
+    record.extend_from_slice(&u32::from(kind == Kind::Gaps).to_le_bytes());
+    for end in batch.ends() {
+        record.extend_from_slice(&end.to_le_bytes());
     }
-    let mut head = [0u8; 24];
-    read_or_torn(reader, &mut head)?;
-    let run = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
-    let number = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-    let rows = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes")) as usize;
-    let len = u32::from_le_bytes(head[20..24].try_into().expect("4 bytes")) as usize;
+    record.extend_from_slice(batch.bytes());
+    let sum = fnv1a(&record[RECORD_MAGIC.len()..], FNV_OFFSET);
+    record.extend_from_slice(&sum.to_le_bytes());
+    record
+}
+
+/// The sound record of `generation` at `at` (ending by `limit`), its kind and length,
+/// or `None` when what is there is not one.
+fn read_record(
+    file: &File,
+    at: u64,
+    limit: u64,
+    generation: u64,
+) -> Result<Option<(Batch, Kind, u64)>, StoreError> {
+    if at + (RECORD_HEAD + RECORD_TAIL) as u64 > limit {
+        return Ok(None);
+    }
+    let mut head = [0u8; RECORD_HEAD];
+    file.read_exact_at(&mut head, at)?;
+    let word = |from: usize| u64::from_le_bytes(head[from..from + 8].try_into().expect("8 bytes"));
+    let half = |from: usize| u32::from_le_bytes(head[from..from + 4].try_into().expect("4 bytes"));
+    if &head[..4] != RECORD_MAGIC || word(4) != generation {
+        return Ok(None);
+    }
+    let (rows, len) = (half(28) as usize, half(32) as usize);
+    let kind = match half(36) {
+        0 => Kind::Events,
+        1 => Kind::Gaps,
+        _ => return Ok(None),
+    };
     // Bounds before allocating: a damaged length must not ask for gigabytes.
     if rows > MAX_BATCH_ROWS || len > MAX_RECORD_BYTES {
-        return Err(torn());
+        return Ok(None);
     }
-    let mut ends_raw = vec![0u8; rows * 4];
-    read_or_torn(reader, &mut ends_raw)?;
-    let mut bytes = vec![0u8; len];
-    read_or_torn(reader, &mut bytes)?;
-    let mut sum = [0u8; 8];
-    read_or_torn(reader, &mut sum)?;
-    let expected = fnv1a(&bytes, fnv1a(&ends_raw, fnv1a(&head, FNV_OFFSET)));
-    if u64::from_le_bytes(sum) != expected {
-        return Err(torn());
+    let length = (RECORD_HEAD + rows * 4 + len + RECORD_TAIL) as u64;
+    if at + length > limit {
+        return Ok(None);
     }
+    let mut body = vec![0u8; length as usize - RECORD_HEAD];
+    file.read_exact_at(&mut body, at + RECORD_HEAD as u64)?;
+    let (payload, sum) = body.split_at(body.len() - RECORD_TAIL);
+    let expected = fnv1a(payload, fnv1a(&head[4..], FNV_OFFSET));
+    if u64::from_le_bytes(sum.try_into().expect("8 bytes")) != expected {
+        return Ok(None);
+    }
+    let (ends_raw, bytes) = payload.split_at(rows * 4);
     let ends = ends_raw
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
         .collect();
-    Batch::from_parts(run, number, bytes, ends).map(Some)
+    match Batch::from_parts(word(12), word(20), bytes.to_vec(), ends) {
+        Ok(batch) => Ok(Some((batch, kind, length))),
+        // Sound bytes whose rows do not scan: damaged before they were written.
+        Err(StoreError::Corrupt(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-fn read_or_torn(reader: &mut impl Read, buf: &mut [u8]) -> Result<(), StoreError> {
-    reader.read_exact(buf).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => {
-            StoreError::Corrupt("spill record cut short or damaged".into())
+/// Reads one record of the first layout: `None` at its clean end.
+fn read_v1_record(reader: &mut impl Read) -> Result<Option<Batch>, StoreError> {
+    let torn = || StoreError::Corrupt("a first-layout spill record is cut short or damaged".into());
+    let mut magic = [0u8; 4];
+    match reader.read_exact(&mut magic) {
+        Ok(()) if &magic == V1_MAGIC => {}
+        Ok(()) => return Err(torn()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let mut head = [0u8; 24];
+    reader.read_exact(&mut head).map_err(|_| torn())?;
+    let rows = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes")) as usize;
+    let len = u32::from_le_bytes(head[20..24].try_into().expect("4 bytes")) as usize;
+    if rows > MAX_BATCH_ROWS || len > MAX_RECORD_BYTES {
+        return Err(torn());
+    }
+    let mut rest = vec![0u8; rows * 4 + len + 8];
+    reader.read_exact(&mut rest).map_err(|_| torn())?;
+    let (payload, sum) = rest.split_at(rows * 4 + len);
+    if u64::from_le_bytes(sum.try_into().expect("8 bytes"))
+        != fnv1a(payload, fnv1a(&head, FNV_OFFSET))
+    {
+        return Err(torn());
+    }
+    let (ends_raw, bytes) = payload.split_at(rows * 4);
+    let ends = ends_raw
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    let run = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
+    let number = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+    Batch::from_parts(run, number, bytes.to_vec(), ends).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use raven_model::{Aggressor, Event, EventBody, InstrumentId, Sequence, Trade, UnixNanos};
+
+    use super::*;
+
+    fn scratch(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("raven-spill-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("raven.spill")
+    }
+
+    /// Batch `number` of run 7, `rows` trades long.
+    fn batch(number: u64, rows: u64) -> Batch {
+        let mut batch = Batch::new(7, number);
+        for i in 0..rows {
+            let event = Event {
+                instrument: InstrumentId(0),
+                sequence: Sequence(number * 1000 + i + 1),
+                exchange_time: UnixNanos(i),
+                receive_time: UnixNanos(i),
+                publish_time: UnixNanos(i),
+                body: EventBody::Trade(Trade {
+                    price: "65000.5".parse().unwrap(),
+                    qty: "0.25".parse().unwrap(),
+                    aggressor: Aggressor::Buy,
+                    trade_id: format!("{number}-{i}"),
+                }),
+            };
+            batch.push("SIM:BTC-USD", &event);
         }
-        _ => e.into(),
-    })
+        batch
+    }
+
+    fn drain(spill: &mut Spill) -> Vec<(u64, Kind)> {
+        let mut out = Vec::new();
+        while let Some((batch, kind)) = spill.read_next().unwrap() {
+            out.push((batch.number, kind));
+        }
+        out
+    }
+
+    #[test]
+    fn batches_come_back_in_order_and_survive_a_reopen() {
+        let path = scratch("order");
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            DATA_START + MIN_RESERVE
+        );
+        for n in 0..5 {
+            spill.append(&batch(n, 10), Kind::Events).unwrap();
+        }
+        spill.append(&batch(5, 2), Kind::Gaps).unwrap();
+        assert_eq!(spill.batches(), 6);
+        drop(spill);
+
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        assert_eq!(spill.batches(), 6);
+        let first = spill.read_next().unwrap().unwrap().0;
+        assert_eq!(first, batch(0, 10));
+        // Read but not reclaimed: a crash now finds every batch again.
+        drop(spill);
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        let mut expected: Vec<_> = (0..5).map(|n| (n, Kind::Events)).collect();
+        expected.push((5, Kind::Gaps));
+        assert_eq!(drain(&mut spill), expected);
+        spill.reclaim().unwrap();
+        assert!(spill.is_empty());
+        assert_eq!(spill.used(), 0);
+        // Started over: the old records are still on disk, but of another generation.
+        spill.append(&batch(9, 3), Kind::Events).unwrap();
+        drop(spill);
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        assert_eq!(drain(&mut spill), [(9, Kind::Events)]);
+        spill.reclaim().unwrap();
+        drop(spill);
+        let spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        assert!(spill.is_empty());
+        assert_eq!(spill.damage(), Damage::default());
+    }
+
+    #[test]
+    fn a_full_reservation_refuses_an_append_and_keeps_the_headroom_for_gaps() {
+        let path = scratch("full");
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        let big = batch(0, 4000);
+        let mut appended = 0;
+        let full = loop {
+            match spill.append(&big, Kind::Events) {
+                Ok(()) => appended += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(full, SpillError::Full { .. }), "{full}");
+        assert!(appended > 0);
+        let used = spill.used();
+        assert!(used <= MIN_RESERVE - HEADROOM, "{used}");
+        // The refused append changed nothing; a gap batch still fits in the headroom.
+        spill.append(&batch(1, 5), Kind::Gaps).unwrap();
+        drop(spill);
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        assert_eq!(spill.batches(), appended + 1);
+        let read = drain(&mut spill);
+        assert_eq!(read.last(), Some(&(1, Kind::Gaps)));
+        assert_eq!(spill.damage(), Damage::default());
+    }
+
+    /// Regression: a record left half-written by a failed append (ENOSPC) made every
+    /// later replay stop there, and the next start cut the file at it, deleting the
+    /// sound batches written after it.
+    #[test]
+    fn a_damaged_record_is_skipped_and_the_sound_ones_after_it_are_kept() {
+        let path = scratch("damaged");
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        for n in 0..3 {
+            spill.append(&batch(n, 20), Kind::Events).unwrap();
+        }
+        let second = DATA_START + encode(1, &batch(0, 20), Kind::Events).len() as u64;
+        drop(spill);
+        // A flipped byte inside the second record.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xff], second + 100).unwrap();
+        drop(file);
+
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        assert_eq!(spill.batches(), 2);
+        assert_eq!(spill.damage().stretches, 1);
+        assert_eq!(drain(&mut spill), [(0, Kind::Events), (2, Kind::Events)]);
+        // Appends go after the last sound record, not after the damage.
+        spill.append(&batch(3, 1), Kind::Events).unwrap();
+        assert_eq!(drain(&mut spill), [(3, Kind::Events)]);
+    }
+
+    /// The bytes a failed append may leave at the tail are overwritten by the next one;
+    /// if that one is shorter, what is left of them after it is not read as a record.
+    #[test]
+    fn torn_bytes_at_the_tail_never_become_records() {
+        let path = scratch("torn");
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        spill.append(&batch(0, 5), Kind::Events).unwrap();
+        let tail = spill.tail;
+        // What a write cut short by a full disk leaves: the first 3/4 of a long record.
+        let long = encode(spill.generation, &batch(1, 500), Kind::Events);
+        spill
+            .file
+            .write_all_at(&long[..long.len() * 3 / 4], tail)
+            .unwrap();
+        spill.append(&batch(2, 1), Kind::Events).unwrap();
+        drop(spill);
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        assert_eq!(drain(&mut spill), [(0, Kind::Events), (2, Kind::Events)]);
+        assert_eq!(spill.damage(), Damage::default());
+    }
+
+    #[test]
+    fn a_first_layout_file_is_carried_over() {
+        let path = scratch("v1");
+        let mut v1 = Vec::new();
+        for n in [4, 5] {
+            let b = batch(n, 3);
+            let mut head = Vec::new();
+            head.extend_from_slice(&b.run.to_le_bytes());
+            head.extend_from_slice(&b.number.to_le_bytes());
+            head.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            head.extend_from_slice(&(b.bytes().len() as u32).to_le_bytes());
+            let mut payload = Vec::new();
+            for end in b.ends() {
+                payload.extend_from_slice(&end.to_le_bytes());
+            }
+            payload.extend_from_slice(b.bytes());
+            let sum = fnv1a(&payload, fnv1a(&head, FNV_OFFSET));
+            v1.extend_from_slice(V1_MAGIC);
+            v1.extend_from_slice(&head);
+            v1.extend_from_slice(&payload);
+            v1.extend_from_slice(&sum.to_le_bytes());
+        }
+        std::fs::write(&path, &v1).unwrap();
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        assert_eq!(drain(&mut spill), [(4, Kind::Events), (5, Kind::Events)]);
+        assert!(!path.with_extension("spill-v1").exists());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_spill_file_is_refused() {
+        let path = scratch("foreign");
+        std::fs::write(&path, b"hello, this is not a spill file at all").unwrap();
+        let err = Spill::open(&path, MIN_RESERVE).err().unwrap().to_string();
+        assert!(
+            err.ends_with("is not a spill file (no RVSPILL2 header); move it aside"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"hello, this is not a spill file at all"
+        );
+    }
 }

@@ -1,20 +1,11 @@
 //! Shared by the integration tests: the real server, in process, on a free loopback port.
 //! (In `common/mod.rs` so that cargo does not build it as a test of its own.)
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod scratch;
 
 use raven::app::{RunningServer, bind, start};
 use raven::config::FileConfig;
-
-/// A directory of its own for each server (its SQLite file and spill file).
-pub fn scratch_dir(what: &str) -> std::path::PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{what}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create a scratch directory");
-    dir
-}
+pub use scratch::scratch_dir;
 
 /// Starts a server on the defaults (recording to a SQLite file of its own) with
 /// `configure` applied.

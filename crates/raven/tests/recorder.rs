@@ -1,0 +1,782 @@
+//! The recorder end to end, in a real server: every event the engine publishes is
+//! stored once, in order, byte for byte what subscribers received, across every fault
+//! it is built for: PostgreSQL connections cut, a SQLite file locked by another writer, a
+//! real write error (a file-size limit), a full disk (a small tmpfs), `kill -9`, and a
+//! queue and spill file too small for the outage, where the loss is recorded as gaps.
+
+mod common;
+#[path = "common/pg.rs"]
+mod pg;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pg::{PG, drop_schema, postgres_available, unique_schema};
+use prost::Message;
+use raven::app::RunningServer;
+use raven::recorder::RecorderStats;
+use raven::store::sqlite::SqliteStore;
+use raven_proto::pb;
+use raven_proto::pb::market_client::MarketClient;
+use raven_proto::pb::stream_request::Request as Req;
+
+/// Every stored row: (run, instrument, channel, sequence, bytes) in record order.
+type StoredRow = (i64, String, i16, i64, Vec<u8>);
+
+fn sqlite_rows(path: &std::path::Path) -> Vec<StoredRow> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut q = conn
+        .prepare(
+            "SELECT e.run, i.name, e.channel, e.sequence, e.event FROM events e \
+             JOIN instruments i ON i.id = e.instrument ORDER BY e.run, e.position",
+        )
+        .unwrap();
+    q.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+fn postgres_rows(schema: &str) -> Vec<StoredRow> {
+    let mut client = postgres::Client::connect(PG, postgres::NoTls).unwrap();
+    client
+        .query(
+            &format!(
+                "SELECT e.run, i.name, e.channel, e.sequence, e.event FROM {schema}.events e \
+                 JOIN {schema}.instruments i ON i.id = e.instrument ORDER BY e.run, e.position"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+}
+
+/// Within each run, every (instrument, channel) holds sequences 1, 2, 3, … with none
+/// missing or repeated (checkpoint snapshots, channel 0, repeat the book's sequence and
+/// are not checked); returns the number of rows per run, checkpoints included.
+fn assert_contiguous(rows: &[StoredRow]) -> BTreeMap<i64, usize> {
+    let mut last: BTreeMap<(i64, &str, i16), i64> = BTreeMap::new();
+    let mut per_run = BTreeMap::new();
+    for (run, name, channel, sequence, _) in rows {
+        *per_run.entry(*run).or_insert(0) += 1;
+        if *channel == 0 {
+            continue;
+        }
+        let prev = last.entry((*run, name.as_str(), *channel)).or_insert(0);
+        assert_eq!(
+            *sequence,
+            *prev + 1,
+            "run {run} {name} channel {channel}: sequence {sequence} after {prev}"
+        );
+        *prev = *sequence;
+    }
+    per_run
+}
+
+/// Live BTC trades as a subscriber received them, for `duration`.
+async fn live_trades(addr: std::net::SocketAddr, duration: Duration) -> Vec<pb::Event> {
+    let mut client = MarketClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::StreamRequest {
+        request: Some(Req::Subscribe(pb::Subscribe {
+            instruments: vec!["SIM:BTC-USD".into()],
+            channel: pb::Channel::Trades as i32,
+            depth: 0,
+            start: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut trades = Vec::new();
+    let end = tokio::time::Instant::now() + duration;
+    while let Ok(message) = tokio::time::timeout_at(end, stream.message()).await {
+        let message = message.unwrap().expect("the stream stays open");
+        trades.extend(
+            message
+                .events
+                .into_iter()
+                .filter(|e| matches!(e.body, Some(pb::event::Body::Trade(_)))),
+        );
+    }
+    trades
+}
+
+/// The live trades came without a gap, and are stored, byte for byte, at the same
+/// sequences.
+fn assert_live_trades_stored(live: &[pb::Event], rows: &[StoredRow]) {
+    assert!(live.len() > 100, "only {} live trades", live.len());
+    for pair in live.windows(2) {
+        assert_eq!(pair[1].sequence, pair[0].sequence + 1, "live trades");
+    }
+    let stored: BTreeMap<i64, &[u8]> = rows
+        .iter()
+        .filter(|r| r.1 == "SIM:BTC-USD" && r.2 == pb::Channel::Trades as i16)
+        .map(|r| (r.3, r.4.as_slice()))
+        .collect();
+    for trade in live {
+        let bytes = stored
+            .get(&(trade.sequence as i64))
+            .unwrap_or_else(|| panic!("live trade {} not stored", trade.sequence));
+        let as_sent = pb::StreamResponse {
+            events: vec![trade.clone()],
+        }
+        .encode_to_vec();
+        assert_eq!(*bytes, as_sent.as_slice(), "trade {}", trade.sequence);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorder_stores_every_event_once_in_order_as_subscribers_received_it() {
+    let dir = common::scratch_dir("recorder-sqlite");
+    let db = dir.join("raven.db");
+    let server = common::server(|f| {
+        f.sim.rate = 20_000;
+        f.engine.shards = 2;
+        f.store.url = format!("sqlite:{}", db.display());
+    })
+    .await;
+    let live = live_trades(server.local_addr(), Duration::from_millis(1500)).await;
+    let stats = server.recorder_stats().unwrap();
+    server.shutdown().await.unwrap();
+
+    let rows = sqlite_rows(&db);
+    assert_stored_once(&stats, &rows, &live);
+    assert!(rows.len() > 20_000, "{} events stored", rows.len());
+    assert_eq!(stats.spilled.load(Ordering::Relaxed), 0);
+    // Book, BBO, trades and candles were all recorded.
+    let channels: std::collections::BTreeSet<i16> = rows.iter().map(|r| r.2).collect();
+    assert_eq!(channels.into_iter().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    let store = SqliteStore::open(&db).unwrap();
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}
+
+/// Waits for the recorder to have reconnected and emptied the spill file (it retries
+/// every second and backfills beside live recording), stops the server, and checks the
+/// store failed, something spilled, and all of it was backfilled.
+async fn backfilled_then_stopped(server: RunningServer) -> Arc<RecorderStats> {
+    let stats = server.recorder_stats().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(stats.store_up.load(Ordering::Relaxed)
+        && stats.spill_bytes.load(Ordering::Relaxed) == 0)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await.unwrap();
+    assert!(stats.failures.load(Ordering::Relaxed) >= 1);
+    let spilled = stats.spilled.load(Ordering::Relaxed);
+    assert!(spilled > 0, "nothing was spilled");
+    assert_eq!(stats.backfilled.load(Ordering::Relaxed), spilled);
+    stats
+}
+
+/// One run, every event the engine published stored exactly once, the live trades
+/// among them byte for byte.
+fn assert_stored_once(stats: &RecorderStats, rows: &[StoredRow], live: &[pb::Event]) {
+    let per_run = assert_contiguous(rows);
+    assert_eq!(per_run.len(), 1);
+    let stored = stats.stored.load(Ordering::Relaxed);
+    assert_eq!(rows.len() as u64, stored);
+    assert_eq!(stats.received.load(Ordering::Relaxed), stored);
+    assert_live_trades_stored(live, rows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_mid_run_spills_then_backfills_everything_exactly_once() {
+    if !postgres_available() {
+        return;
+    }
+    let schema = unique_schema("outage");
+    let app = schema.clone();
+    let server = common::server(|f| {
+        f.sim.rate = 20_000;
+        f.store.url = format!("{PG}?application_name={app}");
+        f.store.schema = app.clone();
+        // No memory queue to speak of: what the store does not take goes to the spill.
+        f.store.queue_mb = 0;
+    })
+    .await;
+    let addr = server.local_addr();
+    let watcher = tokio::spawn(live_trades(addr, Duration::from_millis(2500)));
+    // Cut the recorder's connection three times while events keep flowing.
+    let killer = tokio::task::spawn_blocking({
+        let app = schema.clone();
+        move || {
+            let mut admin = postgres::Client::connect(PG, postgres::NoTls).unwrap();
+            let mut killed = 0;
+            for _ in 0..3 {
+                std::thread::sleep(Duration::from_millis(500));
+                killed += admin
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = $1",
+                        &[&app],
+                    )
+                    .unwrap()
+                    .len();
+            }
+            killed
+        }
+    });
+    let killed = killer.await.unwrap();
+    let live = watcher.await.unwrap();
+    let stats = backfilled_then_stopped(server).await;
+    assert!(killed >= 1, "no recorder connection was found to terminate");
+    // The blocking PostgreSQL client runs its own runtime: off this one.
+    let rows = tokio::task::spawn_blocking(move || {
+        let rows = postgres_rows(&schema);
+        drop_schema(&schema);
+        rows
+    })
+    .await
+    .unwrap();
+    assert_stored_once(&stats, &rows, &live);
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_file_locked_by_another_writer_spills_then_backfills_everything_exactly_once() {
+    let dir = common::scratch_dir("sqlite-locked");
+    let db = dir.join("raven.db");
+    let server = common::server(|f| {
+        f.sim.rate = 20_000;
+        f.store.url = format!("sqlite:{}", db.display());
+        f.store.queue_mb = 0;
+    })
+    .await;
+    let watcher = tokio::spawn(live_trades(
+        server.local_addr(),
+        Duration::from_millis(3000),
+    ));
+    // Another process (a sqlite3 shell, a backup) holds the write lock for 1.5 s.
+    let locker = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(600));
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let from = now_ns();
+            std::thread::sleep(Duration::from_millis(1500));
+            let to = now_ns();
+            conn.execute_batch("ROLLBACK").unwrap();
+            (from, to)
+        }
+    });
+    let (locked_from, locked_to) = locker.await.unwrap();
+    let live = watcher.await.unwrap();
+    let stats = backfilled_then_stopped(server).await;
+    // Live streaming went on while the store was locked.
+    let during = live
+        .iter()
+        .filter(|e| (locked_from..locked_to).contains(&e.publish_time))
+        .count();
+    assert!(
+        during > 50,
+        "{during} live trades while the store was locked"
+    );
+    let rows = sqlite_rows(&db);
+    assert_stored_once(&stats, &rows, &live);
+    assert_eq!(
+        SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
+        "ok"
+    );
+}
+
+const RAVEN: &str = env!("CARGO_BIN_EXE_raven");
+
+fn spawn_server(dir: &std::path::Path) -> std::process::Child {
+    let mut child = Command::new(RAVEN)
+        .current_dir(dir)
+        .args(["serve", "--listen", "127.0.0.1:0", "--rate", "20000"])
+        .env("RAVEN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("raven: serving gRPC on"), "{line}");
+    child
+}
+
+#[test]
+fn after_kill_9_the_database_is_sound_and_recording_resumes() {
+    let dir = common::scratch_dir("kill9");
+    // The default store: ./data/raven.db under the server's working directory.
+    let db = dir.join("data").join("raven.db");
+    let mut first = spawn_server(&dir);
+    std::thread::sleep(Duration::from_millis(1500));
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let after_kill = sqlite_rows(&db);
+    assert!(after_kill.len() > 1000, "{} rows", after_kill.len());
+    assert_eq!(
+        SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
+        "ok"
+    );
+
+    let second = spawn_server(&dir);
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = second.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+
+    let rows = sqlite_rows(&db);
+    let per_run = assert_contiguous(&rows);
+    // The killed run kept what it had committed; the second run recorded from 1 again.
+    assert_eq!(per_run.len(), 2, "{per_run:?}");
+    assert_eq!(*per_run.values().next().unwrap(), after_kill.len());
+    assert!(*per_run.values().nth(1).unwrap() > 1000);
+    assert_eq!(
+        SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
+        "ok"
+    );
+}
+
+/// The number after `name=` in a log line.
+fn field(line: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&key))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_sqlite_write_error_spills_then_backfills_everything_exactly_once() {
+    // A real I/O error from the file system: the server runs under a 32 MiB file-size
+    // limit (`prlimit`, util-linux), so once the database outgrows it, SQLite's writes
+    // fail with EFBIG; then the limit is lifted from outside, as an operator freeing
+    // space would. The spill file's 16 MiB are reserved at start, under the limit.
+    const LIMIT: u64 = 32 << 20;
+    let dir = common::scratch_dir("sqlite-write-error");
+    let db = dir.join("data").join("raven.db");
+    std::fs::write(
+        dir.join("raven.toml"),
+        "[store]\nspill_reserve_mb = 16\nqueue_mb = 1\n",
+    )
+    .unwrap();
+    let mut child = Command::new("prlimit")
+        .arg(format!("--fsize={LIMIT}:"))
+        .arg("--")
+        .arg(RAVEN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--rate", "20000"])
+        .args(["--config", "raven.toml"])
+        .current_dir(&dir)
+        .env("RAVEN_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux) runs the server under a file-size limit");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("raven: serving gRPC on"), "{line}");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = lines_tx.send(line.unwrap());
+        }
+    });
+    let wait_for = |what: &str, within: Duration| -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what:?} in the log within {within:?}"));
+            if line.contains(what) {
+                return line;
+            }
+        }
+    };
+    let failed = wait_for("store failed;", Duration::from_secs(60));
+    assert!(failed.contains("sqlite: disk I/O error"), "{failed}");
+    // Spill for a second (≈3 MB of events, well under the spill file's reservation).
+    std::thread::sleep(Duration::from_secs(1));
+    let lifted = Command::new("prlimit")
+        .args(["--pid", &child.id().to_string(), "--fsize=unlimited"])
+        .status()
+        .unwrap();
+    assert!(lifted.success());
+    wait_for("store back;", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stopped = wait_for("recorder stopped", Duration::from_secs(15));
+    assert!(child.wait().unwrap().success());
+
+    let spilled = field(&stopped, "spilled");
+    assert!(spilled > 10_000, "{stopped}");
+    assert_eq!(field(&stopped, "backfilled"), spilled, "{stopped}");
+    let rows = sqlite_rows(&db);
+    let per_run = assert_contiguous(&rows);
+    assert_eq!(per_run.len(), 1);
+    // Everything the engine published was stored, once.
+    assert_eq!(rows.len() as u64, field(&stopped, "received"), "{stopped}");
+    assert_eq!(rows.len() as u64, field(&stopped, "stored"), "{stopped}");
+    assert_eq!(
+        SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
+        "ok"
+    );
+}
+
+/// Holds the SQLite write lock from another connection (as a `sqlite3` shell or a
+/// backup would) from `after` for `hold`; returns when it let go.
+fn lock_sqlite(
+    db: &std::path::Path,
+    after: Duration,
+    hold: Duration,
+) -> tokio::task::JoinHandle<std::time::Instant> {
+    let db = db.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::thread::sleep(after);
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        std::thread::sleep(hold);
+        conn.execute_batch("ROLLBACK").unwrap();
+        std::time::Instant::now()
+    })
+}
+
+/// The status in a row's bytes, when it is one.
+fn status_of(bytes: &[u8]) -> Option<pb::Status> {
+    let event = pb::StreamResponse::decode(bytes).unwrap().events.remove(0);
+    match event.body {
+        Some(pb::event::Body::Status(status)) => Some(status),
+        _ => None,
+    }
+}
+
+/// Regression (issue 10, finding 4): the recorder used to backfill the spill file before
+/// reading its input again, so the engine waited on the tap and live streams froze for
+/// seconds after an outage. The intake must keep taking events while the writer is
+/// still backfilling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intake_keeps_taking_events_while_the_spill_file_is_backfilled() {
+    let dir = common::scratch_dir("backfill-beside-live");
+    let db = dir.join("raven.db");
+    let server = common::server(|f| {
+        f.sim.rate = 20_000;
+        f.store.url = format!("sqlite:{}", db.display());
+        f.store.queue_mb = 0;
+    })
+    .await;
+    let stats = server.recorder_stats().unwrap();
+    let watcher = tokio::spawn(live_trades(server.local_addr(), Duration::from_secs(6)));
+    lock_sqlite(&db, Duration::from_millis(300), Duration::from_secs(3))
+        .await
+        .unwrap();
+    // From the moment the store answers again until the spill file is empty: both the
+    // intake's count and the backfill move.
+    let mut samples = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (up, spill) = (
+            stats.store_up.load(Ordering::Relaxed),
+            stats.spill_bytes.load(Ordering::Relaxed),
+        );
+        if up {
+            samples.push((stats.received.load(Ordering::Relaxed), spill));
+            if spill == 0 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never backfilled");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let live = watcher.await.unwrap();
+    server.shutdown().await.unwrap();
+    let backfilling: Vec<_> = samples.iter().filter(|(_, spill)| *spill > 0).collect();
+    assert!(
+        backfilling.len() >= 2,
+        "the backfill was too short to watch: {samples:?}"
+    );
+    let (first, last) = (backfilling[0].0, backfilling[backfilling.len() - 1].0);
+    assert!(
+        last > first,
+        "the intake took nothing while the spill file was backfilled ({first} events throughout)"
+    );
+    let rows = sqlite_rows(&db);
+    assert_stored_once(&stats, &rows, &live);
+    assert!(stats.spilled.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        stats.backfilled.load(Ordering::Relaxed),
+        stats.spilled.load(Ordering::Relaxed)
+    );
+}
+
+/// Issue 10, finding 2: when the store fails for longer than the memory queue and the
+/// spill file's reservation can hold, events are lost; each lost range is recorded, and
+/// history returns a gap status with the count where the events would have been,
+/// never a silent hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_fit_nowhere_are_recorded_as_gaps_that_history_returns() {
+    let dir = common::scratch_dir("gaps");
+    let db = dir.join("raven.db");
+    let server = common::server(|f| {
+        f.sim.rate = 20_000;
+        f.store.url = format!("sqlite:{}", db.display());
+        f.store.queue_mb = 0;
+        // 4 MiB for batches (the rest is headroom for gap rows): about 1.2 s here.
+        f.store.spill_reserve_mb = 8;
+        // No checkpoints: every lost event then has a sequence and lands in a gap.
+        f.store.snapshot_every = u32::MAX;
+    })
+    .await;
+    let stats = server.recorder_stats().unwrap();
+    let addr = server.local_addr();
+    let watcher = tokio::spawn(live_trades(addr, Duration::from_secs(6)));
+    lock_sqlite(&db, Duration::from_millis(300), Duration::from_secs(4))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(stats.gaps.load(Ordering::Relaxed) > 0
+        && stats.spill_bytes.load(Ordering::Relaxed) == 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gaps were never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let live = watcher.await.unwrap();
+
+    // History, as a client reads it: BTC trades, each sequence either stored or counted
+    // by a gap status.
+    let mut history =
+        raven_proto::pb::history_client::HistoryClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+    let mut stream = history
+        .query(pb::HistoryRequest {
+            instruments: vec!["SIM:BTC-USD".into()],
+            channels: vec![pb::Channel::Trades as i32],
+            from: 0,
+            to: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut expected, mut gaps_seen, mut missed_seen) = (1, 0, 0);
+    let mut stored_trades = BTreeMap::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        for event in message.events {
+            match &event.body {
+                Some(pb::event::Body::Status(status)) => {
+                    assert_eq!(status.kind, pb::StatusKind::Gap as i32, "{status:?}");
+                    assert_eq!(event.sequence, expected + status.missed - 1, "{status:?}");
+                    gaps_seen += 1;
+                    missed_seen += status.missed;
+                    expected = event.sequence + 1;
+                }
+                Some(pb::event::Body::Trade(_)) => {
+                    assert_eq!(event.sequence, expected);
+                    expected += 1;
+                    stored_trades.insert(event.sequence, event);
+                }
+                other => panic!("not a trade: {other:?}"),
+            }
+        }
+    }
+    assert!(gaps_seen >= 1 && missed_seen > 0, "history shows no gap");
+    // Book events were lost too, and no snapshot was stored after them: the book after
+    // the gap cannot be rebuilt, and BookAt says so rather than return a wrong book.
+    let last_stored = stored_trades.values().last().unwrap().publish_time;
+    let err = history
+        .book_at(pb::BookAtRequest {
+            instrument: "SIM:BTC-USD".into(),
+            at: last_stored,
+            depth: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+    assert!(
+        err.message().contains("book events up to sequence")
+            && err.message().contains("were lost, not recorded"),
+        "{}",
+        err.message()
+    );
+    server.shutdown().await.unwrap();
+
+    let (lost, received, stored) = (
+        stats.lost.load(Ordering::Relaxed),
+        stats.received.load(Ordering::Relaxed),
+        stats.stored.load(Ordering::Relaxed),
+    );
+    assert!(
+        lost > 0,
+        "nothing was lost: the test did not fill the spill file"
+    );
+    assert_eq!(received, stored + lost);
+    // In the file: per (instrument, channel), stored events and gap ranges cover every
+    // sequence once, and the gaps count exactly what was lost.
+    let rows = sqlite_rows(&db);
+    let mut next: BTreeMap<(&str, i16), i64> = BTreeMap::new();
+    let (mut events, mut missed, mut gap_rows) = (0u64, 0u64, 0u64);
+    for (_, name, channel, sequence, bytes) in &rows {
+        let expected = next.entry((name.as_str(), *channel)).or_insert(1);
+        match status_of(bytes) {
+            Some(status) if status.kind == pb::StatusKind::Gap as i32 => {
+                assert_eq!(
+                    *sequence,
+                    *expected + status.missed as i64 - 1,
+                    "{name} {channel}"
+                );
+                missed += status.missed;
+                gap_rows += 1;
+            }
+            _ => {
+                assert_eq!(*sequence, *expected, "{name} channel {channel}");
+                events += 1;
+            }
+        }
+        *expected = *sequence + 1;
+    }
+    assert_eq!(events, stored);
+    assert_eq!(missed, lost);
+    assert_eq!(gap_rows, stats.gaps.load(Ordering::Relaxed));
+    // Every trade a live subscriber saw is in history byte for byte, or inside a gap.
+    for trade in &live {
+        if let Some(stored) = stored_trades.get(&trade.sequence) {
+            assert_eq!(stored, trade);
+        }
+    }
+    assert!(
+        live.len() as u64 > missed_seen,
+        "the subscriber saw the lost trades live"
+    );
+}
+
+/// Unmounts the small filesystem a test mounted, even when the test fails.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A tmpfs of `mb` MiB at a scratch directory, or `None` (the test is skipped, with a
+/// message) when this process may not mount one (mounting takes root).
+fn small_filesystem(what: &str, mb: u64) -> Option<(std::path::PathBuf, Mounted)> {
+    let dir = common::scratch_dir(what);
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+        .arg(&dir)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED full-disk test: cannot mount a {mb} MiB tmpfs (needs root)");
+        return None;
+    }
+    Some((dir.clone(), Mounted(dir)))
+}
+
+/// Fills the filesystem at `dir` with a file until the disk refuses; returns its path.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let block = vec![0xa5u8; 64 << 10];
+    loop {
+        if let Err(e) = file.write_all(&block) {
+            assert_eq!(e.raw_os_error(), Some(28), "expected ENOSPC, got {e}");
+            break;
+        }
+    }
+    path
+}
+
+/// Issue 10, finding 2: a full disk under the database and the spill file (the default
+/// layout: both in one directory) used to lose every batch while it lasted. The spill
+/// file's space is reserved at start, so it holds them; nothing is lost, and recording
+/// resumes by itself when space returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_nothing_and_recording_resumes_when_space_returns() {
+    let Some((dir, _mounted)) = small_filesystem("full-disk", 96) else {
+        return;
+    };
+    let db = dir.join("raven.db");
+    let server = common::server(|f| {
+        f.sim.rate = 20_000;
+        f.store.url = format!("sqlite:{}", db.display());
+        f.store.spill = dir.join("raven.spill");
+        f.store.spill_reserve_mb = 32;
+        f.store.queue_mb = 4;
+    })
+    .await;
+    let stats = server.recorder_stats().unwrap();
+    let watcher = tokio::spawn(live_trades(server.local_addr(), Duration::from_secs(8)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let filler = fill(&dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stats.store_up.load(Ordering::Relaxed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store never failed on a full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Full for three seconds, while events keep coming.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        stats.spill_bytes.load(Ordering::Relaxed) > 0,
+        "nothing reached the spill file"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(stats.store_up.load(Ordering::Relaxed)
+        && stats.spill_bytes.load(Ordering::Relaxed) == 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recording never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let live = watcher.await.unwrap();
+    server.shutdown().await.unwrap();
+    assert_eq!(stats.lost.load(Ordering::Relaxed), 0);
+    let rows = sqlite_rows(&db);
+    assert_stored_once(&stats, &rows, &live);
+    assert_eq!(
+        SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
+        "ok"
+    );
+}
