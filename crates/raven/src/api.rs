@@ -3,6 +3,7 @@
 //! the standard health and reflection services, wired up in [`crate::app`]. Requests are validated here and
 //! refused with precise status codes before anything reaches the engine.
 
+pub mod connections;
 pub mod history;
 pub mod ingest;
 pub mod market;

@@ -1,7 +1,9 @@
 //! Wiring: builds the registry, engine, recorder, simulator feed and gRPC services
-//! (market, ingest, health, reflection) from a [`Config`], runs them, and shuts them down
-//! in order (feed, client streams, gRPC, engine, then the recorder's last batch).
-//! Entry points take the listener as an argument so tests bind port 0.
+//! (market, ingest, history, health, reflection) from a [`Config`], runs them, and shuts
+//! them down in order: the feed; client streams told the server is going away
+//! (`UNAVAILABLE`) and connections drained, what is left of them cut at the drain
+//! deadline; the engine, which finishes what it accepted; then the recorder's last
+//! batches. Entry points take the listener as an argument so tests bind port 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,10 +16,9 @@ use raven_proto::ingest_server::IngestServer;
 use raven_proto::market_server::MarketServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::api::connections::{Connections, TrackRequests};
 use crate::api::history::{HistoryApi, Recorded};
 use crate::api::ingest::IngestApi;
 use crate::api::market::{Limits, MarketApi, MarketService};
@@ -28,6 +29,7 @@ use crate::fanout::{Closed, Fanout};
 use crate::feed::sim::{self, Simulator};
 use crate::feed::{Catalog, Owner};
 use crate::recorder::{Recorder, RecorderStats};
+use crate::shutdown::{self, Trigger};
 use crate::store::StoreError;
 use crate::store::spill::Spill;
 
@@ -60,6 +62,10 @@ pub struct RunningServer {
     feed: JoinHandle<()>,
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     stop_grpc: oneshot::Sender<()>,
+    connections: Arc<Connections>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: Trigger,
+    drain: std::time::Duration,
     recorder: Option<Recorder>,
 }
 
@@ -142,8 +148,14 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         stop_feed.clone(),
     )?;
 
-    let ingest = IngestServer::new(IngestApi::new(catalog.clone(), engine.input(), clock))
-        .max_decoding_message_size(16 << 20);
+    let (trigger, shutdown) = shutdown::channel();
+    let ingest = IngestServer::new(IngestApi::new(
+        catalog.clone(),
+        engine.input(),
+        clock,
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(16 << 20);
     let mut service = MarketService::new(
         registry,
         catalog,
@@ -177,23 +189,23 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
     // answer, so requests up to 4 MiB decode; the instrument limit refuses it there.
     let market = MarketServer::new(MarketApi::new(service)).max_decoding_message_size(4 << 20);
 
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|stream| {
-            // Market data is many small writes; Nagle would add up to 40 ms to each.
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        })
-    });
+    let connections = Connections::new(config.connections);
+    let incoming = connections.incoming(listener);
+    tokio::spawn(connections.clone().watch(shutdown.clone()));
     let (stop_grpc, stopped) = oneshot::channel::<()>();
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .layer(TrackRequests)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(market)
         .add_service(ingest)
-        .add_service(HistoryServer::new(HistoryApi::new(config.store.clone())))
+        .add_service(HistoryServer::new(HistoryApi::new(
+            config.store.clone(),
+            shutdown,
+        )))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         });
@@ -207,6 +219,10 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         feed,
         grpc,
         stop_grpc,
+        connections,
+        health,
+        shutdown: trigger,
+        drain: config.drain,
         recorder,
     })
 }
@@ -232,9 +248,15 @@ impl RunningServer {
         self.recorder.as_ref().map(Recorder::stats)
     }
 
-    /// Stops the feed, ends client streams with `UNAVAILABLE`, stops gRPC, lets the
-    /// engine finish what it has queued, then waits for the recorder to write its last
-    /// batch.
+    /// The gRPC listener's connections.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// Stops the feed; ends client streams with `UNAVAILABLE` and stops gRPC, waiting up
+    /// to the drain deadline for connections to finish, then cutting what is left; lets
+    /// the engine finish what it has queued; then has the recorder store its last
+    /// batches (what it cannot store in time waits in the spill file).
     pub async fn shutdown(self) -> Result<(), AppError> {
         self.stop_feed.store(true, Ordering::Relaxed);
         let feed = self.feed;
@@ -242,12 +264,45 @@ impl RunningServer {
             .await
             .map_err(std::io::Error::other)?
             .map_err(|_| std::io::Error::other("simulator thread panicked"))?;
+        self.shutdown.fire();
+        // Health checkers (load balancers) see the server going before it is gone.
+        self.health
+            .set_not_serving::<MarketServer<MarketApi>>()
+            .await;
+        self.health
+            .set_not_serving::<IngestServer<IngestApi>>()
+            .await;
+        self.health
+            .set_not_serving::<HistoryServer<HistoryApi>>()
+            .await;
         self.fanout
             .close_all(Closed::Refused(tonic::Status::unavailable(
                 "server shutting down",
             )));
+        // Connections still in their handshake hold no work: they go now.
+        self.connections.cut_handshaking();
         let _ = self.stop_grpc.send(());
-        self.grpc.await.map_err(std::io::Error::other)??;
+        let mut grpc = self.grpc;
+        let served = match tokio::time::timeout(self.drain, &mut grpc).await {
+            Ok(served) => served,
+            Err(_) => {
+                let cut = self.connections.cut_all();
+                tracing::warn!(
+                    connections = cut,
+                    drain_secs = self.drain.as_secs(),
+                    "drain deadline passed; cut the connections left"
+                );
+                match tokio::time::timeout(CUT_GRACE, &mut grpc).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        grpc.abort();
+                        tracing::error!("connections did not close after being cut; left behind");
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        served.map_err(std::io::Error::other)??;
         let engine = self.engine;
         tokio::task::spawn_blocking(move || engine.shutdown())
             .await
@@ -260,3 +315,6 @@ impl RunningServer {
         Ok(())
     }
 }
+
+/// How long cut connections get to close before the server stops waiting for them.
+const CUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);

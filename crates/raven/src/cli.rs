@@ -403,7 +403,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.sim.rate
     );
     wait_for_signal().await?;
-    tracing::info!("shutting down");
+    tracing::info!(
+        drain_secs = config.drain.as_secs(),
+        "shutting down; a second signal exits at once"
+    );
+    let recorder = server.recorder_stats();
+    tokio::spawn(async move {
+        if wait_for_signal().await.is_ok() {
+            let waiting = recorder.map_or(0, |r| {
+                r.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)
+            });
+            tracing::warn!(
+                unstored_bytes = waiting,
+                "second signal: exiting now; batches still in memory are not stored"
+            );
+            std::process::exit(130);
+        }
+    });
     server.shutdown().await?;
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::api::connections::ConnectionLimits;
 use crate::fanout::LagPolicy;
 use crate::feed::sim::SimConfig;
 use crate::recorder::RecorderConfig;
@@ -137,6 +138,17 @@ pub struct ServerSection {
     pub keepalive_timeout_secs: u64,
     /// Most instruments one subscribe request may name. Default 1000.
     pub max_instruments_per_request: usize,
+    /// Seconds a new connection has to begin its HTTP/2 handshake before it is closed.
+    /// Default 10.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight before it is
+    /// closed (a streaming subscription is in flight for as long as it lasts). Default
+    /// 300.
+    pub idle_timeout_secs: u64,
+    /// Seconds a shutdown (SIGTERM, SIGINT) waits for client connections to finish
+    /// after telling every stream it is going away; then what remains is cut. The
+    /// recorder's last batches are written after that. Default 5.
+    pub drain_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -146,6 +158,9 @@ impl Default for ServerSection {
             keepalive_secs: 10,
             keepalive_timeout_secs: 20,
             max_instruments_per_request: 1000,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            drain_secs: 5,
         }
     }
 }
@@ -247,6 +262,10 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     /// Subscribe request size limit.
     pub max_instruments_per_request: usize,
+    /// Handshake and idle limits for connections.
+    pub connections: ConnectionLimits,
+    /// How long a shutdown waits for connections before cutting them.
+    pub drain: Duration,
     /// The simulator.
     pub sim: SimConfig,
     /// Engine shard threads.
@@ -294,6 +313,24 @@ impl FileConfig {
         })?;
         if self.server.keepalive_secs == 0 {
             return Err(invalid("server.keepalive_secs", &0, "must be at least 1"));
+        }
+        for (field, value) in [
+            (
+                "server.handshake_timeout_secs",
+                self.server.handshake_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, &0, "must be at least 1"));
+            }
+        }
+        if self.server.drain_secs > 3600 {
+            return Err(invalid(
+                "server.drain_secs",
+                &self.server.drain_secs,
+                "must be at most 3600",
+            ));
         }
         if self.server.max_instruments_per_request == 0 {
             return Err(invalid(
@@ -389,6 +426,11 @@ impl FileConfig {
             keepalive: Duration::from_secs(self.server.keepalive_secs),
             keepalive_timeout: Duration::from_secs(self.server.keepalive_timeout_secs.max(1)),
             max_instruments_per_request: self.server.max_instruments_per_request,
+            connections: ConnectionLimits {
+                handshake: Duration::from_secs(self.server.handshake_timeout_secs),
+                idle: Duration::from_secs(self.server.idle_timeout_secs),
+            },
+            drain: Duration::from_secs(self.server.drain_secs),
             sim: SimConfig {
                 seed: self.sim.seed,
                 rate: self.sim.rate,

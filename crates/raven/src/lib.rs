@@ -16,4 +16,5 @@ pub mod engine;
 pub mod fanout;
 pub mod feed;
 pub mod recorder;
+pub mod shutdown;
 pub mod store;

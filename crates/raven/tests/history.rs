@@ -240,6 +240,25 @@ async fn book_at_time_equals_the_live_book_at_that_sequence() {
         none.message(),
         "no recorded book for SIM:BTC-USD at or before 1"
     );
+    // Regression (issue 10, finding 7): an instant in the future was answered with the
+    // last recorded book, labelled with that instant.
+    let future = client
+        .book_at(pb::BookAtRequest {
+            instrument: "SIM:BTC-USD".into(),
+            at: u64::MAX / 2,
+            depth: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(future.code(), Code::InvalidArgument);
+    assert!(
+        future.message().starts_with(&format!(
+            "at ({}) is in the future (server time ",
+            u64::MAX / 2
+        )),
+        "{}",
+        future.message()
+    );
     server.shutdown().await.unwrap();
 }
 

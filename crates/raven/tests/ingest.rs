@@ -324,3 +324,97 @@ async fn bad_publishes_get_precise_errors() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// Regression (issue 10, finding 6): each refused request used to create the new
+/// instruments it named before its bad event was found (1,000 refused requests, 1,000
+/// empty instruments in `ListInstruments`). A refused request changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_creates_no_instrument() {
+    use pb::feed_event::Body;
+    let server = common::server(|f| f.store.url = "off".into()).await;
+    let addr = server.local_addr();
+    let mut ingest = IngestClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut market = MarketClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let names = |listed: pb::ListInstrumentsResponse| {
+        listed
+            .instruments
+            .into_iter()
+            .map(|i| i.name)
+            .collect::<Vec<_>>()
+    };
+    let before = names(
+        market
+            .list_instruments(pb::ListInstrumentsRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let snapshot = || {
+        Body::Snapshot(pb::BookSnapshot {
+            bids: vec![],
+            asks: vec![],
+            checkpoint: false,
+            resync: false,
+        })
+    };
+    for n in 0..200 {
+        // A new instrument, then an event the request is refused for: a book the
+        // simulator owns, a malformed name, a missing body.
+        let bad = match n % 3 {
+            0 => event("SIM:BTC-USD", snapshot()),
+            1 => event("not a name", snapshot()),
+            _ => pb::FeedEvent {
+                instrument: "TEST:ALSO-NEW".into(),
+                exchange_time: 0,
+                receive_time: 0,
+                body: None,
+            },
+        };
+        let status = publish(
+            &mut ingest,
+            vec![vec![event(&format!("TEST:NEW-{n}"), snapshot()), bad]],
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            status.message().contains("event 1 of the request"),
+            "{}",
+            status.message()
+        );
+    }
+    let after = names(
+        market
+            .list_instruments(pb::ListInstrumentsRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(after, before);
+    // The same instrument in an accepted request is created once.
+    assert_eq!(
+        publish(
+            &mut ingest,
+            vec![vec![
+                event("TEST:NEW-0", snapshot()),
+                event("TEST:NEW-0", snapshot())
+            ]],
+        )
+        .await
+        .unwrap(),
+        2
+    );
+    let after = names(
+        market
+            .list_instruments(pb::ListInstrumentsRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(after.len(), before.len() + 1);
+    assert!(after.contains(&"TEST:NEW-0".to_owned()));
+    server.shutdown().await.unwrap();
+}

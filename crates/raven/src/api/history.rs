@@ -22,7 +22,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::market::{EventStream, channel, depth};
+use crate::clock::{Clock, SystemClock};
 use crate::config::StoreConfig;
+use crate::shutdown::Shutdown;
 use crate::store::{self, Query, Store};
 
 /// Most events one query may ask for.
@@ -38,13 +40,14 @@ const MESSAGE_BYTES: usize = 256 << 10;
 #[derive(Clone)]
 pub struct HistoryApi {
     store: Option<StoreConfig>,
+    shutdown: Shutdown,
 }
 
 impl HistoryApi {
     /// Reads from the store `store` describes; `None` when recording is off (every call
-    /// then fails with `FAILED_PRECONDITION`).
-    pub fn new(store: Option<StoreConfig>) -> HistoryApi {
-        HistoryApi { store }
+    /// then fails with `FAILED_PRECONDITION`). Streams end when `shutdown` fires.
+    pub fn new(store: Option<StoreConfig>, shutdown: Shutdown) -> HistoryApi {
+        HistoryApi { store, shutdown }
     }
 
     /// Opens a connection of its own, off the runtime (PostgreSQL's client blocks).
@@ -141,9 +144,17 @@ fn parse_name(name: &str) -> Result<InstrumentName, Status> {
     })
 }
 
+/// Longest a paced replay sleeps before looking at the shutdown signal again.
+const PACING_SLICE: Duration = Duration::from_millis(100);
+
 /// Streams the query's rows in messages of about `MESSAGE_BYTES`, paced by publish time
-/// when `speed` is above 0.
-fn stream_rows(mut store: Box<dyn Store>, query: Query, speed: f64) -> EventStream {
+/// when `speed` is above 0; ends with `UNAVAILABLE` when `shutdown` fires.
+fn stream_rows(
+    mut store: Box<dyn Store>,
+    query: Query,
+    speed: f64,
+    shutdown: Shutdown,
+) -> EventStream {
     let (tx, rx) = mpsc::channel::<Result<EncodedBatch, Status>>(8);
     tokio::task::spawn_blocking(move || {
         let mut buf = BytesMut::with_capacity(MESSAGE_BYTES);
@@ -154,7 +165,12 @@ fn stream_rows(mut store: Box<dyn Store>, query: Query, speed: f64) -> EventStre
         };
         let mut clock: Option<(Instant, u64)> = None;
         let mut open = true;
+        let mut stopped = false;
         let result = store.query(&query, &mut |_, row| {
+            if shutdown.is_set() {
+                stopped = true;
+                return false;
+            }
             if speed > 0.0 {
                 let published = scan::events(row)
                     .next()
@@ -169,7 +185,13 @@ fn stream_rows(mut store: Box<dyn Store>, query: Query, speed: f64) -> EventStre
                         open = false;
                         return false;
                     }
-                    std::thread::sleep(due - Instant::now());
+                    while let Some(left) = due.checked_duration_since(Instant::now()) {
+                        if shutdown.is_set() {
+                            stopped = true;
+                            return false;
+                        }
+                        std::thread::sleep(left.min(PACING_SLICE));
+                    }
                 }
             }
             buf.extend_from_slice(row);
@@ -180,6 +202,11 @@ fn stream_rows(mut store: Box<dyn Store>, query: Query, speed: f64) -> EventStre
             true
         });
         match result {
+            Ok(()) if stopped => {
+                let _ = tx.blocking_send(Err(Status::unavailable(
+                    "server shutting down; resume the query after the last event received",
+                )));
+            }
             Ok(()) if open && !buf.is_empty() => {
                 send(&mut buf);
             }
@@ -204,7 +231,12 @@ impl History for HistoryApi {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let (store, query) = self.prepare(request.get_ref()).await?;
-        Ok(Response::new(stream_rows(store, query, 0.0)))
+        Ok(Response::new(stream_rows(
+            store,
+            query,
+            0.0,
+            self.shutdown.clone(),
+        )))
     }
 
     async fn replay(
@@ -222,7 +254,12 @@ impl History for HistoryApi {
             .query
             .ok_or_else(|| Status::invalid_argument("the replay has no query"))?;
         let (store, query) = self.prepare(&query).await?;
-        Ok(Response::new(stream_rows(store, query, speed)))
+        Ok(Response::new(stream_rows(
+            store,
+            query,
+            speed,
+            self.shutdown.clone(),
+        )))
     }
 
     async fn book_at(
@@ -232,6 +269,15 @@ impl History for HistoryApi {
         let request = request.into_inner();
         let name = parse_name(&request.instrument)?;
         let depth = depth(request.depth)?;
+        // The book at a future instant is not known yet; answering with the last one,
+        // labelled with that instant, would be a guess (the rule `Subscribe.start` keeps).
+        let now = SystemClock.now().0;
+        if request.at > now {
+            return Err(Status::invalid_argument(format!(
+                "at ({}) is in the future (server time {now})",
+                request.at
+            )));
+        }
         let history = pb::HistoryRequest {
             instruments: vec![request.instrument.clone()],
             channels: vec![pb::Channel::Book as i32],

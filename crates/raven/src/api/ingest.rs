@@ -1,11 +1,13 @@
 //! `raven.v1.Ingest`: outside collectors publish normalized events into the same engine
-//! path as every other feed. A request is validated whole before any of it is accepted;
-//! accepted events are handed to the engine with backpressure (the call waits while the
-//! engine is behind), so nothing accepted is dropped.
+//! path as every other feed. A request is validated whole before any of it is accepted,
+//! and a refused request changes nothing (not even the instrument list); accepted
+//! events are handed to the engine with backpressure (the call waits while the engine is
+//! behind), so nothing accepted is dropped. At shutdown an open publish stream ends with
+//! `UNAVAILABLE` and the count accepted, rather than hold the drain open.
 
 use std::sync::Arc;
 
-use raven_model::{FeedEvent, FeedKind, InstrumentName, Price, UnixNanos};
+use raven_model::{FeedEvent, FeedKind, InstrumentId, InstrumentName, Price, UnixNanos};
 use raven_proto::convert::feed_kind_from_pb;
 use raven_proto::ingest_server::Ingest;
 use raven_proto::pb;
@@ -14,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::clock::Clock;
 use crate::engine::EngineInput;
 use crate::feed::{Catalog, InstrumentInfo, Owner};
+use crate::shutdown::Shutdown;
 
 /// Most events one publish request may carry.
 pub const MAX_EVENTS_PER_REQUEST: usize = 10_000;
@@ -24,46 +27,46 @@ pub struct IngestApi {
     catalog: Catalog,
     input: EngineInput,
     clock: Arc<dyn Clock>,
+    shutdown: Shutdown,
 }
 
 impl IngestApi {
     /// Publishes into `input`; new instruments are added to `catalog` as publisher-owned.
-    pub fn new(catalog: Catalog, input: EngineInput, clock: Arc<dyn Clock>) -> IngestApi {
+    /// Open streams end when `shutdown` fires.
+    pub fn new(
+        catalog: Catalog,
+        input: EngineInput,
+        clock: Arc<dyn Clock>,
+        shutdown: Shutdown,
+    ) -> IngestApi {
         IngestApi {
             catalog,
             input,
             clock,
+            shutdown,
         }
     }
 
-    fn convert(&self, event: &pb::FeedEvent, now: UnixNanos) -> Result<FeedEvent, Status> {
+    /// Checks one event without changing anything: a new instrument is only named.
+    fn check(&self, event: &pb::FeedEvent, now: UnixNanos) -> Result<Checked, Status> {
         let kind = feed_kind_from_pb(event).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(qty) = negative_quantity(&kind) {
             return Err(Status::invalid_argument(format!(
                 "quantity out of range ({qty} units as a signed 128-bit count of 1e-9)"
             )));
         }
-        let (instrument, owner) = match self.catalog.lookup(&event.instrument) {
+        let instrument = match self.catalog.lookup(&event.instrument) {
             // Known instruments (every event but the first of each) take read locks only.
-            Some(known) => known,
-            None => {
-                let name = InstrumentName::parse(&event.instrument)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                let info = InstrumentInfo {
-                    name,
-                    // Publishers do not declare a tick size; 0 means unknown.
-                    tick_size: Price::ZERO,
-                };
-                self.catalog.add(info, Owner::Publisher)
+            Some((id, owner)) => {
+                publisher_owned(&event.instrument, owner)?;
+                Target::Known(id)
             }
+            None => Target::New(
+                InstrumentName::parse(&event.instrument)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
         };
-        if owner != Owner::Publisher {
-            return Err(Status::failed_precondition(format!(
-                "{} is fed by the {owner:?} feed; publish to an instrument of your own venue",
-                event.instrument
-            )));
-        }
-        Ok(FeedEvent {
+        Ok(Checked {
             instrument,
             exchange_time: UnixNanos(event.exchange_time),
             receive_time: if event.receive_time == 0 {
@@ -74,6 +77,62 @@ impl IngestApi {
             kind,
         })
     }
+
+    /// The engine's events for a request whose every event passed [`IngestApi::check`]:
+    /// only now are its new instruments added.
+    fn accept(&self, checked: Vec<Checked>) -> Result<Vec<FeedEvent>, Status> {
+        checked
+            .into_iter()
+            .map(|c| {
+                let instrument = match c.instrument {
+                    Target::Known(id) => id,
+                    Target::New(name) => {
+                        let shown = name.as_str().to_owned();
+                        let info = InstrumentInfo {
+                            name,
+                            // Publishers do not declare a tick size; 0 means unknown.
+                            tick_size: Price::ZERO,
+                        };
+                        let (id, owner) = self.catalog.add(info, Owner::Publisher);
+                        // Another feed may have taken the name since the check.
+                        publisher_owned(&shown, owner)?;
+                        id
+                    }
+                };
+                Ok(FeedEvent {
+                    instrument,
+                    exchange_time: c.exchange_time,
+                    receive_time: c.receive_time,
+                    kind: c.kind,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Which instrument a checked event is for.
+enum Target {
+    Known(InstrumentId),
+    /// Not in the catalog yet: added only if the whole request is accepted.
+    New(InstrumentName),
+}
+
+/// An event that passed its checks.
+struct Checked {
+    instrument: Target,
+    exchange_time: UnixNanos,
+    receive_time: UnixNanos,
+    kind: FeedKind,
+}
+
+/// Publishers may only write the instruments they created.
+fn publisher_owned(name: &str, owner: Owner) -> Result<(), Status> {
+    if owner == Owner::Publisher {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "{name} is fed by the {owner:?} feed; publish to an instrument of your own venue"
+    )))
 }
 
 /// A quantity whose high word put it past `i128::MAX` (it reads as negative).
@@ -95,7 +154,19 @@ impl Ingest for IngestApi {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let mut inbound = request.into_inner();
         let mut accepted = 0u64;
-        while let Some(request) = inbound.message().await? {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let request = tokio::select! {
+                request = inbound.message() => request?,
+                () = shutdown.wait() => {
+                    return Err(Status::unavailable(format!(
+                        "server shutting down; {accepted} events of this stream were accepted and will be processed"
+                    )));
+                }
+            };
+            let Some(request) = request else {
+                break;
+            };
             if request.events.len() > MAX_EVENTS_PER_REQUEST {
                 return Err(Status::resource_exhausted(format!(
                     "a publish request carries {} events; at most {MAX_EVENTS_PER_REQUEST} are allowed ({accepted} accepted before it)",
@@ -103,12 +174,12 @@ impl Ingest for IngestApi {
                 )));
             }
             let now = self.clock.now();
-            let batch = request
+            let checked = request
                 .events
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    self.convert(e, now).map_err(|s| {
+                    self.check(e, now).map_err(|s| {
                         Status::new(
                             s.code(),
                             format!(
@@ -120,6 +191,7 @@ impl Ingest for IngestApi {
                     })
                 })
                 .collect::<Result<Vec<_>, Status>>()?;
+            let batch = self.accept(checked)?;
             let n = batch.len() as u64;
             let input = self.input.clone();
             // Blocking send: the engine's bounded input slows this stream when it is behind.

@@ -96,8 +96,12 @@ impl SimBook {
     }
 
     /// Applies one change to the venue book and records it; changes that would break
-    /// the book are skipped.
+    /// the book, or change nothing (removing a price that has no level, setting the size
+    /// a level has), are skipped: they would cost subscribers a sequence for nothing.
     fn set(&mut self, change: LevelChange, changes: &mut Vec<LevelChange>) {
+        if self.book.qty_at(change.side, change.price) == change.qty {
+            return;
+        }
         let next = self.book.sequence().next();
         if self.book.apply_changes(next, &[change]).is_ok() {
             changes.push(change);
@@ -518,6 +522,17 @@ mod tests {
                 FeedKind::Snapshot(s) => book.apply_snapshot(next, s).unwrap(),
                 FeedKind::Delta(d) => {
                     deltas += 1;
+                    // Regression (issue 10, finding 8): 2.7% of deltas removed a price
+                    // the book did not have.
+                    let mut changed = std::collections::HashMap::new();
+                    for c in &d.changes {
+                        let before = changed
+                            .get(&(c.side, c.price))
+                            .copied()
+                            .unwrap_or_else(|| book.qty_at(c.side, c.price));
+                        assert_ne!(before, c.qty, "a no-op change {c:?}");
+                        changed.insert((c.side, c.price), c.qty);
+                    }
                     book.apply_delta(next, d).unwrap();
                 }
                 FeedKind::Trade(t) => {

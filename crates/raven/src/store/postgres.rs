@@ -3,6 +3,7 @@
 //! need be), so tests and servers sharing a database stay apart.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use std::io::Write;
 
@@ -112,8 +113,29 @@ fn field(out: &mut Vec<u8>, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
+/// Limits for a connection whose URL sets none: a server that does not answer a
+/// connect, or a network that drops what is sent, fails the call in seconds instead of
+/// hanging the recorder's writer or a history request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
 fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
-    let mut client = Client::connect(url, NoTls)?;
+    let mut config: postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if !url.contains("keepalives") {
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
+    }
+    let mut client = config.connect(NoTls)?;
     // The schema name was checked to be a plain identifier.
     client.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"

@@ -1,0 +1,461 @@
+//! The gRPC listener's connections: each accepted socket is wrapped ([`Guarded`]) so that
+//! the server can cut it, and watched. hyper and tonic put no limit on a connection that
+//! never completes the HTTP/2 handshake (3,000 of them held 3,000 descriptors for as long
+//! as their peers liked), and their graceful shutdown waits for every connection to
+//! finish, however long its client keeps it open. So:
+//!
+//! - a connection that has not sent the HTTP/2 preface and its first frame header within
+//!   the handshake limit is closed;
+//! - a connection with no request in flight for the idle limit is closed (a streaming
+//!   subscription is a request in flight for as long as it lasts);
+//! - [`Connections::cut_handshaking`] closes, at the start of a drain, the connections
+//!   that never finished their handshake (they hold no work), and
+//!   [`Connections::cut_all`] closes whatever is left when the drain's deadline passes.
+//!
+//! Cutting a connection makes its socket's reads and writes fail, so hyper ends the
+//! connection the next time it touches it; the wrapper wakes it to make sure it does.
+//! Requests in flight are counted by a tower layer ([`TrackRequests`]) that finds the
+//! connection in the request's extensions (tonic puts a connection's `ConnectInfo` there)
+//! and holds a count for as long as the response body lives.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::server::Connected;
+
+use crate::shutdown::Shutdown;
+
+/// The HTTP/2 client preface and one frame header: what a client that has begun its
+/// handshake has sent.
+const HANDSHAKE_BYTES: u64 = 24 + 9;
+
+/// How often the watcher looks for connections past a limit.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// How long connections may stay without doing their part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From accept to the HTTP/2 preface.
+    pub handshake: Duration,
+    /// With no request in flight.
+    pub idle: Duration,
+}
+
+/// One connection's state, shared by its socket wrapper, its requests and the watcher.
+#[derive(Debug)]
+pub struct Conn {
+    accepted: Instant,
+    /// Bytes received from the client.
+    received: AtomicU64,
+    /// Requests whose response has not ended.
+    in_flight: AtomicU64,
+    /// When the connection last went idle, in ms since `accepted`.
+    idle_since_ms: AtomicU64,
+    cut: AtomicBool,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+impl Conn {
+    fn new() -> Conn {
+        Conn {
+            accepted: Instant::now(),
+            received: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            cut: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
+            writer: AtomicWaker::new(),
+        }
+    }
+
+    fn handshaken(&self) -> bool {
+        self.received.load(Ordering::Relaxed) >= HANDSHAKE_BYTES
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        self.reader.wake();
+        self.writer.wake();
+    }
+
+    fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+
+    /// Why the connection should go, when it should.
+    fn overdue(&self, limits: &ConnectionLimits, now: Instant) -> Option<&'static str> {
+        let age = now.saturating_duration_since(self.accepted);
+        if !self.handshaken() {
+            return (age >= limits.handshake).then_some("no HTTP/2 handshake in time");
+        }
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let idle_since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        (age.saturating_sub(idle_since) >= limits.idle).then_some("idle, no request in flight")
+    }
+}
+
+/// Every open connection of the listener.
+#[derive(Debug)]
+pub struct Connections {
+    limits: ConnectionLimits,
+    live: Mutex<HashMap<u64, Arc<Conn>>>,
+    next_id: AtomicU64,
+    /// Connections closed for a limit or by a drain.
+    closed_by_server: AtomicU64,
+}
+
+impl Connections {
+    /// No connections yet.
+    pub fn new(limits: ConnectionLimits) -> Arc<Connections> {
+        Arc::new(Connections {
+            limits,
+            live: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            closed_by_server: AtomicU64::new(0),
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        // The map is consistent between calls: a panic elsewhere does not spoil it.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Open connections.
+    pub fn count(&self) -> usize {
+        self.live().len()
+    }
+
+    /// Connections the server closed (limits and drains).
+    pub fn closed_by_server(&self) -> u64 {
+        self.closed_by_server.load(Ordering::Relaxed)
+    }
+
+    /// The listener's connections, wrapped, as tonic takes them; a connection that
+    /// cannot be set up is skipped.
+    pub fn incoming(
+        self: &Arc<Self>,
+        listener: TcpListener,
+    ) -> impl Stream<Item = io::Result<Guarded>> + Send + 'static {
+        let connections = self.clone();
+        tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |accepted| {
+            let stream = accepted?;
+            // Market data is many small writes; Nagle would add up to 40 ms to each.
+            stream.set_nodelay(true)?;
+            let remote = stream.peer_addr().ok();
+            let conn = Arc::new(Conn::new());
+            let id = connections.next_id.fetch_add(1, Ordering::Relaxed);
+            connections.live().insert(id, conn.clone());
+            Ok(Guarded {
+                stream,
+                conn,
+                id,
+                remote,
+                connections: Arc::downgrade(&connections),
+            })
+        })
+    }
+
+    /// Closes connections past a limit, every [`SWEEP_EVERY`], until `shutdown`.
+    pub async fn watch(self: Arc<Self>, mut shutdown: Shutdown) {
+        let mut ticks = tokio::time::interval(SWEEP_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.wait() => return,
+            }
+            let now = Instant::now();
+            let mut reasons: HashMap<&'static str, u64> = HashMap::new();
+            for conn in self.live().values() {
+                if conn.is_cut() {
+                    continue;
+                }
+                if let Some(reason) = conn.overdue(&self.limits, now) {
+                    conn.cut();
+                    *reasons.entry(reason).or_default() += 1;
+                }
+            }
+            for (reason, count) in reasons {
+                self.closed_by_server.fetch_add(count, Ordering::Relaxed);
+                tracing::info!(connections = count, reason, "closed connections");
+            }
+        }
+    }
+
+    /// Closes the connections that have not finished their handshake; returns how many.
+    pub fn cut_handshaking(&self) -> usize {
+        self.cut_where(|conn| !conn.handshaken())
+    }
+
+    /// Closes every connection; returns how many.
+    pub fn cut_all(&self) -> usize {
+        self.cut_where(|_| true)
+    }
+
+    fn cut_where(&self, which: impl Fn(&Conn) -> bool) -> usize {
+        let mut count = 0;
+        for conn in self.live().values() {
+            if !conn.is_cut() && which(conn) {
+                conn.cut();
+                count += 1;
+            }
+        }
+        self.closed_by_server
+            .fetch_add(count as u64, Ordering::Relaxed);
+        count
+    }
+}
+
+/// An accepted socket the server can cut.
+pub struct Guarded {
+    stream: TcpStream,
+    conn: Arc<Conn>,
+    id: u64,
+    remote: Option<SocketAddr>,
+    connections: Weak<Connections>,
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(connections) = self.connections.upgrade() {
+            connections.live().remove(&self.id);
+        }
+    }
+}
+
+fn cut_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection closed by the server",
+    )
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // Registered before the check, so a cut that lands between the two still wakes.
+        self.conn.reader.register(cx.waker());
+        if self.conn.is_cut() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let read = (buf.filled().len() - before) as u64;
+            self.conn.received.fetch_add(read, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.conn.writer.register(cx.waker());
+        if self.conn.is_cut() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.conn.writer.register(cx.waker());
+        if self.conn.is_cut() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.conn.is_cut() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// What tonic puts in each request's extensions for a [`Guarded`] connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    conn: Arc<Conn>,
+    /// The client's address.
+    pub remote: Option<SocketAddr>,
+}
+
+impl Connected for Guarded {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo {
+            conn: self.conn.clone(),
+            remote: self.remote,
+        }
+    }
+}
+
+/// A request in flight on a connection: counted while it lives.
+struct InFlight(Arc<Conn>);
+
+impl InFlight {
+    fn new(conn: Arc<Conn>) -> InFlight {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(conn)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let conn = &self.0;
+        let ms = conn.accepted.elapsed().as_millis() as u64;
+        conn.idle_since_ms.store(ms, Ordering::Relaxed);
+        conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The tower layer that counts each connection's requests in flight.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackRequests;
+
+impl<S> tower_layer::Layer<S> for TrackRequests {
+    type Service = Tracked<S>;
+
+    fn layer(&self, inner: S) -> Tracked<S> {
+        Tracked { inner }
+    }
+}
+
+/// A service whose requests are counted on their connection.
+#[derive(Debug, Clone)]
+pub struct Tracked<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Tracked<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<TrackedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let in_flight = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|info| InFlight::new(info.conn.clone()));
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| TrackedBody {
+                body: Box::pin(body),
+                _in_flight: in_flight,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its request counted until it is dropped.
+pub struct TrackedBody<B> {
+    body: Pin<Box<B>>,
+    _in_flight: Option<InFlight>,
+}
+
+impl<B: http_body::Body<Data = Bytes>> http_body::Body for TrackedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ConnectionLimits = ConnectionLimits {
+        handshake: Duration::from_secs(10),
+        idle: Duration::from_secs(300),
+    };
+
+    #[test]
+    fn a_connection_is_overdue_without_a_handshake_or_when_idle() {
+        let conn = Arc::new(Conn::new());
+        let at = |secs| conn.accepted + Duration::from_secs(secs);
+        assert_eq!(conn.overdue(&LIMITS, at(9)), None);
+        assert_eq!(
+            conn.overdue(&LIMITS, at(10)),
+            Some("no HTTP/2 handshake in time")
+        );
+        conn.received.store(HANDSHAKE_BYTES, Ordering::Relaxed);
+        assert_eq!(conn.overdue(&LIMITS, at(299)), None);
+        {
+            let _request = InFlight::new(conn.clone());
+            assert_eq!(conn.in_flight.load(Ordering::Relaxed), 1);
+            assert_eq!(
+                conn.overdue(&LIMITS, at(10_000)),
+                None,
+                "a request in flight"
+            );
+        }
+        assert_eq!(conn.in_flight.load(Ordering::Relaxed), 0);
+        // Idle since the request ended (just now), not since the connection opened.
+        conn.idle_since_ms.store(5_000, Ordering::Relaxed);
+        assert_eq!(conn.overdue(&LIMITS, at(304)), None);
+        assert_eq!(
+            conn.overdue(&LIMITS, at(305)),
+            Some("idle, no request in flight")
+        );
+    }
+}

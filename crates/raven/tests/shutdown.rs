@@ -1,0 +1,256 @@
+//! Connections the server does not wait on forever: a socket that never begins its
+//! HTTP/2 handshake, a connection with nothing in flight, and, at shutdown, every kind
+//! of client at once (half-open, idle, publishing, subscribing, watching health), with
+//! the recorder's last batch still stored. Each test's timeouts only guard against a
+//! hang (a regression would wait forever); they measure nothing.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use raven_proto::pb::ingest_client::IngestClient;
+use raven_proto::pb::market_client::MarketClient;
+use raven_proto::pb::{self, stream_request::Request as Req};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// Resolves when the server has closed `socket` (end of stream or reset).
+async fn closed_by_server(socket: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    loop {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// An HTTP/2 connection that completes its handshake and sends no request; resolves
+/// (with the connection's end) when the server closes it.
+async fn idle_h2(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _client = client;
+        let _ = connection.await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_begin_the_handshake_are_closed() {
+    let server = common::server(|f| {
+        f.server.handshake_timeout_secs = 1;
+        f.store.url = "off".into();
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(TcpStream::connect(server.local_addr()).await.unwrap());
+    }
+    // A client that is slow to start but does start is not among them.
+    let idle = idle_h2(server.local_addr()).await;
+    for socket in &mut silent {
+        tokio::time::timeout(Duration::from_secs(30), closed_by_server(socket))
+            .await
+            .expect("a socket that sent nothing was never closed");
+    }
+    assert!(
+        !idle.is_finished(),
+        "a handshaken connection was closed too"
+    );
+    assert_eq!(server.connections().count(), 1);
+    assert_eq!(server.connections().closed_by_server(), 50);
+    server.shutdown().await.unwrap();
+    idle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_a_subscription_is_never_idle() {
+    let server = common::server(|f| {
+        f.server.idle_timeout_secs = 1;
+        f.store.url = "off".into();
+    })
+    .await;
+    let addr = server.local_addr();
+    let idle = idle_h2(addr).await;
+    let mut client = MarketClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::StreamRequest {
+        request: Some(Req::Subscribe(pb::Subscribe {
+            instruments: vec!["SIM:BTC-USD".into()],
+            channel: pb::Channel::Trades as i32,
+            depth: 0,
+            start: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(30), idle)
+        .await
+        .expect("the idle connection was never closed")
+        .unwrap();
+    // The subscription lived through the same wait and still streams, contiguous.
+    let mut last = None;
+    let mut trades = 0;
+    while trades < 20 {
+        let message = stream.message().await.unwrap().expect("still streaming");
+        for event in message.events {
+            if matches!(event.body, Some(pb::event::Body::Trade(_))) {
+                if let Some(last) = last {
+                    assert_eq!(event.sequence, last + 1);
+                }
+                last = Some(event.sequence);
+                trades += 1;
+            }
+        }
+    }
+    assert_eq!(server.connections().count(), 1);
+    drop(tx);
+    server.shutdown().await.unwrap();
+}
+
+/// Regression (issue 10, finding 5): shutdown waited forever on a connection that had
+/// sent nothing, and on an open publish stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_with_half_open_idle_publishing_and_watching_clients_attached() {
+    let server = common::server(|f| {
+        f.sim.rate = 5_000;
+        f.server.drain_secs = 2;
+    })
+    .await;
+    let addr = server.local_addr();
+    let stats = server.recorder_stats().unwrap();
+    let mut half_open = TcpStream::connect(addr).await.unwrap();
+    let idle = idle_h2(addr).await;
+
+    // A publisher that keeps its stream open.
+    let (publish, published) = tokio::sync::mpsc::channel(4);
+    let publisher = tokio::spawn(async move {
+        let mut client = IngestClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        client
+            .publish(tokio_stream::wrappers::ReceiverStream::new(published))
+            .await
+    });
+    let trade = pb::FeedEvent {
+        instrument: "TEST:SHUTDOWN".into(),
+        exchange_time: 1,
+        receive_time: 0,
+        body: Some(pb::feed_event::Body::Trade(pb::Trade {
+            price: 100_000_000_000,
+            qty: 1_000_000_000,
+            qty_hi: 0,
+            aggressor: pb::Aggressor::Buy as i32,
+            trade_id: "t1".into(),
+        })),
+    };
+    publish
+        .send(pb::PublishRequest {
+            events: vec![trade],
+        })
+        .await
+        .unwrap();
+
+    // A health watcher: its stream has no end of its own, so it holds the drain until
+    // the deadline cuts it.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "raven.v1.Market".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(
+        first.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // A subscriber.
+    let mut market = MarketClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::StreamRequest {
+        request: Some(Req::Subscribe(pb::Subscribe {
+            instruments: vec!["SIM:BTC-USD".into()],
+            channel: pb::Channel::Book as i32,
+            depth: 0,
+            start: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = market
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    // The publish was processed (its instrument exists) before shutdown begins.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = market
+            .list_instruments(pb::ListInstrumentsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if listed.instruments.iter().any(|i| i.name == "TEST:SHUTDOWN") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    tokio::time::timeout(Duration::from_secs(15), server.shutdown())
+        .await
+        .expect("shutdown hung")
+        .unwrap();
+
+    let status = publisher.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        status.message(),
+        "server shutting down; 1 events of this stream were accepted and will be processed"
+    );
+    let ended = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(ended.unwrap_err().code(), tonic::Code::Unavailable);
+    // The health watcher heard that the server is going.
+    let going = watch.message().await.unwrap().unwrap();
+    assert_eq!(
+        going.status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    tokio::time::timeout(Duration::from_secs(5), closed_by_server(&mut half_open))
+        .await
+        .expect("the half-open socket was left open");
+    tokio::time::timeout(Duration::from_secs(5), idle)
+        .await
+        .expect("the idle connection was left open")
+        .unwrap();
+    // The recorder's last batch went in: everything the engine published is stored.
+    let received = stats.received.load(Ordering::Relaxed);
+    assert!(received > 0);
+    assert_eq!(stats.stored.load(Ordering::Relaxed), received);
+    assert_eq!(stats.lost.load(Ordering::Relaxed), 0);
+}
