@@ -274,6 +274,9 @@ fn intake(
 /// The writer thread: the queue into the store, retrying while it fails.
 fn write(mut store: Box<dyn Store>, queue: &Queue, stats: &RecorderStats, retry_every: Duration) {
     let mut up = true;
+    // Batches waited (a failure, or a spill file from an earlier run) and not all are
+    // stored yet: said once they are, so an operator knows the store caught up.
+    let mut behind = !queue.is_drained();
     loop {
         let batch = match queue.next() {
             Next::Batch(batch) => batch,
@@ -303,8 +306,17 @@ fn write(mut store: Box<dyn Store>, queue: &Queue, stats: &RecorderStats, retry_
                 if !queue.written() {
                     return;
                 }
+                if behind && queue.is_drained() {
+                    behind = false;
+                    tracing::info!(
+                        stored = stats.stored.load(Ordering::Relaxed),
+                        backfilled = stats.backfilled.load(Ordering::Relaxed),
+                        "caught up: every batch that waited is stored"
+                    );
+                }
             }
             Err(error) => {
+                behind = true;
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 if up {
                     up = false;

@@ -37,6 +37,36 @@ async fn idle_h2(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// A stream subscribed to BTC on `channel`, and the sender that keeps its requests open.
+async fn subscribe(
+    addr: std::net::SocketAddr,
+    channel: pb::Channel,
+) -> (
+    tokio::sync::mpsc::Sender<pb::StreamRequest>,
+    tonic::Streaming<pb::StreamResponse>,
+) {
+    let mut client = MarketClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::StreamRequest {
+        request: Some(Req::Subscribe(pb::Subscribe {
+            instruments: vec!["SIM:BTC-USD".into()],
+            channel: channel as i32,
+            depth: 0,
+            start: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let stream = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, stream)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_that_never_begin_the_handshake_are_closed() {
     let server = common::server(|f| {
@@ -74,25 +104,7 @@ async fn idle_connections_are_closed_but_a_subscription_is_never_idle() {
     .await;
     let addr = server.local_addr();
     let idle = idle_h2(addr).await;
-    let mut client = MarketClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::StreamRequest {
-        request: Some(Req::Subscribe(pb::Subscribe {
-            instruments: vec!["SIM:BTC-USD".into()],
-            channel: pb::Channel::Trades as i32,
-            depth: 0,
-            start: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut stream = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) = subscribe(addr, pb::Channel::Trades).await;
     tokio::time::timeout(Duration::from_secs(30), idle)
         .await
         .expect("the idle connection was never closed")
@@ -182,25 +194,10 @@ async fn shutdown_ends_with_half_open_idle_publishing_and_watching_clients_attac
     );
 
     // A subscriber.
+    let (_requests, mut stream) = subscribe(addr, pb::Channel::Book).await;
     let mut market = MarketClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::StreamRequest {
-        request: Some(Req::Subscribe(pb::Subscribe {
-            instruments: vec!["SIM:BTC-USD".into()],
-            channel: pb::Channel::Book as i32,
-            depth: 0,
-            start: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut stream = market
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
     stream.message().await.unwrap().unwrap();
     // The publish was processed (its instrument exists) before shutdown begins.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -29,8 +29,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::Stream;
 use futures::task::AtomicWaker;
-use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::Connected;
@@ -40,6 +40,9 @@ use crate::shutdown::Shutdown;
 /// The HTTP/2 client preface and one frame header: what a client that has begun its
 /// handshake has sent.
 const HANDSHAKE_BYTES: u64 = 24 + 9;
+
+/// How long accepting pauses after it failed for want of resources.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// How often the watcher looks for connections past a limit.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
@@ -145,28 +148,55 @@ impl Connections {
         self.closed_by_server.load(Ordering::Relaxed)
     }
 
-    /// The listener's connections, wrapped, as tonic takes them; a connection that
-    /// cannot be set up is skipped.
+    /// The listener's connections, wrapped, as tonic takes them. When accepting fails
+    /// for want of resources (descriptors, memory), it pauses before trying again rather
+    /// than spin on a backlog it cannot take.
     pub fn incoming(
         self: &Arc<Self>,
         listener: TcpListener,
     ) -> impl Stream<Item = io::Result<Guarded>> + Send + 'static {
         let connections = self.clone();
-        tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |accepted| {
-            let stream = accepted?;
-            // Market data is many small writes; Nagle would add up to 40 ms to each.
-            stream.set_nodelay(true)?;
-            let remote = stream.peer_addr().ok();
-            let conn = Arc::new(Conn::new());
-            let id = connections.next_id.fetch_add(1, Ordering::Relaxed);
-            connections.live().insert(id, conn.clone());
-            Ok(Guarded {
-                stream,
-                conn,
-                id,
-                remote,
-                connections: Arc::downgrade(&connections),
-            })
+        // The state carries when accepting last failed, so the warning is said once a
+        // while, not twenty times a second.
+        futures::stream::unfold(
+            (listener, None::<Instant>),
+            move |(listener, mut warned)| {
+                let connections = connections.clone();
+                async move {
+                    loop {
+                        match listener.accept().await {
+                            Ok((stream, remote)) => {
+                                let guarded = connections.guard(stream, remote);
+                                return Some((guarded, (listener, warned)));
+                            }
+                            // The peer gave up before we took it: nothing to do.
+                            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                            Err(e) => {
+                                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                                    warned = Some(Instant::now());
+                                    tracing::warn!(error = %e, open = connections.count(), "cannot accept connections; pausing");
+                                }
+                                tokio::time::sleep(ACCEPT_PAUSE).await;
+                            }
+                        }
+                    }
+                }
+            },
+        )
+    }
+
+    fn guard(self: &Arc<Self>, stream: TcpStream, remote: SocketAddr) -> io::Result<Guarded> {
+        // Market data is many small writes; Nagle would add up to 40 ms to each.
+        stream.set_nodelay(true)?;
+        let conn = Arc::new(Conn::new());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.live().insert(id, conn.clone());
+        Ok(Guarded {
+            stream,
+            conn,
+            id,
+            remote: Some(remote),
+            connections: Arc::downgrade(self),
         })
     }
 

@@ -172,7 +172,12 @@ impl Queue {
                             .store(state.spill.damage().bytes, Ordering::Relaxed);
                         continue;
                     }
-                    Ok(None) => {}
+                    // Only damage was left: the file can start over.
+                    Ok(None) => {
+                        if let Err(e) = state.spill.reclaim() {
+                            tracing::warn!(error = %e, "cannot start the spill file over");
+                        }
+                    }
                     // The records stay where they are; the writer pauses and asks again.
                     Err(e) => return Next::Unreadable(e),
                 }
@@ -214,10 +219,16 @@ impl Queue {
                 }
             }
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            if done.from_spill
-                && let Err(e) = state.spill.reclaim()
-            {
-                tracing::warn!(error = %e, "cannot start the spill file over; it stays as it is");
+            if done.from_spill && state.spill.is_empty() {
+                match state.spill.reclaim() {
+                    Ok(()) => tracing::info!(
+                        backfilled = self.stats.backfilled.load(Ordering::Relaxed),
+                        "spill file backfilled; it is empty again"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start the spill file over; it stays as it is");
+                    }
+                }
             }
             self.publish_sizes(&state);
         }
@@ -283,6 +294,12 @@ impl Queue {
         drop(state);
         self.changed.notify_all();
         lost
+    }
+
+    /// Nothing waits: no batch in hand, in the spill file or in memory.
+    pub(super) fn is_drained(&self) -> bool {
+        let state = self.lock();
+        state.in_flight.is_none() && state.spill.is_empty() && state.memory.is_empty()
     }
 
     /// Batches waiting in the spill file.

@@ -204,7 +204,7 @@ impl Spill {
         self.end - DATA_START
     }
 
-    /// Damage skipped so far (on open and while reading).
+    /// Damage skipped so far while reading back.
     pub fn damage(&self) -> Damage {
         self.damage
     }
@@ -252,28 +252,25 @@ impl Spill {
     /// skipped (see [`Spill::damage`]). The batch stays in the file until
     /// [`Spill::reclaim`] is called once it is safe elsewhere.
     pub fn read_next(&mut self) -> Result<Option<(Batch, Kind)>, StoreError> {
-        while self.head < self.tail {
-            match read_record(&self.file, self.head, self.tail, self.generation)? {
-                Some((batch, kind, length)) => {
-                    self.head += length;
-                    self.records -= 1;
-                    return Ok(Some((batch, kind)));
-                }
-                None => {
-                    let next = self.find_sound(self.head + 1, self.tail)?;
-                    tracing::error!(
-                        path = %self.path.display(),
-                        offset = self.head,
-                        bytes = next - self.head,
-                        "a damaged spill record was skipped; the events in it are lost"
-                    );
-                    self.damage.stretches += 1;
-                    self.damage.bytes += next - self.head;
-                    self.head = next;
-                }
-            }
+        let before = self.damage;
+        let next = take(
+            &self.file,
+            self.generation,
+            &mut self.head,
+            self.tail,
+            &mut self.damage,
+        )?;
+        if self.damage != before {
+            tracing::error!(
+                path = %self.path.display(),
+                bytes = self.damage.bytes - before.bytes,
+                "a damaged spill record was skipped; the events in it are lost"
+            );
         }
-        Ok(None)
+        if next.is_some() {
+            self.records -= 1;
+        }
+        Ok(next)
     }
 
     /// Once every batch has been read back (and the last is safe elsewhere), starts the
@@ -333,40 +330,19 @@ impl Spill {
         self.file.write_all_at(&header, 0)
     }
 
-    /// Finds the records of this generation from the start: sound ones are kept, damaged
-    /// stretches between them are skipped, and the tail is after the last sound one.
+    /// Finds the records of this generation (see [`scan`]).
     fn find_records(&mut self) -> Result<(), StoreError> {
-        let mut at = DATA_START;
-        let mut first = None;
-        loop {
-            match read_record(&self.file, at, self.end, self.generation)? {
-                Some((_, _, length)) => {
-                    first.get_or_insert(at);
-                    self.records += 1;
-                    at += length;
-                }
-                None => {
-                    let next = self.find_sound(at + 1, self.end)?;
-                    if next >= self.end {
-                        break;
-                    }
-                    if first.is_some() {
-                        tracing::error!(
-                            path = %self.path.display(),
-                            offset = at,
-                            bytes = next - at,
-                            "the spill file has a damaged record between sound ones; skipping it"
-                        );
-                        self.damage.stretches += 1;
-                        self.damage.bytes += next - at;
-                    }
-                    first.get_or_insert(next);
-                    at = next;
-                }
-            }
+        let found = scan(&self.file, self.generation, self.end)?;
+        if found.damage.stretches > 0 {
+            tracing::error!(
+                path = %self.path.display(),
+                stretches = found.damage.stretches,
+                bytes = found.damage.bytes,
+                "the spill file has damaged records between sound ones; skipping them"
+            );
         }
-        self.head = first.unwrap_or(DATA_START);
-        self.tail = if self.records == 0 { DATA_START } else { at };
+        // The damage is counted as it is skipped, when the records are read back.
+        (self.head, self.tail, self.records) = (found.head, found.tail, found.records);
         if self.records > 0 {
             tracing::info!(
                 path = %self.path.display(),
@@ -376,32 +352,6 @@ impl Spill {
             );
         }
         Ok(())
-    }
-
-    /// The offset of the first sound record of this generation at or after `from` and
-    /// before `to`, or `to` when there is none.
-    fn find_sound(&self, from: u64, to: u64) -> Result<u64, StoreError> {
-        const WINDOW: usize = 1 << 20;
-        let mut buf = vec![0u8; WINDOW + RECORD_MAGIC.len()];
-        let mut at = from;
-        while at < to {
-            let want = ((to - at) as usize).min(buf.len());
-            self.file.read_exact_at(&mut buf[..want], at)?;
-            let window = &buf[..want];
-            for (i, w) in window.windows(RECORD_MAGIC.len()).enumerate() {
-                if w == RECORD_MAGIC
-                    && read_record(&self.file, at + i as u64, to, self.generation)?.is_some()
-                {
-                    return Ok(at + i as u64);
-                }
-            }
-            if want < buf.len() {
-                break;
-            }
-            // Step so that a magic across the window's end is seen in the next one.
-            at += WINDOW as u64;
-        }
-        Ok(to)
     }
 
     /// Moves the first layout's records into this one: the file is renamed aside, read
@@ -437,6 +387,150 @@ impl Spill {
         tracing::info!(batches = carried, path = %spill.path.display(), "spill file carried over from the first layout");
         Ok(spill)
     }
+}
+
+/// What a spill file's records can be read from: the file, or (fuzzing, tests) bytes.
+trait Source {
+    /// Fills `buf` from `offset`.
+    fn read_span(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl Source for File {
+    fn read_span(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+}
+
+impl Source for [u8] {
+    fn read_span(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let from = usize::try_from(offset).unwrap_or(usize::MAX);
+        let bytes = from
+            .checked_add(buf.len())
+            .and_then(|to| self.get(from..to))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Where a file's records of one generation are.
+struct Found {
+    head: u64,
+    tail: u64,
+    records: u64,
+    damage: Damage,
+}
+
+/// Finds the records of `generation` in `src` (records end by `end`) from the start:
+/// sound ones are counted, damaged stretches between them skipped, and the tail is
+/// after the last sound one.
+fn scan<S: Source + ?Sized>(src: &S, generation: u64, end: u64) -> Result<Found, StoreError> {
+    let mut at = DATA_START;
+    let mut first = None;
+    let (mut records, mut damage) = (0, Damage::default());
+    loop {
+        match read_record(src, at, end, generation)? {
+            Some((_, _, length)) => {
+                first.get_or_insert(at);
+                records += 1;
+                at += length;
+            }
+            None => {
+                let next = find_sound(src, generation, at + 1, end)?;
+                if next >= end {
+                    break;
+                }
+                if first.is_some() {
+                    damage.stretches += 1;
+                    damage.bytes += next - at;
+                }
+                first.get_or_insert(next);
+                at = next;
+            }
+        }
+    }
+    Ok(Found {
+        head: first.unwrap_or(DATA_START),
+        tail: if records == 0 { DATA_START } else { at },
+        records,
+        damage,
+    })
+}
+
+/// The sound record at `*head` (before `tail`), moving `*head` past it; damaged
+/// stretches on the way are skipped and added to `damage`.
+fn take<S: Source + ?Sized>(
+    src: &S,
+    generation: u64,
+    head: &mut u64,
+    tail: u64,
+    damage: &mut Damage,
+) -> Result<Option<(Batch, Kind)>, StoreError> {
+    while *head < tail {
+        match read_record(src, *head, tail, generation)? {
+            Some((batch, kind, length)) => {
+                *head += length;
+                return Ok(Some((batch, kind)));
+            }
+            None => {
+                let next = find_sound(src, generation, *head + 1, tail)?;
+                damage.stretches += 1;
+                damage.bytes += next - *head;
+                *head = next;
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The offset of the first sound record of `generation` at or after `from` and before
+/// `to`, or `to` when there is none.
+fn find_sound<S: Source + ?Sized>(
+    src: &S,
+    generation: u64,
+    from: u64,
+    to: u64,
+) -> Result<u64, StoreError> {
+    const WINDOW: usize = 1 << 20;
+    let mut buf = vec![0u8; WINDOW + RECORD_MAGIC.len()];
+    let mut at = from;
+    while at < to {
+        let want = ((to - at) as usize).min(buf.len());
+        src.read_span(&mut buf[..want], at)?;
+        let window = &buf[..want];
+        for (i, w) in window.windows(RECORD_MAGIC.len()).enumerate() {
+            if w == RECORD_MAGIC && read_record(src, at + i as u64, to, generation)?.is_some() {
+                return Ok(at + i as u64);
+            }
+        }
+        if want < buf.len() {
+            break;
+        }
+        // Step so that a magic across the window's end is seen in the next one.
+        at += WINDOW as u64;
+    }
+    Ok(to)
+}
+
+/// Every batch the bytes of a spill file hold, oldest first, and the damage skipped:
+/// what opening the file and reading it back would find, without a file (the fuzz
+/// target reads arbitrary bytes through this).
+pub fn read_all(bytes: &[u8]) -> Result<(Vec<(Batch, Kind)>, Damage), StoreError> {
+    let header = bytes
+        .get(..DATA_START as usize)
+        .and_then(parse_header)
+        .ok_or_else(|| StoreError::Corrupt("no RVSPILL2 header".into()))?;
+    let (generation, empty) = header;
+    let mut batches = Vec::new();
+    if empty {
+        return Ok((batches, Damage::default()));
+    }
+    let found = scan(bytes, generation, bytes.len() as u64)?;
+    let (mut head, mut damage) = (found.head, Damage::default());
+    while let Some(next) = take(bytes, generation, &mut head, found.tail, &mut damage)? {
+        batches.push(next);
+    }
+    Ok((batches, damage))
 }
 
 fn parse_header(header: &[u8]) -> Option<(u64, bool)> {
@@ -483,8 +577,8 @@ fn encode(generation: u64, batch: &Batch, kind: Kind) -> Vec<u8> {
 
 /// The sound record of `generation` at `at` (ending by `limit`), its kind and length,
 /// or `None` when what is there is not one.
-fn read_record(
-    file: &File,
+fn read_record<S: Source + ?Sized>(
+    file: &S,
     at: u64,
     limit: u64,
     generation: u64,
@@ -493,7 +587,7 @@ fn read_record(
         return Ok(None);
     }
     let mut head = [0u8; RECORD_HEAD];
-    file.read_exact_at(&mut head, at)?;
+    file.read_span(&mut head, at)?;
     let word = |from: usize| u64::from_le_bytes(head[from..from + 8].try_into().expect("8 bytes"));
     let half = |from: usize| u32::from_le_bytes(head[from..from + 4].try_into().expect("4 bytes"));
     if &head[..4] != RECORD_MAGIC || word(4) != generation {
@@ -514,7 +608,7 @@ fn read_record(
         return Ok(None);
     }
     let mut body = vec![0u8; length as usize - RECORD_HEAD];
-    file.read_exact_at(&mut body, at + RECORD_HEAD as u64)?;
+    file.read_span(&mut body, at + RECORD_HEAD as u64)?;
     let (payload, sum) = body.split_at(body.len() - RECORD_TAIL);
     let expected = fnv1a(payload, fnv1a(&head[4..], FNV_OFFSET));
     if u64::from_le_bytes(sum.try_into().expect("8 bytes")) != expected {
@@ -694,10 +788,17 @@ mod tests {
         file.write_all_at(&[0xff], second + 100).unwrap();
         drop(file);
 
+        // The same, read from the file's bytes.
+        let (read, damage) = read_all(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            read.iter().map(|(b, _)| b.number).collect::<Vec<_>>(),
+            [0, 2]
+        );
+        assert_eq!(damage.stretches, 1);
         let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
         assert_eq!(spill.batches(), 2);
-        assert_eq!(spill.damage().stretches, 1);
         assert_eq!(drain(&mut spill), [(0, Kind::Events), (2, Kind::Events)]);
+        assert_eq!(spill.damage().stretches, 1);
         // Appends go after the last sound record, not after the damage.
         spill.append(&batch(3, 1), Kind::Events).unwrap();
         assert_eq!(drain(&mut spill), [(3, Kind::Events)]);

@@ -244,6 +244,7 @@ impl SqliteStore {
 struct Chunk {
     bytes: Vec<u8>,
     ends: Vec<usize>,
+    /// The position of the last row, when the chunk is full.
     last_position: Option<i64>,
 }
 
@@ -254,10 +255,9 @@ impl Chunk {
         self.last_position = None;
     }
 
-    fn push(&mut self, position: i64, row: &[u8]) {
+    fn push(&mut self, row: &[u8]) {
         self.bytes.extend_from_slice(row);
         self.ends.push(self.bytes.len());
-        self.last_position = Some(position);
     }
 
     fn len(&self) -> usize {
@@ -476,7 +476,12 @@ impl Store for SqliteStore {
                         statement.query(params![run, start, end, from, to, want as i64])?;
                     while let Some(row) = rows.next()? {
                         let bytes = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-                        chunk.push(row.get(0)?, bytes);
+                        chunk.push(bytes);
+                        // Only a full chunk's last position is needed: where the next
+                        // one starts.
+                        if chunk.len() == want {
+                            chunk.last_position = Some(row.get(0)?);
+                        }
                     }
                     // Dropping the rows resets the statement: the read transaction ends.
                 }
