@@ -388,3 +388,84 @@ fn history_book_at_and_replay_read_back_what_was_recorded() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid time \"yesterday\""));
 }
+
+/// Issue 10, finding 5: a second SIGTERM (or Ctrl-C) ends a drain at once. A client
+/// that subscribes with a flow-control window of zero holds the drain open (the server
+/// can never send it the end of its stream); the drain would wait 60 s for it.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let dir = scratch_dir();
+    std::fs::write(dir.join("raven.toml"), "[server]\ndrain_secs = 60\n").unwrap();
+    let mut child = Command::new(RAVEN)
+        .current_dir(&dir)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", "raven.toml"])
+        .env("RAVEN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .unwrap()
+        .to_owned();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _stuck = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::post(format!("http://{addr}/raven.v1.Market/Stream"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let mut client = client.ready().await.unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        use prost::Message;
+        use raven_proto::pb;
+        let subscribe = pb::StreamRequest {
+            request: Some(pb::stream_request::Request::Subscribe(pb::Subscribe {
+                instruments: vec!["SIM:BTC-USD".into()],
+                channel: pb::Channel::Book as i32,
+                depth: 0,
+                start: 0,
+            })),
+        }
+        .encode_to_vec();
+        // A gRPC message: not compressed, its length, the bytes.
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(subscribe.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&subscribe);
+        body.send_data(bytes::Bytes::from(frame), false).unwrap();
+        (client, body, response.await.unwrap())
+    });
+    let pid = child.id().to_string();
+    let signal = |name: &str| Command::new("kill").args([name, &pid]).status().unwrap();
+    assert!(signal("-TERM").success());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the drain ended on its own: nothing held it"
+    );
+    assert!(signal("-INT").success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second signal did not end the server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+}

@@ -6,7 +6,9 @@
 //! memory; when memory is over its bound, its oldest batches move to the spill file's
 //! end, which keeps the order. When the spill file's reservation is full too, the new
 //! batch is dropped and the [`Ledger`] records it; the next batch that is kept ends the
-//! stretch, and its gap batch joins the queue (memory, past the bound: it is small).
+//! stretch, and its gap batch goes to the spill file's headroom, kept for it, so that a
+//! crash does not lose the record of the loss (to memory, past the bound, if even that
+//! fails: it is small).
 //!
 //! Write order decides nothing a reader sees: a row's place in the store is its batch
 //! number, so a gap batch written after later batches still reads back where its events
@@ -351,14 +353,20 @@ impl Pending {
         Ok(())
     }
 
-    /// Queues a gap batch: memory, whatever the bound (it is a row per instrument and
-    /// channel that lost events).
+    /// Queues a gap batch: the spill file's headroom, or memory, whatever the bound
+    /// (it is a row per instrument and channel that lost events).
     fn push_gaps(&mut self, gaps: Batch, stats: &RecorderStats) {
         tracing::warn!(
             rows = gaps.len(),
             lost = stats.lost.load(Ordering::Relaxed),
             "recording resumed; the lost events are recorded as gaps"
         );
+        match self.spill.append(&gaps, Kind::Gaps) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot spill the gap rows; they wait in memory");
+            }
+        }
         self.memory_bytes += weight(&gaps);
         self.memory.push_back(Entry {
             batch: Arc::new(gaps),
