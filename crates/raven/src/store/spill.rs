@@ -492,7 +492,8 @@ fn find_sound<S: Source + ?Sized>(
     to: u64,
 ) -> Result<u64, StoreError> {
     const WINDOW: usize = 1 << 20;
-    let mut buf = vec![0u8; WINDOW + RECORD_MAGIC.len()];
+    let span = usize::try_from(to.saturating_sub(from)).unwrap_or(WINDOW);
+    let mut buf = vec![0u8; span.min(WINDOW) + RECORD_MAGIC.len()];
     let mut at = from;
     while at < to {
         let want = ((to - at) as usize).min(buf.len());
