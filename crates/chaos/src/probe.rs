@@ -5,23 +5,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use raven::feed::sim::instrument_names;
 use raven_proto::pb::market_client::MarketClient;
 use raven_proto::pb::{self, stream_request::Request as Req};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// The simulator's instruments.
-pub const SIM: [&str; 8] = [
-    "SIM:BTC-USD",
-    "SIM:ETH-USD",
-    "SIM:SOL-USD",
-    "SIM:XRP-USD",
-    "SIM:DOGE-USD",
-    "SIM:PEPE-USD",
-    "SIM:SHIB-USD",
-    "SIM:EUR-USD",
-];
 
 /// What a watcher saw.
 #[derive(Debug, Default)]
@@ -49,7 +38,7 @@ pub async fn watch(addr: SocketAddr) -> anyhow::Result<Watcher> {
     for (channel, depth) in [(pb::Channel::Book, 10), (pb::Channel::Trades, 0)] {
         tx.send(pb::StreamRequest {
             request: Some(Req::Subscribe(pb::Subscribe {
-                instruments: SIM.iter().map(|s| (*s).to_owned()).collect(),
+                instruments: instrument_names().into_iter().map(str::to_owned).collect(),
                 channel: channel as i32,
                 depth,
                 start: 0,
@@ -136,7 +125,7 @@ pub async fn stalled(addr: SocketAddr) -> anyhow::Result<impl Send> {
     for channel in [pb::Channel::Book, pb::Channel::Trades] {
         tx.send(pb::StreamRequest {
             request: Some(Req::Subscribe(pb::Subscribe {
-                instruments: SIM.iter().map(|s| (*s).to_owned()).collect(),
+                instruments: instrument_names().into_iter().map(str::to_owned).collect(),
                 channel: channel as i32,
                 depth: 0,
                 start: 0,

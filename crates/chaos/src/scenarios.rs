@@ -225,6 +225,7 @@ async fn torn_spill(o: &Options, dir: &Path) -> anyhow::Result<Row> {
         let mut events = 0;
         while let Some((batch, _)) = spill.read_next()? {
             events += batch.len() as u64;
+            spill.release();
         }
         Ok((records, events, used))
     };

@@ -67,16 +67,7 @@ fn engine_batches(batches: usize) -> Vec<Batch> {
 /// Reads every stored event back in record order, as `History.Query` and `Replay` do.
 fn bench_read(c: &mut Criterion, name: &str, store: &mut dyn Store) {
     let mut rows = 0u64;
-    let names = [
-        "SIM:BTC-USD",
-        "SIM:ETH-USD",
-        "SIM:SOL-USD",
-        "SIM:XRP-USD",
-        "SIM:DOGE-USD",
-        "SIM:PEPE-USD",
-        "SIM:SHIB-USD",
-        "SIM:EUR-USD",
-    ];
+    let names = raven::feed::sim::instrument_names();
     let query = Query::all(&names, &[]);
     store
         .query(&query, &mut |_, _| {

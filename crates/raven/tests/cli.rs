@@ -35,8 +35,13 @@ fn scratch_dir() -> std::path::PathBuf {
 }
 
 fn serve(extra: &[&str]) -> Served {
+    serve_in(&scratch_dir(), extra)
+}
+
+/// `raven serve` with `dir` as its working directory (for a `raven.toml` placed there).
+fn serve_in(dir: &std::path::Path, extra: &[&str]) -> Served {
     let mut child = Command::new(RAVEN)
-        .current_dir(scratch_dir())
+        .current_dir(dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
         .env("RAVEN_LOG", "warn")
@@ -396,23 +401,8 @@ fn history_book_at_and_replay_read_back_what_was_recorded() {
 fn a_second_signal_exits_at_once() {
     let dir = scratch_dir();
     std::fs::write(dir.join("raven.toml"), "[server]\ndrain_secs = 60\n").unwrap();
-    let mut child = Command::new(RAVEN)
-        .current_dir(&dir)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config", "raven.toml"])
-        .env("RAVEN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find(|w| w.starts_with("127.0.0.1:"))
-        .unwrap()
-        .to_owned();
+    let mut served = serve_in(&dir, &["--config", "raven.toml"]);
+    let addr = served.url.trim_start_matches("http://").to_owned();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _stuck = runtime.block_on(async {
         let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -447,18 +437,18 @@ fn a_second_signal_exits_at_once() {
         body.send_data(bytes::Bytes::from(frame), false).unwrap();
         (client, body, response.await.unwrap())
     });
-    let pid = child.id().to_string();
+    let pid = served.child.id().to_string();
     let signal = |name: &str| Command::new("kill").args([name, &pid]).status().unwrap();
     assert!(signal("-TERM").success());
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        served.child.try_wait().unwrap().is_none(),
         "the drain ended on its own: nothing held it"
     );
     assert!(signal("-INT").success());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = served.child.try_wait().unwrap() {
             break status;
         }
         assert!(

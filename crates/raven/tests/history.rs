@@ -3,6 +3,8 @@
 //! that sequence, replay yields the identical sequence, bad queries get precise errors.
 
 mod common;
+#[path = "common/live.rs"]
+mod live;
 
 use std::time::{Duration, Instant};
 
@@ -53,25 +55,7 @@ async fn query(server: &RunningServer, request: pb::HistoryRequest) -> Vec<pb::E
 
 /// Live events of one channel of BTC as a subscriber receives them, for `duration`.
 async fn live(server: &RunningServer, channel: pb::Channel, duration: Duration) -> Vec<pb::Event> {
-    let mut client = MarketClient::connect(format!("http://{}", server.local_addr()))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::StreamRequest {
-        request: Some(Req::Subscribe(pb::Subscribe {
-            instruments: vec!["SIM:BTC-USD".into()],
-            channel: channel as i32,
-            depth: 0,
-            start: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut stream = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_requests, mut stream) = live::subscribe(server.local_addr(), channel).await;
     let mut events = Vec::new();
     let end = tokio::time::Instant::now() + duration;
     while let Ok(message) = tokio::time::timeout_at(end, stream.message()).await {

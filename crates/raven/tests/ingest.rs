@@ -325,6 +325,19 @@ async fn bad_publishes_get_precise_errors() {
     server.shutdown().await.unwrap();
 }
 
+/// The names `ListInstruments` answers with, in its order.
+async fn instrument_names(market: &mut MarketClient<tonic::transport::Channel>) -> Vec<String> {
+    market
+        .list_instruments(pb::ListInstrumentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .instruments
+        .into_iter()
+        .map(|i| i.name)
+        .collect()
+}
+
 /// Regression (issue 10, finding 6): each refused request used to create the new
 /// instruments it named before its bad event was found (1,000 refused requests, 1,000
 /// empty instruments in `ListInstruments`). A refused request changes nothing.
@@ -339,20 +352,7 @@ async fn a_refused_publish_creates_no_instrument() {
     let mut market = MarketClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let names = |listed: pb::ListInstrumentsResponse| {
-        listed
-            .instruments
-            .into_iter()
-            .map(|i| i.name)
-            .collect::<Vec<_>>()
-    };
-    let before = names(
-        market
-            .list_instruments(pb::ListInstrumentsRequest {})
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    let before = instrument_names(&mut market).await;
     let snapshot = || {
         Body::Snapshot(pb::BookSnapshot {
             bids: vec![],
@@ -386,13 +386,7 @@ async fn a_refused_publish_creates_no_instrument() {
             status.message()
         );
     }
-    let after = names(
-        market
-            .list_instruments(pb::ListInstrumentsRequest {})
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    let after = instrument_names(&mut market).await;
     assert_eq!(after, before);
     // The same instrument in an accepted request is created once.
     assert_eq!(
@@ -407,13 +401,7 @@ async fn a_refused_publish_creates_no_instrument() {
         .unwrap(),
         2
     );
-    let after = names(
-        market
-            .list_instruments(pb::ListInstrumentsRequest {})
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    let after = instrument_names(&mut market).await;
     assert_eq!(after.len(), before.len() + 1);
     assert!(after.contains(&"TEST:NEW-0".to_owned()));
     server.shutdown().await.unwrap();

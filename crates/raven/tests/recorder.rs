@@ -5,6 +5,8 @@
 //! queue and spill file too small for the outage, where the loss is recorded as gaps.
 
 mod common;
+#[path = "common/live.rs"]
+mod live;
 #[path = "common/pg.rs"]
 mod pg;
 
@@ -21,8 +23,6 @@ use raven::app::RunningServer;
 use raven::recorder::RecorderStats;
 use raven::store::sqlite::SqliteStore;
 use raven_proto::pb;
-use raven_proto::pb::market_client::MarketClient;
-use raven_proto::pb::stream_request::Request as Req;
 
 /// Every stored row: (run, instrument, channel, sequence, bytes) in record order.
 type StoredRow = (i64, String, i16, i64, Vec<u8>);
@@ -83,25 +83,7 @@ fn assert_contiguous(rows: &[StoredRow]) -> BTreeMap<i64, usize> {
 
 /// Live BTC trades as a subscriber received them, for `duration`.
 async fn live_trades(addr: std::net::SocketAddr, duration: Duration) -> Vec<pb::Event> {
-    let mut client = MarketClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::StreamRequest {
-        request: Some(Req::Subscribe(pb::Subscribe {
-            instruments: vec!["SIM:BTC-USD".into()],
-            channel: pb::Channel::Trades as i32,
-            depth: 0,
-            start: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut stream = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_requests, mut stream) = live::subscribe(addr, pb::Channel::Trades).await;
     let mut trades = Vec::new();
     let end = tokio::time::Instant::now() + duration;
     while let Ok(message) = tokio::time::timeout_at(end, stream.message()).await {
@@ -208,7 +190,9 @@ async fn a_postgres_outage_mid_run_spills_then_backfills_everything_exactly_once
     let schema = unique_schema("outage");
     let app = schema.clone();
     let server = common::server(|f| {
-        f.sim.rate = 20_000;
+        // Well within what a debug build writes to PostgreSQL on a busy machine: the
+        // backfill must catch up with live recording for the test to end.
+        f.sim.rate = 5_000;
         f.store.url = format!("{PG}?application_name={app}");
         f.store.schema = app.clone();
         // No memory queue to speak of: what the store does not take goes to the spill.

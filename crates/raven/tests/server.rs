@@ -7,6 +7,7 @@ mod common;
 
 use raven::app::RunningServer;
 use raven::config::FileConfig;
+use raven::feed::sim::instrument_names;
 use raven_book::OrderBook;
 use raven_model::{EventBody, SnapshotKind, StatusKind};
 use raven_proto::convert::body_from_pb;
@@ -255,11 +256,7 @@ async fn stalled_client_is_resynced_while_a_fast_client_sees_no_gap() {
         f.fanout.queue_events = QUEUE;
     })
     .await;
-    let all: Vec<String> = (0..8)
-        .map(|i| ["BTC", "ETH", "SOL", "XRP", "DOGE", "PEPE", "SHIB", "EUR"][i])
-        .map(|s| format!("SIM:{s}-USD"))
-        .collect();
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let all = instrument_names();
 
     // Own connections, so the stalled one's flow-control window is its own.
     let mut fast_client = client(&server).await;
@@ -597,16 +594,7 @@ async fn slow_trade_subscriber_is_disconnected_when_configured() {
             .unwrap();
     let mut c = MarketClient::new(channel);
     let mut sub = Sub::open(&mut c).await;
-    let all = [
-        "SIM:BTC-USD",
-        "SIM:ETH-USD",
-        "SIM:SOL-USD",
-        "SIM:XRP-USD",
-        "SIM:DOGE-USD",
-        "SIM:PEPE-USD",
-        "SIM:SHIB-USD",
-        "SIM:EUR-USD",
-    ];
+    let all = instrument_names();
     sub.subscribe(&all, pb::Channel::Trades, 0).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while server.fanout().lagged() == 0 {

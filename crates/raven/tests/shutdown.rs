@@ -5,13 +5,15 @@
 //! hang (a regression would wait forever); they measure nothing.
 
 mod common;
+#[path = "common/live.rs"]
+mod live;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use raven_proto::pb;
 use raven_proto::pb::ingest_client::IngestClient;
 use raven_proto::pb::market_client::MarketClient;
-use raven_proto::pb::{self, stream_request::Request as Req};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -35,36 +37,6 @@ async fn idle_h2(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
         let _client = client;
         let _ = connection.await;
     })
-}
-
-/// A stream subscribed to BTC on `channel`, and the sender that keeps its requests open.
-async fn subscribe(
-    addr: std::net::SocketAddr,
-    channel: pb::Channel,
-) -> (
-    tokio::sync::mpsc::Sender<pb::StreamRequest>,
-    tonic::Streaming<pb::StreamResponse>,
-) {
-    let mut client = MarketClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::StreamRequest {
-        request: Some(Req::Subscribe(pb::Subscribe {
-            instruments: vec!["SIM:BTC-USD".into()],
-            channel: channel as i32,
-            depth: 0,
-            start: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let stream = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    (tx, stream)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +76,7 @@ async fn idle_connections_are_closed_but_a_subscription_is_never_idle() {
     .await;
     let addr = server.local_addr();
     let idle = idle_h2(addr).await;
-    let (tx, mut stream) = subscribe(addr, pb::Channel::Trades).await;
+    let (tx, mut stream) = live::subscribe(addr, pb::Channel::Trades).await;
     tokio::time::timeout(Duration::from_secs(30), idle)
         .await
         .expect("the idle connection was never closed")
@@ -194,7 +166,7 @@ async fn shutdown_ends_with_half_open_idle_publishing_and_watching_clients_attac
     );
 
     // A subscriber.
-    let (_requests, mut stream) = subscribe(addr, pb::Channel::Book).await;
+    let (_requests, mut stream) = live::subscribe(addr, pb::Channel::Book).await;
     let mut market = MarketClient::connect(format!("http://{addr}"))
         .await
         .unwrap();

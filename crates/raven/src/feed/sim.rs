@@ -32,18 +32,23 @@ pub struct SimConfig {
     pub levels: usize,
 }
 
-/// The default instruments: (symbol, mid, tick, lot). Prices span eight orders of
+/// The default instruments: (name, mid, tick, lot). Prices span eight orders of
 /// magnitude and tick sizes from 0.01 down to 1e-9 so that every scale path is exercised.
 const SPECS: [(&str, &str, &str, &str); 8] = [
-    ("BTC-USD", "60000", "0.01", "0.0001"),
-    ("ETH-USD", "3000", "0.01", "0.001"),
-    ("SOL-USD", "150", "0.001", "0.01"),
-    ("XRP-USD", "0.5", "0.0001", "1"),
-    ("DOGE-USD", "0.15", "0.00001", "10"),
-    ("PEPE-USD", "0.0001234", "0.0000001", "100000"),
-    ("SHIB-USD", "0.00002", "0.000000001", "1000000"),
-    ("EUR-USD", "1.08", "0.00001", "1000"),
+    ("SIM:BTC-USD", "60000", "0.01", "0.0001"),
+    ("SIM:ETH-USD", "3000", "0.01", "0.001"),
+    ("SIM:SOL-USD", "150", "0.001", "0.01"),
+    ("SIM:XRP-USD", "0.5", "0.0001", "1"),
+    ("SIM:DOGE-USD", "0.15", "0.00001", "10"),
+    ("SIM:PEPE-USD", "0.0001234", "0.0000001", "100000"),
+    ("SIM:SHIB-USD", "0.00002", "0.000000001", "1000000"),
+    ("SIM:EUR-USD", "1.08", "0.00001", "1000"),
 ];
+
+/// The names of the instruments the simulator publishes, in its order.
+pub fn instrument_names() -> Vec<&'static str> {
+    SPECS.iter().map(|spec| spec.0).collect()
+}
 
 /// SplitMix64: tiny, fast, and fully specified, so seeds replay identically forever.
 struct Rng(u64);
@@ -133,9 +138,9 @@ impl Simulator {
         let levels = config.levels.max(1);
         let books = SPECS
             .iter()
-            .map(|&(symbol, mid, tick, lot)| {
-                let name = InstrumentName::parse(&format!("SIM:{symbol}"))
-                    .expect("built-in names are valid (invariant)");
+            .map(|&(name, mid, tick, lot)| {
+                let name =
+                    InstrumentName::parse(name).expect("built-in names are valid (invariant)");
                 let tick_size: Price = tick.parse().expect("built-in tick is valid (invariant)");
                 let lot: Qty = lot.parse().expect("built-in lot is valid (invariant)");
                 let mid: Price = mid.parse().expect("built-in mid is valid (invariant)");

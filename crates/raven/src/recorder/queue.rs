@@ -37,7 +37,8 @@ struct Entry {
 /// The batch the writer has in hand.
 struct InFlight {
     entry: Entry,
-    /// It was read from the spill file, which can start over once it is stored.
+    /// It was read from the spill file, where it stays (the oldest there) until it is
+    /// stored.
     from_spill: bool,
 }
 
@@ -221,6 +222,9 @@ impl Queue {
                 }
             }
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            if done.from_spill {
+                state.spill.release();
+            }
             if done.from_spill && state.spill.is_empty() {
                 match state.spill.reclaim() {
                     Ok(()) => tracing::info!(
@@ -265,9 +269,11 @@ impl Queue {
             return 0;
         }
         state.abandoned = abandon;
+        // A batch in hand from the spill file is still its oldest there.
         let mut waiting: Vec<Entry> = state
             .in_flight
             .take()
+            .filter(|f| !f.from_spill)
             .map(|f| f.entry)
             .into_iter()
             .collect();

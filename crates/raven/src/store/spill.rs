@@ -5,9 +5,9 @@
 //!
 //! **Space is reserved when it opens** (`posix_fallocate`, [`Spill::open`]'s `reserve`
 //! bytes), so a disk that fills up later (the database often shares it) cannot refuse
-//! a batch that fits in the reservation. The last [`HEADROOM`] bytes are kept for
-//! the recorder's small gap batches ([`Kind::Gaps`]), so that when even the spill is
-//! full, the record of what was lost still fits.
+//! a batch that fits in the reservation. [`HEADROOM`] bytes of it are kept for the
+//! recorder's small gap batches ([`Kind::Gaps`]), so that when even the spill is full,
+//! the record of what was lost still fits.
 //!
 //! **Layout.** A 64-byte header at offset 0: `RVSPILL2`, the generation (u64), a flag
 //! saying the file holds nothing (u64: 1 = empty), 32 bytes reserved, FNV-1a 64 of the
@@ -15,8 +15,20 @@
 //! run (u64), number (u64), rows (u32), byte length (u32), kind (u32: 0 events, 1 gaps),
 //! the rows' end offsets (u32 each), the bytes, FNV-1a 64 of everything after the magic.
 //! Integers little-endian.
-//! When the file has been read to its end it starts over at offset 64 under the next
-//! generation, so records of earlier generations (still on disk) are never read again.
+//!
+//! **A ring of laps.** Records are written one after another from offset 64; when the
+//! next one does not fit before the end and the records at the front have been
+//! released (stored elsewhere), writing goes on from offset 64 in a new lap under the
+//! next generation, over the released records, while the older lap is still read to its
+//! end. So the reservation bounds what *waits*, not what has passed through since the
+//! file was last empty: a store that backfills while live batches keep spilling never
+//! finds the file full while it keeps up. At most two laps hold waiting records: the
+//! header's generation (read first) and the next one. When the older lap has been
+//! released the header moves on to the newer one; when nothing waits the file starts
+//! over at offset 64 under a fresh generation, so records of earlier generations (still
+//! on disk) are never read again. The reading position is not kept on disk: after a
+//! crash, released records still in the file are read again, which the store's
+//! per-batch dedupe makes harmless.
 //!
 //! **Damage never wedges it.** A failed append leaves the file as it was: the tail does
 //! not move, and the bytes it may have written are overwritten by the next append (or
@@ -108,17 +120,26 @@ pub struct Damage {
 pub struct Spill {
     path: PathBuf,
     file: File,
+    /// The oldest lap that may hold waiting records (the header's).
     generation: u64,
-    /// Offset of the first record not yet read back.
+    /// Offset of the first record not yet released: the oldest waiting.
     head: u64,
-    /// Offset after the last record.
+    /// Where the head moves when the record [`Spill::read_next`] returned is released.
+    next_head: Option<u64>,
+    /// While a newer lap (`generation + 1`) is written from offset 64: where the older
+    /// lap's records end. The head is in the older lap until it gets there.
+    lap_end: Option<u64>,
+    /// Offset after the newest record.
     tail: u64,
-    /// Records between head and tail.
+    /// Records waiting (the one read and not released among them).
     records: u64,
     /// The file's reserved length; records end at or before it.
     end: u64,
     /// The header says the file holds nothing.
     marked_empty: bool,
+    /// The header's generation is behind `generation` (its write failed): the front is
+    /// not written over until it is right.
+    header_behind: bool,
     damage: Damage,
 }
 
@@ -164,10 +185,13 @@ impl Spill {
             file,
             generation,
             head: DATA_START,
+            next_head: None,
+            lap_end: None,
             tail: DATA_START,
             records: 0,
             end: DATA_START,
             marked_empty,
+            header_behind: false,
             damage: Damage::default(),
         };
         if legacy {
@@ -196,7 +220,10 @@ impl Spill {
 
     /// Bytes of records waiting.
     pub fn used(&self) -> u64 {
-        self.tail - self.head
+        match self.lap_end {
+            Some(lap_end) => (lap_end - self.head) + (self.tail - DATA_START),
+            None => self.tail - self.head,
+        }
     }
 
     /// Bytes the reservation holds for records (headroom included).
@@ -214,88 +241,145 @@ impl Spill {
         &self.path
     }
 
-    /// Appends `batch` within `room`. It is in the file (the OS's page cache: safe from
-    /// a process crash) when this returns; on an error the file is as it was.
+    /// Appends `batch`: after the newest record, or at the front in a new lap when it
+    /// does not fit before the end and the front has been released. It is in the file
+    /// (the OS's page cache: safe from a process crash) when this returns; on an error
+    /// the file is as it was.
     pub fn append(&mut self, batch: &Batch, kind: Kind) -> Result<(), SpillError> {
-        let record = encode(self.generation, batch, kind);
-        let needed = record.len() as u64;
-        let limit = match kind {
-            Kind::Events => self.end.saturating_sub(HEADROOM),
-            Kind::Gaps => self.end,
+        let needed = record_length(batch);
+        // Events leave the headroom free for gap batches; those may use all of it.
+        let keep = match kind {
+            Kind::Events => HEADROOM,
+            Kind::Gaps => 0,
         };
-        if self.tail + needed > limit {
-            return Err(SpillError::Full {
-                used: self.used(),
-                capacity: limit - DATA_START,
-                needed,
-            });
+        let full = || SpillError::Full {
+            used: self.used(),
+            capacity: self.capacity() - keep,
+            needed,
+        };
+        if self.used() + needed + keep > self.capacity() {
+            return Err(full());
         }
-        if self.marked_empty {
+        let (at, wraps) = match self.lap_end {
+            Some(_) if self.tail + needed <= self.head => (self.tail, false),
+            None if self.tail + needed <= self.end => (self.tail, false),
+            None if DATA_START + needed <= self.head => (DATA_START, true),
+            // The free space is in two pieces, neither large enough.
+            _ => return Err(full()),
+        };
+        if self.marked_empty || (wraps && self.header_behind) {
             // Said before the record is written: a crash between the two then costs a
             // scan of the file at the next open, never a record.
+            let was_empty = self.marked_empty;
             self.marked_empty = false;
             if let Err(e) = self.write_header() {
-                self.marked_empty = true;
+                self.marked_empty = was_empty;
                 return Err(e.into());
             }
         }
-        if let Err(e) = self.file.write_all_at(&record, self.tail) {
-            self.undo_torn_append();
+        let generation = self.generation + u64::from(wraps || self.lap_end.is_some());
+        let record = encode(generation, batch, kind);
+        if let Err(e) = self.file.write_all_at(&record, at) {
+            self.undo_torn_append(at);
             return Err(e.into());
         }
-        self.tail += needed;
+        if wraps {
+            self.lap_end = Some(self.tail);
+        }
+        self.tail = at + needed;
         self.records += 1;
         Ok(())
     }
 
-    /// The next batch, oldest first, or `None` when none waits; a damaged record is
-    /// skipped (see [`Spill::damage`]). The batch stays in the file until
-    /// [`Spill::reclaim`] is called once it is safe elsewhere.
+    /// The oldest waiting batch, or `None` when none waits; a damaged record is skipped
+    /// (see [`Spill::damage`]). It stays the oldest, in the file and here, until
+    /// [`Spill::release`] says it is safe elsewhere.
     pub fn read_next(&mut self) -> Result<Option<(Batch, Kind)>, StoreError> {
-        let before = self.damage;
-        let next = take(
-            &self.file,
-            self.generation,
-            &mut self.head,
-            self.tail,
-            &mut self.damage,
-        )?;
-        if self.damage != before {
-            tracing::error!(
-                path = %self.path.display(),
-                bytes = self.damage.bytes - before.bytes,
-                "a damaged spill record was skipped; the events in it are lost"
-            );
+        loop {
+            let limit = self.lap_end.unwrap_or(self.tail);
+            let before = self.damage;
+            let next = take(
+                &self.file,
+                self.generation,
+                &mut self.head,
+                limit,
+                &mut self.damage,
+            )?;
+            if self.damage != before {
+                tracing::error!(
+                    path = %self.path.display(),
+                    bytes = self.damage.bytes - before.bytes,
+                    "a damaged spill record was skipped; the events in it are lost"
+                );
+            }
+            match next {
+                Some((batch, kind, length)) => {
+                    self.next_head = Some(self.head + length);
+                    return Ok(Some((batch, kind)));
+                }
+                None if self.lap_end.is_some() => self.leave_lap(),
+                None => {
+                    // Only damage was left.
+                    self.next_head = None;
+                    self.records = 0;
+                    return Ok(None);
+                }
+            }
         }
-        if next.is_some() {
-            self.records -= 1;
+    }
+
+    /// The batch [`Spill::read_next`] returned is safe elsewhere: its space may be
+    /// written over, and the next read returns the batch after it.
+    pub fn release(&mut self) {
+        let Some(next) = self.next_head.take() else {
+            return;
+        };
+        self.head = next;
+        self.records = self.records.saturating_sub(1);
+    }
+
+    /// The older lap is read (and released) to its end: the newer one is the oldest now. The header
+    /// says so before the lap after it may start over the front (a failed write is
+    /// tried again then).
+    fn leave_lap(&mut self) {
+        self.generation += 1;
+        self.head = DATA_START;
+        self.next_head = None;
+        self.lap_end = None;
+        self.header_behind = true;
+        match self.write_header() {
+            Ok(()) => self.header_behind = false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot update the spill file's header; tried again before the next lap")
+            }
         }
-        Ok(next)
     }
 
     /// Once every batch has been read back (and the last is safe elsewhere), starts the
     /// file over under the next generation, so its space is used again.
     pub fn reclaim(&mut self) -> Result<(), StoreError> {
-        if self.head < self.tail || self.marked_empty {
+        if self.records > 0 || self.next_head.is_some() || self.marked_empty {
             return Ok(());
         }
-        self.generation += 1;
+        // Past every generation a record on disk may carry.
+        self.generation += 1 + u64::from(self.lap_end.is_some());
         self.head = DATA_START;
+        self.lap_end = None;
         self.tail = DATA_START;
-        self.records = 0;
         self.marked_empty = true;
         self.write_header()?;
+        self.header_behind = false;
         Ok(())
     }
 
-    /// After a failed write at the tail: make what it may have left unreadable. On a
+    /// After a failed write at `at`: make what it may have left unreadable. On a
     /// reserved file the next append overwrites it anyway; a file that grew is cut back.
-    fn undo_torn_append(&mut self) {
+    fn undo_torn_append(&mut self, at: u64) {
         let length = self.file.metadata().map(|m| m.len()).unwrap_or(self.end);
         if length > self.end {
             let _ = self.file.set_len(self.end);
         }
-        let _ = self.file.write_all_at(&[0u8; 4], self.tail);
+        let _ = self.file.write_all_at(&[0u8; 4], at);
     }
 
     /// Reserves disk for the file up to `length` bytes.
@@ -330,9 +414,9 @@ impl Spill {
         self.file.write_all_at(&header, 0)
     }
 
-    /// Finds the records of this generation (see [`scan`]).
+    /// Finds the records waiting in the file's one or two laps (see [`locate`]).
     fn find_records(&mut self) -> Result<(), StoreError> {
-        let found = scan(&self.file, self.generation, self.end)?;
+        let found = locate(&self.file, self.generation, self.end)?;
         if found.damage.stretches > 0 {
             tracing::error!(
                 path = %self.path.display(),
@@ -342,12 +426,20 @@ impl Spill {
             );
         }
         // The damage is counted as it is skipped, when the records are read back.
-        (self.head, self.tail, self.records) = (found.head, found.tail, found.records);
+        self.head = found.head;
+        self.lap_end = found.lap_end;
+        self.tail = found.tail;
+        self.records = found.records;
+        if found.generation != self.generation {
+            // Only the newer lap holds records: it is the oldest now.
+            self.generation = found.generation;
+            self.write_header()?;
+        }
         if self.records > 0 {
             tracing::info!(
                 path = %self.path.display(),
                 batches = self.records,
-                bytes = self.tail - self.head,
+                bytes = self.used(),
                 "the spill file holds batches from an earlier run"
             );
         }
@@ -413,6 +505,55 @@ impl Source for [u8] {
     }
 }
 
+/// Where the waiting records of a file are: the lap of `generation` from `head`, to
+/// `lap_end` when a newer lap was being written from the front, and that newer lap to
+/// `tail` (or the one lap, `head` to `tail`).
+struct Located {
+    generation: u64,
+    head: u64,
+    lap_end: Option<u64>,
+    tail: u64,
+    records: u64,
+    damage: Damage,
+}
+
+/// Finds the records of the file's laps: the header's `generation` and the one after
+/// it. The newer lap starts at the front; the older one's first sound record lies after
+/// it (the newer lap wrote only over released records).
+fn locate<S: Source + ?Sized>(src: &S, generation: u64, end: u64) -> Result<Located, StoreError> {
+    let older = scan(src, generation, end)?;
+    let newer = scan(src, generation + 1, end)?;
+    let mut damage = older.damage;
+    damage.stretches += newer.damage.stretches;
+    damage.bytes += newer.damage.bytes;
+    Ok(match (older.records, newer.records) {
+        (_, 0) => Located {
+            generation,
+            head: older.head,
+            lap_end: None,
+            tail: older.tail,
+            records: older.records,
+            damage,
+        },
+        (0, _) => Located {
+            generation: generation + 1,
+            head: newer.head,
+            lap_end: None,
+            tail: newer.tail,
+            records: newer.records,
+            damage,
+        },
+        _ => Located {
+            generation,
+            head: older.head,
+            lap_end: Some(older.tail),
+            tail: newer.tail,
+            records: older.records + newer.records,
+            damage,
+        },
+    })
+}
+
 /// Where a file's records of one generation are.
 struct Found {
     head: u64,
@@ -457,21 +598,18 @@ fn scan<S: Source + ?Sized>(src: &S, generation: u64, end: u64) -> Result<Found,
     })
 }
 
-/// The sound record at `*head` (before `tail`), moving `*head` past it; damaged
-/// stretches on the way are skipped and added to `damage`.
+/// The sound record at `*head` (before `tail`) and its length; damaged stretches on
+/// the way are skipped (moving `*head` past them) and added to `damage`.
 fn take<S: Source + ?Sized>(
     src: &S,
     generation: u64,
     head: &mut u64,
     tail: u64,
     damage: &mut Damage,
-) -> Result<Option<(Batch, Kind)>, StoreError> {
+) -> Result<Option<(Batch, Kind, u64)>, StoreError> {
     while *head < tail {
         match read_record(src, *head, tail, generation)? {
-            Some((batch, kind, length)) => {
-                *head += length;
-                return Ok(Some((batch, kind)));
-            }
+            Some(record) => return Ok(Some(record)),
             None => {
                 let next = find_sound(src, generation, *head + 1, tail)?;
                 damage.stretches += 1;
@@ -498,9 +636,8 @@ fn find_sound<S: Source + ?Sized>(
     while at < to {
         let want = ((to - at) as usize).min(buf.len());
         src.read_span(&mut buf[..want], at)?;
-        let window = &buf[..want];
-        for (i, w) in window.windows(RECORD_MAGIC.len()).enumerate() {
-            if w == RECORD_MAGIC && read_record(src, at + i as u64, to, generation)?.is_some() {
+        for i in memchr::memmem::find_iter(&buf[..want], RECORD_MAGIC) {
+            if read_record(src, at + i as u64, to, generation)?.is_some() {
                 return Ok(at + i as u64);
             }
         }
@@ -526,10 +663,22 @@ pub fn read_all(bytes: &[u8]) -> Result<(Vec<(Batch, Kind)>, Damage), StoreError
     if empty {
         return Ok((batches, Damage::default()));
     }
-    let found = scan(bytes, generation, bytes.len() as u64)?;
-    let (mut head, mut damage) = (found.head, Damage::default());
-    while let Some(next) = take(bytes, generation, &mut head, found.tail, &mut damage)? {
-        batches.push(next);
+    let found = locate(bytes, generation, bytes.len() as u64)?;
+    let mut damage = Damage::default();
+    let laps = match found.lap_end {
+        Some(lap_end) => vec![
+            (found.generation, found.head, lap_end),
+            (found.generation + 1, DATA_START, found.tail),
+        ],
+        None => vec![(found.generation, found.head, found.tail)],
+    };
+    for (generation, mut head, tail) in laps {
+        while let Some((batch, kind, length)) =
+            take(bytes, generation, &mut head, tail, &mut damage)?
+        {
+            batches.push((batch, kind));
+            head += length;
+        }
     }
     Ok((batches, damage))
 }
@@ -555,11 +704,14 @@ fn all_zero(file: &File, length: u64) -> Result<bool, std::io::Error> {
     Ok(true)
 }
 
+/// Bytes of `batch`'s record.
+fn record_length(batch: &Batch) -> u64 {
+    (RECORD_HEAD + batch.ends().len() * 4 + batch.bytes().len() + RECORD_TAIL) as u64
+}
+
 /// A record's bytes.
 fn encode(generation: u64, batch: &Batch, kind: Kind) -> Vec<u8> {
-    let mut record = Vec::with_capacity(
-        RECORD_HEAD + batch.ends().len() * 4 + batch.bytes().len() + RECORD_TAIL,
-    );
+    let mut record = Vec::with_capacity(record_length(batch) as usize);
     record.extend_from_slice(RECORD_MAGIC);
     record.extend_from_slice(&generation.to_le_bytes());
     record.extend_from_slice(&batch.run.to_le_bytes());
@@ -698,10 +850,12 @@ mod tests {
         batch
     }
 
+    /// Reads and releases every waiting batch: (number, kind).
     fn drain(spill: &mut Spill) -> Vec<(u64, Kind)> {
         let mut out = Vec::new();
         while let Some((batch, kind)) = spill.read_next().unwrap() {
             out.push((batch.number, kind));
+            spill.release();
         }
         out
     }
@@ -762,14 +916,173 @@ mod tests {
         assert!(appended > 0);
         let used = spill.used();
         assert!(used <= MIN_RESERVE - HEADROOM, "{used}");
-        // The refused append changed nothing; a gap batch still fits in the headroom.
-        spill.append(&batch(1, 5), Kind::Gaps).unwrap();
+        // The refused append changed nothing; gap batches still fit in the headroom,
+        // up to the end and never over a batch that waits.
+        let mut gaps = 0;
+        while spill.append(&batch(1 + gaps, 5), Kind::Gaps).is_ok() {
+            gaps += 1;
+        }
+        assert!(gaps > 1000, "{gaps} gap batches");
         drop(spill);
         let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
-        assert_eq!(spill.batches(), appended + 1);
-        let read = drain(&mut spill);
-        assert_eq!(read.last(), Some(&(1, Kind::Gaps)));
+        assert_eq!(spill.batches(), appended + gaps);
+        let mut expected = vec![(0, Kind::Events); appended as usize];
+        expected.extend((1..=gaps).map(|n| (n, Kind::Gaps)));
+        assert_eq!(drain(&mut spill), expected);
         assert_eq!(spill.damage(), Damage::default());
+    }
+
+    /// Regression: the file started over only when it was read to its end, so a
+    /// backfill that kept pace with live batches still spilling filled the reservation
+    /// with records already stored, and the spill refused batches with almost nothing
+    /// waiting. Released records at the front are written over in a new lap; a reopen
+    /// at any point finds everything that waits, in order.
+    #[test]
+    fn released_space_is_written_again_so_the_reservation_bounds_what_waits() {
+        let path = scratch("ring");
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        let mut waiting = std::collections::VecDeque::new();
+        let mut through = 0;
+        let mut laps_seen = std::collections::BTreeSet::new();
+        for n in 0..1_500u64 {
+            let b = batch(n, 1 + n % 400);
+            through += record_length(&b);
+            spill.append(&b, Kind::Events).unwrap();
+            waiting.push_back(n);
+            laps_seen.insert(spill.generation + u64::from(spill.lap_end.is_some()));
+            // The store takes two batches for every one spilled, with a lag.
+            while waiting.len() > 30 + (n as usize % 7) {
+                let (read, _) = spill.read_next().unwrap().unwrap();
+                assert_eq!(Some(read.number), waiting.pop_front());
+                spill.release();
+            }
+            if n % 97 == 0 {
+                // What a restart would find: everything waiting, in order, maybe after
+                // released batches not yet written over (stored already; the store's
+                // dedupe drops them).
+                let (found, damage) = read_all(&std::fs::read(&path).unwrap()).unwrap();
+                let numbers: Vec<u64> = found.iter().map(|(b, _)| b.number).collect();
+                let first = *numbers.first().unwrap();
+                assert_eq!(numbers, (first..=n).collect::<Vec<_>>());
+                assert!(first <= *waiting.front().unwrap());
+                assert_eq!(damage, Damage::default());
+            }
+        }
+        assert!(
+            through > 2 * MIN_RESERVE,
+            "{through} bytes went through the file"
+        );
+        assert!(laps_seen.len() >= 3, "laps: {laps_seen:?}");
+        assert_eq!(spill.batches(), waiting.len() as u64);
+
+        // Full while wrapped: events stop short of the headroom, a gap batch fits in it.
+        let big = batch(10_000, 4000);
+        while spill.append(&big, Kind::Events).is_ok() {}
+        spill.append(&batch(10_001, 5), Kind::Gaps).unwrap();
+        let waiting_now = spill.batches();
+        drop(spill);
+        let mut spill = Spill::open(&path, MIN_RESERVE).unwrap();
+        assert!(spill.batches() >= waiting_now);
+        let read = drain(&mut spill);
+        let oldest = read
+            .iter()
+            .position(|&(n, _)| n == *waiting.front().unwrap())
+            .unwrap();
+        let tail: Vec<u64> = read[oldest..].iter().map(|&(n, _)| n).collect();
+        let mut expected: Vec<u64> = waiting.iter().copied().collect();
+        expected.extend(std::iter::repeat_n(10_000, tail.len() - expected.len() - 1));
+        expected.push(10_001);
+        assert_eq!(tail, expected);
+        assert_eq!(read.last(), Some(&(10_001, Kind::Gaps)));
+        spill.reclaim().unwrap();
+        drop(spill);
+        assert!(Spill::open(&path, MIN_RESERVE).unwrap().is_empty());
+    }
+
+    /// Random appends (events and gaps, many sizes), reads, releases, reclaims and
+    /// reopens against a model of what waits, in phases like a store's outages and
+    /// backfills: every read is the oldest waiting batch, a reopen loses none (it may
+    /// read released ones again first), and the file refuses a batch only when the
+    /// reservation is close to full.
+    #[test]
+    fn random_use_against_a_model() {
+        for (seed, reserve) in [(1u64, MIN_RESERVE), (2, 3 * HEADROOM)] {
+            let path = scratch(&format!("model-{seed}"));
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let mut spill = Spill::open(&path, reserve).unwrap();
+            let mut waiting: std::collections::VecDeque<(u64, Kind)> = Default::default();
+            let mut number = 0;
+            let (mut refused, mut reopened, mut wrapped) = (0, 0, 0);
+            for step in 0..3_000 {
+                // An outage (appends only), then a backfill (reads win), and so on.
+                let appends = if (step / 250) % 2 == 0 { 90 } else { 30 };
+                let roll = next(100);
+                if roll < appends {
+                    let kind = if next(10) == 0 {
+                        Kind::Gaps
+                    } else {
+                        Kind::Events
+                    };
+                    let b = batch(number, 1 + next(300));
+                    let needed = record_length(&b);
+                    let free = spill.capacity() - spill.used();
+                    match spill.append(&b, kind) {
+                        Ok(()) => waiting.push_back((number, kind)),
+                        Err(SpillError::Full { .. }) => {
+                            let keep = if kind == Kind::Events { HEADROOM } else { 0 };
+                            assert!(free < needed + keep || free < 3 * needed);
+                            refused += 1;
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                    number += 1;
+                    wrapped += u64::from(spill.lap_end.is_some());
+                } else if roll < 99 {
+                    if appends == 90 {
+                        continue;
+                    }
+                    let read = spill.read_next().unwrap().map(|(b, k)| (b.number, k));
+                    assert_eq!(read, waiting.front().copied());
+                    if read.is_some() && next(4) != 0 {
+                        spill.release();
+                        waiting.pop_front();
+                    } else if read.is_none() {
+                        spill.reclaim().unwrap();
+                    }
+                } else {
+                    drop(spill);
+                    spill = Spill::open(&path, reserve).unwrap();
+                    reopened += 1;
+                    // Released batches not yet written over come first, in order.
+                    let mut last = None;
+                    loop {
+                        let read = spill.read_next().unwrap().map(|(b, k)| (b.number, k));
+                        if read == waiting.front().copied() {
+                            break;
+                        }
+                        let (n, _) = read.expect("a waiting batch was lost");
+                        assert!(n < waiting.front().map_or(number, |w| w.0));
+                        assert!(last < Some(n));
+                        last = Some(n);
+                        spill.release();
+                    }
+                    assert!(spill.batches() >= waiting.len() as u64);
+                }
+                assert_eq!(spill.damage(), Damage::default());
+            }
+            assert!(
+                refused > 0 && reopened > 5 && wrapped > 100,
+                "{refused} refused, {reopened} reopened, {wrapped} appends while wrapped"
+            );
+            let rest: Vec<_> = drain(&mut spill);
+            assert_eq!(rest, waiting.iter().copied().collect::<Vec<_>>());
+        }
     }
 
     /// Regression: a record left half-written by a failed append (ENOSPC) made every
