@@ -22,7 +22,7 @@ for target in "${targets[@]}"; do
     if ! cargo +nightly fuzz run "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 \
         >"$log" 2>&1; then
         tail -n 40 "$log"
-        echo "fuzz: $target failed; the input is in fuzz/artifacts/$target"
+        echo "fuzz: $target failed (log: fuzz/$log; a crashing input is kept in fuzz/artifacts/$target)"
         exit 1
     fi
     grep -E "^Done [0-9]+ runs" "$log" | tail -n 1
