@@ -1,6 +1,9 @@
 //! The `raven` binary as a user runs it: `raven serve` in the background, client commands
 //! against it, output parsed and checked.
 
+#[path = "common/raw_h2.rs"]
+mod raw_h2;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -412,29 +415,7 @@ fn a_second_signal_exits_at_once() {
             .await
             .unwrap();
         tokio::spawn(connection);
-        let request = http::Request::post(format!("http://{addr}/raven.v1.Market/Stream"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let mut client = client.ready().await.unwrap();
-        let (response, mut body) = client.send_request(request, false).unwrap();
-        use prost::Message;
-        use raven_proto::pb;
-        let subscribe = pb::StreamRequest {
-            request: Some(pb::stream_request::Request::Subscribe(pb::Subscribe {
-                instruments: vec!["SIM:BTC-USD".into()],
-                channel: pb::Channel::Book as i32,
-                depth: 0,
-                start: 0,
-            })),
-        }
-        .encode_to_vec();
-        // A gRPC message: not compressed, its length, the bytes.
-        let mut frame = vec![0u8];
-        frame.extend_from_slice(&(subscribe.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&subscribe);
-        body.send_data(bytes::Bytes::from(frame), false).unwrap();
+        let (client, body, response) = raw_h2::subscribe_to_book(client, &addr).await;
         (client, body, response.await.unwrap())
     });
     let pid = served.child.id().to_string();

@@ -3,12 +3,10 @@
 //! gRPC `Stream` call, subscribes, then stops answering while holding the socket open.
 
 mod common;
+#[path = "common/raw_h2.rs"]
+mod raw_h2;
 
 use std::time::Duration;
-
-use bytes::Bytes;
-use prost::Message;
-use raven_proto::pb::{self, stream_request::Request as Req};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peer_is_dropped_by_keepalive() {
@@ -34,29 +32,7 @@ async fn silent_peer_is_dropped_by_keepalive() {
         Some(connection)
     });
 
-    let request = http::Request::post(format!(
-        "http://{}/raven.v1.Market/Stream",
-        server.local_addr()
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
-    let mut client = client.ready().await.unwrap();
-    let (response, mut body) = client.send_request(request, false).unwrap();
-    let subscribe = pb::StreamRequest {
-        request: Some(Req::Subscribe(pb::Subscribe {
-            instruments: vec!["SIM:BTC-USD".into()],
-            channel: pb::Channel::Book as i32,
-            depth: 0,
-            start: 0,
-        })),
-    };
-    let message = subscribe.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
-    body.send_data(Bytes::from(frame), false).unwrap();
+    let (_client, _body, response) = raw_h2::subscribe_to_book(client, server.local_addr()).await;
     let response = response.await.unwrap();
     assert_eq!(response.status(), 200);
     let mut data = response.into_body();
