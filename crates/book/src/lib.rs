@@ -7,7 +7,6 @@
 //!   depth-limited subscribers get deltas that keep their N levels exact.
 //! - [`top`] publishes the top of book through a seqlock so other threads read it without
 //!   locks and without ever seeing a torn state.
-#![deny(missing_docs)]
 
 mod book;
 mod depth;

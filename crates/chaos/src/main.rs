@@ -20,6 +20,7 @@ use anyhow::Context;
 /// One scenario's outcome.
 #[derive(Debug, Default)]
 pub struct Row {
+    /// Its name, as given on the command line.
     pub scenario: String,
     /// Events the engine published (the recorder's count), when the server said.
     pub published: Option<u64>,
@@ -165,15 +166,10 @@ fn main() -> anyhow::Result<()> {
 /// Thousands of sockets need descriptors: the soft limit goes up to the hard one (the
 /// servers started inherit it).
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on this process with a valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    if let Err(e) = setrlimit(Resource::Nofile, limit) {
+        eprintln!("raven-chaos: cannot raise the descriptor limit: {e}");
     }
 }

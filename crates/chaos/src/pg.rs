@@ -14,8 +14,7 @@ pub struct PrivatePostgres {
 }
 
 fn as_owner(program: &str) -> Command {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--", program]);
         command
@@ -43,8 +42,7 @@ impl PrivatePostgres {
     pub fn start(parent: &Path) -> anyhow::Result<PrivatePostgres> {
         let dir = parent.join("pg");
         std::fs::create_dir_all(&dir)?;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if rustix::process::geteuid().is_root() {
             run(
                 {
                     let mut c = Command::new("chown");

@@ -95,11 +95,14 @@ impl Server {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
     }
 
-    /// Sends `signal`.
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.pid() as i32, signal);
+    /// Sends SIGTERM.
+    fn send_sigterm(&self) {
+        let pid = i32::try_from(self.pid())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            // It may have exited already: then there is nothing to stop.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
     }
 
@@ -125,7 +128,7 @@ impl Server {
 
     /// SIGTERM, then waits for the exit (SIGKILL after `limit`).
     pub fn terminate(self, limit: Duration) -> anyhow::Result<Stopped> {
-        self.signal(libc::SIGTERM);
+        self.send_sigterm();
         self.wait(limit)
     }
 

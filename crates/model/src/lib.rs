@@ -4,7 +4,6 @@
 //!
 //! Numbers are integers at one published scale ([`FIXED_SCALE`]); there are no floats
 //! here at all (display uses the exact decimal form).
-#![deny(missing_docs)]
 
 mod event;
 mod fixed;

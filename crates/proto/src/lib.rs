@@ -3,7 +3,6 @@
 //! ([`wire`]), and conversions between the model and protobuf ([`convert`]).
 //!
 //! This is the one crate where generated types live; nothing else depends on prost.
-#![deny(missing_docs)]
 
 pub mod convert;
 pub mod wire;

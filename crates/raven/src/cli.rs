@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use raven::config::FileConfig;
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(name = "raven", version, about = "Raven market-data server and client")]
@@ -386,12 +387,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let config = file.resolve()?;
     // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would otherwise kill the
-    // server when the database outgrows it; ignored, the write fails with EFBIG, and the
-    // recorder spills and retries as for any store failure.
-    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-    }
+    // server when the database outgrows it. With a handler (tokio's, which only notes the
+    // signal) the write fails with EFBIG instead, and the recorder spills and retries as
+    // for any store failure.
+    let _file_size_limit =
+        signal(SignalKind::from_raw(libc::SIGXFSZ)).context("cannot handle SIGXFSZ")?;
     let listener = raven::app::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let server = raven::app::start(&config, listener).await?;
@@ -425,8 +425,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
         _ = term.recv() => {}

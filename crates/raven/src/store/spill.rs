@@ -386,8 +386,11 @@ impl Spill {
     fn reserve(&mut self, length: u64) -> Result<(), StoreError> {
         let len = libc::off_t::try_from(length)
             .map_err(|_| StoreError::Corrupt(format!("spill reservation {length} too large")))?;
+        // The workspace's one unsafe call: glibc's posix_fallocate, which also reserves on
+        // file systems without fallocate(2) (by writing zeros), as no safe wrapper does.
         // SAFETY: the descriptor is open for writing for the whole call; posix_fallocate
         // only allocates blocks for it.
+        #[allow(unsafe_code)]
         let result = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), 0, len) };
         if result != 0 {
             let error = std::io::Error::from_raw_os_error(result);
