@@ -3,6 +3,8 @@
 
 #[path = "common/raw_h2.rs"]
 mod raw_h2;
+#[path = "common/scratch.rs"]
+mod scratch;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -29,12 +31,7 @@ impl Drop for Served {
 
 /// A directory of its own for each server: its `./data` (SQLite file, spill) goes there.
 fn scratch_dir() -> std::path::PathBuf {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("cli-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scratch::scratch_dir("cli")
 }
 
 fn serve(extra: &[&str]) -> Served {

@@ -824,11 +824,36 @@ mod tests {
 
     use super::*;
 
-    fn scratch(what: &str) -> PathBuf {
+    /// A spill file's path in a directory of its own, removed with it: each file
+    /// reserves megabytes.
+    struct Scratch(PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for Scratch {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn scratch(what: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!("raven-spill-{what}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        dir.join("raven.spill")
+        Scratch(dir.join("raven.spill"))
     }
 
     /// Batch `number` of run 7, `rows` trades long.
