@@ -53,15 +53,17 @@ pub enum AppError {
     Store(#[from] StoreError),
 }
 
-/// A running server.
+/// A running server. [`RunningServer::shutdown`] stops it in order; dropped without it
+/// (a test that panicked), it still stops its threads, without the drain.
 pub struct RunningServer {
     addr: SocketAddr,
     fanout: Arc<Fanout>,
-    engine: Engine,
+    // Options so that both `shutdown` and `Drop` can take them, whichever comes first.
+    engine: Option<Engine>,
     stop_feed: Arc<AtomicBool>,
-    feed: JoinHandle<()>,
-    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    stop_grpc: oneshot::Sender<()>,
+    feed: Option<JoinHandle<()>>,
+    grpc: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    stop_grpc: Option<oneshot::Sender<()>>,
     connections: Arc<Connections>,
     health: tonic_health::server::HealthReporter,
     shutdown: Trigger,
@@ -214,11 +216,11 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
     Ok(RunningServer {
         addr,
         fanout,
-        engine,
+        engine: Some(engine),
         stop_feed,
-        feed,
-        grpc,
-        stop_grpc,
+        feed: Some(feed),
+        grpc: Some(grpc),
+        stop_grpc: Some(stop_grpc),
         connections,
         health,
         shutdown: trigger,
@@ -240,7 +242,9 @@ impl RunningServer {
 
     /// The engine (for lock-free top-of-book reads).
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        self.engine
+            .as_ref()
+            .expect("the engine runs until the server is stopped, which takes it (invariant)")
     }
 
     /// The recorder's counters, when recording.
@@ -257,13 +261,14 @@ impl RunningServer {
     /// to the drain deadline for connections to finish, then cutting what is left; lets
     /// the engine finish what it has queued; then has the recorder store its last
     /// batches (what it cannot store in time waits in the spill file).
-    pub async fn shutdown(self) -> Result<(), AppError> {
+    pub async fn shutdown(mut self) -> Result<(), AppError> {
         self.stop_feed.store(true, Ordering::Relaxed);
-        let feed = self.feed;
-        tokio::task::spawn_blocking(move || feed.join())
-            .await
-            .map_err(std::io::Error::other)?
-            .map_err(|_| std::io::Error::other("simulator thread panicked"))?;
+        if let Some(feed) = self.feed.take() {
+            tokio::task::spawn_blocking(move || feed.join())
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(|_| std::io::Error::other("simulator thread panicked"))?;
+        }
         self.shutdown.fire();
         // Health checkers (load balancers) see the server going before it is gone.
         self.health
@@ -281,8 +286,12 @@ impl RunningServer {
             )));
         // Connections still in their handshake hold no work: they go now.
         self.connections.cut_handshaking();
-        let _ = self.stop_grpc.send(());
-        let mut grpc = self.grpc;
+        if let Some(stop) = self.stop_grpc.take() {
+            let _ = stop.send(());
+        }
+        let Some(mut grpc) = self.grpc.take() else {
+            return Ok(());
+        };
         let served = match tokio::time::timeout(self.drain, &mut grpc).await {
             Ok(served) => served,
             Err(_) => {
@@ -303,16 +312,48 @@ impl RunningServer {
             }
         };
         served.map_err(std::io::Error::other)??;
-        let engine = self.engine;
-        tokio::task::spawn_blocking(move || engine.shutdown())
-            .await
-            .map_err(std::io::Error::other)?;
-        if let Some(recorder) = self.recorder {
+        if let Some(engine) = self.engine.take() {
+            tokio::task::spawn_blocking(move || engine.shutdown())
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        if let Some(recorder) = self.recorder.take() {
             tokio::task::spawn_blocking(move || recorder.finish(RECORDER_FINISH))
                 .await
                 .map_err(std::io::Error::other)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for RunningServer {
+    /// Without [`RunningServer::shutdown`]: the feed, gRPC and the engine stop at once,
+    /// and the recorder gets its usual time to store what waits (the rest waits in the
+    /// spill file). Blocks on the threads' ends, as a dropped thread pool would.
+    fn drop(&mut self) {
+        let Some(engine) = self.engine.take() else {
+            return;
+        };
+        self.stop_feed.store(true, Ordering::Relaxed);
+        self.shutdown.fire();
+        self.fanout
+            .close_all(Closed::Refused(tonic::Status::unavailable(
+                "server shutting down",
+            )));
+        if let Some(stop) = self.stop_grpc.take() {
+            let _ = stop.send(());
+        }
+        if let Some(grpc) = self.grpc.take() {
+            grpc.abort();
+        }
+        self.connections.cut_all();
+        if let Some(feed) = self.feed.take() {
+            let _ = feed.join();
+        }
+        engine.shutdown();
+        if let Some(recorder) = self.recorder.take() {
+            recorder.finish(RECORDER_FINISH);
+        }
     }
 }
 

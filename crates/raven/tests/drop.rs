@@ -1,0 +1,35 @@
+//! A server dropped without `shutdown` (a test that panicked) stops its threads: no
+//! simulator, shard or recorder thread outlives it inside the test binary. A file of its
+//! own, so that no other test's server runs in this process while threads are counted.
+
+mod common;
+
+/// The threads of this process whose name starts with `raven-`.
+fn raven_threads() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| name.starts_with("raven-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_server_stops_its_threads() {
+    assert_eq!(raven_threads(), Vec::<String>::new());
+    let server = common::server(|f| f.engine.shards = 2).await;
+    let running = raven_threads();
+    for name in [
+        "raven-sim",
+        "raven-shard-0",
+        "raven-shard-1",
+        "raven-recorder",
+        "raven-writer",
+    ] {
+        assert!(running.iter().any(|t| t == name), "{name} in {running:?}");
+    }
+    drop(server);
+    assert_eq!(raven_threads(), Vec::<String>::new());
+}
