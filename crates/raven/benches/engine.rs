@@ -13,6 +13,7 @@ use prost::Message;
 use raven::clock::SystemClock;
 use raven::engine::{Command, Shard, ShardContext};
 use raven::fanout::{Fanout, LagPolicy};
+use raven::feed::Catalog;
 use raven::feed::sim::{SimConfig, Simulator};
 use raven_model::{Channel, FeedEvent, InstrumentRegistry, UnixNanos};
 
@@ -42,8 +43,11 @@ fn engine(c: &mut Criterion) {
     let events: usize = batches.iter().map(Vec::len).sum();
 
     let fanout = Arc::new(Fanout::default());
-    let (ctx, _resync_requests) =
-        ShardContext::new(registry.clone(), Arc::new(SystemClock), fanout.clone());
+    let ctx = ShardContext::new(
+        Catalog::new(registry.clone()),
+        Arc::new(SystemClock),
+        fanout.clone(),
+    );
     let mut shard = Shard::new(ctx);
     shard.process(warmup.clone());
     let mailbox = fanout.open(1 << 30, LagPolicy::Gap);

@@ -14,6 +14,7 @@ use prost::Message;
 use raven::clock::SystemClock;
 use raven::engine::{Command, Shard, ShardContext};
 use raven::fanout::{Fanout, LagPolicy, Mailbox};
+use raven::feed::Catalog;
 use raven::feed::sim::{SimConfig, Simulator};
 use raven_model::{Channel, FeedEvent, FeedKind, InstrumentRegistry, UnixNanos};
 
@@ -44,8 +45,11 @@ fn fanout(c: &mut Criterion) {
     g.throughput(Throughput::Elements(100));
     for (subscribers, stalled) in [(1, false), (100, false), (1000, false), (1000, true)] {
         let fanout = Arc::new(Fanout::default());
-        let (ctx, _resync_requests) =
-            ShardContext::new(registry.clone(), Arc::new(SystemClock), fanout.clone());
+        let ctx = ShardContext::new(
+            Catalog::new(registry.clone()),
+            Arc::new(SystemClock),
+            fanout.clone(),
+        );
         let mut shard = Shard::new(ctx);
         shard.process(snapshots.clone());
         let mailboxes: Vec<Arc<Mailbox>> = (0..subscribers)

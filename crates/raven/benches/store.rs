@@ -11,6 +11,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use raven::clock::SystemClock;
 use raven::engine::{Shard, ShardContext};
 use raven::fanout::Fanout;
+use raven::feed::Catalog;
 use raven::feed::sim::{SimConfig, Simulator};
 use raven::store::postgres::PostgresStore;
 use raven::store::sqlite::SqliteStore;
@@ -29,8 +30,8 @@ fn engine_batches(batches: usize) -> Vec<Batch> {
         levels: 25,
     };
     let mut sim = Simulator::new(&config, &registry, UnixNanos(1_764_300_000_000_000_000));
-    let (mut ctx, _resync) = ShardContext::new(
-        registry.clone(),
+    let mut ctx = ShardContext::new(
+        Catalog::new(registry.clone()),
         Arc::new(SystemClock),
         Arc::new(Fanout::default()),
     );

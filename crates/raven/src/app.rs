@@ -1,33 +1,38 @@
-//! Wiring: builds the registry, engine, recorder, simulator feed and gRPC services
-//! (market, ingest, history, health, reflection) from a [`Config`], runs them, and shuts
-//! them down in order: the feed; client streams told the server is going away
-//! (`UNAVAILABLE`) and connections drained, what is left of them cut at the drain
-//! deadline; the engine, which finishes what it accepted; then the recorder's last
-//! batches. Entry points take the listener as an argument so tests bind port 0.
+//! Wiring: builds the catalog, engine, recorder, feeds (the simulator and the publish
+//! feed) and gRPC services (market, ingest, history, health, reflection) from a
+//! [`Config`], runs them, and shuts them down in order: the feeds; client streams told
+//! the server is going away (`UNAVAILABLE`) and connections drained, what is left of them
+//! cut at the drain deadline; the engine, which finishes what it accepted; then the
+//! recorder's last batches. Entry points take the listener and the clock as arguments, so
+//! tests bind port 0 and can set the time.
+//!
+//! How each part is stopped: whatever waits on outside events (a feed's thread or its
+//! open publish streams, history streams, the gRPC server) watches a
+//! [`crate::shutdown::Shutdown`] signal, one per phase above. The engine and the
+//! recorder are told in band instead, because they must first finish what they
+//! accepted: a shard's `Stop` command queues behind the feed batches it has, and the
+//! recorder ends when the last shard's tap closes, with a deadline for the store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 
 use raven_model::InstrumentRegistry;
 use raven_proto::history_server::HistoryServer;
 use raven_proto::ingest_server::IngestServer;
 use raven_proto::market_server::MarketServer;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tonic::transport::Server;
 
 use crate::api::connections::{Connections, TrackRequests};
 use crate::api::history::{HistoryApi, Recorded};
-use crate::api::ingest::IngestApi;
+use crate::api::ingest::{self, IngestApi};
 use crate::api::market::{Limits, MarketApi, MarketService};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, ShardContext};
 use crate::fanout::{Closed, Fanout};
-use crate::feed::sim::{self, Simulator};
-use crate::feed::{Catalog, Owner};
+use crate::feed::sim::SimFeed;
+use crate::feed::{Catalog, Feed, FeedContext, FeedHandle};
 use crate::recorder::{Recorder, RecorderStats};
 use crate::shutdown::{self, Trigger};
 use crate::store::StoreError;
@@ -60,10 +65,9 @@ pub struct RunningServer {
     fanout: Arc<Fanout>,
     // Options so that both `shutdown` and `Drop` can take them, whichever comes first.
     engine: Option<Engine>,
-    stop_feed: Arc<AtomicBool>,
-    feed: Option<JoinHandle<()>>,
+    feeds: Vec<FeedHandle>,
     grpc: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
-    stop_grpc: Option<oneshot::Sender<()>>,
+    stop_grpc: Trigger,
     connections: Arc<Connections>,
     health: tonic_health::server::HealthReporter,
     shutdown: Trigger,
@@ -95,25 +99,25 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Starts everything on `listener`.
-pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServer, AppError> {
+/// Starts everything on `listener`, with `clock` as the time of events, runs and
+/// requests (`SystemClock` outside tests).
+pub async fn start(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    listener: TcpListener,
+) -> Result<RunningServer, AppError> {
     let addr = listener.local_addr()?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let registry = InstrumentRegistry::new();
     let fanout = Arc::new(Fanout::default());
-    let sim = Simulator::new(&config.sim, &registry, clock.now());
     let catalog = Catalog::new(registry.clone());
-    for info in sim.instruments() {
-        catalog.add(info, Owner::Simulator);
-    }
 
-    let (mut ctx, resync_rx) = ShardContext::new(registry.clone(), clock.clone(), fanout.clone());
+    let mut ctx = ShardContext::new(catalog.clone(), clock.clone(), fanout.clone());
     let recorder = match config.store.clone() {
         Some(store) => {
             let (tap, tapped) = crossbeam_channel::bounded(TAP_BATCHES);
             ctx.taps.push(tap);
             ctx.checkpoint_every = store.snapshot_every;
-            let (registry, run) = (registry.clone(), clock.now().0);
+            let (registry, clock) = (registry.clone(), clock.clone());
             // Opening may connect to PostgreSQL with a blocking client: off the runtime.
             let recorder = tokio::task::spawn_blocking(move || {
                 let db = crate::store::open(&store.url, &store.schema)?;
@@ -131,7 +135,8 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
                         "the spill file is on the database's filesystem: when that disk fills, the store fails and only the spill file's reservation and the memory queue hold new events; set store.spill to another disk"
                     );
                 }
-                Recorder::start(store.recorder, db, spill, registry, tapped, run)
+                let run = clock.now().0;
+                Recorder::start(store.recorder, db, spill, registry, tapped, run, clock)
                     .map_err(StoreError::from)
             })
             .await
@@ -141,28 +146,30 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         None => None,
     };
     let engine = Engine::start(EngineConfig::with_shards(config.shards), ctx)?;
-    let stop_feed = Arc::new(AtomicBool::new(false));
-    let feed = sim::spawn(
-        sim,
-        config.sim.rate,
-        engine.input(),
-        resync_rx,
-        stop_feed.clone(),
-    )?;
+    // The simulator first, so its instruments keep the ids they have always had.
+    let (publish, ingest) = ingest::publish_feed();
+    let feeds: Vec<Box<dyn Feed>> = vec![Box::new(SimFeed::new(config.sim)), Box::new(publish)];
+    let feeds = feeds
+        .into_iter()
+        .map(|feed| {
+            let (id, resync) = catalog.add_feed(feed.name());
+            feed.spawn(FeedContext {
+                id,
+                catalog: catalog.clone(),
+                input: engine.input(),
+                clock: clock.clone(),
+                resync,
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
 
     let (trigger, shutdown) = shutdown::channel();
-    let ingest = IngestServer::new(IngestApi::new(
-        catalog.clone(),
-        engine.input(),
-        clock,
-        shutdown.clone(),
-    ))
-    .max_decoding_message_size(16 << 20);
+    let ingest = IngestServer::new(ingest).max_decoding_message_size(16 << 20);
     let mut service = MarketService::new(
-        registry,
         catalog,
         engine.commands(),
         fanout.clone(),
+        clock.clone(),
         Limits {
             max_instruments_per_request: config.max_instruments_per_request,
             max_subscriptions: MAX_SUBSCRIPTIONS_PER_STREAM,
@@ -194,7 +201,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
     let connections = Connections::new(config.connections);
     let incoming = connections.incoming(listener);
     tokio::spawn(connections.clone().watch(shutdown.clone()));
-    let (stop_grpc, stopped) = oneshot::channel::<()>();
+    let (stop_grpc, mut stopped) = shutdown::channel();
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
@@ -206,21 +213,19 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<RunningServ
         .add_service(ingest)
         .add_service(HistoryServer::new(HistoryApi::new(
             config.store.clone(),
+            clock,
             shutdown,
         )))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stopped.await;
-        });
+        .serve_with_incoming_shutdown(incoming, async move { stopped.wait().await });
     let grpc = tokio::spawn(grpc);
     tracing::info!(%addr, "serving gRPC");
     Ok(RunningServer {
         addr,
         fanout,
         engine: Some(engine),
-        stop_feed,
-        feed: Some(feed),
+        feeds,
         grpc: Some(grpc),
-        stop_grpc: Some(stop_grpc),
+        stop_grpc,
         connections,
         health,
         shutdown: trigger,
@@ -257,18 +262,15 @@ impl RunningServer {
         &self.connections
     }
 
-    /// Stops the feed; ends client streams with `UNAVAILABLE` and stops gRPC, waiting up
+    /// Stops the feeds; ends client streams with `UNAVAILABLE` and stops gRPC, waiting up
     /// to the drain deadline for connections to finish, then cutting what is left; lets
     /// the engine finish what it has queued; then has the recorder store its last
     /// batches (what it cannot store in time waits in the spill file).
     pub async fn shutdown(mut self) -> Result<(), AppError> {
-        self.stop_feed.store(true, Ordering::Relaxed);
-        if let Some(feed) = self.feed.take() {
-            tokio::task::spawn_blocking(move || feed.join())
-                .await
-                .map_err(std::io::Error::other)?
-                .map_err(|_| std::io::Error::other("simulator thread panicked"))?;
-        }
+        let feeds = std::mem::take(&mut self.feeds);
+        tokio::task::spawn_blocking(move || feeds.into_iter().try_for_each(FeedHandle::stop))
+            .await
+            .map_err(std::io::Error::other)??;
         self.shutdown.fire();
         // Health checkers (load balancers) see the server going before it is gone.
         self.health
@@ -286,9 +288,7 @@ impl RunningServer {
             )));
         // Connections still in their handshake hold no work: they go now.
         self.connections.cut_handshaking();
-        if let Some(stop) = self.stop_grpc.take() {
-            let _ = stop.send(());
-        }
+        self.stop_grpc.fire();
         let Some(mut grpc) = self.grpc.take() else {
             return Ok(());
         };
@@ -334,22 +334,18 @@ impl Drop for RunningServer {
         let Some(engine) = self.engine.take() else {
             return;
         };
-        self.stop_feed.store(true, Ordering::Relaxed);
+        let feeds = std::mem::take(&mut self.feeds);
         self.shutdown.fire();
         self.fanout
             .close_all(Closed::Refused(tonic::Status::unavailable(
                 "server shutting down",
             )));
-        if let Some(stop) = self.stop_grpc.take() {
-            let _ = stop.send(());
-        }
+        self.stop_grpc.fire();
         if let Some(grpc) = self.grpc.take() {
             grpc.abort();
         }
         self.connections.cut_all();
-        if let Some(feed) = self.feed.take() {
-            let _ = feed.join();
-        }
+        drop(feeds);
         engine.shutdown();
         if let Some(recorder) = self.recorder.take() {
             recorder.finish(RECORDER_FINISH);

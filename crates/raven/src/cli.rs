@@ -8,10 +8,12 @@ mod render;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use raven::clock::SystemClock;
 use raven::config::FileConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -394,7 +396,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signal(SignalKind::from_raw(libc::SIGXFSZ)).context("cannot handle SIGXFSZ")?;
     let listener = raven::app::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let server = raven::app::start(&config, listener).await?;
+    let server = raven::app::start(&config, Arc::new(SystemClock), listener).await?;
     // Scripts (and the CLI tests) read the bound address from this line.
     println!(
         "raven: serving gRPC on {} (simulator: seed {}, {} events/s)",

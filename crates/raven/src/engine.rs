@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::fanout::{Fanout, Mailbox};
+use crate::feed::Catalog;
 
 pub use shard::Shard;
 
@@ -127,8 +128,8 @@ pub struct ShardContext {
     pub registry: InstrumentRegistry,
     /// Publish-time source.
     pub clock: Arc<dyn Clock>,
-    /// Resync requests to the feed.
-    pub resync: Sender<InstrumentId>,
+    /// Routes resync requests to the feed that owns the instrument.
+    pub catalog: Catalog,
     /// Lossless consumers of every event.
     pub taps: Vec<Sender<Arc<[Event]>>>,
     /// Taps also get a checkpoint snapshot of a book after this many of its events
@@ -144,24 +145,18 @@ pub struct ShardContext {
 pub const DEFAULT_CHECKPOINT_EVERY: u32 = 10_000;
 
 impl ShardContext {
-    /// A context with no taps and a fresh top-of-book directory; also returns the
-    /// receiving end of the resync requests, for the feed.
-    pub fn new(
-        registry: InstrumentRegistry,
-        clock: Arc<dyn Clock>,
-        fanout: Arc<Fanout>,
-    ) -> (ShardContext, Receiver<InstrumentId>) {
-        let (resync, requests) = bounded(1024);
-        let ctx = ShardContext {
-            registry,
+    /// A context over `catalog`'s instruments with no taps and a fresh top-of-book
+    /// directory.
+    pub fn new(catalog: Catalog, clock: Arc<dyn Clock>, fanout: Arc<Fanout>) -> ShardContext {
+        ShardContext {
+            registry: catalog.registry().clone(),
             clock,
-            resync,
+            catalog,
             taps: Vec::new(),
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             tops: TopDirectory::default(),
             fanout,
-        };
-        (ctx, requests)
+        }
     }
 }
 

@@ -1,19 +1,103 @@
-//! Feeds: sources of normalized [`raven_model::FeedEvent`]s for the engine. Each feed
-//! registers its instruments, sends batches through an [`crate::engine::EngineInput`],
-//! and answers the engine's resync requests with fresh snapshots.
+//! The feed seam: where normalized [`raven_model::FeedEvent`]s enter the server. A
+//! [`Feed`] is spawned with a [`FeedContext`] (the instrument catalog, the engine's input,
+//! the clock, and the resync requests for the instruments it owns) and returns a
+//! [`FeedHandle`] that stops it. Today's feeds:
 //!
 //! - [`sim`]: the deterministic built-in market, the default.
-//! - publish: outside collectors, through the gRPC ingest service (`api::ingest`).
+//! - publish: outside collectors through the gRPC ingest service (`api::ingest`).
+//!
+//! Exchange connectors, replay-as-a-feed and scale-out edges plug in here the same way.
 //!
 //! The [`Catalog`] records what each feed says about its instruments and which feed owns
-//! each one, so that two feeds never write the same book.
+//! each one, so that two feeds never write the same book, and routes the engine's resync
+//! requests (a book refused an update and waits for a fresh snapshot) to that owner.
 
 pub mod sim;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
 
+use crossbeam_channel::{Receiver, Sender};
 use raven_model::{InstrumentId, InstrumentName, InstrumentRegistry, Price};
+
+use crate::clock::Clock;
+use crate::engine::EngineInput;
+
+/// A source of events for the engine.
+pub trait Feed: Send + 'static {
+    /// The feed's name, in logs and in errors that name an instrument's owner.
+    fn name(&self) -> &str;
+
+    /// Starts the feed: it adds its instruments to `ctx.catalog` as `ctx.id`, sends their
+    /// events through `ctx.input` (which blocks while the engine is behind) and answers
+    /// `ctx.resync` with fresh snapshots where it can.
+    fn spawn(self: Box<Self>, ctx: FeedContext) -> std::io::Result<FeedHandle>;
+}
+
+/// Everything a feed is given.
+pub struct FeedContext {
+    /// The feed's identity in the catalog.
+    pub id: FeedId,
+    /// Instrument metadata and owners.
+    pub catalog: Catalog,
+    /// Where events go, with back-pressure.
+    pub input: EngineInput,
+    /// Receive-time source.
+    pub clock: Arc<dyn Clock>,
+    /// Instruments of this feed whose book waits for a fresh snapshot.
+    pub resync: Receiver<InstrumentId>,
+}
+
+/// Stops a running feed. Dropped without [`FeedHandle::stop`], it stops the feed too.
+pub struct FeedHandle {
+    name: String,
+    stop: Option<Box<dyn FnOnce() + Send>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FeedHandle {
+    /// A handle that runs `stop` and then waits for `thread`, if the feed has one, to end.
+    pub fn new(
+        name: &str,
+        stop: impl FnOnce() + Send + 'static,
+        thread: Option<JoinHandle<()>>,
+    ) -> FeedHandle {
+        FeedHandle {
+            name: name.to_owned(),
+            stop: Some(Box::new(stop)),
+            thread,
+        }
+    }
+
+    /// Stops the feed and waits until it has sent its last batch. Blocking.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.stop_now()
+    }
+
+    fn stop_now(&mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Err(_)) => Err(std::io::Error::other(format!(
+                "the {} feed's thread panicked",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for FeedHandle {
+    fn drop(&mut self) {
+        let _ = self.stop_now();
+    }
+}
+
+/// A feed, as the catalog knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FeedId(u16);
 
 /// What a feed says about one of its instruments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,20 +108,21 @@ pub struct InstrumentInfo {
     pub tick_size: Price,
 }
 
-/// Which feed writes an instrument's book.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
-    /// The built-in simulator.
-    Simulator,
-    /// Outside collectors through the ingest service.
-    Publisher,
+/// Resync requests a feed may have waiting; more are implied (the book stays refused
+/// until a snapshot arrives), so the engine never blocks on a slow feed.
+const RESYNC_REQUESTS: usize = 1024;
+
+struct FeedEntry {
+    name: String,
+    resync: Sender<InstrumentId>,
 }
 
 /// The instruments the server knows, their metadata and owners. Shared; cheap to clone.
 #[derive(Clone)]
 pub struct Catalog {
     registry: InstrumentRegistry,
-    entries: Arc<RwLock<HashMap<InstrumentId, (InstrumentInfo, Owner)>>>,
+    entries: Arc<RwLock<HashMap<InstrumentId, (InstrumentInfo, FeedId)>>>,
+    feeds: Arc<RwLock<Vec<FeedEntry>>>,
 }
 
 impl Catalog {
@@ -46,11 +131,37 @@ impl Catalog {
         Catalog {
             registry,
             entries: Arc::default(),
+            feeds: Arc::default(),
         }
     }
 
+    /// The names behind the ids.
+    pub fn registry(&self) -> &InstrumentRegistry {
+        &self.registry
+    }
+
+    /// Adds a feed; returns its id and where its resync requests arrive.
+    pub fn add_feed(&self, name: &str) -> (FeedId, Receiver<InstrumentId>) {
+        let (resync, requests) = crossbeam_channel::bounded(RESYNC_REQUESTS);
+        let mut feeds = self.feeds.write().unwrap_or_else(|p| p.into_inner());
+        let id = FeedId(u16::try_from(feeds.len()).expect("fewer than 65,536 feeds"));
+        feeds.push(FeedEntry {
+            name: name.to_owned(),
+            resync,
+        });
+        (id, requests)
+    }
+
+    /// A feed's name.
+    pub fn feed_name(&self, feed: FeedId) -> String {
+        let feeds = self.feeds.read().unwrap_or_else(|p| p.into_inner());
+        feeds
+            .get(usize::from(feed.0))
+            .map_or_else(|| format!("#{}", feed.0), |f| f.name.clone())
+    }
+
     /// Adds an instrument for `owner`, unless it exists; returns its id and its owner.
-    pub fn add(&self, info: InstrumentInfo, owner: Owner) -> (InstrumentId, Owner) {
+    pub fn add(&self, info: InstrumentInfo, owner: FeedId) -> (InstrumentId, FeedId) {
         let id = self.registry.intern(&info.name);
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         let (_, owner) = entries.entry(id).or_insert((info, owner));
@@ -58,7 +169,7 @@ impl Catalog {
     }
 
     /// The id and owner of a known instrument, by name; read locks only, no allocation.
-    pub fn lookup(&self, name: &str) -> Option<(InstrumentId, Owner)> {
+    pub fn lookup(&self, name: &str) -> Option<(InstrumentId, FeedId)> {
         let id = self.registry.id_of(name)?;
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries.get(&id).map(|(_, owner)| (id, *owner))
@@ -73,5 +184,67 @@ impl Catalog {
             .collect();
         all.sort_by_key(|(id, _)| *id);
         all.into_iter().map(|(_, info)| info).collect()
+    }
+
+    /// Asks the feed that owns `instrument` for a fresh snapshot of its book. Never
+    /// blocks: a feed with a full request queue already has resyncs to do, and this one
+    /// is implied by the book refusing updates until a snapshot arrives. An instrument
+    /// no feed owns has no one to ask.
+    pub fn request_resync(&self, instrument: InstrumentId) {
+        let owner = {
+            let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+            entries.get(&instrument).map(|(_, owner)| *owner)
+        };
+        let Some(owner) = owner else {
+            tracing::warn!(
+                instrument = instrument.index(),
+                "book needs a snapshot but no feed owns it"
+            );
+            return;
+        };
+        let feeds = self.feeds.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(feed) = feeds.get(usize::from(owner.0)) {
+            let _ = feed.resync.try_send(instrument);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str) -> InstrumentInfo {
+        InstrumentInfo {
+            name: InstrumentName::parse(name).unwrap(),
+            tick_size: Price::ZERO,
+        }
+    }
+
+    #[test]
+    fn resync_requests_reach_the_feed_that_owns_the_instrument() {
+        let catalog = Catalog::new(InstrumentRegistry::new());
+        let (a, a_requests) = catalog.add_feed("a");
+        let (b, b_requests) = catalog.add_feed("b");
+        let (x, _) = catalog.add(info("A:X"), a);
+        let (y, _) = catalog.add(info("B:Y"), b);
+        // A second claim on a name leaves it with its first owner.
+        assert_eq!(catalog.add(info("A:X"), b), (x, a));
+        catalog.request_resync(y);
+        catalog.request_resync(x);
+        catalog.request_resync(y);
+        assert_eq!(a_requests.try_iter().collect::<Vec<_>>(), vec![x]);
+        assert_eq!(b_requests.try_iter().collect::<Vec<_>>(), vec![y, y]);
+        assert_eq!(catalog.feed_name(b), "b");
+    }
+
+    #[test]
+    fn a_feed_that_does_not_answer_never_blocks_the_engine() {
+        let catalog = Catalog::new(InstrumentRegistry::new());
+        let (feed, requests) = catalog.add_feed("slow");
+        let (x, _) = catalog.add(info("S:X"), feed);
+        for _ in 0..RESYNC_REQUESTS * 2 {
+            catalog.request_resync(x);
+        }
+        assert_eq!(requests.try_iter().count(), RESYNC_REQUESTS);
     }
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use raven_model::{Event, InstrumentRegistry};
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::store::spill::Spill;
 use crate::store::{Batch, MAX_BATCH_ROWS, Store};
 use queue::{Next, Queue};
@@ -115,6 +115,7 @@ impl Recorder {
         registry: InstrumentRegistry,
         input: Receiver<Arc<[Event]>>,
         run: u64,
+        clock: Arc<dyn Clock>,
     ) -> std::io::Result<Recorder> {
         let stats = Arc::new(RecorderStats::default());
         stats.store_up.store(true, Ordering::Relaxed);
@@ -132,7 +133,7 @@ impl Recorder {
             std::thread::Builder::new()
                 .name("raven-writer".into())
                 .spawn(move || {
-                    write(store, &queue, &stats, retry_every);
+                    write(store, &queue, &stats, &*clock, retry_every);
                     let _ = done.send(());
                 })?
         };
@@ -272,7 +273,13 @@ fn intake(
 }
 
 /// The writer thread: the queue into the store, retrying while it fails.
-fn write(mut store: Box<dyn Store>, queue: &Queue, stats: &RecorderStats, retry_every: Duration) {
+fn write(
+    mut store: Box<dyn Store>,
+    queue: &Queue,
+    stats: &RecorderStats,
+    clock: &dyn Clock,
+    retry_every: Duration,
+) {
     let mut up = true;
     // Batches waited (a failure, or a spill file from an earlier run) and not all are
     // stored yet: said once they are, so an operator knows the store caught up.
@@ -302,7 +309,7 @@ fn write(mut store: Box<dyn Store>, queue: &Queue, stats: &RecorderStats, retry_
                     stats.store_up.store(true, Ordering::Relaxed);
                     tracing::info!(store = %store.describe(), "store back; backfilling what waited");
                 }
-                note_lag(stats, &batch);
+                note_lag(stats, clock, &batch);
                 if !queue.written() {
                     return;
                 }
@@ -346,11 +353,11 @@ fn write(mut store: Box<dyn Store>, queue: &Queue, stats: &RecorderStats, retry_
 }
 
 /// Records how long `batch`'s first event waited to be stored.
-fn note_lag(stats: &RecorderStats, batch: &Batch) {
+fn note_lag(stats: &RecorderStats, clock: &dyn Clock, batch: &Batch) {
     let Some(Ok(first)) = batch.rows().next() else {
         return;
     };
-    let lag = SystemClock.now().0.saturating_sub(first.publish_time);
+    let lag = clock.now().0.saturating_sub(first.publish_time);
     stats.max_lag_ns.fetch_max(lag, Ordering::Relaxed);
     stats.total_lag_ns.fetch_add(lag, Ordering::Relaxed);
     stats.lag_batches.fetch_add(1, Ordering::Relaxed);

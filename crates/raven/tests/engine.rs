@@ -10,6 +10,7 @@ use raven::clock::{Clock, SystemClock};
 use raven::engine::{Command, Engine, EngineConfig, EngineInput, ShardContext};
 use raven::fanout::Fanout;
 use raven::feed::sim::{SimConfig, Simulator};
+use raven::feed::{Catalog, InstrumentInfo};
 use raven_book::OrderBook;
 use raven_model::{
     Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody, FeedEvent,
@@ -24,13 +25,17 @@ struct Harness {
     resync: Receiver<InstrumentId>,
 }
 
+/// An engine over `registry`'s instruments, all owned by one feed whose resync
+/// requests the harness holds.
 fn start(registry: &InstrumentRegistry, shards: usize) -> Harness {
     let (tap_tx, tap) = bounded(1024);
-    let (mut ctx, resync) = ShardContext::new(
-        registry.clone(),
-        Arc::new(SystemClock),
-        Arc::new(Fanout::default()),
-    );
+    let catalog = Catalog::new(registry.clone());
+    let (feed, resync) = catalog.add_feed("test");
+    for (_, name) in registry.all() {
+        let tick_size = Price::ZERO;
+        catalog.add(InstrumentInfo { name, tick_size }, feed);
+    }
+    let mut ctx = ShardContext::new(catalog, Arc::new(SystemClock), Arc::new(Fanout::default()));
     ctx.taps.push(tap_tx);
     let engine = Engine::start(EngineConfig::with_shards(shards), ctx).unwrap();
     let input = engine.input();
@@ -285,8 +290,11 @@ fn publish_times_never_go_backwards_when_the_wall_clock_does() {
     let id = registry.intern(&InstrumentName::parse("TEST:X").unwrap());
     let clock = Arc::new(SetClock(1_000.into()));
     let (tap_tx, tap) = bounded(1024);
-    let (mut ctx, _resync) =
-        ShardContext::new(registry.clone(), clock.clone(), Arc::new(Fanout::default()));
+    let mut ctx = ShardContext::new(
+        Catalog::new(registry.clone()),
+        clock.clone(),
+        Arc::new(Fanout::default()),
+    );
     ctx.taps.push(tap_tx);
     let engine = Engine::start(EngineConfig::with_shards(1), ctx).unwrap();
     let mut published = Vec::new();

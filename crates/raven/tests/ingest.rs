@@ -3,15 +3,20 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use raven::clock::Clock;
 use raven_book::OrderBook;
 use raven_model::{
     BookDelta, EventBody, LevelChange, Price, Qty, Sequence, Side, SnapshotKind, StatusKind,
+    UnixNanos,
 };
 use raven_proto::convert::body_from_pb;
 use raven_proto::pb::{
-    self, ingest_client::IngestClient, market_client::MarketClient, stream_request::Request as Req,
+    self, history_client::HistoryClient, ingest_client::IngestClient, market_client::MarketClient,
+    stream_request::Request as Req,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -404,5 +409,108 @@ async fn a_refused_publish_creates_no_instrument() {
     let after = instrument_names(&mut market).await;
     assert_eq!(after.len(), before.len() + 1);
     assert!(after.contains(&"TEST:NEW-0".to_owned()));
+    server.shutdown().await.unwrap();
+}
+
+/// A wall clock the test sets.
+struct SetClock(AtomicU64);
+
+impl Clock for SetClock {
+    fn now(&self) -> UnixNanos {
+        UnixNanos(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reads_time_from_the_clock_it_is_given() {
+    // 2030-03-17: far from the machine's clock, so no time here can come from it.
+    let t0 = 1_900_000_000_000_000_000;
+    let clock = Arc::new(SetClock(AtomicU64::new(t0)));
+    let server = common::start_with(&common::config(|f| f.sim.rate = 10), clock.clone()).await;
+    let url = format!("http://{}", server.local_addr());
+    let mut ingest = IngestClient::connect(url.clone()).await.unwrap();
+    let mut market = MarketClient::connect(url.clone()).await.unwrap();
+    let mut history = HistoryClient::connect(url).await.unwrap();
+
+    use pb::feed_event::Body;
+    let trade = |trade_id: &str| {
+        let body = Body::Trade(pb::Trade {
+            price: 1_000,
+            qty: 2,
+            qty_hi: 0,
+            aggressor: pb::Aggressor::Buy as i32,
+            trade_id: trade_id.into(),
+        });
+        event("TEST:CLOCK", body)
+    };
+    assert_eq!(
+        publish(&mut ingest, vec![vec![trade("1")]]).await.unwrap(),
+        1
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let subscribe = pb::Subscribe {
+        instruments: vec!["TEST:CLOCK".into()],
+        channel: pb::Channel::Trades as i32,
+        depth: 0,
+        start: 0,
+    };
+    tx.send(pb::StreamRequest {
+        request: Some(Req::Subscribe(subscribe)),
+    })
+    .await
+    .unwrap();
+    let mut stream = market
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || -> pb::Event {
+        loop {
+            let batch = tokio::time::timeout(WAIT, stream.message()).await;
+            if let Some(e) = batch.unwrap().unwrap().unwrap().events.into_iter().next() {
+                return e;
+            }
+        }
+    };
+    assert!(matches!(
+        next().await.body,
+        Some(pb::event::Body::SnapshotEnd(_))
+    ));
+
+    let t1 = t0 + 5_000_000_000;
+    clock.0.store(t1, Ordering::SeqCst);
+    assert_eq!(
+        publish(&mut ingest, vec![vec![trade("2")]]).await.unwrap(),
+        1
+    );
+    let traded = next().await;
+    assert_eq!(
+        (traded.receive_time, traded.publish_time),
+        (t1, t1),
+        "a published event without a receive time gets the clock's"
+    );
+    tx.send(pb::StreamRequest {
+        request: Some(Req::Heartbeat(pb::Heartbeat { id: 9 })),
+    })
+    .await
+    .unwrap();
+    match next().await.body {
+        Some(pb::event::Body::HeartbeatAck(ack)) => assert_eq!((ack.id, ack.server_time), (9, t1)),
+        other => panic!("expected a heartbeat ack, got {other:?}"),
+    }
+    let future = history
+        .book_at(pb::BookAtRequest {
+            instrument: "SIM:BTC-USD".into(),
+            at: t1 + 1,
+            depth: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(future.code(), Code::InvalidArgument);
+    assert!(
+        future.message().contains(&format!("server time {t1}")),
+        "{}",
+        future.message()
+    );
     server.shutdown().await.unwrap();
 }

@@ -4,6 +4,7 @@
 //! history message is stored rows concatenated, never decoded and re-encoded; only
 //! `BookAt` decodes, to rebuild the book.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -22,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::market::{EventStream, channel, depth};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::config::StoreConfig;
 use crate::shutdown::Shutdown;
 use crate::store::{self, Query, Store};
@@ -40,14 +41,24 @@ const MESSAGE_BYTES: usize = 256 << 10;
 #[derive(Clone)]
 pub struct HistoryApi {
     store: Option<StoreConfig>,
+    clock: Arc<dyn Clock>,
     shutdown: Shutdown,
 }
 
 impl HistoryApi {
     /// Reads from the store `store` describes; `None` when recording is off (every call
-    /// then fails with `FAILED_PRECONDITION`). Streams end when `shutdown` fires.
-    pub fn new(store: Option<StoreConfig>, shutdown: Shutdown) -> HistoryApi {
-        HistoryApi { store, shutdown }
+    /// then fails with `FAILED_PRECONDITION`). `clock` says what is in the future;
+    /// streams end when `shutdown` fires.
+    pub fn new(
+        store: Option<StoreConfig>,
+        clock: Arc<dyn Clock>,
+        shutdown: Shutdown,
+    ) -> HistoryApi {
+        HistoryApi {
+            store,
+            clock,
+            shutdown,
+        }
     }
 
     /// Opens a connection of its own, off the runtime (PostgreSQL's client blocks).
@@ -271,7 +282,7 @@ impl History for HistoryApi {
         let depth = depth(request.depth)?;
         // The book at a future instant is not known yet; answering with the last one,
         // labelled with that instant, would be a guess (the rule `Subscribe.start` keeps).
-        let now = SystemClock.now().0;
+        let now = self.clock.now().0;
         if request.at > now {
             return Err(Status::invalid_argument(format!(
                 "at ({}) is in the future (server time {now})",

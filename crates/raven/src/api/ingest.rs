@@ -1,12 +1,16 @@
-//! `raven.v1.Ingest`: outside collectors publish normalized events into the same engine
-//! path as every other feed. A request is validated whole before any of it is accepted,
+//! `raven.v1.Ingest`: the publish feed. Outside collectors publish normalized events
+//! into the same engine path as every other feed ([`PublishFeed`] is that feed on the
+//! `crate::feed` seam; [`IngestApi`] is its gRPC service). A request is validated whole before any of it is accepted,
 //! and a refused request changes nothing (not even the instrument list); accepted
 //! events are handed to the engine with backpressure (the call waits while the engine is
-//! behind), so nothing accepted is dropped. At shutdown an open publish stream ends with
-//! `UNAVAILABLE` and the count accepted, rather than hold the drain open.
+//! behind), so nothing accepted is dropped. When the feed stops (at shutdown) an open
+//! publish stream ends with `UNAVAILABLE` and the count accepted, rather than hold the
+//! drain open. The engine's resync requests for a published book are logged: a collector
+//! cannot be asked for a snapshot, and the book refuses deltas until it sends one.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use crossbeam_channel::Receiver;
 use raven_model::{FeedEvent, FeedKind, InstrumentId, InstrumentName, Price, UnixNanos};
 use raven_proto::convert::feed_kind_from_pb;
 use raven_proto::ingest_server::Ingest;
@@ -15,45 +19,79 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::clock::Clock;
 use crate::engine::EngineInput;
-use crate::feed::{Catalog, InstrumentInfo, Owner};
-use crate::shutdown::Shutdown;
+use crate::feed::{Catalog, Feed, FeedContext, FeedHandle, FeedId, InstrumentInfo};
+use crate::shutdown::{self, Shutdown};
 
 /// Most events one publish request may carry.
 pub const MAX_EVENTS_PER_REQUEST: usize = 10_000;
 
+/// The publish feed: what outside collectors send through [`IngestApi`]. The service is
+/// made with it, before the feed starts, so that it can be served; until
+/// [`Feed::spawn`] gives it its context it answers `UNAVAILABLE`.
+pub struct PublishFeed {
+    attached: Arc<OnceLock<Publisher>>,
+}
+
 /// The ingest service.
 #[derive(Clone)]
 pub struct IngestApi {
+    attached: Arc<OnceLock<Publisher>>,
+}
+
+/// The publish feed's context, once spawned.
+struct Publisher {
+    id: FeedId,
     catalog: Catalog,
     input: EngineInput,
     clock: Arc<dyn Clock>,
-    shutdown: Shutdown,
+    resync: Receiver<InstrumentId>,
+    /// Ends open publish streams when the feed is stopped.
+    stop: Shutdown,
 }
 
-impl IngestApi {
-    /// Publishes into `input`; new instruments are added to `catalog` as publisher-owned.
-    /// Open streams end when `shutdown` fires.
-    pub fn new(
-        catalog: Catalog,
-        input: EngineInput,
-        clock: Arc<dyn Clock>,
-        shutdown: Shutdown,
-    ) -> IngestApi {
-        IngestApi {
-            catalog,
-            input,
-            clock,
-            shutdown,
-        }
+/// The publish feed and the service its collectors call.
+pub fn publish_feed() -> (PublishFeed, IngestApi) {
+    let attached = Arc::new(OnceLock::new());
+    (
+        PublishFeed {
+            attached: attached.clone(),
+        },
+        IngestApi { attached },
+    )
+}
+
+impl Feed for PublishFeed {
+    fn name(&self) -> &str {
+        "Publisher"
     }
 
+    /// Attaches the context to the service. No thread: events arrive on gRPC requests.
+    /// Stopping ends open publish streams with `UNAVAILABLE` and refuses new ones.
+    fn spawn(self: Box<Self>, ctx: FeedContext) -> std::io::Result<FeedHandle> {
+        let (trigger, stop) = shutdown::channel();
+        let publisher = Publisher {
+            id: ctx.id,
+            catalog: ctx.catalog,
+            input: ctx.input,
+            clock: ctx.clock,
+            resync: ctx.resync,
+            stop,
+        };
+        if self.attached.set(publisher).is_err() {
+            return Err(std::io::Error::other("the publish feed was spawned twice"));
+        }
+        Ok(FeedHandle::new("Publisher", move || trigger.fire(), None))
+    }
+}
+
+impl Publisher {
     /// Checks one event without changing anything: a new instrument is only named.
     fn check(&self, event: &pb::FeedEvent, now: UnixNanos) -> Result<Checked, Status> {
         let kind = parse_event(event)?;
         let instrument = match self.catalog.lookup(&event.instrument) {
             // Known instruments (every event but the first of each) take read locks only.
             Some((id, owner)) => {
-                publisher_owned(&event.instrument, owner)?;
+                self.owned(&event.instrument, owner)?;
                 Target::Known(id)
             }
             None => Target::New(
@@ -88,9 +126,9 @@ impl IngestApi {
                             // Publishers do not declare a tick size; 0 means unknown.
                             tick_size: Price::ZERO,
                         };
-                        let (id, owner) = self.catalog.add(info, Owner::Publisher);
+                        let (id, owner) = self.catalog.add(info, self.id);
                         // Another feed may have taken the name since the check.
-                        publisher_owned(&shown, owner)?;
+                        self.owned(&shown, owner)?;
                         id
                     }
                 };
@@ -120,14 +158,29 @@ struct Checked {
     kind: FeedKind,
 }
 
-/// Publishers may only write the instruments they created.
-fn publisher_owned(name: &str, owner: Owner) -> Result<(), Status> {
-    if owner == Owner::Publisher {
-        return Ok(());
+impl Publisher {
+    /// Publishers may only write the instruments they created.
+    fn owned(&self, name: &str, owner: FeedId) -> Result<(), Status> {
+        if owner == self.id {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "{name} is fed by the {} feed; publish to an instrument of your own venue",
+            self.catalog.feed_name(owner)
+        )))
     }
-    Err(Status::failed_precondition(format!(
-        "{name} is fed by the {owner:?} feed; publish to an instrument of your own venue"
-    )))
+
+    /// A collector cannot be asked for a snapshot mid-stream: say which books wait for
+    /// one (the engine refuses their deltas until it comes).
+    fn report_resyncs(&self) {
+        for id in self.resync.try_iter() {
+            let name = self.catalog.registry().name(id);
+            tracing::warn!(
+                instrument = name.as_ref().map_or("?", |n| n.as_str()),
+                "a published book refused an update; it resumes with the next published snapshot"
+            );
+        }
+    }
 }
 
 /// The body of a published event, checked: what a request's events go through before
@@ -159,9 +212,13 @@ impl Ingest for IngestApi {
         &self,
         request: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        let publisher = self
+            .attached
+            .get()
+            .ok_or_else(|| Status::unavailable("the publish feed has not started"))?;
         let mut inbound = request.into_inner();
         let mut accepted = 0u64;
-        let mut shutdown = self.shutdown.clone();
+        let mut shutdown = publisher.stop.clone();
         loop {
             let request = tokio::select! {
                 request = inbound.message() => request?,
@@ -180,13 +237,14 @@ impl Ingest for IngestApi {
                     request.events.len()
                 )));
             }
-            let now = self.clock.now();
+            publisher.report_resyncs();
+            let now = publisher.clock.now();
             let checked = request
                 .events
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    self.check(e, now).map_err(|s| {
+                    publisher.check(e, now).map_err(|s| {
                         Status::new(
                             s.code(),
                             format!(
@@ -198,9 +256,9 @@ impl Ingest for IngestApi {
                     })
                 })
                 .collect::<Result<Vec<_>, Status>>()?;
-            let batch = self.accept(checked)?;
+            let batch = publisher.accept(checked)?;
             let n = batch.len() as u64;
-            let input = self.input.clone();
+            let input = publisher.input.clone();
             // Blocking send: the engine's bounded input slows this stream when it is behind.
             let sent = tokio::task::spawn_blocking(move || input.send(batch))
                 .await

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::history::Recorded;
 use super::session;
+use crate::clock::Clock;
 use crate::config::FanoutConfig;
 use crate::engine::{Command, EngineCommands, EngineError};
 use crate::fanout::Fanout;
@@ -29,6 +30,8 @@ pub struct MarketService {
     pub(super) commands: EngineCommands,
     pub(super) fanout: Arc<Fanout>,
     pub(super) limits: Limits,
+    /// Heartbeat times and what counts as the future.
+    pub(super) clock: Arc<dyn Clock>,
     /// Recorded events, for subscriptions with a start time; `None` when not recording.
     pub(super) recorded: Option<Recorded>,
 }
@@ -47,15 +50,16 @@ pub struct Limits {
 impl MarketService {
     /// A service over a running engine.
     pub fn new(
-        registry: InstrumentRegistry,
         catalog: Catalog,
         commands: EngineCommands,
         fanout: Arc<Fanout>,
+        clock: Arc<dyn Clock>,
         limits: Limits,
     ) -> MarketService {
         MarketService {
-            registry,
+            registry: catalog.registry().clone(),
             catalog,
+            clock,
             commands,
             fanout,
             limits,

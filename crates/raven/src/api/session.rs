@@ -17,7 +17,6 @@ use tonic::{Status, Streaming};
 
 use super::history::{self, Recorded};
 use super::market::{EventStream, MarketService, channel, depth, engine_status};
-use crate::clock::{Clock, SystemClock};
 use crate::engine::{Command, EngineError};
 use crate::fanout::{Closed, Mailbox};
 
@@ -140,7 +139,7 @@ impl Session {
             Some(Req::Unsubscribe(u)) => self.unsubscribe(u).await,
             Some(Req::Heartbeat(h)) => {
                 let mut buf = BytesMut::new();
-                wire::put_heartbeat_ack(&mut buf, h.id, SystemClock.now().0);
+                wire::put_heartbeat_ack(&mut buf, h.id, self.service.clock.now().0);
                 self.mailbox.push_control(buf.freeze());
                 Ok(())
             }
@@ -226,7 +225,7 @@ impl Session {
                 "recording is off on this server (store.url = \"off\"): a subscription cannot start from history",
             )
         })?;
-        let now = SystemClock.now().0;
+        let now = self.service.clock.now().0;
         if start > now {
             return Err(Status::invalid_argument(format!(
                 "start ({start}) is in the future (server time {now})"

@@ -416,9 +416,7 @@ impl ShardContext {
         let detail = format!("{error}; update refused, book resyncing from a fresh snapshot");
         tracing::warn!(instrument = %inst.name, %error, "feed update refused");
         out.status(inst, times, Channel::Book, StatusKind::Rejected, detail);
-        // A full request queue means the feed already has resyncs to do; this one is
-        // implied by the book staying in `awaiting_snapshot` until a snapshot arrives.
-        let _ = self.resync.try_send(inst.id);
+        self.catalog.request_resync(inst.id);
     }
 }
 

@@ -6,20 +6,16 @@
 //! clock. The simulator keeps its own venue book per instrument and only emits changes
 //! that apply cleanly to it, so a correct engine never refuses its output.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use raven_book::OrderBook;
 use raven_model::{
     Aggressor, BookDelta, FeedEvent, FeedKind, InstrumentId, InstrumentName, InstrumentRegistry,
     LevelChange, Price, Qty, Side, SnapshotKind, Trade, UnixNanos,
 };
 
-use super::InstrumentInfo;
-use crate::engine::EngineInput;
+use super::{Feed, FeedContext, FeedHandle, InstrumentInfo};
+use crate::shutdown;
 
 /// Simulator settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,43 +412,70 @@ impl Simulator {
     }
 }
 
-/// Runs the simulator on its own thread at `rate` events per second until `stop` is set
-/// or the engine goes away. Sends the initial snapshots first and answers resync requests.
-pub fn spawn(
-    mut sim: Simulator,
-    rate: u64,
-    input: EngineInput,
-    resync: Receiver<InstrumentId>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("raven-sim".into())
-        .spawn(move || {
-            let mut batch = Vec::new();
-            sim.snapshots(None, &mut batch);
-            if !input.send(std::mem::take(&mut batch)) {
-                return;
-            }
-            let start = Instant::now();
-            let mut produced = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                while let Ok(id) = resync.try_recv() {
-                    sim.snapshots(Some(id), &mut batch);
-                }
-                let due = (start.elapsed().as_nanos() * u128::from(rate) / 1_000_000_000) as u64;
-                if due > produced {
-                    // Bounded batches keep latency low when catching up after a stall.
-                    let n = (due - produced).min(4096) as usize;
-                    sim.generate(n, &mut batch);
-                    produced += batch.len() as u64;
-                }
-                if batch.is_empty() {
-                    std::thread::sleep(Duration::from_millis(1));
-                } else if !input.send(std::mem::take(&mut batch)) {
+/// The simulator as a [`Feed`]: built when spawned, so that its instruments are interned
+/// in the server's registry and its exchange clock starts at the server's now.
+pub struct SimFeed {
+    config: SimConfig,
+}
+
+impl SimFeed {
+    /// A simulator feed with `config`.
+    pub fn new(config: SimConfig) -> SimFeed {
+        SimFeed { config }
+    }
+}
+
+impl Feed for SimFeed {
+    fn name(&self) -> &str {
+        "Simulator"
+    }
+
+    /// Runs the market on a thread of its own, paced at `config.rate` events per second:
+    /// first every book's snapshot, then generated events, with a fresh snapshot for each
+    /// resync request.
+    fn spawn(self: Box<Self>, ctx: FeedContext) -> std::io::Result<FeedHandle> {
+        let mut sim = Simulator::new(&self.config, ctx.catalog.registry(), ctx.clock.now());
+        for info in sim.instruments() {
+            ctx.catalog.add(info, ctx.id);
+        }
+        let rate = self.config.rate;
+        let (trigger, stop) = shutdown::channel();
+        let thread = std::thread::Builder::new()
+            .name("raven-sim".into())
+            .spawn(move || {
+                let FeedContext { input, resync, .. } = ctx;
+                let mut batch = Vec::new();
+                sim.snapshots(None, &mut batch);
+                if !input.send(std::mem::take(&mut batch)) {
                     return;
                 }
-            }
-        })
+                let start = Instant::now();
+                let mut produced = 0u64;
+                while !stop.is_set() {
+                    while let Ok(id) = resync.try_recv() {
+                        sim.snapshots(Some(id), &mut batch);
+                    }
+                    let due =
+                        (start.elapsed().as_nanos() * u128::from(rate) / 1_000_000_000) as u64;
+                    if due > produced {
+                        // Bounded batches keep latency low when catching up after a stall.
+                        let n = (due - produced).min(4096) as usize;
+                        sim.generate(n, &mut batch);
+                        produced += batch.len() as u64;
+                    }
+                    if batch.is_empty() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    } else if !input.send(std::mem::take(&mut batch)) {
+                        return;
+                    }
+                }
+            })?;
+        Ok(FeedHandle::new(
+            "Simulator",
+            move || trigger.fire(),
+            Some(thread),
+        ))
+    }
 }
 
 #[cfg(test)]

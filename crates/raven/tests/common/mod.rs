@@ -3,13 +3,21 @@
 
 mod scratch;
 
+use std::sync::Arc;
+
 use raven::app::{RunningServer, bind, start};
-use raven::config::FileConfig;
+use raven::clock::{Clock, SystemClock};
+use raven::config::{Config, FileConfig};
 pub use scratch::scratch_dir;
 
 /// Starts a server on the defaults (recording to a SQLite file of its own, a 64 MiB
 /// spill reservation) with `configure` applied.
 pub async fn server(configure: impl FnOnce(&mut FileConfig)) -> RunningServer {
+    start_with(&config(configure), Arc::new(SystemClock)).await
+}
+
+/// The configuration [`server`] runs.
+pub fn config(configure: impl FnOnce(&mut FileConfig)) -> Config {
     let mut file = FileConfig::default();
     let dir = scratch_dir("server");
     file.store.url = format!("sqlite:{}", dir.join("raven.db").display());
@@ -18,9 +26,14 @@ pub async fn server(configure: impl FnOnce(&mut FileConfig)) -> RunningServer {
     // servers does not reserve tens of gigabytes.
     file.store.spill_reserve_mb = 64;
     configure(&mut file);
-    let config = file.resolve().expect("test configuration is valid");
+    file.resolve().expect("test configuration is valid")
+}
+
+/// Starts `config` on a free loopback port, reading the time from `clock`.
+pub async fn start_with(config: &Config, clock: Arc<dyn Clock>) -> RunningServer {
     start(
-        &config,
+        config,
+        clock,
         bind("127.0.0.1:0".parse().expect("valid address")).expect("bind loopback"),
     )
     .await
