@@ -22,7 +22,7 @@ step() { echo "== $* ($(($(date +%s) - began)) s in)" >&2; }
 
 step "building (release)"
 cargo build --release -p raven 2>"$RAW/build.txt"
-for bench in raven-model:fixed raven-book:book raven:engine raven:fanout; do
+for bench in raven-model:fixed raven-book:book raven-server:engine raven-server:fanout; do
   cargo bench -p "${bench%%:*}" --bench "${bench#*:}" --no-run 2>>"$RAW/build.txt"
 done
 raven=target/release/raven
@@ -31,7 +31,7 @@ raven=target/release/raven
 # compare against the targets; BENCHMARKS.md has longer runs. The store bench is left to
 # BENCHMARKS.md: it writes gigabytes.
 criterion_flags=(--warm-up-time 0.3 --measurement-time 0.7 --sample-size 20 --noplot)
-for bench in raven-model:fixed raven-book:book raven:engine raven:fanout; do
+for bench in raven-model:fixed raven-book:book raven-server:engine raven-server:fanout; do
   step "criterion ${bench#*:}"
   cargo bench -q -p "${bench%%:*}" --bench "${bench#*:}" -- "${criterion_flags[@]}" \
     >"$RAW/criterion-${bench#*:}.txt" 2>&1

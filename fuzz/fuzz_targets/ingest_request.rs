@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for event in &request.events {
-        let _ = raven::api::ingest::parse_event(event);
+        let _ = raven_server::api::ingest::parse_event(event);
         let _ = raven_model::InstrumentName::parse(&event.instrument);
     }
 });

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok((batches, _damage)) = raven::store::spill::read_all(data) {
+    if let Ok((batches, _damage)) = raven_server::store::spill::read_all(data) {
         for (batch, _kind) in batches {
             for row in batch.rows() {
                 row.expect("a batch read back from the spill file scans");

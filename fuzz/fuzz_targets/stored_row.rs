@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use raven::store::{Batch, row};
+use raven_server::store::{Batch, row};
 
 fuzz_target!(|data: &[u8]| {
     let _ = row(data);

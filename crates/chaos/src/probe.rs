@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use raven::feed::sim::instrument_names;
 use raven_proto::pb::market_client::MarketClient;
 use raven_proto::pb::{self, stream_request::Request as Req};
+use raven_server::feed::sim::instrument_names;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -38,7 +38,7 @@ const PAUSE_LIMIT: Duration = Duration::from_millis(100);
 const DRAIN: Duration = Duration::from_secs(5);
 const EXIT_LIMIT: Duration = Duration::from_secs(7);
 /// The documented WAL bound.
-const WAL_LIMIT: u64 = raven::store::sqlite::WAL_LIMIT;
+const WAL_LIMIT: u64 = raven_server::store::sqlite::WAL_LIMIT;
 
 /// Runs scenario `name`.
 pub async fn run(name: &str, o: &Options) -> anyhow::Result<Row> {
@@ -219,7 +219,7 @@ async fn torn_spill(o: &Options, dir: &Path) -> anyhow::Result<Row> {
     let spill_path = dir.join("data").join("raven.spill");
     let reserve = 256 << 20;
     let count = |path: &Path| -> anyhow::Result<(u64, u64, u64)> {
-        let mut spill = raven::store::spill::Spill::open(path, reserve)?;
+        let mut spill = raven_server::store::spill::Spill::open(path, reserve)?;
         let (records, used) = (spill.batches(), spill.used());
         let mut events = 0;
         while let Some((batch, _)) = spill.read_next()? {

@@ -1,10 +1,12 @@
 //! The `raven.v1` API: generated protobuf types and clients ([`pb`]), the generated
-//! servers ([`market_server`], [`ingest_server`], [`history_server`]), the hand-written encode-once wire encoder
-//! ([`wire`]), and conversions between the model and protobuf ([`convert`]).
+//! servers ([`market_server`], [`ingest_server`], [`history_server`]), the hand-written
+//! encode-once wire encoder ([`wire`]), conversions between the model and protobuf
+//! ([`convert`]), and the request limits the server enforces ([`limits`]).
 //!
-//! This is the one crate where generated types live; nothing else depends on prost.
+//! This is the one crate where generated types live: servers and clients share it.
 
 pub mod convert;
+pub mod limits;
 pub mod wire;
 
 /// Types and client stubs generated from `proto/raven/v1/raven.proto`.

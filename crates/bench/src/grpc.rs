@@ -1,0 +1,250 @@
+//! One Raven row: create the bench instruments, connect N clients (each its own HTTP/2
+//! connection, reading raw `StreamResponse` bytes), publish through `Ingest.Publish` at
+//! the configured rate, and account for every event every client receives.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use prost::Message;
+use raven_proto::pb::{self, ingest_client::IngestClient, stream_request::Request as Req};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::{Channel, Endpoint};
+
+use super::report::Row;
+use super::server::{Target, Usage};
+use super::workload::{self, ClientResult, Clients, Pacer, Shared, Tally};
+use super::{BenchConfig, BenchError, RowPlan};
+
+/// How long clients may take to receive everything after publishing stops. Raven never
+/// loses silently (a dropped trade is reported as a gap), so running out of this is an
+/// error, not loss.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Sends requests of type `T` and hands back each `StreamResponse` as raw bytes, so the
+/// client scans headers instead of decoding.
+pub(super) struct RawCodec<T>(PhantomData<T>);
+
+impl<T> Default for RawCodec<T> {
+    fn default() -> Self {
+        RawCodec(PhantomData)
+    }
+}
+
+pub(super) struct RequestEncoder<T>(PhantomData<T>);
+pub(super) struct RawDecoder;
+
+impl<T: Message + Send + 'static> Encoder for RequestEncoder<T> {
+    type Item = T;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl<T: Message + Send + 'static> Codec for RawCodec<T> {
+    type Encode = T;
+    type Decode = Bytes;
+    type Encoder = RequestEncoder<T>;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RequestEncoder<T> {
+        RequestEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+pub(super) async fn connect(url: &str) -> Result<Channel, BenchError> {
+    let connect = |source| BenchError::Connect {
+        url: url.to_owned(),
+        source,
+    };
+    Endpoint::from_shared(url.to_owned())
+        .map_err(connect)?
+        .connect()
+        .await
+        .map_err(connect)
+}
+
+async fn client(
+    channel: Channel,
+    names: Vec<String>,
+    shared: Arc<Shared>,
+    ready: oneshot::Sender<()>,
+    mut finished: watch::Receiver<bool>,
+) -> Result<ClientResult, BenchError> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let subscribe = pb::StreamRequest {
+        request: Some(Req::Subscribe(pb::Subscribe {
+            instruments: names.clone(),
+            channel: pb::Channel::Trades as i32,
+            depth: 0,
+            start: 0,
+        })),
+    };
+    // The request stream stays open (pending) for the life of the call.
+    let requests =
+        tokio_stream::StreamExt::chain(tokio_stream::iter([subscribe]), tokio_stream::pending());
+    let path = PathAndQuery::from_static("/raven.v1.Market/Stream");
+    let mut stream = grpc
+        .streaming(tonic::Request::new(requests), path, RawCodec::default())
+        .await?
+        .into_inner();
+
+    let mut tally = Tally::new(names.len());
+    let mut ready = Some(ready);
+    loop {
+        let message = tokio::select! {
+            m = stream.message() => m?,
+            // Publishing ended: check below whether everything has arrived already.
+            _ = finished.changed() => None,
+        };
+        match message {
+            Some(bytes) => tally.message(&bytes, &shared)?,
+            None if *finished.borrow() => {}
+            None => {
+                return Err(BenchError::Stalled(
+                    "the server ended a client stream".into(),
+                ));
+            }
+        }
+        if tally.subscribed() {
+            ready.take().map(|r| r.send(()));
+        }
+        if *finished.borrow() && tally.complete(&shared) {
+            return Ok(tally.result());
+        }
+    }
+}
+
+/// Publishes the paced workload through one `Ingest.Publish` call; returns the events
+/// sent inside the measurement window.
+async fn publish(
+    mut ingest: IngestClient<Channel>,
+    names: &[String],
+    mut pacer: Pacer<'_>,
+) -> Result<u64, BenchError> {
+    let (tx, rx) = mpsc::channel(256);
+    let call = tokio::spawn(async move { ingest.publish(ReceiverStream::new(rx)).await });
+    while let Some((stamp, due)) = pacer.next().await {
+        let events: Vec<pb::FeedEvent> =
+            due.iter().map(|&i| feed_trade(&names[i], stamp)).collect();
+        // Chunks stay under the server's per-request limit at any rate.
+        for chunk in events.chunks(raven_proto::limits::MAX_EVENTS_PER_REQUEST) {
+            let request = pb::PublishRequest {
+                events: chunk.to_vec(),
+            };
+            if tx.send(request).await.is_err() {
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let accepted = call
+        .await
+        .map_err(std::io::Error::other)??
+        .into_inner()
+        .accepted;
+    let sent = pacer.sent();
+    if accepted != sent {
+        return Err(BenchError::Stalled(format!(
+            "published {sent} events, the server accepted {accepted}"
+        )));
+    }
+    Ok(pacer.finish())
+}
+
+fn feed_trade(instrument: &str, stamp: u64) -> pb::FeedEvent {
+    pb::FeedEvent {
+        instrument: instrument.to_owned(),
+        exchange_time: stamp,
+        receive_time: 0,
+        body: Some(pb::feed_event::Body::Trade(workload::trade())),
+    }
+}
+
+pub(super) async fn run_row(
+    config: &BenchConfig,
+    plan: RowPlan,
+    target: &Target,
+    progress: &mut impl FnMut(&str),
+) -> Result<Row, BenchError> {
+    let RowPlan { clients, rate } = plan;
+    let names = workload::instrument_names(config.instruments);
+    let mut ingest = IngestClient::new(connect(&target.url).await?);
+    // One unmeasured trade per instrument creates them (exchange time 0: never counted).
+    let create = pb::PublishRequest {
+        events: names.iter().map(|n| feed_trade(n, 0)).collect(),
+    };
+    ingest.publish(tokio_stream::iter([create])).await?;
+    let shared = Arc::new(Shared::new(names.len()));
+    let (finish, finished) = watch::channel(false);
+
+    progress(&format!("N={clients}: connecting {clients} Raven clients"));
+    let mut fleet = Clients::new(clients);
+    for _ in 0..clients {
+        let channel = connect(&target.url).await?;
+        let (names, shared, finished) = (names.clone(), shared.clone(), finished.clone());
+        fleet.spawn(|ready| client(channel, names, shared, ready, finished));
+    }
+    fleet.all_ready().await?;
+
+    progress(&format!(
+        "N={clients}: publishing {rate} events/s to Raven for {:.1}s after {:.1}s of warm-up",
+        config.duration.as_secs_f64(),
+        config.warmup.as_secs_f64()
+    ));
+    let (before, client_before) = (target.usage(), Usage::own());
+    let wall = Instant::now();
+    let pacer = Pacer::start(&shared, rate, config.warmup, config.duration);
+    let publishing = publish(ingest, &names, pacer);
+    let (published, samples) = target
+        .sample_while((config.sample_every, config.warmup), progress, publishing)
+        .await;
+    let published = published?;
+    let elapsed = wall.elapsed();
+    let (after, client_after) = (target.usage(), Usage::own());
+    finish.send_replace(true);
+
+    progress(&format!(
+        "N={clients}: waiting for every Raven client to receive everything"
+    ));
+    let results = tokio::time::timeout(DRAIN, fleet.results())
+        .await
+        .map_err(|_| {
+            BenchError::Stalled(format!(
+                "clients still missing events {}s after publishing ended",
+                DRAIN.as_secs()
+            ))
+        })??;
+    Ok(Row::new(
+        plan,
+        published,
+        &results,
+        (config.duration, elapsed),
+        (before, after),
+        (client_before, client_after),
+        samples,
+    ))
+}

@@ -1,0 +1,436 @@
+//! The `raven` command line: `serve` runs the server; `subscribe`, `snapshot` and
+//! `instruments` are gRPC clients; `bench` load-tests a server. Human output by default,
+//! `--json` for one JSON object per line with prices as exact decimal strings.
+
+mod client;
+mod history;
+mod render;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use raven_server::clock::SystemClock;
+use raven_server::config::FileConfig;
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(name = "raven", version, about = "Raven market-data server and client")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: simulator feed, gRPC on 127.0.0.1:50051 unless told otherwise.
+    Serve(ServeArgs),
+    /// Stream live events and print them.
+    Subscribe(SubscribeArgs),
+    /// Print an instrument's current book.
+    Snapshot(SnapshotArgs),
+    /// List the instruments the server has.
+    Instruments(InstrumentsArgs),
+    /// Export recorded events (JSON lines or CSV).
+    History(HistoryArgs),
+    /// Print an instrument's book as it was at an instant.
+    BookAt(BookAtArgs),
+    /// Replay recorded events, paced as recorded (or faster).
+    Replay(ReplayArgs),
+    /// Load-test a server: N streaming clients, events published through the ingest API.
+    Bench(BenchArgs),
+}
+
+/// How `history` writes events.
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// One JSON object per event, prices as exact decimal strings.
+    Jsonl,
+    /// One row per level, trade, candle or status.
+    Csv,
+}
+
+#[derive(Args)]
+struct HistoryArgs {
+    /// Instruments, VENUE:SYMBOL.
+    #[arg(required = true)]
+    instruments: Vec<String>,
+    /// Channels to export (repeat, or comma-separated); all when not given.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    channel: Vec<ChannelArg>,
+    /// Events published at or after this: RFC 3339 or Unix ns.
+    #[arg(long, value_parser = history::parse_time)]
+    from: Option<u64>,
+    /// Events published before this: RFC 3339 or Unix ns.
+    #[arg(long, value_parser = history::parse_time)]
+    to: Option<u64>,
+    /// Most events; 0 is no limit.
+    #[arg(long, default_value_t = 0)]
+    limit: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: ExportFormat,
+    /// Write here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args)]
+struct BookAtArgs {
+    /// Instrument, VENUE:SYMBOL.
+    instrument: String,
+    /// The instant: RFC 3339 or Unix ns.
+    #[arg(long, value_parser = history::parse_time)]
+    at: u64,
+    /// Levels per side; 0 is the full book.
+    #[arg(long, default_value_t = 10)]
+    depth: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Instruments, VENUE:SYMBOL.
+    #[arg(required = true)]
+    instruments: Vec<String>,
+    /// Channels to replay (repeat, or comma-separated); all when not given.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    channel: Vec<ChannelArg>,
+    /// From this publish time: RFC 3339 or Unix ns.
+    #[arg(long, value_parser = history::parse_time)]
+    from: Option<u64>,
+    /// To this publish time: RFC 3339 or Unix ns.
+    #[arg(long, value_parser = history::parse_time)]
+    to: Option<u64>,
+    /// Most events; 0 is no limit.
+    #[arg(long, default_value_t = 0)]
+    limit: u64,
+    /// Multiple of recorded time: 1 replays in real time, 0 as fast as possible.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Print only how many events arrived and how fast (headers are scanned, not
+    /// decoded, so this measures the server rather than the printer).
+    #[arg(long)]
+    stats: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Server to load; without it, a `raven serve` child is started for each row.
+    #[arg(long)]
+    server: Option<String>,
+    /// Config file for the `raven serve` child (ignored with --server).
+    #[arg(long)]
+    server_config: Option<PathBuf>,
+    /// Client counts, one row each (each client has its own connection).
+    /// [default: 1,10,100,1000; 100 with --soak]
+    #[arg(long, value_delimiter = ',')]
+    clients: Option<Vec<usize>>,
+    /// Events published per second: one rate, or one per client count.
+    /// [default: 10000; 50000 with --soak]
+    #[arg(long, value_delimiter = ',')]
+    rate: Option<Vec<u64>>,
+    /// Measured time per row, e.g. 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before each row.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Bench instruments; every client subscribes to all of them.
+    #[arg(long, default_value_t = 8)]
+    instruments: usize,
+    /// Find each N's highest sustained rate (loss ≤ 0.1%, p99 ≤ 100 ms): start at --rate
+    /// and step up ×1.5, never past this many events/s.
+    #[arg(long, value_name = "CAP")]
+    max: Option<u64>,
+    /// Run the same workload on this NATS server (core pub/sub) and show Raven/NATS.
+    #[arg(long, value_name = "NATS_URL")]
+    compare: Option<String>,
+    /// Soak: one long row (this long; 100 clients at 50,000 events/s unless given), the
+    /// server's RSS read every 10 s and its slope reported; fails on any loss or gap.
+    #[arg(long, value_parser = parse_duration, conflicts_with_all = ["max", "compare", "duration"])]
+    soak: Option<Duration>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the results as a Markdown table to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Also plot the results (latency and deliveries/s against N) to this SVG file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+/// How often a soak reads the server's RSS.
+const SOAK_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// `10s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 10s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!(
+            "invalid duration {text:?}: the unit must be ms, s or m"
+        )),
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// gRPC listen address (overrides the config file).
+    #[arg(long, env = "RAVEN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// TOML config file; unknown keys are refused.
+    #[arg(long, env = "RAVEN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Simulator seed.
+    #[arg(long, env = "RAVEN_SEED")]
+    seed: Option<u64>,
+    /// Simulator event rate, events per second over all instruments.
+    #[arg(long, env = "RAVEN_RATE")]
+    rate: Option<u64>,
+    /// Where to record every event: `sqlite:PATH`, `postgres://USER@HOST:PORT/DB`, or
+    /// `off` (overrides `store.url`; default `sqlite:./data/raven.db`).
+    #[arg(long, env = "RAVEN_STORE")]
+    store: Option<String>,
+}
+
+#[derive(Args)]
+struct ServerArg {
+    /// Server URL.
+    #[arg(long, env = "RAVEN_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ChannelArg {
+    Book,
+    Bbo,
+    Trades,
+    Candles,
+}
+
+/// The wire channel of a `--channel` value.
+fn channel_pb(channel: ChannelArg) -> raven_proto::pb::Channel {
+    use raven_proto::pb::Channel;
+    match channel {
+        ChannelArg::Book => Channel::Book,
+        ChannelArg::Bbo => Channel::Bbo,
+        ChannelArg::Trades => Channel::Trades,
+        ChannelArg::Candles => Channel::Candles,
+    }
+}
+
+#[derive(Args)]
+struct SubscribeArgs {
+    /// Instruments, VENUE:SYMBOL.
+    #[arg(required = true)]
+    instruments: Vec<String>,
+    /// Which stream.
+    #[arg(long, value_enum, default_value = "book")]
+    channel: ChannelArg,
+    /// Book levels per side; 0 is the full book.
+    #[arg(long, default_value_t = 0)]
+    depth: u32,
+    /// Exit after this many events (markers not counted).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Start from the recorded events published since this time (RFC 3339 or Unix ns),
+    /// then continue live with no gap: a `history_end` marker shows where.
+    #[arg(long, value_parser = history::parse_time)]
+    start: Option<u64>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    /// Instrument, VENUE:SYMBOL.
+    instrument: String,
+    /// Levels per side; 0 is the full book.
+    #[arg(long, default_value_t = 10)]
+    depth: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Args)]
+struct InstrumentsArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// Parses arguments and runs the command.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Subscribe(args) => runtime.block_on(client::subscribe(args)),
+        Command::Snapshot(args) => runtime.block_on(client::snapshot(args)),
+        Command::Instruments(args) => runtime.block_on(client::instruments(args)),
+        Command::History(args) => runtime.block_on(history::history(args)),
+        Command::BookAt(args) => runtime.block_on(history::book_at(args)),
+        Command::Replay(args) => runtime.block_on(history::replay(args)),
+        Command::Bench(args) => runtime.block_on(bench(args)),
+    }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let soak = args.soak.is_some();
+    let config = raven_bench::BenchConfig {
+        server: args.server,
+        raven_binary: std::env::current_exe()
+            .context("cannot find the raven binary to start a server")?,
+        max: args.max,
+        server_config: args.server_config,
+        clients: args.clients.unwrap_or_else(|| {
+            if soak {
+                vec![100]
+            } else {
+                vec![1, 10, 100, 1000]
+            }
+        }),
+        rates: args
+            .rate
+            .unwrap_or_else(|| vec![if soak { 50_000 } else { 10_000 }]),
+        duration: args.soak.unwrap_or(args.duration),
+        warmup: args.warmup,
+        instruments: args.instruments,
+        compare: args.compare,
+        sample_every: soak.then_some(SOAK_SAMPLE_EVERY),
+    };
+    let report = raven_bench::run(&config, |line| eprintln!("{line}")).await?;
+    print!("{}", report.table());
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    if let Some(path) = &args.json {
+        write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    if let Some(path) = &args.markdown {
+        write(path, report.markdown())?;
+    }
+    if let Some(path) = &args.svg {
+        write(path, raven_bench::svg(&report))?;
+    }
+    if soak {
+        let failed: Vec<String> = report
+            .rows
+            .iter()
+            .filter_map(|e| e.raven.as_ref())
+            .filter(|r| r.lost > 0 || r.gaps > 0)
+            .map(|r| format!("N={}: lost {}, gaps {}", r.clients, r.lost, r.gaps))
+            .collect();
+        if !failed.is_empty() {
+            anyhow::bail!("soak failed: {}", failed.join("; "));
+        }
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RAVEN_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        file.server.listen = listen.to_string();
+    }
+    if let Some(seed) = args.seed {
+        file.sim.seed = seed;
+    }
+    if let Some(rate) = args.rate {
+        file.sim.rate = rate;
+    }
+    if let Some(store) = args.store {
+        file.store.url = store;
+    }
+    let config = file.resolve()?;
+    // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would otherwise kill the
+    // server when the database outgrows it. With a handler (tokio's, which only notes the
+    // signal) the write fails with EFBIG instead, and the recorder spills and retries as
+    // for any store failure.
+    let _file_size_limit =
+        signal(SignalKind::from_raw(libc::SIGXFSZ)).context("cannot handle SIGXFSZ")?;
+    let listener = raven_server::app::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let server = raven_server::app::start(&config, Arc::new(SystemClock), listener).await?;
+    // Scripts (and the CLI tests) read the bound address from this line.
+    println!(
+        "raven: serving gRPC on {} (simulator: seed {}, {} events/s)",
+        server.local_addr(),
+        config.sim.seed,
+        config.sim.rate
+    );
+    wait_for_signal().await?;
+    tracing::info!(
+        drain_secs = config.drain.as_secs(),
+        "shutting down; a second signal exits at once"
+    );
+    let recorder = server.recorder_stats();
+    tokio::spawn(async move {
+        if wait_for_signal().await.is_ok() {
+            let waiting = recorder.map_or(0, |r| {
+                r.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)
+            });
+            tracing::warn!(
+                unstored_bytes = waiting,
+                "second signal: exiting now; batches still in memory are not stored"
+            );
+            std::process::exit(130);
+        }
+    });
+    server.shutdown().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,406 @@
+//! The `raven` binary as a user runs it: `raven serve` in the background, client commands
+//! against it, output parsed and checked.
+
+use std::process::{Command, Output, Stdio};
+
+use raven_book::OrderBook;
+use raven_model::{
+    BookDelta, BookSnapshot, Level, LevelChange, Price, Qty, Sequence, Side, SnapshotKind,
+};
+use raven_testkit::served::Served;
+use serde_json::Value;
+
+const RAVEN: &str = env!("CARGO_BIN_EXE_raven");
+
+/// A directory of its own for each server: its `./data` (SQLite file, spill) goes there.
+fn scratch_dir() -> std::path::PathBuf {
+    raven_testkit::scratch_dir!("cli")
+}
+
+fn serve(extra: &[&str]) -> Served {
+    serve_in(&scratch_dir(), extra)
+}
+
+/// `raven serve` with `dir` as its working directory (for a `raven.toml` placed there).
+fn serve_in(dir: &std::path::Path, extra: &[&str]) -> Served {
+    let mut command = Command::new(RAVEN);
+    command
+        .current_dir(dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RAVEN_LOG", "warn")
+        .stderr(Stdio::inherit());
+    Served::start(command)
+}
+
+fn raven(args: &[&str], url: &str) -> Output {
+    Command::new(RAVEN)
+        .args(args)
+        .args(["--server", url])
+        .output()
+        .unwrap()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn levels(v: &Value) -> Vec<Level> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| Level {
+            price: pair[0].as_str().unwrap().parse::<Price>().unwrap(),
+            qty: pair[1].as_str().unwrap().parse::<Qty>().unwrap(),
+        })
+        .collect()
+}
+
+#[test]
+fn serve_subscribe_snapshot_instruments_as_a_user_would() {
+    let server = serve(&["--rate", "3000", "--seed", "5"]);
+
+    let instruments = json_lines(&raven(&["instruments", "--json"], &server.url()));
+    assert_eq!(instruments.len(), 8);
+    assert_eq!(instruments[0]["name"], "SIM:BTC-USD");
+    assert_eq!(instruments[0]["tick_size"], "0.01");
+    assert_eq!(instruments[5]["tick_size"], "0.0000001");
+
+    // A book rebuilt from `subscribe --json` output: snapshot first, contiguous deltas,
+    // and prices that are exact multiples of the tick.
+    let lines = json_lines(&raven(
+        &["subscribe", "SIM:BTC-USD", "--json", "--count", "300"],
+        &server.url(),
+    ));
+    let events: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["type"] != "snapshot_end")
+        .collect();
+    assert_eq!(events.len(), 300);
+    assert_eq!(events[0]["type"], "snapshot");
+    let mut book = OrderBook::new();
+    let first = events[0]["sequence"].as_u64().unwrap();
+    let snapshot = BookSnapshot {
+        bids: levels(&events[0]["bids"]),
+        asks: levels(&events[0]["asks"]),
+        kind: SnapshotKind::Initial,
+    };
+    assert!(snapshot.bids.len() >= 20 && snapshot.asks.len() >= 20);
+    book.apply_snapshot(Sequence(1), &snapshot).unwrap();
+    for (expected, e) in (first + 1..).zip(&events[1..]) {
+        assert_eq!(e["type"], "delta");
+        assert_eq!(e["sequence"].as_u64().unwrap(), expected);
+        let mut changes = Vec::new();
+        for (side, key) in [(Side::Bid, "bids"), (Side::Ask, "asks")] {
+            for l in levels(&e[key]) {
+                assert_eq!(
+                    l.price.units() % 10_000_000,
+                    0,
+                    "price {} off the 0.01 tick",
+                    l.price
+                );
+                changes.push(LevelChange {
+                    side,
+                    price: l.price,
+                    qty: l.qty,
+                });
+            }
+        }
+        let next = book.sequence().next();
+        book.apply_delta(next, &BookDelta { changes }).unwrap();
+    }
+
+    let trades = json_lines(&raven(
+        &[
+            "subscribe",
+            "SIM:ETH-USD",
+            "--channel",
+            "trades",
+            "--json",
+            "--count",
+            "20",
+        ],
+        &server.url(),
+    ));
+    let trades: Vec<&Value> = trades.iter().filter(|l| l["type"] == "trade").collect();
+    assert_eq!(trades.len(), 20);
+    for t in &trades {
+        assert!(t["qty"].as_str().unwrap().parse::<Qty>().unwrap() > Qty::ZERO);
+        assert!(["buy", "sell"].contains(&t["aggressor"].as_str().unwrap()));
+    }
+
+    let snap = json_lines(&raven(
+        &["snapshot", "SIM:PEPE-USD", "--depth", "5", "--json"],
+        &server.url(),
+    ));
+    let (bids, asks) = (levels(&snap[0]["bids"]), levels(&snap[0]["asks"]));
+    assert_eq!((bids.len(), asks.len()), (5, 5));
+    assert!(bids.windows(2).all(|w| w[0].price > w[1].price));
+    assert!(asks.windows(2).all(|w| w[0].price < w[1].price));
+    assert!(bids[0].price < asks[0].price);
+
+    // Human output reads as a ladder.
+    let human = raven(&["snapshot", "SIM:BTC-USD", "--depth", "3"], &server.url());
+    let text = String::from_utf8(human.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 1 + 3 + 1 + 3, "{text}");
+    assert!(
+        lines[1].contains("BID QTY") && lines[1].contains("PRICE") && lines[1].contains("ASK QTY")
+    );
+    assert!(lines[5].contains("spread"));
+
+    // Errors: one line, non-zero exit, no panic.
+    for (args, expected) in [
+        (
+            vec!["snapshot", "SIM:NOPE"],
+            "error: NOT_FOUND: unknown instrument \"SIM:NOPE\"",
+        ),
+        (
+            vec!["subscribe", "not-an-instrument"],
+            "error: INVALID_ARGUMENT: invalid instrument name",
+        ),
+    ] {
+        let out = raven(&args, &server.url());
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with(expected), "{stderr}");
+    }
+    let out = raven(&["instruments"], "http://127.0.0.1:1");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .starts_with("error: cannot connect to http://127.0.0.1:1")
+    );
+
+    // SIGTERM: a clean exit.
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn bad_configuration_is_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("raven-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("raven.toml");
+    std::fs::write(&file, "[server]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(RAVEN)
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: invalid config file")
+            && stderr.contains("unknown field `lisen`"),
+        "{stderr}"
+    );
+    let out = Command::new(RAVEN)
+        .args(["serve", "--rate", "0", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap().trim(),
+        "error: invalid config value sim.rate = 0: must be between 1 and 10000000 events/s"
+    );
+}
+
+#[test]
+fn history_book_at_and_replay_read_back_what_was_recorded() {
+    let served = serve(&["--rate", "5000"]);
+    let url = served.url();
+    let url = url.as_str();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+
+    // JSON lines, limited: trades with exact decimal strings, contiguous from 1.
+    let trades = json_lines(&raven(
+        &[
+            "history",
+            "SIM:BTC-USD",
+            "--channel",
+            "trades",
+            "--limit",
+            "5",
+        ],
+        url,
+    ));
+    assert_eq!(trades.len(), 5);
+    for (i, t) in trades.iter().enumerate() {
+        assert_eq!(t["type"], "trade");
+        assert_eq!(t["sequence"], i as u64 + 1);
+        assert!(
+            t["price"]
+                .as_str()
+                .unwrap()
+                .parse::<raven_model::Price>()
+                .is_ok()
+        );
+    }
+
+    // CSV to a file: a header, then rows whose sequences never go backwards per channel.
+    let dir = scratch_dir();
+    let csv = dir.join("btc.csv");
+    let out = raven(
+        &[
+            "history",
+            "SIM:BTC-USD",
+            "--channel",
+            "book,trades",
+            "--format",
+            "csv",
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+        url,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exported "));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "instrument,channel,sequence,exchange_time,receive_time,publish_time,type,side,price,qty,detail"
+    );
+    let mut last = std::collections::HashMap::new();
+    let mut rows = 0;
+    for line in lines {
+        let cols: Vec<&str> = line.split(',').collect();
+        assert_eq!(cols[0], "SIM:BTC-USD");
+        let seq: u64 = cols[2].parse().unwrap();
+        let prev = last.insert(cols[1].to_owned(), seq).unwrap_or(0);
+        assert!(seq == prev || seq == prev + 1, "{line}");
+        assert!(
+            matches!(cols[6], "snapshot" | "delta" | "trade" | "status"),
+            "{line}"
+        );
+        rows += 1;
+    }
+    assert!(rows > 100, "{rows} rows");
+
+    // The book as it was at the last trade's publish time, three levels a side.
+    let at = trades[4]["publish_time"].as_u64().unwrap().to_string();
+    let book = json_lines(&raven(
+        &[
+            "book-at",
+            "SIM:BTC-USD",
+            "--at",
+            &at,
+            "--depth",
+            "3",
+            "--json",
+        ],
+        url,
+    ));
+    assert_eq!(book[0]["bids"].as_array().unwrap().len(), 3);
+    assert_eq!(book[0]["asks"].as_array().unwrap().len(), 3);
+    assert!(book[0]["publish_time"].as_u64().unwrap() <= at.parse::<u64>().unwrap());
+
+    // Replay as fast as possible: the same trades as the history.
+    let replayed = json_lines(&raven(
+        &[
+            "replay",
+            "SIM:BTC-USD",
+            "--channel",
+            "trades",
+            "--speed",
+            "0",
+            "--limit",
+            "5",
+            "--json",
+        ],
+        url,
+    ));
+    assert_eq!(replayed, trades);
+    let stats = raven(
+        &[
+            "replay",
+            "SIM:BTC-USD",
+            "--channel",
+            "trades",
+            "--speed",
+            "0",
+            "--limit",
+            "5",
+            "--stats",
+        ],
+        url,
+    );
+    assert!(stats.status.success());
+    assert!(
+        String::from_utf8_lossy(&stats.stdout).starts_with("replayed 5 events in "),
+        "{}",
+        String::from_utf8_lossy(&stats.stdout)
+    );
+
+    // Errors: one line naming the status, exit 1; a bad time is a usage error, exit 2.
+    let out = raven(
+        &["history", "SIM:BTC-USD", "--from", "10", "--to", "5"],
+        url,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: INVALID_ARGUMENT: from (10) is after to (5)"
+    );
+    let out = raven(&["book-at", "SIM:BTC-USD", "--at", "yesterday"], url);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid time \"yesterday\""));
+}
+
+/// Issue 10, finding 5: a second SIGTERM (or Ctrl-C) ends a drain at once. A client
+/// that subscribes with a flow-control window of zero holds the drain open (the server
+/// can never send it the end of its stream); the drain would wait 60 s for it.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let dir = scratch_dir();
+    std::fs::write(dir.join("raven.toml"), "[server]\ndrain_secs = 60\n").unwrap();
+    let mut served = serve_in(&dir, &["--config", "raven.toml"]);
+    let addr = served.addr();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _stuck = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let (client, body, response) =
+            raven_testkit::raw_h2::subscribe_to_book(client, &addr).await;
+        (client, body, response.await.unwrap())
+    });
+    let pid = served.child().id().to_string();
+    let signal = |name: &str| Command::new("kill").args([name, &pid]).status().unwrap();
+    assert!(signal("-TERM").success());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        served.child().try_wait().unwrap().is_none(),
+        "the drain ended on its own: nothing held it"
+    );
+    assert!(signal("-INT").success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = served.child().try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second signal did not end the server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+}

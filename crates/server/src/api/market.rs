@@ -1,0 +1,211 @@
+//! `raven.v1.Market`: live streams, snapshots and the instrument list.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use raven_model::{Channel, InstrumentError, InstrumentId, InstrumentName, InstrumentRegistry};
+use raven_proto::convert::{ProtoError, channel_from_pb, event_to_pb};
+use raven_proto::limits::MAX_DEPTH;
+use raven_proto::market_server::Market;
+use raven_proto::pb;
+use raven_proto::wire::EncodedBatch;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::history::Recorded;
+use super::session;
+use crate::clock::Clock;
+use crate::config::FanoutConfig;
+use crate::engine::{Command, EngineCommands, EngineError};
+use crate::fanout::Fanout;
+use crate::feed::Catalog;
+
+/// Everything the service needs, shared by all calls.
+pub struct MarketService {
+    pub(super) registry: InstrumentRegistry,
+    catalog: Catalog,
+    pub(super) commands: EngineCommands,
+    pub(super) fanout: Arc<Fanout>,
+    pub(super) limits: Limits,
+    /// Heartbeat times and what counts as the future.
+    pub(super) clock: Arc<dyn Clock>,
+    /// Recorded events, for subscriptions with a start time; `None` when not recording.
+    pub(super) recorded: Option<Recorded>,
+}
+
+/// Per-request and per-client limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Instruments one subscribe may name.
+    pub max_instruments_per_request: usize,
+    /// Subscriptions one stream may hold.
+    pub max_subscriptions: usize,
+    /// Queue and batch settings.
+    pub fanout: FanoutConfig,
+}
+
+impl MarketService {
+    /// A service over a running engine.
+    pub fn new(
+        catalog: Catalog,
+        commands: EngineCommands,
+        fanout: Arc<Fanout>,
+        clock: Arc<dyn Clock>,
+        limits: Limits,
+    ) -> MarketService {
+        MarketService {
+            registry: catalog.registry().clone(),
+            catalog,
+            clock,
+            commands,
+            fanout,
+            limits,
+            recorded: None,
+        }
+    }
+
+    /// Lets subscriptions start from recorded history.
+    pub fn with_history(mut self, recorded: Recorded) -> MarketService {
+        self.recorded = Some(recorded);
+        self
+    }
+
+    /// Resolves a client-supplied instrument name.
+    pub(super) fn resolve(&self, name: &str) -> Result<InstrumentId, Status> {
+        let parsed = InstrumentName::parse(name).map_err(|e| match e {
+            InstrumentError::Empty => Status::invalid_argument(
+                "instrument name is empty; expected VENUE:SYMBOL, e.g. SIM:BTC-USD",
+            ),
+            other => Status::invalid_argument(other.to_string()),
+        })?;
+        self.registry.id(&parsed).ok_or_else(|| {
+            Status::not_found(format!(
+                "unknown instrument {name:?}; ListInstruments (`raven instruments`) shows what this server has"
+            ))
+        })
+    }
+
+    /// Resolves a list of names, all or nothing.
+    pub(super) fn resolve_all(
+        &self,
+        names: &[String],
+        verb: &str,
+    ) -> Result<Vec<InstrumentId>, Status> {
+        if names.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "{verb} names no instruments"
+            )));
+        }
+        let max = self.limits.max_instruments_per_request;
+        if names.len() > max {
+            return Err(Status::resource_exhausted(format!(
+                "{verb} names {} instruments; at most {max} are allowed per request",
+                names.len()
+            )));
+        }
+        names.iter().map(|n| self.resolve(n)).collect()
+    }
+
+    pub(super) fn send(&self, instrument: InstrumentId, command: Command) -> Result<(), Status> {
+        self.commands
+            .send(instrument, command)
+            .map_err(engine_status)
+    }
+}
+
+/// Maps an engine refusal to a retryable status.
+pub(super) fn engine_status(e: EngineError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+/// Checks a channel number from a request.
+pub(super) fn channel(value: i32) -> Result<Channel, Status> {
+    channel_from_pb(value).map_err(|e| match e {
+        ProtoError::UnknownEnum { value: 0, .. } => Status::invalid_argument(
+            "channel is required: CHANNEL_BOOK, CHANNEL_BBO, CHANNEL_TRADES or CHANNEL_CANDLES",
+        ),
+        _ => Status::invalid_argument(format!(
+            "unknown channel {value}; expected CHANNEL_BOOK (1), CHANNEL_BBO (2), CHANNEL_TRADES (3) or CHANNEL_CANDLES (4)"
+        )),
+    })
+}
+
+/// Checks a requested depth.
+pub(super) fn depth(depth: u32) -> Result<u32, Status> {
+    if depth > MAX_DEPTH {
+        return Err(Status::invalid_argument(format!(
+            "depth {depth} is too large; use 1..={MAX_DEPTH}, or 0 for the full book"
+        )));
+    }
+    Ok(depth)
+}
+
+pub(super) type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedBatch, Status>> + Send>>;
+
+/// The tonic service: a cheap handle on the shared [`MarketService`].
+#[derive(Clone)]
+pub struct MarketApi(Arc<MarketService>);
+
+impl MarketApi {
+    /// Serves `service`.
+    pub fn new(service: Arc<MarketService>) -> MarketApi {
+        MarketApi(service)
+    }
+}
+
+#[tonic::async_trait]
+impl Market for MarketApi {
+    type StreamStream = EventStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::StreamRequest>>,
+    ) -> Result<Response<EventStream>, Status> {
+        Ok(Response::new(session::open(
+            self.0.clone(),
+            request.into_inner(),
+        )))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::Event>, Status> {
+        let req = request.into_inner();
+        let instrument = self.0.resolve(&req.instrument)?;
+        let depth = depth(req.depth)?;
+        let (reply, answer) = oneshot::channel();
+        self.0.send(
+            instrument,
+            Command::Snapshot {
+                instrument,
+                depth,
+                reply,
+            },
+        )?;
+        let event = answer
+            .await
+            .map_err(|_| engine_status(EngineError::Stopped))?;
+        Ok(Response::new(event_to_pb(&req.instrument, &event)))
+    }
+
+    async fn list_instruments(
+        &self,
+        _request: Request<pb::ListInstrumentsRequest>,
+    ) -> Result<Response<pb::ListInstrumentsResponse>, Status> {
+        let instruments = self
+            .0
+            .catalog
+            .list()
+            .iter()
+            .map(|i| pb::Instrument {
+                name: i.name.to_string(),
+                venue: i.name.venue().to_owned(),
+                symbol: i.name.symbol().to_owned(),
+                tick_size: i.tick_size.units(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListInstrumentsResponse { instruments }))
+    }
+}

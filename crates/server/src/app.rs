@@ -1,0 +1,356 @@
+//! Wiring: builds the catalog, engine, recorder, feeds (the simulator and the publish
+//! feed) and gRPC services (market, ingest, history, health, reflection) from a
+//! [`Config`], runs them, and shuts them down in order: the feeds; client streams told
+//! the server is going away (`UNAVAILABLE`) and connections drained, what is left of them
+//! cut at the drain deadline; the engine, which finishes what it accepted; then the
+//! recorder's last batches. Entry points take the listener and the clock as arguments, so
+//! tests bind port 0 and can set the time.
+//!
+//! How each part is stopped: whatever waits on outside events (a feed's thread or its
+//! open publish streams, history streams, the gRPC server) watches a
+//! [`crate::shutdown::Shutdown`] signal, one per phase above. The engine and the
+//! recorder are told in band instead, because they must first finish what they
+//! accepted: a shard's `Stop` command queues behind the feed batches it has, and the
+//! recorder ends when the last shard's tap closes, with a deadline for the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use raven_model::InstrumentRegistry;
+use raven_proto::history_server::HistoryServer;
+use raven_proto::ingest_server::IngestServer;
+use raven_proto::limits::{
+    MAX_MARKET_REQUEST_BYTES, MAX_PUBLISH_REQUEST_BYTES, MAX_SUBSCRIPTIONS_PER_STREAM,
+};
+use raven_proto::market_server::MarketServer;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+
+use crate::api::connections::{Connections, TrackRequests};
+use crate::api::history::{HistoryApi, Recorded};
+use crate::api::ingest::{self, IngestApi};
+use crate::api::market::{Limits, MarketApi, MarketService};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig, ShardContext};
+use crate::fanout::{Closed, Fanout};
+use crate::feed::sim::SimFeed;
+use crate::feed::{Catalog, Feed, FeedContext, FeedHandle};
+use crate::recorder::{Recorder, RecorderStats};
+use crate::shutdown::{self, Trigger};
+use crate::store::StoreError;
+use crate::store::spill::Spill;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Threads or sockets.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC transport failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not load the descriptors (a build defect).
+    #[error("gRPC reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The store (or its spill file) could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A running server. [`RunningServer::shutdown`] stops it in order; dropped without it
+/// (a test that panicked), it still stops its threads, without the drain.
+pub struct RunningServer {
+    addr: SocketAddr,
+    fanout: Arc<Fanout>,
+    // Options so that both `shutdown` and `Drop` can take them, whichever comes first.
+    engine: Option<Engine>,
+    feeds: Vec<FeedHandle>,
+    grpc: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    stop_grpc: Trigger,
+    connections: Arc<Connections>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: Trigger,
+    drain: std::time::Duration,
+    recorder: Option<Recorder>,
+}
+
+/// Engine output batches the recorder's tap holds before the engine waits for it.
+const TAP_BATCHES: usize = 4096;
+
+/// How long the recorder may take at shutdown to store what waits; the rest waits in
+/// the spill file for the next start.
+const RECORDER_FINISH: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Accept-queue length for the gRPC listener. Tokio's default (1024) overflows when a
+/// thousand clients connect at once (seen in the 1,000-client test as connection resets);
+/// the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the gRPC listener with a backlog fit for thousands of clients.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Starts everything on `listener`, with `clock` as the time of events, runs and
+/// requests (`SystemClock` outside tests).
+pub async fn start(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    listener: TcpListener,
+) -> Result<RunningServer, AppError> {
+    let addr = listener.local_addr()?;
+    let registry = InstrumentRegistry::new();
+    let fanout = Arc::new(Fanout::default());
+    let catalog = Catalog::new(registry.clone());
+
+    let mut ctx = ShardContext::new(catalog.clone(), clock.clone(), fanout.clone());
+    let recorder = match config.store.clone() {
+        Some(store) => {
+            let (tap, tapped) = crossbeam_channel::bounded(TAP_BATCHES);
+            ctx.taps.push(tap);
+            ctx.checkpoint_every = store.snapshot_every;
+            let (registry, clock) = (registry.clone(), clock.clone());
+            // Opening may connect to PostgreSQL with a blocking client: off the runtime.
+            let recorder = tokio::task::spawn_blocking(move || {
+                let db = crate::store::open(&store.url, &store.schema)?;
+                let spill = Spill::open(&store.spill, store.spill_reserve)?;
+                tracing::info!(
+                    store = %db.describe(),
+                    spill = %store.spill.display(),
+                    spill_reserved_mb = store.spill_reserve >> 20,
+                    queue_mb = store.recorder.queue_bytes >> 20,
+                    "recording"
+                );
+                if crate::store::shares_filesystem(&store.url, &store.spill) {
+                    tracing::warn!(
+                        spill = %store.spill.display(),
+                        "the spill file is on the database's filesystem: when that disk fills, the store fails and only the spill file's reservation and the memory queue hold new events; set store.spill to another disk"
+                    );
+                }
+                let run = clock.now().0;
+                Recorder::start(store.recorder, db, spill, registry, tapped, run, clock)
+                    .map_err(StoreError::from)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Some(recorder)
+        }
+        None => None,
+    };
+    let engine = Engine::start(EngineConfig::with_shards(config.shards), ctx)?;
+    // The simulator first, so its instruments keep the ids they have always had.
+    let (publish, ingest) = ingest::publish_feed();
+    let feeds: Vec<Box<dyn Feed>> = vec![Box::new(SimFeed::new(config.sim)), Box::new(publish)];
+    let feeds = feeds
+        .into_iter()
+        .map(|feed| {
+            let (id, resync) = catalog.add_feed(feed.name());
+            feed.spawn(FeedContext {
+                id,
+                catalog: catalog.clone(),
+                input: engine.input(),
+                clock: clock.clone(),
+                resync,
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+
+    let (trigger, shutdown) = shutdown::channel();
+    let ingest = IngestServer::new(ingest).max_decoding_message_size(MAX_PUBLISH_REQUEST_BYTES);
+    let mut service = MarketService::new(
+        catalog,
+        engine.commands(),
+        fanout.clone(),
+        clock.clone(),
+        Limits {
+            max_instruments_per_request: config.max_instruments_per_request,
+            max_subscriptions: MAX_SUBSCRIPTIONS_PER_STREAM,
+            fanout: config.fanout,
+        },
+    );
+    if let (Some(store), Some(recorder)) = (&config.store, &recorder) {
+        service = service.with_history(Recorded {
+            store: store.clone(),
+            run: recorder.run(),
+        });
+    }
+    let service = Arc::new(service);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<MarketServer<MarketApi>>().await;
+    health.set_serving::<IngestServer<IngestApi>>().await;
+    health.set_serving::<HistoryServer<HistoryApi>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(raven_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let market = MarketServer::new(MarketApi::new(service))
+        .max_decoding_message_size(MAX_MARKET_REQUEST_BYTES);
+
+    let connections = Connections::new(config.connections);
+    let incoming = connections.incoming(listener);
+    tokio::spawn(connections.clone().watch(shutdown.clone()));
+    let (stop_grpc, mut stopped) = shutdown::channel();
+    let grpc = Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .layer(TrackRequests)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(market)
+        .add_service(ingest)
+        .add_service(HistoryServer::new(HistoryApi::new(
+            config.store.clone(),
+            clock,
+            shutdown,
+        )))
+        .serve_with_incoming_shutdown(incoming, async move { stopped.wait().await });
+    let grpc = tokio::spawn(grpc);
+    tracing::info!(%addr, "serving gRPC");
+    Ok(RunningServer {
+        addr,
+        fanout,
+        engine: Some(engine),
+        feeds,
+        grpc: Some(grpc),
+        stop_grpc,
+        connections,
+        health,
+        shutdown: trigger,
+        drain: config.drain,
+        recorder,
+    })
+}
+
+impl RunningServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Subscriber stats.
+    pub fn fanout(&self) -> &Arc<Fanout> {
+        &self.fanout
+    }
+
+    /// The engine (for lock-free top-of-book reads).
+    pub fn engine(&self) -> &Engine {
+        self.engine
+            .as_ref()
+            .expect("the engine runs until the server is stopped, which takes it (invariant)")
+    }
+
+    /// The recorder's counters, when recording.
+    pub fn recorder_stats(&self) -> Option<Arc<RecorderStats>> {
+        self.recorder.as_ref().map(Recorder::stats)
+    }
+
+    /// The gRPC listener's connections.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// Stops the feeds; ends client streams with `UNAVAILABLE` and stops gRPC, waiting up
+    /// to the drain deadline for connections to finish, then cutting what is left; lets
+    /// the engine finish what it has queued; then has the recorder store its last
+    /// batches (what it cannot store in time waits in the spill file).
+    pub async fn shutdown(mut self) -> Result<(), AppError> {
+        let feeds = std::mem::take(&mut self.feeds);
+        tokio::task::spawn_blocking(move || feeds.into_iter().try_for_each(FeedHandle::stop))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.shutdown.fire();
+        // Health checkers (load balancers) see the server going before it is gone.
+        self.health
+            .set_not_serving::<MarketServer<MarketApi>>()
+            .await;
+        self.health
+            .set_not_serving::<IngestServer<IngestApi>>()
+            .await;
+        self.health
+            .set_not_serving::<HistoryServer<HistoryApi>>()
+            .await;
+        self.fanout
+            .close_all(Closed::Refused(tonic::Status::unavailable(
+                "server shutting down",
+            )));
+        // Connections still in their handshake hold no work: they go now.
+        self.connections.cut_handshaking();
+        self.stop_grpc.fire();
+        let Some(mut grpc) = self.grpc.take() else {
+            return Ok(());
+        };
+        let served = match tokio::time::timeout(self.drain, &mut grpc).await {
+            Ok(served) => served,
+            Err(_) => {
+                let cut = self.connections.cut_all();
+                tracing::warn!(
+                    connections = cut,
+                    drain_secs = self.drain.as_secs(),
+                    "drain deadline passed; cut the connections left"
+                );
+                match tokio::time::timeout(CUT_GRACE, &mut grpc).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        grpc.abort();
+                        tracing::error!("connections did not close after being cut; left behind");
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        served.map_err(std::io::Error::other)??;
+        if let Some(engine) = self.engine.take() {
+            tokio::task::spawn_blocking(move || engine.shutdown())
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        if let Some(recorder) = self.recorder.take() {
+            tokio::task::spawn_blocking(move || recorder.finish(RECORDER_FINISH))
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunningServer {
+    /// Without [`RunningServer::shutdown`]: the feed, gRPC and the engine stop at once,
+    /// and the recorder gets its usual time to store what waits (the rest waits in the
+    /// spill file). Blocks on the threads' ends, as a dropped thread pool would.
+    fn drop(&mut self) {
+        let Some(engine) = self.engine.take() else {
+            return;
+        };
+        let feeds = std::mem::take(&mut self.feeds);
+        self.shutdown.fire();
+        self.fanout
+            .close_all(Closed::Refused(tonic::Status::unavailable(
+                "server shutting down",
+            )));
+        self.stop_grpc.fire();
+        if let Some(grpc) = self.grpc.take() {
+            grpc.abort();
+        }
+        self.connections.cut_all();
+        drop(feeds);
+        engine.shutdown();
+        if let Some(recorder) = self.recorder.take() {
+            recorder.finish(RECORDER_FINISH);
+        }
+    }
+}
+
+/// How long cut connections get to close before the server stops waiting for them.
+const CUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);

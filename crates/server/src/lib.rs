@@ -1,0 +1,20 @@
+//! The Raven market-data server, as a library (the `raven` command line in `crates/cli`
+//! runs it). Data flows one way:
+//!
+//! `feed` (the seam every source plugs into: the simulator, the publish API) →
+//! `engine` (one writer per instrument: books, sequences, BBO, candles; encodes each
+//! event once) → `fanout` (bounded per-subscriber mailboxes) → `api` (gRPC streams).
+//! The `recorder` taps the engine and writes every event to a `store` (SQLite or
+//! PostgreSQL). `app` wires them together from a `config`, with the time from a
+//! `clock`, and stops them on a `shutdown` signal.
+
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod fanout;
+pub mod feed;
+pub mod recorder;
+pub mod shutdown;
+pub mod store;

@@ -1,0 +1,325 @@
+//! The engine on its own threads, fed by the simulator and by hand, observed through a
+//! lossless tap: sequencing, derived BBO and candles, snapshots, and refused updates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, bounded};
+use raven_book::OrderBook;
+use raven_model::{
+    Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody, FeedEvent,
+    FeedKind, InstrumentId, InstrumentName, InstrumentRegistry, Level, LevelChange, Price, Qty,
+    Sequence, Side, SnapshotKind, StatusKind, Trade, UnixNanos,
+};
+use raven_server::clock::{Clock, SystemClock};
+use raven_server::engine::{Command, Engine, EngineConfig, EngineInput, ShardContext};
+use raven_server::fanout::Fanout;
+use raven_server::feed::sim::{SimConfig, Simulator};
+use raven_server::feed::{Catalog, InstrumentInfo};
+
+struct Harness {
+    engine: Engine,
+    input: EngineInput,
+    tap: Receiver<Arc<[Event]>>,
+    resync: Receiver<InstrumentId>,
+}
+
+/// An engine over `registry`'s instruments, all owned by one feed whose resync
+/// requests the harness holds.
+fn start(registry: &InstrumentRegistry, shards: usize) -> Harness {
+    let (tap_tx, tap) = bounded(1024);
+    let catalog = Catalog::new(registry.clone());
+    let (feed, resync) = catalog.add_feed("test");
+    for (_, name) in registry.all() {
+        let tick_size = Price::ZERO;
+        catalog.add(InstrumentInfo { name, tick_size }, feed);
+    }
+    let mut ctx = ShardContext::new(catalog, Arc::new(SystemClock), Arc::new(Fanout::default()));
+    ctx.taps.push(tap_tx);
+    let engine = Engine::start(EngineConfig::with_shards(shards), ctx).unwrap();
+    let input = engine.input();
+    Harness {
+        engine,
+        input,
+        tap,
+        resync,
+    }
+}
+
+/// Reads the tap until `n` events for which `counts` holds have come out. Tap batches
+/// hold the whole output of an input batch, so derived events are never cut off.
+fn collect_until(
+    tap: &Receiver<Arc<[Event]>>,
+    n: usize,
+    counts: impl Fn(&Event) -> bool,
+) -> Vec<Event> {
+    let mut out: Vec<Event> = Vec::new();
+    while out.iter().filter(|e| counts(e)).count() < n {
+        let batch = tap
+            .recv_timeout(Duration::from_secs(30))
+            .expect("engine output");
+        out.extend(batch.iter().cloned());
+    }
+    out
+}
+
+fn collect(tap: &Receiver<Arc<[Event]>>, n: usize) -> Vec<Event> {
+    collect_until(tap, n, |_| true)
+}
+
+fn snapshot(engine: &Engine, id: InstrumentId, depth: u32) -> Event {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    engine
+        .commands()
+        .send(
+            id,
+            Command::Snapshot {
+                instrument: id,
+                depth,
+                reply,
+            },
+        )
+        .unwrap();
+    answer.blocking_recv().unwrap()
+}
+
+#[test]
+fn simulated_market_is_sequenced_and_derived_exactly() {
+    let registry = InstrumentRegistry::new();
+    let mut sim = Simulator::new(
+        &SimConfig {
+            seed: 11,
+            rate: 10_000,
+            levels: 25,
+        },
+        &registry,
+        UnixNanos(1_000),
+    );
+    let h = start(&registry, 2);
+    let mut feed = Vec::new();
+    sim.snapshots(None, &mut feed);
+    sim.generate(60_000, &mut feed);
+    let fed = feed.len();
+    let trades_fed = feed
+        .iter()
+        .filter(|e| matches!(e.kind, FeedKind::Trade(_)))
+        .count();
+    for chunk in feed.chunks(1000) {
+        assert!(h.input.send(chunk.to_vec()));
+    }
+    // Every book update and trade comes out (none is refused), with derived events.
+    let events = collect_until(&h.tap, fed, |e| {
+        matches!(e.body.channel(), Channel::Book | Channel::Trades)
+    });
+
+    let mut seqs: HashMap<(InstrumentId, Channel), u64> = HashMap::new();
+    let mut books: HashMap<InstrumentId, OrderBook> = HashMap::new();
+    let mut bbos: HashMap<InstrumentId, Bbo> = HashMap::new();
+    let mut trades: HashMap<InstrumentId, Vec<(UnixNanos, Price, Qty)>> = HashMap::new();
+    let mut candles: Vec<(InstrumentId, Candle)> = Vec::new();
+    for e in &events {
+        let channel = e.body.channel();
+        let last = seqs.entry((e.instrument, channel)).or_default();
+        assert_eq!(
+            e.sequence.0,
+            *last + 1,
+            "{channel:?} sequence of {:?} not contiguous",
+            e.instrument
+        );
+        *last = e.sequence.0;
+        let book = books.entry(e.instrument).or_default();
+        let next = book.sequence().next();
+        match &e.body {
+            EventBody::Snapshot(s) => book.apply_snapshot(next, s).unwrap(),
+            EventBody::Delta(d) => book.apply_delta(next, d).unwrap(),
+            EventBody::Bbo(b) => {
+                assert_eq!(
+                    *b,
+                    Bbo {
+                        bid: book.best_bid(),
+                        ask: book.best_ask()
+                    },
+                    "BBO derived from the book"
+                );
+                assert_ne!(
+                    bbos.insert(e.instrument, *b),
+                    Some(*b),
+                    "BBO only on change"
+                );
+            }
+            EventBody::Trade(t) => {
+                trades
+                    .entry(e.instrument)
+                    .or_default()
+                    .push((e.exchange_time, t.price, t.qty))
+            }
+            EventBody::Candle(c) => candles.push((e.instrument, *c)),
+            EventBody::Status(s) => panic!("unexpected status {s:?}"),
+        }
+    }
+    assert_eq!(trades.values().map(Vec::len).sum::<usize>(), trades_fed);
+
+    // Each published candle equals the OHLCV recomputed from that bar's trades.
+    assert!(
+        candles
+            .iter()
+            .any(|(_, c)| c.interval == CandleInterval::Second1)
+    );
+    for (id, c) in &candles {
+        let width = c.interval.nanos();
+        let bar: Vec<_> = trades[id]
+            .iter()
+            .filter(|t| t.0.floor_to(width) == c.open_time)
+            .collect();
+        assert_eq!(c.trades, bar.len() as u64);
+        assert_eq!(c.open, bar[0].1);
+        assert_eq!(c.close, bar[bar.len() - 1].1);
+        assert_eq!(c.high, bar.iter().map(|t| t.1).max().unwrap());
+        assert_eq!(c.low, bar.iter().map(|t| t.1).min().unwrap());
+        let volume = bar
+            .iter()
+            .fold(Qty::ZERO, |v, t| v.checked_add(t.2).unwrap());
+        assert_eq!(c.volume, volume);
+    }
+
+    // Snapshots and the lock-free top of book agree with the replayed books.
+    for (id, book) in &books {
+        let snap = snapshot(&h.engine, *id, 0);
+        assert_eq!(snap.sequence.0, seqs[&(*id, Channel::Book)]);
+        assert_eq!(
+            snap.body,
+            EventBody::Snapshot(book.snapshot(0, SnapshotKind::Initial))
+        );
+        let top = h.engine.top_of_book(*id).unwrap();
+        assert_eq!(
+            top.bbo,
+            Bbo {
+                bid: book.best_bid(),
+                ask: book.best_ask()
+            }
+        );
+        assert_eq!(top.bbo, bbos[id]);
+    }
+    h.engine.shutdown();
+}
+
+#[test]
+fn refused_update_reports_status_requests_resync_and_is_never_half_applied() {
+    let registry = InstrumentRegistry::new();
+    let id = registry.intern(&InstrumentName::parse("TEST:X").unwrap());
+    let h = start(&registry, 1);
+    let lvl = |p: i64, q: i128| Level {
+        price: Price::from_units(p),
+        qty: Qty::from_units(q),
+    };
+    let ev = |kind| FeedEvent {
+        instrument: id,
+        exchange_time: UnixNanos(5),
+        receive_time: UnixNanos(6),
+        kind,
+    };
+    let change = |side, p, q| LevelChange {
+        side,
+        price: Price::from_units(p),
+        qty: Qty::from_units(q),
+    };
+    let initial = BookSnapshot {
+        bids: vec![lvl(100, 1)],
+        asks: vec![lvl(102, 1)],
+        kind: SnapshotKind::Initial,
+    };
+    h.input.send(vec![
+        ev(FeedKind::Snapshot(initial.clone())),
+        // Valid first change, then one that would cross: the whole delta is refused.
+        ev(FeedKind::Delta(BookDelta {
+            changes: vec![change(Side::Bid, 99, 4), change(Side::Bid, 103, 1)],
+        })),
+        // While resyncing, deltas are not applied.
+        ev(FeedKind::Delta(BookDelta {
+            changes: vec![change(Side::Ask, 105, 3)],
+        })),
+    ]);
+    let events = collect(&h.tap, 3);
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(matches!(&events[0].body, EventBody::Snapshot(s) if s.kind == SnapshotKind::Initial));
+    assert!(matches!(events[1].body, EventBody::Bbo(_)));
+    match &events[2].body {
+        EventBody::Status(s) => {
+            assert_eq!((s.kind, s.channel), (StatusKind::Rejected, Channel::Book));
+            assert!(s.detail.contains("cross"), "{}", s.detail);
+        }
+        other => panic!("expected a status, got {other:?}"),
+    }
+    assert_eq!(events[2].sequence, Sequence(2));
+    assert_eq!(h.resync.recv_timeout(Duration::from_secs(5)).unwrap(), id);
+    let snap = snapshot(&h.engine, id, 0);
+    assert_eq!(snap.body, EventBody::Snapshot(initial));
+
+    // A fresh snapshot ends the resync; it is flagged so subscribers replace their book.
+    let fresh = BookSnapshot {
+        bids: vec![lvl(98, 2)],
+        asks: vec![lvl(101, 7)],
+        kind: SnapshotKind::Initial,
+    };
+    h.input.send(vec![ev(FeedKind::Snapshot(fresh.clone()))]);
+    let events = collect(&h.tap, 1);
+    assert_eq!(events[0].sequence, Sequence(3));
+    assert_eq!(
+        events[0].body,
+        EventBody::Snapshot(BookSnapshot {
+            kind: SnapshotKind::Resync,
+            ..fresh
+        })
+    );
+    h.engine.shutdown();
+}
+
+/// A wall clock the test sets.
+struct SetClock(std::sync::atomic::AtomicU64);
+
+impl Clock for SetClock {
+    fn now(&self) -> UnixNanos {
+        UnixNanos(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+#[test]
+fn publish_times_never_go_backwards_when_the_wall_clock_does() {
+    let registry = InstrumentRegistry::new();
+    let id = registry.intern(&InstrumentName::parse("TEST:X").unwrap());
+    let clock = Arc::new(SetClock(1_000.into()));
+    let (tap_tx, tap) = bounded(1024);
+    let mut ctx = ShardContext::new(
+        Catalog::new(registry.clone()),
+        clock.clone(),
+        Arc::new(Fanout::default()),
+    );
+    ctx.taps.push(tap_tx);
+    let engine = Engine::start(EngineConfig::with_shards(1), ctx).unwrap();
+    let mut published = Vec::new();
+    // The clock reads 1000, is stepped back to 500, then moves on to 2000.
+    for (wall, n) in [(1_000, 1), (500, 2), (2_000, 3)] {
+        clock.0.store(wall, std::sync::atomic::Ordering::SeqCst);
+        assert!(engine.input().send(vec![FeedEvent {
+            instrument: id,
+            exchange_time: UnixNanos(n),
+            receive_time: UnixNanos(n),
+            kind: FeedKind::Trade(Trade {
+                price: Price::from_units(100),
+                qty: Qty::from_units(1),
+                aggressor: raven_model::Aggressor::Buy,
+                trade_id: n.to_string(),
+            }),
+        }]));
+        let events = collect_until(&tap, 1, |e| matches!(e.body, EventBody::Trade(_)));
+        published.extend(
+            events
+                .iter()
+                .filter(|e| matches!(e.body, EventBody::Trade(_)))
+                .map(|e| e.publish_time.0),
+        );
+    }
+    assert_eq!(published, vec![1_000, 1_000, 2_000]);
+    engine.shutdown();
+}

@@ -1,0 +1,13 @@
+//! What Raven's integration tests share, so that each test file says only what it checks:
+//!
+//! - [`scratch_dir!`]: a directory of its own per use, swept once its test process ends.
+//! - [`served`]: `raven serve` as a child process, and the address it prints.
+//! - [`rows`]: every row a store holds, read with plain SQL, and the sequence audit.
+//! - [`pg`]: the shared PostgreSQL server, a schema per test.
+//! - [`raw_h2`]: gRPC by hand, for peers tonic would not be.
+
+pub mod pg;
+pub mod raw_h2;
+pub mod rows;
+pub mod scratch;
+pub mod served;
