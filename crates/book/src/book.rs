@@ -166,6 +166,12 @@ impl OrderBook {
         Ok(())
     }
 
+    /// Moves the book's sequence forward to `sequence` without changing a level: events
+    /// that are not book changes (a status) took those sequences. Never moves it back.
+    pub fn advance(&mut self, sequence: Sequence) {
+        self.sequence = self.sequence.max(sequence);
+    }
+
     /// Applies changed levels in order. `sequence` must be the book's next sequence.
     /// On error nothing is applied.
     pub fn apply_delta(&mut self, sequence: Sequence, delta: &BookDelta) -> Result<(), BookError> {

@@ -3,6 +3,8 @@
 //! - [`OrderBook`] applies snapshots and deltas; integrity problems (crossed book,
 //!   negative quantity, sequence gap) come back as [`BookError`] values and leave the book
 //!   exactly as it was — an update is never applied half-way.
+//! - [`BookFollower`] keeps a subscriber's copy of a book from Raven's book channel and
+//!   says when events were missed or a resync replaced it.
 //! - [`diff_levels`] turns two top-N views into the changes between them, which is how
 //!   depth-limited subscribers get deltas that keep their N levels exact.
 //! - [`top`] publishes the top of book through a seqlock so other threads read it without
@@ -10,7 +12,9 @@
 
 mod book;
 mod depth;
+mod follow;
 pub mod top;
 
 pub use book::{BookError, OrderBook};
 pub use depth::diff_levels;
+pub use follow::{BookFollower, FollowError, Step};

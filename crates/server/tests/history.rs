@@ -9,7 +9,7 @@ mod live;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use raven_model::{EventBody, Sequence, SnapshotKind};
+use raven_model::{EventBody, SnapshotKind};
 use raven_proto::pb::history_client::HistoryClient;
 use raven_proto::pb::market_client::MarketClient;
 use raven_proto::pb::stream_request::Request as Req;
@@ -490,21 +490,16 @@ async fn a_subscription_with_a_start_gets_history_then_live_with_no_gap() {
             // The same book as every stored book event from the run's first snapshot up
             // to that sequence gives.
             let stored = query(&server, request(&["SIM:BTC-USD"], &[channel])).await;
-            let mut book = raven_book::OrderBook::new();
+            let mut follower = raven_book::BookFollower::new();
             for e in stored
                 .iter()
                 .take_while(|e| e.sequence <= history[0].sequence)
             {
-                match convert::body_from_pb(e).unwrap() {
-                    Some(EventBody::Snapshot(s)) => {
-                        book.apply_snapshot(Sequence(e.sequence), &s).unwrap()
-                    }
-                    Some(EventBody::Delta(d)) => {
-                        book.apply_delta(Sequence(e.sequence), &d).unwrap()
-                    }
-                    _ => {}
+                if let Some(body) = convert::body_from_pb(e).unwrap() {
+                    follower.apply(e.sequence, &body).unwrap();
                 }
             }
+            let book = follower.book().unwrap();
             let Some(EventBody::Snapshot(first)) = convert::body_from_pb(history[0]).unwrap()
             else {
                 panic!("{:?}", history[0]);

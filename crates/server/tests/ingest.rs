@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use raven_book::OrderBook;
+use raven_book::{BookFollower, OrderBook};
 use raven_model::{
     BookDelta, EventBody, LevelChange, Price, Qty, Sequence, Side, SnapshotKind, StatusKind,
     UnixNanos,
@@ -187,7 +187,7 @@ async fn published_events_reach_subscribers_exactly() {
     expected.apply_delta(Sequence(2), &d1).unwrap();
     expected.apply_delta(Sequence(3), &d2).unwrap();
 
-    let mut book = OrderBook::new();
+    let mut book = BookFollower::new();
     let (mut trade_seen, mut rejected) = (false, false);
     while !(trade_seen && rejected) {
         let events = if pending.is_empty() {
@@ -204,13 +204,10 @@ async fn published_events_reach_subscribers_exactly() {
             let Some(body) = body_from_pb(&e).unwrap() else {
                 continue;
             };
-            let next = book.sequence().next();
+            // Every book-channel event, the status included, in sequence.
+            book.apply(e.sequence, &body).unwrap();
             match body {
-                EventBody::Snapshot(s) => {
-                    book = OrderBook::new();
-                    book.apply_snapshot(next, &s).unwrap();
-                }
-                EventBody::Delta(d) => book.apply_delta(next, &d).unwrap(),
+                EventBody::Snapshot(_) | EventBody::Delta(_) => {}
                 EventBody::Trade(t) => {
                     assert_eq!(
                         (t.price, t.qty, t.trade_id.as_str()),
@@ -229,7 +226,7 @@ async fn published_events_reach_subscribers_exactly() {
         }
     }
     assert_eq!(
-        book.snapshot(0, SnapshotKind::Initial),
+        book.book().unwrap().snapshot(0, SnapshotKind::Initial),
         expected.snapshot(0, SnapshotKind::Initial)
     );
     server.shutdown().await.unwrap();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 mod common;
 
-use raven_book::OrderBook;
+use raven_book::{BookFollower, Step};
 use raven_model::{EventBody, SnapshotKind, StatusKind};
 use raven_proto::convert::body_from_pb;
 use raven_proto::pb::{self, market_client::MarketClient, stream_request::Request as Req};
@@ -108,36 +108,28 @@ fn is_snapshot_end(e: &pb::Event) -> bool {
     matches!(e.body, Some(pb::event::Body::SnapshotEnd(_)))
 }
 
-/// A client-side book per instrument, checking that deltas are contiguous.
+/// A client-side book per instrument: every book event in sequence, none refused.
 #[derive(Default)]
-struct Books {
-    books: HashMap<String, (u64, OrderBook)>,
-    resyncs: usize,
-}
+struct Books(HashMap<String, BookFollower>);
 
 impl Books {
     fn apply(&mut self, e: &pb::Event) {
         let Some(body) = body_from_pb(e).unwrap() else {
             return;
         };
-        let (seq, book) = self.books.entry(e.instrument.clone()).or_default();
-        let next = book.sequence().next();
-        match body {
-            EventBody::Snapshot(s) => {
-                if s.kind == SnapshotKind::Resync {
-                    self.resyncs += 1;
-                }
-                assert!(e.sequence >= *seq, "snapshot went back in time");
-                *book = OrderBook::new();
-                book.apply_snapshot(next, &s).unwrap();
-            }
-            EventBody::Delta(d) => {
-                assert_eq!(e.sequence, *seq + 1, "{}: delta sequence gap", e.instrument);
-                book.apply_delta(next, &d).unwrap();
-            }
-            other => panic!("unexpected book-channel event {other:?}"),
-        }
-        *seq = e.sequence;
+        let follower = self.0.entry(e.instrument.clone()).or_default();
+        let step = follower
+            .apply(e.sequence, &body)
+            .unwrap_or_else(|error| panic!("{}: {error}", e.instrument));
+        assert!(
+            matches!(step, Step::Replaced { .. } | Step::Applied),
+            "{}: unexpected book-channel event {body:?}",
+            e.instrument
+        );
+    }
+
+    fn resyncs(&self) -> u64 {
+        self.0.values().map(BookFollower::resyncs).sum()
     }
 }
 
@@ -179,12 +171,12 @@ async fn every_instrument_rebuilt_from_stream_equals_snapshot_call() {
                 .unwrap()
                 .into_inner();
             // The stream is behind the engine: read until this book reaches that sequence.
-            while books.books[name].0 < snap.sequence {
+            while books.0[name].sequence() < snap.sequence {
                 let e = sub.next().await;
                 books.apply(&e);
             }
-            let (seq, book) = &books.books[name];
-            assert_eq!(*seq, snap.sequence, "{name} passed the snapshot's sequence");
+            let (seq, book) = (books.0[name].sequence(), books.0[name].book().unwrap());
+            assert_eq!(seq, snap.sequence, "{name} passed the snapshot's sequence");
             let expected = body_from_pb(&snap).unwrap().unwrap();
             assert_eq!(
                 EventBody::Snapshot(book.snapshot(depth as usize, SnapshotKind::Initial)),
@@ -195,7 +187,7 @@ async fn every_instrument_rebuilt_from_stream_equals_snapshot_call() {
                 assert!(book.depth(raven_model::Side::Bid) <= depth as usize);
             }
         }
-        assert_eq!(books.resyncs, 0);
+        assert_eq!(books.resyncs(), 0);
     }
     server.shutdown().await.unwrap();
 }
@@ -283,7 +275,7 @@ async fn stalled_client_is_resynced_while_a_fast_client_sees_no_gap() {
                 after_lag += 1;
             }
         }
-        (events, books.resyncs)
+        (events, books.resyncs())
     });
     let (fast_events, fast_resyncs) = fast_reader.await.unwrap();
     assert!(fast_events > 3_000);
@@ -303,14 +295,14 @@ async fn stalled_client_is_resynced_while_a_fast_client_sees_no_gap() {
     let mut gaps = 0;
     let mut pending_gap: HashMap<String, u64> = HashMap::new();
     let mut after_resync = 0;
-    while books.resyncs == 0 || gaps == 0 || after_resync < 2000 {
+    while books.resyncs() == 0 || gaps == 0 || after_resync < 2000 {
         let e = stalled.next().await;
         if is_snapshot_end(&e) {
             continue;
         }
         if e.channel == pb::Channel::Book as i32 {
             books.apply(&e);
-            if books.resyncs > 0 {
+            if books.resyncs() > 0 {
                 after_resync += 1;
             }
             continue;

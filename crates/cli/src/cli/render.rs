@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use raven_book::OrderBook;
+use raven_book::BookFollower;
 use raven_model::{Aggressor, EventBody, Level, Price, Side, StatusKind};
 use raven_proto::convert::{body_from_pb, level_from_pb};
 use raven_proto::pb;
@@ -76,7 +76,7 @@ fn top(level: Option<&Level>) -> String {
 /// Prints a stream of events, keeping a local book per instrument for the human view.
 pub struct Printer {
     json: bool,
-    books: HashMap<String, OrderBook>,
+    books: HashMap<String, BookFollower>,
 }
 
 impl Printer {
@@ -190,12 +190,17 @@ impl Printer {
     ) -> io::Result<()> {
         let name = &e.instrument;
         let seq = e.sequence;
+        // Book-channel events (statuses too: they take a sequence) keep the local book.
+        let followed = match body {
+            EventBody::Snapshot(_) | EventBody::Delta(_) | EventBody::Status(_) => {
+                Some(self.books.entry(name.clone()).or_default().apply(seq, body))
+            }
+            _ => None,
+        };
         match body {
             EventBody::Snapshot(s) => {
-                let book = self.books.entry(name.clone()).or_default();
-                let next = book.sequence().next();
                 // The server only sends valid books; if one is not, say so and go on.
-                if let Err(err) = book.apply_snapshot(next, s) {
+                if let Some(Err(err)) = followed {
                     return writeln!(out, "{name:<16} #{seq:<8} invalid snapshot: {err}");
                 }
                 let label = if s.kind == raven_model::SnapshotKind::Resync {
@@ -213,11 +218,15 @@ impl Printer {
                 )
             }
             EventBody::Delta(d) => {
-                let book = self.books.entry(name.clone()).or_default();
-                let next = book.sequence().next();
-                if let Err(err) = book.apply_delta(next, d) {
+                if let Some(Err(err)) = followed {
                     return writeln!(out, "{name:<16} #{seq:<8} delta does not apply: {err}");
                 }
+                let Some(book) = self.books.get(name).and_then(BookFollower::book) else {
+                    return writeln!(
+                        out,
+                        "{name:<16} #{seq:<8} delta    (waiting for a snapshot)"
+                    );
+                };
                 writeln!(
                     out,
                     "{name:<16} #{seq:<8} delta    {:>2} changes  bid {}  ask {}",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use prost::Message;
-use raven_book::OrderBook;
+use raven_book::{BookFollower, OrderBook, Step};
 use raven_model::{
     Event, EventBody, InstrumentError, InstrumentId, InstrumentName, Sequence, SnapshotKind,
     StatusKind, UnixNanos,
@@ -515,7 +515,9 @@ fn collect_backlog(
 /// A book being rebuilt from stored events.
 #[derive(Default)]
 struct Rebuilding {
-    book: Option<(OrderBook, pb::Event)>,
+    follower: BookFollower,
+    /// The last event that changed the book.
+    last: Option<pb::Event>,
     /// A recorded gap since the last snapshot: the book is unknown until the next one.
     lost: Option<(u64, pb::Status)>,
 }
@@ -533,30 +535,25 @@ impl Rebuilding {
                 event.sequence
             ))
         };
-        match body_from_pb(&event).map_err(|e| invalid(&e))? {
-            Some(EventBody::Snapshot(snapshot)) => {
-                let mut fresh = OrderBook::new();
-                fresh
-                    .apply_snapshot(Sequence(event.sequence), &snapshot)
-                    .map_err(|e| invalid(&e))?;
-                self.book = Some((fresh, event));
+        let Some(body) = body_from_pb(&event).map_err(|e| invalid(&e))? else {
+            return Ok(());
+        };
+        match self
+            .follower
+            .apply(event.sequence, &body)
+            .map_err(|e| invalid(&e))?
+        {
+            Step::Replaced { .. } => {
                 self.lost = None;
+                self.last = Some(event);
             }
-            Some(EventBody::Delta(delta)) => {
-                if let Some((current, last)) = self.book.as_mut() {
-                    current
-                        .apply_delta(Sequence(event.sequence), &delta)
-                        .map_err(|e| invalid(&e))?;
-                    *last = event;
-                }
-            }
-            Some(EventBody::Status(status)) if status.kind == StatusKind::Gap => {
+            Step::Applied => self.last = Some(event),
+            Step::Status(StatusKind::Gap) => {
                 if let Some(pb::event::Body::Status(recorded)) = event.body {
                     self.lost = Some((event.sequence, recorded));
                 }
-                self.book = None;
             }
-            _ => {}
+            Step::Status(_) | Step::Waiting | Step::Ignored => {}
         }
         Ok(())
     }
@@ -569,7 +566,7 @@ impl Rebuilding {
                 "{} book events up to sequence {sequence} were lost, not recorded ({}); the book is unknown until the next stored snapshot",
                 gap.missed, gap.detail
             ))),
-            None => Ok(self.book),
+            None => Ok(self.follower.into_book().zip(self.last)),
         }
     }
 }
