@@ -1,11 +1,41 @@
 //! The gRPC surface: `raven.v1.Market` ([`market`]), `raven.v1.Ingest` ([`ingest`]),
 //! `raven.v1.History` ([`history`]), plus the standard health and reflection services,
 //! wired up in [`crate::app`], over the listener's [`connections`] (handshake and idle
-//! limits, cut at a drain's deadline). Requests are validated here and refused with
-//! precise status codes before anything reaches the engine.
+//! limits, cut at a drain's deadline). Requests are validated in one place (`request`)
+//! and refused with precise status codes before anything reaches the engine or the
+//! store; what the read side answers becomes a status here too, once.
 
 pub mod connections;
 pub mod history;
 pub mod ingest;
 pub mod market;
-mod session;
+mod request;
+
+use std::pin::Pin;
+
+use futures::Stream;
+use raven_proto::wire::EncodedBatch;
+use tonic::Status;
+
+use crate::query::QueryError;
+use crate::store::StoreError;
+
+/// A server stream of encoded event batches (live or recorded).
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedBatch, Status>> + Send>>;
+
+impl From<QueryError> for Status {
+    fn from(error: QueryError) -> Status {
+        let message = error.to_string();
+        match error {
+            QueryError::Store(StoreError::Corrupt(_)) => Status::data_loss(message),
+            QueryError::Store(_) => {
+                Status::unavailable(format!("the store is unavailable: {message}"))
+            }
+            QueryError::NotFound(_) => Status::not_found(message),
+            QueryError::DataLoss(_) => Status::data_loss(message),
+            QueryError::TooLarge(_) => Status::resource_exhausted(message),
+            QueryError::Behind(_) | QueryError::ShuttingDown => Status::unavailable(message),
+            QueryError::Task(_) => Status::internal(message),
+        }
+    }
+}

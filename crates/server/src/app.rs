@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 use crate::api::connections::{Connections, TrackRequests};
-use crate::api::history::{HistoryApi, Recorded};
+use crate::api::history::HistoryApi;
 use crate::api::ingest::{self, IngestApi};
 use crate::api::market::{Limits, MarketApi, MarketService};
 use crate::clock::Clock;
@@ -36,6 +36,7 @@ use crate::engine::{Engine, EngineConfig, ShardContext};
 use crate::fanout::{Closed, Fanout};
 use crate::feed::sim::SimFeed;
 use crate::feed::{Catalog, Feed, FeedContext, FeedHandle};
+use crate::query::{Recorded, StoreReader};
 use crate::recorder::{Recorder, RecorderStats};
 use crate::shutdown::{self, Trigger};
 use crate::store::StoreError;
@@ -173,13 +174,15 @@ pub async fn start(
         Limits {
             max_instruments_per_request: config.max_instruments_per_request,
             max_subscriptions: MAX_SUBSCRIPTIONS_PER_STREAM,
+            start_backlog_bytes: config.start_backlog_bytes,
             fanout: config.fanout,
         },
     );
     if let (Some(store), Some(recorder)) = (&config.store, &recorder) {
         service = service.with_history(Recorded {
-            store: store.clone(),
+            reader: StoreReader::new(store.clone()),
             run: recorder.run(),
+            committed: recorder.committed(),
         });
     }
     let service = Arc::new(service);
@@ -211,7 +214,7 @@ pub async fn start(
         .add_service(market)
         .add_service(ingest)
         .add_service(HistoryServer::new(HistoryApi::new(
-            config.store.clone(),
+            config.store.clone().map(StoreReader::new),
             clock,
             shutdown,
         )))

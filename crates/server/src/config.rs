@@ -149,6 +149,11 @@ pub struct ServerSection {
     /// after telling every stream it is going away; then what remains is cut. The
     /// recorder's last batches are written after that. Default 5.
     pub drain_secs: u64,
+    /// MiB of recorded events one subscribe with a start time may send before its live
+    /// part, over all the instruments it names; past it the subscribe is refused with
+    /// `RESOURCE_EXHAUSTED`. Bounds what the server holds in memory for one request.
+    /// Default 64.
+    pub start_backlog_mb: usize,
 }
 
 impl Default for ServerSection {
@@ -161,6 +166,7 @@ impl Default for ServerSection {
             handshake_timeout_secs: 10,
             idle_timeout_secs: 300,
             drain_secs: 5,
+            start_backlog_mb: 64,
         }
     }
 }
@@ -262,6 +268,8 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     /// Subscribe request size limit.
     pub max_instruments_per_request: usize,
+    /// Bytes of recorded events one subscribe with a start time may send first.
+    pub start_backlog_bytes: usize,
     /// Handshake and idle limits for connections.
     pub connections: ConnectionLimits,
     /// How long a shutdown waits for connections before cutting them.
@@ -330,6 +338,13 @@ impl FileConfig {
                 "server.drain_secs",
                 &self.server.drain_secs,
                 "must be at most 3600",
+            ));
+        }
+        if self.server.start_backlog_mb == 0 || self.server.start_backlog_mb > 4096 {
+            return Err(invalid(
+                "server.start_backlog_mb",
+                &self.server.start_backlog_mb,
+                "must be 1 to 4096",
             ));
         }
         if self.server.max_instruments_per_request == 0 {
@@ -426,6 +441,7 @@ impl FileConfig {
             keepalive: Duration::from_secs(self.server.keepalive_secs),
             keepalive_timeout: Duration::from_secs(self.server.keepalive_timeout_secs.max(1)),
             max_instruments_per_request: self.server.max_instruments_per_request,
+            start_backlog_bytes: self.server.start_backlog_mb << 20,
             connections: ConnectionLimits {
                 handshake: Duration::from_secs(self.server.handshake_timeout_secs),
                 idle: Duration::from_secs(self.server.idle_timeout_secs),

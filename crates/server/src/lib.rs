@@ -5,7 +5,8 @@
 //! `engine` (one writer per instrument: books, sequences, BBO, candles; encodes each
 //! event once) → `fanout` (bounded per-subscriber mailboxes) → `api` (gRPC streams).
 //! The `recorder` taps the engine and writes every event to a `store` (SQLite or
-//! PostgreSQL). `app` wires them together from a `config`, with the time from a
+//! PostgreSQL); `query` reads it back (history, book-at-time, replay, the history→live
+//! handover). `app` wires them together from a `config`, with the time from a
 //! `clock`, and stops them on a `shutdown` signal.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod engine;
 pub mod fanout;
 pub mod feed;
+pub mod query;
 pub mod recorder;
 pub mod shutdown;
 pub mod store;

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use raven_model::{Event, InstrumentRegistry};
+use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::store::spill::Spill;
@@ -103,6 +104,7 @@ pub struct Recorder {
     queue: Arc<Queue>,
     stats: Arc<RecorderStats>,
     run: u64,
+    committed: watch::Receiver<u64>,
 }
 
 impl Recorder {
@@ -128,12 +130,13 @@ impl Recorder {
         }
         let queue = Arc::new(Queue::new(spill, config.queue_bytes, stats.clone()));
         let (done, written) = crossbeam_channel::bounded(1);
+        let (commits, committed) = watch::channel(0);
         let writer = {
             let (queue, stats, retry_every) = (queue.clone(), stats.clone(), config.retry_every);
             std::thread::Builder::new()
                 .name("raven-writer".into())
                 .spawn(move || {
-                    write(store, &queue, &stats, &*clock, retry_every);
+                    write(store, &queue, &stats, &commits, &*clock, retry_every);
                     let _ = done.send(());
                 })?
         };
@@ -150,12 +153,19 @@ impl Recorder {
             queue,
             stats,
             run,
+            committed,
         })
     }
 
     /// This server run's id in the store.
     pub fn run(&self) -> u64 {
         self.run
+    }
+
+    /// The count of batches committed to the store, which moves after every commit: the
+    /// watermark readers wait on for what they know was published.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
     }
 
     /// The shared counters.
@@ -277,6 +287,7 @@ fn write(
     mut store: Box<dyn Store>,
     queue: &Queue,
     stats: &RecorderStats,
+    commits: &watch::Sender<u64>,
     clock: &dyn Clock,
     retry_every: Duration,
 ) {
@@ -310,6 +321,7 @@ fn write(
                     tracing::info!(store = %store.describe(), "store back; backfilling what waited");
                 }
                 note_lag(stats, clock, &batch);
+                commits.send_modify(|n| *n += 1);
                 if !queue.written() {
                     return;
                 }

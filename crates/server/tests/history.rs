@@ -616,3 +616,60 @@ async fn subscriptions_with_a_start_are_refused_precisely_when_they_cannot_be_se
     assert_eq!(e.code(), Code::FailedPrecondition);
     off.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_with_a_start_is_bounded_in_bytes_over_all_its_instruments() {
+    let server = common::server(|f| {
+        f.sim.rate = 20_000;
+        f.server.start_backlog_mb = 1;
+    })
+    .await;
+    let start = now_ns();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let names = raven_server::feed::sim::instrument_names();
+    let stored = |names: &[&str]| {
+        let request = pb::HistoryRequest {
+            from: start,
+            ..request(names, &[pb::Channel::Book])
+        };
+        async {
+            query(&server, request)
+                .await
+                .iter()
+                .map(Message::encoded_len)
+                .sum::<usize>()
+        }
+    };
+    // What the test relies on: the eight books together pass 1 MiB, one of them does not.
+    let (all, one) = (stored(&names).await, stored(&names[..1]).await);
+    assert!(
+        all > 1_200_000 && one < 800_000,
+        "all {all} bytes, one {one}"
+    );
+
+    let book = |instruments: &[&str]| pb::Subscribe {
+        instruments: instruments.iter().map(|n| n.to_string()).collect(),
+        ..subscribe(pb::Channel::Book, 0, start)
+    };
+    let refused = match stream_events(&server, vec![book(&names)], Duration::from_secs(5)).await {
+        Err(status) => status,
+        Ok(events) => panic!("not refused: {} events came", events.len()),
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("server.start_backlog_mb"),
+        "{}",
+        refused.message()
+    );
+    // One book's history fits: it comes, then the marker, then live events.
+    let events = stream_events(&server, vec![book(&names[..1])], Duration::from_secs(1))
+        .await
+        .unwrap();
+    let end = events
+        .iter()
+        .position(|e| matches!(e.body, Some(pb::event::Body::HistoryEnd(_))))
+        .expect("HistoryEnd");
+    assert!(end > 100, "{end} recorded events before the marker");
+    assert!(events.len() > end + 1, "no live events after the marker");
+    server.shutdown().await.unwrap();
+}

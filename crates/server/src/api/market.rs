@@ -1,25 +1,24 @@
-//! `raven.v1.Market`: live streams, snapshots and the instrument list.
+//! `raven.v1.Market`: live streams ([`session`]: one client's `Stream` call), snapshots
+//! and the instrument list.
 
-use std::pin::Pin;
+mod session;
+
 use std::sync::Arc;
 
-use futures::Stream;
-use raven_model::{Channel, InstrumentError, InstrumentId, InstrumentName, InstrumentRegistry};
-use raven_proto::convert::{ProtoError, channel_from_pb, event_to_pb};
-use raven_proto::limits::MAX_DEPTH;
+use raven_model::{InstrumentId, InstrumentRegistry};
+use raven_proto::convert::event_to_pb;
 use raven_proto::market_server::Market;
 use raven_proto::pb;
-use raven_proto::wire::EncodedBatch;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::history::Recorded;
-use super::session;
+use super::{EventStream, request};
 use crate::clock::Clock;
 use crate::config::FanoutConfig;
 use crate::engine::{Command, EngineCommands, EngineError};
 use crate::fanout::Fanout;
 use crate::feed::Catalog;
+use crate::query::Recorded;
 
 /// Everything the service needs, shared by all calls.
 pub struct MarketService {
@@ -41,6 +40,9 @@ pub struct Limits {
     pub max_instruments_per_request: usize,
     /// Subscriptions one stream may hold.
     pub max_subscriptions: usize,
+    /// Bytes of recorded events one subscribe with a start time may send before its
+    /// live part, over all its instruments.
+    pub start_backlog_bytes: usize,
     /// Queue and batch settings.
     pub fanout: FanoutConfig,
 }
@@ -73,12 +75,7 @@ impl MarketService {
 
     /// Resolves a client-supplied instrument name.
     pub(super) fn resolve(&self, name: &str) -> Result<InstrumentId, Status> {
-        let parsed = InstrumentName::parse(name).map_err(|e| match e {
-            InstrumentError::Empty => Status::invalid_argument(
-                "instrument name is empty; expected VENUE:SYMBOL, e.g. SIM:BTC-USD",
-            ),
-            other => Status::invalid_argument(other.to_string()),
-        })?;
+        let parsed = request::name(name)?;
         self.registry.id(&parsed).ok_or_else(|| {
             Status::not_found(format!(
                 "unknown instrument {name:?}; ListInstruments (`raven instruments`) shows what this server has"
@@ -119,30 +116,6 @@ pub(super) fn engine_status(e: EngineError) -> Status {
     Status::unavailable(e.to_string())
 }
 
-/// Checks a channel number from a request.
-pub(super) fn channel(value: i32) -> Result<Channel, Status> {
-    channel_from_pb(value).map_err(|e| match e {
-        ProtoError::UnknownEnum { value: 0, .. } => Status::invalid_argument(
-            "channel is required: CHANNEL_BOOK, CHANNEL_BBO, CHANNEL_TRADES or CHANNEL_CANDLES",
-        ),
-        _ => Status::invalid_argument(format!(
-            "unknown channel {value}; expected CHANNEL_BOOK (1), CHANNEL_BBO (2), CHANNEL_TRADES (3) or CHANNEL_CANDLES (4)"
-        )),
-    })
-}
-
-/// Checks a requested depth.
-pub(super) fn depth(depth: u32) -> Result<u32, Status> {
-    if depth > MAX_DEPTH {
-        return Err(Status::invalid_argument(format!(
-            "depth {depth} is too large; use 1..={MAX_DEPTH}, or 0 for the full book"
-        )));
-    }
-    Ok(depth)
-}
-
-pub(super) type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedBatch, Status>> + Send>>;
-
 /// The tonic service: a cheap handle on the shared [`MarketService`].
 #[derive(Clone)]
 pub struct MarketApi(Arc<MarketService>);
@@ -174,7 +147,7 @@ impl Market for MarketApi {
     ) -> Result<Response<pb::Event>, Status> {
         let req = request.into_inner();
         let instrument = self.0.resolve(&req.instrument)?;
-        let depth = depth(req.depth)?;
+        let depth = request::depth(req.depth)?;
         let (reply, answer) = oneshot::channel();
         self.0.send(
             instrument,

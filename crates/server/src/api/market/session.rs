@@ -15,10 +15,11 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tonic::{Status, Streaming};
 
-use super::history::{self, Recorded};
-use super::market::{EventStream, MarketService, channel, depth, engine_status};
+use super::{MarketService, engine_status};
+use crate::api::{EventStream, request};
 use crate::engine::{Command, EngineError};
 use crate::fanout::{Closed, Mailbox};
+use crate::query::{self, Recorded};
 
 /// Cleans up after a stream, however it ends.
 struct Guard {
@@ -150,8 +151,8 @@ impl Session {
     }
 
     async fn subscribe(&mut self, s: pb::Subscribe) -> Result<(), Status> {
-        let channel = channel(s.channel)?;
-        let depth = depth(s.depth)?;
+        let channel = request::channel(s.channel)?;
+        let depth = request::depth(s.depth)?;
         if depth != 0 && channel != Channel::Book {
             return Err(Status::invalid_argument(
                 "depth applies to the book channel only",
@@ -173,6 +174,8 @@ impl Session {
             0 => None,
             start => Some(self.history_source(start, channel, depth)?),
         };
+        // What the recorded events of all the request's instruments may take together.
+        let mut budget = self.service.limits.start_backlog_bytes;
         for id in ids {
             if recorded.is_some() {
                 // Live events queue behind the held output until the history is in front.
@@ -201,7 +204,9 @@ impl Session {
                     Ok(upto) => {
                         let name = self.service.registry.name(id).map(|n| n.to_string());
                         let name = name.unwrap_or_default();
-                        history::backlog(recorded, &name, channel, s.start, upto).await
+                        query::backlog(recorded, &name, channel, s.start, upto, &mut budget)
+                            .await
+                            .map_err(Status::from)
                     }
                     Err(e) => Err(e),
                 };
@@ -225,12 +230,7 @@ impl Session {
                 "recording is off on this server (store.url = \"off\"): a subscription cannot start from history",
             )
         })?;
-        let now = self.service.clock.now().0;
-        if start > now {
-            return Err(Status::invalid_argument(format!(
-                "start ({start}) is in the future (server time {now})"
-            )));
-        }
+        request::not_future("start", start, self.service.clock.now().0)?;
         if channel == Channel::Book && depth != 0 {
             return Err(Status::invalid_argument(
                 "a book subscription with a start time is full depth: use depth 0",
@@ -240,7 +240,7 @@ impl Session {
     }
 
     async fn unsubscribe(&mut self, u: pb::Unsubscribe) -> Result<(), Status> {
-        let channel = channel(u.channel)?;
+        let channel = request::channel(u.channel)?;
         let ids = self.service.resolve_all(&u.instruments, "unsubscribe")?;
         for id in ids {
             let (done, finished) = oneshot::channel();
