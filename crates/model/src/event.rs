@@ -61,9 +61,38 @@ impl Channel {
         Channel::Candles,
     ];
 
-    /// Dense index for per-channel tables.
-    pub fn index(self) -> usize {
+    fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// One `T` per channel, indexed by [`Channel`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerChannel<T>([T; 4]);
+
+impl<T> PerChannel<T> {
+    /// Each channel with its value, in wire order.
+    pub fn iter(&self) -> impl Iterator<Item = (Channel, &T)> {
+        Channel::ALL.into_iter().zip(&self.0)
+    }
+
+    /// Each channel with its value, mutable, in wire order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Channel, &mut T)> {
+        Channel::ALL.into_iter().zip(&mut self.0)
+    }
+}
+
+impl<T> std::ops::Index<Channel> for PerChannel<T> {
+    type Output = T;
+
+    fn index(&self, channel: Channel) -> &T {
+        &self.0[channel.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<Channel> for PerChannel<T> {
+    fn index_mut(&mut self, channel: Channel) -> &mut T {
+        &mut self.0[channel.index()]
     }
 }
 

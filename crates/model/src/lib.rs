@@ -12,8 +12,8 @@ mod time;
 
 pub use event::{
     Aggressor, Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody,
-    FeedEvent, FeedKind, Level, LevelChange, Sequence, Side, SnapshotKind, Status, StatusKind,
-    Trade,
+    FeedEvent, FeedKind, Level, LevelChange, PerChannel, Sequence, Side, SnapshotKind, Status,
+    StatusKind, Trade,
 };
 pub use fixed::{FIXED_DECIMALS, FIXED_SCALE, FixedError, FixedErrorKind, Price, Qty};
 pub use instrument::{

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::api::connections::ConnectionLimits;
-use crate::fanout::LagPolicy;
+use crate::fanout::{FanoutConfig, LagPolicy};
 use crate::feed::sim::SimConfig;
 use crate::recorder::RecorderConfig;
 
@@ -242,19 +242,6 @@ impl Default for FanoutSection {
             write_budget_per_s: 50_000,
         }
     }
-}
-
-/// Fan-out settings, resolved.
-#[derive(Debug, Clone, Copy)]
-pub struct FanoutConfig {
-    /// Per-subscriber queue bound, in events.
-    pub queue_events: usize,
-    /// Overflow policy for non-book channels.
-    pub trade_overflow: LagPolicy,
-    /// Largest stream message in bytes.
-    pub max_batch_bytes: usize,
-    /// Stream writes per second over all clients, if limited.
-    pub write_budget_per_s: Option<u64>,
 }
 
 /// The resolved configuration.

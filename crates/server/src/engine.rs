@@ -9,7 +9,9 @@
 //! queued without limit.
 
 mod candles;
+mod derive;
 mod shard;
+mod subscribers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

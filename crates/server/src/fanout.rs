@@ -6,7 +6,8 @@
 //! Pushing is a short critical section and never waits for the client, so a stalled client
 //! costs the publisher exactly what a fast one does.
 //!
-//! Overflow is a policy, never unbounded memory:
+//! Delivery policy lives here: queue bounds, overflow, message size and the write budget
+//! ([`FanoutConfig`]). Overflow is a policy, never unbounded memory:
 //! - book channels conflate: the subscriber is marked for resync, further book events for
 //!   that view are dropped, and the engine later sends a fresh snapshot marked `resync`;
 //! - other channels follow [`LagPolicy`]: drop and report the number missed in a `Status`
@@ -15,12 +16,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use raven_model::{Channel, InstrumentId, InstrumentName, Status, StatusKind};
 use raven_proto::wire::{self, EncodedBatch};
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 /// What happens to a non-book subscription whose queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -30,6 +33,32 @@ pub enum LagPolicy {
     Gap,
     /// End the client's stream with `RESOURCE_EXHAUSTED`.
     Disconnect,
+}
+
+/// Fan-out settings, resolved.
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutConfig {
+    /// Per-subscriber queue bound, in events.
+    pub queue_events: usize,
+    /// Overflow policy for non-book channels.
+    pub trade_overflow: LagPolicy,
+    /// Largest stream message in bytes.
+    pub max_batch_bytes: usize,
+    /// Stream writes per second over all clients, if limited.
+    pub write_budget_per_s: Option<u64>,
+}
+
+impl FanoutConfig {
+    /// When a client that last wrote at `last` may write again. With a write budget,
+    /// each client's writes are spaced by subscribers/budget so that all clients
+    /// together stay within it; each write then carries more events (per-message costs
+    /// dominate with many clients). Below the timer's 1 ms resolution spacing would only
+    /// add latency, so there is none.
+    pub fn next_write(&self, subscribers: usize, last: Instant) -> Option<Instant> {
+        let budget = self.write_budget_per_s?;
+        let gap = Duration::from_secs_f64(subscribers as f64 / budget as f64);
+        (gap >= Duration::from_millis(1)).then_some(last + gap)
+    }
 }
 
 /// Where a pushed chunk belongs, for the overflow policy.
@@ -462,6 +491,29 @@ mod tests {
     use super::*;
     use prost::Message;
     use raven_proto::pb;
+
+    #[test]
+    fn the_write_budget_spaces_each_clients_writes_by_subscribers_over_budget() {
+        let config = FanoutConfig {
+            queue_events: 1,
+            trade_overflow: LagPolicy::Gap,
+            max_batch_bytes: 1,
+            write_budget_per_s: Some(50_000),
+        };
+        let last = Instant::now();
+        // 100 clients sharing 50,000 writes/s: one write each per 2 ms.
+        assert_eq!(
+            config.next_write(100, last),
+            Some(last + Duration::from_millis(2))
+        );
+        // 10 clients: 0.2 ms apart, under the timer's resolution: no spacing.
+        assert_eq!(config.next_write(10, last), None);
+        let unlimited = FanoutConfig {
+            write_budget_per_s: None,
+            ..config
+        };
+        assert_eq!(unlimited.next_write(100_000, last), None);
+    }
 
     fn route(name: &InstrumentName) -> Route<'_> {
         Route {

@@ -14,9 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{EventStream, request};
 use crate::clock::Clock;
-use crate::config::FanoutConfig;
 use crate::engine::{Command, EngineCommands, EngineError};
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, FanoutConfig};
 use crate::feed::Catalog;
 use crate::query::Recorded;
 

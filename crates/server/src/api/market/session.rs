@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use raven_model::{Channel, InstrumentId};
@@ -56,16 +55,9 @@ pub(super) fn open(
         Some((guard, None::<tokio::time::Instant>)),
         move |state| async move {
             let (guard, last_write) = state?;
-            if let (Some(last), Some(budget)) = (last_write, limits.fanout.write_budget_per_s) {
-                // Space this client's writes so that all clients together stay within the
-                // budget; each write then carries more events. Below the timer's 1 ms
-                // resolution spacing would only add latency, so it is skipped.
-                let gap = Duration::from_secs_f64(
-                    guard.service.fanout.subscribers() as f64 / budget as f64,
-                );
-                if gap >= Duration::from_millis(1) && last.elapsed() < gap {
-                    tokio::time::sleep_until(last + gap).await;
-                }
+            let subscribers = guard.service.fanout.subscribers();
+            if let Some(next) = last_write.and_then(|l| limits.fanout.next_write(subscribers, l)) {
+                tokio::time::sleep_until(next).await;
             }
             loop {
                 let drained = guard.mailbox.drain(limits.fanout.max_batch_bytes);

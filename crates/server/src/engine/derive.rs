@@ -1,0 +1,172 @@
+//! What one feed event becomes: sequenced output events, and what is derived from them
+//! (each depth-limited view's delta, the BBO when the top moved, candles when a trade
+//! closes a bar), encoded once per subscriber group and kept for the taps.
+
+use raven_book::diff_levels;
+use raven_book::top::TopOfBook;
+use raven_model::{
+    Bbo, BookDelta, BookSnapshot, Candle, Channel, Event, EventBody, Level, Side, SnapshotKind,
+    Status, StatusKind, Trade, UnixNanos,
+};
+
+use super::shard::Instrument;
+
+/// Reusable buffers so the hot path does not allocate per event.
+#[derive(Default)]
+pub(super) struct Scratch {
+    bids: Vec<Level>,
+    asks: Vec<Level>,
+    candles: Vec<Candle>,
+}
+
+/// The feed's times of the event being applied.
+pub(super) struct Times {
+    pub(super) exchange: UnixNanos,
+    pub(super) receive: UnixNanos,
+}
+
+/// Output of one event: sequencing, derivation and encoding.
+pub(super) struct Output<'a> {
+    pub(super) now: UnixNanos,
+    pub(super) tapped: Option<&'a mut Vec<Event>>,
+    pub(super) scratch: &'a mut Scratch,
+}
+
+impl Output<'_> {
+    fn event(
+        &self,
+        inst: &mut Instrument,
+        channel: Channel,
+        times: &Times,
+        body: EventBody,
+    ) -> Event {
+        Event {
+            instrument: inst.id,
+            sequence: inst.next_seq(channel),
+            exchange_time: times.exchange,
+            receive_time: times.receive,
+            publish_time: self.now,
+            body,
+        }
+    }
+
+    /// Hands a sequenced event to its channel's group (book events are encoded for the
+    /// book's groups and views by the caller) and to the taps.
+    fn emit(&mut self, inst: &mut Instrument, event: Event) {
+        let channel = event.body.channel();
+        if channel != Channel::Book {
+            inst.subscribers.groups[channel].encode(&inst.name, &event);
+        }
+        if let Some(tapped) = self.tapped.as_deref_mut() {
+            if channel == Channel::Book {
+                inst.since_checkpoint += 1;
+            }
+            tapped.push(event);
+        }
+    }
+
+    /// Publishes a book change (`delta` is `None` for a snapshot) to every view, then the
+    /// BBO if the top moved.
+    pub(super) fn book_changed(
+        &mut self,
+        inst: &mut Instrument,
+        times: &Times,
+        delta: Option<BookDelta>,
+        kind: SnapshotKind,
+    ) {
+        inst.book_times = (times.exchange, times.receive);
+        let is_delta = delta.is_some();
+        let body = match delta {
+            Some(d) => EventBody::Delta(d),
+            None => EventBody::Snapshot(inst.book.snapshot(0, kind)),
+        };
+        let event = self.event(inst, Channel::Book, times, body);
+        inst.subscribers.groups[Channel::Book].encode(&inst.name, &event);
+        for view in &mut inst.subscribers.views {
+            let depth = view.depth as usize;
+            let s = &mut *self.scratch;
+            inst.book.top_into(Side::Bid, depth, &mut s.bids);
+            inst.book.top_into(Side::Ask, depth, &mut s.asks);
+            let body = if is_delta {
+                let mut changes = Vec::new();
+                diff_levels(Side::Bid, &view.bids, &s.bids, &mut changes);
+                diff_levels(Side::Ask, &view.asks, &s.asks, &mut changes);
+                EventBody::Delta(BookDelta { changes })
+            } else {
+                EventBody::Snapshot(BookSnapshot {
+                    bids: s.bids.clone(),
+                    asks: s.asks.clone(),
+                    kind,
+                })
+            };
+            std::mem::swap(&mut view.bids, &mut s.bids);
+            std::mem::swap(&mut view.asks, &mut s.asks);
+            // Every view carries the book sequence, so each view's stream stays contiguous
+            // (an unchanged top-N is an empty delta).
+            let view_event = Event {
+                instrument: event.instrument,
+                sequence: event.sequence,
+                exchange_time: event.exchange_time,
+                receive_time: event.receive_time,
+                publish_time: event.publish_time,
+                body,
+            };
+            view.group.encode(&inst.name, &view_event);
+        }
+        let book_seq = event.sequence;
+        self.emit(inst, event);
+        let bbo = Bbo {
+            bid: inst.book.best_bid(),
+            ask: inst.book.best_ask(),
+        };
+        if bbo != inst.bbo {
+            inst.bbo = bbo;
+            inst.top.publish(&TopOfBook {
+                bbo,
+                sequence: book_seq,
+                time: times.exchange,
+            });
+            let event = self.event(inst, Channel::Bbo, times, EventBody::Bbo(bbo));
+            self.emit(inst, event);
+        }
+    }
+
+    /// Publishes a trade, and the candles it closes first.
+    pub(super) fn trade(&mut self, inst: &mut Instrument, times: &Times, trade: Trade) {
+        let mut closed = std::mem::take(&mut self.scratch.candles);
+        inst.candles
+            .on_trade(times.exchange, trade.price, trade.qty, &mut closed);
+        for candle in closed.drain(..) {
+            let event = self.event(inst, Channel::Candles, times, EventBody::Candle(candle));
+            self.emit(inst, event);
+        }
+        self.scratch.candles = closed;
+        let event = self.event(inst, Channel::Trades, times, EventBody::Trade(trade));
+        self.emit(inst, event);
+    }
+
+    /// Publishes a status event on `channel` (on the book: to every view too).
+    pub(super) fn status(
+        &mut self,
+        inst: &mut Instrument,
+        times: &Times,
+        channel: Channel,
+        kind: StatusKind,
+        detail: String,
+    ) {
+        let status = Status {
+            kind,
+            channel,
+            missed: 0,
+            detail,
+        };
+        let event = self.event(inst, channel, times, EventBody::Status(status));
+        if channel == Channel::Book {
+            inst.subscribers.groups[Channel::Book].encode(&inst.name, &event);
+            for view in &mut inst.subscribers.views {
+                view.group.encode(&inst.name, &event);
+            }
+        }
+        self.emit(inst, event);
+    }
+}

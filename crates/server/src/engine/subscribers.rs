@@ -1,0 +1,241 @@
+//! Who receives an instrument's events: a group of subscribers per channel (the book's
+//! at full depth) and a view per depth-limited book, each with the bytes encoded for it
+//! in the current batch; and what a new (or resynced) subscriber receives first.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use raven_book::OrderBook;
+use raven_model::{
+    Channel, Event, EventBody, InstrumentId, InstrumentName, Level, PerChannel, Side, SnapshotKind,
+    UnixNanos,
+};
+use raven_proto::wire::{self, Header};
+
+use super::shard::Instrument;
+use crate::fanout::{Mailbox, Pushed, Route};
+
+/// Subscribers of one channel (or one book view) and the bytes encoded for them in the
+/// current batch.
+#[derive(Default)]
+pub(super) struct Group {
+    subs: Vec<Arc<Mailbox>>,
+    out: BytesMut,
+    events: u32,
+}
+
+/// Encoding buffers grow in blocks this large. Flushed bytes are handed out as shared
+/// slices of the block, so a small reserve would allocate again for nearly every event.
+const ENCODE_BLOCK: usize = 64 * 1024;
+
+impl Group {
+    /// Encodes `event` for the group's subscribers, if it has any.
+    pub(super) fn encode(&mut self, name: &InstrumentName, event: &Event) {
+        if self.subs.is_empty() {
+            return;
+        }
+        if self.out.capacity() - self.out.len() < ENCODE_BLOCK / 16 {
+            self.out.reserve(ENCODE_BLOCK);
+        }
+        wire::put_event(&mut self.out, name.as_str(), event);
+        self.events += 1;
+    }
+
+    /// Pushes the batch's bytes to every subscriber; returns how many refused it for lag.
+    fn flush(&mut self, route: Route<'_>) -> u64 {
+        if self.events == 0 {
+            return 0;
+        }
+        let bytes = self.out.split().freeze();
+        let events = std::mem::take(&mut self.events);
+        let mut lagged = 0;
+        self.subs.retain(|m| match m.push(&bytes, events, route) {
+            Pushed::Queued => true,
+            Pushed::Dropped => {
+                lagged += 1;
+                true
+            }
+            Pushed::Disconnected => {
+                lagged += 1;
+                false
+            }
+            Pushed::Closed => false,
+        });
+        lagged
+    }
+
+    fn remove(&mut self, subscriber: u64) {
+        self.subs.retain(|m| m.id() != subscriber);
+    }
+
+    fn has(&self, subscriber: u64) -> bool {
+        self.subs.iter().any(|m| m.id() == subscriber)
+    }
+}
+
+/// A book view at one depth. It keeps its last published levels so the deltas it sends
+/// keep exactly `depth` levels right.
+pub(super) struct BookView {
+    pub(super) depth: u32,
+    pub(super) group: Group,
+    pub(super) bids: Vec<Level>,
+    pub(super) asks: Vec<Level>,
+}
+
+/// Everyone subscribed to one instrument.
+#[derive(Default)]
+pub(super) struct Subscribers {
+    /// Per channel; the book's group takes the full book.
+    pub(super) groups: PerChannel<Group>,
+    /// Depth-limited book views, one per depth asked for.
+    pub(super) views: Vec<BookView>,
+}
+
+impl Subscribers {
+    pub(super) fn is_empty(&self) -> bool {
+        self.views.is_empty() && self.groups.iter().all(|(_, g)| g.subs.is_empty())
+    }
+
+    /// Adds `mailbox` to `channel` (at `depth`, for the book, whose current levels start
+    /// a new view).
+    pub(super) fn add(
+        &mut self,
+        channel: Channel,
+        depth: u32,
+        mailbox: Arc<Mailbox>,
+        book: &OrderBook,
+    ) {
+        if channel != Channel::Book || depth == 0 {
+            self.groups[channel].subs.push(mailbox);
+            return;
+        }
+        let view = match self.views.iter().position(|v| v.depth == depth) {
+            Some(i) => &mut self.views[i],
+            None => {
+                let mut view = BookView {
+                    depth,
+                    group: Group::default(),
+                    bids: Vec::new(),
+                    asks: Vec::new(),
+                };
+                book.top_into(Side::Bid, depth as usize, &mut view.bids);
+                book.top_into(Side::Ask, depth as usize, &mut view.asks);
+                self.views.push(view);
+                self.views.last_mut().expect("just pushed")
+            }
+        };
+        view.group.subs.push(mailbox);
+    }
+
+    /// Removes a subscriber from `channel`, or from every channel.
+    pub(super) fn remove(&mut self, subscriber: u64, channel: Option<Channel>) {
+        if channel.is_none_or(|c| c == Channel::Book) {
+            for view in &mut self.views {
+                view.group.remove(subscriber);
+            }
+            self.views.retain(|v| !v.group.subs.is_empty());
+        }
+        for (c, group) in self.groups.iter_mut() {
+            if channel.is_none_or(|ch| ch == c) {
+                group.remove(subscriber);
+            }
+        }
+    }
+
+    /// Whether `subscriber` takes the book at `depth`.
+    pub(super) fn has_book(&self, subscriber: u64, depth: u32) -> bool {
+        if depth == 0 {
+            return self.groups[Channel::Book].has(subscriber);
+        }
+        self.views
+            .iter()
+            .any(|v| v.depth == depth && v.group.has(subscriber))
+    }
+
+    /// Pushes the batch's bytes to every group; returns how many subscribers lagged.
+    pub(super) fn flush(&mut self, instrument: InstrumentId, name: &InstrumentName) -> u64 {
+        let mut lagged = 0;
+        for view in &mut self.views {
+            lagged += view.group.flush(Route {
+                instrument,
+                name,
+                channel: Channel::Book,
+                depth: view.depth,
+            });
+        }
+        for (channel, group) in self.groups.iter_mut() {
+            lagged += group.flush(Route {
+                instrument,
+                name,
+                channel,
+                depth: 0,
+            });
+        }
+        self.views.retain(|v| !v.group.subs.is_empty());
+        lagged
+    }
+}
+
+/// The book at `depth` (0: full) as a snapshot event at the book's sequence.
+pub(super) fn snapshot_event(
+    inst: &Instrument,
+    depth: u32,
+    kind: SnapshotKind,
+    now: UnixNanos,
+) -> Event {
+    Event {
+        instrument: inst.id,
+        sequence: inst.seq[Channel::Book],
+        exchange_time: inst.book_times.0,
+        receive_time: inst.book_times.1,
+        publish_time: now,
+        body: EventBody::Snapshot(inst.book.snapshot(depth as usize, kind)),
+    }
+}
+
+/// What a new (or resynced) subscriber receives first: the current state of the channel
+/// at its current sequence, then a `SnapshotEnd` marker.
+pub(super) fn initial_state(
+    inst: &Instrument,
+    channel: Channel,
+    depth: u32,
+    kind: SnapshotKind,
+    now: UnixNanos,
+) -> Bytes {
+    let mut buf = BytesMut::new();
+    let name = inst.name.as_str();
+    match channel {
+        Channel::Book => wire::put_event(&mut buf, name, &snapshot_event(inst, depth, kind, now)),
+        Channel::Bbo if inst.seq[Channel::Bbo].0 > 0 => {
+            let event = Event {
+                instrument: inst.id,
+                sequence: inst.seq[Channel::Bbo],
+                exchange_time: inst.book_times.0,
+                receive_time: inst.book_times.1,
+                publish_time: now,
+                body: EventBody::Bbo(inst.bbo),
+            };
+            wire::put_event(&mut buf, name, &event);
+        }
+        _ => {}
+    }
+    buf.extend_from_slice(&snapshot_end(inst, channel, now));
+    buf.freeze()
+}
+
+/// The `SnapshotEnd` marker: live events of `channel` continue from the next sequence.
+pub(super) fn snapshot_end(inst: &Instrument, channel: Channel, now: UnixNanos) -> Bytes {
+    let mut buf = BytesMut::new();
+    wire::put_snapshot_end(
+        &mut buf,
+        &Header {
+            instrument: inst.name.as_str(),
+            channel,
+            sequence: inst.seq[channel].0,
+            exchange_time: 0,
+            receive_time: 0,
+            publish_time: now.0,
+        },
+    );
+    buf.freeze()
+}
