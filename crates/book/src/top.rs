@@ -14,18 +14,21 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use raven_model::{Bbo, Level, Price, Qty, Sequence, UnixNanos};
 
-/// The state readers see: best levels, the book sequence and the exchange time.
+/// The state readers see: best levels, the book's sequence and the times of its last
+/// change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TopOfBook {
     /// Best bid and ask.
     pub bbo: Bbo,
-    /// Book sequence of the update that produced this state.
+    /// The book's sequence.
     pub sequence: Sequence,
-    /// Exchange time of that update.
-    pub time: UnixNanos,
+    /// Exchange time of the book's last change.
+    pub exchange_time: UnixNanos,
+    /// When Raven received it.
+    pub receive_time: UnixNanos,
 }
 
-const WORDS: usize = 9;
+const WORDS: usize = 10;
 const HAS_BID: u64 = 1;
 const HAS_ASK: u64 = 2;
 
@@ -56,7 +59,8 @@ fn encode(top: &TopOfBook) -> [u64; WORDS] {
         aq as u64,
         (aq >> 64) as u64,
         top.sequence.0,
-        top.time.0,
+        top.exchange_time.0,
+        top.receive_time.0,
         flags,
     ]
 }
@@ -68,11 +72,12 @@ fn decode(w: &[u64; WORDS]) -> TopOfBook {
     };
     TopOfBook {
         bbo: Bbo {
-            bid: (w[8] & HAS_BID != 0).then(|| level(w[0], w[1], w[2])),
-            ask: (w[8] & HAS_ASK != 0).then(|| level(w[3], w[4], w[5])),
+            bid: (w[9] & HAS_BID != 0).then(|| level(w[0], w[1], w[2])),
+            ask: (w[9] & HAS_ASK != 0).then(|| level(w[3], w[4], w[5])),
         },
         sequence: Sequence(w[6]),
-        time: UnixNanos(w[7]),
+        exchange_time: UnixNanos(w[7]),
+        receive_time: UnixNanos(w[8]),
     }
 }
 
@@ -152,7 +157,8 @@ mod tests {
                 }),
             },
             sequence: Sequence(i),
-            time: UnixNanos(i * 11),
+            exchange_time: UnixNanos(i * 11),
+            receive_time: UnixNanos(i * 13),
         }
     }
 

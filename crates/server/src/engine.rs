@@ -166,7 +166,6 @@ impl ShardContext {
 pub struct Engine {
     input: EngineInput,
     commands: EngineCommands,
-    tops: TopDirectory,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -176,10 +175,12 @@ pub struct EngineInput {
     shards: Vec<Sender<Vec<FeedEvent>>>,
 }
 
-/// The API side: routes commands to the owning shard without blocking.
+/// The API side: routes commands to the owning shard without blocking, and reads tops
+/// of book without asking a shard.
 #[derive(Clone)]
 pub struct EngineCommands {
     shards: Vec<Sender<Command>>,
+    tops: TopDirectory,
 }
 
 impl Engine {
@@ -202,8 +203,10 @@ impl Engine {
         }
         Ok(Engine {
             input: EngineInput { shards: inputs },
-            commands: EngineCommands { shards: commands },
-            tops: ctx.tops,
+            commands: EngineCommands {
+                shards: commands,
+                tops: ctx.tops,
+            },
             threads,
         })
     }
@@ -220,8 +223,7 @@ impl Engine {
 
     /// The latest top of book of an instrument, read without locking the writer.
     pub fn top_of_book(&self, instrument: InstrumentId) -> Option<TopOfBook> {
-        let tops = self.tops.read().unwrap_or_else(|p| p.into_inner());
-        tops.get(&instrument).map(TopReader::read)
+        self.commands.top_of_book(instrument)
     }
 
     /// Lets each shard finish what it has queued, then joins the threads.
@@ -293,6 +295,14 @@ impl EngineCommands {
             TrySendError::Full(_) => EngineError::Busy,
             TrySendError::Disconnected(_) => EngineError::Stopped,
         })
+    }
+
+    /// The latest top of book of an instrument (its level, sequence and times as a
+    /// depth-1 snapshot would give them), read without a round trip to its shard;
+    /// `None` until its shard has seen it.
+    pub fn top_of_book(&self, instrument: InstrumentId) -> Option<TopOfBook> {
+        let tops = self.tops.read().unwrap_or_else(|p| p.into_inner());
+        tops.get(&instrument).map(TopReader::read)
     }
 
     /// Sends `Detach` to every shard. Best effort: a shard that misses it drops the

@@ -5,7 +5,7 @@ mod session;
 
 use std::sync::Arc;
 
-use raven_model::{InstrumentId, InstrumentRegistry};
+use raven_model::{BookSnapshot, Event, EventBody, InstrumentId, InstrumentRegistry, SnapshotKind};
 use raven_proto::convert::event_to_pb;
 use raven_proto::market_server::Market;
 use raven_proto::pb;
@@ -147,6 +147,25 @@ impl Market for MarketApi {
         let req = request.into_inner();
         let instrument = self.0.resolve(&req.instrument)?;
         let depth = request::depth(req.depth)?;
+        if depth == 1
+            && let Some(top) = self.0.commands.top_of_book(instrument)
+        {
+            // The top level needs no round trip to the shard: it publishes it, with the
+            // book's sequence and times, after every book event.
+            let event = Event {
+                instrument,
+                sequence: top.sequence,
+                exchange_time: top.exchange_time,
+                receive_time: top.receive_time,
+                publish_time: self.0.clock.now(),
+                body: EventBody::Snapshot(BookSnapshot {
+                    bids: top.bbo.bid.into_iter().collect(),
+                    asks: top.bbo.ask.into_iter().collect(),
+                    kind: SnapshotKind::Initial,
+                }),
+            };
+            return Ok(Response::new(event_to_pb(&req.instrument, &event)));
+        }
         let (reply, answer) = oneshot::channel();
         self.0.send(
             instrument,

@@ -113,7 +113,6 @@ impl Output<'_> {
             };
             view.group.encode(&inst.name, &view_event);
         }
-        let book_seq = event.sequence;
         self.emit(inst, event);
         let bbo = Bbo {
             bid: inst.book.best_bid(),
@@ -121,14 +120,10 @@ impl Output<'_> {
         };
         if bbo != inst.bbo {
             inst.bbo = bbo;
-            inst.top.publish(&TopOfBook {
-                bbo,
-                sequence: book_seq,
-                time: times.exchange,
-            });
             let event = self.event(inst, Channel::Bbo, times, EventBody::Bbo(bbo));
             self.emit(inst, event);
         }
+        publish_top(inst);
     }
 
     /// Publishes a trade, and the candles it closes first.
@@ -168,5 +163,20 @@ impl Output<'_> {
             }
         }
         self.emit(inst, event);
+        if channel == Channel::Book {
+            publish_top(inst);
+        }
     }
+}
+
+/// Publishes the book's top level, sequence and times to lock-free readers after every
+/// book-channel event, so that a depth-1 snapshot read there is the one the shard would
+/// give.
+fn publish_top(inst: &mut Instrument) {
+    inst.top.publish(&TopOfBook {
+        bbo: inst.bbo,
+        sequence: inst.seq[Channel::Book],
+        exchange_time: inst.book_times.0,
+        receive_time: inst.book_times.1,
+    });
 }
