@@ -81,6 +81,10 @@ pub struct RecorderStats {
     pub failures: AtomicU64,
     /// False while the store is failing (batches wait in the queue).
     pub store_up: AtomicBool,
+    /// True while its last failure was a refusal that does not pass by itself
+    /// ([`crate::store::StoreError::is_transient`] false): recording is down until
+    /// someone acts.
+    pub refused: AtomicBool,
     /// Bytes of batches waiting in memory.
     pub memory_bytes: AtomicU64,
     /// Bytes of batches waiting in the spill file.
@@ -318,6 +322,7 @@ fn write(
                 if !up {
                     up = true;
                     stats.store_up.store(true, Ordering::Relaxed);
+                    stats.refused.store(false, Ordering::Relaxed);
                     tracing::info!(store = %store.describe(), "store back; backfilling what waited");
                 }
                 note_lag(stats, clock, &batch);
@@ -337,20 +342,39 @@ fn write(
             Err(error) => {
                 behind = true;
                 stats.failures.fetch_add(1, Ordering::Relaxed);
-                if up {
-                    up = false;
-                    stats.store_up.store(false, Ordering::Relaxed);
+                let transient = error.is_transient();
+                stats.refused.store(!transient, Ordering::Relaxed);
+                let wait = if transient {
+                    retry_every
+                } else {
+                    retry_every.max(REFUSED_RETRY)
+                };
+                if !transient {
+                    // Not something that passes: said every time, at error level, so
+                    // that it is never a quiet retry loop.
+                    tracing::error!(
+                        store = %store.describe(),
+                        %error,
+                        retry_secs = wait.as_secs(),
+                        "recording is down: the store refused the batch and will until someone acts; live streaming goes on, batches wait in memory, then in the spill file"
+                    );
+                } else if up {
                     tracing::warn!(store = %store.describe(), %error, "store failed; batches wait in memory, then in the spill file");
                 } else {
                     tracing::debug!(%error, "store still failing");
                 }
+                if up {
+                    up = false;
+                    stats.store_up.store(false, Ordering::Relaxed);
+                }
                 // While the store is down, shutdown is the one reason not to wait.
-                if queue.closed_by(Instant::now() + retry_every) {
+                if queue.closed_by(Instant::now() + wait) {
                     // One last try, then everything waits in the spill file.
                     let last = store.reconnect().and_then(|()| store.write(&batch));
                     if last.is_ok() {
                         up = true;
                         stats.store_up.store(true, Ordering::Relaxed);
+                        stats.refused.store(false, Ordering::Relaxed);
                         if !queue.written() {
                             return;
                         }
@@ -363,6 +387,10 @@ fn write(
         }
     }
 }
+
+/// How often a store that refused (rather than failed) is tried again, at least: it
+/// will not pass by itself, and each try is logged as an error.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
 /// Records how long `batch`'s first event waited to be stored.
 fn note_lag(stats: &RecorderStats, clock: &dyn Clock, batch: &Batch) {

@@ -56,6 +56,64 @@ pub enum StoreError {
     Url(String),
 }
 
+impl StoreError {
+    /// True when trying again later can succeed: the store is unreachable, busy, locked,
+    /// out of space or failing I/O, all of which pass. False when it refused in a way
+    /// that stays until someone acts: permission or authentication refused, a table or
+    /// schema that is not there or not Raven's, a corrupt or read-only file, data it
+    /// will never take. The recorder retries the first quietly and reports the second
+    /// as recording being down, loudly.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) => sqlite_transient(e),
+            StoreError::Postgres(e) => postgres_transient(e),
+            StoreError::Io(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ),
+            StoreError::Corrupt(_) | StoreError::Url(_) => false,
+        }
+    }
+}
+
+fn sqlite_transient(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    match error.sqlite_error_code() {
+        Some(
+            DatabaseBusy
+            | DatabaseLocked
+            | DiskFull
+            | SystemIoFailure
+            | OutOfMemory
+            | FileLockingProtocolFailed
+            | OperationInterrupted
+            | SchemaChanged,
+        ) => true,
+        // Anything else SQLite itself says (permission, read-only, corrupt, not a
+        // database, constraint, misuse) stays until someone acts.
+        Some(_) => false,
+        // Not from SQLite's engine (a type conversion, a bad parameter): a defect.
+        None => false,
+    }
+}
+
+fn postgres_transient(error: &::postgres::Error) -> bool {
+    let Some(db) = error.as_db_error() else {
+        // No answer from the server: the connection failed, closed or timed out.
+        return true;
+    };
+    let code = db.code().code();
+    // SQLSTATE classes that pass: connection exceptions (08), insufficient resources
+    // (53: disk full, out of memory, too many connections), operator intervention (57:
+    // shutdown, cannot connect now), transaction rollback (40: serialization, deadlock),
+    // lock not available (55P03).
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57")
+        || code.starts_with("40")
+        || code == "55P03"
+}
+
 /// What the server said, when it said something: the client's own text for a server
 /// error is only "db error".
 fn postgres_reason(error: &::postgres::Error) -> String {
@@ -292,4 +350,44 @@ pub(crate) fn position(number: u64, index: usize) -> i64 {
 /// times fit until 2262; a value over i64::MAX is refused rather than wrapped.
 pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} exceeds i64")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: std::ffi::c_int) -> StoreError {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    }
+
+    #[test]
+    fn failures_that_pass_are_transient_and_refusals_are_not() {
+        use rusqlite::ffi;
+        for code in [
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_IOERR,
+        ] {
+            assert!(sqlite(code).is_transient(), "{}", sqlite(code));
+        }
+        for code in [
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_PERM,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_NOTADB,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_CONSTRAINT,
+        ] {
+            assert!(!sqlite(code).is_transient(), "{}", sqlite(code));
+        }
+        let io = |kind| StoreError::Io(std::io::Error::from(kind));
+        assert!(io(std::io::ErrorKind::StorageFull).is_transient());
+        assert!(io(std::io::ErrorKind::ConnectionReset).is_transient());
+        assert!(!io(std::io::ErrorKind::PermissionDenied).is_transient());
+        assert!(!StoreError::Corrupt("a row does not scan".into()).is_transient());
+    }
 }

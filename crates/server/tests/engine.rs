@@ -195,7 +195,10 @@ fn simulated_market_is_sequenced_and_derived_exactly() {
             EventBody::Snapshot(book.snapshot(0, SnapshotKind::Initial))
         );
         let top = h.engine.top_of_book(*id).unwrap();
-        assert_eq!(top.sequence, snap.sequence, "the top carries the book's sequence");
+        assert_eq!(
+            top.sequence, snap.sequence,
+            "the top carries the book's sequence"
+        );
         assert_eq!(
             top.bbo,
             Bbo {

@@ -178,6 +178,71 @@ async fn a_postgres_outage_mid_run_spills_then_backfills_everything_exactly_once
     assert_stored_once(&stats, &rows, &live);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_is_reported_down_retried_slowly_and_streaming_goes_on() {
+    if !postgres_available() {
+        return;
+    }
+    let schema = unique_schema("refused");
+    let server = common::server(|f| {
+        f.sim.rate = 2_000;
+        f.store.url = PG.into();
+        f.store.schema = schema.clone();
+    })
+    .await;
+    let stats = server.recorder_stats().unwrap();
+    let watcher = tokio::spawn(live_trades(server.local_addr(), Duration::from_secs(4)));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The events table goes away: the store refuses every batch, and would forever.
+    let admin = |sql: String| {
+        tokio::task::spawn_blocking(move || {
+            let mut admin = postgres::Client::connect(PG, postgres::NoTls).unwrap();
+            admin.batch_execute(&sql).unwrap();
+        })
+    };
+    admin(format!("ALTER TABLE {schema}.events RENAME TO events_away"))
+        .await
+        .unwrap();
+    let refused_at = now_ns();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !stats.refused.load(Ordering::Relaxed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refused: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!stats.store_up.load(Ordering::Relaxed));
+    // Not retried every second (store.retry_secs) as a store that failed would be.
+    let failures = stats.failures.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        stats.failures.load(Ordering::Relaxed),
+        failures,
+        "{stats:?}"
+    );
+    assert!(stats.refused.load(Ordering::Relaxed));
+    // Someone acts; the shutdown's last try then stores everything that waited.
+    admin(format!("ALTER TABLE {schema}.events_away RENAME TO events"))
+        .await
+        .unwrap();
+    let live = watcher.await.unwrap();
+    assert!(
+        live.iter().filter(|e| e.publish_time > refused_at).count() > 100,
+        "live streaming stopped with the store"
+    );
+    server.shutdown().await.unwrap();
+    let rows = tokio::task::spawn_blocking(move || {
+        let rows = postgres_rows(&schema);
+        drop_schema(&schema);
+        rows
+    })
+    .await
+    .unwrap();
+    assert!(!stats.refused.load(Ordering::Relaxed));
+    assert_stored_once(&stats, &rows, &live);
+}
+
 fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
