@@ -10,19 +10,19 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use raven_model::{Event, InstrumentRegistry, UnixNanos};
 use raven_server::clock::SystemClock;
-use raven_server::engine::{Shard, ShardContext};
+use raven_server::engine::{Shard, ShardContext, Tapped};
 use raven_server::fanout::Fanout;
 use raven_server::feed::Catalog;
 use raven_server::feed::sim::{SimConfig, Simulator};
 use raven_server::store::postgres::PostgresStore;
 use raven_server::store::sqlite::SqliteStore;
-use raven_server::store::{Batch, Query, Store};
+use raven_server::store::{Batch, Query, Store, row};
 
 const ROWS: usize = 50_000;
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// `batches` batches of `ROWS` engine events, numbered from 0.
-fn engine_batches(batches: usize) -> Vec<Batch> {
+/// Engine output for about `rows` events, as the recorder's tap receives it.
+fn engine_output(rows: usize) -> (InstrumentRegistry, Vec<Arc<Tapped>>) {
     let registry = InstrumentRegistry::new();
     let config = SimConfig {
         seed: 3,
@@ -35,34 +35,97 @@ fn engine_batches(batches: usize) -> Vec<Batch> {
         Arc::new(SystemClock),
         Arc::new(Fanout::default()),
     );
-    let (tap, tapped) = crossbeam_channel::unbounded::<Arc<[Event]>>();
+    let (tap, tapped) = crossbeam_channel::unbounded::<Arc<Tapped>>();
     ctx.taps.push(tap);
     let mut shard = Shard::new(ctx);
     let mut input = Vec::new();
     sim.snapshots(None, &mut input);
     shard.process(input);
-    let mut events: Vec<Event> = Vec::new();
-    while events.len() < batches * ROWS {
+    let mut out = Vec::new();
+    let mut events = 0;
+    while events < rows {
         let mut input = Vec::new();
         sim.generate(10_000, &mut input);
         shard.process(input);
-        while let Ok(out) = tapped.try_recv() {
-            events.extend(out.iter().cloned());
+        while let Ok(batch) = tapped.try_recv() {
+            events += batch.rows().len();
+            out.push(batch);
         }
     }
-    events
-        .chunks(ROWS)
-        .take(batches)
-        .enumerate()
-        .map(|(number, chunk)| {
-            let mut batch = Batch::new(1, number as u64);
-            for event in chunk {
-                let name = registry.name(event.instrument).expect("registered");
-                batch.push(name.as_str(), event);
+    (registry, out)
+}
+
+/// `batches` batches of `ROWS` engine events, numbered from 0, built as the recorder
+/// builds them.
+fn engine_batches(batches: usize) -> Vec<Batch> {
+    let (registry, output) = engine_output(batches * ROWS);
+    let name = |id| registry.name(id).expect("registered");
+    let mut out = vec![Batch::new(1, 0)];
+    for tapped in &output {
+        let mut taken = 0;
+        while taken < tapped.rows().len() && out.len() <= batches {
+            let batch = out.last_mut().expect("one at least");
+            let n = (ROWS - batch.len()).min(tapped.rows().len() - taken);
+            batch.extend(tapped, taken..taken + n, name);
+            taken += n;
+            if batch.len() == ROWS {
+                out.push(Batch::new(1, out.len() as u64));
+            }
+        }
+    }
+    out.truncate(batches);
+    out
+}
+
+/// What the recorder does with engine output before a store sees it, now and as it was:
+/// a batch built from the tap's bytes and columns, against encoding every event again;
+/// its rows' columns read as kept, against parsing them back from the bytes (what a
+/// batch from the spill file still does).
+fn bench_intake(c: &mut Criterion) {
+    let (registry, output) = engine_output(ROWS);
+    let name = |id| registry.name(id).expect("registered");
+    let events: Vec<Event> = output.iter().flat_map(|t| t.events()).collect();
+    let rows = output.iter().map(|t| t.rows().len()).sum::<usize>() as u64;
+    let mut g = c.benchmark_group("recorder_intake");
+    g.throughput(Throughput::Elements(rows));
+    g.bench_function("batch_copied_from_the_tap", |b| {
+        b.iter(|| {
+            let mut batch = Batch::new(1, 0);
+            for tapped in &output {
+                batch.extend(tapped, 0..tapped.rows().len(), name);
             }
             batch
         })
-        .collect()
+    });
+    g.bench_function("batch_encoded_again", |b| {
+        b.iter(|| {
+            let mut batch = Batch::new(1, 0);
+            for event in &events {
+                batch.push(&name(event.instrument), event);
+            }
+            batch
+        })
+    });
+    let mut batch = Batch::new(1, 0);
+    for tapped in &output {
+        batch.extend(tapped, 0..tapped.rows().len(), name);
+    }
+    g.bench_function("columns_kept", |b| {
+        b.iter(|| batch.rows().map(|r| r.sequence).sum::<u64>())
+    });
+    g.bench_function("columns_parsed_back", |b| {
+        b.iter(|| {
+            let mut start = 0;
+            let mut sum = 0;
+            for &end in batch.ends() {
+                let row = row(&batch.bytes()[start..end as usize]).expect("a row scans");
+                start = end as usize;
+                sum += row.sequence;
+            }
+            sum
+        })
+    });
+    g.finish();
 }
 
 /// Reads every stored event back in record order, as `History.Query` and `Replay` do.
@@ -132,12 +195,7 @@ fn bench_window(c: &mut Criterion, name: &str, store: &mut dyn Store, batches: &
         store.write(batch).expect("write");
     }
     let middle = &batches[batches.len() / 2];
-    let from = middle
-        .rows()
-        .next()
-        .expect("rows")
-        .expect("a row")
-        .publish_time;
+    let from = middle.rows().next().expect("rows").publish_time;
     let rows = (batches.len() * ROWS) as u64;
     let window = Query {
         from,
@@ -208,5 +266,5 @@ fn stores(c: &mut Criterion) {
         .expect("drop the bench schemas");
 }
 
-criterion_group!(benches, stores);
+criterion_group!(benches, bench_intake, stores);
 criterion_main!(benches);

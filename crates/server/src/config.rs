@@ -88,6 +88,10 @@ pub struct StoreSection {
     pub batch_max_rows: usize,
     /// Seconds between attempts to reach a failed store. Default 1.
     pub retry_secs: u64,
+    /// Seconds between tries of a store that refused (permission, a table gone, a
+    /// corrupt file: it will not pass by itself; each try is logged as an error).
+    /// Default 30.
+    pub refused_retry_secs: u64,
     /// A book's full snapshot is stored after this many of its events, so a past book
     /// (`History.BookAt`) is rebuilt from the nearest one. Default 10000.
     pub snapshot_every: u32,
@@ -104,6 +108,7 @@ impl Default for StoreSection {
             batch_window_ms: 5,
             batch_max_rows: 50_000,
             retry_secs: 1,
+            refused_retry_secs: 30,
             snapshot_every: 10_000,
         }
     }
@@ -393,6 +398,13 @@ impl FileConfig {
         if self.store.retry_secs == 0 {
             return Err(invalid("store.retry_secs", &0, "must be at least 1"));
         }
+        if self.store.refused_retry_secs == 0 {
+            return Err(invalid(
+                "store.refused_retry_secs",
+                &0,
+                "must be at least 1",
+            ));
+        }
         if self.store.snapshot_every == 0 {
             return Err(invalid("store.snapshot_every", &0, "must be at least 1"));
         }
@@ -419,6 +431,7 @@ impl FileConfig {
                 window: Duration::from_millis(self.store.batch_window_ms),
                 max_rows: self.store.batch_max_rows,
                 retry_every: Duration::from_secs(self.store.retry_secs),
+                refused_retry_every: Duration::from_secs(self.store.refused_retry_secs),
                 queue_bytes: self.store.queue_mb << 20,
             },
             snapshot_every: self.store.snapshot_every,

@@ -17,9 +17,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use prost::Message;
 use raven_book::top::{TopOfBook, TopReader};
-use raven_model::{Channel, Event, FeedEvent, InstrumentId, InstrumentRegistry};
+use raven_model::{
+    Channel, Event, FeedEvent, InstrumentId, InstrumentName, InstrumentRegistry, Sequence,
+    UnixNanos,
+};
+use raven_proto::convert::body_from_pb;
+use raven_proto::{pb, wire};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -133,7 +140,7 @@ pub struct ShardContext {
     /// Routes resync requests to the feed that owns the instrument.
     pub catalog: Catalog,
     /// Lossless consumers of every event.
-    pub taps: Vec<Sender<Arc<[Event]>>>,
+    pub taps: Vec<Sender<Arc<Tapped>>>,
     /// Taps also get a checkpoint snapshot of a book after this many of its events
     /// (`SnapshotKind::Checkpoint`), so a past book is rebuilt from the nearest one.
     pub checkpoint_every: u32,
@@ -141,6 +148,113 @@ pub struct ShardContext {
     pub tops: TopDirectory,
     /// Subscriber stats.
     pub fanout: Arc<Fanout>,
+}
+
+/// One input batch's events for the taps, each encoded once (the bytes subscribers
+/// receive, copied to them rather than encoded again) with the columns a store indexes,
+/// so that the recorder neither encodes an event again nor parses its bytes back.
+#[derive(Debug, Clone, Default)]
+pub struct Tapped {
+    bytes: Bytes,
+    rows: Vec<TapRow>,
+}
+
+/// One tapped event's columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapRow {
+    /// Where its bytes end in [`Tapped::bytes`].
+    pub end: u32,
+    /// The instrument.
+    pub instrument: InstrumentId,
+    /// `raven.v1.Channel` number, or `store::CHECKPOINT_CHANNEL` for a checkpoint
+    /// snapshot (stores keep those apart from the book's events).
+    pub channel: u8,
+    /// Sequence within (instrument, channel).
+    pub sequence: u64,
+    /// Publish time, ns.
+    pub publish_time: u64,
+    /// `Event.body` field number.
+    pub kind: u8,
+}
+
+impl Tapped {
+    /// Every event's bytes (one-event `StreamResponse`s), concatenated.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Every event's columns, in order.
+    pub fn rows(&self) -> &[TapRow] {
+        &self.rows
+    }
+
+    /// Decodes the events: for tests and tools (the recorder never does).
+    pub fn events(&self) -> Vec<Event> {
+        let mut start = 0;
+        self.rows
+            .iter()
+            .map(|row| {
+                let bytes = &self.bytes[start..row.end as usize];
+                start = row.end as usize;
+                let event = pb::StreamResponse::decode(bytes)
+                    .ok()
+                    .and_then(|r| r.events.into_iter().next())
+                    .expect("the engine's own encoding decodes (invariant)");
+                Event {
+                    instrument: row.instrument,
+                    sequence: Sequence(event.sequence),
+                    exchange_time: UnixNanos(event.exchange_time),
+                    receive_time: UnixNanos(event.receive_time),
+                    publish_time: UnixNanos(event.publish_time),
+                    body: body_from_pb(&event)
+                        .ok()
+                        .flatten()
+                        .expect("the engine's own events have bodies (invariant)"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Where a shard collects the taps' share of one input batch.
+#[derive(Default)]
+struct TapBuffer {
+    bytes: BytesMut,
+    rows: Vec<TapRow>,
+}
+
+/// Tap buffers grow in blocks this large (flushed bytes are shared slices of a block).
+const TAP_BLOCK: usize = 256 * 1024;
+
+impl TapBuffer {
+    /// Encodes `event` of `name`; returns where its bytes are.
+    fn push(&mut self, name: &InstrumentName, event: &Event) -> std::ops::Range<usize> {
+        if self.bytes.capacity() - self.bytes.len() < TAP_BLOCK / 16 {
+            self.bytes.reserve(TAP_BLOCK);
+        }
+        let start = self.bytes.len();
+        wire::put_event(&mut self.bytes, name.as_str(), event);
+        let end = self.bytes.len();
+        self.rows.push(TapRow {
+            end: u32::try_from(end).expect("one input batch encodes to far less than 4 GiB"),
+            instrument: event.instrument,
+            channel: crate::store::channel_column(event),
+            sequence: event.sequence.0,
+            publish_time: event.publish_time.0,
+            kind: wire::body_number(&event.body) as u8,
+        });
+        start..end
+    }
+
+    fn take(&mut self) -> Option<Tapped> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        Some(Tapped {
+            bytes: self.bytes.split().freeze(),
+            rows: std::mem::take(&mut self.rows),
+        })
+    }
 }
 
 /// Book events between checkpoint snapshots, unless configured.

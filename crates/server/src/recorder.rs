@@ -1,13 +1,15 @@
 //! The recorder: a lossless consumer of every event the engine publishes (an engine tap:
 //! the engine waits for it rather than drop, and it is never conflated). Two threads:
 //!
-//! - the **intake** takes the tap's events and batches them by time window (default
-//!   5 ms from a batch's first event) or row count, whichever comes first, into the
-//!   [`queue`]. It never waits on the store, so neither does the engine: a store that
+//! - the **intake** takes the tap's events (already encoded by the engine, with their
+//!   columns: it copies them, never encodes or parses) and batches them by time window
+//!   (default 5 ms from a batch's first event) or row count, whichever comes first, into
+//!   the [`queue`]. It never waits on the store, so neither does the engine: a store that
 //!   is down, slow, or being backfilled never pauses live streams.
 //! - the **writer** writes the queue's batches to the store, oldest first, each in one
 //!   transaction. When the store fails it keeps the batch and tries again every
-//!   `retry_every`; meanwhile batches wait in memory (up to `queue_bytes`), then in the
+//!   `retry_every` (every `refused_retry_every`, logged as recording being down, when the
+//!   store refused rather than failed: `StoreError::is_transient`); meanwhile batches wait in memory (up to `queue_bytes`), then in the
 //!   spill file (its reservation), and are backfilled when the store answers, beside
 //!   live recording. Only when all of that is full are events dropped, and then the loss
 //!   is recorded as gap events ([`ledger`]) that history queries return.
@@ -27,10 +29,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use raven_model::{Event, InstrumentRegistry};
+use raven_model::InstrumentRegistry;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::engine::Tapped;
 use crate::store::spill::Spill;
 use crate::store::{Batch, MAX_BATCH_ROWS, Store};
 use queue::{Next, Queue};
@@ -44,6 +47,9 @@ pub struct RecorderConfig {
     pub max_rows: usize,
     /// How often a failed store is tried again.
     pub retry_every: Duration,
+    /// How often a store that refused (rather than failed) is tried again: it will not
+    /// pass by itself, and each try is logged as an error.
+    pub refused_retry_every: Duration,
     /// Bytes of batches waiting in memory before they go to the spill file.
     pub queue_bytes: u64,
 }
@@ -54,6 +60,7 @@ impl Default for RecorderConfig {
             window: Duration::from_millis(5),
             max_rows: 50_000,
             retry_every: Duration::from_secs(1),
+            refused_retry_every: Duration::from_secs(30),
             queue_bytes: 64 << 20,
         }
     }
@@ -119,7 +126,7 @@ impl Recorder {
         store: Box<dyn Store>,
         spill: Spill,
         registry: InstrumentRegistry,
-        input: Receiver<Arc<[Event]>>,
+        input: Receiver<Arc<Tapped>>,
         run: u64,
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<Recorder> {
@@ -136,11 +143,11 @@ impl Recorder {
         let (done, written) = crossbeam_channel::bounded(1);
         let (commits, committed) = watch::channel(0);
         let writer = {
-            let (queue, stats, retry_every) = (queue.clone(), stats.clone(), config.retry_every);
+            let (queue, stats, retry) = (queue.clone(), stats.clone(), config.clone());
             std::thread::Builder::new()
                 .name("raven-writer".into())
                 .spawn(move || {
-                    write(store, &queue, &stats, &commits, &*clock, retry_every);
+                    write(store, &queue, &stats, &commits, &*clock, &retry);
                     let _ = done.send(());
                 })?
         };
@@ -239,7 +246,7 @@ fn intake(
     queue: &Queue,
     stats: &RecorderStats,
     registry: &InstrumentRegistry,
-    input: &Receiver<Arc<[Event]>>,
+    input: &Receiver<Arc<Tapped>>,
     run: u64,
 ) {
     let max_rows = config.max_rows.clamp(1, MAX_BATCH_ROWS);
@@ -252,14 +259,19 @@ fn intake(
             None => input.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match received {
-            Ok(events) => {
-                stats
-                    .received
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
-                for event in events.iter() {
-                    let name = registry.name(event.instrument);
-                    let name = name.as_ref().map_or("", |n| n.as_str());
-                    batch.push(name, event);
+            Ok(tapped) => {
+                let rows = tapped.rows().len();
+                stats.received.fetch_add(rows as u64, Ordering::Relaxed);
+                let name = |id| {
+                    registry
+                        .name(id)
+                        .expect("the engine taps only instruments it found in the registry")
+                };
+                let mut taken = 0;
+                while taken < rows {
+                    let n = (max_rows - batch.len()).min(rows - taken);
+                    batch.extend(&tapped, taken..taken + n, name);
+                    taken += n;
                     if batch.len() >= max_rows {
                         number += 1;
                         queue.push(std::mem::replace(&mut batch, Batch::new(run, number)));
@@ -293,8 +305,9 @@ fn write(
     stats: &RecorderStats,
     commits: &watch::Sender<u64>,
     clock: &dyn Clock,
-    retry_every: Duration,
+    retry: &RecorderConfig,
 ) {
+    let retry_every = retry.retry_every;
     let mut up = true;
     // Batches waited (a failure, or a spill file from an earlier run) and not all are
     // stored yet: said once they are, so an operator knows the store caught up.
@@ -347,7 +360,7 @@ fn write(
                 let wait = if transient {
                     retry_every
                 } else {
-                    retry_every.max(REFUSED_RETRY)
+                    retry.refused_retry_every
                 };
                 if !transient {
                     // Not something that passes: said every time, at error level, so
@@ -388,13 +401,9 @@ fn write(
     }
 }
 
-/// How often a store that refused (rather than failed) is tried again, at least: it
-/// will not pass by itself, and each try is logged as an error.
-const REFUSED_RETRY: Duration = Duration::from_secs(30);
-
 /// Records how long `batch`'s first event waited to be stored.
 fn note_lag(stats: &RecorderStats, clock: &dyn Clock, batch: &Batch) {
-    let Some(Ok(first)) = batch.rows().next() else {
+    let Some(first) = batch.rows().next() else {
         return;
     };
     let lag = clock.now().0.saturating_sub(first.publish_time);

@@ -27,7 +27,7 @@ pub mod postgres;
 pub mod spill;
 pub mod sqlite;
 
-pub use batch::{Batch, Row, row};
+pub use batch::{Batch, Row, channel_column, row};
 
 /// The `channel` column of checkpoint snapshots (`raven.v1.Channel` 0 is unused by
 /// events): queries for channels never return them; `BookAt` starts from one.

@@ -13,15 +13,16 @@ use raven_model::{
     Sequence, Side, SnapshotKind, StatusKind, Trade, UnixNanos,
 };
 use raven_server::clock::{Clock, SystemClock};
-use raven_server::engine::{Command, Engine, EngineConfig, EngineInput, ShardContext};
+use raven_server::engine::{Command, Engine, EngineConfig, EngineInput, ShardContext, Tapped};
 use raven_server::fanout::Fanout;
 use raven_server::feed::sim::{SimConfig, Simulator};
 use raven_server::feed::{Catalog, InstrumentInfo};
+use raven_server::store::Batch;
 
 struct Harness {
     engine: Engine,
     input: EngineInput,
-    tap: Receiver<Arc<[Event]>>,
+    tap: Receiver<Arc<Tapped>>,
     resync: Receiver<InstrumentId>,
 }
 
@@ -50,7 +51,7 @@ fn start(registry: &InstrumentRegistry, shards: usize) -> Harness {
 /// Reads the tap until `n` events for which `counts` holds have come out. Tap batches
 /// hold the whole output of an input batch, so derived events are never cut off.
 fn collect_until(
-    tap: &Receiver<Arc<[Event]>>,
+    tap: &Receiver<Arc<Tapped>>,
     n: usize,
     counts: impl Fn(&Event) -> bool,
 ) -> Vec<Event> {
@@ -59,12 +60,12 @@ fn collect_until(
         let batch = tap
             .recv_timeout(Duration::from_secs(30))
             .expect("engine output");
-        out.extend(batch.iter().cloned());
+        out.extend(batch.events());
     }
     out
 }
 
-fn collect(tap: &Receiver<Arc<[Event]>>, n: usize) -> Vec<Event> {
+fn collect(tap: &Receiver<Arc<Tapped>>, n: usize) -> Vec<Event> {
     collect_until(tap, n, |_| true)
 }
 
@@ -329,4 +330,62 @@ fn publish_times_never_go_backwards_when_the_wall_clock_does() {
     }
     assert_eq!(published, vec![1_000, 1_000, 2_000]);
     engine.shutdown();
+}
+
+#[test]
+fn what_the_engine_taps_is_what_the_recorder_would_encode_and_parse() {
+    let registry = InstrumentRegistry::new();
+    let mut sim = Simulator::new(
+        &SimConfig {
+            seed: 5,
+            rate: 10_000,
+            levels: 25,
+        },
+        &registry,
+        UnixNanos(1_000),
+    );
+    // Checkpoints every 20 book events, so the tap carries some.
+    let (tap_tx, tap) = bounded(1024);
+    let mut ctx = ShardContext::new(
+        Catalog::new(registry.clone()),
+        Arc::new(SystemClock),
+        Arc::new(Fanout::default()),
+    );
+    ctx.taps.push(tap_tx);
+    ctx.checkpoint_every = 20;
+    let engine = Engine::start(EngineConfig::with_shards(1), ctx).unwrap();
+    let mut feed = Vec::new();
+    sim.snapshots(None, &mut feed);
+    sim.generate(20_000, &mut feed);
+    for chunk in feed.chunks(500) {
+        assert!(engine.input().send(chunk.to_vec()));
+    }
+    engine.shutdown();
+    let name = |id| registry.name(id).unwrap();
+    let (mut rows, mut checkpoints) = (0, 0);
+    for (number, tapped) in tap.try_iter().enumerate() {
+        let mut kept = Batch::new(1, number as u64);
+        kept.extend(&tapped, 0..tapped.rows().len(), name);
+        // The columns kept are the ones parsing the bytes back gives.
+        let parsed = Batch::from_parts(
+            1,
+            number as u64,
+            kept.bytes().to_vec(),
+            kept.ends().to_vec(),
+        )
+        .unwrap();
+        assert_eq!(kept, parsed);
+        // The bytes are the ones encoding the events again gives.
+        let mut encoded = Batch::new(1, number as u64);
+        for event in tapped.events() {
+            encoded.push(&name(event.instrument), &event);
+        }
+        assert_eq!(kept, encoded);
+        rows += kept.len();
+        checkpoints += kept.rows().filter(|r| r.channel == 0).count();
+    }
+    assert!(
+        rows > 20_000 && checkpoints > 100,
+        "{rows} rows, {checkpoints} checkpoints"
+    );
 }

@@ -188,6 +188,7 @@ async fn a_store_that_refuses_is_reported_down_retried_slowly_and_streaming_goes
         f.sim.rate = 2_000;
         f.store.url = PG.into();
         f.store.schema = schema.clone();
+        f.store.refused_retry_secs = 4;
     })
     .await;
     let stats = server.recorder_stats().unwrap();
@@ -213,7 +214,8 @@ async fn a_store_that_refuses_is_reported_down_retried_slowly_and_streaming_goes
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!stats.store_up.load(Ordering::Relaxed));
-    // Not retried every second (store.retry_secs) as a store that failed would be.
+    // Not retried every second (store.retry_secs) as a store that failed would be, but
+    // every store.refused_retry_secs.
     let failures = stats.failures.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
@@ -222,7 +224,7 @@ async fn a_store_that_refuses_is_reported_down_retried_slowly_and_streaming_goes
         "{stats:?}"
     );
     assert!(stats.refused.load(Ordering::Relaxed));
-    // Someone acts; the shutdown's last try then stores everything that waited.
+    // Someone acts; the next try stores everything that waited.
     admin(format!("ALTER TABLE {schema}.events_away RENAME TO events"))
         .await
         .unwrap();
@@ -231,6 +233,15 @@ async fn a_store_that_refuses_is_reported_down_retried_slowly_and_streaming_goes
         live.iter().filter(|e| e.publish_time > refused_at).count() > 100,
         "live streaming stopped with the store"
     );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !stats.store_up.load(Ordering::Relaxed) || stats.memory_bytes.load(Ordering::Relaxed) > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never came back: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.shutdown().await.unwrap();
     let rows = tokio::task::spawn_blocking(move || {
         let rows = postgres_rows(&schema);

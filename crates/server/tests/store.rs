@@ -19,6 +19,10 @@ use raven_server::store::sqlite::SqliteStore;
 use raven_server::store::{self, Batch, Query, Store};
 use raven_testkit::pg::{PG, drop_schema, postgres_available, unique_schema};
 
+fn instrument(name: &str) -> raven_model::InstrumentName {
+    raven_model::InstrumentName::parse(name).expect("a valid name")
+}
+
 fn p(s: &str) -> Price {
     s.parse().unwrap()
 }
@@ -144,7 +148,7 @@ fn fixture() -> Vec<(&'static str, Event)> {
 fn batch(run: u64, number: u64, events: &[(&str, Event)]) -> Batch {
     let mut batch = Batch::new(run, number);
     for (name, event) in events {
-        batch.push(name, event);
+        batch.push(&instrument(name), event);
     }
     batch
 }
@@ -186,7 +190,7 @@ fn contract(store: &mut dyn Store) -> u64 {
         assert_eq!(stored.len(), expected.len(), "{name} {channel:?}");
         for (bytes, original) in stored.iter().zip(expected) {
             let mut one = Batch::new(0, 0);
-            one.push(name, original);
+            one.push(&instrument(name), original);
             assert_eq!(bytes.as_slice(), one.bytes(), "{name} {channel:?}");
             let decoded = &pb::StreamResponse::decode(bytes.as_slice()).unwrap().events[0];
             assert_eq!(decoded.instrument, name);
@@ -410,7 +414,7 @@ fn time_index(store: &mut dyn Store) -> u64 {
                 };
                 let position = ((number << 24) | batch.len() as u64) as i64;
                 written.push((run, position, i, clocks[i], sequences[i]));
-                batch.push(NAMES[i], &event);
+                batch.push(&instrument(NAMES[i]), &event);
             }
             batches.push(batch);
         }
@@ -542,7 +546,7 @@ fn the_sqlite_wal_stays_under_its_bound_while_writing_with_a_slow_reader() {
                     trade_id: format!("t{n}"),
                 }),
             };
-            batch.push(NAMES[(n % 8) as usize], &event);
+            batch.push(&instrument(NAMES[(n % 8) as usize]), &event);
         }
         store.write(&batch).unwrap();
         largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));

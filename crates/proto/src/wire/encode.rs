@@ -278,20 +278,33 @@ fn put_status(s: &Status, out: Out<'_, '_>) {
 }
 
 /// `Event.body` oneof tag and encoded length of a body.
+/// The `Event.body` field number of `body`: 10 snapshot, 11 delta, 12 trade, 13 BBO,
+/// 14 candle, 15 status (what a stored row's `kind` column holds).
+pub fn body_number(body: &EventBody) -> u32 {
+    match body {
+        EventBody::Snapshot(_) => 10,
+        EventBody::Delta(_) => 11,
+        EventBody::Trade(_) => 12,
+        EventBody::Bbo(_) => 13,
+        EventBody::Candle(_) => 14,
+        EventBody::Status(_) => 15,
+    }
+}
+
 fn body_tag_len(body: &EventBody) -> (u32, usize) {
     match body {
-        EventBody::Snapshot(s) => (10, snapshot_len(s)),
-        EventBody::Delta(d) => (11, delta_len(d)),
-        EventBody::Trade(t) => (12, trade_len(t)),
-        EventBody::Bbo(b) => (13, bbo_len(b)),
+        EventBody::Snapshot(s) => (body_number(body), snapshot_len(s)),
+        EventBody::Delta(d) => (body_number(body), delta_len(d)),
+        EventBody::Trade(t) => (body_number(body), trade_len(t)),
+        EventBody::Bbo(b) => (body_number(body), bbo_len(b)),
         EventBody::Candle(c) => (
-            14,
+            body_number(body),
             candle_fields(c)
                 .iter()
                 .map(|&(t, v)| varint_field_len(t, v))
                 .sum(),
         ),
-        EventBody::Status(s) => (15, status_len(s)),
+        EventBody::Status(s) => (body_number(body), status_len(s)),
     }
 }
 

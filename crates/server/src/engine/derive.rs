@@ -1,6 +1,7 @@
 //! What one feed event becomes: sequenced output events, and what is derived from them
 //! (each depth-limited view's delta, the BBO when the top moved, candles when a trade
-//! closes a bar), encoded once per subscriber group and kept for the taps.
+//! closes a bar). Each event is encoded once: for the taps when there are any (its
+//! subscribers then get a copy of those bytes), else for its subscribers.
 
 use raven_book::diff_levels;
 use raven_book::top::TopOfBook;
@@ -9,6 +10,7 @@ use raven_model::{
     Status, StatusKind, Trade, UnixNanos,
 };
 
+use super::TapBuffer;
 use super::shard::Instrument;
 
 /// Reusable buffers so the hot path does not allocate per event.
@@ -28,7 +30,7 @@ pub(super) struct Times {
 /// Output of one event: sequencing, derivation and encoding.
 pub(super) struct Output<'a> {
     pub(super) now: UnixNanos,
-    pub(super) tapped: Option<&'a mut Vec<Event>>,
+    pub(super) tapped: Option<&'a mut TapBuffer>,
     pub(super) scratch: &'a mut Scratch,
 }
 
@@ -50,18 +52,20 @@ impl Output<'_> {
         }
     }
 
-    /// Hands a sequenced event to its channel's group (book events are encoded for the
-    /// book's groups and views by the caller) and to the taps.
-    fn emit(&mut self, inst: &mut Instrument, event: Event) {
+    /// Encodes a sequenced event for the taps and its channel's group (the full book's,
+    /// for a book event; depth-limited views get bodies of their own from the caller).
+    fn emit(&mut self, inst: &mut Instrument, event: &Event) {
         let channel = event.body.channel();
-        if channel != Channel::Book {
-            inst.subscribers.groups[channel].encode(&inst.name, &event);
-        }
-        if let Some(tapped) = self.tapped.as_deref_mut() {
-            if channel == Channel::Book {
-                inst.since_checkpoint += 1;
+        let group = &mut inst.subscribers.groups[channel];
+        match self.tapped.as_deref_mut() {
+            Some(tap) => {
+                let encoded = tap.push(&inst.name, event);
+                group.copy(&tap.bytes[encoded]);
+                if channel == Channel::Book {
+                    inst.since_checkpoint += 1;
+                }
             }
-            tapped.push(event);
+            None => group.encode(&inst.name, event),
         }
     }
 
@@ -81,7 +85,7 @@ impl Output<'_> {
             None => EventBody::Snapshot(inst.book.snapshot(0, kind)),
         };
         let event = self.event(inst, Channel::Book, times, body);
-        inst.subscribers.groups[Channel::Book].encode(&inst.name, &event);
+        self.emit(inst, &event);
         for view in &mut inst.subscribers.views {
             let depth = view.depth as usize;
             let s = &mut *self.scratch;
@@ -113,7 +117,6 @@ impl Output<'_> {
             };
             view.group.encode(&inst.name, &view_event);
         }
-        self.emit(inst, event);
         let bbo = Bbo {
             bid: inst.book.best_bid(),
             ask: inst.book.best_ask(),
@@ -121,7 +124,7 @@ impl Output<'_> {
         if bbo != inst.bbo {
             inst.bbo = bbo;
             let event = self.event(inst, Channel::Bbo, times, EventBody::Bbo(bbo));
-            self.emit(inst, event);
+            self.emit(inst, &event);
         }
         publish_top(inst);
     }
@@ -133,11 +136,11 @@ impl Output<'_> {
             .on_trade(times.exchange, trade.price, trade.qty, &mut closed);
         for candle in closed.drain(..) {
             let event = self.event(inst, Channel::Candles, times, EventBody::Candle(candle));
-            self.emit(inst, event);
+            self.emit(inst, &event);
         }
         self.scratch.candles = closed;
         let event = self.event(inst, Channel::Trades, times, EventBody::Trade(trade));
-        self.emit(inst, event);
+        self.emit(inst, &event);
     }
 
     /// Publishes a status event on `channel` (on the book: to every view too).
@@ -156,13 +159,12 @@ impl Output<'_> {
             detail,
         };
         let event = self.event(inst, channel, times, EventBody::Status(status));
+        self.emit(inst, &event);
         if channel == Channel::Book {
-            inst.subscribers.groups[Channel::Book].encode(&inst.name, &event);
             for view in &mut inst.subscribers.views {
                 view.group.encode(&inst.name, &event);
             }
         }
-        self.emit(inst, event);
         if channel == Channel::Book {
             publish_top(inst);
         }

@@ -10,14 +10,14 @@ use bytes::Bytes;
 use raven_book::top::{self, TopWriter};
 use raven_book::{BookError, OrderBook};
 use raven_model::{
-    Bbo, Channel, Event, FeedEvent, FeedKind, InstrumentId, InstrumentName, PerChannel, Sequence,
+    Bbo, Channel, FeedEvent, FeedKind, InstrumentId, InstrumentName, PerChannel, Sequence,
     SnapshotKind, StatusKind, UnixNanos,
 };
 
 use super::candles::Candles;
 use super::derive::{Output, Scratch, Times};
 use super::subscribers::{Subscribers, initial_state, snapshot_end, snapshot_event};
-use super::{Command, ShardContext};
+use super::{Command, ShardContext, TapBuffer};
 
 /// One instrument's state in its shard.
 pub(super) struct Instrument {
@@ -52,7 +52,7 @@ pub struct Shard {
     ctx: ShardContext,
     instruments: Vec<Option<Box<Instrument>>>,
     dirty: Vec<InstrumentId>,
-    tapped: Vec<Event>,
+    tapped: TapBuffer,
     now: UnixNanos,
     scratch: Scratch,
 }
@@ -99,7 +99,7 @@ impl Shard {
             ctx,
             instruments: Vec::new(),
             dirty: Vec::new(),
-            tapped: Vec::new(),
+            tapped: TapBuffer::default(),
             now: UnixNanos::ZERO,
             scratch: Scratch::default(),
         }
@@ -201,16 +201,16 @@ impl Shard {
                 // For the recorder only: subscribers never see checkpoints.
                 inst.since_checkpoint = 0;
                 let now = self.now;
-                self.tapped
-                    .push(snapshot_event(inst, 0, SnapshotKind::Checkpoint, now));
+                let checkpoint = snapshot_event(inst, 0, SnapshotKind::Checkpoint, now);
+                self.tapped.push(&inst.name, &checkpoint);
             }
             lagged += inst.subscribers.flush(id, &inst.name);
         }
         if lagged > 0 {
             self.ctx.fanout.record_lagged(lagged);
         }
-        if !self.tapped.is_empty() {
-            let batch: Arc<[Event]> = std::mem::take(&mut self.tapped).into();
+        if let Some(batch) = self.tapped.take() {
+            let batch = Arc::new(batch);
             for tap in &self.ctx.taps {
                 // Blocking: taps are lossless, a slow one slows the engine (and the feed).
                 let _ = tap.send(batch.clone());

@@ -41,6 +41,18 @@ impl Group {
         self.events += 1;
     }
 
+    /// Takes an event already encoded (for the taps), if the group has subscribers.
+    pub(super) fn copy(&mut self, encoded: &[u8]) {
+        if self.subs.is_empty() {
+            return;
+        }
+        if self.out.capacity() - self.out.len() < ENCODE_BLOCK / 16 {
+            self.out.reserve(ENCODE_BLOCK);
+        }
+        self.out.extend_from_slice(encoded);
+        self.events += 1;
+    }
+
     /// Pushes the batch's bytes to every subscriber; returns how many refused it for lag.
     fn flush(&mut self, route: Route<'_>) -> u64 {
         if self.events == 0 {

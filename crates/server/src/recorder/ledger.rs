@@ -13,11 +13,12 @@
 use std::collections::BTreeMap;
 
 use raven_model::{
-    Channel, Event, EventBody, InstrumentId, Sequence, Status, StatusKind, UnixNanos,
+    Channel, Event, EventBody, InstrumentId, InstrumentName, Sequence, Status, StatusKind,
+    UnixNanos,
 };
 use raven_proto::convert::channel_from_pb;
 
-use crate::store::{Batch, CHECKPOINT_CHANNEL, StoreError};
+use crate::store::{Batch, CHECKPOINT_CHANNEL};
 
 /// One (instrument, channel)'s lost events in a stretch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,7 @@ struct Range {
 pub struct Ledger {
     /// (run, number) of the stretch's first lost batch.
     first: Option<(u64, u64)>,
-    ranges: BTreeMap<(String, u8), Range>,
+    ranges: BTreeMap<(InstrumentName, u8), Range>,
     /// Events lost in the stretch, checkpoint snapshots included (they have no
     /// sequence of their own, so they appear in no range).
     events: u64,
@@ -42,16 +43,15 @@ pub struct Ledger {
 
 impl Ledger {
     /// Adds a dropped batch to the stretch.
-    pub fn record(&mut self, batch: &Batch) -> Result<(), StoreError> {
+    pub fn record(&mut self, batch: &Batch) {
         self.first.get_or_insert((batch.run, batch.number));
-        for row in batch.rows() {
-            let row = row?;
+        for (row, instrument) in batch.rows().zip(batch.instruments()) {
             self.events += 1;
             if row.channel == CHECKPOINT_CHANNEL {
                 continue;
             }
             self.ranges
-                .entry((row.instrument.to_owned(), row.channel))
+                .entry((instrument.clone(), row.channel))
                 .and_modify(|r| {
                     r.first_sequence = r.first_sequence.min(row.sequence);
                     r.last_sequence = r.last_sequence.max(row.sequence);
@@ -67,7 +67,6 @@ impl Ledger {
                     last_time: row.publish_time,
                 });
         }
-        Ok(())
     }
 
     /// Events lost in the stretch so far.
@@ -117,6 +116,10 @@ mod tests {
 
     use super::*;
 
+    fn name(name: &str) -> InstrumentName {
+        InstrumentName::parse(name).unwrap()
+    }
+
     fn trade(sequence: u64, time: u64) -> Event {
         Event {
             instrument: InstrumentId(0),
@@ -138,17 +141,18 @@ mod tests {
         let mut ledger = Ledger::default();
         assert!(ledger.close().is_none());
         let mut first = Batch::new(9, 4);
-        first.push("X:A", &trade(10, 100));
-        first.push("X:B", &trade(3, 110));
-        first.push("X:A", &trade(11, 120));
+        let (a, b) = (name("X:A"), name("X:B"));
+        first.push(&a, &trade(10, 100));
+        first.push(&b, &trade(3, 110));
+        first.push(&a, &trade(11, 120));
         let mut second = Batch::new(9, 5);
-        second.push("X:A", &trade(12, 130));
-        ledger.record(&first).unwrap();
-        ledger.record(&second).unwrap();
+        second.push(&a, &trade(12, 130));
+        ledger.record(&first);
+        ledger.record(&second);
         assert_eq!(ledger.events(), 4);
         let gaps = ledger.close().unwrap();
         assert_eq!((gaps.run, gaps.number, gaps.len()), (9, 4, 2));
-        let rows: Vec<_> = gaps.rows().map(Result::unwrap).collect();
+        let rows: Vec<_> = gaps.rows().collect();
         assert_eq!(
             rows.iter()
                 .map(|r| (r.instrument, r.channel, r.sequence, r.publish_time))

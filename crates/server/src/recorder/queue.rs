@@ -76,7 +76,7 @@ pub(super) enum Next {
 }
 
 fn weight(batch: &Batch) -> u64 {
-    (batch.bytes().len() + 4 * batch.len()) as u64
+    batch.memory() as u64
 }
 
 impl Queue {
@@ -121,9 +121,7 @@ impl Queue {
             Err(batch) => {
                 self.stats.lost.fetch_add(rows, Ordering::Relaxed);
                 let first = state.ledger.events() == 0;
-                if let Err(e) = state.ledger.record(&batch) {
-                    tracing::error!(error = %e, "a dropped batch does not scan; its loss is not recorded");
-                }
+                state.ledger.record(&batch);
                 if first {
                     tracing::error!(
                         memory_mb = state.memory_bytes >> 20,

@@ -183,7 +183,7 @@ impl Store for PostgresStore {
 
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
         // Scanned once: the rows' columns are read from their bytes.
-        let rows = batch.rows().collect::<Result<Vec<_>, _>>()?;
+        let rows: Vec<_> = batch.rows().collect();
         let mut ids = Vec::with_capacity(rows.len());
         for row in &rows {
             ids.push(self.instrument_id(row.instrument)?);

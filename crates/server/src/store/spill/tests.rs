@@ -39,6 +39,7 @@ fn scratch(what: &str) -> Scratch {
 
 /// Batch `number` of run 7, `rows` trades long.
 fn batch(number: u64, rows: u64) -> Batch {
+    let name = raven_model::InstrumentName::parse("SIM:BTC-USD").unwrap();
     let mut batch = Batch::new(7, number);
     for i in 0..rows {
         let event = Event {
@@ -54,7 +55,7 @@ fn batch(number: u64, rows: u64) -> Batch {
                 trade_id: format!("{number}-{i}"),
             }),
         };
-        batch.push("SIM:BTC-USD", &event);
+        batch.push(&name, &event);
     }
     batch
 }
