@@ -9,7 +9,18 @@ fuzz_target!(|data: &[u8]| {
     if let Ok((batches, _damage)) = raven_server::store::spill::read_all(data) {
         for (batch, _kind) in batches {
             for row in batch.rows() {
-                row.expect("a batch read back from the spill file scans");
+                let scanned = raven_server::store::row(row.bytes)
+                    .expect("a batch read back from the spill file scans");
+                assert_eq!(
+                    (
+                        scanned.instrument,
+                        scanned.channel,
+                        scanned.sequence,
+                        scanned.publish_time
+                    ),
+                    (row.instrument, row.channel, row.sequence, row.publish_time),
+                    "the columns kept are the ones the bytes hold"
+                );
             }
         }
     }

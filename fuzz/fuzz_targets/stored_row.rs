@@ -24,7 +24,18 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     if let Ok(batch) = Batch::from_parts(1, 1, bytes.to_vec(), ends) {
         for row in batch.rows() {
-            row.expect("a batch that was accepted scans");
+            let scanned =
+                raven_server::store::row(row.bytes).expect("a batch that was accepted scans");
+            assert_eq!(
+                (
+                    scanned.instrument,
+                    scanned.channel,
+                    scanned.sequence,
+                    scanned.publish_time
+                ),
+                (row.instrument, row.channel, row.sequence, row.publish_time),
+                "the columns kept are the ones the bytes hold"
+            );
         }
     }
 });
