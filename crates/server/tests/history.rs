@@ -5,6 +5,8 @@
 mod common;
 #[path = "common/live.rs"]
 mod live;
+#[path = "common/recorded.rs"]
+mod recorded;
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use raven_proto::pb::market_client::MarketClient;
 use raven_proto::pb::stream_request::Request as Req;
 use raven_proto::{convert, pb};
 use raven_server::app::RunningServer;
+use recorded::wait_recorded;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -144,7 +147,7 @@ async fn book_at_time_equals_the_live_book_at_that_sequence() {
         f.store.url = format!("sqlite:{}", db.display());
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_recorded(&server, 1_500).await;
     let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
         .await
         .unwrap();
@@ -249,7 +252,7 @@ async fn book_at_time_equals_the_live_book_at_that_sequence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_yields_the_identical_sequence_paced_by_speed() {
     let server = common::server(|f| f.sim.rate = 5000).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_recorded(&server, 2_500).await;
     let stored = query(&server, request(&["SIM:BTC-USD"], &[])).await;
     let (from, to) = (
         stored[0].publish_time,
@@ -295,7 +298,7 @@ async fn replay_yields_the_identical_sequence_paced_by_speed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_queries_get_precise_errors() {
     let server = common::server(|_| {}).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_recorded(&server, 200).await;
     let mut client = history(&server).await;
     let refused =
         |r: Result<tonic::Response<tonic::Streaming<pb::StreamResponse>>, tonic::Status>| match r {
@@ -439,7 +442,8 @@ async fn a_subscription_with_a_start_gets_history_then_live_with_no_gap() {
         f.store.url = format!("sqlite:{}", db.display());
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // 0.8 s of events at 20,000/s.
+    wait_recorded(&server, 16_000).await;
     let start = now_ns() - 400_000_000;
     let events = stream_events(
         &server,
@@ -625,7 +629,8 @@ async fn a_subscription_with_a_start_is_bounded_in_bytes_over_all_its_instrument
     })
     .await;
     let start = now_ns();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // 2 s of events at 20,000/s.
+    wait_recorded(&server, 40_000).await;
     let names = raven_server::feed::sim::instrument_names();
     let stored = |names: &[&str]| {
         let request = pb::HistoryRequest {

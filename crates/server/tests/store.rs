@@ -1,7 +1,9 @@
-//! The stores' contract, run against both: a real SQLite file and a real PostgreSQL
-//! database (127.0.0.1:5432, a schema per test run; skipped with a message when it is not
-//! running, unless `RAVEN_REQUIRE_SERVICES=1` makes that a failure), the SQLite WAL's
-//! bound, and layouts that are refused. The recorder end to end is in `recorder.rs`.
+//! The stores' contract, one test per property on each store (`on_sqlite::*` on a real
+//! SQLite file, `on_postgres::*` on a real PostgreSQL database at 127.0.0.1:5432, a schema
+//! per test, skipped with a message when it is not running unless
+//! `RAVEN_REQUIRE_SERVICES=1` makes that a failure); then what is one store's own: the
+//! SQLite WAL's bound, and layouts that are refused. The recorder's resilience, end to
+//! end, is `recorder.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -165,8 +167,136 @@ fn read(store: &mut dyn Store, instrument: &str, channel: u8) -> Vec<Vec<u8>> {
     out
 }
 
-/// The contract every store keeps. Returns the events it stored.
-fn contract(store: &mut dyn Store) -> u64 {
+/// A fresh store of one kind for one test, with what opens it again; removed after.
+struct Fresh {
+    store: Box<dyn Store>,
+    url: String,
+    schema: String,
+    /// What `describe` says of it.
+    describes: String,
+    cleanup: Option<Box<dyn FnOnce()>>,
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        if let Some(cleanup) = self.cleanup.take() {
+            cleanup();
+        }
+    }
+}
+
+/// A SQLite file of its own, in a directory that does not exist yet.
+fn sqlite(test: &str) -> Fresh {
+    let dir = raven_testkit::scratch_dir!(&format!("sqlite-{test}"));
+    let path = dir.join("nested").join("raven.db");
+    Fresh {
+        store: Box::new(SqliteStore::open(&path).unwrap()),
+        url: format!("sqlite:{}", path.display()),
+        schema: "unused".into(),
+        describes: format!("sqlite {}", path.display()),
+        cleanup: Some(Box::new(move || {
+            // Whatever the test did, the file it leaves is sound.
+            if !std::thread::panicking() {
+                let check = SqliteStore::open(&path).unwrap().integrity_check().unwrap();
+                assert_eq!(check, "ok");
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        })),
+    }
+}
+
+/// A PostgreSQL schema of its own on the shared server; `None` (the test skipped, with
+/// a message) when the server is not running.
+fn postgres() -> Option<Fresh> {
+    if !postgres_available() {
+        return None;
+    }
+    // Unique by process and time: the tests of one run share the server.
+    let schema = unique_schema("contract");
+    let cleanup = schema.clone();
+    Some(Fresh {
+        store: Box::new(PostgresStore::connect(PG, &schema).unwrap()),
+        url: PG.into(),
+        describes: format!("postgres 127.0.0.1:5432/test schema {schema}"),
+        schema,
+        cleanup: Some(Box::new(move || drop_schema(&cleanup))),
+    })
+}
+
+/// Each property of the stores' contract, as a test of its own on each store.
+macro_rules! on_both_stores {
+    ($($property:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[test]
+                fn $property() {
+                    super::$property(&mut super::sqlite(stringify!($property)));
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[test]
+                fn $property() {
+                    if let Some(mut fresh) = super::postgres() {
+                        super::$property(&mut fresh);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    events_read_back_exactly_as_written,
+    a_retried_batch_is_stored_once_and_runs_stay_apart,
+    queries_select_by_time_channel_and_limit_and_stop_early,
+    empty_batches_and_reconnects_change_nothing,
+    checkpoints_are_kept_apart_found_by_time_and_start_a_read,
+    time_ranges_read_what_a_plain_filter_selects,
+    what_was_written_is_there_when_opened_again,
+);
+
+/// Publish time of the fixture's first events.
+const BASE: u64 = 1_764_300_000_000_000_777;
+
+/// Writes the fixture as runs 7 (two batches) and 8 (the first three events again).
+fn recorded(store: &mut dyn Store) -> usize {
+    let events = fixture();
+    let (first, second) = events.split_at(3);
+    store.write(&batch(7, 0, first)).unwrap();
+    store.write(&batch(7, 1, second)).unwrap();
+    store.write(&batch(8, 0, first)).unwrap();
+    events.len() + 3
+}
+
+/// (run, channel, sequence) of every event `query` selects.
+fn select(store: &mut dyn Store, query: Query) -> Vec<(u64, i32, u64)> {
+    let mut out = Vec::new();
+    store
+        .query(&query, &mut |run, bytes| {
+            let e = &pb::StreamResponse::decode(bytes).unwrap().events[0];
+            out.push((run, e.channel, e.sequence));
+            true
+        })
+        .unwrap();
+    out
+}
+
+/// TEST:BTC-USD, every channel, publish time in [from, to), at most `limit`.
+fn btc(from: u64, to: u64, limit: u64) -> Query {
+    Query {
+        instruments: vec!["TEST:BTC-USD".into()],
+        channels: Vec::new(),
+        from,
+        to,
+        limit,
+        after: None,
+    }
+}
+
+fn events_read_back_exactly_as_written(fresh: &mut Fresh) {
+    let store = fresh.store.as_mut();
     let events = fixture();
     let (first, second) = events.split_at(3);
     assert_eq!(store.count().unwrap(), 0);
@@ -205,7 +335,14 @@ fn contract(store: &mut dyn Store) -> u64 {
         }
     }
     assert!(read(store, "TEST:NOPE", 3).is_empty());
+}
 
+fn a_retried_batch_is_stored_once_and_runs_stay_apart(fresh: &mut Fresh) {
+    let store = fresh.store.as_mut();
+    let events = fixture();
+    let (first, second) = events.split_at(3);
+    store.write(&batch(7, 0, first)).unwrap();
+    store.write(&batch(7, 1, second)).unwrap();
     // A batch written again (a retry after an unacknowledged commit) is not duplicated;
     // the same number in another run is another batch.
     store.write(&batch(7, 0, first)).unwrap();
@@ -219,28 +356,13 @@ fn contract(store: &mut dyn Store) -> u64 {
         trades[0], trades[1],
         "the same trade, recorded by runs 7 and 8"
     );
+}
 
+fn queries_select_by_time_channel_and_limit_and_stop_early(fresh: &mut Fresh) {
+    let store = fresh.store.as_mut();
+    recorded(store);
+    let base = BASE;
     // Queries: publish time in [from, to), channels (none = all), limit, early stop.
-    let base = 1_764_300_000_000_000_777;
-    let select = |store: &mut dyn Store, query: Query| {
-        let mut out = Vec::new();
-        store
-            .query(&query, &mut |run, bytes| {
-                let e = &pb::StreamResponse::decode(bytes).unwrap().events[0];
-                out.push((run, e.channel, e.sequence));
-                true
-            })
-            .unwrap();
-        out
-    };
-    let btc = |from, to, limit| Query {
-        instruments: vec!["TEST:BTC-USD".into()],
-        channels: Vec::new(),
-        from,
-        to,
-        limit,
-        after: None,
-    };
     // Only the deltas were published at base + 1, once by run 7 and once by run 8.
     assert_eq!(
         select(store, btc(base + 1, base + 2, 0)),
@@ -286,15 +408,24 @@ fn contract(store: &mut dyn Store) -> u64 {
         store.instruments().unwrap(),
         vec!["TEST:BTC-USD".to_owned(), "TEST:SPREAD".to_owned()]
     );
+}
 
+fn empty_batches_and_reconnects_change_nothing(fresh: &mut Fresh) {
+    let store = fresh.store.as_mut();
+    let stored = recorded(store) as u64;
     // An empty batch is a valid (if pointless) transaction.
     store.write(&Batch::new(8, 1)).unwrap();
-    assert_eq!(store.count().unwrap(), events.len() as u64 + 3);
+    assert_eq!(store.count().unwrap(), stored);
 
     // Reconnecting keeps everything.
     store.reconnect().unwrap();
-    assert_eq!(store.count().unwrap(), events.len() as u64 + 3);
+    assert_eq!(store.count().unwrap(), stored);
+}
 
+fn checkpoints_are_kept_apart_found_by_time_and_start_a_read(fresh: &mut Fresh) {
+    let store = fresh.store.as_mut();
+    recorded(store);
+    let base = BASE;
     // Checkpoint snapshots: kept apart from the book's events, found by time, and a
     // read can start at one.
     let at = |sequence: u64, publish: u64, body| Event {
@@ -363,11 +494,18 @@ fn contract(store: &mut dyn Store) -> u64 {
         })
         .unwrap();
     assert_eq!(kinds, vec![("checkpoint", 5), ("delta", 6)]);
+}
 
-    let timed = time_index(store);
-    let total = events.len() as u64 + 3 + 3 + timed;
-    assert_eq!(store.count().unwrap(), total);
-    total
+fn time_ranges_read_what_a_plain_filter_selects(fresh: &mut Fresh) {
+    let written = time_index(fresh.store.as_mut());
+    assert_eq!(fresh.store.count().unwrap(), written);
+}
+
+fn what_was_written_is_there_when_opened_again(fresh: &mut Fresh) {
+    let stored = recorded(fresh.store.as_mut()) as u64;
+    assert_eq!(fresh.store.describe(), fresh.describes);
+    let mut again = store::open(&fresh.url, &fresh.schema).unwrap();
+    assert_eq!(again.count().unwrap(), stored);
 }
 
 /// Time-range queries, each checked against a plain filter of everything written: three
@@ -477,20 +615,6 @@ fn time_index(store: &mut dyn Store) -> u64 {
     written.len() as u64
 }
 
-#[test]
-fn sqlite_store_keeps_the_contract() {
-    let dir = raven_testkit::scratch_dir!("sqlite-contract");
-    let path = dir.join("nested").join("raven.db");
-    let mut store = SqliteStore::open(&path).unwrap();
-    let stored = contract(&mut store);
-    assert_eq!(store.integrity_check().unwrap(), "ok");
-    drop(store);
-    // Reopened from the file: still all there.
-    let mut again = store::open(&format!("sqlite:{}", path.display()), "unused").unwrap();
-    assert_eq!(again.count().unwrap(), stored);
-    std::fs::remove_dir_all(dir).unwrap();
-}
-
 /// Regression: with checkpoints only from a background thread, the WAL was never started
 /// over while the writer committed every few ms (255 MB after 10 s of the default
 /// server). Small batches are written back to back while a slow reader keeps querying;
@@ -569,25 +693,6 @@ fn the_sqlite_wal_stays_under_its_bound_while_writing_with_a_slow_reader() {
     assert_eq!(store.integrity_check().unwrap(), "ok");
     drop(store);
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-#[test]
-fn postgres_store_keeps_the_contract() {
-    if !postgres_available() {
-        return;
-    }
-    let schema = unique_schema("contract");
-    let mut store = PostgresStore::connect(PG, &schema).unwrap();
-    let stored = contract(&mut store);
-    assert_eq!(
-        store.describe(),
-        format!("postgres 127.0.0.1:5432/test schema {schema}")
-    );
-    drop(store);
-    let mut again = store::open(PG, &schema).unwrap();
-    assert_eq!(again.count().unwrap(), stored);
-    drop(again);
-    drop_schema(&schema);
 }
 
 #[test]

@@ -196,3 +196,115 @@ fn too_large(name: &str) -> QueryError {
         "the recorded events since the start time pass what one subscribe may hold (server.start_backlog_mb) at {name}; subscribe to fewer instruments at a time, start later, or fetch older events with History.Query"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use raven_model::{Aggressor, InstrumentName, Trade};
+
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::recorder::RecorderConfig;
+    use crate::store::Batch;
+    use crate::store::sqlite::SqliteStore;
+
+    /// A SQLite file of its own, removed with the guard.
+    struct Scratch(std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn recorded(what: &str) -> (Scratch, Recorded, watch::Sender<u64>) {
+        let dir =
+            std::env::temp_dir().join(format!("raven-handover-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (commits, committed) = watch::channel(0);
+        let reader = StoreReader::new(StoreConfig {
+            url: format!("sqlite:{}", dir.join("raven.db").display()),
+            schema: String::new(),
+            spill: dir.join("raven.spill"),
+            spill_reserve: 0,
+            recorder: RecorderConfig::default(),
+            snapshot_every: 1,
+        });
+        let recorded = Recorded {
+            reader,
+            run: 1_000,
+            committed,
+        };
+        (Scratch(dir), recorded, commits)
+    }
+
+    fn trades(sequences: std::ops::RangeInclusive<u64>) -> Batch {
+        let name = InstrumentName::parse("TEST:X").unwrap();
+        let mut batch = Batch::new(1_000, *sequences.start());
+        for sequence in sequences {
+            let time = UnixNanos(2_000 + sequence);
+            batch.push(
+                &name,
+                &Event {
+                    instrument: InstrumentId(0),
+                    sequence: Sequence(sequence),
+                    exchange_time: time,
+                    receive_time: time,
+                    publish_time: time,
+                    body: EventBody::Trade(Trade {
+                        price: "1".parse().unwrap(),
+                        qty: "1".parse().unwrap(),
+                        aggressor: Aggressor::Buy,
+                        trade_id: String::new(),
+                    }),
+                },
+            );
+        }
+        batch
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_handover_waits_for_a_commit_not_a_timer_and_gives_up_after_its_deadline() {
+        let (dir, recorded, commits) = recorded("deadline");
+        let mut store = SqliteStore::open(&dir.0.join("raven.db")).unwrap();
+        store.write(&trades(1..=3)).unwrap();
+        // Sequence 5 is not stored, and no commit comes: the handover gives up after its
+        // deadline (in virtual time: the test takes no 5 s).
+        let started = tokio::time::Instant::now();
+        let mut budget = usize::MAX;
+        let result = backlog(&recorded, "TEST:X", Channel::Trades, 0, 5, &mut budget).await;
+        assert!(matches!(result, Err(QueryError::Behind(_))), "{result:?}");
+        assert!(started.elapsed() >= CATCH_UP);
+        assert_eq!(budget, usize::MAX, "nothing was taken");
+        drop(commits);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_wakes_the_handover_and_it_returns_the_rows_and_a_marker() {
+        let (dir, recorded, commits) = recorded("commit");
+        let mut store = SqliteStore::open(&dir.0.join("raven.db")).unwrap();
+        store.write(&trades(1..=3)).unwrap();
+        let waiting = {
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                let mut budget = 1 << 20;
+                let rows = backlog(&recorded, "TEST:X", Channel::Trades, 0, 5, &mut budget).await;
+                (rows, budget)
+            })
+        };
+        // The recorder stores the rest and says so.
+        tokio::task::yield_now().await;
+        store.write(&trades(4..=5)).unwrap();
+        commits.send_modify(|n| *n += 1);
+        let (rows, budget) = waiting.await.unwrap();
+        let rows = rows.unwrap();
+        let sequences: Vec<u64> = rows
+            .iter()
+            .map(|r| scan::events(r).next().unwrap().unwrap().sequence)
+            .collect();
+        // Five trades, then the HistoryEnd marker at the last one's sequence.
+        assert_eq!(sequences, vec![1, 2, 3, 4, 5, 5]);
+        let taken: usize = rows[..5].iter().map(Bytes::len).sum();
+        assert_eq!(budget, (1 << 20) - taken);
+    }
+}
