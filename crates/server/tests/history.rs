@@ -2,6 +2,8 @@
 //! history equals what live subscribers received, book-at-time equals the live book at
 //! that sequence, replay yields the identical sequence, bad queries get precise errors.
 
+#[path = "common/collect.rs"]
+mod collect;
 mod common;
 #[path = "common/live.rs"]
 mod live;
@@ -58,13 +60,7 @@ async fn query(server: &RunningServer, request: pb::HistoryRequest) -> Vec<pb::E
 
 /// Live events of one channel of BTC as a subscriber receives them, for `duration`.
 async fn live(server: &RunningServer, channel: pb::Channel, duration: Duration) -> Vec<pb::Event> {
-    let (_requests, mut stream) = live::subscribe(server.local_addr(), channel).await;
-    let mut events = Vec::new();
-    let end = tokio::time::Instant::now() + duration;
-    while let Ok(message) = tokio::time::timeout_at(end, stream.message()).await {
-        events.extend(message.unwrap().expect("open").events);
-    }
-    events
+    collect::events_for(server.local_addr(), channel, duration).await
 }
 
 /// Waits until the store holds BTC `channel` events up to `sequence`.

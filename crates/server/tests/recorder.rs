@@ -5,6 +5,8 @@
 //! the loss is recorded as gaps. (`kill -9` and a real write error need the server as a
 //! process: `crates/cli/tests/serve.rs`.)
 
+#[path = "common/collect.rs"]
+mod collect;
 mod common;
 #[path = "common/live.rs"]
 mod live;
@@ -25,19 +27,9 @@ use raven_testkit::rows::{StoredRow, assert_contiguous, postgres_rows, sqlite_ro
 
 /// Live BTC trades as a subscriber received them, for `duration`.
 async fn live_trades(addr: std::net::SocketAddr, duration: Duration) -> Vec<pb::Event> {
-    let (_requests, mut stream) = live::subscribe(addr, pb::Channel::Trades).await;
-    let mut trades = Vec::new();
-    let end = tokio::time::Instant::now() + duration;
-    while let Ok(message) = tokio::time::timeout_at(end, stream.message()).await {
-        let message = message.unwrap().expect("the stream stays open");
-        trades.extend(
-            message
-                .events
-                .into_iter()
-                .filter(|e| matches!(e.body, Some(pb::event::Body::Trade(_)))),
-        );
-    }
-    trades
+    let mut events = collect::events_for(addr, pb::Channel::Trades, duration).await;
+    events.retain(|e| matches!(e.body, Some(pb::event::Body::Trade(_))));
+    events
 }
 
 /// The live trades came without a gap, and are stored, byte for byte, at the same
