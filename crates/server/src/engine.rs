@@ -2,7 +2,10 @@
 //! threads (`id % shards`); each shard owns its instruments' books outright, so the hot
 //! path takes no locks. A shard applies feed events, assigns sequences, derives BBO and
 //! candles, encodes each output event once and hands it to subscribers' mailboxes and to
-//! lossless taps (the recorder's entry point).
+//! lossless taps (the recorder's entry point, [`Tapped`]: the same bytes, with the
+//! columns a store indexes). `shard` is the loop, `derive` what each event becomes,
+//! `subscribers` who receives it. The top of book is also published through a seqlock
+//! for readers that must not wait on a shard (`GetSnapshot` at depth 1).
 //!
 //! Inputs are bounded: feed batches block the feed when a shard is behind (nothing
 //! accepted is dropped), and commands from the API are refused with "busy" rather than

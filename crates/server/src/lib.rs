@@ -3,9 +3,10 @@
 //!
 //! `feed` (the seam every source plugs into: the simulator, the publish API) →
 //! `engine` (one writer per instrument: books, sequences, BBO, candles; encodes each
-//! event once) → `fanout` (bounded per-subscriber mailboxes) → `api` (gRPC streams).
-//! The `recorder` taps the engine and writes every event to a `store` (SQLite or
-//! PostgreSQL); `query` reads it back (history, book-at-time, replay, the history→live
+//! event once, for subscribers and the recorder alike) → `fanout` (bounded
+//! per-subscriber mailboxes, the delivery policy) → `api` (gRPC streams, request
+//! validation). The `recorder` taps the engine and writes every event, as encoded, to a
+//! `store` (SQLite or PostgreSQL); `query` reads it back (history, book-at-time, replay, the history→live
 //! handover). `app` wires them together from a `config`, with the time from a
 //! `clock`, and stops them on a `shutdown` signal.
 
