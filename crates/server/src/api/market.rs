@@ -1,4 +1,4 @@
-//! `raven.v1.Market`: live streams ([`session`]: one client's `Stream` call), snapshots
+//! `raven.v1.Market`: live streams (`session`: one client's `Stream` call), snapshots
 //! and the instrument list.
 
 mod session;
