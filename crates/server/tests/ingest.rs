@@ -53,6 +53,38 @@ async fn publish(
         .map(|r| r.into_inner().accepted)
 }
 
+/// A stream subscribed to `instrument` on `channels`, and the sender that keeps its
+/// requests open.
+async fn subscribe(
+    market: &mut MarketClient<Channel>,
+    instrument: &str,
+    channels: &[pb::Channel],
+) -> (
+    tokio::sync::mpsc::Sender<pb::StreamRequest>,
+    tonic::Streaming<pb::StreamResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    for &channel in channels {
+        let subscribe = pb::Subscribe {
+            instruments: vec![instrument.into()],
+            channel: channel as i32,
+            depth: 0,
+            start: 0,
+        };
+        tx.send(pb::StreamRequest {
+            request: Some(Req::Subscribe(subscribe)),
+        })
+        .await
+        .unwrap();
+    }
+    let stream = market
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, stream)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_events_reach_subscribers_exactly() {
     let server = common::server(|f| f.sim.rate = 100).await;
@@ -91,25 +123,12 @@ async fn published_events_reach_subscribers_exactly() {
         ("TEST", "ABC", 0)
     );
 
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    for channel in [pb::Channel::Book, pb::Channel::Trades] {
-        let subscribe = pb::Subscribe {
-            instruments: vec!["TEST:ABC".into()],
-            channel: channel as i32,
-            depth: 0,
-            start: 0,
-        };
-        tx.send(pb::StreamRequest {
-            request: Some(Req::Subscribe(subscribe)),
-        })
-        .await
-        .unwrap();
-    }
-    let mut stream = market
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_requests, mut stream) = subscribe(
+        &mut market,
+        "TEST:ABC",
+        &[pb::Channel::Book, pb::Channel::Trades],
+    )
+    .await;
     // Both subscriptions are live once their SnapshotEnd markers arrive; publishing
     // before that would race them. What came first (the book snapshot) is kept.
     let mut pending: Vec<pb::Event> = Vec::new();
@@ -444,23 +463,7 @@ async fn the_server_reads_time_from_the_clock_it_is_given() {
         publish(&mut ingest, vec![vec![trade("1")]]).await.unwrap(),
         1
     );
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let subscribe = pb::Subscribe {
-        instruments: vec!["TEST:CLOCK".into()],
-        channel: pb::Channel::Trades as i32,
-        depth: 0,
-        start: 0,
-    };
-    tx.send(pb::StreamRequest {
-        request: Some(Req::Subscribe(subscribe)),
-    })
-    .await
-    .unwrap();
-    let mut stream = market
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) = subscribe(&mut market, "TEST:CLOCK", &[pb::Channel::Trades]).await;
     let mut next = async || -> pb::Event {
         loop {
             let batch = tokio::time::timeout(WAIT, stream.message()).await;
