@@ -1,7 +1,8 @@
 //! Event storage: what the recorder writes and the query side reads. Two stores, SQLite
 //! (the embedded default: one file, WAL) and PostgreSQL (binary `COPY`), behind one
-//! [`Store`] trait; they differ only in how a batch is written and read back. Batching,
-//! spill and retry live in the recorder and are shared.
+//! [`Store`] trait. Writing a batch is [`write_batch`], once: the stores give it only
+//! their SQL ([`WriteSql`]). Reading is still each store's own (its chunking differs).
+//! Batching, spill and retry live in the recorder and are shared.
 //!
 //! Both stores keep the same tables:
 //! - `events`: one row per event: `run` (the server run, its start time in ns; sequences
@@ -338,6 +339,96 @@ impl<I: Copy + Eq + std::hash::Hash> Marker<I> {
     /// Forgets everything (a new connection): the next batches mark again.
     pub(crate) fn clear(&mut self) {
         self.marks.clear();
+    }
+}
+
+/// The SQL a store speaks to write a batch. What writing a batch is (instrument ids
+/// outside the transaction, the claim in `batches` that makes a retried batch a no-op,
+/// the run, the time index's marks, the rows, commit, then remembering the marks) is
+/// [`write_batch`], once for every store.
+pub(crate) trait WriteSql {
+    /// An instrument's id in this store.
+    type Id: Copy + Eq + std::hash::Hash;
+
+    /// The id of `name`, added when new (outside the batch's transaction: an id that
+    /// outlives a failed batch is harmless).
+    fn instrument_id(&mut self, name: &str) -> Result<Self::Id, StoreError>;
+
+    /// Opens the batch's transaction.
+    fn begin(&mut self) -> Result<(), StoreError>;
+
+    /// Records (run, number) in `batches`; false when it is there already (the retry of
+    /// a batch whose commit went through unacknowledged).
+    fn claim(&mut self, run: i64, number: i64, rows: usize) -> Result<bool, StoreError>;
+
+    /// Records the run in `runs`, unless it is there.
+    fn add_run(&mut self, run: i64) -> Result<(), StoreError>;
+
+    /// Writes marks: (instrument, publish time, position).
+    fn add_marks(&mut self, run: i64, marks: &[(Self::Id, i64, i64)]) -> Result<(), StoreError>;
+
+    /// Writes the rows of batch `number`, row `index` at `position(number, index)`.
+    fn add_rows(
+        &mut self,
+        run: i64,
+        number: u64,
+        rows: &[Row<'_>],
+        ids: &[Self::Id],
+    ) -> Result<(), StoreError>;
+
+    /// Commits the batch's transaction.
+    fn commit(&mut self) -> Result<(), StoreError>;
+
+    /// Ends the transaction without its writes (after an error, or for a batch that was
+    /// there already). Best effort: a connection that failed has no transaction left.
+    fn rollback(&mut self);
+}
+
+/// Writes `batch` through `sql` in one transaction; a batch already stored is skipped.
+pub(crate) fn write_batch<S: WriteSql>(
+    sql: &mut S,
+    marker: &mut Marker<S::Id>,
+    batch: &Batch,
+) -> Result<(), StoreError> {
+    let rows: Vec<_> = batch.rows().collect();
+    let ids = rows
+        .iter()
+        .map(|row| sql.instrument_id(row.instrument))
+        .collect::<Result<Vec<_>, _>>()?;
+    let run = to_i64(batch.run, "run")?;
+    let number = to_i64(batch.number, "batch number")?;
+    let picked = marker.pick(batch.run, &rows, &ids);
+    let marks = picked
+        .iter()
+        .map(|&i| {
+            let time = to_i64(rows[i].publish_time, "publish time")?;
+            Ok((ids[i], time, position(batch.number, i)))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    sql.begin()?;
+    let mut steps = || {
+        if !sql.claim(run, number, rows.len())? {
+            return Ok(false);
+        }
+        sql.add_run(run)?;
+        sql.add_marks(run, &marks)?;
+        sql.add_rows(run, batch.number, &rows, &ids)?;
+        sql.commit()?;
+        Ok(true)
+    };
+    match steps() {
+        Ok(true) => {
+            marker.written(batch.run, &rows, &ids, &picked);
+            Ok(())
+        }
+        Ok(false) => {
+            sql.rollback();
+            Ok(())
+        }
+        Err(error) => {
+            sql.rollback();
+            Err(error)
+        }
     }
 }
 

@@ -11,7 +11,10 @@ use postgres::{Client, NoTls};
 
 use postgres::fallible_iterator::FallibleIterator;
 
-use super::{Batch, Marker, Query, Seek, Store, StoreError, position, span, to_i64};
+use super::{
+    Batch, Marker, Query, Row, Seek, Store, StoreError, WriteSql, position, span, to_i64,
+    write_batch,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS instruments (
@@ -88,22 +91,6 @@ impl PostgresStore {
             marker: Marker::default(),
         })
     }
-
-    fn instrument_id(&mut self, name: &str) -> Result<i32, StoreError> {
-        if let Some(&id) = self.instruments.get(name) {
-            return Ok(id);
-        }
-        self.client.execute(
-            "INSERT INTO instruments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-            &[&name],
-        )?;
-        let id: i32 = self
-            .client
-            .query_one("SELECT id FROM instruments WHERE name = $1", &[&name])?
-            .get(0);
-        self.instruments.insert(name.to_owned(), id);
-        Ok(id)
-    }
 }
 
 /// One field of a binary COPY row: its length, then its bytes.
@@ -174,68 +161,76 @@ fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
     Ok(client)
 }
 
-impl Store for PostgresStore {
-    fn describe(&self) -> String {
-        // The URL may carry a password; show only where it points.
-        let place = self.url.rsplit('@').next().unwrap_or(&self.url);
-        format!("postgres {place} schema {}", self.schema)
+impl WriteSql for PostgresStore {
+    type Id = i32;
+
+    fn instrument_id(&mut self, name: &str) -> Result<i32, StoreError> {
+        if let Some(&id) = self.instruments.get(name) {
+            return Ok(id);
+        }
+        self.client.execute(
+            "INSERT INTO instruments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            &[&name],
+        )?;
+        let id: i32 = self
+            .client
+            .query_one("SELECT id FROM instruments WHERE name = $1", &[&name])?
+            .get(0);
+        self.instruments.insert(name.to_owned(), id);
+        Ok(id)
     }
 
-    fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        // Scanned once: the rows' columns are read from their bytes.
-        let rows: Vec<_> = batch.rows().collect();
-        let mut ids = Vec::with_capacity(rows.len());
-        for row in &rows {
-            ids.push(self.instrument_id(row.instrument)?);
-        }
-        let run = to_i64(batch.run, "run")?;
-        let number = to_i64(batch.number, "batch number")?;
-        let mut tx = self.client.transaction()?;
-        let inserted = tx.execute(
+    fn begin(&mut self) -> Result<(), StoreError> {
+        Ok(self.client.batch_execute("BEGIN")?)
+    }
+
+    fn claim(&mut self, run: i64, number: i64, rows: usize) -> Result<bool, StoreError> {
+        let inserted = self.client.execute(
             "INSERT INTO batches (run, number, rows) VALUES ($1, $2, $3) \
              ON CONFLICT (run, number) DO NOTHING",
-            &[&run, &number, &(batch.len() as i32)],
+            &[&run, &number, &(rows as i32)],
         )?;
-        if inserted == 0 {
-            // Stored already: its commit went through but was not acknowledged.
-            return Ok(());
-        }
-        tx.execute(
+        Ok(inserted == 1)
+    }
+
+    fn add_run(&mut self, run: i64) -> Result<(), StoreError> {
+        self.client.execute(
             "INSERT INTO runs (run) VALUES ($1) ON CONFLICT DO NOTHING",
             &[&run],
         )?;
-        let marked = self.marker.pick(batch.run, &rows, &ids);
-        let times = marked
-            .iter()
-            .map(|&i| to_i64(rows[i].publish_time, "publish time"))
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.execute(
+        Ok(())
+    }
+
+    fn add_marks(&mut self, run: i64, marks: &[(i32, i64, i64)]) -> Result<(), StoreError> {
+        let ids: Vec<i32> = marks.iter().map(|m| m.0).collect();
+        let times: Vec<i64> = marks.iter().map(|m| m.1).collect();
+        let positions: Vec<i64> = marks.iter().map(|m| m.2).collect();
+        self.client.execute(
             "INSERT INTO marks (run, instrument, publish_time, position) \
              SELECT $1, * FROM unnest($2::int[], $3::bigint[], $4::bigint[])",
-            &[
-                &run,
-                &marked.iter().map(|&i| ids[i]).collect::<Vec<_>>(),
-                &times,
-                &marked
-                    .iter()
-                    .map(|&i| position(batch.number, i))
-                    .collect::<Vec<_>>(),
-            ],
+            &[&run, &ids, &times, &positions],
         )?;
-        let mut sink = tx.copy_in(
-            "COPY events (run, position, instrument, channel, sequence, publish_time, kind, \
-             event) FROM STDIN BINARY",
-        )?;
+        Ok(())
+    }
+
+    fn add_rows(
+        &mut self,
+        run: i64,
+        number: u64,
+        rows: &[Row<'_>],
+        ids: &[i32],
+    ) -> Result<(), StoreError> {
         // The binary COPY format written directly: a per-value `ToSql` costs more than
         // the rows themselves.
-        let mut out = Vec::with_capacity(batch.bytes().len() + batch.len() * 64 + 32);
+        let bytes: usize = rows.iter().map(|r| r.bytes.len()).sum();
+        let mut out = Vec::with_capacity(bytes + rows.len() * 64 + 32);
         out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         out.extend_from_slice(&0i32.to_be_bytes()); // flags
         out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-        for (index, (row, id)) in rows.iter().zip(&ids).enumerate() {
+        for (index, (row, id)) in rows.iter().zip(ids).enumerate() {
             out.extend_from_slice(&8i16.to_be_bytes());
             field(&mut out, &run.to_be_bytes());
-            field(&mut out, &position(batch.number, index).to_be_bytes());
+            field(&mut out, &position(number, index).to_be_bytes());
             field(&mut out, &id.to_be_bytes());
             field(&mut out, &i16::from(row.channel).to_be_bytes());
             field(&mut out, &to_i64(row.sequence, "sequence")?.to_be_bytes());
@@ -247,11 +242,36 @@ impl Store for PostgresStore {
             field(&mut out, row.bytes);
         }
         out.extend_from_slice(&(-1i16).to_be_bytes());
+        let mut sink = self.client.copy_in(
+            "COPY events (run, position, instrument, channel, sequence, publish_time, kind, \
+             event) FROM STDIN BINARY",
+        )?;
         sink.write_all(&out)?;
         sink.finish()?;
-        tx.commit()?;
-        self.marker.written(batch.run, &rows, &ids, &marked);
         Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(self.client.batch_execute("COMMIT")?)
+    }
+
+    fn rollback(&mut self) {
+        let _ = self.client.batch_execute("ROLLBACK");
+    }
+}
+
+impl Store for PostgresStore {
+    fn describe(&self) -> String {
+        // The URL may carry a password; show only where it points.
+        let place = self.url.rsplit('@').next().unwrap_or(&self.url);
+        format!("postgres {place} schema {}", self.schema)
+    }
+
+    fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let mut marker = std::mem::take(&mut self.marker);
+        let written = write_batch(self, &mut marker, batch);
+        self.marker = marker;
+        written
     }
 
     fn query(

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Batch, CHECKPOINT_CHANNEL, Marker, Query, Seek, Store, StoreError, position, span, to_i64,
+    Batch, CHECKPOINT_CHANNEL, Marker, Query, Row, Seek, Store, StoreError, WriteSql, position,
+    span, to_i64, write_batch,
 };
 
 /// The most the WAL file holds with default settings while the recorder keeps up: the
@@ -220,23 +221,6 @@ impl SqliteStore {
             .conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
-
-    fn instrument_id(&mut self, name: &str) -> Result<i64, StoreError> {
-        if let Some(&id) = self.instruments.get(name) {
-            return Ok(id);
-        }
-        self.conn.execute(
-            "INSERT OR IGNORE INTO instruments (name) VALUES (?1)",
-            [name],
-        )?;
-        let id: i64 =
-            self.conn
-                .query_row("SELECT id FROM instruments WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })?;
-        self.instruments.insert(name.to_owned(), id);
-        Ok(id)
-    }
 }
 
 /// Rows read in one read transaction: their bytes end to end, and where each ends.
@@ -313,6 +297,105 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+impl WriteSql for SqliteStore {
+    type Id = i64;
+
+    fn instrument_id(&mut self, name: &str) -> Result<i64, StoreError> {
+        if let Some(&id) = self.instruments.get(name) {
+            return Ok(id);
+        }
+        self.conn.execute(
+            "INSERT OR IGNORE INTO instruments (name) VALUES (?1)",
+            [name],
+        )?;
+        let id: i64 =
+            self.conn
+                .query_row("SELECT id FROM instruments WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })?;
+        self.instruments.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        // Immediate: the write lock is taken (or waited for) up front, not on the first
+        // insert after a read.
+        Ok(self.conn.execute_batch("BEGIN IMMEDIATE")?)
+    }
+
+    fn claim(&mut self, run: i64, number: i64, rows: usize) -> Result<bool, StoreError> {
+        let done = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM batches WHERE run = ?1 AND number = ?2",
+                params![run, number],
+                |_| Ok(()),
+            )
+            .optional()?;
+        if done.is_some() {
+            return Ok(false);
+        }
+        self.conn.execute(
+            "INSERT INTO batches (run, number, rows) VALUES (?1, ?2, ?3)",
+            params![run, number, rows as i64],
+        )?;
+        Ok(true)
+    }
+
+    fn add_run(&mut self, run: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("INSERT OR IGNORE INTO runs (run) VALUES (?1)", [run])?;
+        Ok(())
+    }
+
+    fn add_marks(&mut self, run: i64, marks: &[(i64, i64, i64)]) -> Result<(), StoreError> {
+        let mut mark = self.conn.prepare_cached(
+            "INSERT INTO marks (run, instrument, publish_time, position) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for &(id, time, position) in marks {
+            mark.execute(params![run, id, time, position])?;
+        }
+        Ok(())
+    }
+
+    fn add_rows(
+        &mut self,
+        run: i64,
+        number: u64,
+        rows: &[Row<'_>],
+        ids: &[i64],
+    ) -> Result<(), StoreError> {
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO events (run, position, instrument, channel, sequence, \
+             publish_time, kind, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        // Raw binds: the row loop is the recorder's hot path.
+        insert.raw_bind_parameter(1, run)?;
+        for (index, (row, &id)) in rows.iter().zip(ids).enumerate() {
+            insert.raw_bind_parameter(2, position(number, index))?;
+            insert.raw_bind_parameter(3, id)?;
+            insert.raw_bind_parameter(4, row.channel)?;
+            insert.raw_bind_parameter(5, to_i64(row.sequence, "sequence")?)?;
+            insert.raw_bind_parameter(6, to_i64(row.publish_time, "publish time")?)?;
+            insert.raw_bind_parameter(7, row.kind)?;
+            insert.raw_bind_parameter(8, row.bytes)?;
+            insert.raw_execute()?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(self.conn.execute_batch("COMMIT")?)
+    }
+
+    fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
 impl Store for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite {}", self.path.display())
@@ -327,71 +410,10 @@ impl Store for SqliteStore {
             self.conn.busy_timeout(WRITE_LOCK_WAIT)?;
             self.conn.wal_hook(Some(note_wal_frames));
         }
-        // Instruments first, outside the batch's transaction: an id that outlives a
-        // failed batch is harmless.
-        // Scanned once: the rows' columns are read from their bytes.
-        let rows: Vec<_> = batch.rows().collect();
-        let mut ids = Vec::with_capacity(rows.len());
-        for row in &rows {
-            ids.push(self.instrument_id(row.instrument)?);
-        }
-        let run = to_i64(batch.run, "run")?;
-        let number = to_i64(batch.number, "batch number")?;
-        // Immediate: the write lock is taken (or waited for) up front, not on the first
-        // insert after a read.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let done = tx
-            .query_row(
-                "SELECT 1 FROM batches WHERE run = ?1 AND number = ?2",
-                params![run, number],
-                |_| Ok(()),
-            )
-            .optional()?;
-        if done.is_some() {
-            return Ok(());
-        }
-        tx.execute(
-            "INSERT INTO batches (run, number, rows) VALUES (?1, ?2, ?3)",
-            params![run, number, batch.len() as i64],
-        )?;
-        tx.execute("INSERT OR IGNORE INTO runs (run) VALUES (?1)", [run])?;
-        let marks = self.marker.pick(batch.run, &rows, &ids);
-        {
-            let mut mark = tx.prepare_cached(
-                "INSERT INTO marks (run, instrument, publish_time, position) \
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for &index in &marks {
-                mark.execute(params![
-                    run,
-                    ids[index],
-                    to_i64(rows[index].publish_time, "publish time")?,
-                    position(batch.number, index)
-                ])?;
-            }
-        }
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events (run, position, instrument, channel, sequence, \
-                 publish_time, kind, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            // Raw binds: the row loop is the recorder's hot path.
-            insert.raw_bind_parameter(1, run)?;
-            for (index, (row, &id)) in rows.iter().zip(&ids).enumerate() {
-                insert.raw_bind_parameter(2, position(batch.number, index))?;
-                insert.raw_bind_parameter(3, id)?;
-                insert.raw_bind_parameter(4, row.channel)?;
-                insert.raw_bind_parameter(5, to_i64(row.sequence, "sequence")?)?;
-                insert.raw_bind_parameter(6, to_i64(row.publish_time, "publish time")?)?;
-                insert.raw_bind_parameter(7, row.kind)?;
-                insert.raw_bind_parameter(8, row.bytes)?;
-                insert.raw_execute()?;
-            }
-        }
-        tx.commit()?;
-        self.marker.written(batch.run, &rows, &ids, &marks);
+        let mut marker = std::mem::take(&mut self.marker);
+        let written = write_batch(self, &mut marker, batch);
+        self.marker = marker;
+        written?;
         self.bound_wal();
         Ok(())
     }
