@@ -1,7 +1,7 @@
 //! Event storage: what the recorder writes and the query side reads. Two stores, SQLite
 //! (the embedded default: one file, WAL) and PostgreSQL (binary `COPY`), behind one
-//! [`Store`] trait. Writing a batch is [`write_batch`], once: the stores give it only
-//! their SQL ([`WriteSql`]). Reading is still each store's own (its chunking differs).
+//! [`Store`] trait. Writing a batch is `write_batch`, once: the stores give it only
+//! their SQL (`WriteSql`). Reading is still each store's own (its chunking differs).
 //! Batching, spill and retry live in the recorder and are shared.
 //!
 //! Both stores keep the same tables:
