@@ -1,8 +1,9 @@
 //! Event storage: what the recorder writes and the query side reads. Two stores, SQLite
 //! (the embedded default: one file, WAL) and PostgreSQL (binary `COPY`), behind one
-//! [`Store`] trait. Writing a batch is `write_batch`, once: the stores give it only
-//! their SQL (`WriteSql`). Reading is still each store's own (its chunking differs).
-//! Batching, spill and retry live in the recorder and are shared.
+//! [`Store`] trait. Writing a batch is `write_batch` and reading is `read_rows`, once
+//! each: the stores give them only their SQL (`WriteSql`, `ReadSql`; SQLite also reads
+//! in short chunks, PostgreSQL streams). Batching, spill and retry live in the recorder
+//! and are shared.
 //!
 //! Both stores keep the same tables:
 //! - `events`: one row per event: `run` (the server run, its start time in ns; sequences
@@ -430,6 +431,72 @@ pub(crate) fn write_batch<S: WriteSql>(
             Err(error)
         }
     }
+}
+
+/// The SQL a store speaks to read. What a read is (the instruments' ids, the runs from
+/// the query's start, each run's stretch from the time index, the limit, stopping when
+/// told) is [`read_rows`], once for every store.
+pub(crate) trait ReadSql {
+    /// An instrument's id in this store.
+    type Id: Copy;
+
+    /// The ids of the instruments among `names` that the store holds.
+    fn ids(&mut self, names: &[String]) -> Result<Vec<Self::Id>, StoreError>;
+
+    /// The runs from `first` on, in order.
+    fn runs_from(&mut self, first: i64) -> Result<Vec<i64>, StoreError>;
+
+    /// One seek in the marks of (`run`, `id`).
+    fn seek(&mut self, run: i64, id: Self::Id, seek: Seek) -> Result<Option<i64>, StoreError>;
+
+    /// Hands `each` the rows of `run` at positions `[start, end)` that `query` selects
+    /// (instruments `ids`), in record order, at most `limit`; returns how many it handed
+    /// and whether `each` asked to stop.
+    fn rows(
+        &mut self,
+        query: &Query,
+        ids: &[Self::Id],
+        run: i64,
+        positions: (i64, i64),
+        limit: Option<u64>,
+        each: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(u64, bool), StoreError>;
+}
+
+/// Hands `each` every stored row `query` selects, through `sql`, as [`Store::query`]
+/// promises.
+pub(crate) fn read_rows<S: ReadSql>(
+    sql: &mut S,
+    query: &Query,
+    each: &mut dyn FnMut(u64, &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let ids = sql.ids(&query.instruments)?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let first_run = match query.after {
+        Some((run, _)) => to_i64(run, "run")?,
+        None => i64::MIN,
+    };
+    // Rows still wanted; `None` is no limit.
+    let mut left = (query.limit > 0).then_some(query.limit);
+    for run in sql.runs_from(first_run)? {
+        let bounds = span(query, run as u64, &ids, |id, seek| sql.seek(run, id, seek))?;
+        let Some(positions) = bounds else {
+            continue;
+        };
+        let (handed, stopped) = sql.rows(query, &ids, run, positions, left, each)?;
+        if stopped {
+            return Ok(());
+        }
+        if let Some(l) = left.as_mut() {
+            *l -= handed;
+            if *l == 0 {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `position` of row `index` of batch `number`.

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use std::io::Write;
 
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::{
-    Batch, Marker, Query, Row, Seek, Store, StoreError, WriteSql, position, span, to_i64,
-    write_batch,
+    Batch, Marker, Query, ReadSql, Row, Seek, Store, StoreError, WriteSql, position, read_rows,
+    to_i64, write_batch,
 };
 
 const SCHEMA: &str = "
@@ -65,6 +65,15 @@ pub struct PostgresStore {
     client: Client,
     instruments: HashMap<String, i32>,
     marker: Marker<i32>,
+    /// Prepared on the first read, again after a reconnect.
+    reads: Option<ReadStatements>,
+}
+
+/// The statements a read runs, prepared once per connection.
+struct ReadStatements {
+    seek_last: Statement,
+    seek_first: Statement,
+    select: Statement,
 }
 
 impl PostgresStore {
@@ -89,6 +98,7 @@ impl PostgresStore {
             client,
             instruments: HashMap::new(),
             marker: Marker::default(),
+            reads: None,
         })
     }
 }
@@ -159,6 +169,107 @@ fn connect(url: &str, schema: &str) -> Result<Client, StoreError> {
         }
     }
     Ok(client)
+}
+
+impl PostgresStore {
+    fn reads(&mut self) -> Result<&ReadStatements, StoreError> {
+        if self.reads.is_none() {
+            self.reads = Some(ReadStatements {
+                seek_last: self.client.prepare(
+                    "SELECT position FROM marks WHERE run = $1 AND instrument = $2 \
+                     AND publish_time < $3 ORDER BY publish_time DESC, position DESC LIMIT 1",
+                )?,
+                seek_first: self.client.prepare(
+                    "SELECT position FROM marks WHERE run = $1 AND instrument = $2 \
+                     AND publish_time >= $3 ORDER BY publish_time, position LIMIT 1",
+                )?,
+                select: self.client.prepare(
+                    "SELECT event FROM events WHERE run = $1 AND position >= $2 \
+                     AND position < $3 AND instrument = ANY($4) \
+                     AND (cardinality($5::int2[]) = 0 AND channel <> 0 OR channel = ANY($5)) \
+                     AND publish_time >= $6 AND publish_time < $7 \
+                     ORDER BY position LIMIT $8",
+                )?,
+            });
+        }
+        Ok(self.reads.as_ref().expect("prepared just above"))
+    }
+}
+
+impl ReadSql for PostgresStore {
+    type Id = i32;
+
+    fn ids(&mut self, names: &[String]) -> Result<Vec<i32>, StoreError> {
+        Ok(self
+            .client
+            .query("SELECT id FROM instruments WHERE name = ANY($1)", &[&names])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn runs_from(&mut self, first: i64) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .client
+            .query(
+                "SELECT run FROM runs WHERE run >= $1 ORDER BY run",
+                &[&first],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn seek(&mut self, run: i64, id: i32, seek: Seek) -> Result<Option<i64>, StoreError> {
+        let reads = self.reads()?;
+        let (statement, time) = match seek {
+            Seek::LastBefore(t) => (reads.seek_last.clone(), t),
+            Seek::FirstFrom(t) => (reads.seek_first.clone(), t),
+        };
+        Ok(self
+            .client
+            .query_opt(&statement, &[&run, &id, &time])?
+            .map(|r| r.get(0)))
+    }
+
+    /// Rows stream as they arrive (`query_raw`), so a long history never sits in memory
+    /// whole.
+    fn rows(
+        &mut self,
+        query: &Query,
+        ids: &[i32],
+        run: i64,
+        (start, end): (i64, i64),
+        limit: Option<u64>,
+        each: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(u64, bool), StoreError> {
+        let select = self.reads()?.select.clone();
+        let channels: Vec<i16> = query.channels.iter().map(|&c| i16::from(c)).collect();
+        let (from, to) = query.range();
+        let limit = limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        let mut rows = self.client.query_raw(
+            &select,
+            [
+                &run as &dyn postgres::types::ToSql,
+                &start,
+                &end,
+                &ids,
+                &channels,
+                &from,
+                &to,
+                &limit,
+            ],
+        )?;
+        let mut handed = 0;
+        while let Some(row) = rows.next()? {
+            let bytes: &[u8] = row.get(0);
+            handed += 1;
+            if !each(run as u64, bytes) {
+                return Ok((handed, true));
+            }
+        }
+        Ok((handed, false))
+    }
 }
 
 impl WriteSql for PostgresStore {
@@ -279,91 +390,7 @@ impl Store for PostgresStore {
         query: &Query,
         each: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let ids: Vec<i32> = self
-            .client
-            .query(
-                "SELECT id FROM instruments WHERE name = ANY($1)",
-                &[&query.instruments],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let channels: Vec<i16> = query.channels.iter().map(|&c| i16::from(c)).collect();
-        let (from, to) = query.range();
-        let first_run = match query.after {
-            Some((run, _)) => to_i64(run, "run")?,
-            None => i64::MIN,
-        };
-        let runs: Vec<i64> = self
-            .client
-            .query(
-                "SELECT run FROM runs WHERE run >= $1 ORDER BY run",
-                &[&first_run],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let seek_last = self.client.prepare(
-            "SELECT position FROM marks WHERE run = $1 AND instrument = $2 \
-             AND publish_time < $3 ORDER BY publish_time DESC, position DESC LIMIT 1",
-        )?;
-        let seek_first = self.client.prepare(
-            "SELECT position FROM marks WHERE run = $1 AND instrument = $2 \
-             AND publish_time >= $3 ORDER BY publish_time, position LIMIT 1",
-        )?;
-        let select = self.client.prepare(
-            "SELECT event FROM events WHERE run = $1 AND position >= $2 AND position < $3 \
-             AND instrument = ANY($4) \
-             AND (cardinality($5::int2[]) = 0 AND channel <> 0 OR channel = ANY($5)) \
-             AND publish_time >= $6 AND publish_time < $7 \
-             ORDER BY position LIMIT $8",
-        )?;
-        // Rows still wanted; `None` is no limit.
-        let mut left = (query.limit > 0).then(|| i64::try_from(query.limit).unwrap_or(i64::MAX));
-        for run in runs {
-            let client = &mut self.client;
-            let bounds = span(query, run as u64, &ids, |id, seek| {
-                let (statement, time) = match seek {
-                    Seek::LastBefore(t) => (&seek_last, t),
-                    Seek::FirstFrom(t) => (&seek_first, t),
-                };
-                Ok(client
-                    .query_opt(statement, &[&run, &id, &time])?
-                    .map(|r| r.get(0)))
-            })?;
-            let Some((start, end)) = bounds else { continue };
-            // Rows stream as they arrive (`query_raw`), so a long history never sits in
-            // memory whole.
-            let mut rows = self.client.query_raw(
-                &select,
-                [
-                    &run as &dyn postgres::types::ToSql,
-                    &start,
-                    &end,
-                    &ids,
-                    &channels,
-                    &from,
-                    &to,
-                    &left,
-                ],
-            )?;
-            while let Some(row) = rows.next()? {
-                let bytes: &[u8] = row.get(0);
-                if !each(run as u64, bytes) {
-                    return Ok(());
-                }
-                if let Some(n) = left.as_mut() {
-                    *n -= 1;
-                }
-            }
-            if left == Some(0) {
-                break;
-            }
-        }
-        Ok(())
+        read_rows(self, query, each)
     }
 
     fn last_checkpoint(
@@ -400,6 +427,7 @@ impl Store for PostgresStore {
         self.client = connect(&self.url, &self.schema)?;
         self.instruments.clear();
         self.marker.clear();
+        self.reads = None;
         Ok(())
     }
 }

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Batch, CHECKPOINT_CHANNEL, Marker, Query, Row, Seek, Store, StoreError, WriteSql, position,
-    span, to_i64, write_batch,
+    Batch, CHECKPOINT_CHANNEL, Marker, Query, ReadSql, Row, Seek, Store, StoreError, WriteSql,
+    position, read_rows, to_i64, write_batch,
 };
 
 /// The most the WAL file holds with default settings while the recorder keeps up: the
@@ -297,6 +297,117 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+impl ReadSql for SqliteStore {
+    type Id = i64;
+
+    fn ids(&mut self, names: &[String]) -> Result<Vec<i64>, StoreError> {
+        let mut ids = Vec::new();
+        for name in names {
+            let id: Option<i64> = self
+                .conn
+                .query_row("SELECT id FROM instruments WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            ids.extend(id);
+        }
+        Ok(ids)
+    }
+
+    fn runs_from(&mut self, first: i64) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT run FROM runs WHERE run >= ?1 ORDER BY run")?
+            .query_map([first], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn seek(&mut self, run: i64, id: i64, seek: Seek) -> Result<Option<i64>, StoreError> {
+        let (sql, time) = match seek {
+            Seek::LastBefore(t) => (
+                "SELECT position FROM marks WHERE run = ?1 AND instrument = ?2 \
+                 AND publish_time < ?3 ORDER BY publish_time DESC, position DESC LIMIT 1",
+                t,
+            ),
+            Seek::FirstFrom(t) => (
+                "SELECT position FROM marks WHERE run = ?1 AND instrument = ?2 \
+                 AND publish_time >= ?3 ORDER BY publish_time, position LIMIT 1",
+                t,
+            ),
+        };
+        Ok(self
+            .conn
+            .prepare_cached(sql)?
+            .query_row(params![run, id, time], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Reads in chunks of [`QUERY_CHUNK`] rows, each in a read transaction of its own
+    /// that ends before `each` sees its rows: a slow client never holds the WAL back.
+    fn rows(
+        &mut self,
+        query: &Query,
+        ids: &[i64],
+        run: i64,
+        (mut start, end): (i64, i64),
+        limit: Option<u64>,
+        each: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(u64, bool), StoreError> {
+        // Ids and channel numbers are integers (ours), so they go in the text; the list
+        // lengths vary, which placeholders cannot.
+        let list = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(",");
+        let mut sql = format!(
+            "SELECT position, event FROM events WHERE run = ?1 AND position >= ?2 AND position < ?3 \
+             AND instrument IN ({})",
+            list(&mut ids.iter().map(i64::to_string))
+        );
+        if query.channels.is_empty() {
+            sql += &format!(" AND channel <> {CHECKPOINT_CHANNEL}");
+        } else {
+            sql += &format!(
+                " AND channel IN ({})",
+                list(&mut query.channels.iter().map(u8::to_string))
+            );
+        }
+        sql += " AND publish_time >= ?4 AND publish_time < ?5 ORDER BY position LIMIT ?6";
+        let (from, to) = query.range();
+        let mut handed = 0u64;
+        let mut chunk = Chunk::default();
+        loop {
+            let left = limit.map(|l| l - handed);
+            let want = left.map_or(QUERY_CHUNK, |l| l.min(QUERY_CHUNK as u64) as usize);
+            if want == 0 {
+                return Ok((handed, false));
+            }
+            chunk.clear();
+            {
+                let mut statement = self.conn.prepare_cached(&sql)?;
+                let mut rows = statement.query(params![run, start, end, from, to, want as i64])?;
+                while let Some(row) = rows.next()? {
+                    let bytes = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+                    chunk.push(bytes);
+                    // Only a full chunk's last position is needed: where the next one
+                    // starts.
+                    if chunk.len() == want {
+                        chunk.last_position = Some(row.get(0)?);
+                    }
+                }
+                // Dropping the rows resets the statement: the read transaction ends.
+            }
+            for bytes in chunk.rows() {
+                handed += 1;
+                if !each(run as u64, bytes) {
+                    return Ok((handed, true));
+                }
+            }
+            match chunk.last_position {
+                Some(last) if chunk.len() == want => start = last + 1,
+                _ => return Ok((handed, false)),
+            }
+        }
+    }
+}
+
 impl WriteSql for SqliteStore {
     type Id = i64;
 
@@ -423,108 +534,7 @@ impl Store for SqliteStore {
         query: &Query,
         each: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let mut ids = Vec::new();
-        for name in &query.instruments {
-            let id: Option<i64> = self
-                .conn
-                .query_row("SELECT id FROM instruments WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            ids.extend(id);
-        }
-        if ids.is_empty() {
-            return Ok(());
-        }
-        // Ids and channel numbers are integers (ours), so they go in the text; the list
-        // lengths vary, which placeholders cannot.
-        let list = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(",");
-        let mut sql = format!(
-            "SELECT position, event FROM events WHERE run = ?1 AND position >= ?2 AND position < ?3 \
-             AND instrument IN ({})",
-            list(&mut ids.iter().map(i64::to_string))
-        );
-        if query.channels.is_empty() {
-            sql += &format!(" AND channel <> {CHECKPOINT_CHANNEL}");
-        } else {
-            sql += &format!(
-                " AND channel IN ({})",
-                list(&mut query.channels.iter().map(u8::to_string))
-            );
-        }
-        sql += " AND publish_time >= ?4 AND publish_time < ?5 ORDER BY position LIMIT ?6";
-        let (from, to) = query.range();
-        let first_run = match query.after {
-            Some((run, _)) => to_i64(run, "run")?,
-            None => i64::MIN,
-        };
-        let runs: Vec<i64> = self
-            .conn
-            .prepare_cached("SELECT run FROM runs WHERE run >= ?1 ORDER BY run")?
-            .query_map([first_run], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        // Rows still wanted; None is no limit.
-        let mut left = (query.limit > 0).then_some(query.limit);
-        // One chunk's rows, copied out so its read transaction can end before `each`
-        // sees them.
-        let mut chunk = Chunk::default();
-        for run in runs {
-            let mut seek_last = self.conn.prepare_cached(
-                "SELECT position FROM marks WHERE run = ?1 AND instrument = ?2 \
-                 AND publish_time < ?3 ORDER BY publish_time DESC, position DESC LIMIT 1",
-            )?;
-            let mut seek_first = self.conn.prepare_cached(
-                "SELECT position FROM marks WHERE run = ?1 AND instrument = ?2 \
-                 AND publish_time >= ?3 ORDER BY publish_time, position LIMIT 1",
-            )?;
-            let bounds = span(query, run as u64, &ids, |id, seek| {
-                let (statement, time) = match seek {
-                    Seek::LastBefore(t) => (&mut seek_last, t),
-                    Seek::FirstFrom(t) => (&mut seek_first, t),
-                };
-                Ok(statement
-                    .query_row(params![run, id, time], |r| r.get(0))
-                    .optional()?)
-            })?;
-            let Some((mut start, end)) = bounds else {
-                continue;
-            };
-            loop {
-                let want = left.map_or(QUERY_CHUNK, |l| l.min(QUERY_CHUNK as u64) as usize);
-                chunk.clear();
-                {
-                    let mut statement = self.conn.prepare_cached(&sql)?;
-                    let mut rows =
-                        statement.query(params![run, start, end, from, to, want as i64])?;
-                    while let Some(row) = rows.next()? {
-                        let bytes = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-                        chunk.push(bytes);
-                        // Only a full chunk's last position is needed: where the next
-                        // one starts.
-                        if chunk.len() == want {
-                            chunk.last_position = Some(row.get(0)?);
-                        }
-                    }
-                    // Dropping the rows resets the statement: the read transaction ends.
-                }
-                for bytes in chunk.rows() {
-                    if !each(run as u64, bytes) {
-                        return Ok(());
-                    }
-                }
-                if let Some(l) = left.as_mut() {
-                    *l -= chunk.len() as u64;
-                    if *l == 0 {
-                        return Ok(());
-                    }
-                }
-                match chunk.last_position {
-                    Some(last) if chunk.len() == want => start = last + 1,
-                    _ => break,
-                }
-            }
-        }
-        Ok(())
+        read_rows(self, query, each)
     }
 
     fn last_checkpoint(
