@@ -24,10 +24,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use prost::Message;
 use raven_book::top::{TopOfBook, TopReader};
-use raven_model::{
-    Channel, Event, FeedEvent, InstrumentId, InstrumentName, InstrumentRegistry, Sequence,
-    UnixNanos,
-};
+use raven_model::{Channel, Event, FeedEvent, InstrumentId, InstrumentName, Sequence, UnixNanos};
 use raven_proto::convert::body_from_pb;
 use raven_proto::{pb, wire};
 use tokio::sync::oneshot;
@@ -136,8 +133,6 @@ pub type TopDirectory = Arc<RwLock<HashMap<InstrumentId, TopReader>>>;
 /// Everything a shard needs from outside.
 #[derive(Clone)]
 pub struct ShardContext {
-    /// Instrument names.
-    pub registry: InstrumentRegistry,
     /// Publish-time source.
     pub clock: Arc<dyn Clock>,
     /// Routes resync requests to the feed that owns the instrument.
@@ -268,7 +263,6 @@ impl ShardContext {
     /// directory.
     pub fn new(catalog: Catalog, clock: Arc<dyn Clock>, fanout: Arc<Fanout>) -> ShardContext {
         ShardContext {
-            registry: catalog.registry().clone(),
             clock,
             catalog,
             taps: Vec::new(),

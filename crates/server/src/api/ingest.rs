@@ -23,6 +23,9 @@ use crate::engine::EngineInput;
 use crate::feed::{Catalog, Feed, FeedContext, FeedHandle, FeedId, InstrumentInfo};
 use crate::shutdown::{self, Shutdown};
 
+/// The publish feed's name, in logs and in errors naming an instrument's owner.
+const PUBLISH_FEED: &str = "Publisher";
+
 /// The publish feed: what outside collectors send through [`IngestApi`]. The service is
 /// made with it, before the feed starts, so that it can be served; until
 /// [`Feed::spawn`] gives it its context it answers `UNAVAILABLE`.
@@ -60,7 +63,7 @@ pub fn publish_feed() -> (PublishFeed, IngestApi) {
 
 impl Feed for PublishFeed {
     fn name(&self) -> &str {
-        "Publisher"
+        PUBLISH_FEED
     }
 
     /// Attaches the context to the service. No thread: events arrive on gRPC requests.
@@ -78,7 +81,7 @@ impl Feed for PublishFeed {
         if self.attached.set(publisher).is_err() {
             return Err(std::io::Error::other("the publish feed was spawned twice"));
         }
-        Ok(FeedHandle::new("Publisher", move || trigger.fire(), None))
+        Ok(FeedHandle::new(PUBLISH_FEED, move || trigger.fire(), None))
     }
 }
 

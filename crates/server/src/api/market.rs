@@ -5,7 +5,7 @@ mod session;
 
 use std::sync::Arc;
 
-use raven_model::{BookSnapshot, Event, EventBody, InstrumentId, InstrumentRegistry, SnapshotKind};
+use raven_model::{BookSnapshot, Event, EventBody, InstrumentId, SnapshotKind};
 use raven_proto::convert::event_to_pb;
 use raven_proto::market_server::Market;
 use raven_proto::pb;
@@ -21,7 +21,6 @@ use crate::query::Recorded;
 
 /// Everything the service needs, shared by all calls.
 pub struct MarketService {
-    pub(super) registry: InstrumentRegistry,
     catalog: Catalog,
     pub(super) commands: EngineCommands,
     pub(super) fanout: Arc<Fanout>,
@@ -56,7 +55,6 @@ impl MarketService {
         limits: Limits,
     ) -> MarketService {
         MarketService {
-            registry: catalog.registry().clone(),
             catalog,
             clock,
             commands,
@@ -75,7 +73,7 @@ impl MarketService {
     /// Resolves a client-supplied instrument name.
     pub(super) fn resolve(&self, name: &str) -> Result<InstrumentId, Status> {
         let parsed = request::name(name)?;
-        self.registry.id(&parsed).ok_or_else(|| {
+        self.catalog.registry().id(&parsed).ok_or_else(|| {
             Status::not_found(format!(
                 "unknown instrument {name:?}; ListInstruments (`raven instruments`) shows what this server has"
             ))

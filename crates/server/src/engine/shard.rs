@@ -68,7 +68,7 @@ fn slot<'a>(
         instruments.resize_with(id.index() + 1, || None);
     }
     if instruments[id.index()].is_none() {
-        let name = ctx.registry.name(id)?;
+        let name = ctx.catalog.registry().name(id)?;
         let (writer, reader) = top::channel();
         ctx.tops
             .write()

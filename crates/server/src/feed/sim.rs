@@ -412,6 +412,9 @@ impl Simulator {
     }
 }
 
+/// The simulator feed's name, in logs and in errors naming an instrument's owner.
+const SIM_FEED: &str = "Simulator";
+
 /// The simulator as a [`Feed`]: built when spawned, so that its instruments are interned
 /// in the server's registry and its exchange clock starts at the server's now.
 pub struct SimFeed {
@@ -427,7 +430,7 @@ impl SimFeed {
 
 impl Feed for SimFeed {
     fn name(&self) -> &str {
-        "Simulator"
+        SIM_FEED
     }
 
     /// Runs the market on a thread of its own, paced at `config.rate` events per second:
@@ -471,7 +474,7 @@ impl Feed for SimFeed {
                 }
             })?;
         Ok(FeedHandle::new(
-            "Simulator",
+            SIM_FEED,
             move || trigger.fire(),
             Some(thread),
         ))

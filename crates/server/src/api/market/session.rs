@@ -194,7 +194,12 @@ impl Session {
             if let Some(recorded) = &recorded {
                 let backlog = match upto {
                     Ok(upto) => {
-                        let name = self.service.registry.name(id).map(|n| n.to_string());
+                        let name = self
+                            .service
+                            .catalog
+                            .registry()
+                            .name(id)
+                            .map(|n| n.to_string());
                         let name = name.unwrap_or_default();
                         query::backlog(recorded, &name, channel, s.start, upto, &mut budget)
                             .await
