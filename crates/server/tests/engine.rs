@@ -283,6 +283,48 @@ fn refused_update_reports_status_requests_resync_and_is_never_half_applied() {
     h.engine.shutdown();
 }
 
+#[test]
+fn a_feed_status_reaches_clients_with_what_it_missed() {
+    let registry = InstrumentRegistry::new();
+    let id = registry.intern(&InstrumentName::parse("TEST:X").unwrap());
+    let h = start(&registry, 1);
+    let trade = |trade_id: &str| {
+        FeedKind::Trade(Trade {
+            price: Price::from_units(100),
+            qty: Qty::from_units(1),
+            aggressor: raven_model::Aggressor::Sell,
+            trade_id: trade_id.to_owned(),
+        })
+    };
+    let gap = FeedKind::Status(raven_model::Status {
+        kind: StatusKind::Gap,
+        channel: Channel::Trades,
+        missed: 3,
+        detail: "trade ids 2..=4 never arrived".to_owned(),
+    });
+    let events: Vec<FeedEvent> = [trade("1"), gap.clone(), trade("5")]
+        .into_iter()
+        .map(|kind| FeedEvent {
+            instrument: id,
+            exchange_time: UnixNanos(5),
+            receive_time: UnixNanos(6),
+            kind,
+        })
+        .collect();
+    h.input.send(events);
+    let out: Vec<Event> = collect_until(&h.tap, 3, |e| e.body.channel() == Channel::Trades)
+        .into_iter()
+        .filter(|e| e.body.channel() == Channel::Trades)
+        .collect();
+    let FeedKind::Status(expected) = gap else {
+        unreachable!()
+    };
+    assert_eq!(out[1].body, EventBody::Status(expected));
+    let seqs: Vec<u64> = out.iter().map(|e| e.sequence.0).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    h.engine.shutdown();
+}
+
 /// A wall clock the test sets.
 struct SetClock(std::sync::atomic::AtomicU64);
 

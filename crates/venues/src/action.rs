@@ -9,7 +9,8 @@ use raven_model::{BookDelta, BookSnapshot, Channel, StatusKind, Trade, UnixNanos
 pub enum Action {
     /// Replace the instrument's book.
     Snapshot {
-        /// The venue's update id the book is at.
+        /// The venue's id for the book's state: Binance's update id, Coinbase's message
+        /// `sequence_num`, Kraken's checksum (Kraken books carry no update id).
         venue_id: u64,
         /// When the venue says the book was taken (`ZERO` when it did not say).
         exchange_time: UnixNanos,
@@ -18,7 +19,7 @@ pub enum Action {
     },
     /// Apply changed levels.
     Delta {
-        /// The venue's last update id in this delta.
+        /// The venue's id for the book's state after this delta, as for snapshots.
         venue_id: u64,
         /// When the venue says it happened.
         exchange_time: UnixNanos,

@@ -7,7 +7,7 @@ use raven_book::diff_levels;
 use raven_book::top::TopOfBook;
 use raven_model::{
     Bbo, BookDelta, BookSnapshot, Candle, Channel, Event, EventBody, Level, Side, SnapshotKind,
-    Status, StatusKind, Trade, UnixNanos,
+    Status, Trade, UnixNanos,
 };
 
 use super::TapBuffer;
@@ -143,21 +143,10 @@ impl Output<'_> {
         self.emit(inst, &event);
     }
 
-    /// Publishes a status event on `channel` (on the book: to every view too).
-    pub(super) fn status(
-        &mut self,
-        inst: &mut Instrument,
-        times: &Times,
-        channel: Channel,
-        kind: StatusKind,
-        detail: String,
-    ) {
-        let status = Status {
-            kind,
-            channel,
-            missed: 0,
-            detail,
-        };
+    /// Publishes a status event on its channel (on the book: to every view too), with
+    /// what the feed said it missed.
+    pub(super) fn status(&mut self, inst: &mut Instrument, times: &Times, status: Status) {
+        let channel = status.channel;
         let event = self.event(inst, channel, times, EventBody::Status(status));
         self.emit(inst, &event);
         if channel == Channel::Book {

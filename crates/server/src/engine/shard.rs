@@ -11,7 +11,7 @@ use raven_book::top::{self, TopWriter};
 use raven_book::{BookError, OrderBook};
 use raven_model::{
     Bbo, Channel, FeedEvent, FeedKind, InstrumentId, InstrumentName, PerChannel, Sequence,
-    SnapshotKind, StatusKind, UnixNanos,
+    SnapshotKind, Status, StatusKind, UnixNanos,
 };
 
 use super::candles::Candles;
@@ -175,13 +175,19 @@ impl Shard {
             FeedKind::Trade(t) => {
                 if t.qty.is_zero() || t.qty.is_negative() {
                     let detail = format!("trade {} with quantity {} refused", t.trade_id, t.qty);
-                    out.status(inst, &times, Channel::Trades, StatusKind::Rejected, detail);
+                    let status = Status {
+                        kind: StatusKind::Rejected,
+                        channel: Channel::Trades,
+                        missed: 0,
+                        detail,
+                    };
+                    out.status(inst, &times, status);
                     return;
                 }
                 out.trade(inst, &times, t);
             }
             FeedKind::Status(s) => {
-                out.status(inst, &times, s.channel, s.kind, s.detail);
+                out.status(inst, &times, s);
             }
         }
     }
@@ -308,7 +314,13 @@ impl ShardContext {
         inst.awaiting_snapshot = true;
         let detail = format!("{error}; update refused, book resyncing from a fresh snapshot");
         tracing::warn!(instrument = %inst.name, %error, "feed update refused");
-        out.status(inst, times, Channel::Book, StatusKind::Rejected, detail);
+        let status = Status {
+            kind: StatusKind::Rejected,
+            channel: Channel::Book,
+            missed: 0,
+            detail,
+        };
+        out.status(inst, times, status);
         self.catalog.request_resync(inst.id);
     }
 }
