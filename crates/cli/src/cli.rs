@@ -398,11 +398,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let server = raven_server::app::start(&config, Arc::new(SystemClock), listener).await?;
     // Scripts (and the CLI tests) read the bound address from this line.
+    let mut sources: Vec<String> = config
+        .sim
+        .iter()
+        .map(|sim| format!("simulator: seed {}, {} events/s", sim.seed, sim.rate))
+        .collect();
+    sources.extend(
+        config
+            .feeds
+            .iter()
+            .map(|f| format!("{}: {} symbols", f.venue.as_str(), f.symbols.len())),
+    );
     println!(
-        "raven: serving gRPC on {} (simulator: seed {}, {} events/s)",
+        "raven: serving gRPC on {} ({})",
         server.local_addr(),
-        config.sim.seed,
-        config.sim.rate
+        if sources.is_empty() {
+            "ingest only".to_owned()
+        } else {
+            sources.join("; ")
+        }
     );
     wait_for_signal().await?;
     tracing::info!(

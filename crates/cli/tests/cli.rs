@@ -405,3 +405,53 @@ fn a_second_signal_exits_at_once() {
     };
     assert_eq!(status.code(), Some(130));
 }
+
+#[test]
+fn serve_a_binance_feed_from_a_config_file_as_a_user_would() {
+    // The venue: the mock exchange, on a runtime of its own for the test's length.
+    let venue = tokio::runtime::Runtime::new().unwrap();
+    let mock = venue
+        .block_on(raven_mockex::MockExchange::start(
+            raven_mockex::MockConfig::spot(&["BTCUSDT", "ETHUSDT"]),
+        ))
+        .unwrap();
+    let dir = scratch_dir();
+    let config = dir.join("binance.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"off\"\n\n[[feeds]]\nvenue = \"binance\"\nsymbols = [\"BTCUSDT\", \"ETHUSDT\"]\nws_url = \"{}\"\nrest_url = \"{}\"\n",
+            mock.ws_url(),
+            mock.rest_url()
+        ),
+    )
+    .unwrap();
+    let server = serve_in(&dir, &["--config", config.to_str().unwrap()]);
+    let listed = json_lines(&raven(&["instruments", "--json"], &server.url()));
+    let names: Vec<&str> = listed.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["BINANCE:BTCUSDT", "BINANCE:ETHUSDT"]);
+    // The book arrives once the connector has synced it: a ladder best first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let snapshot = loop {
+        let out = raven(
+            &["snapshot", "BINANCE:BTCUSDT", "--depth", "3", "--json"],
+            &server.url(),
+        );
+        if out.status.success() {
+            let lines = json_lines(&out);
+            if !lines[0]["bids"].as_array().unwrap().is_empty() {
+                break lines[0].clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "BINANCE:BTCUSDT never synced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let (bids, asks) = (levels(&snapshot["bids"]), levels(&snapshot["asks"]));
+    assert_eq!((bids.len(), asks.len()), (3, 3));
+    assert!(bids[0].price < asks[0].price && bids[1].price < bids[0].price);
+    assert!(server.terminate().success());
+    assert_eq!(mock.stats().violations, Vec::<String>::new());
+}

@@ -34,6 +34,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, ShardContext};
 use crate::fanout::{Closed, Fanout};
+use crate::feed::exchange::ExchangeFeed;
 use crate::feed::sim::SimFeed;
 use crate::feed::{Catalog, Feed, FeedContext, FeedHandle};
 use crate::query::{Recorded, StoreReader};
@@ -149,7 +150,14 @@ pub async fn start(
     let engine = Engine::start(EngineConfig::with_shards(config.shards), ctx)?;
     // The simulator first, so its instruments keep the ids they have always had.
     let (publish, ingest) = ingest::publish_feed();
-    let feeds: Vec<Box<dyn Feed>> = vec![Box::new(SimFeed::new(config.sim)), Box::new(publish)];
+    let mut feeds: Vec<Box<dyn Feed>> = Vec::new();
+    if let Some(sim) = config.sim {
+        feeds.push(Box::new(SimFeed::new(sim)));
+    }
+    for exchange in &config.feeds {
+        feeds.push(Box::new(ExchangeFeed::new(exchange.clone())));
+    }
+    feeds.push(Box::new(publish));
     let feeds = feeds
         .into_iter()
         .map(|feed| {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::api::connections::ConnectionLimits;
 use crate::fanout::{FanoutConfig, LagPolicy};
+use crate::feed::exchange::{ExchangeConfig, FeedConfigError, FeedSection};
 use crate::feed::sim::SimConfig;
 use crate::recorder::RecorderConfig;
 
@@ -32,6 +33,9 @@ pub enum ConfigError {
         /// Why.
         source: toml::de::Error,
     },
+    /// A `[[feeds]]` table cannot be used.
+    #[error(transparent)]
+    Feed(#[from] FeedConfigError),
     /// A value is out of its allowed range.
     #[error("invalid config value {field} = {value}: {reason}")]
     Invalid {
@@ -58,6 +62,8 @@ pub struct FileConfig {
     pub fanout: FanoutSection,
     /// `[store]`: where every event is recorded.
     pub store: StoreSection,
+    /// `[[feeds]]`: exchange connectors, one table per venue connection group.
+    pub feeds: Vec<FeedSection>,
 }
 
 /// `[store]`
@@ -180,6 +186,8 @@ impl Default for ServerSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimSection {
+    /// Run the simulator. Default: on, unless `[[feeds]]` are configured.
+    pub enabled: Option<bool>,
     /// PRNG seed: the same seed gives the same market. Default 42.
     pub seed: u64,
     /// Events per second over all instruments. Default 2000.
@@ -191,6 +199,7 @@ pub struct SimSection {
 impl Default for SimSection {
     fn default() -> Self {
         SimSection {
+            enabled: None,
             seed: 42,
             rate: 2000,
             levels: 25,
@@ -266,8 +275,10 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// How long a shutdown waits for connections before cutting them.
     pub drain: Duration,
-    /// The simulator.
-    pub sim: SimConfig,
+    /// The simulator, when it runs.
+    pub sim: Option<SimConfig>,
+    /// Exchange connectors.
+    pub feeds: Vec<ExchangeConfig>,
     /// Engine shard threads.
     pub shards: usize,
     /// Fan-out.
@@ -436,6 +447,25 @@ impl FileConfig {
             },
             snapshot_every: self.store.snapshot_every,
         });
+        let mut feeds: Vec<ExchangeConfig> = Vec::with_capacity(self.feeds.len());
+        for (index, section) in self.feeds.iter().enumerate() {
+            let feed = section.resolve(index)?;
+            let venue = feed.venue_name();
+            let repeated = feeds
+                .iter()
+                .filter(|earlier| earlier.venue_name() == venue)
+                .find_map(|earlier| feed.symbols.iter().find(|s| earlier.symbols.contains(s)));
+            if let Some(s) = repeated {
+                return Err(FeedConfigError {
+                    index,
+                    venue: section.venue.clone(),
+                    field: "symbols",
+                    reason: format!("{venue}:{s} is already in an earlier table"),
+                }
+                .into());
+            }
+            feeds.push(feed);
+        }
         Ok(Config {
             listen,
             keepalive: Duration::from_secs(self.server.keepalive_secs),
@@ -447,11 +477,16 @@ impl FileConfig {
                 idle: Duration::from_secs(self.server.idle_timeout_secs),
             },
             drain: Duration::from_secs(self.server.drain_secs),
-            sim: SimConfig {
-                seed: self.sim.seed,
-                rate: self.sim.rate,
-                levels: self.sim.levels,
-            },
+            sim: self
+                .sim
+                .enabled
+                .unwrap_or(feeds.is_empty())
+                .then_some(SimConfig {
+                    seed: self.sim.seed,
+                    rate: self.sim.rate,
+                    levels: self.sim.levels,
+                }),
+            feeds,
             shards: self.engine.shards,
             fanout: FanoutConfig {
                 queue_events: self.fanout.queue_events,
@@ -473,8 +508,85 @@ mod tests {
     fn defaults_resolve() {
         let c = Config::default();
         assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
-        assert_eq!((c.sim.seed, c.sim.rate, c.shards), (42, 2000, 1));
+        let sim = c.sim.expect("the simulator runs by default");
+        assert_eq!((sim.seed, sim.rate, c.shards), (42, 2000, 1));
         assert_eq!(c.fanout.trade_overflow, LagPolicy::Gap);
+    }
+
+    #[test]
+    fn feeds_turn_the_simulator_off_unless_it_is_asked_for() {
+        let text = "[[feeds]]\nvenue = \"binance\"\nsymbols = [\"btcusdt\", \"ETHUSDT\"]\n";
+        let f: FileConfig = toml::from_str(text).unwrap();
+        let c = f.resolve().unwrap();
+        assert!(c.sim.is_none());
+        assert_eq!(c.feeds[0].symbols, ["BTCUSDT", "ETHUSDT"]);
+        assert_eq!(c.feeds[0].ws_url, "wss://data-stream.binance.vision");
+        assert_eq!(
+            (c.feeds[0].depth_limit, c.feeds[0].rest_weight_per_minute),
+            (1000, 3000)
+        );
+        let f: FileConfig = toml::from_str(&format!("[sim]\nenabled = true\n{text}")).unwrap();
+        assert!(f.resolve().unwrap().sim.is_some());
+    }
+
+    #[test]
+    fn bad_feed_tables_are_refused_with_the_reason() {
+        let cases = [
+            (
+                "venue = \"nyse\"\nsymbols = [\"X\"]",
+                "venue: expected \"binance\"",
+            ),
+            (
+                "venue = \"binance\"\nsymbols = []",
+                "symbols: list at least one symbol",
+            ),
+            (
+                "venue = \"binance\"\nsymbols = [\"A\", \"a\"]",
+                "\"a\" is listed twice",
+            ),
+            (
+                "venue = \"binance\"\nsymbols = [\"BTC USDT\"]",
+                "is not a symbol of this venue",
+            ),
+            (
+                "venue = \"binance-usdm\"\nsymbols = [\"A\"]\ndepth_limit = 7",
+                "must be one of 5, 10",
+            ),
+            (
+                "venue = \"binance\"\nsymbols = [\"A\"]\nstreams_per_connection = 2000",
+                "must be 2 to 1024",
+            ),
+            (
+                "venue = \"binance\"\nsymbols = [\"A\"]\nliveness_ms = 0",
+                "liveness_ms: must be at least 1",
+            ),
+            (
+                "venue = \"binance\"\nsymbols = [\"A\"]\nrotate_after_secs = 90000",
+                "24 h",
+            ),
+        ];
+        for (table, reason) in cases {
+            let f: FileConfig = toml::from_str(&format!("[[feeds]]\n{table}\n")).unwrap();
+            let e = f.resolve().unwrap_err().to_string();
+            assert!(e.contains(reason), "{table}: {e}");
+            assert!(e.starts_with("invalid [[feeds]] table 0"), "{e}");
+        }
+        let e = toml::from_str::<FileConfig>(
+            "[[feeds]]\nvenue = \"binance\"\nsymbols = [\"A\"]\nwsurl = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `wsurl`"), "{e}");
+        let twice = "[[feeds]]\nvenue = \"binance\"\nsymbols = [\"A\"]\n[[feeds]]\nvenue = \"binance\"\nsymbols = [\"B\", \"A\"]\n";
+        let e = toml::from_str::<FileConfig>(twice)
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("table 1") && e.contains("BINANCE:A is already in an earlier table"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -495,7 +607,7 @@ mod tests {
         assert_eq!(c.fanout.write_budget_per_s, Some(20_000));
         assert_eq!(Config::default().fanout.write_budget_per_s, Some(50_000));
         assert_eq!(c.listen.port(), 7000);
-        assert_eq!(c.sim.rate, 5);
+        assert_eq!(c.sim.map(|s| s.rate), Some(5));
         assert_eq!(c.fanout.trade_overflow, LagPolicy::Disconnect);
 
         let err = toml::from_str::<FileConfig>("[server]\nlisen = \"x\"\n").unwrap_err();

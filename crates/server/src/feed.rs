@@ -5,13 +5,15 @@
 //!
 //! - [`sim`]: the deterministic built-in market, the default.
 //! - publish: outside collectors through the gRPC ingest service (`api::ingest`).
+//! - [`exchange`]: exchange connectors, one per `[[feeds]]` table.
 //!
-//! Exchange connectors, replay-as-a-feed and scale-out edges plug in here the same way.
+//! Replay-as-a-feed and scale-out edges plug in here the same way.
 //!
 //! The [`Catalog`] records what each feed says about its instruments and which feed owns
 //! each one, so that two feeds never write the same book, and routes the engine's resync
 //! requests (a book refused an update and waits for a fresh snapshot) to that owner.
 
+pub mod exchange;
 pub mod sim;
 
 use std::collections::HashMap;
@@ -166,6 +168,14 @@ impl Catalog {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         let (_, owner) = entries.entry(id).or_insert((info, owner));
         (id, *owner)
+    }
+
+    /// Sets an instrument's tick size once its feed has learned it from the venue.
+    pub fn set_tick_size(&self, id: InstrumentId, tick_size: Price) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((info, _)) = entries.get_mut(&id) {
+            info.tick_size = tick_size;
+        }
     }
 
     /// The id and owner of a known instrument, by name; read locks only, no allocation.

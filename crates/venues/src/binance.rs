@@ -42,20 +42,21 @@ impl Market {
         }
     }
 
-    /// The public WebSocket base for depth streams: the market-data-only host for spot,
-    /// the `/public` route for USD-M depth (since the 2026-03-06 split).
-    pub fn default_ws_url(self) -> &'static str {
+    /// The public WebSocket base: the market-data-only host for spot.
+    pub fn default_ws_base(self) -> &'static str {
         match self {
-            Market::Spot => "wss://data-stream.binance.vision/stream",
-            Market::UsdM => "wss://fstream.binance.com/public/stream",
+            Market::Spot => "wss://data-stream.binance.vision",
+            Market::UsdM => "wss://fstream.binance.com",
         }
     }
 
-    /// The WebSocket base for trade streams: USD-M routes `aggTrade` to `/market`.
-    pub fn default_trade_ws_url(self) -> &'static str {
-        match self {
-            Market::Spot => "wss://data-stream.binance.vision/stream",
-            Market::UsdM => "wss://fstream.binance.com/market/stream",
+    /// The combined-stream path under the WebSocket base: since the 2026-03-06 split,
+    /// USD-M serves depth on `/public` and trades on `/market`.
+    pub fn stream_path(self, trades: bool) -> &'static str {
+        match (self, trades) {
+            (Market::Spot, _) => "/stream",
+            (Market::UsdM, false) => "/public/stream",
+            (Market::UsdM, true) => "/market/stream",
         }
     }
 
@@ -76,13 +77,17 @@ impl Market {
         }
     }
 
-    /// The depth stream of `symbol` (any case).
+    /// The depth stream of `symbol` (any case), at its fastest public speed.
     pub fn depth_stream(self, symbol: &str) -> String {
-        let speed = match self {
-            Market::Spot => "@100ms",
-            Market::UsdM => "@100ms",
-        };
-        format!("{}@depth{speed}", symbol.to_ascii_lowercase())
+        format!("{}@depth@100ms", symbol.to_ascii_lowercase())
+    }
+
+    /// The path of the `exchangeInfo` request for `symbols`.
+    pub fn exchange_info_path(self) -> &'static str {
+        match self {
+            Market::Spot => "/api/v3/exchangeInfo",
+            Market::UsdM => "/fapi/v1/exchangeInfo",
+        }
     }
 
     /// The trade stream of `symbol`: aggregate trades, whose contiguous ids reveal loss.

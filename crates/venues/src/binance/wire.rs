@@ -149,6 +149,51 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// A filter of a symbol in `exchangeInfo`; only `PRICE_FILTER`'s `tickSize` is read.
+    pub struct SymbolFilter<'a> {
+        /// `PRICE_FILTER`, `LOT_SIZE`, …
+        "filterType" => filter_type: &'a str,
+        /// The price increment.
+        "tickSize" => tick_size: Option<DecPrice> = None,
+    }
+}
+
+wire_struct! {
+    /// A symbol of `exchangeInfo`.
+    pub struct SymbolInfo<'a> {
+        /// Upper case.
+        "symbol" => symbol: &'a str,
+        /// `TRADING`, `BREAK`, …
+        "status" => status: &'a str = "",
+        /// Its filters.
+        "filters" => filters: Vec<SymbolFilter<'a>> = Vec::new(),
+    }
+}
+
+wire_struct! {
+    /// REST `GET /api/v3/exchangeInfo` (or `/fapi/v1/exchangeInfo`), the parts read:
+    ///
+    /// ```json
+    /// {"timezone":"UTC","symbols":[{"symbol":"BTCUSDT","status":"TRADING","filters":[{"filterType":"PRICE_FILTER","minPrice":"0.01000000","maxPrice":"1000000.00000000","tickSize":"0.01000000"}]}]}
+    /// ```
+    pub struct ExchangeInfo<'a> {
+        /// Every symbol.
+        "symbols" => symbols: Vec<SymbolInfo<'a>> = Vec::new(),
+    }
+}
+
+impl SymbolInfo<'_> {
+    /// The price increment, from `PRICE_FILTER`.
+    pub fn tick_size(&self) -> Option<raven_model::Price> {
+        self.filters
+            .iter()
+            .find(|f| f.filter_type == "PRICE_FILTER")
+            .and_then(|f| f.tick_size)
+            .map(|t| t.0)
+    }
+}
+
 /// One decoded text frame of a combined-stream connection (`/stream?streams=…`, or
 /// `/stream` plus `SUBSCRIBE`).
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +262,16 @@ pub fn decode(text: &str) -> Result<Frame<'_>, FrameError<'_>> {
         stream: stream_prefix(text),
         error,
     })
+}
+
+/// Decodes a REST depth snapshot body.
+pub fn decode_snapshot(body: &[u8]) -> Result<DepthSnapshot, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
+/// Decodes a REST `exchangeInfo` body.
+pub fn decode_exchange_info(body: &[u8]) -> Result<ExchangeInfo<'_>, serde_json::Error> {
+    serde_json::from_slice(body)
 }
 
 /// The stream name of an envelope whose opening is intact, read without parsing the rest
@@ -435,6 +490,14 @@ mod tests {
                 .unwrap(),
             Frame::Unhandled
         );
+    }
+
+    #[test]
+    fn exchange_info_gives_tick_sizes() {
+        let text = r#"{"timezone":"UTC","rateLimits":[],"symbols":[{"symbol":"BTCUSDT","status":"TRADING","filters":[{"filterType":"LOT_SIZE","stepSize":"0.00001000"},{"filterType":"PRICE_FILTER","minPrice":"0.01000000","maxPrice":"1000000.00000000","tickSize":"0.01000000"}]}]}"#;
+        let info: ExchangeInfo<'_> = serde_json::from_str(text).unwrap();
+        assert_eq!(info.symbols[0].symbol, "BTCUSDT");
+        assert_eq!(info.symbols[0].tick_size(), Some(p("0.01")));
     }
 
     #[test]

@@ -1,0 +1,207 @@
+//! The Binance session (spot and USD-M) a connection drives: its subscriptions, and its
+//! instruments' book sync and trade tape fed from each frame, by symbol.
+
+use std::collections::HashMap;
+
+use raven_model::{Channel, StatusKind, UnixNanos};
+use raven_venues::Action;
+use raven_venues::binance::sync::{BookSync, DEFAULT_BUFFER, Diff, Snapshot};
+use raven_venues::binance::wire::{self, Frame};
+use raven_venues::binance::{self, MAX_STREAMS_PER_FRAME, Market};
+use raven_venues::tape::TradeTape;
+
+use super::connection::{Session, Signal};
+
+/// One connection's share of a Binance feed.
+pub struct BinanceSession {
+    market: Market,
+    symbols: Vec<String>,
+    slots: HashMap<String, usize>,
+    books: Option<Vec<BookSync>>,
+    tapes: Option<Vec<TradeTape>>,
+    rest_url: String,
+    depth_limit: u32,
+    next_request: u64,
+    unknown_fields: u64,
+    unhandled: u64,
+}
+
+impl BinanceSession {
+    /// A session for `symbols` (upper case, in slot order) carrying their depth, their
+    /// trades, or both.
+    pub fn new(
+        market: Market,
+        symbols: Vec<String>,
+        depth: bool,
+        trades: bool,
+        rest_url: String,
+        depth_limit: u32,
+    ) -> BinanceSession {
+        let slots = symbols
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i))
+            .collect();
+        let n = symbols.len();
+        BinanceSession {
+            market,
+            symbols,
+            slots,
+            books: depth.then(|| {
+                (0..n)
+                    .map(|_| BookSync::new(market, DEFAULT_BUFFER))
+                    .collect()
+            }),
+            tapes: trades.then(|| (0..n).map(|_| TradeTape::default()).collect()),
+            rest_url,
+            depth_limit,
+            next_request: 1,
+            unknown_fields: 0,
+            unhandled: 0,
+        }
+    }
+
+    fn slot(&self, symbol: &str) -> Option<usize> {
+        self.slots.get(symbol).copied()
+    }
+}
+
+fn tag(slot: usize, actions: Vec<Action>, out: &mut Vec<(usize, Action)>) {
+    out.extend(actions.into_iter().map(|a| (slot, a)));
+}
+
+impl Session for BinanceSession {
+    fn subscriptions(&mut self) -> Vec<String> {
+        let mut streams = Vec::new();
+        for symbol in &self.symbols {
+            if self.books.is_some() {
+                streams.push(self.market.depth_stream(symbol));
+            }
+            if self.tapes.is_some() {
+                streams.push(self.market.trade_stream(symbol));
+            }
+        }
+        streams
+            .chunks(MAX_STREAMS_PER_FRAME)
+            .map(|chunk| {
+                let id = self.next_request;
+                self.next_request += 1;
+                binance::subscribe_frame(id, chunk)
+            })
+            .collect()
+    }
+
+    fn on_text(&mut self, text: &str, _now: UnixNanos, out: &mut Vec<(usize, Action)>) -> Signal {
+        let mut actions = Vec::new();
+        match wire::decode(text) {
+            Ok(Frame::Depth(d)) => {
+                self.unknown_fields += u64::from(d.unknown);
+                let (Some(slot), Some(books)) = (self.slot(d.symbol), self.books.as_mut()) else {
+                    self.unhandled += 1;
+                    return Signal::None;
+                };
+                books[slot].on_diff(Diff::from_wire(d, binance::millis), &mut actions);
+                tag(slot, actions, out);
+            }
+            Ok(Frame::AggTrade(t)) => {
+                self.unknown_fields += u64::from(t.unknown);
+                let (Some(slot), Some(tapes)) = (self.slot(t.symbol), self.tapes.as_mut()) else {
+                    self.unhandled += 1;
+                    return Signal::None;
+                };
+                binance::agg_trade(&mut tapes[slot], t, &mut actions);
+                tag(slot, actions, out);
+            }
+            Ok(Frame::Trade(t)) => {
+                self.unknown_fields += u64::from(t.unknown);
+                let (Some(slot), Some(tapes)) = (self.slot(t.symbol), self.tapes.as_mut()) else {
+                    self.unhandled += 1;
+                    return Signal::None;
+                };
+                binance::raw_trade(&mut tapes[slot], t, &mut actions);
+                tag(slot, actions, out);
+            }
+            Ok(Frame::ServerShutdown) => return Signal::Rotate,
+            Ok(Frame::Ack { id }) => tracing::debug!(id, "subscription acknowledged"),
+            Ok(Frame::Error { id, code, msg }) => {
+                tracing::warn!(?id, code, msg, "the venue refused a request");
+            }
+            Ok(Frame::Unhandled) => self.unhandled += 1,
+            Err(e) => {
+                let slot = e.symbol().and_then(|s| self.slot(&s.to_ascii_uppercase()));
+                let detail = e.to_string();
+                match slot {
+                    // A lost book message is a gap: refuse it and rebuild that book.
+                    Some(slot) if e.is_depth() => {
+                        actions.push(Action::status(
+                            Channel::Book,
+                            StatusKind::Rejected,
+                            0,
+                            detail.clone(),
+                        ));
+                        if let Some(books) = self.books.as_mut() {
+                            books[slot].resync(detail, &mut actions);
+                        }
+                        tag(slot, actions, out);
+                    }
+                    // A lost trade: the tape says so.
+                    Some(slot) => {
+                        actions.push(Action::status(Channel::Trades, StatusKind::Gap, 0, detail));
+                        tag(slot, actions, out);
+                    }
+                    None => {
+                        tracing::warn!(error = %detail, "undecodable frame for no known instrument")
+                    }
+                }
+            }
+        }
+        Signal::None
+    }
+
+    fn on_snapshot(&mut self, slot: usize, body: &[u8], out: &mut Vec<(usize, Action)>) {
+        let Some(books) = self.books.as_mut() else {
+            return;
+        };
+        let mut actions = Vec::new();
+        match wire::decode_snapshot(body) {
+            Ok(s) => books[slot].on_snapshot(Snapshot::from_wire(s, binance::millis), &mut actions),
+            Err(e) => {
+                actions.push(Action::status(
+                    Channel::Book,
+                    StatusKind::Rejected,
+                    0,
+                    format!("undecodable depth snapshot: {e}; asking again"),
+                ));
+                books[slot].snapshot_failed();
+            }
+        }
+        tag(slot, actions, out);
+    }
+
+    fn resync(&mut self, slot: usize, detail: String, out: &mut Vec<(usize, Action)>) {
+        if let Some(books) = self.books.as_mut() {
+            let mut actions = Vec::new();
+            books[slot].resync(detail, &mut actions);
+            tag(slot, actions, out);
+        }
+    }
+
+    fn snapshot_request(&self, slot: usize) -> Option<(String, u32)> {
+        let symbol = self.symbols.get(slot)?;
+        let weight = self.market.depth_weight(self.depth_limit)?;
+        Some((
+            format!(
+                "{}{}",
+                self.rest_url,
+                self.market.depth_path(symbol, self.depth_limit)
+            ),
+            weight,
+        ))
+    }
+
+    fn disconnected(&mut self) {
+        if let Some(books) = self.books.as_mut() {
+            books.iter_mut().for_each(BookSync::disconnect);
+        }
+    }
+}

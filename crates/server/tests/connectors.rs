@@ -1,0 +1,466 @@
+//! The exchange connectors against the mock exchange (`raven-mockex`): the real server on
+//! a loopback port, its Binance feed pointed at a venue on another, read back through
+//! `GetSnapshot` and live subscriptions. Every scenario ends with the published books
+//! equal to the venue's truth at its update id, and asserts what the venue saw.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use raven_mockex::{MockConfig, MockExchange, SnapshotFault, TrueSide};
+use raven_model::{EventBody, Price, Qty, StatusKind};
+use raven_proto::convert::body_from_pb;
+use raven_proto::pb::{self, market_client::MarketClient, stream_request::Request as Req};
+use raven_server::app::RunningServer;
+use raven_server::feed::exchange::FeedSection;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn feed(mock: &MockExchange, venue: &str, symbols: &[&str]) -> FeedSection {
+    FeedSection {
+        venue: venue.into(),
+        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        ws_url: Some(mock.ws_url()),
+        rest_url: Some(mock.rest_url()),
+        depth_limit: Some(1000),
+        streams_per_connection: None,
+        stale_after_ms: Some(60_000),
+        liveness_ms: Some(5_000),
+        ping_every_ms: Some(1_000),
+        rotate_after_secs: None,
+        rest_weight_per_minute: None,
+    }
+}
+
+async fn serve(feeds: Vec<FeedSection>) -> RunningServer {
+    common::server(|f| {
+        f.store.url = "off".into();
+        f.feeds = feeds;
+    })
+    .await
+}
+
+async fn client(server: &RunningServer) -> MarketClient<Channel> {
+    MarketClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap()
+}
+
+type Side = Vec<(Price, Qty)>;
+
+fn parse_side(side: &TrueSide) -> Side {
+    side.iter()
+        .map(|(p, q)| (p.parse().unwrap(), q.parse().unwrap()))
+        .collect()
+}
+
+/// The published book of `name`, if it has one.
+async fn published(c: &mut MarketClient<Channel>, name: &str) -> Option<(Side, Side)> {
+    let event = c
+        .get_snapshot(pb::GetSnapshotRequest {
+            instrument: name.into(),
+            depth: 0,
+        })
+        .await
+        .ok()?
+        .into_inner();
+    match body_from_pb(&event).ok()?? {
+        EventBody::Snapshot(s) if !s.bids.is_empty() || !s.asks.is_empty() => Some((
+            s.bids.iter().map(|l| (l.price, l.qty)).collect(),
+            s.asks.iter().map(|l| (l.price, l.qty)).collect(),
+        )),
+        _ => None,
+    }
+}
+
+/// Stops `symbols` at the venue, then waits until each published book equals the truth
+/// at the venue's last update id.
+async fn settle(c: &mut MarketClient<Channel>, mock: &MockExchange, venue: &str, symbols: &[&str]) {
+    for s in symbols {
+        mock.quiet(s, Duration::from_secs(3));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for s in symbols {
+        let id = mock.last_id(s);
+        let (bids, asks) = mock.truth_at(s, id).expect("the truth at the last id");
+        let truth = (parse_side(&bids), parse_side(&asks));
+        let name = format!("{venue}:{s}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let book = published(c, &name).await;
+            if book.as_ref() == Some(&truth) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never equalled the venue's book at {id}: {book:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn wait_synced(c: &mut MarketClient<Channel>, names: &[String]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for name in names {
+        while published(c, name).await.is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never synced"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Every event of `names` on `channel`, collected in the background.
+struct Watch {
+    events: mpsc::UnboundedReceiver<pb::Event>,
+    _requests: mpsc::Sender<pb::StreamRequest>,
+    seen: Vec<pb::Event>,
+}
+
+async fn watch(server: &RunningServer, names: &[String], channel: pb::Channel) -> Watch {
+    let mut c = client(server).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::StreamRequest {
+        request: Some(Req::Subscribe(pb::Subscribe {
+            instruments: names.to_vec(),
+            channel: channel as i32,
+            depth: 0,
+            start: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = c
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (out, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(batch)) = stream.message().await {
+            for e in batch.events {
+                if out.send(e).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Watch {
+        events,
+        _requests: tx,
+        seen: Vec::new(),
+    }
+}
+
+impl Watch {
+    fn drain(&mut self) {
+        while let Ok(e) = self.events.try_recv() {
+            self.seen.push(e);
+        }
+    }
+
+    /// Statuses seen so far, as (instrument, kind, missed).
+    fn statuses(&mut self) -> Vec<(String, StatusKind, u64)> {
+        self.drain();
+        self.seen
+            .iter()
+            .filter_map(|e| match body_from_pb(e).ok()?? {
+                EventBody::Status(s) => Some((e.instrument.clone(), s.kind, s.missed)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits until a status of `kind` for `name` has been seen.
+    async fn until(&mut self, name: &str, kind: StatusKind) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self
+            .statuses()
+            .iter()
+            .any(|(n, k, _)| n == name && *k == kind)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {kind:?} for {name}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until `name` has had a snapshot marked resync (its book rebuilt).
+    async fn until_rebuilt(&mut self, name: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            self.drain();
+            let rebuilt = self.seen.iter().any(|e| {
+                e.instrument == name
+                    && matches!(body_from_pb(e), Ok(Some(EventBody::Snapshot(s))) if s.kind == raven_model::SnapshotKind::Resync)
+            });
+            if rebuilt {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} was never rebuilt"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Per-instrument sequences of book events are contiguous from the first one seen.
+    fn assert_contiguous(&mut self) {
+        self.drain();
+        let mut last: HashMap<(String, i32), u64> = HashMap::new();
+        for e in &self.seen {
+            // Markers (the end of the subscribe snapshot) repeat the sequence they follow.
+            if !matches!(body_from_pb(e), Ok(Some(_))) {
+                continue;
+            }
+            let key = (e.instrument.clone(), e.channel);
+            if let Some(prev) = last.get(&key) {
+                assert_eq!(e.sequence, prev + 1, "{key:?}");
+            }
+            last.insert(key, e.sequence);
+        }
+    }
+}
+
+fn names(venue: &str, symbols: &[&str]) -> Vec<String> {
+    symbols.iter().map(|s| format!("{venue}:{s}")).collect()
+}
+
+#[tokio::test]
+async fn binance_books_sync_and_equal_the_venue() {
+    let symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"];
+    let mock = MockExchange::start(MockConfig::spot(&symbols))
+        .await
+        .unwrap();
+    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
+    let mut c = client(&server).await;
+    let names = names("BINANCE", &symbols);
+    wait_synced(&mut c, &names).await;
+    settle(&mut c, &mock, "BINANCE", &symbols).await;
+
+    // Tick sizes come from the venue's exchangeInfo.
+    let listed = c
+        .list_instruments(pb::ListInstrumentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .instruments;
+    let btc = listed.iter().find(|i| i.name == "BINANCE:BTCUSDT").unwrap();
+    assert_eq!(btc.tick_size, "0.01".parse::<Price>().unwrap().units());
+    assert!(
+        listed.iter().all(|i| !i.name.starts_with("SIM:")),
+        "the simulator is off"
+    );
+
+    let stats = mock.stats();
+    assert_eq!(stats.violations, Vec::<String>::new());
+    assert_eq!(stats.connections, 1);
+    assert_eq!((stats.subscribe_frames, stats.max_params), (1, 6));
+    assert_eq!(stats.depth_requests, 3);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_diff_resyncs_only_its_instrument() {
+    let symbols = ["BTCUSDT", "ETHUSDT"];
+    let mock = MockExchange::start(MockConfig::spot(&symbols))
+        .await
+        .unwrap();
+    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
+    let mut c = client(&server).await;
+    let names = names("BINANCE", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    mock.drop_depth("BTCUSDT", 1);
+    w.until_rebuilt("BINANCE:BTCUSDT").await;
+    settle(&mut c, &mock, "BINANCE", &symbols).await;
+    let statuses = w.statuses();
+    let gaps: Vec<_> = statuses.iter().filter(|s| s.1 == StatusKind::Gap).collect();
+    assert_eq!(gaps.len(), 1, "{statuses:?}");
+    assert_eq!(gaps[0].0, "BINANCE:BTCUSDT");
+    assert!(
+        gaps[0].2 >= 1,
+        "the gap counts the ids skipped: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| s.0 == "BINANCE:BTCUSDT"),
+        "ETHUSDT untouched: {statuses:?}"
+    );
+    w.assert_contiguous();
+    assert_eq!(
+        mock.stats().depth_requests,
+        3,
+        "one snapshot more, for BTCUSDT only"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn stale_snapshots_are_fetched_again_until_one_overlaps() {
+    let symbols = ["BTCUSDT"];
+    let mock = MockExchange::start(MockConfig::spot(&symbols))
+        .await
+        .unwrap();
+    // The venue's very first book: older than anything the connection has buffered.
+    mock.snapshot_faults([
+        SnapshotFault::Stale(1_000_000),
+        SnapshotFault::Stale(1_000_000),
+        SnapshotFault::Stale(1_000_000),
+    ]);
+    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
+    let mut c = client(&server).await;
+    wait_synced(&mut c, &names("BINANCE", &symbols)).await;
+    settle(&mut c, &mock, "BINANCE", &symbols).await;
+    let stats = mock.stats();
+    assert_eq!((stats.depth_requests, stats.depth_served), (4, 4));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn rate_limited_snapshots_wait_for_retry_after() {
+    let symbols = ["BTCUSDT", "ETHUSDT"];
+    let mock = MockExchange::start(MockConfig::spot(&symbols))
+        .await
+        .unwrap();
+    mock.snapshot_faults([SnapshotFault::Fail(429, 1), SnapshotFault::Fail(418, 1)]);
+    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
+    let mut c = client(&server).await;
+    wait_synced(&mut c, &names("BINANCE", &symbols)).await;
+    settle(&mut c, &mock, "BINANCE", &symbols).await;
+    let stats = mock.stats();
+    assert_eq!(stats.early_retries, 0, "{:?}", stats.violations);
+    assert_eq!((stats.depth_requests, stats.depth_served), (4, 2));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_abrupt_drop_is_feed_down_then_up_and_books_rebuilt() {
+    let symbols = ["BTCUSDT", "ETHUSDT"];
+    let mock = MockExchange::start(MockConfig::spot(&symbols))
+        .await
+        .unwrap();
+    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
+    let mut c = client(&server).await;
+    let names = names("BINANCE", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    mock.close_abruptly();
+    for name in &names {
+        w.until(name, StatusKind::FeedDown).await;
+        w.until(name, StatusKind::FeedUp).await;
+        w.until_rebuilt(name).await;
+    }
+    settle(&mut c, &mock, "BINANCE", &symbols).await;
+    assert_eq!(mock.stats().connections, 2);
+    w.assert_contiguous();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn server_pings_on_an_idle_stream_are_all_answered() {
+    let symbols = ["BTCUSDT"];
+    let mut config = MockConfig::spot(&symbols);
+    // Four pings a second: with our own, within the venue's five control frames.
+    config.ping_every = Some(Duration::from_millis(250));
+    config.pong_within = Duration::from_millis(300);
+    let mock = MockExchange::start(config).await.unwrap();
+    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
+    let mut c = client(&server).await;
+    wait_synced(&mut c, &names("BINANCE", &symbols)).await;
+    mock.quiet("BTCUSDT", Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = mock.stats();
+    assert_eq!(
+        (stats.connections, stats.no_pong_closes),
+        (1, 0),
+        "{stats:?}"
+    );
+    assert!(stats.pings >= 12, "{stats:?}");
+    assert!(
+        stats.pongs + 1 >= stats.pings,
+        "every ping answered: {stats:?}"
+    );
+    assert_eq!(stats.violations, Vec::<String>::new());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_socket_is_declared_dead_and_replaced() {
+    let symbols = ["BTCUSDT"];
+    let mock = MockExchange::start(MockConfig::spot(&symbols))
+        .await
+        .unwrap();
+    let mut section = feed(&mock, "binance", &symbols);
+    section.liveness_ms = Some(500);
+    section.ping_every_ms = Some(200);
+    let server = serve(vec![section]).await;
+    let mut c = client(&server).await;
+    let names = names("BINANCE", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    mock.silence(Duration::from_secs(5));
+    w.until("BINANCE:BTCUSDT", StatusKind::FeedDown).await;
+    w.until("BINANCE:BTCUSDT", StatusKind::FeedUp).await;
+    w.until_rebuilt("BINANCE:BTCUSDT").await;
+    settle(&mut c, &mock, "BINANCE", &symbols).await;
+    assert_eq!(mock.stats().connections, 2);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn server_shutdown_rotates_make_before_break() {
+    let symbols = ["BTCUSDT", "ETHUSDT"];
+    let mock = MockExchange::start(MockConfig::spot(&symbols))
+        .await
+        .unwrap();
+    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
+    let mut c = client(&server).await;
+    let names = names("BINANCE", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    mock.server_shutdown();
+    // The venue closes the old connection a second after announcing it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    settle(&mut c, &mock, "BINANCE", &symbols).await;
+    assert_eq!(mock.stats().connections, 2);
+    assert_eq!(w.statuses(), vec![], "no FeedDown, no gap, no resync");
+    w.assert_contiguous();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_quiet_instrument_is_stale_without_a_reconnect() {
+    let symbols = ["BTCUSDT", "ETHUSDT"];
+    let mock = MockExchange::start(MockConfig::spot(&symbols))
+        .await
+        .unwrap();
+    let mut section = feed(&mock, "binance", &symbols);
+    section.stale_after_ms = Some(500);
+    let server = serve(vec![section]).await;
+    let mut c = client(&server).await;
+    let names = names("BINANCE", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    mock.quiet("BTCUSDT", Duration::from_secs(2));
+    w.until("BINANCE:BTCUSDT", StatusKind::Stale).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let statuses = w.statuses();
+    assert_eq!(
+        statuses,
+        vec![("BINANCE:BTCUSDT".to_owned(), StatusKind::Stale, 0)]
+    );
+    assert_eq!(mock.stats().connections, 1);
+    server.shutdown().await.unwrap();
+}
