@@ -24,7 +24,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
+pub use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -81,6 +81,18 @@ impl MockConfig {
     }
 }
 
+impl MockConfig {
+    /// USD-M defaults for `symbols`: as [`MockConfig::spot`], with ten control frames a
+    /// second and ids chained by `pu`.
+    pub fn usdm(symbols: &[&str]) -> MockConfig {
+        MockConfig {
+            market: Market::UsdM,
+            control_frames_per_s: 10,
+            ..MockConfig::spot(symbols)
+        }
+    }
+}
+
 /// What the venue saw and did.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
@@ -127,6 +139,8 @@ struct Faults {
     snapshots: VecDeque<SnapshotFault>,
     snapshot_delay: Duration,
     retry_after_until: Option<Instant>,
+    duplicate: HashMap<String, u32>,
+    phantom_cross: HashMap<String, u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +148,7 @@ enum Control {
     CloseAbrupt,
     ServerShutdown,
     Silence(Duration),
+    Raw(Message),
 }
 
 /// A generated message: the `data` object of a combined-stream envelope.
@@ -297,6 +312,31 @@ impl MockExchange {
         self.shared.state().faults.snapshot_delay = d;
     }
 
+    /// The next `n` diffs and trades of `symbol` are each sent twice.
+    pub fn duplicate(&self, symbol: &str, n: u32) {
+        self.shared
+            .state()
+            .faults
+            .duplicate
+            .insert(symbol.to_owned(), n);
+    }
+
+    /// The next diff of `symbol` also carries a bid above the best ask, which the true
+    /// book never had (a venue glitch): a crossed book if applied.
+    pub fn phantom_cross(&self, symbol: &str) {
+        self.shared
+            .state()
+            .faults
+            .phantom_cross
+            .insert(symbol.to_owned(), 1);
+    }
+
+    /// Every connection is sent `message` as it is (text that is not a venue message,
+    /// binary frames, invalid UTF-8 in a text frame, oversize frames).
+    pub fn send_raw(&self, message: Message) {
+        let _ = self.shared.control.send(Control::Raw(message));
+    }
+
     /// Every connection is dropped without a close frame.
     pub fn close_abruptly(&self) {
         let _ = self.shared.control.send(Control::CloseAbrupt);
@@ -383,6 +423,17 @@ fn render_trade(symbol: &str, t: &TradeOut) -> String {
     )
 }
 
+/// Consumes one of a symbol's pending faults.
+fn take(faults: &mut HashMap<String, u32>, symbol: &str) -> bool {
+    match faults.get_mut(symbol) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    }
+}
+
 async fn generate_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -407,8 +458,16 @@ async fn generate_loop(shared: Arc<Shared>) {
                 let Some(truth) = truths.get_mut(symbol) else {
                     continue;
                 };
-                let diff = truth.step(rng);
+                let mut diff = truth.step(rng);
+                if take(&mut faults.phantom_cross, symbol) {
+                    // Sent, never applied to the truth.
+                    diff.changes.push((true, truth::MID + 2, 100_000_000));
+                }
                 let data = render_diff(shared.config.market, symbol, &diff);
+                let twice = take(&mut faults.duplicate, symbol);
+                if twice {
+                    out.push((symbol.clone(), true, data.clone()));
+                }
                 let dropped = match faults.drop_depth.get_mut(symbol) {
                     Some(n) if *n > 0 => {
                         *n -= 1;
@@ -429,9 +488,13 @@ async fn generate_loop(shared: Arc<Shared>) {
                         None => out.push((symbol.clone(), true, data)),
                     }
                 }
-                if rng.below(3) == 0 {
+                if rng.below(3) == 0 || twice {
                     let trade = truth.trade(rng);
-                    out.push((symbol.clone(), false, render_trade(symbol, &trade)));
+                    let text = render_trade(symbol, &trade);
+                    if twice {
+                        out.push((symbol.clone(), false, text.clone()));
+                    }
+                    out.push((symbol.clone(), false, text));
                 }
             }
         }
@@ -753,6 +816,11 @@ async fn session(stream: TcpStream, path: String, shared: Arc<Shared>) {
                             return;
                         }
                         shutdown_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
+                    Ok(Control::Raw(message)) => {
+                        if ws.send(message).await.is_err() {
+                            return;
+                        }
                     }
                     Ok(Control::Silence(d)) => {
                         tokio::time::sleep(d).await;

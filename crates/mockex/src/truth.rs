@@ -11,7 +11,7 @@ pub type Levels = BTreeMap<(bool, i64), u64>;
 /// Books kept per symbol for truth queries; older ids are forgotten.
 const HISTORY: usize = 200_000;
 /// The middle of every book, in ticks: bids below, asks above, never crossed.
-const MID: i64 = 3_000_000;
+pub const MID: i64 = 3_000_000;
 /// Levels per side the process moves within.
 const SPAN: i64 = 40;
 

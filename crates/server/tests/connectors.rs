@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use raven_mockex::{MockConfig, MockExchange, SnapshotFault, TrueSide};
+use raven_mockex::{Message, MockConfig, MockExchange, SnapshotFault, TrueSide};
 use raven_model::{EventBody, Price, Qty, StatusKind};
 use raven_proto::convert::body_from_pb;
 use raven_proto::pb::{self, market_client::MarketClient, stream_request::Request as Req};
@@ -462,5 +462,256 @@ async fn a_quiet_instrument_is_stale_without_a_reconnect() {
         vec![("BINANCE:BTCUSDT".to_owned(), StatusKind::Stale, 0)]
     );
     assert_eq!(mock.stats().connections, 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn usdm_books_follow_pu_across_public_and_market_connections() {
+    let symbols = ["BTCUSDT", "ETHUSDT"];
+    let mock = MockExchange::start(MockConfig::usdm(&symbols))
+        .await
+        .unwrap();
+    let server = serve(vec![feed(&mock, "binance-usdm", &symbols)]).await;
+    let mut c = client(&server).await;
+    let names = names("BINANCE_USDM", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut books = watch(&server, &names, pb::Channel::Book).await;
+    let mut trades = watch(&server, &names, pb::Channel::Trades).await;
+    mock.drop_depth("ETHUSDT", 1);
+    books.until_rebuilt("BINANCE_USDM:ETHUSDT").await;
+    settle(&mut c, &mock, "BINANCE_USDM", &symbols).await;
+    let statuses = books.statuses();
+    assert!(
+        statuses.contains(&("BINANCE_USDM:ETHUSDT".to_owned(), StatusKind::Gap, 0)),
+        "a pu break is a gap of unknown size: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| s.0 == "BINANCE_USDM:ETHUSDT"),
+        "{statuses:?}"
+    );
+    trades.drain();
+    assert!(
+        trades
+            .seen
+            .iter()
+            .any(|e| matches!(body_from_pb(e), Ok(Some(EventBody::Trade(_))))),
+        "trades arrive over the /market connection"
+    );
+    let stats = mock.stats();
+    assert_eq!(stats.violations, Vec::<String>::new());
+    assert_eq!(
+        stats.connections, 2,
+        "one /public and one /market connection"
+    );
+    books.assert_contiguous();
+    trades.assert_contiguous();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_input_is_refused_and_never_breaks_a_book() {
+    let symbols = ["BTCUSDT", "ETHUSDT"];
+    let mock = MockExchange::start(MockConfig::spot(&symbols))
+        .await
+        .unwrap();
+    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
+    let mut c = client(&server).await;
+    let names = names("BINANCE", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Ignored: not JSON, a stream nobody asked for, a binary frame, unknown fields.
+    for raw in [
+        Message::text("not json at all"),
+        Message::text(r#"{"stream":"btcusdt@kline_1m","data":{"e":"kline"}}"#),
+        Message::binary(vec![1u8, 2, 3]),
+        Message::text(r#"{"result":null,"id":99,"extra":{"x":1}}"#),
+    ] {
+        mock.send_raw(raw);
+    }
+    // A book message that cannot be decoded is a lost message: refused, then resynced.
+    mock.send_raw(Message::text(
+        r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":1,"u":2,"b":[["0.-10000","1"]],"a":[]}}"#,
+    ));
+    w.until_rebuilt("BINANCE:BTCUSDT").await;
+    settle(&mut c, &mock, "BINANCE", &symbols).await;
+    let statuses = w.statuses();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| s.1 == StatusKind::Rejected)
+            .map(|s| s.0.as_str())
+            .collect::<Vec<_>>(),
+        ["BINANCE:BTCUSDT"],
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| s.0 == "BINANCE:BTCUSDT"),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        mock.stats().connections,
+        1,
+        "nothing above needs a reconnect"
+    );
+
+    // Broken framing is a protocol error: the connection is replaced.
+    let oversize = "x".repeat(5 << 20);
+    mock.send_raw(Message::text(oversize));
+    w.until("BINANCE:ETHUSDT", StatusKind::FeedDown).await;
+    w.until_rebuilt("BINANCE:ETHUSDT").await;
+    settle(&mut c, &mock, "BINANCE", &symbols).await;
+    assert_eq!(mock.stats().connections, 2);
+    w.assert_contiguous();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn crossed_venue_data_is_refused_and_the_book_resynced() {
+    let symbols = ["BTCUSDT", "ETHUSDT"];
+    let mock = MockExchange::start(MockConfig::spot(&symbols))
+        .await
+        .unwrap();
+    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
+    let mut c = client(&server).await;
+    let names = names("BINANCE", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    mock.phantom_cross("BTCUSDT");
+    w.until("BINANCE:BTCUSDT", StatusKind::Rejected).await;
+    w.until_rebuilt("BINANCE:BTCUSDT").await;
+    settle(&mut c, &mock, "BINANCE", &symbols).await;
+    let statuses = w.statuses();
+    assert!(
+        statuses.iter().all(|s| s.0 == "BINANCE:BTCUSDT"),
+        "{statuses:?}"
+    );
+    w.assert_contiguous();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn trade_gaps_are_reported_and_repeats_never_published() {
+    let symbols = ["BTCUSDT"];
+    let mock = MockExchange::start(MockConfig::spot(&symbols))
+        .await
+        .unwrap();
+    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
+    let mut c = client(&server).await;
+    let names = names("BINANCE", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Trades).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    mock.duplicate("BTCUSDT", 5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    mock.skip_trades("BTCUSDT", 5);
+    w.until("BINANCE:BTCUSDT", StatusKind::Gap).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let statuses = w.statuses();
+    assert_eq!(
+        statuses,
+        vec![("BINANCE:BTCUSDT".to_owned(), StatusKind::Gap, 5)]
+    );
+    let ids: Vec<u64> = w
+        .seen
+        .iter()
+        .filter_map(|e| match body_from_pb(e).ok()?? {
+            EventBody::Trade(t) => Some(t.trade_id.parse().unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert!(ids.len() > 10, "{ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[1] > w[0]),
+        "no repeat, in order: {ids:?}"
+    );
+    let jumps: Vec<u64> = ids
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .filter(|&d| d != 1)
+        .collect();
+    assert_eq!(jumps, [6], "one jump, over the five skipped ids");
+    w.assert_contiguous();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn fifteen_hundred_streams_subscribe_within_the_venue_rules() {
+    let symbols: Vec<String> = (0..750).map(|i| format!("S{i:03}USDT")).collect();
+    let refs: Vec<&str> = symbols.iter().map(String::as_str).collect();
+    let mut config = MockConfig::spot(&refs);
+    config.tick = Duration::from_millis(100);
+    let mock = MockExchange::start(config).await.unwrap();
+    let mut section = feed(&mock, "binance", &refs);
+    section.streams_per_connection = Some(1024);
+    section.depth_limit = Some(100);
+    section.rest_weight_per_minute = Some(6000);
+    let server = serve(vec![section]).await;
+    let mut c = client(&server).await;
+    let all = names("BINANCE", &refs);
+    wait_synced(&mut c, &all).await;
+    settle(&mut c, &mock, "BINANCE", &refs[..3]).await;
+    let stats = mock.stats();
+    assert_eq!(
+        stats.violations,
+        Vec::<String>::new(),
+        "5 control frames/s enforced"
+    );
+    assert_eq!(
+        stats.connections, 2,
+        "1,500 streams need two connections of at most 1,024"
+    );
+    assert_eq!((stats.subscribe_frames, stats.max_params), (9, 200));
+    assert!(stats.max_weight_1m <= 6000, "{}", stats.max_weight_1m);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn ten_connections_dropped_together_reconnect_spread_out() {
+    let symbols: Vec<String> = (0..10).map(|i| format!("S{i}USDT")).collect();
+    let refs: Vec<&str> = symbols.iter().map(String::as_str).collect();
+    let mut config = MockConfig::spot(&refs);
+    config.tick = Duration::from_millis(20);
+    let mock = MockExchange::start(config).await.unwrap();
+    let mut section = feed(&mock, "binance", &refs);
+    section.streams_per_connection = Some(2);
+    let server = serve(vec![section]).await;
+    let mut c = client(&server).await;
+    let all = names("BINANCE", &refs);
+    wait_synced(&mut c, &all).await;
+    let mut w = None;
+    for round in 1..=5u64 {
+        if round == 5 {
+            w = Some(watch(&server, &all, pb::Channel::Book).await);
+        }
+        mock.close_abruptly();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while mock.stats().connections < 10 * (round + 1) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round} never recovered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut w = w.expect("watched the last round");
+    for name in &all {
+        w.until_rebuilt(name).await;
+    }
+    settle(&mut c, &mock, "BINANCE", &refs).await;
+    let stats = mock.stats();
+    assert_eq!(stats.connections, 60);
+    let at = &stats.connected_at;
+    for (i, t) in at.iter().enumerate() {
+        let within = at[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < Duration::from_millis(100))
+            .count();
+        assert!(
+            within <= 3,
+            "{within} connections within 100 ms of attempt {i}"
+        );
+    }
     server.shutdown().await.unwrap();
 }
