@@ -180,6 +180,7 @@ fn feed_trade(instrument: &str, stamp: u64) -> pb::FeedEvent {
         instrument: instrument.to_owned(),
         exchange_time: stamp,
         receive_time: 0,
+        venue_seq: 0,
         body: Some(pb::feed_event::Body::Trade(workload::trade())),
     }
 }

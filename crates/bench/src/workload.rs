@@ -63,6 +63,7 @@ pub(super) fn delivered_bytes(instrument: &str, sequence: u64, stamp: u64) -> Ve
             exchange_time: stamp,
             receive_time: stamp,
             publish_time: stamp,
+            venue_seq: 0,
             body: Some(pb::event::Body::Trade(trade())),
         }],
     }
@@ -335,6 +336,7 @@ mod tests {
             exchange_time: UnixNanos(stamp),
             receive_time: UnixNanos(stamp),
             publish_time: UnixNanos(stamp),
+            venue_seq: 0,
             body: EventBody::Trade(Trade {
                 price: Price::from_units(1_000_000_000),
                 qty: Qty::from_units(1_000_000_000),

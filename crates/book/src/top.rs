@@ -26,9 +26,11 @@ pub struct TopOfBook {
     pub exchange_time: UnixNanos,
     /// When Raven received it.
     pub receive_time: UnixNanos,
+    /// The venue's id for the book's last change (0 when the source has none).
+    pub venue_seq: u64,
 }
 
-const WORDS: usize = 10;
+const WORDS: usize = 11;
 const HAS_BID: u64 = 1;
 const HAS_ASK: u64 = 2;
 
@@ -62,6 +64,7 @@ fn encode(top: &TopOfBook) -> [u64; WORDS] {
         top.exchange_time.0,
         top.receive_time.0,
         flags,
+        top.venue_seq,
     ]
 }
 
@@ -78,6 +81,7 @@ fn decode(w: &[u64; WORDS]) -> TopOfBook {
         sequence: Sequence(w[6]),
         exchange_time: UnixNanos(w[7]),
         receive_time: UnixNanos(w[8]),
+        venue_seq: w[10],
     }
 }
 
@@ -159,6 +163,7 @@ mod tests {
             sequence: Sequence(i),
             exchange_time: UnixNanos(i * 11),
             receive_time: UnixNanos(i * 13),
+            venue_seq: 0,
         }
     }
 

@@ -377,6 +377,7 @@ async fn shutdown_clients(o: &Options, dir: &Path) -> anyhow::Result<Row> {
                 instrument: "CHAOS:PUBLISHED".into(),
                 exchange_time: 1,
                 receive_time: 0,
+                venue_seq: 0,
                 body: Some(pb::feed_event::Body::Trade(pb::Trade {
                     price: 1_000_000_000,
                     qty: 1_000_000_000,

@@ -284,6 +284,9 @@ pub struct Event {
     pub receive_time: UnixNanos,
     /// When the engine published it, so clients can measure end-to-end latency.
     pub publish_time: UnixNanos,
+    /// The venue's own id for the event (its update id, message number or checksum), so
+    /// a client can audit against the exchange; 0 when the source has none.
+    pub venue_seq: u64,
     /// The payload.
     pub body: EventBody,
 }
@@ -297,6 +300,8 @@ pub struct FeedEvent {
     pub exchange_time: UnixNanos,
     /// When Raven received it.
     pub receive_time: UnixNanos,
+    /// The venue's own id for the event; 0 when the source has none.
+    pub venue_seq: u64,
     /// The payload.
     pub kind: FeedKind,
 }

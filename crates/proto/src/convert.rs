@@ -147,6 +147,7 @@ pub fn event_to_pb(instrument: &str, event: &Event) -> pb::Event {
         exchange_time: event.exchange_time.0,
         receive_time: event.receive_time.0,
         publish_time: event.publish_time.0,
+        venue_seq: event.venue_seq,
         body: Some(body),
     }
 }

@@ -204,6 +204,7 @@ impl Tapped {
                     exchange_time: UnixNanos(event.exchange_time),
                     receive_time: UnixNanos(event.receive_time),
                     publish_time: UnixNanos(event.publish_time),
+                    venue_seq: event.venue_seq,
                     body: body_from_pb(&event)
                         .ok()
                         .flatten()

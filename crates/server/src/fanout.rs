@@ -400,6 +400,7 @@ fn gap_event(name: &InstrumentName, channel: Channel, missed: u64) -> Bytes {
         exchange_time: UnixNanos::ZERO,
         receive_time: UnixNanos::ZERO,
         publish_time: UnixNanos::ZERO,
+        venue_seq: 0,
         body: EventBody::Status(Status {
             kind: StatusKind::Gap,
             channel,
@@ -541,6 +542,7 @@ mod tests {
             exchange_time: raven_model::UnixNanos(1),
             receive_time: raven_model::UnixNanos(1),
             publish_time: raven_model::UnixNanos(1),
+            venue_seq: 0,
             body: raven_model::EventBody::Trade(raven_model::Trade {
                 price: raven_model::Price::from_units(1),
                 qty: raven_model::Qty::from_units(1),

@@ -213,6 +213,59 @@ impl Watch {
         }
     }
 
+    /// Applies every book event seen to a book per instrument and checks it against the
+    /// venue's truth at the event's venue id: every published book was the venue's.
+    /// Returns how many books were checked.
+    fn assert_books_true(&mut self, mock: &MockExchange, venue: &str) -> usize {
+        self.drain();
+        let mut books: HashMap<String, (Side, Side)> = HashMap::new();
+        let mut checked = 0;
+        for e in &self.seen {
+            let Ok(Some(body)) = body_from_pb(e) else {
+                continue;
+            };
+            let book = books.entry(e.instrument.clone()).or_default();
+            match body {
+                EventBody::Snapshot(s) => {
+                    book.0 = s.bids.iter().map(|l| (l.price, l.qty)).collect();
+                    book.1 = s.asks.iter().map(|l| (l.price, l.qty)).collect();
+                }
+                EventBody::Delta(d) => {
+                    for c in d.changes {
+                        let side = match c.side {
+                            raven_model::Side::Bid => &mut book.0,
+                            raven_model::Side::Ask => &mut book.1,
+                        };
+                        side.retain(|(p, _)| *p != c.price);
+                        if !c.qty.is_zero() {
+                            side.push((c.price, c.qty));
+                        }
+                    }
+                    book.0.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
+                    book.1.sort_by_key(|(p, _)| *p);
+                }
+                _ => continue,
+            }
+            assert_ne!(
+                e.venue_seq, 0,
+                "a connector book event without the venue's id"
+            );
+            let symbol = e.instrument.strip_prefix(&format!("{venue}:")).unwrap();
+            let (bids, asks) = mock
+                .truth_at(symbol, e.venue_seq)
+                .unwrap_or_else(|| panic!("{symbol}: no venue book at {}", e.venue_seq));
+            assert_eq!(
+                *book,
+                (parse_side(&bids), parse_side(&asks)),
+                "{} at venue id {}",
+                e.instrument,
+                e.venue_seq
+            );
+            checked += 1;
+        }
+        checked
+    }
+
     /// Per-instrument sequences of book events are contiguous from the first one seen.
     fn assert_contiguous(&mut self) {
         self.drain();
@@ -364,6 +417,7 @@ async fn an_abrupt_drop_is_feed_down_then_up_and_books_rebuilt() {
     settle(&mut c, &mock, "BINANCE", &symbols).await;
     assert_eq!(mock.stats().connections, 2);
     w.assert_contiguous();
+    assert!(w.assert_books_true(&mock, "BINANCE") > 10);
     server.shutdown().await.unwrap();
 }
 
@@ -437,6 +491,7 @@ async fn server_shutdown_rotates_make_before_break() {
     assert_eq!(mock.stats().connections, 2);
     assert_eq!(w.statuses(), vec![], "no FeedDown, no gap, no resync");
     w.assert_contiguous();
+    assert!(w.assert_books_true(&mock, "BINANCE") > 10);
     server.shutdown().await.unwrap();
 }
 
@@ -477,6 +532,7 @@ async fn usdm_books_follow_pu_across_public_and_market_connections() {
     wait_synced(&mut c, &names).await;
     let mut books = watch(&server, &names, pb::Channel::Book).await;
     let mut trades = watch(&server, &names, pb::Channel::Trades).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     mock.drop_depth("ETHUSDT", 1);
     books.until_rebuilt("BINANCE_USDM:ETHUSDT").await;
     settle(&mut c, &mock, "BINANCE_USDM", &symbols).await;
@@ -504,6 +560,8 @@ async fn usdm_books_follow_pu_across_public_and_market_connections() {
         "one /public and one /market connection"
     );
     books.assert_contiguous();
+    let checked = books.assert_books_true(&mock, "BINANCE_USDM");
+    assert!(checked > 10, "{checked} books checked");
     trades.assert_contiguous();
     server.shutdown().await.unwrap();
 }
@@ -563,6 +621,7 @@ async fn malformed_input_is_refused_and_never_breaks_a_book() {
     settle(&mut c, &mock, "BINANCE", &symbols).await;
     assert_eq!(mock.stats().connections, 2);
     w.assert_contiguous();
+    assert!(w.assert_books_true(&mock, "BINANCE") > 10);
     server.shutdown().await.unwrap();
 }
 

@@ -225,6 +225,7 @@ fn refused_update_reports_status_requests_resync_and_is_never_half_applied() {
         instrument: id,
         exchange_time: UnixNanos(5),
         receive_time: UnixNanos(6),
+        venue_seq: 0,
         kind,
     };
     let change = |side, p, q| LevelChange {
@@ -308,6 +309,7 @@ fn a_feed_status_reaches_clients_with_what_it_missed() {
             instrument: id,
             exchange_time: UnixNanos(5),
             receive_time: UnixNanos(6),
+            venue_seq: 0,
             kind,
         })
         .collect();
@@ -355,6 +357,7 @@ fn publish_times_never_go_backwards_when_the_wall_clock_does() {
             instrument: id,
             exchange_time: UnixNanos(n),
             receive_time: UnixNanos(n),
+            venue_seq: 0,
             kind: FeedKind::Trade(Trade {
                 price: Price::from_units(100),
                 qty: Qty::from_units(1),

@@ -36,6 +36,7 @@ fn event(instrument: &str, body: pb::feed_event::Body) -> pb::FeedEvent {
         instrument: instrument.into(),
         exchange_time: 1_700_000_000_000_000_000,
         receive_time: 0,
+        venue_seq: 0,
         body: Some(body),
     }
 }
@@ -290,6 +291,7 @@ async fn bad_publishes_get_precise_errors() {
                 instrument: "TEST:OK".into(),
                 exchange_time: 0,
                 receive_time: 0,
+                venue_seq: 0,
                 body: None,
             }]],
             Code::InvalidArgument,
@@ -392,6 +394,7 @@ async fn a_refused_publish_creates_no_instrument() {
                 instrument: "TEST:ALSO-NEW".into(),
                 exchange_time: 0,
                 receive_time: 0,
+                venue_seq: 0,
                 body: None,
             },
         };

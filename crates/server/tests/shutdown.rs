@@ -129,6 +129,7 @@ async fn shutdown_ends_with_half_open_idle_publishing_and_watching_clients_attac
         instrument: "TEST:SHUTDOWN".into(),
         exchange_time: 1,
         receive_time: 0,
+        venue_seq: 0,
         body: Some(pb::feed_event::Body::Trade(pb::Trade {
             price: 100_000_000_000,
             qty: 1_000_000_000,

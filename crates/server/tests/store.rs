@@ -42,6 +42,7 @@ fn fixture() -> Vec<(&'static str, Event)> {
         exchange_time: UnixNanos::ZERO,
         receive_time: UnixNanos::ZERO,
         publish_time: UnixNanos::ZERO,
+        venue_seq: 0,
         body,
     };
     let big = q("123456789012.123456789");
@@ -434,6 +435,7 @@ fn checkpoints_are_kept_apart_found_by_time_and_start_a_read(fresh: &mut Fresh) 
         exchange_time: UnixNanos(publish),
         receive_time: UnixNanos(publish),
         publish_time: UnixNanos(publish),
+        venue_seq: 0,
         body,
     };
     let book = BookSnapshot {
@@ -543,6 +545,7 @@ fn time_index(store: &mut dyn Store) -> u64 {
                     exchange_time: time,
                     receive_time: time,
                     publish_time: time,
+                    venue_seq: 0,
                     body: EventBody::Trade(Trade {
                         price: p("1"),
                         qty: q("1"),
@@ -663,6 +666,7 @@ fn the_sqlite_wal_stays_under_its_bound_while_writing_with_a_slow_reader() {
                 exchange_time: UnixNanos(n),
                 receive_time: UnixNanos(n),
                 publish_time: UnixNanos(1_000_000 + n * 1000),
+                venue_seq: 0,
                 body: EventBody::Trade(Trade {
                     price: p("65000.25"),
                     qty: q("0.5"),

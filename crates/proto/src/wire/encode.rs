@@ -336,6 +336,8 @@ pub struct Header<'a> {
     pub receive_time: u64,
     /// Publish time.
     pub publish_time: u64,
+    /// The venue's id (0: none, not written).
+    pub venue_seq: u64,
 }
 
 impl<'a> Header<'a> {
@@ -348,6 +350,7 @@ impl<'a> Header<'a> {
             exchange_time: event.exchange_time.0,
             receive_time: event.receive_time.0,
             publish_time: event.publish_time.0,
+            venue_seq: event.venue_seq,
         }
     }
 
@@ -358,6 +361,11 @@ impl<'a> Header<'a> {
             + fixed64_field_len(4, self.exchange_time)
             + fixed64_field_len(5, self.receive_time)
             + fixed64_field_len(6, self.publish_time)
+            + if self.venue_seq == 0 {
+                0
+            } else {
+                varint_field_len(7, self.venue_seq)
+            }
     }
 
     fn put(&self, out: Out<'_, '_>) {
@@ -367,6 +375,9 @@ impl<'a> Header<'a> {
         put_fixed64_field(4, self.exchange_time, out);
         put_fixed64_field(5, self.receive_time, out);
         put_fixed64_field(6, self.publish_time, out);
+        if self.venue_seq != 0 {
+            put_varint_field(7, self.venue_seq, out);
+        }
     }
 }
 
@@ -426,6 +437,7 @@ pub fn put_heartbeat_ack(buf: &mut BytesMut, id: u64, server_time: u64) {
         exchange_time: 0,
         receive_time: 0,
         publish_time: server_time,
+        venue_seq: 0,
     };
     // The channel of a control event carries no meaning; leave it unspecified.
     let header_len = header.len() - varint_field_len(2, channel_number(Channel::Book));
@@ -521,6 +533,7 @@ mod tests {
             exchange_time: UnixNanos(1_700_000_000_000_000_001),
             receive_time: UnixNanos(1_700_000_000_000_000_002),
             publish_time: UnixNanos(1_700_000_000_000_000_003),
+            venue_seq: 0,
             body,
         }
     }
@@ -598,8 +611,10 @@ mod tests {
 
     #[test]
     fn hand_encoding_decodes_to_what_prost_would_send() {
-        for body in bodies() {
-            let ev = event(body);
+        // With and without the venue's id (0 is not written, as prost would not).
+        for (i, body) in bodies().into_iter().enumerate() {
+            let mut ev = event(body);
+            ev.venue_seq = [0, 1, 22_611_425_151, u64::MAX][i % 4];
             let mut buf = BytesMut::new();
             put_event(&mut buf, "SIM:BTC-USD", &ev);
             let decoded = pb::StreamResponse::decode(buf.freeze()).unwrap();
@@ -632,6 +647,7 @@ mod tests {
                 exchange_time: 0,
                 receive_time: 0,
                 publish_time: 5,
+                venue_seq: 0,
             },
         );
         put_history_end(
@@ -643,6 +659,7 @@ mod tests {
                 exchange_time: 0,
                 receive_time: 0,
                 publish_time: 6,
+                venue_seq: 0,
             },
         );
         put_heartbeat_ack(&mut buf, 77, 1234);

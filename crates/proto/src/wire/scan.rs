@@ -203,6 +203,7 @@ mod tests {
             exchange_time: 1_700_000_000_000_000_001,
             receive_time: 1_700_000_000_000_000_002,
             publish_time: 1_700_000_000_000_000_003 + sequence,
+            venue_seq: 0,
             body: Some(body),
         };
         let delta = pb::BookDelta {

@@ -108,6 +108,7 @@ impl Publisher {
             } else {
                 UnixNanos(event.receive_time)
             },
+            venue_seq: event.venue_seq,
             kind,
         })
     }
@@ -137,6 +138,7 @@ impl Publisher {
                     instrument,
                     exchange_time: c.exchange_time,
                     receive_time: c.receive_time,
+                    venue_seq: c.venue_seq,
                     kind: c.kind,
                 })
             })
@@ -156,6 +158,7 @@ struct Checked {
     instrument: Target,
     exchange_time: UnixNanos,
     receive_time: UnixNanos,
+    venue_seq: u64,
     kind: FeedKind,
 }
 

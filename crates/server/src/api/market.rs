@@ -156,6 +156,7 @@ impl Market for MarketApi {
                 exchange_time: top.exchange_time,
                 receive_time: top.receive_time,
                 publish_time: self.0.clock.now(),
+                venue_seq: top.venue_seq,
                 body: EventBody::Snapshot(BookSnapshot {
                     bids: top.bbo.bid.into_iter().collect(),
                     asks: top.bbo.ask.into_iter().collect(),

@@ -25,6 +25,7 @@ pub(super) struct Scratch {
 pub(super) struct Times {
     pub(super) exchange: UnixNanos,
     pub(super) receive: UnixNanos,
+    pub(super) venue_seq: u64,
 }
 
 /// Output of one event: sequencing, derivation and encoding.
@@ -48,6 +49,7 @@ impl Output<'_> {
             exchange_time: times.exchange,
             receive_time: times.receive,
             publish_time: self.now,
+            venue_seq: times.venue_seq,
             body,
         }
     }
@@ -78,7 +80,7 @@ impl Output<'_> {
         delta: Option<BookDelta>,
         kind: SnapshotKind,
     ) {
-        inst.book_times = (times.exchange, times.receive);
+        inst.book_times = (times.exchange, times.receive, times.venue_seq);
         let is_delta = delta.is_some();
         let body = match delta {
             Some(d) => EventBody::Delta(d),
@@ -113,6 +115,7 @@ impl Output<'_> {
                 exchange_time: event.exchange_time,
                 receive_time: event.receive_time,
                 publish_time: event.publish_time,
+                venue_seq: event.venue_seq,
                 body,
             };
             view.group.encode(&inst.name, &view_event);
@@ -169,5 +172,6 @@ fn publish_top(inst: &mut Instrument) {
         sequence: inst.seq[Channel::Book],
         exchange_time: inst.book_times.0,
         receive_time: inst.book_times.1,
+        venue_seq: inst.book_times.2,
     });
 }

@@ -29,7 +29,8 @@ pub(super) struct Instrument {
     /// Last sequence used, per channel.
     pub(super) seq: PerChannel<Sequence>,
     /// Times of the last book change, for snapshots served later.
-    pub(super) book_times: (UnixNanos, UnixNanos),
+    /// Exchange time, receive time and venue id of the book's last change.
+    pub(super) book_times: (UnixNanos, UnixNanos, u64),
     pub(super) bbo: Bbo,
     pub(super) top: TopWriter,
     pub(super) candles: Candles,
@@ -80,7 +81,7 @@ fn slot<'a>(
             book: OrderBook::new(),
             awaiting_snapshot: true,
             seq: PerChannel::default(),
-            book_times: (UnixNanos::ZERO, UnixNanos::ZERO),
+            book_times: (UnixNanos::ZERO, UnixNanos::ZERO, 0),
             bbo: Bbo::default(),
             top: writer,
             candles: Candles::default(),
@@ -139,6 +140,7 @@ impl Shard {
         let times = Times {
             exchange: fe.exchange_time,
             receive: fe.receive_time,
+            venue_seq: fe.venue_seq,
         };
         let mut out = Output {
             now,

@@ -201,6 +201,7 @@ pub(super) fn snapshot_event(
         exchange_time: inst.book_times.0,
         receive_time: inst.book_times.1,
         publish_time: now,
+        venue_seq: inst.book_times.2,
         body: EventBody::Snapshot(inst.book.snapshot(depth as usize, kind)),
     }
 }
@@ -225,6 +226,7 @@ pub(super) fn initial_state(
                 exchange_time: inst.book_times.0,
                 receive_time: inst.book_times.1,
                 publish_time: now,
+                venue_seq: inst.book_times.2,
                 body: EventBody::Bbo(inst.bbo),
             };
             wire::put_event(&mut buf, name, &event);
@@ -247,6 +249,7 @@ pub(super) fn snapshot_end(inst: &Instrument, channel: Channel, now: UnixNanos) 
             exchange_time: 0,
             receive_time: 0,
             publish_time: now.0,
+            venue_seq: 0,
         },
     );
     buf.freeze()

@@ -207,6 +207,7 @@ impl Simulator {
             instrument: id,
             exchange_time: time,
             receive_time: time,
+            venue_seq: 0,
             kind,
         }
     }

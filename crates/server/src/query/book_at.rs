@@ -53,6 +53,7 @@ pub async fn book_at(
         exchange_time: UnixNanos(last.exchange_time),
         receive_time: UnixNanos(last.receive_time),
         publish_time: UnixNanos(last.publish_time),
+        venue_seq: 0,
         body: EventBody::Snapshot(book.snapshot(depth as usize, SnapshotKind::Initial)),
     };
     Ok(event_to_pb(name, &event))

@@ -67,6 +67,7 @@ pub async fn backlog(
                     exchange_time: 0,
                     receive_time: 0,
                     publish_time: 0,
+                    venue_seq: 0,
                 },
             );
             rows.push(marker.freeze());
@@ -178,6 +179,7 @@ fn collect(
             exchange_time: UnixNanos(event.exchange_time),
             receive_time: UnixNanos(event.receive_time),
             publish_time: UnixNanos(event.publish_time),
+            venue_seq: 0,
             body: EventBody::Snapshot(book.snapshot(0, SnapshotKind::Initial)),
         };
         let mut buf = BytesMut::new();
@@ -251,6 +253,7 @@ mod tests {
                     exchange_time: time,
                     receive_time: time,
                     publish_time: time,
+                    venue_seq: 0,
                     body: EventBody::Trade(Trade {
                         price: "1".parse().unwrap(),
                         qty: "1".parse().unwrap(),

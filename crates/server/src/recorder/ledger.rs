@@ -97,6 +97,7 @@ fn gap_event(channel: Channel, range: Range) -> Event {
         exchange_time: time,
         receive_time: time,
         publish_time: time,
+        venue_seq: 0,
         body: EventBody::Status(Status {
             kind: StatusKind::Gap,
             channel,
@@ -127,6 +128,7 @@ mod tests {
             exchange_time: UnixNanos(time),
             receive_time: UnixNanos(time),
             publish_time: UnixNanos(time),
+            venue_seq: 0,
             body: EventBody::Trade(Trade {
                 price: "1".parse().unwrap(),
                 qty: "2".parse().unwrap(),

@@ -264,6 +264,7 @@ fn emit_all(link: &Link, kind: StatusKind, detail: &str) {
                 instrument: slot.id,
                 exchange_time: now,
                 receive_time: now,
+                venue_seq: 0,
                 kind: FeedKind::Status(Status {
                     kind,
                     channel,
@@ -505,21 +506,21 @@ async fn dispatch(
             continue;
         };
         let time = |t: UnixNanos| if t == UnixNanos::ZERO { now } else { t };
-        let (exchange_time, kind) = match action {
+        let (exchange_time, venue_seq, kind) = match action {
             Action::Snapshot {
+                venue_id,
                 exchange_time,
                 book,
-                ..
-            } => (time(exchange_time), FeedKind::Snapshot(book)),
+            } => (time(exchange_time), venue_id, FeedKind::Snapshot(book)),
             Action::Delta {
+                venue_id,
                 exchange_time,
                 delta,
-                ..
-            } => (time(exchange_time), FeedKind::Delta(delta)),
+            } => (time(exchange_time), venue_id, FeedKind::Delta(delta)),
             Action::Trade {
                 exchange_time,
                 trade,
-            } => (time(exchange_time), FeedKind::Trade(trade)),
+            } => (time(exchange_time), 0, FeedKind::Trade(trade)),
             Action::Status {
                 channel,
                 kind,
@@ -527,6 +528,7 @@ async fn dispatch(
                 detail,
             } => (
                 now,
+                0,
                 FeedKind::Status(Status {
                     kind,
                     channel,
@@ -572,6 +574,7 @@ async fn dispatch(
             instrument: info.id,
             exchange_time,
             receive_time: now,
+            venue_seq,
             kind,
         });
     }

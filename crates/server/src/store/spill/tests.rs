@@ -48,6 +48,7 @@ fn batch(number: u64, rows: u64) -> Batch {
             exchange_time: UnixNanos(i),
             receive_time: UnixNanos(i),
             publish_time: UnixNanos(i),
+            venue_seq: 0,
             body: EventBody::Trade(Trade {
                 price: "65000.5".parse().unwrap(),
                 qty: "0.25".parse().unwrap(),
