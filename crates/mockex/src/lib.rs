@@ -13,6 +13,7 @@
 //! venue would.
 
 pub mod http;
+mod kraken;
 pub mod truth;
 
 use std::collections::{HashMap, VecDeque};
@@ -38,6 +39,9 @@ pub enum Market {
     /// USD-M: `/public/stream` for depth, `/market/stream` for trades, `/fapi/v1/...`,
     /// ids chained by `pu`.
     UsdM,
+    /// Kraken spot v2: `/v2`, book views of the subscribed depth with a CRC32 over the
+    /// top ten levels, trades; no REST.
+    Kraken,
 }
 
 /// How the mock behaves.
@@ -93,6 +97,18 @@ impl MockConfig {
     }
 }
 
+impl MockConfig {
+    /// Kraken v2 defaults for `symbols` (`BTC/USD`).
+    pub fn kraken(symbols: &[&str]) -> MockConfig {
+        MockConfig {
+            market: Market::Kraken,
+            symbols: symbols.iter().map(|s| s.to_string()).collect(),
+            control_frames_per_s: 0,
+            ..MockConfig::spot(&[])
+        }
+    }
+}
+
 /// What the venue saw and did.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
@@ -141,6 +157,8 @@ struct Faults {
     retry_after_until: Option<Instant>,
     duplicate: HashMap<String, u32>,
     phantom_cross: HashMap<String, u32>,
+    bad_checksum: HashMap<String, u32>,
+    bad_snapshot_checksum: HashMap<String, u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,12 +174,19 @@ enum Control {
 struct Generated {
     symbol: String,
     depth: bool,
+    /// Binance's rendering.
     data: String,
+    /// The whole book after a depth change (venues that send views of it, Kraken).
+    book: Option<Arc<Levels>>,
+    /// The trade, for venues that render it themselves.
+    trade: Option<TradeOut>,
 }
 
 struct State {
     rng: Rng,
     truths: Truths,
+    /// Kraken: the book view each checksum sent stood for, by symbol.
+    checksums: HashMap<String, HashMap<u32, (TrueSide, TrueSide)>>,
     faults: Faults,
     stats: Stats,
     weight: VecDeque<(Instant, u32)>,
@@ -221,6 +246,7 @@ impl MockExchange {
             state: Mutex::new(State {
                 rng,
                 truths,
+                checksums: HashMap::new(),
                 faults: Faults::default(),
                 stats: Stats::default(),
                 weight: VecDeque::new(),
@@ -257,10 +283,33 @@ impl MockExchange {
     }
 
     /// The true book of `symbol` at update id `id` (bids, asks; best first), if a diff
-    /// ended there.
+    /// ended there. Kraken has no ids: `id` is the checksum the venue sent, and the book
+    /// is the subscribed view it stood for.
     pub fn truth_at(&self, symbol: &str, id: u64) -> Option<(TrueSide, TrueSide)> {
         let state = self.shared.state();
+        if self.shared.config.market == Market::Kraken {
+            let sum = u32::try_from(id).ok()?;
+            return state.checksums.get(symbol)?.get(&sum).cloned();
+        }
         state.truths.get(symbol)?.at(id).map(sides)
+    }
+
+    /// Kraken: the next `n` book updates of `symbol` carry a wrong checksum.
+    pub fn bad_checksum(&self, symbol: &str, n: u32) {
+        self.shared
+            .state()
+            .faults
+            .bad_checksum
+            .insert(symbol.to_owned(), n);
+    }
+
+    /// Kraken: the next `n` book snapshots of `symbol` carry a wrong checksum.
+    pub fn bad_snapshot_checksum(&self, symbol: &str, n: u32) {
+        self.shared
+            .state()
+            .faults
+            .bad_snapshot_checksum
+            .insert(symbol.to_owned(), n);
     }
 
     /// What the venue saw.
@@ -381,6 +430,10 @@ fn now_ms() -> u64 {
 }
 
 fn render_diff(market: Market, symbol: &str, d: &DiffOut) -> String {
+    if market == Market::Kraken {
+        // Kraken's sessions render views of the book themselves.
+        return String::new();
+    }
     let side = |bid: bool| {
         let items: Vec<String> = d
             .changes
@@ -399,7 +452,7 @@ fn render_diff(market: Market, symbol: &str, d: &DiffOut) -> String {
             side(true),
             side(false)
         ),
-        Market::UsdM => format!(
+        Market::UsdM | Market::Kraken => format!(
             r#"{{"e":"depthUpdate","E":{ms},"T":{ms},"s":"{symbol}","U":{},"u":{},"pu":{},"b":{},"a":{}}}"#,
             d.first,
             d.last,
@@ -441,7 +494,7 @@ async fn generate_loop(shared: Arc<Shared>) {
     symbols.sort();
     loop {
         tick.tick().await;
-        let mut out = Vec::new();
+        let mut out: Vec<Generated> = Vec::new();
         {
             let mut guard = shared.state();
             let State {
@@ -464,46 +517,53 @@ async fn generate_loop(shared: Arc<Shared>) {
                     diff.changes.push((true, truth::MID + 2, 100_000_000));
                 }
                 let data = render_diff(shared.config.market, symbol, &diff);
+                let book = Arc::new(truth.book().clone());
+                let depth_event = |data: String| Generated {
+                    symbol: symbol.clone(),
+                    depth: true,
+                    data,
+                    book: Some(book.clone()),
+                    trade: None,
+                };
                 let twice = take(&mut faults.duplicate, symbol);
                 if twice {
-                    out.push((symbol.clone(), true, data.clone()));
+                    out.push(depth_event(data.clone()));
                 }
-                let dropped = match faults.drop_depth.get_mut(symbol) {
-                    Some(n) if *n > 0 => {
-                        *n -= 1;
-                        true
-                    }
-                    _ => false,
-                };
+                // Kraken's sessions drop what they send themselves (they keep a view).
+                let dropped =
+                    shared.config.market != Market::Kraken && take(&mut faults.drop_depth, symbol);
                 if !dropped {
                     match faults.swap_depth.get_mut(symbol) {
                         Some(held @ None) => *held = Some(data),
                         Some(Some(_)) => {
                             let first = faults.swap_depth.remove(symbol).flatten();
-                            out.push((symbol.clone(), true, data));
+                            out.push(depth_event(data));
                             if let Some(first) = first {
-                                out.push((symbol.clone(), true, first));
+                                out.push(depth_event(first));
                             }
                         }
-                        None => out.push((symbol.clone(), true, data)),
+                        None => out.push(depth_event(data)),
                     }
                 }
                 if rng.below(3) == 0 || twice {
                     let trade = truth.trade(rng);
                     let text = render_trade(symbol, &trade);
+                    let trade_event = |data: String| Generated {
+                        symbol: symbol.clone(),
+                        depth: false,
+                        data,
+                        book: None,
+                        trade: Some(trade.clone()),
+                    };
                     if twice {
-                        out.push((symbol.clone(), false, text.clone()));
+                        out.push(trade_event(text.clone()));
                     }
-                    out.push((symbol.clone(), false, text));
+                    out.push(trade_event(text));
                 }
             }
         }
-        for (symbol, depth, data) in out {
-            let _ = shared.events.send(Arc::new(Generated {
-                symbol,
-                depth,
-                data,
-            }));
+        for event in out {
+            let _ = shared.events.send(Arc::new(event));
         }
     }
 }
@@ -532,7 +592,11 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
     };
     if head.to_ascii_lowercase().contains("upgrade: websocket") {
         let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
-        session(stream, path, shared).await;
+        if shared.config.market == Market::Kraken {
+            kraken::session(stream, shared).await;
+        } else {
+            session(stream, path, shared).await;
+        }
         Ok(())
     } else {
         let request = http::read_request(&mut stream).await?;
@@ -549,6 +613,7 @@ async fn rest(
     let (depth_path, info_path) = match market {
         Market::Spot => ("/api/v3/depth", "/api/v3/exchangeInfo"),
         Market::UsdM => ("/fapi/v1/depth", "/fapi/v1/exchangeInfo"),
+        Market::Kraken => ("", ""),
     };
     if request.path() == info_path {
         let symbols: Vec<String> = shared
@@ -640,7 +705,7 @@ async fn rest(
                         asks.truncate(limit);
                         state.stats.depth_served += 1;
                         let times = match market {
-                            Market::Spot => String::new(),
+                            Market::Spot | Market::Kraken => String::new(),
                             Market::UsdM => format!(r#""E":{0},"T":{0},"#, now_ms()),
                         };
                         (

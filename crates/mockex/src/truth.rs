@@ -106,6 +106,11 @@ impl SymbolTruth {
         }
     }
 
+    /// The book now.
+    pub fn book(&self) -> &Levels {
+        &self.book
+    }
+
     /// The venue's current update id.
     pub fn last_id(&self) -> u64 {
         self.last_id

@@ -525,6 +525,14 @@ mod tests {
             (c.feeds[0].depth_limit, c.feeds[0].rest_weight_per_minute),
             (1000, 3000)
         );
+        let kraken: FileConfig =
+            toml::from_str("[[feeds]]\nvenue = \"kraken\"\nsymbols = [\"btc/usd\"]\n").unwrap();
+        let k = kraken.resolve().unwrap();
+        assert_eq!(k.feeds[0].symbols, ["BTC/USD"]);
+        assert_eq!(
+            (k.feeds[0].ws_url.as_str(), k.feeds[0].depth_limit),
+            ("wss://ws.kraken.com/v2", 10)
+        );
         let f: FileConfig = toml::from_str(&format!("[sim]\nenabled = true\n{text}")).unwrap();
         assert!(f.resolve().unwrap().sim.is_some());
     }
@@ -555,6 +563,18 @@ mod tests {
             (
                 "venue = \"binance\"\nsymbols = [\"A\"]\nstreams_per_connection = 2000",
                 "must be 2 to 1024",
+            ),
+            (
+                "venue = \"kraken\"\nsymbols = [\"BTCUSD\"]",
+                "\"BTCUSD\" is not a symbol of this venue",
+            ),
+            (
+                "venue = \"binance\"\nsymbols = [\"BTC/USD\"]",
+                "\"BTC/USD\" is not a symbol of this venue",
+            ),
+            (
+                "venue = \"kraken\"\nsymbols = [\"BTC/USD\"]\ndepth_limit = 20",
+                "must be one of 10, 25, 100, 500, 1000",
             ),
             (
                 "venue = \"binance\"\nsymbols = [\"A\"]\nliveness_ms = 0",

@@ -76,6 +76,35 @@ async fn published(c: &mut MarketClient<Channel>, name: &str) -> Option<(Side, S
     }
 }
 
+/// `GetSnapshot` of `name` equals the venue's book at the venue id it carries.
+async fn assert_snapshot_true(c: &mut MarketClient<Channel>, mock: &MockExchange, name: &str) {
+    let event = c
+        .get_snapshot(pb::GetSnapshotRequest {
+            instrument: name.into(),
+            depth: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Ok(Some(EventBody::Snapshot(s))) = body_from_pb(&event) else {
+        panic!("{name}: not a snapshot")
+    };
+    let symbol = name.split_once(':').unwrap().1;
+    let (bids, asks) = mock
+        .truth_at(symbol, event.venue_seq)
+        .unwrap_or_else(|| panic!("{name}: no venue book at {}", event.venue_seq));
+    let book: (Side, Side) = (
+        s.bids.iter().map(|l| (l.price, l.qty)).collect(),
+        s.asks.iter().map(|l| (l.price, l.qty)).collect(),
+    );
+    assert_eq!(
+        book,
+        (parse_side(&bids), parse_side(&asks)),
+        "{name} at {}",
+        event.venue_seq
+    );
+}
+
 /// Stops `symbols` at the venue, then waits until each published book equals the truth
 /// at the venue's last update id.
 async fn settle(c: &mut MarketClient<Channel>, mock: &MockExchange, venue: &str, symbols: &[&str]) {
@@ -772,5 +801,126 @@ async fn ten_connections_dropped_together_reconnect_spread_out() {
             "{within} connections within 100 ms of attempt {i}"
         );
     }
+    server.shutdown().await.unwrap();
+}
+
+fn kraken_feed(mock: &MockExchange, symbols: &[&str]) -> FeedSection {
+    FeedSection {
+        ws_url: Some(format!("{}/v2", mock.ws_url())),
+        rest_url: None,
+        depth_limit: Some(10),
+        ..feed(mock, "kraken", symbols)
+    }
+}
+
+#[tokio::test]
+async fn kraken_books_are_checksummed_and_equal_the_venue() {
+    let symbols = ["BTC/USD", "ETH/USD"];
+    let mock = MockExchange::start(MockConfig::kraken(&symbols))
+        .await
+        .unwrap();
+    let server = serve(vec![kraken_feed(&mock, &symbols)]).await;
+    let mut c = client(&server).await;
+    let names = names("KRAKEN", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    let mut trades = watch(&server, &names, pb::Channel::Trades).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for name in &names {
+        assert_snapshot_true(&mut c, &mock, name).await;
+    }
+    assert!(w.assert_books_true(&mock, "KRAKEN") > 10);
+    assert_eq!(w.statuses(), vec![]);
+    trades.drain();
+    let taker = trades
+        .seen
+        .iter()
+        .find_map(|e| match body_from_pb(e).ok()?? {
+            EventBody::Trade(t) => Some(t.aggressor),
+            _ => None,
+        });
+    assert!(taker.is_some(), "trades arrive");
+    trades.assert_contiguous();
+    assert_eq!(mock.stats().violations, Vec::<String>::new());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_kraken_checksum_mismatch_resubscribes_only_that_pair() {
+    let symbols = ["BTC/USD", "ETH/USD"];
+    let mock = MockExchange::start(MockConfig::kraken(&symbols))
+        .await
+        .unwrap();
+    let server = serve(vec![kraken_feed(&mock, &symbols)]).await;
+    let mut c = client(&server).await;
+    let names = names("KRAKEN", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let subscribed = mock.stats().subscribe_frames;
+    mock.bad_checksum("BTC/USD", 1);
+    w.until_rebuilt("KRAKEN:BTC/USD").await;
+    // Lost updates: the next checksum shows it, unless a later update happened to
+    // restore every level the lost ones changed (absolute quantities heal); either way
+    // the published book is the venue's.
+    mock.drop_depth("ETH/USD", 3);
+    // Resubscriptions wait their turn under the control-frame limit (4/s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let statuses = w.statuses();
+    let resyncs = |name: &str| {
+        statuses
+            .iter()
+            .filter(|s| s.0 == name && s.1 == StatusKind::Resync)
+            .count()
+    };
+    assert_eq!(resyncs("KRAKEN:BTC/USD"), 1, "{statuses:?}");
+    assert!(resyncs("KRAKEN:ETH/USD") <= 1, "{statuses:?}");
+    let expected = subscribed + 1 + resyncs("KRAKEN:ETH/USD") as u64;
+    assert_eq!(
+        mock.stats().subscribe_frames,
+        expected,
+        "one resubscription each"
+    );
+    assert_eq!(mock.stats().connections, 1);
+    for name in &names {
+        assert_snapshot_true(&mut c, &mock, name).await;
+    }
+    w.assert_contiguous();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreliable_kraken_checksum_is_reported_not_looped_on() {
+    let symbols = ["BTC/USD"];
+    let mock = MockExchange::start(MockConfig::kraken(&symbols))
+        .await
+        .unwrap();
+    let server = serve(vec![kraken_feed(&mock, &symbols)]).await;
+    let mut c = client(&server).await;
+    let names = names("KRAKEN", &symbols);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let subscribed = mock.stats().subscribe_frames;
+    // One wrong checksum on an update (a resync), then on every fresh snapshot, three
+    // times: the third says the checksum is unreliable and keeps the book.
+    mock.bad_snapshot_checksum("BTC/USD", 3);
+    mock.bad_checksum("BTC/USD", 1);
+    w.until("KRAKEN:BTC/USD", StatusKind::Rejected).await;
+    w.until_rebuilt("KRAKEN:BTC/USD").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let statuses = w.statuses();
+    let kinds: Vec<StatusKind> = statuses.iter().map(|s| s.1).collect();
+    assert_eq!(
+        kinds,
+        [StatusKind::Resync, StatusKind::Rejected],
+        "{statuses:?}"
+    );
+    assert_eq!(
+        mock.stats().subscribe_frames,
+        subscribed + 3,
+        "no resubscription storm"
+    );
+    assert_snapshot_true(&mut c, &mock, "KRAKEN:BTC/USD").await;
     server.shutdown().await.unwrap();
 }

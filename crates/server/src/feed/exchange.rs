@@ -7,7 +7,8 @@
 //! - [`connection`]: a connection's life (subscribe, read, ping, liveness, staleness,
 //!   rotation, reconnect) around a venue [`connection::Session`];
 //! - [`rest`]: the snapshot queue behind the venue's request-weight budget;
-//! - [`binance`]: the Binance session (spot and USD-M).
+//! - [`binance`]: the Binance session (spot and USD-M);
+//! - [`kraken`]: the Kraken v2 session.
 //!
 //! A feed runs on a thread of its own with a single-threaded tokio runtime: its sockets
 //! never compete with the gRPC server's, and when the engine applies back-pressure the
@@ -16,6 +17,7 @@
 
 pub mod binance;
 pub mod connection;
+pub mod kraken;
 pub mod pacing;
 pub mod rest;
 pub mod transport;
@@ -39,6 +41,8 @@ pub enum Venue {
     Binance,
     /// `binance-usdm`: Binance USD-M futures.
     BinanceUsdm,
+    /// `kraken`: Kraken spot, WebSocket v2.
+    Kraken,
 }
 
 impl Venue {
@@ -46,14 +50,17 @@ impl Venue {
         match name {
             "binance" => Some(Venue::Binance),
             "binance-usdm" => Some(Venue::BinanceUsdm),
+            "kraken" => Some(Venue::Kraken),
             _ => None,
         }
     }
 
-    fn market(self) -> Market {
+    /// The Binance market, for the Binance venues.
+    fn market(self) -> Option<Market> {
         match self {
-            Venue::Binance => Market::Spot,
-            Venue::BinanceUsdm => Market::UsdM,
+            Venue::Binance => Some(Market::Spot),
+            Venue::BinanceUsdm => Some(Market::UsdM),
+            Venue::Kraken => None,
         }
     }
 
@@ -62,7 +69,36 @@ impl Venue {
         match self {
             Venue::Binance => "binance",
             Venue::BinanceUsdm => "binance-usdm",
+            Venue::Kraken => "kraken",
         }
+    }
+
+    /// The `VENUE` part of instrument names.
+    pub fn instrument_venue(self) -> &'static str {
+        match self.market() {
+            Some(m) => m.venue(),
+            None => raven_venues::kraken::VENUE,
+        }
+    }
+
+    fn default_ws_url(self) -> &'static str {
+        match self.market() {
+            Some(m) => m.default_ws_base(),
+            None => raven_venues::kraken::DEFAULT_WS_URL,
+        }
+    }
+
+    fn default_rest_url(self) -> &'static str {
+        match self.market() {
+            Some(m) => m.default_rest_url(),
+            None => "https://api.kraken.com",
+        }
+    }
+
+    /// Control frames per second the venue allows a connection. Kraken publishes no
+    /// per-connection figure for public market data; Binance spot's 5 is used.
+    fn control_frames_per_sec(self) -> u32 {
+        self.market().map_or(5, Market::control_frames_per_sec)
     }
 }
 
@@ -70,16 +106,18 @@ impl Venue {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedSection {
-    /// `binance` or `binance-usdm`.
+    /// `binance`, `binance-usdm` or `kraken`.
     pub venue: String,
-    /// Symbols as the venue spells them (`BTCUSDT`); instruments are `VENUE:SYMBOL`.
+    /// Symbols as the venue spells them (`BTCUSDT`, `BTC/USD`); instruments are
+    /// `VENUE:SYMBOL`.
     pub symbols: Vec<String>,
     /// WebSocket base URL; default the venue's public endpoint (tests point it at the
     /// mock exchange).
     pub ws_url: Option<String>,
     /// REST base URL; default the venue's.
     pub rest_url: Option<String>,
-    /// Levels per REST book snapshot. Default 1000.
+    /// Levels per REST book snapshot (Binance; default 1000), or the book depth
+    /// subscribed (Kraken: 10, 25, 100, 500 or 1000; default 10).
     pub depth_limit: Option<u32>,
     /// Streams per connection (two per symbol on spot). Default 200, at most 1024.
     pub streams_per_connection: Option<usize>,
@@ -144,18 +182,20 @@ impl FeedSection {
         let venue = Venue::parse(&self.venue).ok_or_else(|| {
             err(
                 "venue",
-                "expected \"binance\" or \"binance-usdm\" (Coinbase and Kraken connectors are not wired yet)".into(),
+                "expected \"binance\", \"binance-usdm\" or \"kraken\" (the Coinbase connector is not wired yet)".into(),
             )
         })?;
         let market = venue.market();
+        let kraken = venue == Venue::Kraken;
         if self.symbols.is_empty() {
             return Err(err("symbols", "list at least one symbol".into()));
         }
         let mut symbols: Vec<String> = Vec::new();
         for s in &self.symbols {
             let upper = s.to_ascii_uppercase();
-            let name = format!("{}:{upper}", market.venue());
-            if InstrumentName::parse(&name).is_err() || upper.contains('/') {
+            let name = format!("{}:{upper}", venue.instrument_venue());
+            // Kraken spells pairs BASE/QUOTE; Binance symbols have no separator.
+            if InstrumentName::parse(&name).is_err() || upper.contains('/') != kraken {
                 return Err(err(
                     "symbols",
                     format!("{s:?} is not a symbol of this venue"),
@@ -166,13 +206,18 @@ impl FeedSection {
             }
             symbols.push(upper);
         }
-        let depth_limit = self.depth_limit.unwrap_or(1000);
-        if market.depth_weight(depth_limit).is_none() {
+        let depth_limit = self.depth_limit.unwrap_or(if kraken { 10 } else { 1000 });
+        let depth_ok = match market {
+            Some(m) => m.depth_weight(depth_limit).is_some(),
+            None => raven_venues::kraken::DEPTHS.contains(&depth_limit),
+        };
+        if !depth_ok {
             return Err(err(
                 "depth_limit",
                 match market {
-                    Market::Spot => "must be 1 to 5000".into(),
-                    Market::UsdM => "must be one of 5, 10, 20, 50, 100, 500, 1000".into(),
+                    Some(Market::Spot) => "must be 1 to 5000".into(),
+                    Some(Market::UsdM) => "must be one of 5, 10, 20, 50, 100, 500, 1000".into(),
+                    None => "must be one of 10, 25, 100, 500, 1000".into(),
                 },
             ));
         }
@@ -200,7 +245,7 @@ impl FeedSection {
             stale_after: ms(self.stale_after_ms, 30_000, "stale_after_ms")?,
             rotate_after: Duration::from_secs(self.rotate_after_secs.unwrap_or(82_800).max(1)),
             // The venue counts our pongs and pings too: one frame a second of margin.
-            control_per_s: market.control_frames_per_sec().saturating_sub(1).max(1) as usize,
+            control_per_s: venue.control_frames_per_sec().saturating_sub(1).max(1) as usize,
             connect_timeout: Duration::from_secs(10),
             overlap: Duration::from_secs(2),
             resync_every: Duration::from_secs(1),
@@ -213,8 +258,11 @@ impl FeedSection {
         }
         let rest_weight_per_minute = self
             .rest_weight_per_minute
-            .unwrap_or(market.default_weight_per_minute() / 2);
-        if rest_weight_per_minute < market.depth_weight(depth_limit).unwrap_or(1) {
+            .unwrap_or(market.map_or(0, |m| m.default_weight_per_minute() / 2));
+        let snapshot_weight = market
+            .and_then(|m| m.depth_weight(depth_limit))
+            .unwrap_or(0);
+        if rest_weight_per_minute < snapshot_weight {
             return Err(err(
                 "rest_weight_per_minute",
                 "must allow at least one snapshot of depth_limit levels".into(),
@@ -224,12 +272,8 @@ impl FeedSection {
         Ok(ExchangeConfig {
             venue,
             symbols,
-            ws_url: trim(self.ws_url.as_deref().unwrap_or(market.default_ws_base())),
-            rest_url: trim(
-                self.rest_url
-                    .as_deref()
-                    .unwrap_or(market.default_rest_url()),
-            ),
+            ws_url: trim(self.ws_url.as_deref().unwrap_or(venue.default_ws_url())),
+            rest_url: trim(self.rest_url.as_deref().unwrap_or(venue.default_rest_url())),
             depth_limit,
             streams_per_connection,
             timing,
@@ -250,38 +294,64 @@ impl ExchangeFeed {
     }
 }
 
-/// A connection to build: its path, its symbols, what it carries.
+/// A connection to build: its URL path, its symbols, what it carries, its session.
 struct Plan {
     path: &'static str,
     symbols: Vec<String>,
-    depth: bool,
-    trades: bool,
+    channels: &'static [Channel],
+    session: Box<dyn connection::Session>,
 }
 
 impl ExchangeConfig {
     /// The `VENUE` part of its instruments' names.
     pub fn venue_name(&self) -> &'static str {
-        self.venue.market().venue()
+        self.venue.instrument_venue()
     }
 
-    /// The connections: spot carries depth and trades together; USD-M splits depth
-    /// (`/public`) from trades (`/market`).
+    /// The connections: Binance spot and Kraken carry book and trades together; USD-M
+    /// splits depth (`/public`) from trades (`/market`).
     fn plans(&self) -> Vec<Plan> {
-        let market = self.venue.market();
-        let mut plans = Vec::new();
-        let kinds: &[(bool, bool)] = match market {
-            Market::Spot => &[(true, true)],
-            Market::UsdM => &[(true, false), (false, true)],
+        let kinds: &[(bool, bool)] = match self.venue.market() {
+            Some(Market::UsdM) => &[(true, false), (false, true)],
+            _ => &[(true, true)],
         };
+        let mut plans = Vec::new();
         for &(depth, trades) in kinds {
             let per_symbol = usize::from(depth) + usize::from(trades);
             let per_connection = (self.streams_per_connection / per_symbol).max(1);
+            let channels: &'static [Channel] = match (depth, trades) {
+                (true, false) => &[Channel::Book],
+                (false, true) => &[Channel::Trades],
+                _ => &[Channel::Book, Channel::Trades],
+            };
             for chunk in self.symbols.chunks(per_connection) {
+                let symbols = chunk.to_vec();
+                let (path, session): (&'static str, Box<dyn connection::Session>) =
+                    match self.venue.market() {
+                        Some(market) => (
+                            market.stream_path(!depth),
+                            Box::new(binance::BinanceSession::new(
+                                market,
+                                symbols.clone(),
+                                depth,
+                                trades,
+                                self.rest_url.clone(),
+                                self.depth_limit,
+                            )),
+                        ),
+                        None => (
+                            "",
+                            Box::new(kraken::KrakenSession::new(
+                                symbols.clone(),
+                                self.depth_limit,
+                            )),
+                        ),
+                    };
                 plans.push(Plan {
-                    path: market.stream_path(!depth),
-                    symbols: chunk.to_vec(),
-                    depth,
-                    trades,
+                    path,
+                    symbols,
+                    channels,
+                    session,
                 });
             }
         }
@@ -296,10 +366,9 @@ impl Feed for ExchangeFeed {
 
     fn spawn(self: Box<Self>, ctx: FeedContext) -> std::io::Result<FeedHandle> {
         let config = self.config;
-        let market = config.venue.market();
         let mut ids: HashMap<String, InstrumentId> = HashMap::new();
         for symbol in &config.symbols {
-            let name = InstrumentName::parse(&format!("{}:{symbol}", market.venue()))
+            let name = InstrumentName::parse(&format!("{}:{symbol}", config.venue_name()))
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             let (id, owner) = ctx.catalog.add(
                 InstrumentInfo {
@@ -340,7 +409,6 @@ async fn run(
     ctx: FeedContext,
     mut stop: watch::Receiver<bool>,
 ) {
-    let market = config.venue.market();
     let (rest_tx, rest_rx) = mpsc::channel(4096);
     let seed = ctx.clock.now().0;
     let rest = tokio::spawn(rest::run(rest_rx, config.rest_weight_per_minute, seed));
@@ -356,39 +424,26 @@ async fn run(
     let mut connections = Vec::new();
     for (n, plan) in config.plans().into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(1024);
-        let mut channels: &'static [Channel] = &[Channel::Book, Channel::Trades];
-        if !plan.trades {
-            channels = &[Channel::Book];
-        } else if !plan.depth {
-            channels = &[Channel::Trades];
-        }
+        let carries_book = plan.channels.contains(&Channel::Book);
         let slots: Vec<Slot> = plan
             .symbols
             .iter()
             .enumerate()
             .map(|(slot, s)| {
-                if plan.depth {
+                if carries_book {
                     books.insert(ids[s], (tx.clone(), slot));
                 }
                 Slot {
                     id: ids[s],
-                    channels,
+                    channels: plan.channels,
                 }
             })
             .collect();
-        let session = binance::BinanceSession::new(
-            market,
-            plan.symbols,
-            plan.depth,
-            plan.trades,
-            config.rest_url.clone(),
-            config.depth_limit,
-        );
         let link = Link {
             name: format!("{}#{n}", config.venue.as_str()),
             url: format!("{}{}", config.ws_url, plan.path),
             slots,
-            session: Box::new(session),
+            session: plan.session,
             timing: config.timing.clone(),
             input: ctx.input.clone(),
             clock: ctx.clock.clone(),
@@ -421,14 +476,17 @@ async fn run(
     rest.abort();
 }
 
-/// Reads the venue's tick sizes into the catalog, retrying until it has them.
+/// Reads the venue's tick sizes into the catalog, retrying until it has them. Only
+/// Binance's are read so far (`exchangeInfo`); Kraken's instruments list 0, "not said".
 async fn tick_sizes(
     config: ExchangeConfig,
     ids: HashMap<String, InstrumentId>,
     catalog: super::Catalog,
     mut stop: watch::Receiver<bool>,
 ) {
-    let market = config.venue.market();
+    let Some(market) = config.venue.market() else {
+        return;
+    };
     let url = format!("{}{}", config.rest_url, market.exchange_info_path());
     let backoff = pacing::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut jitter = pacing::Jitter::new(ids.len() as u64);

@@ -199,6 +199,10 @@ impl Session for BinanceSession {
         ))
     }
 
+    fn resubscribe(&mut self, _slot: usize) -> Vec<String> {
+        Vec::new()
+    }
+
     fn disconnected(&mut self) {
         if let Some(books) = self.books.as_mut() {
             books.iter_mut().for_each(BookSync::disconnect);

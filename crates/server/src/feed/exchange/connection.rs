@@ -37,6 +37,9 @@ pub trait Session: Send {
     fn resync(&mut self, slot: usize, detail: String, out: &mut Vec<(usize, Action)>);
     /// The REST request a `FetchSnapshot` for `slot` means: URL and weight.
     fn snapshot_request(&self, slot: usize) -> Option<(String, u32)>;
+    /// The frames that rebuild `slot`'s book by subscribing again (venues that send the
+    /// snapshot in-band); empty for venues with REST snapshots.
+    fn resubscribe(&mut self, slot: usize) -> Vec<String>;
     /// The connection is gone; nothing received so far continues.
     fn disconnected(&mut self);
 }
@@ -449,7 +452,7 @@ async fn serve(
             }
         }
         if !out.is_empty() {
-            dispatch(link, states, &mut out, reply).await;
+            dispatch(link, states, &mut out, reply, &mut s.outgoing).await;
         }
     }
 }
@@ -498,6 +501,7 @@ async fn dispatch(
     states: &mut [SlotState],
     out: &mut Vec<(usize, Action)>,
     reply: &mpsc::Sender<Command>,
+    outgoing: &mut std::collections::VecDeque<String>,
 ) {
     let now = link.clock.now();
     let mut events = Vec::with_capacity(out.len());
@@ -560,7 +564,10 @@ async fn dispatch(
                 }
                 continue;
             }
-            Action::Resubscribe => continue,
+            Action::Resubscribe => {
+                outgoing.extend(link.session.resubscribe(slot));
+                continue;
+            }
         };
         if matches!(
             kind,

@@ -1,0 +1,160 @@
+//! The Kraken v2 session a connection drives: `book` and `trade` subscriptions for its
+//! pairs, each pair's checksummed book and trade tape fed from each frame, and the
+//! unsubscribe/subscribe that rebuilds one pair's book.
+
+use std::collections::HashMap;
+
+use raven_model::{Channel, StatusKind, UnixNanos};
+use raven_venues::Action;
+use raven_venues::kraken::wire::{self, Data, Frame};
+use raven_venues::kraken::{self, Book};
+
+use super::connection::{Session, Signal};
+
+/// One connection's share of a Kraken feed.
+pub struct KrakenSession {
+    symbols: Vec<String>,
+    slots: HashMap<String, usize>,
+    books: Vec<Book>,
+    depth: u32,
+    next_request: u64,
+}
+
+impl KrakenSession {
+    /// A session for `symbols` (`BTC/USD`, in slot order) at book depth `depth`.
+    pub fn new(symbols: Vec<String>, depth: u32) -> KrakenSession {
+        KrakenSession {
+            slots: symbols
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.clone(), i))
+                .collect(),
+            books: symbols.iter().map(|_| Book::new(depth)).collect(),
+            symbols,
+            depth,
+            next_request: 1,
+        }
+    }
+
+    fn request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+}
+
+fn tag(slot: usize, actions: &mut Vec<Action>, out: &mut Vec<(usize, Action)>) {
+    out.extend(actions.drain(..).map(|a| (slot, a)));
+}
+
+impl Session for KrakenSession {
+    fn subscriptions(&mut self) -> Vec<String> {
+        let (book, trades) = (self.request_id(), self.request_id());
+        vec![
+            kraken::subscribe_book(book, &self.symbols, self.depth),
+            kraken::subscribe_trades(trades, &self.symbols),
+        ]
+    }
+
+    fn on_text(&mut self, text: &str, now: UnixNanos, out: &mut Vec<(usize, Action)>) -> Signal {
+        let mut actions = Vec::new();
+        match wire::decode(text) {
+            Ok(Frame::Channel {
+                kind,
+                data: Data::Book(items),
+                ..
+            }) => {
+                for item in items {
+                    let Some(&slot) = self.slots.get(item.symbol) else {
+                        continue;
+                    };
+                    self.books[slot].on_book(kind, item, now, &mut actions);
+                    tag(slot, &mut actions, out);
+                }
+            }
+            Ok(Frame::Channel {
+                data: Data::Trades(trades),
+                ..
+            }) => {
+                for t in &trades {
+                    let Some(&slot) = self.slots.get(t.symbol) else {
+                        continue;
+                    };
+                    self.books[slot].on_trade(t, &mut actions);
+                    tag(slot, &mut actions, out);
+                }
+            }
+            Ok(Frame::Channel { .. }) => {}
+            Ok(Frame::Reply {
+                method,
+                success,
+                error,
+                ..
+            }) => {
+                if !success {
+                    tracing::warn!(method, error, "Kraken refused a request");
+                }
+            }
+            Err(e) => {
+                let (channel, symbols) = wire::symbols_of(text);
+                let detail = format!("undecodable {} message: {e}", channel.unwrap_or("Kraken"));
+                let slots: Vec<usize> = symbols
+                    .iter()
+                    .filter_map(|s| self.slots.get(*s).copied())
+                    .collect();
+                if slots.is_empty() {
+                    tracing::warn!(error = %detail, "undecodable frame for no known pair");
+                }
+                for slot in slots {
+                    if channel == Some("trade") {
+                        actions.push(Action::status(
+                            Channel::Trades,
+                            StatusKind::Gap,
+                            0,
+                            detail.clone(),
+                        ));
+                    } else {
+                        // A lost book message: refuse it and rebuild that book.
+                        actions.push(Action::status(
+                            Channel::Book,
+                            StatusKind::Rejected,
+                            0,
+                            detail.clone(),
+                        ));
+                        self.books[slot].lost(detail.clone(), &mut actions);
+                    }
+                    tag(slot, &mut actions, out);
+                }
+            }
+        }
+        Signal::None
+    }
+
+    fn on_snapshot(&mut self, _slot: usize, _body: &[u8], _out: &mut Vec<(usize, Action)>) {}
+
+    fn resync(&mut self, slot: usize, detail: String, out: &mut Vec<(usize, Action)>) {
+        let mut actions = Vec::new();
+        self.books[slot].lost(detail, &mut actions);
+        tag(slot, &mut actions, out);
+    }
+
+    fn snapshot_request(&self, _slot: usize) -> Option<(String, u32)> {
+        None
+    }
+
+    fn resubscribe(&mut self, slot: usize) -> Vec<String> {
+        let Some(symbol) = self.symbols.get(slot).cloned() else {
+            return Vec::new();
+        };
+        let pair = [symbol];
+        let (off, on) = (self.request_id(), self.request_id());
+        vec![
+            kraken::unsubscribe_book(off, &pair, self.depth),
+            kraken::subscribe_book(on, &pair, self.depth),
+        ]
+    }
+
+    fn disconnected(&mut self) {
+        self.books.iter_mut().for_each(Book::disconnect);
+    }
+}
