@@ -12,6 +12,7 @@
 //! are recorded as [`Stats::violations`] when broken, and the connection is closed as the
 //! venue would.
 
+mod coinbase;
 pub mod http;
 mod kraken;
 pub mod truth;
@@ -42,6 +43,9 @@ pub enum Market {
     /// Kraken spot v2: `/v2`, book views of the subscribed depth with a CRC32 over the
     /// top ten levels, trades; no REST.
     Kraken,
+    /// Coinbase Advanced Trade: `level2` snapshots in-band then updates, `market_trades`,
+    /// `heartbeats`, every message numbered per connection (`sequence_num`); no REST.
+    Coinbase,
 }
 
 /// How the mock behaves.
@@ -66,6 +70,8 @@ pub struct MockConfig {
     pub max_streams: usize,
     /// Connections close with 1001 at this age.
     pub max_conn_age: Option<Duration>,
+    /// Coinbase: a connection with no subscription this long is closed (the venue's 5 s).
+    pub subscribe_within: Duration,
 }
 
 impl MockConfig {
@@ -81,6 +87,7 @@ impl MockConfig {
             control_frames_per_s: 5,
             max_streams: 1024,
             max_conn_age: None,
+            subscribe_within: Duration::from_secs(5),
         }
     }
 }
@@ -98,6 +105,14 @@ impl MockConfig {
 }
 
 impl MockConfig {
+    /// Coinbase Advanced Trade defaults for `products` (`BTC-USD`).
+    pub fn coinbase(products: &[&str]) -> MockConfig {
+        MockConfig {
+            market: Market::Coinbase,
+            ..MockConfig::kraken(products)
+        }
+    }
+
     /// Kraken v2 defaults for `symbols` (`BTC/USD`).
     pub fn kraken(symbols: &[&str]) -> MockConfig {
         MockConfig {
@@ -178,6 +193,8 @@ struct Generated {
     data: String,
     /// The whole book after a depth change (venues that send views of it, Kraken).
     book: Option<Arc<Levels>>,
+    /// The changes of a depth change, for venues that render them themselves (Coinbase).
+    changes: Vec<(bool, i64, u64)>,
     /// The trade, for venues that render it themselves.
     trade: Option<TradeOut>,
 }
@@ -187,6 +204,10 @@ struct State {
     truths: Truths,
     /// Kraken: the book view each checksum sent stood for, by symbol.
     checksums: HashMap<String, HashMap<u32, (TrueSide, TrueSide)>>,
+    /// Coinbase: the book each `l2_data` message left, by product and `sequence_num`.
+    by_message: HashMap<(String, u64), (TrueSide, TrueSide)>,
+    /// Coinbase: the latest trades of each product, resent on subscribe.
+    recent_trades: HashMap<String, VecDeque<TradeOut>>,
     faults: Faults,
     stats: Stats,
     weight: VecDeque<(Instant, u32)>,
@@ -247,6 +268,8 @@ impl MockExchange {
                 rng,
                 truths,
                 checksums: HashMap::new(),
+                by_message: HashMap::new(),
+                recent_trades: HashMap::new(),
                 faults: Faults::default(),
                 stats: Stats::default(),
                 weight: VecDeque::new(),
@@ -287,9 +310,15 @@ impl MockExchange {
     /// is the subscribed view it stood for.
     pub fn truth_at(&self, symbol: &str, id: u64) -> Option<(TrueSide, TrueSide)> {
         let state = self.shared.state();
-        if self.shared.config.market == Market::Kraken {
-            let sum = u32::try_from(id).ok()?;
-            return state.checksums.get(symbol)?.get(&sum).cloned();
+        match self.shared.config.market {
+            Market::Kraken => {
+                let sum = u32::try_from(id).ok()?;
+                return state.checksums.get(symbol)?.get(&sum).cloned();
+            }
+            Market::Coinbase => {
+                return state.by_message.get(&(symbol.to_owned(), id)).cloned();
+            }
+            Market::Spot | Market::UsdM => {}
         }
         state.truths.get(symbol)?.at(id).map(sides)
     }
@@ -430,8 +459,8 @@ fn now_ms() -> u64 {
 }
 
 fn render_diff(market: Market, symbol: &str, d: &DiffOut) -> String {
-    if market == Market::Kraken {
-        // Kraken's sessions render views of the book themselves.
+    if matches!(market, Market::Kraken | Market::Coinbase) {
+        // Their sessions render what they send themselves.
         return String::new();
     }
     let side = |bid: bool| {
@@ -452,7 +481,7 @@ fn render_diff(market: Market, symbol: &str, d: &DiffOut) -> String {
             side(true),
             side(false)
         ),
-        Market::UsdM | Market::Kraken => format!(
+        Market::UsdM | Market::Kraken | Market::Coinbase => format!(
             r#"{{"e":"depthUpdate","E":{ms},"T":{ms},"s":"{symbol}","U":{},"u":{},"pu":{},"b":{},"a":{}}}"#,
             d.first,
             d.last,
@@ -501,6 +530,7 @@ async fn generate_loop(shared: Arc<Shared>) {
                 rng,
                 truths,
                 faults,
+                recent_trades: guard_recent,
                 ..
             } = &mut *guard;
             let now = Instant::now();
@@ -523,15 +553,17 @@ async fn generate_loop(shared: Arc<Shared>) {
                     depth: true,
                     data,
                     book: Some(book.clone()),
+                    changes: diff.changes.clone(),
                     trade: None,
                 };
                 let twice = take(&mut faults.duplicate, symbol);
                 if twice {
                     out.push(depth_event(data.clone()));
                 }
-                // Kraken's sessions drop what they send themselves (they keep a view).
-                let dropped =
-                    shared.config.market != Market::Kraken && take(&mut faults.drop_depth, symbol);
+                // Kraken's and Coinbase's sessions drop what they send themselves (they
+                // keep a view, or number their messages).
+                let dropped = matches!(shared.config.market, Market::Spot | Market::UsdM)
+                    && take(&mut faults.drop_depth, symbol);
                 if !dropped {
                     match faults.swap_depth.get_mut(symbol) {
                         Some(held @ None) => *held = Some(data),
@@ -548,11 +580,17 @@ async fn generate_loop(shared: Arc<Shared>) {
                 if rng.below(3) == 0 || twice {
                     let trade = truth.trade(rng);
                     let text = render_trade(symbol, &trade);
+                    let recent = guard_recent.entry(symbol.clone()).or_default();
+                    recent.push_back(trade.clone());
+                    if recent.len() > 5 {
+                        recent.pop_front();
+                    }
                     let trade_event = |data: String| Generated {
                         symbol: symbol.clone(),
                         depth: false,
                         data,
                         book: None,
+                        changes: Vec::new(),
                         trade: Some(trade.clone()),
                     };
                     if twice {
@@ -592,10 +630,10 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
     };
     if head.to_ascii_lowercase().contains("upgrade: websocket") {
         let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
-        if shared.config.market == Market::Kraken {
-            kraken::session(stream, shared).await;
-        } else {
-            session(stream, path, shared).await;
+        match shared.config.market {
+            Market::Kraken => kraken::session(stream, shared).await,
+            Market::Coinbase => coinbase::session(stream, shared).await,
+            Market::Spot | Market::UsdM => session(stream, path, shared).await,
         }
         Ok(())
     } else {
@@ -613,7 +651,7 @@ async fn rest(
     let (depth_path, info_path) = match market {
         Market::Spot => ("/api/v3/depth", "/api/v3/exchangeInfo"),
         Market::UsdM => ("/fapi/v1/depth", "/fapi/v1/exchangeInfo"),
-        Market::Kraken => ("", ""),
+        Market::Kraken | Market::Coinbase => ("", ""),
     };
     if request.path() == info_path {
         let symbols: Vec<String> = shared
@@ -705,7 +743,7 @@ async fn rest(
                         asks.truncate(limit);
                         state.stats.depth_served += 1;
                         let times = match market {
-                            Market::Spot | Market::Kraken => String::new(),
+                            Market::Spot | Market::Kraken | Market::Coinbase => String::new(),
                             Market::UsdM => format!(r#""E":{0},"T":{0},"#, now_ms()),
                         };
                         (

@@ -565,6 +565,14 @@ mod tests {
                 "must be 2 to 1024",
             ),
             (
+                "venue = \"coinbase\"\nsymbols = [\"BTCUSD\"]",
+                "\"BTCUSD\" is not a symbol of this venue",
+            ),
+            (
+                "venue = \"coinbase\"\nsymbols = [\"BTC-USD\"]\ndepth_limit = 10",
+                "Coinbase sends the whole book",
+            ),
+            (
                 "venue = \"kraken\"\nsymbols = [\"BTCUSD\"]",
                 "\"BTCUSD\" is not a symbol of this venue",
             ),

@@ -924,3 +924,124 @@ async fn an_unreliable_kraken_checksum_is_reported_not_looped_on() {
     assert_snapshot_true(&mut c, &mock, "KRAKEN:BTC/USD").await;
     server.shutdown().await.unwrap();
 }
+
+fn coinbase_feed(mock: &MockExchange, products: &[&str]) -> FeedSection {
+    FeedSection {
+        rest_url: None,
+        depth_limit: None,
+        ..feed(mock, "coinbase", products)
+    }
+}
+
+/// The trade ids `name` published, in order.
+fn trade_ids(w: &mut Watch, name: &str) -> Vec<u64> {
+    w.drain();
+    w.seen
+        .iter()
+        .filter(|e| e.instrument == name)
+        .filter_map(|e| match body_from_pb(e).ok()?? {
+            EventBody::Trade(t) => Some(t.trade_id.parse().unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn coinbase_books_come_in_band_and_equal_the_venue() {
+    let products = ["BTC-USD", "ETH-USD"];
+    let mut config = MockConfig::coinbase(&products);
+    // Subscriptions go out at once: a tight deadline is met.
+    config.subscribe_within = Duration::from_millis(500);
+    let mock = MockExchange::start(config).await.unwrap();
+    let server = serve(vec![coinbase_feed(&mock, &products)]).await;
+    let mut c = client(&server).await;
+    let names = names("COINBASE", &products);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    let mut trades = watch(&server, &names, pb::Channel::Trades).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for name in &names {
+        assert_snapshot_true(&mut c, &mock, name).await;
+    }
+    assert!(w.assert_books_true(&mock, "COINBASE") > 10);
+    assert_eq!(w.statuses(), vec![]);
+    w.assert_contiguous();
+    for name in &names {
+        let ids = trade_ids(&mut trades, name);
+        assert!(
+            ids.len() > 5 && ids.windows(2).all(|w| w[1] > w[0]),
+            "{ids:?}"
+        );
+    }
+    let stats = mock.stats();
+    assert_eq!(
+        stats.violations,
+        Vec::<String>::new(),
+        "one channel per subscribe, in time"
+    );
+    assert_eq!((stats.connections, stats.subscribe_frames), (1, 3));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_coinbase_sequence_jump_rebuilds_the_connections_books() {
+    let products = ["BTC-USD", "ETH-USD"];
+    let mock = MockExchange::start(MockConfig::coinbase(&products))
+        .await
+        .unwrap();
+    let server = serve(vec![coinbase_feed(&mock, &products)]).await;
+    let mut c = client(&server).await;
+    let names = names("COINBASE", &products);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    mock.drop_depth("BTC-USD", 1);
+    for name in &names {
+        w.until_rebuilt(name).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let statuses = w.statuses();
+    for name in &names {
+        // Which messages were lost is known, how many book updates they held is not.
+        assert!(
+            statuses.contains(&(name.clone(), StatusKind::Gap, 0)),
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.contains(&(name.clone(), StatusKind::Resync, 0)),
+            "{statuses:?}"
+        );
+        assert_snapshot_true(&mut c, &mock, name).await;
+    }
+    assert!(w.assert_books_true(&mock, "COINBASE") > 10);
+    w.assert_contiguous();
+    // Both products in one resubscription: 3 subscriptions, then level2 once more.
+    assert_eq!(mock.stats().subscribe_frames, 4);
+    assert_eq!(mock.stats().connections, 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn coinbase_trades_resent_after_a_reconnect_are_not_published_twice() {
+    let products = ["BTC-USD"];
+    let mock = MockExchange::start(MockConfig::coinbase(&products))
+        .await
+        .unwrap();
+    let server = serve(vec![coinbase_feed(&mock, &products)]).await;
+    let mut c = client(&server).await;
+    let names = names("COINBASE", &products);
+    wait_synced(&mut c, &names).await;
+    let mut w = watch(&server, &names, pb::Channel::Trades).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    mock.close_abruptly();
+    w.until("COINBASE:BTC-USD", StatusKind::FeedUp).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids = trade_ids(&mut w, "COINBASE:BTC-USD");
+    assert!(ids.len() > 10, "{ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[1] > w[0]),
+        "no trade twice: {ids:?}"
+    );
+    assert_eq!(mock.stats().connections, 2);
+    server.shutdown().await.unwrap();
+}

@@ -28,8 +28,15 @@ use wire::{L2Event, MarketTrade};
 pub const VENUE: &str = "COINBASE";
 /// The public WebSocket endpoint.
 pub const DEFAULT_WS_URL: &str = "wss://advanced-trade-ws.coinbase.com";
-/// The channels a connection subscribes, each in its own message.
-pub const CHANNELS: [&str; 3] = ["heartbeats", "level2", "market_trades"];
+/// The channels a connection subscribes for its products, each in its own message
+/// (`heartbeats` is subscribed without products: [`subscribe_heartbeats`]).
+pub const CHANNELS: [&str; 2] = ["level2", "market_trades"];
+
+/// `{"type":"subscribe","channel":"heartbeats"}`: a message a second on this connection,
+/// so quiet products do not let the venue close it (60–90 s idle otherwise).
+pub fn subscribe_heartbeats() -> String {
+    r#"{"type":"subscribe","channel":"heartbeats"}"#.to_owned()
+}
 
 /// `{"type":"subscribe","product_ids":[…],"channel":"…"}`; `heartbeats` takes no
 /// products.
@@ -295,8 +302,12 @@ mod tests {
             r#"{"type":"subscribe","product_ids":["BTC-USD","ETH-USD"],"channel":"level2"}"#
         );
         assert_eq!(
-            unsubscribe_frame("heartbeats", &[]),
-            r#"{"type":"unsubscribe","product_ids":[],"channel":"heartbeats"}"#
+            unsubscribe_frame("level2", &products[..1]),
+            r#"{"type":"unsubscribe","product_ids":["BTC-USD"],"channel":"level2"}"#
+        );
+        assert_eq!(
+            subscribe_heartbeats(),
+            r#"{"type":"subscribe","channel":"heartbeats"}"#
         );
     }
 

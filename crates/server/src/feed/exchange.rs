@@ -8,6 +8,7 @@
 //!   rotation, reconnect) around a venue [`connection::Session`];
 //! - [`rest`]: the snapshot queue behind the venue's request-weight budget;
 //! - [`binance`]: the Binance session (spot and USD-M);
+//! - [`coinbase`]: the Coinbase Advanced Trade session;
 //! - [`kraken`]: the Kraken v2 session.
 //!
 //! A feed runs on a thread of its own with a single-threaded tokio runtime: its sockets
@@ -16,6 +17,7 @@
 //! that carries its depth stream; the engine's resync requests are routed there.
 
 pub mod binance;
+pub mod coinbase;
 pub mod connection;
 pub mod kraken;
 pub mod pacing;
@@ -41,6 +43,8 @@ pub enum Venue {
     Binance,
     /// `binance-usdm`: Binance USD-M futures.
     BinanceUsdm,
+    /// `coinbase`: Coinbase Advanced Trade.
+    Coinbase,
     /// `kraken`: Kraken spot, WebSocket v2.
     Kraken,
 }
@@ -50,6 +54,7 @@ impl Venue {
         match name {
             "binance" => Some(Venue::Binance),
             "binance-usdm" => Some(Venue::BinanceUsdm),
+            "coinbase" => Some(Venue::Coinbase),
             "kraken" => Some(Venue::Kraken),
             _ => None,
         }
@@ -60,7 +65,7 @@ impl Venue {
         match self {
             Venue::Binance => Some(Market::Spot),
             Venue::BinanceUsdm => Some(Market::UsdM),
-            Venue::Kraken => None,
+            Venue::Coinbase | Venue::Kraken => None,
         }
     }
 
@@ -69,34 +74,38 @@ impl Venue {
         match self {
             Venue::Binance => "binance",
             Venue::BinanceUsdm => "binance-usdm",
+            Venue::Coinbase => "coinbase",
             Venue::Kraken => "kraken",
         }
     }
 
     /// The `VENUE` part of instrument names.
     pub fn instrument_venue(self) -> &'static str {
-        match self.market() {
-            Some(m) => m.venue(),
-            None => raven_venues::kraken::VENUE,
+        match (self, self.market()) {
+            (_, Some(m)) => m.venue(),
+            (Venue::Coinbase, None) => raven_venues::coinbase::VENUE,
+            _ => raven_venues::kraken::VENUE,
         }
     }
 
     fn default_ws_url(self) -> &'static str {
-        match self.market() {
-            Some(m) => m.default_ws_base(),
-            None => raven_venues::kraken::DEFAULT_WS_URL,
+        match (self, self.market()) {
+            (_, Some(m)) => m.default_ws_base(),
+            (Venue::Coinbase, None) => raven_venues::coinbase::DEFAULT_WS_URL,
+            _ => raven_venues::kraken::DEFAULT_WS_URL,
         }
     }
 
     fn default_rest_url(self) -> &'static str {
-        match self.market() {
-            Some(m) => m.default_rest_url(),
-            None => "https://api.kraken.com",
+        match (self, self.market()) {
+            (_, Some(m)) => m.default_rest_url(),
+            (Venue::Coinbase, None) => "https://api.coinbase.com",
+            _ => "https://api.kraken.com",
         }
     }
 
-    /// Control frames per second the venue allows a connection. Kraken publishes no
-    /// per-connection figure for public market data; Binance spot's 5 is used.
+    /// Control frames per second the venue allows a connection. Coinbase and Kraken
+    /// publish no per-connection figure for public market data; Binance spot's 5 is used.
     fn control_frames_per_sec(self) -> u32 {
         self.market().map_or(5, Market::control_frames_per_sec)
     }
@@ -182,11 +191,12 @@ impl FeedSection {
         let venue = Venue::parse(&self.venue).ok_or_else(|| {
             err(
                 "venue",
-                "expected \"binance\", \"binance-usdm\" or \"kraken\" (the Coinbase connector is not wired yet)".into(),
+                "expected \"binance\", \"binance-usdm\", \"coinbase\" or \"kraken\"".into(),
             )
         })?;
         let market = venue.market();
         let kraken = venue == Venue::Kraken;
+        let coinbase = venue == Venue::Coinbase;
         if self.symbols.is_empty() {
             return Err(err("symbols", "list at least one symbol".into()));
         }
@@ -194,8 +204,12 @@ impl FeedSection {
         for s in &self.symbols {
             let upper = s.to_ascii_uppercase();
             let name = format!("{}:{upper}", venue.instrument_venue());
-            // Kraken spells pairs BASE/QUOTE; Binance symbols have no separator.
-            if InstrumentName::parse(&name).is_err() || upper.contains('/') != kraken {
+            // Kraken spells pairs BASE/QUOTE, Coinbase products BASE-QUOTE; Binance
+            // symbols have no separator.
+            if InstrumentName::parse(&name).is_err()
+                || upper.contains('/') != kraken
+                || upper.contains('-') != coinbase
+            {
                 return Err(err(
                     "symbols",
                     format!("{s:?} is not a symbol of this venue"),
@@ -209,7 +223,9 @@ impl FeedSection {
         let depth_limit = self.depth_limit.unwrap_or(if kraken { 10 } else { 1000 });
         let depth_ok = match market {
             Some(m) => m.depth_weight(depth_limit).is_some(),
-            None => raven_venues::kraken::DEPTHS.contains(&depth_limit),
+            None if kraken => raven_venues::kraken::DEPTHS.contains(&depth_limit),
+            // Coinbase sends the whole book in-band: there is no depth to choose.
+            None => self.depth_limit.is_none(),
         };
         if !depth_ok {
             return Err(err(
@@ -217,7 +233,8 @@ impl FeedSection {
                 match market {
                     Some(Market::Spot) => "must be 1 to 5000".into(),
                     Some(Market::UsdM) => "must be one of 5, 10, 20, 50, 100, 500, 1000".into(),
-                    None => "must be one of 10, 25, 100, 500, 1000".into(),
+                    None if kraken => "must be one of 10, 25, 100, 500, 1000".into(),
+                    None => "Coinbase sends the whole book; leave depth_limit out".into(),
                 },
             ));
         }
@@ -338,6 +355,10 @@ impl ExchangeConfig {
                                 self.rest_url.clone(),
                                 self.depth_limit,
                             )),
+                        ),
+                        None if self.venue == Venue::Coinbase => (
+                            "",
+                            Box::new(coinbase::CoinbaseSession::new(symbols.clone())),
                         ),
                         None => (
                             "",

@@ -199,7 +199,7 @@ impl Session for BinanceSession {
         ))
     }
 
-    fn resubscribe(&mut self, _slot: usize) -> Vec<String> {
+    fn resubscribe(&mut self, _slots: &[usize]) -> Vec<String> {
         Vec::new()
     }
 

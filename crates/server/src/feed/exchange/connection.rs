@@ -37,9 +37,15 @@ pub trait Session: Send {
     fn resync(&mut self, slot: usize, detail: String, out: &mut Vec<(usize, Action)>);
     /// The REST request a `FetchSnapshot` for `slot` means: URL and weight.
     fn snapshot_request(&self, slot: usize) -> Option<(String, u32)>;
-    /// The frames that rebuild `slot`'s book by subscribing again (venues that send the
-    /// snapshot in-band); empty for venues with REST snapshots.
-    fn resubscribe(&mut self, slot: usize) -> Vec<String>;
+    /// The frames that rebuild these slots' books by subscribing again (venues that send
+    /// the snapshot in-band); empty for venues with REST snapshots.
+    fn resubscribe(&mut self, slots: &[usize]) -> Vec<String>;
+    /// Whether a rotation may read the old and the new connection together (the codec
+    /// drops what both deliver by venue id). Venues that number messages per connection
+    /// cannot: their rotation replaces the connection and rebuilds its books instead.
+    fn overlapping_rotation(&self) -> bool {
+        true
+    }
     /// The connection is gone; nothing received so far continues.
     fn disconnected(&mut self);
 }
@@ -435,9 +441,15 @@ async fn serve(
             rotate = false;
             match transport::websocket(&link.url, link.timing.connect_timeout).await {
                 Ok(next) => {
-                    tracing::info!(connection = %link.name, "rotating: the new connection is up, the old one closes after the overlap");
-                    let previous = std::mem::replace(&mut s.ws, next);
-                    s.old = Some((previous, Instant::now() + link.timing.overlap));
+                    let mut previous = std::mem::replace(&mut s.ws, next);
+                    if link.session.overlapping_rotation() {
+                        tracing::info!(connection = %link.name, "rotating: the new connection is up, the old one closes after the overlap");
+                        s.old = Some((previous, Instant::now() + link.timing.overlap));
+                    } else {
+                        tracing::info!(connection = %link.name, "rotating: the new connection is up; its books are rebuilt");
+                        let _ = previous.close(None).await;
+                        link.session.disconnected();
+                    }
                     s.opened = Instant::now();
                     s.last_frame = Instant::now();
                     s.window = Window::new(link.timing.control_per_s, Duration::from_secs(1));
@@ -505,6 +517,7 @@ async fn dispatch(
 ) {
     let now = link.clock.now();
     let mut events = Vec::with_capacity(out.len());
+    let mut resubscribe: Vec<usize> = Vec::new();
     for (slot, action) in out.drain(..) {
         let Some(info) = link.slots.get(slot) else {
             continue;
@@ -565,7 +578,9 @@ async fn dispatch(
                 continue;
             }
             Action::Resubscribe => {
-                outgoing.extend(link.session.resubscribe(slot));
+                if !resubscribe.contains(&slot) {
+                    resubscribe.push(slot);
+                }
                 continue;
             }
         };
@@ -587,6 +602,10 @@ async fn dispatch(
     }
     if !events.is_empty() {
         link.input.send(events);
+    }
+    if !resubscribe.is_empty() {
+        // One set of frames for every book this batch lost, not one per book.
+        outgoing.extend(link.session.resubscribe(&resubscribe));
     }
 }
 

@@ -142,15 +142,18 @@ impl Session for KrakenSession {
         None
     }
 
-    fn resubscribe(&mut self, slot: usize) -> Vec<String> {
-        let Some(symbol) = self.symbols.get(slot).cloned() else {
+    fn resubscribe(&mut self, slots: &[usize]) -> Vec<String> {
+        let pairs: Vec<String> = slots
+            .iter()
+            .filter_map(|&s| self.symbols.get(s).cloned())
+            .collect();
+        if pairs.is_empty() {
             return Vec::new();
-        };
-        let pair = [symbol];
+        }
         let (off, on) = (self.request_id(), self.request_id());
         vec![
-            kraken::unsubscribe_book(off, &pair, self.depth),
-            kraken::subscribe_book(on, &pair, self.depth),
+            kraken::unsubscribe_book(off, &pairs, self.depth),
+            kraken::subscribe_book(on, &pairs, self.depth),
         ]
     }
 

@@ -1,0 +1,168 @@
+//! The Coinbase Advanced Trade session a connection drives: `heartbeats`, `level2` and
+//! `market_trades` subscriptions (one channel per message, sent at once: the venue closes
+//! a connection with no subscription after 5 s), the connection's `sequence_num` check,
+//! and each product's in-band book and trade tape. A jump in `sequence_num` means this
+//! connection lost messages: every product on it is resubscribed for fresh snapshots.
+
+use std::collections::HashMap;
+
+use raven_model::{Channel, StatusKind, UnixNanos};
+use raven_venues::Action;
+use raven_venues::coinbase::wire::{self, Events, Frame};
+use raven_venues::coinbase::{self, Product, SequenceCheck, SequenceSeen};
+
+use super::connection::{Session, Signal};
+
+/// One connection's share of a Coinbase feed.
+pub struct CoinbaseSession {
+    products: Vec<String>,
+    slots: HashMap<String, usize>,
+    books: Vec<Product>,
+    sequence: SequenceCheck,
+}
+
+impl CoinbaseSession {
+    /// A session for `products` (`BTC-USD`, in slot order).
+    pub fn new(products: Vec<String>) -> CoinbaseSession {
+        CoinbaseSession {
+            slots: products
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.clone(), i))
+                .collect(),
+            books: products.iter().map(|_| Product::default()).collect(),
+            products,
+            sequence: SequenceCheck::default(),
+        }
+    }
+}
+
+fn tag(slot: usize, actions: &mut Vec<Action>, out: &mut Vec<(usize, Action)>) {
+    out.extend(actions.drain(..).map(|a| (slot, a)));
+}
+
+impl Session for CoinbaseSession {
+    fn subscriptions(&mut self) -> Vec<String> {
+        let mut frames = vec![coinbase::subscribe_heartbeats()];
+        frames.extend(
+            coinbase::CHANNELS
+                .iter()
+                .map(|channel| coinbase::subscribe_frame(channel, &self.products)),
+        );
+        frames
+    }
+
+    fn on_text(&mut self, text: &str, _now: UnixNanos, out: &mut Vec<(usize, Action)>) -> Signal {
+        let mut actions = Vec::new();
+        match wire::decode(text) {
+            Ok(Frame::Message {
+                sequence_num,
+                events,
+                ..
+            }) => {
+                match self.sequence.see(sequence_num) {
+                    SequenceSeen::Behind => return Signal::None,
+                    SequenceSeen::Jump { expected, got } => {
+                        let detail =
+                            format!("messages {expected}..{got} of this connection never arrived");
+                        for (slot, book) in self.books.iter_mut().enumerate() {
+                            book.lost(detail.clone(), &mut actions);
+                            tag(slot, &mut actions, out);
+                        }
+                    }
+                    SequenceSeen::Next => {}
+                }
+                match events {
+                    Events::L2(events) => {
+                        for event in events {
+                            let Some(&slot) = self.slots.get(event.product_id) else {
+                                continue;
+                            };
+                            self.books[slot].on_l2(event, sequence_num, &mut actions);
+                            tag(slot, &mut actions, out);
+                        }
+                    }
+                    Events::Trades(events) => {
+                        for event in &events {
+                            for t in coinbase::in_id_order(&event.trades) {
+                                let Some(&slot) = self.slots.get(t.product_id) else {
+                                    continue;
+                                };
+                                self.books[slot].on_trade(t, &mut actions);
+                                tag(slot, &mut actions, out);
+                            }
+                        }
+                    }
+                    Events::Other => {}
+                }
+            }
+            Ok(Frame::Error { message }) => tracing::warn!(message, "Coinbase reported an error"),
+            Err(e) => {
+                let (channel, products) = wire::products_of(text);
+                let detail = format!("undecodable {} message: {e}", channel.unwrap_or("Coinbase"));
+                let slots: Vec<usize> = products
+                    .iter()
+                    .filter_map(|p| self.slots.get(*p).copied())
+                    .collect();
+                if slots.is_empty() {
+                    tracing::warn!(error = %detail, "undecodable frame for no known product");
+                }
+                for slot in slots {
+                    if channel == Some("market_trades") {
+                        actions.push(Action::status(
+                            Channel::Trades,
+                            StatusKind::Gap,
+                            0,
+                            detail.clone(),
+                        ));
+                    } else {
+                        actions.push(Action::status(
+                            Channel::Book,
+                            StatusKind::Rejected,
+                            0,
+                            detail.clone(),
+                        ));
+                        self.books[slot].lost(detail.clone(), &mut actions);
+                    }
+                    tag(slot, &mut actions, out);
+                }
+            }
+        }
+        Signal::None
+    }
+
+    fn on_snapshot(&mut self, _slot: usize, _body: &[u8], _out: &mut Vec<(usize, Action)>) {}
+
+    fn resync(&mut self, slot: usize, detail: String, out: &mut Vec<(usize, Action)>) {
+        let mut actions = Vec::new();
+        self.books[slot].lost(detail, &mut actions);
+        tag(slot, &mut actions, out);
+    }
+
+    fn snapshot_request(&self, _slot: usize) -> Option<(String, u32)> {
+        None
+    }
+
+    fn resubscribe(&mut self, slots: &[usize]) -> Vec<String> {
+        let products: Vec<String> = slots
+            .iter()
+            .filter_map(|&s| self.products.get(s).cloned())
+            .collect();
+        if products.is_empty() {
+            return Vec::new();
+        }
+        vec![
+            coinbase::unsubscribe_frame("level2", &products),
+            coinbase::subscribe_frame("level2", &products),
+        ]
+    }
+
+    fn overlapping_rotation(&self) -> bool {
+        false
+    }
+
+    fn disconnected(&mut self) {
+        self.sequence = SequenceCheck::default();
+        self.books.iter_mut().for_each(Product::disconnect);
+    }
+}
