@@ -72,6 +72,8 @@ pub struct MockConfig {
     pub max_conn_age: Option<Duration>,
     /// Coinbase: a connection with no subscription this long is closed (the venue's 5 s).
     pub subscribe_within: Duration,
+    /// Update ids per symbol whose true book is kept for [`MockExchange::truth_at`].
+    pub history: usize,
 }
 
 impl MockConfig {
@@ -88,6 +90,7 @@ impl MockConfig {
             max_streams: 1024,
             max_conn_age: None,
             subscribe_within: Duration::from_secs(5),
+            history: 200_000,
         }
     }
 }
@@ -256,7 +259,7 @@ impl MockExchange {
             .map(|s| {
                 (
                     s.clone(),
-                    SymbolTruth::new(&mut rng, config.market == Market::UsdM),
+                    SymbolTruth::new(&mut rng, config.market == Market::UsdM, config.history),
                 )
             })
             .collect();

@@ -8,8 +8,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 /// Price ticks (0.01) and quantity units (1e-8), as the venue would render them.
 pub type Levels = BTreeMap<(bool, i64), u64>;
 
-/// Books kept per symbol for truth queries; older ids are forgotten.
-const HISTORY: usize = 200_000;
 /// The middle of every book, in ticks: bids below, asks above, never crossed.
 pub const MID: i64 = 3_000_000;
 /// Levels per side the process moves within.
@@ -83,13 +81,14 @@ pub struct SymbolTruth {
     last_id: u64,
     next_trade: u64,
     history: VecDeque<(u64, Levels)>,
+    keep: usize,
     skips: bool,
 }
 
 impl SymbolTruth {
     /// A book of twenty levels a side at update id 1000; `skips`: ids jump between
-    /// diffs (USD-M), chained by `pu`.
-    pub fn new(rng: &mut Rng, skips: bool) -> SymbolTruth {
+    /// diffs (USD-M), chained by `pu`; the books of the last `keep` ids are kept.
+    pub fn new(rng: &mut Rng, skips: bool, keep: usize) -> SymbolTruth {
         let mut book = Levels::new();
         for i in 1..=20 {
             book.insert((true, MID - i), 1 + rng.below(5_000_000));
@@ -102,6 +101,7 @@ impl SymbolTruth {
             last_id: 1000,
             next_trade: 5_000,
             history,
+            keep: keep.max(1),
             skips,
         }
     }
@@ -155,7 +155,7 @@ impl SymbolTruth {
         let last = first + rng.below(3);
         self.last_id = last;
         self.history.push_back((last, self.book.clone()));
-        if self.history.len() > HISTORY {
+        if self.history.len() > self.keep {
             self.history.pop_front();
         }
         DiffOut {

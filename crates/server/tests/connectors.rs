@@ -1045,3 +1045,50 @@ async fn coinbase_trades_resent_after_a_reconnect_are_not_published_twice() {
     assert_eq!(mock.stats().connections, 2);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn all_four_venues_at_once() {
+    let spot = MockExchange::start(MockConfig::spot(&["BTCUSDT", "ETHUSDT"]))
+        .await
+        .unwrap();
+    let usdm = MockExchange::start(MockConfig::usdm(&["BTCUSDT"]))
+        .await
+        .unwrap();
+    let coinbase = MockExchange::start(MockConfig::coinbase(&["BTC-USD", "ETH-USD"]))
+        .await
+        .unwrap();
+    let kraken = MockExchange::start(MockConfig::kraken(&["BTC/USD"]))
+        .await
+        .unwrap();
+    let server = serve(vec![
+        feed(&spot, "binance", &["BTCUSDT", "ETHUSDT"]),
+        feed(&usdm, "binance-usdm", &["BTCUSDT"]),
+        coinbase_feed(&coinbase, &["BTC-USD", "ETH-USD"]),
+        kraken_feed(&kraken, &["BTC/USD"]),
+    ])
+    .await;
+    let mut c = client(&server).await;
+    let venues: [(&MockExchange, &str, &[&str]); 4] = [
+        (&spot, "BINANCE", &["BTCUSDT", "ETHUSDT"]),
+        (&usdm, "BINANCE_USDM", &["BTCUSDT"]),
+        (&coinbase, "COINBASE", &["BTC-USD", "ETH-USD"]),
+        (&kraken, "KRAKEN", &["BTC/USD"]),
+    ];
+    let all: Vec<String> = venues.iter().flat_map(|(_, v, s)| names(v, s)).collect();
+    wait_synced(&mut c, &all).await;
+    let mut watches = Vec::new();
+    for (_, venue, symbols) in &venues {
+        watches.push(watch(&server, &names(venue, symbols), pb::Channel::Book).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for ((mock, venue, symbols), w) in venues.iter().zip(&mut watches) {
+        for name in names(venue, symbols) {
+            assert_snapshot_true(&mut c, mock, &name).await;
+        }
+        assert!(w.assert_books_true(mock, venue) > 10, "{venue}");
+        assert_eq!(w.statuses(), vec![], "{venue}: no gap, no resync");
+        w.assert_contiguous();
+        assert_eq!(mock.stats().violations, Vec::<String>::new(), "{venue}");
+    }
+    server.shutdown().await.unwrap();
+}

@@ -332,6 +332,9 @@ async fn serve(
         st.stale = false;
     }
     let mut out: Vec<(usize, Action)> = Vec::new();
+    // When the frame (or snapshot) behind the actions in `out` arrived: their events'
+    // receive time, so receive → publish measures Raven, decoding included.
+    let mut received = link.clock.now();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut rotate = false;
     loop {
@@ -345,9 +348,10 @@ async fn serve(
         tokio::select! {
             frame = s.ws.next() => {
                 s.last_frame = Instant::now();
+                received = link.clock.now();
                 match frame {
                     Some(Ok(msg)) => {
-                        if let Err(reason) = on_message(link, &mut s.window, &mut s.ws, msg, &mut out, &mut rotate).await {
+                        if let Err(reason) = on_message(link, &mut s.window, &mut s.ws, msg, received, &mut out, &mut rotate).await {
                             return Ended::Lost(reason);
                         }
                     }
@@ -356,11 +360,12 @@ async fn serve(
                 }
             }
             frame = next_old(&mut s.old) => {
+                received = link.clock.now();
                 match frame {
                     Some(Ok(msg)) => {
                         if let Some((old, _)) = s.old.as_mut() {
                             let mut ignored = false;
-                            if on_message(link, &mut s.window, old, msg, &mut out, &mut ignored).await.is_err() {
+                            if on_message(link, &mut s.window, old, msg, received, &mut out, &mut ignored).await.is_err() {
                                 s.old = None;
                             }
                         }
@@ -405,6 +410,7 @@ async fn serve(
             }
             _ = tokio::time::sleep_until(rotate_at), if s.old.is_none() => rotate = true,
             _ = tick.tick() => {
+                received = link.clock.now();
                 let now = Instant::now();
                 for (slot, st) in states.iter_mut().enumerate() {
                     if !st.stale && now.saturating_duration_since(st.last_data) >= link.timing.stale_after {
@@ -423,15 +429,18 @@ async fn serve(
                     }
                 }
             }
-            cmd = commands.recv() => match cmd {
-                Some(Command::Snapshot { slot, body }) => link.session.on_snapshot(slot, &body, &mut out),
-                Some(Command::Resync { slot }) => {
-                    if let Some(st) = states.get_mut(slot) {
-                        st.resync_due = true;
+            cmd = commands.recv() => {
+                received = link.clock.now();
+                match cmd {
+                    Some(Command::Snapshot { slot, body }) => link.session.on_snapshot(slot, &body, &mut out),
+                    Some(Command::Resync { slot }) => {
+                        if let Some(st) = states.get_mut(slot) {
+                            st.resync_due = true;
+                        }
                     }
+                    None => return Ended::Stopped,
                 }
-                None => return Ended::Stopped,
-            },
+            }
             _ = stop.changed() => {
                 let _ = s.ws.close(None).await;
                 return Ended::Stopped;
@@ -464,7 +473,7 @@ async fn serve(
             }
         }
         if !out.is_empty() {
-            dispatch(link, states, &mut out, reply, &mut s.outgoing).await;
+            dispatch(link, states, &mut out, received, reply, &mut s.outgoing).await;
         }
     }
 }
@@ -476,13 +485,13 @@ async fn on_message(
     window: &mut Window,
     ws: &mut WebSocketStream<Stream>,
     msg: Message,
+    received: UnixNanos,
     out: &mut Vec<(usize, Action)>,
     rotate: &mut bool,
 ) -> Result<(), String> {
     match msg {
         Message::Text(text) => {
-            let now = link.clock.now();
-            if link.session.on_text(text.as_str(), now, out) == Signal::Rotate {
+            if link.session.on_text(text.as_str(), received, out) == Signal::Rotate {
                 *rotate = true;
             }
             Ok(())
@@ -512,10 +521,10 @@ async fn dispatch(
     link: &mut Link,
     states: &mut [SlotState],
     out: &mut Vec<(usize, Action)>,
+    now: UnixNanos,
     reply: &mpsc::Sender<Command>,
     outgoing: &mut std::collections::VecDeque<String>,
 ) {
-    let now = link.clock.now();
     let mut events = Vec::with_capacity(out.len());
     let mut resubscribe: Vec<usize> = Vec::new();
     for (slot, action) in out.drain(..) {
