@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
 
 use super::truth::{Levels, TradeOut, price_text, qty_text};
-use super::{Control, Message, Shared, sides, take};
+use super::{Message, Shared, sides, take};
 
 const TIME: &str = "2026-12-02T12:00:00.000000Z";
 
@@ -59,12 +58,7 @@ pub(super) async fn session(stream: TcpStream, shared: Arc<Shared>) {
     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
-    let connection = {
-        let mut state = shared.state();
-        state.stats.connections += 1;
-        state.stats.connected_at.push(std::time::Instant::now());
-        state.stats.connections
-    };
+    let connection = shared.connected();
     // Numbers of different connections never meet, so the truth can be kept by number.
     let mut seq = connection * 1_000_000_000;
     let mut level2: HashSet<String> = HashSet::new();
@@ -143,15 +137,8 @@ pub(super) async fn session(stream: TcpStream, shared: Arc<Shared>) {
                     r#"{{"channel":"heartbeats","client_id":"","timestamp":"{TIME}","sequence_num":{seq},"events":[{{"current_time":"2026-12-02 12:00:00.0 +0000 UTC","heartbeat_counter":{seq}}}]}}"#
                 ));
             }
-            event = events.recv() => {
-                let event = match event {
-                    Ok(e) => e,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        shared.state().stats.violations.push(format!("the mock's own session lagged by {n} messages"));
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
+            event = shared.next_event(&mut events) => {
+                let Some(event) = event else { return };
                 if let Some(book) = event.book.as_ref().filter(|_| level2.contains(&event.symbol)) {
                     seq += 1;
                     let mut state = shared.state();
@@ -167,22 +154,11 @@ pub(super) async fn session(stream: TcpStream, shared: Arc<Shared>) {
                     out.push(trades_json(seq, "update", &event.symbol, std::slice::from_ref(t)));
                 }
             }
-            c = control.recv() => match c {
-                Ok(Control::CloseAbrupt) | Err(_) => return,
-                Ok(Control::ServerShutdown) => {
-                    let _ = ws.close(None).await;
+            c = control.recv() => {
+                if !super::on_control(&mut ws, c, &mut events).await {
                     return;
                 }
-                Ok(Control::Raw(message)) => {
-                    if ws.send(message).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Control::Silence(d)) => {
-                    tokio::time::sleep(d).await;
-                    events = events.resubscribe();
-                }
-            },
+            }
         }
         for text in out {
             if ws.send(Message::text(text)).await.is_err() {

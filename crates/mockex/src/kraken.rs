@@ -9,10 +9,9 @@ use std::sync::Arc;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
 
 use super::truth::{Levels, price_text, qty_text};
-use super::{Control, Message, Shared, TrueSide, take};
+use super::{Message, Shared, TrueSide, take};
 
 /// A view: the top `depth` levels per side, best first, as (price ticks, qty units).
 type View = (Vec<(i64, u64)>, Vec<(i64, u64)>);
@@ -95,11 +94,7 @@ pub(super) async fn session(stream: TcpStream, shared: Arc<Shared>) {
     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
-    {
-        let mut state = shared.state();
-        state.stats.connections += 1;
-        state.stats.connected_at.push(std::time::Instant::now());
-    }
+    shared.connected();
     let mut books: HashMap<String, Sub> = HashMap::new();
     let mut trades: HashSet<String> = HashSet::new();
     let mut events = shared.events.subscribe();
@@ -162,15 +157,8 @@ pub(super) async fn session(stream: TcpStream, shared: Arc<Shared>) {
                     _ => shared.state().stats.violations.push(format!("unknown request {text}")),
                 }
             }
-            event = events.recv() => {
-                let event = match event {
-                    Ok(e) => e,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        shared.state().stats.violations.push(format!("the mock's own session lagged by {n} messages"));
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
+            event = shared.next_event(&mut events) => {
+                let Some(event) = event else { return };
                 if let (Some(book), Some(sub)) = (&event.book, books.get_mut(&event.symbol)) {
                     let next = view(book, sub.depth);
                     let bids = side_changes(&sub.view.0, &next.0, book, true);
@@ -207,22 +195,11 @@ pub(super) async fn session(stream: TcpStream, shared: Arc<Shared>) {
                     ));
                 }
             }
-            c = control.recv() => match c {
-                Ok(Control::CloseAbrupt) | Err(_) => return,
-                Ok(Control::ServerShutdown) => {
-                    let _ = ws.close(None).await;
+            c = control.recv() => {
+                if !super::on_control(&mut ws, c, &mut events).await {
                     return;
                 }
-                Ok(Control::Raw(message)) => {
-                    if ws.send(message).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Control::Silence(d)) => {
-                    tokio::time::sleep(d).await;
-                    events = events.resubscribe();
-                }
-            },
+            }
         }
         for text in out {
             if ws.send(Message::text(text)).await.is_err() {

@@ -227,6 +227,33 @@ impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Counts a new connection; returns how many there have been.
+    fn connected(&self) -> u64 {
+        let mut state = self.state();
+        state.stats.connections += 1;
+        state.stats.connected_at.push(Instant::now());
+        state.stats.connections
+    }
+
+    /// The next generated message for a session: `None` when the venue stopped. A session
+    /// that fell behind the generator would have a hole it did not choose: a violation.
+    async fn next_event(
+        &self,
+        events: &mut broadcast::Receiver<Arc<Generated>>,
+    ) -> Option<Arc<Generated>> {
+        loop {
+            match events.recv().await {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::RecvError::Lagged(n)) => self
+                    .state()
+                    .stats
+                    .violations
+                    .push(format!("the mock's own session lagged by {n} messages")),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
 }
 
 /// A running mock exchange; dropped, it stops.
@@ -766,6 +793,29 @@ async fn rest(
     http::respond(&mut stream, status, &headers, &body).await
 }
 
+/// A fault for the Kraken and Coinbase sessions (Binance announces its shutdowns, see
+/// [`session`]); false when the connection is to end.
+async fn on_control(
+    ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
+    control: Result<Control, broadcast::error::RecvError>,
+    events: &mut broadcast::Receiver<Arc<Generated>>,
+) -> bool {
+    match control {
+        Ok(Control::CloseAbrupt) | Err(_) => false,
+        Ok(Control::ServerShutdown) => {
+            let _ = ws.close(None).await;
+            false
+        }
+        Ok(Control::Raw(message)) => ws.send(message).await.is_ok(),
+        Ok(Control::Silence(d)) => {
+            tokio::time::sleep(d).await;
+            // What was generated meanwhile was never sent: the stream has a hole.
+            *events = events.resubscribe();
+            true
+        }
+    }
+}
+
 /// One WebSocket connection: subscriptions, the generated streams it asked for, pings,
 /// and the venue's rules.
 async fn session(stream: TcpStream, path: String, shared: Arc<Shared>) {
@@ -773,12 +823,7 @@ async fn session(stream: TcpStream, path: String, shared: Arc<Shared>) {
         return;
     };
     let config = shared.config.clone();
-    let opened = Instant::now();
-    {
-        let mut state = shared.state();
-        state.stats.connections += 1;
-        state.stats.connected_at.push(opened);
-    }
+    shared.connected();
     let violation = |what: String| shared.state().stats.violations.push(what);
     // Stream names by lower-case symbol: (depth stream, trade stream).
     let mut subs: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
@@ -879,15 +924,8 @@ async fn session(stream: TcpStream, path: String, shared: Arc<Shared>) {
                     _ => {}
                 }
             }
-            event = events.recv() => {
-                let event = match event {
-                    Ok(e) => e,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        violation(format!("the mock's own session lagged by {n} messages"));
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
+            event = shared.next_event(&mut events) => {
+                let Some(event) = event else { return };
                 let Some((depth, trade)) = subs.get(&event.symbol.to_ascii_lowercase()) else { continue };
                 let stream = if event.depth { depth } else { trade };
                 let Some(stream) = stream else { continue };

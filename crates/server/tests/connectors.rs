@@ -313,6 +313,45 @@ impl Watch {
     }
 }
 
+/// The venue (`config`), a server whose one feed `section` builds for it, a client, and
+/// the instrument names, once every book has synced.
+async fn synced(
+    config: MockConfig,
+    section: impl FnOnce(&MockExchange) -> FeedSection,
+    venue: &str,
+    symbols: &[&str],
+) -> (
+    MockExchange,
+    RunningServer,
+    MarketClient<Channel>,
+    Vec<String>,
+) {
+    let mock = MockExchange::start(config).await.unwrap();
+    let server = serve(vec![section(&mock)]).await;
+    let mut c = client(&server).await;
+    let names = names(venue, symbols);
+    wait_synced(&mut c, &names).await;
+    (mock, server, c, names)
+}
+
+/// [`synced`] on Binance spot with the default feed table.
+async fn spot(
+    symbols: &[&str],
+) -> (
+    MockExchange,
+    RunningServer,
+    MarketClient<Channel>,
+    Vec<String>,
+) {
+    synced(
+        MockConfig::spot(symbols),
+        |m| feed(m, "binance", symbols),
+        "BINANCE",
+        symbols,
+    )
+    .await
+}
+
 fn names(venue: &str, symbols: &[&str]) -> Vec<String> {
     symbols.iter().map(|s| format!("{venue}:{s}")).collect()
 }
@@ -320,13 +359,7 @@ fn names(venue: &str, symbols: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn binance_books_sync_and_equal_the_venue() {
     let symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"];
-    let mock = MockExchange::start(MockConfig::spot(&symbols))
-        .await
-        .unwrap();
-    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
-    let mut c = client(&server).await;
-    let names = names("BINANCE", &symbols);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, mut c, _) = spot(&symbols).await;
     settle(&mut c, &mock, "BINANCE", &symbols).await;
 
     // Tick sizes come from the venue's exchangeInfo.
@@ -354,13 +387,7 @@ async fn binance_books_sync_and_equal_the_venue() {
 #[tokio::test]
 async fn a_dropped_diff_resyncs_only_its_instrument() {
     let symbols = ["BTCUSDT", "ETHUSDT"];
-    let mock = MockExchange::start(MockConfig::spot(&symbols))
-        .await
-        .unwrap();
-    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
-    let mut c = client(&server).await;
-    let names = names("BINANCE", &symbols);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, mut c, names) = spot(&symbols).await;
     let mut w = watch(&server, &names, pb::Channel::Book).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     mock.drop_depth("BTCUSDT", 1);
@@ -428,13 +455,7 @@ async fn rate_limited_snapshots_wait_for_retry_after() {
 #[tokio::test]
 async fn an_abrupt_drop_is_feed_down_then_up_and_books_rebuilt() {
     let symbols = ["BTCUSDT", "ETHUSDT"];
-    let mock = MockExchange::start(MockConfig::spot(&symbols))
-        .await
-        .unwrap();
-    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
-    let mut c = client(&server).await;
-    let names = names("BINANCE", &symbols);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, mut c, names) = spot(&symbols).await;
     let mut w = watch(&server, &names, pb::Channel::Book).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     mock.close_abruptly();
@@ -504,13 +525,7 @@ async fn a_silent_socket_is_declared_dead_and_replaced() {
 #[tokio::test]
 async fn server_shutdown_rotates_make_before_break() {
     let symbols = ["BTCUSDT", "ETHUSDT"];
-    let mock = MockExchange::start(MockConfig::spot(&symbols))
-        .await
-        .unwrap();
-    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
-    let mut c = client(&server).await;
-    let names = names("BINANCE", &symbols);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, mut c, names) = spot(&symbols).await;
     let mut w = watch(&server, &names, pb::Channel::Book).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     mock.server_shutdown();
@@ -552,13 +567,13 @@ async fn a_quiet_instrument_is_stale_without_a_reconnect() {
 #[tokio::test]
 async fn usdm_books_follow_pu_across_public_and_market_connections() {
     let symbols = ["BTCUSDT", "ETHUSDT"];
-    let mock = MockExchange::start(MockConfig::usdm(&symbols))
-        .await
-        .unwrap();
-    let server = serve(vec![feed(&mock, "binance-usdm", &symbols)]).await;
-    let mut c = client(&server).await;
-    let names = names("BINANCE_USDM", &symbols);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, mut c, names) = synced(
+        MockConfig::usdm(&symbols),
+        |m| feed(m, "binance-usdm", &symbols),
+        "BINANCE_USDM",
+        &symbols,
+    )
+    .await;
     let mut books = watch(&server, &names, pb::Channel::Book).await;
     let mut trades = watch(&server, &names, pb::Channel::Trades).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -598,13 +613,7 @@ async fn usdm_books_follow_pu_across_public_and_market_connections() {
 #[tokio::test]
 async fn malformed_input_is_refused_and_never_breaks_a_book() {
     let symbols = ["BTCUSDT", "ETHUSDT"];
-    let mock = MockExchange::start(MockConfig::spot(&symbols))
-        .await
-        .unwrap();
-    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
-    let mut c = client(&server).await;
-    let names = names("BINANCE", &symbols);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, mut c, names) = spot(&symbols).await;
     let mut w = watch(&server, &names, pb::Channel::Book).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Ignored: not JSON, a stream nobody asked for, a binary frame, unknown fields.
@@ -657,13 +666,7 @@ async fn malformed_input_is_refused_and_never_breaks_a_book() {
 #[tokio::test]
 async fn crossed_venue_data_is_refused_and_the_book_resynced() {
     let symbols = ["BTCUSDT", "ETHUSDT"];
-    let mock = MockExchange::start(MockConfig::spot(&symbols))
-        .await
-        .unwrap();
-    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
-    let mut c = client(&server).await;
-    let names = names("BINANCE", &symbols);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, mut c, names) = spot(&symbols).await;
     let mut w = watch(&server, &names, pb::Channel::Book).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     mock.phantom_cross("BTCUSDT");
@@ -682,13 +685,7 @@ async fn crossed_venue_data_is_refused_and_the_book_resynced() {
 #[tokio::test]
 async fn trade_gaps_are_reported_and_repeats_never_published() {
     let symbols = ["BTCUSDT"];
-    let mock = MockExchange::start(MockConfig::spot(&symbols))
-        .await
-        .unwrap();
-    let server = serve(vec![feed(&mock, "binance", &symbols)]).await;
-    let mut c = client(&server).await;
-    let names = names("BINANCE", &symbols);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, _, names) = spot(&symbols).await;
     let mut w = watch(&server, &names, pb::Channel::Trades).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     mock.duplicate("BTCUSDT", 5);
@@ -816,13 +813,13 @@ fn kraken_feed(mock: &MockExchange, symbols: &[&str]) -> FeedSection {
 #[tokio::test]
 async fn kraken_books_are_checksummed_and_equal_the_venue() {
     let symbols = ["BTC/USD", "ETH/USD"];
-    let mock = MockExchange::start(MockConfig::kraken(&symbols))
-        .await
-        .unwrap();
-    let server = serve(vec![kraken_feed(&mock, &symbols)]).await;
-    let mut c = client(&server).await;
-    let names = names("KRAKEN", &symbols);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, mut c, names) = synced(
+        MockConfig::kraken(&symbols),
+        |m| kraken_feed(m, &symbols),
+        "KRAKEN",
+        &symbols,
+    )
+    .await;
     let mut w = watch(&server, &names, pb::Channel::Book).await;
     let mut trades = watch(&server, &names, pb::Channel::Trades).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -848,13 +845,13 @@ async fn kraken_books_are_checksummed_and_equal_the_venue() {
 #[tokio::test]
 async fn a_kraken_checksum_mismatch_resubscribes_only_that_pair() {
     let symbols = ["BTC/USD", "ETH/USD"];
-    let mock = MockExchange::start(MockConfig::kraken(&symbols))
-        .await
-        .unwrap();
-    let server = serve(vec![kraken_feed(&mock, &symbols)]).await;
-    let mut c = client(&server).await;
-    let names = names("KRAKEN", &symbols);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, mut c, names) = synced(
+        MockConfig::kraken(&symbols),
+        |m| kraken_feed(m, &symbols),
+        "KRAKEN",
+        &symbols,
+    )
+    .await;
     let mut w = watch(&server, &names, pb::Channel::Book).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let subscribed = mock.stats().subscribe_frames;
@@ -892,13 +889,13 @@ async fn a_kraken_checksum_mismatch_resubscribes_only_that_pair() {
 #[tokio::test]
 async fn an_unreliable_kraken_checksum_is_reported_not_looped_on() {
     let symbols = ["BTC/USD"];
-    let mock = MockExchange::start(MockConfig::kraken(&symbols))
-        .await
-        .unwrap();
-    let server = serve(vec![kraken_feed(&mock, &symbols)]).await;
-    let mut c = client(&server).await;
-    let names = names("KRAKEN", &symbols);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, mut c, names) = synced(
+        MockConfig::kraken(&symbols),
+        |m| kraken_feed(m, &symbols),
+        "KRAKEN",
+        &symbols,
+    )
+    .await;
     let mut w = watch(&server, &names, pb::Channel::Book).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let subscribed = mock.stats().subscribe_frames;
@@ -986,13 +983,13 @@ async fn coinbase_books_come_in_band_and_equal_the_venue() {
 #[tokio::test]
 async fn a_coinbase_sequence_jump_rebuilds_the_connections_books() {
     let products = ["BTC-USD", "ETH-USD"];
-    let mock = MockExchange::start(MockConfig::coinbase(&products))
-        .await
-        .unwrap();
-    let server = serve(vec![coinbase_feed(&mock, &products)]).await;
-    let mut c = client(&server).await;
-    let names = names("COINBASE", &products);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, mut c, names) = synced(
+        MockConfig::coinbase(&products),
+        |m| coinbase_feed(m, &products),
+        "COINBASE",
+        &products,
+    )
+    .await;
     let mut w = watch(&server, &names, pb::Channel::Book).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     mock.drop_depth("BTC-USD", 1);
@@ -1024,13 +1021,13 @@ async fn a_coinbase_sequence_jump_rebuilds_the_connections_books() {
 #[tokio::test]
 async fn coinbase_trades_resent_after_a_reconnect_are_not_published_twice() {
     let products = ["BTC-USD"];
-    let mock = MockExchange::start(MockConfig::coinbase(&products))
-        .await
-        .unwrap();
-    let server = serve(vec![coinbase_feed(&mock, &products)]).await;
-    let mut c = client(&server).await;
-    let names = names("COINBASE", &products);
-    wait_synced(&mut c, &names).await;
+    let (mock, server, _, names) = synced(
+        MockConfig::coinbase(&products),
+        |m| coinbase_feed(m, &products),
+        "COINBASE",
+        &products,
+    )
+    .await;
     let mut w = watch(&server, &names, pb::Channel::Trades).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     mock.close_abruptly();
@@ -1090,5 +1087,34 @@ async fn all_four_venues_at_once() {
         w.assert_contiguous();
         assert_eq!(mock.stats().violations, Vec::<String>::new(), "{venue}");
     }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_rotate_before_the_venues_age_limit() {
+    let symbols = ["BTCUSDT"];
+    let mut config = MockConfig::spot(&symbols);
+    // The venue cuts connections at 3 s; the feed replaces them at 1 s.
+    config.max_conn_age = Some(Duration::from_secs(3));
+    let (mock, server, _, names) = synced(
+        config,
+        |m| FeedSection {
+            rotate_after_secs: Some(1),
+            ..feed(m, "binance", &symbols)
+        },
+        "BINANCE",
+        &symbols,
+    )
+    .await;
+    let mut w = watch(&server, &names, pb::Channel::Book).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let connections = mock.stats().connections;
+    assert!(
+        connections >= 3,
+        "rotated about every second: {connections}"
+    );
+    assert_eq!(w.statuses(), vec![], "no FeedDown, no gap, no resync");
+    w.assert_contiguous();
+    assert!(w.assert_books_true(&mock, "BINANCE") > 10);
     server.shutdown().await.unwrap();
 }

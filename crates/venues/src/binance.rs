@@ -12,10 +12,10 @@
 pub mod sync;
 pub mod wire;
 
-use raven_model::{Aggressor, Channel, StatusKind, Trade, UnixNanos};
+use raven_model::{Aggressor, Trade, UnixNanos};
 
 use crate::action::Action;
-use crate::tape::{TradeSeen, TradeTape};
+use crate::tape::TradeTape;
 use wire::{AggTrade, RawTrade};
 
 /// Streams per `SUBSCRIBE` frame: larger frames have failed silently in practice
@@ -203,20 +203,8 @@ fn push_trade(
     buyer_is_maker: bool,
     out: &mut Vec<Action>,
 ) {
-    let before = tape.last();
-    match tape.see(id, id) {
-        TradeSeen::Repeat => return,
-        TradeSeen::After { missed } => out.push(Action::status(
-            Channel::Trades,
-            StatusKind::Gap,
-            missed,
-            format!(
-                "trade ids {}..={} never arrived",
-                before.map_or(0, |b| b + 1),
-                id - 1
-            ),
-        )),
-        TradeSeen::Next => {}
+    if !tape.admit(id, out) {
+        return;
     }
     out.push(Action::Trade {
         exchange_time: millis(time),
@@ -232,6 +220,7 @@ fn push_trade(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raven_model::{Channel, StatusKind};
 
     #[test]
     fn subscribe_frames_are_the_documented_shape() {

@@ -20,7 +20,7 @@ use raven_model::{
 };
 
 use crate::action::Action;
-use crate::tape::{TradeSeen, TradeTape};
+use crate::tape::TradeTape;
 use crate::time::rfc3339;
 use wire::{L2Event, MarketTrade};
 
@@ -223,20 +223,8 @@ impl Product {
             ));
             return;
         };
-        let before = self.tape.last();
-        match self.tape.see(id, id) {
-            TradeSeen::Repeat => return,
-            TradeSeen::After { missed } => out.push(Action::status(
-                Channel::Trades,
-                StatusKind::Gap,
-                missed,
-                format!(
-                    "trade ids {}..={} never arrived",
-                    before.map_or(0, |b| b + 1),
-                    id - 1
-                ),
-            )),
-            TradeSeen::Next => {}
+        if !self.tape.admit(id, out) {
+            return;
         }
         out.push(Action::Trade {
             exchange_time: rfc3339(t.time).unwrap_or(UnixNanos::ZERO),

@@ -131,6 +131,20 @@ macro_rules! wire_struct {
 
 pub(crate) use wire_struct;
 
+/// Decodes a value that was kept raw because the key saying what it is came after it
+/// (venues send that key first; this is the fallback for those that do not).
+pub(crate) fn seed_raw<'de, S, E>(
+    seed: S,
+    raw: &'de serde_json::value::RawValue,
+) -> Result<S::Value, E>
+where
+    S: de::DeserializeSeed<'de>,
+    E: de::Error,
+{
+    let mut inner = serde_json::Deserializer::from_str(raw.get());
+    seed.deserialize(&mut inner).map_err(E::custom)
+}
+
 /// A decimal string field parsed exactly into a price.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecPrice(pub Price);

@@ -30,7 +30,7 @@ use raven_model::{
 
 use crate::action::Action;
 use crate::json::{parse_price, parse_qty};
-use crate::tape::{TradeSeen, TradeTape};
+use crate::tape::TradeTape;
 use crate::time::rfc3339;
 use wire::{BookData, KLevel, KTrade};
 
@@ -303,20 +303,8 @@ impl Book {
                 return;
             }
         };
-        let before = self.tape.last();
-        match self.tape.see(t.trade_id, t.trade_id) {
-            TradeSeen::Repeat => return,
-            TradeSeen::After { missed } => out.push(Action::status(
-                Channel::Trades,
-                StatusKind::Gap,
-                missed,
-                format!(
-                    "trade ids {}..={} never arrived",
-                    before.map_or(0, |b| b + 1),
-                    t.trade_id - 1
-                ),
-            )),
-            TradeSeen::Next => {}
+        if !self.tape.admit(t.trade_id, out) {
+            return;
         }
         out.push(Action::Trade {
             exchange_time: rfc3339(t.timestamp).unwrap_or(UnixNanos::ZERO),

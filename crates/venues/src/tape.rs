@@ -17,6 +17,10 @@ pub enum TradeSeen {
     Repeat,
 }
 
+use raven_model::{Channel, StatusKind};
+
+use crate::action::Action;
+
 /// The high-water mark of one instrument's trade ids.
 #[derive(Debug, Clone, Default)]
 pub struct TradeTape {
@@ -41,6 +45,29 @@ impl TradeTape {
     /// The last id published.
     pub fn last(&self) -> Option<u64> {
         self.last
+    }
+
+    /// Admits trade `id`: false for a repeat (drop the trade); after a jump, a `Gap` on
+    /// the trades channel with the ids skipped is pushed first.
+    pub fn admit(&mut self, id: u64, out: &mut Vec<Action>) -> bool {
+        let before = self.last;
+        match self.see(id, id) {
+            TradeSeen::Repeat => false,
+            TradeSeen::After { missed } => {
+                out.push(Action::status(
+                    Channel::Trades,
+                    StatusKind::Gap,
+                    missed,
+                    format!(
+                        "trade ids {}..={} never arrived",
+                        before.map_or(0, |b| b + 1),
+                        id - 1
+                    ),
+                ));
+                true
+            }
+            TradeSeen::Next => true,
+        }
     }
 }
 

@@ -5,10 +5,10 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::json::{DecPrice, DecQty, Key, PairLevels, wire_struct};
+use crate::json::{DecPrice, DecQty, Key, PairLevels, seed_raw, wire_struct};
 
 wire_struct! {
     /// `<symbol>@depth[@100ms]`, a diff of absolute level quantities. Spot:
@@ -374,12 +374,7 @@ impl<'de> Visitor<'de> for FrameVisitor {
             }
         }
         if let (Some(raw), Some(s)) = (early, stream) {
-            let mut inner = serde_json::Deserializer::from_str(raw.get());
-            frame = Some(
-                Data(stream_kind(s))
-                    .deserialize(&mut inner)
-                    .map_err(de::Error::custom)?,
-            );
+            frame = Some(seed_raw(Data(stream_kind(s)), raw)?);
         }
         if let Some(frame) = frame {
             return Ok(frame);

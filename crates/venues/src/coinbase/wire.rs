@@ -9,7 +9,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::json::{DecPrice, DecQty, Key, wire_struct};
+use crate::json::{DecPrice, DecQty, Key, seed_raw, wire_struct};
 
 wire_struct! {
     /// One level change of an `l2_data` event; `new_quantity` is absolute, `"0"` removes.
@@ -175,12 +175,7 @@ impl<'de> Visitor<'de> for FrameVisitor {
         }
         let channel = channel.ok_or_else(|| de::Error::missing_field("channel"))?;
         if let Some(raw) = early {
-            let mut inner = serde_json::Deserializer::from_str(raw.get());
-            events = Some(
-                EventsOf(channel)
-                    .deserialize(&mut inner)
-                    .map_err(de::Error::custom)?,
-            );
+            events = Some(seed_raw(EventsOf(channel), raw)?);
         }
         Ok(Frame::Message {
             channel,

@@ -10,7 +10,7 @@ use raven_model::{Price, Qty};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::json::{Key, parse_price, parse_qty, wire_struct};
+use crate::json::{Key, parse_price, parse_qty, seed_raw, wire_struct};
 
 /// A JSON number's exact text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,12 +218,7 @@ impl<'de> Visitor<'de> for FrameVisitor {
         }
         let channel = channel.ok_or_else(|| de::Error::missing_field("channel"))?;
         if let Some(raw) = early {
-            let mut inner = serde_json::Deserializer::from_str(raw.get());
-            data = Some(
-                DataOf(channel)
-                    .deserialize(&mut inner)
-                    .map_err(de::Error::custom)?,
-            );
+            data = Some(seed_raw(DataOf(channel), raw)?);
         }
         Ok(Frame::Channel {
             channel,

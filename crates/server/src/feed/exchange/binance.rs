@@ -10,7 +10,7 @@ use raven_venues::binance::wire::{self, Frame};
 use raven_venues::binance::{self, MAX_STREAMS_PER_FRAME, Market};
 use raven_venues::tape::TradeTape;
 
-use super::connection::{Session, Signal};
+use super::connection::{Session, Signal, tag, undecodable};
 
 /// One connection's share of a Binance feed.
 pub struct BinanceSession {
@@ -66,10 +66,6 @@ impl BinanceSession {
     }
 }
 
-fn tag(slot: usize, actions: Vec<Action>, out: &mut Vec<(usize, Action)>) {
-    out.extend(actions.into_iter().map(|a| (slot, a)));
-}
-
 impl Session for BinanceSession {
     fn subscriptions(&mut self) -> Vec<String> {
         let mut streams = Vec::new();
@@ -101,7 +97,7 @@ impl Session for BinanceSession {
                     return Signal::None;
                 };
                 books[slot].on_diff(Diff::from_wire(d, binance::millis), &mut actions);
-                tag(slot, actions, out);
+                tag(slot, &mut actions, out);
             }
             Ok(Frame::AggTrade(t)) => {
                 self.unknown_fields += u64::from(t.unknown);
@@ -110,7 +106,7 @@ impl Session for BinanceSession {
                     return Signal::None;
                 };
                 binance::agg_trade(&mut tapes[slot], t, &mut actions);
-                tag(slot, actions, out);
+                tag(slot, &mut actions, out);
             }
             Ok(Frame::Trade(t)) => {
                 self.unknown_fields += u64::from(t.unknown);
@@ -119,7 +115,7 @@ impl Session for BinanceSession {
                     return Signal::None;
                 };
                 binance::raw_trade(&mut tapes[slot], t, &mut actions);
-                tag(slot, actions, out);
+                tag(slot, &mut actions, out);
             }
             Ok(Frame::ServerShutdown) => return Signal::Rotate,
             Ok(Frame::Ack { id }) => tracing::debug!(id, "subscription acknowledged"),
@@ -128,31 +124,24 @@ impl Session for BinanceSession {
             }
             Ok(Frame::Unhandled) => self.unhandled += 1,
             Err(e) => {
-                let slot = e.symbol().and_then(|s| self.slot(&s.to_ascii_uppercase()));
+                let slots: Vec<usize> = e
+                    .symbol()
+                    .and_then(|s| self.slot(&s.to_ascii_uppercase()))
+                    .into_iter()
+                    .collect();
                 let detail = e.to_string();
-                match slot {
-                    // A lost book message is a gap: refuse it and rebuild that book.
-                    Some(slot) if e.is_depth() => {
-                        actions.push(Action::status(
-                            Channel::Book,
-                            StatusKind::Rejected,
-                            0,
-                            detail.clone(),
-                        ));
-                        if let Some(books) = self.books.as_mut() {
-                            books[slot].resync(detail, &mut actions);
+                let books = &mut self.books;
+                undecodable(
+                    &slots,
+                    !e.is_depth(),
+                    &detail,
+                    |slot, actions| {
+                        if let Some(books) = books.as_mut() {
+                            books[slot].resync(detail.clone(), actions);
                         }
-                        tag(slot, actions, out);
-                    }
-                    // A lost trade: the tape says so.
-                    Some(slot) => {
-                        actions.push(Action::status(Channel::Trades, StatusKind::Gap, 0, detail));
-                        tag(slot, actions, out);
-                    }
-                    None => {
-                        tracing::warn!(error = %detail, "undecodable frame for no known instrument")
-                    }
-                }
+                    },
+                    out,
+                );
             }
         }
         Signal::None
@@ -175,14 +164,14 @@ impl Session for BinanceSession {
                 books[slot].snapshot_failed();
             }
         }
-        tag(slot, actions, out);
+        tag(slot, &mut actions, out);
     }
 
     fn resync(&mut self, slot: usize, detail: String, out: &mut Vec<(usize, Action)>) {
         if let Some(books) = self.books.as_mut() {
             let mut actions = Vec::new();
             books[slot].resync(detail, &mut actions);
-            tag(slot, actions, out);
+            tag(slot, &mut actions, out);
         }
     }
 

@@ -6,12 +6,12 @@
 
 use std::collections::HashMap;
 
-use raven_model::{Channel, StatusKind, UnixNanos};
+use raven_model::UnixNanos;
 use raven_venues::Action;
 use raven_venues::coinbase::wire::{self, Events, Frame};
 use raven_venues::coinbase::{self, Product, SequenceCheck, SequenceSeen};
 
-use super::connection::{Session, Signal};
+use super::connection::{Session, Signal, tag, undecodable};
 
 /// One connection's share of a Coinbase feed.
 pub struct CoinbaseSession {
@@ -35,10 +35,6 @@ impl CoinbaseSession {
             sequence: SequenceCheck::default(),
         }
     }
-}
-
-fn tag(slot: usize, actions: &mut Vec<Action>, out: &mut Vec<(usize, Action)>) {
-    out.extend(actions.drain(..).map(|a| (slot, a)));
 }
 
 impl Session for CoinbaseSession {
@@ -98,34 +94,20 @@ impl Session for CoinbaseSession {
             }
             Ok(Frame::Error { message }) => tracing::warn!(message, "Coinbase reported an error"),
             Err(e) => {
-                let (channel, products) = wire::products_of(text);
+                let (channel, listed) = wire::products_of(text);
                 let detail = format!("undecodable {} message: {e}", channel.unwrap_or("Coinbase"));
-                let slots: Vec<usize> = products
+                let slots: Vec<usize> = listed
                     .iter()
-                    .filter_map(|p| self.slots.get(*p).copied())
+                    .filter_map(|s| self.slots.get(*s).copied())
                     .collect();
-                if slots.is_empty() {
-                    tracing::warn!(error = %detail, "undecodable frame for no known product");
-                }
-                for slot in slots {
-                    if channel == Some("market_trades") {
-                        actions.push(Action::status(
-                            Channel::Trades,
-                            StatusKind::Gap,
-                            0,
-                            detail.clone(),
-                        ));
-                    } else {
-                        actions.push(Action::status(
-                            Channel::Book,
-                            StatusKind::Rejected,
-                            0,
-                            detail.clone(),
-                        ));
-                        self.books[slot].lost(detail.clone(), &mut actions);
-                    }
-                    tag(slot, &mut actions, out);
-                }
+                let books = &mut self.books;
+                undecodable(
+                    &slots,
+                    channel == Some("market_trades"),
+                    &detail,
+                    |slot, actions| books[slot].lost(detail.clone(), actions),
+                    out,
+                );
             }
         }
         Signal::None

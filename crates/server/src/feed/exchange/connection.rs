@@ -50,6 +50,46 @@ pub trait Session: Send {
     fn disconnected(&mut self);
 }
 
+/// Tags a slot's actions for [`Session::on_text`]'s output.
+pub fn tag(slot: usize, actions: &mut Vec<Action>, out: &mut Vec<(usize, Action)>) {
+    out.extend(actions.drain(..).map(|a| (slot, a)));
+}
+
+/// A frame that could not be decoded, about `slots` (read leniently from it): a lost
+/// trade message is a `Gap` on the trades channel; a lost book message is refused
+/// (`Rejected`, with the reason) and `rebuild` starts that book again.
+pub fn undecodable(
+    slots: &[usize],
+    trades: bool,
+    detail: &str,
+    mut rebuild: impl FnMut(usize, &mut Vec<Action>),
+    out: &mut Vec<(usize, Action)>,
+) {
+    if slots.is_empty() {
+        tracing::warn!(error = %detail, "undecodable frame for no known instrument");
+    }
+    let mut actions = Vec::new();
+    for &slot in slots {
+        if trades {
+            actions.push(Action::status(
+                Channel::Trades,
+                StatusKind::Gap,
+                0,
+                detail.to_owned(),
+            ));
+        } else {
+            actions.push(Action::status(
+                Channel::Book,
+                StatusKind::Rejected,
+                0,
+                detail.to_owned(),
+            ));
+            rebuild(slot, &mut actions);
+        }
+        tag(slot, &mut actions, out);
+    }
+}
+
 /// What a frame tells the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {

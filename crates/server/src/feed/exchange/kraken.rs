@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 
-use raven_model::{Channel, StatusKind, UnixNanos};
+use raven_model::UnixNanos;
 use raven_venues::Action;
 use raven_venues::kraken::wire::{self, Data, Frame};
 use raven_venues::kraken::{self, Book};
 
-use super::connection::{Session, Signal};
+use super::connection::{Session, Signal, tag, undecodable};
 
 /// One connection's share of a Kraken feed.
 pub struct KrakenSession {
@@ -41,10 +41,6 @@ impl KrakenSession {
         self.next_request += 1;
         id
     }
-}
-
-fn tag(slot: usize, actions: &mut Vec<Action>, out: &mut Vec<(usize, Action)>) {
-    out.extend(actions.drain(..).map(|a| (slot, a)));
 }
 
 impl Session for KrakenSession {
@@ -96,35 +92,20 @@ impl Session for KrakenSession {
                 }
             }
             Err(e) => {
-                let (channel, symbols) = wire::symbols_of(text);
+                let (channel, listed) = wire::symbols_of(text);
                 let detail = format!("undecodable {} message: {e}", channel.unwrap_or("Kraken"));
-                let slots: Vec<usize> = symbols
+                let slots: Vec<usize> = listed
                     .iter()
                     .filter_map(|s| self.slots.get(*s).copied())
                     .collect();
-                if slots.is_empty() {
-                    tracing::warn!(error = %detail, "undecodable frame for no known pair");
-                }
-                for slot in slots {
-                    if channel == Some("trade") {
-                        actions.push(Action::status(
-                            Channel::Trades,
-                            StatusKind::Gap,
-                            0,
-                            detail.clone(),
-                        ));
-                    } else {
-                        // A lost book message: refuse it and rebuild that book.
-                        actions.push(Action::status(
-                            Channel::Book,
-                            StatusKind::Rejected,
-                            0,
-                            detail.clone(),
-                        ));
-                        self.books[slot].lost(detail.clone(), &mut actions);
-                    }
-                    tag(slot, &mut actions, out);
-                }
+                let books = &mut self.books;
+                undecodable(
+                    &slots,
+                    channel == Some("trade"),
+                    &detail,
+                    |slot, actions| books[slot].lost(detail.clone(), actions),
+                    out,
+                );
             }
         }
         Signal::None
