@@ -1118,3 +1118,54 @@ async fn connections_rotate_before_the_venues_age_limit() {
     assert!(w.assert_books_true(&mock, "BINANCE") > 10);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn undecodable_kraken_and_coinbase_book_messages_rebuild_only_their_book() {
+    for (config, venue, symbols, raw) in [
+        (
+            MockConfig::kraken(&["BTC/USD", "ETH/USD"]),
+            "KRAKEN",
+            ["BTC/USD", "ETH/USD"],
+            // An exponent is not an exact decimal.
+            r#"{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[{"price":1e-5,"qty":1.0}],"asks":[],"checksum":1}]}"#,
+        ),
+        (
+            MockConfig::coinbase(&["BTC-USD", "ETH-USD"]),
+            "COINBASE",
+            ["BTC-USD", "ETH-USD"],
+            // A size seen in a real Coinbase capture.
+            r#"{"channel":"l2_data","client_id":"","timestamp":"t","sequence_num":1,"events":[{"type":"update","product_id":"BTC-USD","updates":[{"side":"bid","event_time":"","price_level":"40531.19","new_quantity":"0.-10000"}]}]}"#,
+        ),
+    ] {
+        let (mock, server, mut c, names) = synced(
+            config,
+            |m| match venue {
+                "KRAKEN" => kraken_feed(m, &symbols),
+                _ => coinbase_feed(m, &symbols),
+            },
+            venue,
+            &symbols,
+        )
+        .await;
+        let mut w = watch(&server, &names, pb::Channel::Book).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        mock.send_raw(Message::text(raw));
+        let first = &names[0];
+        w.until(first, StatusKind::Rejected).await;
+        w.until_rebuilt(first).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let statuses = w.statuses();
+        let rejected: Vec<&str> = statuses
+            .iter()
+            .filter(|s| s.1 == StatusKind::Rejected)
+            .map(|s| s.0.as_str())
+            .collect();
+        assert_eq!(rejected, [first.as_str()], "{venue}: {statuses:?}");
+        for name in &names {
+            assert_snapshot_true(&mut c, &mock, name).await;
+        }
+        assert_eq!(mock.stats().connections, 1, "{venue}: no reconnect");
+        w.assert_contiguous();
+        server.shutdown().await.unwrap();
+    }
+}
