@@ -1169,3 +1169,74 @@ async fn undecodable_kraken_and_coinbase_book_messages_rebuild_only_their_book()
         server.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_venue_that_cannot_be_reached_is_feed_down_at_once() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let section = FeedSection {
+        venue: "kraken".into(),
+        symbols: vec!["BTC/USD".into()],
+        ws_url: Some(format!("ws://127.0.0.1:{port}/v2")),
+        rest_url: None,
+        depth_limit: None,
+        streams_per_connection: None,
+        stale_after_ms: None,
+        liveness_ms: None,
+        ping_every_ms: None,
+        rotate_after_secs: None,
+        rest_weight_per_minute: None,
+    };
+    // Recorded, so the status is read back whenever it was published.
+    let server = common::server(|f| f.feeds = vec![section]).await;
+    let mut history =
+        pb::history_client::HistoryClient::connect(format!("http://{}", server.local_addr()))
+            .await
+            .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let detail = loop {
+        let answer = history
+            .query(pb::HistoryRequest {
+                instruments: vec!["KRAKEN:BTC/USD".into()],
+                channels: vec![],
+                from: 0,
+                to: u64::MAX,
+                limit: 0,
+            })
+            .await;
+        let mut found = None;
+        // NOT_FOUND until the recorder has stored something of the instrument.
+        let mut stream = match answer {
+            Ok(stream) => stream.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+                assert!(tokio::time::Instant::now() < deadline, "nothing recorded");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        while let Some(batch) = stream.message().await.unwrap() {
+            for e in batch.events {
+                if let Ok(Some(EventBody::Status(s))) = body_from_pb(&e)
+                    && s.kind == StatusKind::FeedDown
+                {
+                    found = Some(s.detail);
+                }
+            }
+        }
+        if let Some(detail) = found {
+            break detail;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no FeedDown recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(detail.starts_with("cannot connect: "), "{detail}");
+    server.shutdown().await.unwrap();
+}

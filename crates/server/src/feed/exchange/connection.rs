@@ -262,6 +262,14 @@ pub async fn run(
             Err(e) => {
                 failures += 1;
                 tracing::warn!(connection = %link.name, error = %e, failures, "connect failed; retrying");
+                if failures == 1 && !was_up {
+                    // Never up: clients would otherwise see an empty book and no reason.
+                    emit_all(
+                        &link,
+                        StatusKind::FeedDown,
+                        &format!("cannot connect: {e}; retrying"),
+                    );
+                }
                 continue;
             }
         };
