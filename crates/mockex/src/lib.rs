@@ -1,8 +1,10 @@
-//! A mock exchange for the connector tests: Binance spot or USD-M futures, speaking the
-//! venue's real protocols on one `127.0.0.1:0` listener (WebSocket combined streams with
-//! `SUBSCRIBE`, server pings that require pongs, `serverShutdown`; REST depth snapshots
-//! and `exchangeInfo` with used-weight headers and `Retry-After`), driven by a seeded book
-//! process ([`truth`]) that records the true book at every update id.
+//! A mock exchange for the connector tests, speaking one venue's real protocols on one
+//! `127.0.0.1:0` listener, driven by a seeded book process ([`truth`]) that records the
+//! true book at every update id. This file owns the venue's configuration, state, faults,
+//! the generator and the listener; each personality its sessions: `binance` (spot and
+//! USD-M: combined streams, `SUBSCRIBE`, pings, `serverShutdown`, REST depth and
+//! `exchangeInfo` with weights and `Retry-After`), `coinbase` (Advanced Trade) and
+//! `kraken` (v2 with its checksum).
 //!
 //! Faults are scripted from the test while the venue runs: drop or swap the next diffs
 //! of a symbol, quiet a symbol, skip trade ids, close every connection abruptly, announce
@@ -12,6 +14,7 @@
 //! are recorded as [`Stats::violations`] when broken, and the connection is closed as the
 //! venue would.
 
+mod binance;
 mod coinbase;
 pub mod http;
 mod kraken;
@@ -22,15 +25,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 pub use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use truth::{DiffOut, Levels, Rng, SymbolTruth, TradeOut, Truths, price_text, qty_text};
+use truth::{Levels, Rng, SymbolTruth, TradeOut, Truths, price_text, qty_text};
 
 /// Which Binance market the mock plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,67 +475,6 @@ fn sides(book: &Levels) -> (TrueSide, TrueSide) {
     (bids, asks)
 }
 
-fn levels_json(levels: &[(String, String)]) -> String {
-    let items: Vec<String> = levels
-        .iter()
-        .map(|(p, q)| format!(r#"["{p}","{q}"]"#))
-        .collect();
-    format!("[{}]", items.join(","))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn render_diff(market: Market, symbol: &str, d: &DiffOut) -> String {
-    if matches!(market, Market::Kraken | Market::Coinbase) {
-        // Their sessions render what they send themselves.
-        return String::new();
-    }
-    let side = |bid: bool| {
-        let items: Vec<String> = d
-            .changes
-            .iter()
-            .filter(|c| c.0 == bid)
-            .map(|&(_, p, q)| format!(r#"["{}","{}"]"#, price_text(p), qty_text(q)))
-            .collect();
-        format!("[{}]", items.join(","))
-    };
-    let ms = now_ms();
-    match market {
-        Market::Spot => format!(
-            r#"{{"e":"depthUpdate","E":{ms},"s":"{symbol}","U":{},"u":{},"b":{},"a":{}}}"#,
-            d.first,
-            d.last,
-            side(true),
-            side(false)
-        ),
-        Market::UsdM | Market::Kraken | Market::Coinbase => format!(
-            r#"{{"e":"depthUpdate","E":{ms},"T":{ms},"s":"{symbol}","U":{},"u":{},"pu":{},"b":{},"a":{}}}"#,
-            d.first,
-            d.last,
-            d.prev,
-            side(true),
-            side(false)
-        ),
-    }
-}
-
-fn render_trade(symbol: &str, t: &TradeOut) -> String {
-    let ms = now_ms();
-    format!(
-        r#"{{"e":"aggTrade","E":{ms},"s":"{symbol}","a":{},"p":"{}","q":"{}","f":{},"l":{},"T":{ms},"m":{},"M":true}}"#,
-        t.id,
-        price_text(t.price),
-        qty_text(t.qty),
-        t.id * 3,
-        t.id * 3 + 2,
-        t.buyer_is_maker
-    )
-}
-
 /// Consumes one of a symbol's pending faults.
 fn take(faults: &mut HashMap<String, u32>, symbol: &str) -> bool {
     match faults.get_mut(symbol) {
@@ -576,7 +516,7 @@ async fn generate_loop(shared: Arc<Shared>) {
                     // Sent, never applied to the truth.
                     diff.changes.push((true, truth::MID + 2, 100_000_000));
                 }
-                let data = render_diff(shared.config.market, symbol, &diff);
+                let data = binance::render_diff(shared.config.market, symbol, &diff);
                 let book = Arc::new(truth.book().clone());
                 let depth_event = |data: String| Generated {
                     symbol: symbol.clone(),
@@ -609,7 +549,7 @@ async fn generate_loop(shared: Arc<Shared>) {
                 }
                 if rng.below(3) == 0 || twice {
                     let trade = truth.trade(rng);
-                    let text = render_trade(symbol, &trade);
+                    let text = binance::render_trade(symbol, &trade);
                     let recent = guard_recent.entry(symbol.clone()).or_default();
                     recent.push_back(trade.clone());
                     if recent.len() > 5 {
@@ -663,134 +603,13 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         match shared.config.market {
             Market::Kraken => kraken::session(stream, shared).await,
             Market::Coinbase => coinbase::session(stream, shared).await,
-            Market::Spot | Market::UsdM => session(stream, path, shared).await,
+            Market::Spot | Market::UsdM => binance::session(stream, path, shared).await,
         }
         Ok(())
     } else {
         let request = http::read_request(&mut stream).await?;
-        rest(stream, request, shared).await
+        binance::rest(stream, request, shared).await
     }
-}
-
-async fn rest(
-    mut stream: TcpStream,
-    request: http::Request,
-    shared: Arc<Shared>,
-) -> std::io::Result<()> {
-    let market = shared.config.market;
-    let (depth_path, info_path) = match market {
-        Market::Spot => ("/api/v3/depth", "/api/v3/exchangeInfo"),
-        Market::UsdM => ("/fapi/v1/depth", "/fapi/v1/exchangeInfo"),
-        Market::Kraken | Market::Coinbase => ("", ""),
-    };
-    if request.path() == info_path {
-        let symbols: Vec<String> = shared
-            .config
-            .symbols
-            .iter()
-            .map(|s| {
-                format!(
-                    r#"{{"symbol":"{s}","status":"TRADING","filters":[{{"filterType":"PRICE_FILTER","minPrice":"0.01000000","maxPrice":"1000000.00000000","tickSize":"0.01000000"}}]}}"#
-                )
-            })
-            .collect();
-        let body = format!(
-            r#"{{"timezone":"UTC","rateLimits":[{{"rateLimitType":"REQUEST_WEIGHT","interval":"MINUTE","intervalNum":1,"limit":6000}}],"symbols":[{}]}}"#,
-            symbols.join(",")
-        );
-        return http::respond(&mut stream, 200, &[], &body).await;
-    }
-    if request.path() != depth_path {
-        return http::respond(&mut stream, 404, &[], r#"{"code":-1,"msg":"no such path"}"#).await;
-    }
-    let symbol = request.query("symbol").unwrap_or("").to_owned();
-    let limit: usize = request
-        .query("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(100);
-    let weight = match limit {
-        0..=100 => 5,
-        101..=500 => 25,
-        501..=1000 => 50,
-        _ => 250,
-    };
-    let delay = shared.state().faults.snapshot_delay;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    let (status, headers, body) = {
-        let mut state = shared.state();
-        let now = Instant::now();
-        state.stats.depth_requests += 1;
-        if state
-            .faults
-            .retry_after_until
-            .is_some_and(|until| now < until)
-        {
-            state.stats.early_retries += 1;
-            state
-                .stats
-                .violations
-                .push("request before Retry-After passed".to_owned());
-        }
-        while state
-            .weight
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(60))
-        {
-            state.weight.pop_front();
-        }
-        state.weight.push_back((now, weight));
-        let used: u32 = state.weight.iter().map(|(_, w)| w).sum();
-        state.stats.max_weight_1m = state.stats.max_weight_1m.max(used);
-        let used_header = ("X-MBX-USED-WEIGHT-1M", used.to_string());
-        match state.faults.snapshots.pop_front() {
-            Some(SnapshotFault::Fail(status, retry_after)) => {
-                state.faults.retry_after_until = Some(now + Duration::from_secs(retry_after));
-                (
-                    status,
-                    vec![used_header, ("Retry-After", retry_after.to_string())],
-                    format!(
-                        r#"{{"code":-1003,"msg":"Way too many requests; retry after {retry_after} s"}}"#
-                    ),
-                )
-            }
-            fault => {
-                let back = match fault {
-                    Some(SnapshotFault::Stale(back)) => back,
-                    _ => 0,
-                };
-                match state.truths.get(&symbol) {
-                    None => (
-                        400,
-                        vec![used_header],
-                        r#"{"code":-1121,"msg":"Invalid symbol."}"#.to_owned(),
-                    ),
-                    Some(truth) => {
-                        let (id, book) = truth.behind(back);
-                        let (mut bids, mut asks) = sides(book);
-                        bids.truncate(limit);
-                        asks.truncate(limit);
-                        state.stats.depth_served += 1;
-                        let times = match market {
-                            Market::Spot | Market::Kraken | Market::Coinbase => String::new(),
-                            Market::UsdM => format!(r#""E":{0},"T":{0},"#, now_ms()),
-                        };
-                        (
-                            200,
-                            vec![used_header],
-                            format!(
-                                r#"{{"lastUpdateId":{id},{times}"bids":{},"asks":{}}}"#,
-                                levels_json(&bids),
-                                levels_json(&asks)
-                            ),
-                        )
-                    }
-                }
-            }
-        }
-    };
-    http::respond(&mut stream, status, &headers, &body).await
 }
 
 /// A fault for the Kraken and Coinbase sessions (Binance announces its shutdowns, see
@@ -812,167 +631,6 @@ async fn on_control(
             // What was generated meanwhile was never sent: the stream has a hole.
             *events = events.resubscribe();
             true
-        }
-    }
-}
-
-/// One WebSocket connection: subscriptions, the generated streams it asked for, pings,
-/// and the venue's rules.
-async fn session(stream: TcpStream, path: String, shared: Arc<Shared>) {
-    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-        return;
-    };
-    let config = shared.config.clone();
-    shared.connected();
-    let violation = |what: String| shared.state().stats.violations.push(what);
-    // Stream names by lower-case symbol: (depth stream, trade stream).
-    let mut subs: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
-    let mut count = 0usize;
-    let add = |stream: &str, subs: &mut HashMap<String, (Option<String>, Option<String>)>| {
-        let Some((symbol, kind)) = stream.split_once('@') else {
-            return;
-        };
-        let entry = subs.entry(symbol.to_owned()).or_default();
-        if kind.starts_with("depth") {
-            entry.0 = Some(stream.to_owned());
-        } else if kind == "aggTrade" {
-            entry.1 = Some(stream.to_owned());
-        }
-    };
-    if let Some((_, query)) = path.split_once("?streams=") {
-        for s in query.split('/') {
-            add(s, &mut subs);
-            count += 1;
-        }
-    }
-    let mut events = shared.events.subscribe();
-    let mut control = shared.control.subscribe();
-    let mut ping = config
-        .ping_every
-        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
-    let mut awaiting_pong: Option<(Vec<u8>, tokio::time::Instant)> = None;
-    let mut ping_seq = 0u64;
-    let mut frames: VecDeque<Instant> = VecDeque::new();
-    let age_limit = config
-        .max_conn_age
-        .map(|age| tokio::time::Instant::now() + age);
-    let mut shutdown_at: Option<tokio::time::Instant> = None;
-    let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
-    loop {
-        let pong_deadline = awaiting_pong.as_ref().map_or(far, |(_, d)| *d);
-        let close_at = shutdown_at.unwrap_or(far).min(age_limit.unwrap_or(far));
-        tokio::select! {
-            incoming = ws.next() => {
-                let Some(Ok(msg)) = incoming else { return };
-                if matches!(msg, Message::Text(_) | Message::Ping(_) | Message::Pong(_)) {
-                    let now = Instant::now();
-                    frames.push_back(now);
-                    while frames.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
-                        frames.pop_front();
-                    }
-                    if config.control_frames_per_s > 0 && frames.len() > config.control_frames_per_s {
-                        violation(format!("{} control frames within a second", frames.len()));
-                        let _ = ws.close(Some(CloseFrame { code: CloseCode::Policy, reason: "Too many requests".into() })).await;
-                        return;
-                    }
-                }
-                match msg {
-                    Message::Text(text) => {
-                        let Ok(v) = serde_json::from_str::<serde_json::Value>(text.as_str()) else {
-                            violation(format!("undecodable request {text}"));
-                            continue;
-                        };
-                        let id = v.get("id").cloned().unwrap_or(serde_json::Value::Null);
-                        let params: Vec<String> = v.get("params").and_then(|p| p.as_array()).map(|a| {
-                            a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()
-                        }).unwrap_or_default();
-                        if v.get("method").and_then(|m| m.as_str()) == Some("SUBSCRIBE") {
-                            {
-                                let mut state = shared.state();
-                                state.stats.subscribe_frames += 1;
-                                state.stats.max_params = state.stats.max_params.max(params.len());
-                            }
-                            if params.len() > 200 {
-                                violation(format!("{} streams in one SUBSCRIBE", params.len()));
-                            }
-                            count += params.len();
-                            if count > config.max_streams {
-                                violation(format!("{count} streams on one connection"));
-                            }
-                            for p in &params {
-                                if config.market == Market::UsdM {
-                                    let depth = p.contains("@depth");
-                                    if depth != path.starts_with("/public") {
-                                        violation(format!("{p} subscribed on {path}"));
-                                    }
-                                }
-                                add(p, &mut subs);
-                            }
-                        }
-                        let ack = format!(r#"{{"result":null,"id":{id}}}"#);
-                        if ws.send(Message::text(ack)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Message::Pong(payload)
-                        if awaiting_pong.as_ref().is_some_and(|(p, _)| p[..] == payload[..]) =>
-                    {
-                        awaiting_pong = None;
-                        shared.state().stats.pongs += 1;
-                    }
-                    Message::Close(_) => return,
-                    _ => {}
-                }
-            }
-            event = shared.next_event(&mut events) => {
-                let Some(event) = event else { return };
-                let Some((depth, trade)) = subs.get(&event.symbol.to_ascii_lowercase()) else { continue };
-                let stream = if event.depth { depth } else { trade };
-                let Some(stream) = stream else { continue };
-                let text = format!(r#"{{"stream":"{stream}","data":{}}}"#, event.data);
-                if ws.send(Message::text(text)).await.is_err() {
-                    return;
-                }
-            }
-            _ = async { ping.as_mut().expect("guarded").tick().await }, if ping.is_some() => {
-                ping_seq += 1;
-                let payload = ping_seq.to_string().into_bytes();
-                awaiting_pong = Some((payload.clone(), tokio::time::Instant::now() + config.pong_within));
-                shared.state().stats.pings += 1;
-                if ws.send(Message::Ping(payload.into())).await.is_err() {
-                    return;
-                }
-            }
-            _ = tokio::time::sleep_until(pong_deadline), if awaiting_pong.is_some() => {
-                shared.state().stats.no_pong_closes += 1;
-                return;
-            }
-            _ = tokio::time::sleep_until(close_at), if shutdown_at.is_some() || age_limit.is_some() => {
-                let _ = ws.close(Some(CloseFrame { code: CloseCode::Away, reason: "going away".into() })).await;
-                return;
-            }
-            c = control.recv() => {
-                match c {
-                    Ok(Control::CloseAbrupt) | Err(_) => return,
-                    Ok(Control::ServerShutdown) => {
-                        let text = format!(r#"{{"stream":"!serverShutdown","data":{{"e":"serverShutdown","E":{}}}}}"#, now_ms());
-                        if ws.send(Message::text(text)).await.is_err() {
-                            return;
-                        }
-                        shutdown_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                    }
-                    Ok(Control::Raw(message)) => {
-                        if ws.send(message).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Control::Silence(d)) => {
-                        tokio::time::sleep(d).await;
-                        // What was generated meanwhile was never sent: the stream has a hole.
-                        events = events.resubscribe();
-                    }
-                }
-            }
         }
     }
 }

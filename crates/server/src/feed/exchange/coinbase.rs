@@ -113,16 +113,10 @@ impl Session for CoinbaseSession {
         Signal::None
     }
 
-    fn on_snapshot(&mut self, _slot: usize, _body: &[u8], _out: &mut Vec<(usize, Action)>) {}
-
     fn resync(&mut self, slot: usize, detail: String, out: &mut Vec<(usize, Action)>) {
         let mut actions = Vec::new();
         self.books[slot].lost(detail, &mut actions);
         tag(slot, &mut actions, out);
-    }
-
-    fn snapshot_request(&self, _slot: usize) -> Option<(String, u32)> {
-        None
     }
 
     fn resubscribe(&mut self, slots: &[usize]) -> Vec<String> {

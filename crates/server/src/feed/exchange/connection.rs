@@ -31,12 +31,15 @@ pub trait Session: Send {
     fn subscriptions(&mut self) -> Vec<String>;
     /// A text frame, received at `now`; the actions go to `out` by instrument slot.
     fn on_text(&mut self, text: &str, now: UnixNanos, out: &mut Vec<(usize, Action)>) -> Signal;
-    /// A REST snapshot for `slot` arrived.
-    fn on_snapshot(&mut self, slot: usize, body: &[u8], out: &mut Vec<(usize, Action)>);
+    /// A REST snapshot for `slot` arrived. Venues that send snapshots in-band get none.
+    fn on_snapshot(&mut self, _slot: usize, _body: &[u8], _out: &mut Vec<(usize, Action)>) {}
     /// The engine refused `slot`'s book: rebuild it.
     fn resync(&mut self, slot: usize, detail: String, out: &mut Vec<(usize, Action)>);
-    /// The REST request a `FetchSnapshot` for `slot` means: URL and weight.
-    fn snapshot_request(&self, slot: usize) -> Option<(String, u32)>;
+    /// The REST request a `FetchSnapshot` for `slot` means: URL and weight; none for
+    /// venues that send snapshots in-band.
+    fn snapshot_request(&self, _slot: usize) -> Option<(String, u32)> {
+        None
+    }
     /// The frames that rebuild these slots' books by subscribing again (venues that send
     /// the snapshot in-band); empty for venues with REST snapshots.
     fn resubscribe(&mut self, slots: &[usize]) -> Vec<String>;
