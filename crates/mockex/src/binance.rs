@@ -88,6 +88,7 @@ pub(super) async fn rest(
         Market::Kraken | Market::Coinbase => ("", ""),
     };
     if request.path() == info_path {
+        shared.state().stats.reference_reads += 1;
         let symbols: Vec<String> = shared
             .config
             .symbols

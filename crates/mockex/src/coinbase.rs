@@ -3,7 +3,8 @@
 //! snapshot of each product's whole book in-band, then updates; `market_trades` resends
 //! the latest trades on subscribe; every message of a connection is numbered by
 //! `sequence_num`, and a dropped one leaves a hole in those numbers. A connection that
-//! subscribes to nothing within `subscribe_within` is closed, as the venue does.
+//! subscribes to nothing within `subscribe_within` is closed, as the venue does. REST
+//! serves the public product list with each product's price tick.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,7 +14,10 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 
 use super::truth::{Levels, TradeOut, price_text, qty_text};
-use super::{Message, Shared, sides, take};
+use super::{Message, Shared, http, sides, take};
+
+/// The public product list's path.
+const PRODUCTS: &str = "/api/v3/brokerage/market/products";
 
 const TIME: &str = "2026-12-02T12:00:00.000000Z";
 
@@ -166,4 +170,33 @@ pub(super) async fn session(stream: TcpStream, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// The public product list (`GET /api/v3/brokerage/market/products?product_ids=…`): the
+/// products asked for that the venue lists, with a price tick of 0.01 and an order-amount
+/// step (`quote_increment`) that differs from it.
+pub(super) async fn rest(
+    mut stream: TcpStream,
+    request: http::Request,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
+    if request.path() != PRODUCTS {
+        return http::respond(&mut stream, 404, &[], r#"{"error":"NOT_FOUND"}"#).await;
+    }
+    let products: Vec<String> = request
+        .queries("product_ids")
+        .filter(|p| shared.config.symbols.iter().any(|s| s == p))
+        .map(|p| {
+            format!(
+                r#"{{"product_id":"{p}","price":"30000.00","base_increment":"0.00000001","quote_increment":"0.00000001","price_increment":"0.01","status":"online"}}"#
+            )
+        })
+        .collect();
+    shared.state().stats.reference_reads += 1;
+    let body = format!(
+        r#"{{"products":[{}],"num_products":{}}}"#,
+        products.join(","),
+        products.len()
+    );
+    http::respond(&mut stream, 200, &[], &body).await
 }

@@ -20,13 +20,18 @@ impl Request {
         self.target.split('?').next().unwrap_or("")
     }
 
-    /// A query parameter's value.
-    pub fn query(&self, key: &str) -> Option<&str> {
-        let (_, query) = self.target.split_once('?')?;
+    /// A query parameter's (first) value.
+    pub fn query<'a>(&'a self, key: &'a str) -> Option<&'a str> {
+        self.queries(key).next()
+    }
+
+    /// Every value of a repeated query parameter (`product_ids=A&product_ids=B`).
+    pub fn queries<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> {
+        let query = self.target.split_once('?').map_or("", |(_, q)| q);
         query
             .split('&')
             .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == key)
+            .filter(move |(k, _)| *k == key)
             .map(|(_, v)| v)
     }
 }

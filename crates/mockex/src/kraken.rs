@@ -2,7 +2,8 @@
 //! 100, 500 or 1000) and `trade`, `ping`; each book subscription gets a snapshot of its
 //! view of the true book, then updates with what changed in that view (levels pushed out
 //! of it get no message, levels coming into it do), each with the CRC32 of the top ten
-//! levels computed here, independently of Raven's code.
+//! levels computed here, independently of Raven's code. An `instrument` subscription
+//! gets the pair list with each pair's price tick.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -84,6 +85,24 @@ fn side_changes(
     out
 }
 
+/// The `instrument` snapshot: an asset, then every pair with a price tick of 0.01 and
+/// the venue's other reference fields.
+fn instruments(symbols: &[String]) -> String {
+    let pairs: Vec<String> = symbols
+        .iter()
+        .map(|s| {
+            let (base, quote) = s.split_once('/').unwrap_or((s, ""));
+            format!(
+                r#"{{"symbol":"{s}","base":"{base}","quote":"{quote}","status":"online","qty_precision":8,"qty_increment":0.00000001,"price_precision":2,"cost_precision":5,"marginable":false,"has_index":true,"cost_min":0.5,"price_increment":0.01,"qty_min":0.0001}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"channel":"instrument","type":"snapshot","data":{{"assets":[{{"id":"USD","status":"enabled","precision":4,"precision_display":2,"borrowable":false,"collateral_value":1.0,"margin_rate":0.0}}],"pairs":[{}]}}}}"#,
+        pairs.join(",")
+    )
+}
+
 struct Sub {
     depth: usize,
     view: View,
@@ -94,7 +113,9 @@ pub(super) async fn session(stream: TcpStream, shared: Arc<Shared>) {
     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
-    shared.connected();
+    // Counted once it asks for market data: the feed reads the instrument list on a
+    // connection of its own.
+    let mut counted = false;
     let mut books: HashMap<String, Sub> = HashMap::new();
     let mut trades: HashSet<String> = HashSet::new();
     let mut events = shared.events.subscribe();
@@ -116,8 +137,17 @@ pub(super) async fn session(stream: TcpStream, shared: Arc<Shared>) {
                     .as_array()
                     .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
                     .unwrap_or_default();
+                if !counted && matches!(channel, "book" | "trade") {
+                    shared.connected();
+                    counted = true;
+                }
                 match (method, channel) {
                     ("ping", _) => out.push(format!(r#"{{"method":"pong","req_id":{req_id}}}"#)),
+                    ("subscribe", "instrument") => {
+                        shared.state().stats.reference_reads += 1;
+                        out.push(format!(r#"{{"method":"subscribe","result":{{"channel":"instrument","snapshot":true}},"success":true,"req_id":{req_id}}}"#));
+                        out.push(instruments(&shared.config.symbols));
+                    }
                     ("subscribe", "book") => {
                         let depth = v["params"]["depth"].as_u64().unwrap_or(10) as usize;
                         let mut state = shared.state();

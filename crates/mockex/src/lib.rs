@@ -3,8 +3,8 @@
 //! true book at every update id. This file owns the venue's configuration, state, faults,
 //! the generator and the listener; each personality its sessions: `binance` (spot and
 //! USD-M: combined streams, `SUBSCRIBE`, pings, `serverShutdown`, REST depth and
-//! `exchangeInfo` with weights and `Retry-After`), `coinbase` (Advanced Trade) and
-//! `kraken` (v2 with its checksum).
+//! `exchangeInfo` with weights and `Retry-After`), `coinbase` (Advanced Trade, and its
+//! product list) and `kraken` (v2 with its checksum, and its instrument list).
 //!
 //! Faults are scripted from the test while the venue runs: drop or swap the next diffs
 //! of a symbol, quiet a symbol, skip trade ids, close every connection abruptly, announce
@@ -131,7 +131,8 @@ impl MockConfig {
 /// What the venue saw and did.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
-    /// WebSocket connections accepted.
+    /// Market-data WebSocket connections accepted (Kraken's: once one subscribes to a
+    /// book or trades; one that only reads the instrument list is in `reference_reads`).
     pub connections: u64,
     /// When each was accepted.
     pub connected_at: Vec<Instant>,
@@ -153,6 +154,9 @@ pub struct Stats {
     pub max_weight_1m: u32,
     /// Requests that came before a `Retry-After` had passed.
     pub early_retries: u64,
+    /// Reference-data requests answered: Binance `exchangeInfo`, the Coinbase product
+    /// list, Kraken `instrument` snapshots.
+    pub reference_reads: u64,
     /// Broken venue rules.
     pub violations: Vec<String>,
 }
@@ -608,7 +612,10 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         Ok(())
     } else {
         let request = http::read_request(&mut stream).await?;
-        binance::rest(stream, request, shared).await
+        match shared.config.market {
+            Market::Coinbase => coinbase::rest(stream, request, shared).await,
+            _ => binance::rest(stream, request, shared).await,
+        }
     }
 }
 

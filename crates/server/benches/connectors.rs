@@ -6,7 +6,8 @@
 //! checked against the venue's truth at its update id. Then a dropped diff (resync time:
 //! the `Gap`'s publish time to the rebuilt snapshot's), an abrupt drop (the first
 //! reconnection after it, as the venue saw it), and ten seconds of a quiet venue (the
-//! feed thread's CPU). Prints one table.
+//! feed thread's CPU). The server records every event into SQLite, as `raven serve` does by
+//! default. Prints one table.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -85,8 +86,11 @@ async fn run(seconds: u64) {
     config.tick = Duration::from_millis(3);
     config.history = 20_000;
     let mock = MockExchange::start(config).await.unwrap();
+    // Recorded as `raven serve` records by default: every event into SQLite.
+    let dir = raven_testkit::scratch_dir!("connectors-bench");
     let mut file = FileConfig::default();
-    file.store.url = "off".into();
+    file.store.url = format!("sqlite:{}", dir.join("raven.db").display());
+    file.store.spill = dir.join("raven.spill");
     file.feeds = vec![FeedSection {
         venue: "binance".into(),
         symbols: symbols.clone(),

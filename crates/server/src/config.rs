@@ -592,6 +592,10 @@ mod tests {
                 "venue = \"binance\"\nsymbols = [\"A\"]\nrotate_after_secs = 90000",
                 "24 h",
             ),
+            (
+                "venue = \"kraken\"\nsymbols = [\"BTC/USD\"]\nrest_url = \"https://api.kraken.com\"",
+                "rest_url: Kraken is read entirely over its WebSocket",
+            ),
         ];
         for (table, reason) in cases {
             let f: FileConfig = toml::from_str(&format!("[[feeds]]\n{table}\n")).unwrap();

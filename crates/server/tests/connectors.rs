@@ -152,6 +152,33 @@ struct Watch {
     seen: Vec<pb::Event>,
 }
 
+/// The tick sizes of `names` as `ListInstruments` gives them, once all are known (the
+/// feeds read them beside syncing books).
+async fn tick_sizes(c: &mut MarketClient<Channel>, names: &[String]) -> Vec<i64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = c
+            .list_instruments(pb::ListInstrumentsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .instruments;
+        let ticks: Vec<i64> = names
+            .iter()
+            .map(|n| {
+                listed
+                    .iter()
+                    .find(|i| &i.name == n)
+                    .map_or(0, |i| i.tick_size)
+            })
+            .collect();
+        if ticks.iter().all(|&t| t != 0) || tokio::time::Instant::now() > deadline {
+            return ticks;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn watch(server: &RunningServer, names: &[String], channel: pb::Channel) -> Watch {
     let mut c = client(server).await;
     let (tx, rx) = mpsc::channel(4);
@@ -924,7 +951,7 @@ async fn an_unreliable_kraken_checksum_is_reported_not_looped_on() {
 
 fn coinbase_feed(mock: &MockExchange, products: &[&str]) -> FeedSection {
     FeedSection {
-        rest_url: None,
+        rest_url: Some(mock.rest_url()),
         depth_limit: None,
         ..feed(mock, "coinbase", products)
     }
@@ -1078,7 +1105,22 @@ async fn all_four_venues_at_once() {
         watches.push(watch(&server, &names(venue, symbols), pb::Channel::Book).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every venue's reference data, read once: Binance's exchangeInfo, Coinbase's product
+    // list (its price_increment, not its different quote_increment), Kraken's instrument
+    // channel on a connection of its own.
+    let tick = "0.01".parse::<Price>().unwrap().units();
+    assert_eq!(
+        tick_sizes(&mut c, &all).await,
+        vec![tick; all.len()],
+        "{all:?}"
+    );
     for ((mock, venue, symbols), w) in venues.iter().zip(&mut watches) {
+        assert_eq!(mock.stats().reference_reads, 1, "{venue}");
+        assert_eq!(
+            mock.stats().connections,
+            1 + u64::from(*venue == "BINANCE_USDM"),
+            "{venue}"
+        );
         for name in names(venue, symbols) {
             assert_snapshot_true(&mut c, mock, &name).await;
         }

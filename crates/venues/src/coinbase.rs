@@ -49,6 +49,16 @@ pub fn unsubscribe_frame(channel: &str, products: &[String]) -> String {
     request_frame("unsubscribe", channel, products)
 }
 
+/// The public REST request listing `products` with their increments (no key needed):
+/// `/api/v3/brokerage/market/products?product_ids=BTC-USD&product_ids=ETH-USD`.
+pub fn products_path(products: &[String]) -> String {
+    let ids: Vec<String> = products
+        .iter()
+        .map(|p| format!("product_ids={p}"))
+        .collect();
+    format!("/api/v3/brokerage/market/products?{}", ids.join("&"))
+}
+
 fn request_frame(kind: &str, channel: &str, products: &[String]) -> String {
     let ids = serde_json::to_string(products).unwrap_or_else(|_| "[]".to_owned());
     format!(r#"{{"type":"{kind}","product_ids":{ids},"channel":"{channel}"}}"#)

@@ -76,6 +76,15 @@ pub fn subscribe_trades(req_id: u64, symbols: &[String]) -> String {
     )
 }
 
+/// `{"method":"subscribe","params":{"channel":"instrument","snapshot":true},"req_id":id}`:
+/// reference data for every pair in one snapshot (v2 spellings, which the REST
+/// `AssetPairs` list does not use: it says `XBT/USD` where v2 says `BTC/USD`).
+pub fn subscribe_instruments(req_id: u64) -> String {
+    format!(
+        r#"{{"method":"subscribe","params":{{"channel":"instrument","snapshot":true}},"req_id":{req_id}}}"#
+    )
+}
+
 /// `{"method":"ping","req_id":id}`: Kraken's application-level keepalive.
 pub fn ping(req_id: u64) -> String {
     format!(r#"{{"method":"ping","req_id":{req_id}}}"#)

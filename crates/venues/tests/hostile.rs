@@ -97,7 +97,7 @@ fn unknown_event_types_and_fields_are_skipped_not_errors() {
             ..
         }
     ));
-    let text = r#"{"channel":"instrument","type":"snapshot","data":{"assets":[],"pairs":[]}}"#;
+    let text = r#"{"channel":"ohlc","type":"snapshot","data":[{"symbol":"BTC/USD","open":1.0}]}"#;
     assert!(matches!(
         kraken::wire::decode(text).unwrap(),
         kraken::wire::Frame::Channel {

@@ -100,7 +100,8 @@ impl Venue {
         match (self, self.market()) {
             (_, Some(m)) => m.default_rest_url(),
             (Venue::Coinbase, None) => "https://api.coinbase.com",
-            _ => "https://api.kraken.com",
+            // Kraken's feed reads nothing over REST.
+            _ => "",
         }
     }
 
@@ -115,7 +116,7 @@ impl Venue {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedSection {
-    /// `binance`, `binance-usdm` or `kraken`.
+    /// `binance`, `binance-usdm`, `coinbase` or `kraken`.
     pub venue: String,
     /// Symbols as the venue spells them (`BTCUSDT`, `BTC/USD`); instruments are
     /// `VENUE:SYMBOL`.
@@ -123,7 +124,8 @@ pub struct FeedSection {
     /// WebSocket base URL; default the venue's public endpoint (tests point it at the
     /// mock exchange).
     pub ws_url: Option<String>,
-    /// REST base URL; default the venue's.
+    /// REST base URL (Binance: snapshots and `exchangeInfo`; Coinbase: the product
+    /// list); default the venue's. Kraken is read entirely over its WebSocket.
     pub rest_url: Option<String>,
     /// Levels per REST book snapshot (Binance; default 1000), or the book depth
     /// subscribed (Kraken: 10, 25, 100, 500 or 1000; default 10).
@@ -236,6 +238,12 @@ impl FeedSection {
                     None if kraken => "must be one of 10, 25, 100, 500, 1000".into(),
                     None => "Coinbase sends the whole book; leave depth_limit out".into(),
                 },
+            ));
+        }
+        if kraken && self.rest_url.is_some() {
+            return Err(err(
+                "rest_url",
+                "Kraken is read entirely over its WebSocket (its instrument list too); leave rest_url out".into(),
             ));
         }
         let streams_per_connection = self.streams_per_connection.unwrap_or(200);
@@ -497,41 +505,51 @@ async fn run(
     rest.abort();
 }
 
-/// Reads the venue's tick sizes into the catalog, retrying until it has them. Only
-/// Binance's are read so far (`exchangeInfo`); Kraken's instruments list 0, "not said".
+/// Reads the venue's tick sizes into the catalog, retrying until it has them: Binance's
+/// `exchangeInfo`, Coinbase's public product list, Kraken's `instrument` channel.
 async fn tick_sizes(
     config: ExchangeConfig,
     ids: HashMap<String, InstrumentId>,
     catalog: super::Catalog,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(market) = config.venue.market() else {
-        return;
-    };
-    let url = format!("{}{}", config.rest_url, market.exchange_info_path());
     let backoff = pacing::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut jitter = pacing::Jitter::new(ids.len() as u64);
     for attempt in 0.. {
-        match transport::get(&url, Duration::from_secs(10)).await {
-            Ok(resp) if resp.status == 200 => {
-                match raven_venues::binance::wire::decode_exchange_info(&resp.body) {
-                    Ok(info) => {
-                        for s in &info.symbols {
-                            if let (Some(id), Some(tick)) = (ids.get(s.symbol), s.tick_size()) {
-                                catalog.set_tick_size(*id, tick);
-                            }
-                        }
-                        return;
-                    }
-                    Err(e) => tracing::warn!(%url, error = %e, "undecodable exchangeInfo"),
-                }
+        let read = match config.venue.market() {
+            Some(market) => binance::tick_sizes(market, &config.rest_url).await,
+            None if config.venue == Venue::Coinbase => {
+                coinbase::tick_sizes(&config.rest_url, &config.symbols).await
             }
-            Ok(resp) => tracing::warn!(%url, status = resp.status, "exchangeInfo refused"),
-            Err(e) => tracing::warn!(%url, error = %e, "exchangeInfo failed"),
+            None => kraken::tick_sizes(&config.ws_url, config.timing.connect_timeout).await,
+        };
+        match read {
+            Ok(ticks) => {
+                for (symbol, tick) in ticks {
+                    if let Some(id) = ids.get(&symbol) {
+                        catalog.set_tick_size(*id, tick);
+                    }
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(
+                venue = config.venue.as_str(),
+                error = %e,
+                "tick sizes not read; retrying"
+            ),
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff.delay(attempt, &mut jitter)) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// The body of a venue's reference-data `GET url`, or why there is none.
+async fn reference(url: &str) -> Result<bytes::Bytes, String> {
+    match transport::get(url, Duration::from_secs(10)).await {
+        Ok(resp) if resp.status == 200 => Ok(resp.body),
+        Ok(resp) => Err(format!("{url} answered {}", resp.status)),
+        Err(e) => Err(format!("{url}: {e}")),
     }
 }

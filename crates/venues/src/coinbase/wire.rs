@@ -75,6 +75,33 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// A product of the public REST product list; only its price increment is read.
+    ///
+    /// ```json
+    /// {"product_id":"BTC-USD","price":"68900.5","base_increment":"0.00000001","quote_increment":"0.01","price_increment":"0.01","status":"online"}
+    /// ```
+    pub struct ProductInfo<'a> {
+        /// The product, e.g. `BTC-USD`.
+        "product_id" => product_id: &'a str,
+        /// The price's tick (`quote_increment` is the order *amount*'s step).
+        "price_increment" => price_increment: Option<DecPrice> = None,
+    }
+}
+
+wire_struct! {
+    /// REST `GET /api/v3/brokerage/market/products?product_ids=…`, the parts read.
+    pub struct Products<'a> {
+        /// The products asked for that the venue lists.
+        "products" => products: Vec<ProductInfo<'a>> = Vec::new(),
+    }
+}
+
+/// Decodes a REST product list body.
+pub fn decode_products(body: &[u8]) -> Result<Products<'_>, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
 /// The events of a frame, by channel.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Events<'a> {
@@ -236,6 +263,29 @@ mod tests {
         assert_eq!(e.updates[1].side, "offer");
         assert_eq!(e.updates[1].price.0, "68901".parse().unwrap());
         assert_eq!(e.updates[0].qty.0, "1.5".parse().unwrap());
+    }
+
+    #[test]
+    fn the_product_list_gives_the_price_increment_not_the_quote_increment() {
+        let body = br#"{"products":[{"product_id":"BTC-USD","price":"68900.5","base_increment":"0.00000001","quote_increment":"0.00000001","price_increment":"0.01","status":"online","new_field":[1]},{"product_id":"SHIB-USD","price_increment":"0.000000001"}],"num_products":2}"#;
+        let list = decode_products(body).unwrap();
+        let ticks: Vec<(&str, Option<raven_model::Price>)> = list
+            .products
+            .iter()
+            .map(|p| (p.product_id, p.price_increment.map(|t| t.0)))
+            .collect();
+        assert_eq!(
+            ticks,
+            [
+                ("BTC-USD", Some("0.01".parse().unwrap())),
+                ("SHIB-USD", Some("0.000000001".parse().unwrap()))
+            ]
+        );
+        assert_eq!(list.products[0].unknown, 5);
+        assert_eq!(
+            super::super::products_path(&["BTC-USD".into(), "ETH-USD".into()]),
+            "/api/v3/brokerage/market/products?product_ids=BTC-USD&product_ids=ETH-USD"
+        );
     }
 
     #[test]

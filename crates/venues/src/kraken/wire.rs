@@ -2,7 +2,8 @@
 //! "Book" and "Trade" v2; shapes as in the Nautilus fixtures `ws_book_snapshot.json` and
 //! `ws_book_update.json`). Prices and quantities are JSON *numbers* carrying the venue's
 //! full precision: they are read as raw text (never `f64`), parsed exactly, and the text
-//! is kept because the book checksum is computed from it, trailing zeros included.
+//! is kept because the book checksum is computed from it, trailing zeros included. The
+//! `instrument` channel (docs.kraken.com "Instruments" v2) gives each pair's tick size.
 
 use std::fmt;
 
@@ -108,6 +109,37 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// A pair of the `instrument` channel; only its symbol and price increment are read.
+    ///
+    /// ```json
+    /// {"symbol":"BTC/USD","base":"BTC","quote":"USD","status":"online","qty_precision":8,"qty_increment":0.00000001,"price_precision":1,"price_increment":0.1,"qty_min":0.0001}
+    /// ```
+    pub struct PairInfo<'a> {
+        /// The pair, spelled as the book and trade channels spell it.
+        "symbol" => symbol: &'a str,
+        /// The price's tick (a JSON number; its text is parsed exactly).
+        "price_increment" => price_increment: Option<NumText<'a>> = None,
+    }
+}
+
+impl PairInfo<'_> {
+    /// The price increment, if the venue gave one that parses.
+    pub fn tick_size(&self) -> Option<Price> {
+        self.price_increment.and_then(|t| t.0.parse().ok())
+    }
+}
+
+wire_struct! {
+    /// The `instrument` channel's data: every asset and every pair of the venue.
+    pub struct InstrumentData<'a> {
+        /// Assets, not read.
+        "assets" => assets: IgnoredAny = IgnoredAny,
+        /// Tradeable pairs.
+        "pairs" => pairs: Vec<PairInfo<'a>> = Vec::new(),
+    }
+}
+
 /// A channel message's data, by channel.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Data<'a> {
@@ -115,6 +147,8 @@ pub enum Data<'a> {
     Book(Vec<BookData<'a>>),
     /// `trade`.
     Trades(Vec<KTrade<'a>>),
+    /// `instrument`: reference data, read for tick sizes.
+    Instruments(InstrumentData<'a>),
     /// `heartbeat`, `status` and channels this decoder does not handle.
     Other,
 }
@@ -159,6 +193,7 @@ impl<'de> DeserializeSeed<'de> for DataOf<'_> {
         Ok(match self.0 {
             "book" => Data::Book(Vec::deserialize(d)?),
             "trade" => Data::Trades(Vec::deserialize(d)?),
+            "instrument" => Data::Instruments(InstrumentData::deserialize(d)?),
             _ => {
                 IgnoredAny::deserialize(d)?;
                 Data::Other
@@ -255,6 +290,34 @@ pub fn symbols_of(text: &str) -> (Option<&str>, Vec<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_instrument_snapshot_gives_exact_tick_sizes() {
+        let text = r#"{"channel":"instrument","type":"snapshot","data":{"assets":[{"id":"BTC","status":"enabled","precision":10,"precision_display":5,"borrowable":true,"collateral_value":1.0,"margin_rate":0.01}],"pairs":[{"symbol":"BTC/USD","base":"BTC","quote":"USD","status":"online","qty_precision":8,"qty_increment":0.00000001,"price_precision":1,"cost_precision":5,"marginable":true,"has_index":true,"cost_min":0.5,"price_increment":0.1,"qty_min":0.0001},{"symbol":"SHIB/USD","price_increment":1e-8},{"symbol":"NEW/USD"}]}}"#;
+        let Frame::Channel {
+            channel: "instrument",
+            kind: "snapshot",
+            data: Data::Instruments(data),
+        } = decode(text).unwrap()
+        else {
+            panic!("not an instrument snapshot")
+        };
+        let ticks: Vec<(&str, Option<Price>)> = data
+            .pairs
+            .iter()
+            .map(|p| (p.symbol, p.tick_size()))
+            .collect();
+        // An exponent is not an exact decimal here either: no tick rather than a guess.
+        assert_eq!(
+            ticks,
+            [
+                ("BTC/USD", Some("0.1".parse().unwrap())),
+                ("SHIB/USD", None),
+                ("NEW/USD", None)
+            ]
+        );
+        assert_eq!((data.unknown, data.pairs[0].unknown), (0, 11));
+    }
 
     #[test]
     fn book_numbers_keep_their_exact_text() {

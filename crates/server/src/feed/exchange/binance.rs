@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use raven_model::{Channel, StatusKind, UnixNanos};
+use raven_model::{Channel, Price, StatusKind, UnixNanos};
 use raven_venues::Action;
 use raven_venues::binance::sync::{BookSync, DEFAULT_BUFFER, Diff, Snapshot};
 use raven_venues::binance::wire::{self, Frame};
@@ -197,4 +197,19 @@ impl Session for BinanceSession {
             books.iter_mut().for_each(BookSync::disconnect);
         }
     }
+}
+
+/// Every symbol's price tick, from `exchangeInfo`'s `PRICE_FILTER`.
+pub(super) async fn tick_sizes(
+    market: Market,
+    rest_url: &str,
+) -> Result<Vec<(String, Price)>, String> {
+    let body = super::reference(&format!("{rest_url}{}", market.exchange_info_path())).await?;
+    let info =
+        wire::decode_exchange_info(&body).map_err(|e| format!("undecodable exchangeInfo: {e}"))?;
+    Ok(info
+        .symbols
+        .iter()
+        .filter_map(|s| Some((s.symbol.to_owned(), s.tick_size()?)))
+        .collect())
 }

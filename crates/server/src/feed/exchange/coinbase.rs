@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use raven_model::UnixNanos;
+use raven_model::{Price, UnixNanos};
 use raven_venues::Action;
 use raven_venues::coinbase::wire::{self, Events, Frame};
 use raven_venues::coinbase::{self, Product, SequenceCheck, SequenceSeen};
@@ -141,4 +141,20 @@ impl Session for CoinbaseSession {
         self.sequence = SequenceCheck::default();
         self.books.iter_mut().for_each(Product::disconnect);
     }
+}
+
+/// Each product's price tick, from the public product list.
+pub(super) async fn tick_sizes(
+    rest_url: &str,
+    products: &[String],
+) -> Result<Vec<(String, Price)>, String> {
+    let body =
+        super::reference(&format!("{rest_url}{}", coinbase::products_path(products))).await?;
+    let list =
+        wire::decode_products(&body).map_err(|e| format!("undecodable product list: {e}"))?;
+    Ok(list
+        .products
+        .iter()
+        .filter_map(|p| Some((p.product_id.to_owned(), p.price_increment?.0)))
+        .collect())
 }

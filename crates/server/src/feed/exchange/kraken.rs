@@ -3,11 +3,14 @@
 //! unsubscribe/subscribe that rebuilds one pair's book.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use raven_model::UnixNanos;
+use futures::{SinkExt, StreamExt};
+use raven_model::{Price, UnixNanos};
 use raven_venues::Action;
 use raven_venues::kraken::wire::{self, Data, Frame};
 use raven_venues::kraken::{self, Book};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::connection::{Session, Signal, tag, undecodable};
 
@@ -135,4 +138,48 @@ impl Session for KrakenSession {
     fn disconnected(&mut self) {
         self.books.iter_mut().for_each(Book::disconnect);
     }
+}
+
+/// Every pair's price tick, from the `instrument` channel's snapshot on a connection of
+/// its own, closed once read (the REST pair list spells pairs as v1 did: `XBT/USD`).
+pub(super) async fn tick_sizes(
+    ws_url: &str,
+    deadline: Duration,
+) -> Result<Vec<(String, Price)>, String> {
+    let read = async {
+        let mut ws = super::transport::websocket(ws_url, deadline)
+            .await
+            .map_err(|e| format!("{ws_url}: {e}"))?;
+        ws.send(Message::text(kraken::subscribe_instruments(1)))
+            .await
+            .map_err(|e| format!("{ws_url}: {e}"))?;
+        while let Some(message) = ws.next().await {
+            let Message::Text(text) = message.map_err(|e| format!("{ws_url}: {e}"))? else {
+                continue;
+            };
+            match wire::decode(text.as_str()) {
+                Ok(Frame::Channel {
+                    data: Data::Instruments(data),
+                    ..
+                }) => {
+                    let _ = ws.close(None).await;
+                    return Ok(data
+                        .pairs
+                        .iter()
+                        .filter_map(|p| Some((p.symbol.to_owned(), p.tick_size()?)))
+                        .collect());
+                }
+                Ok(Frame::Reply {
+                    success: false,
+                    error,
+                    ..
+                }) => return Err(format!("instrument subscription refused: {error}")),
+                _ => {}
+            }
+        }
+        Err(format!("{ws_url} closed before the instrument snapshot"))
+    };
+    tokio::time::timeout(deadline * 3, read)
+        .await
+        .map_err(|_| format!("no instrument snapshot from {ws_url} in time"))?
 }
