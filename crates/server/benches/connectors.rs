@@ -21,6 +21,10 @@ use raven_server::clock::SystemClock;
 use raven_server::config::FileConfig;
 use raven_server::feed::exchange::FeedSection;
 
+/// The allocator `raven serve` runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Side = Vec<(Price, Qty)>;
 /// One side of a client's book, by price.
 type Levels = BTreeMap<Price, Qty>;
