@@ -9,7 +9,7 @@ bin=$(realpath "$1"); rate=${2:-50000}; secs=${3:-20}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 cd "$dir"
-RAVEN_LOG=info "$bin" serve --listen 127.0.0.1:0 --rate "$rate" >out.log 2>err.log &
+RAVEN_LOG=info "$bin" serve --listen 127.0.0.1:0 --http off --rate "$rate" >out.log 2>err.log &
 pid=$!
 sleep "$secs"
 tck=$(getconf CLK_TCK)

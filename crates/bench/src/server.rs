@@ -118,7 +118,16 @@ impl Target {
                 command.arg("serve");
             }
             let mut child = command
-                .args(["--listen", "127.0.0.1:0", "--rate", "1", "--store", "off"])
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--http",
+                    "off",
+                    "--rate",
+                    "1",
+                    "--store",
+                    "off",
+                ])
                 .env("RAVEN_LOG", "warn")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

@@ -49,7 +49,15 @@ impl Server {
     /// Starts it under `prefix` (e.g. `prlimit --fsize=N --`).
     pub fn spawn(mut command: Command, dir: &Path, args: &[&str]) -> anyhow::Result<Server> {
         let mut child = command
-            .args(["serve", "--config", "raven.toml", "--listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--config",
+                "raven.toml",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ])
             .args(args)
             .current_dir(dir)
             .env("RAVEN_LOG", "info")

@@ -201,6 +201,10 @@ struct ServeArgs {
     /// gRPC listen address (overrides the config file).
     #[arg(long, env = "RAVEN_LISTEN")]
     listen: Option<SocketAddr>,
+    /// HTTP listen address for /metrics, /healthz, /readyz and /api/v1/stats, or `off`
+    /// (overrides `http.listen`; default 127.0.0.1:50052).
+    #[arg(long, env = "RAVEN_HTTP")]
+    http: Option<String>,
     /// TOML config file; unknown keys are refused.
     #[arg(long, env = "RAVEN_CONFIG")]
     config: Option<PathBuf>,
@@ -378,6 +382,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         file.server.listen = listen.to_string();
     }
+    if let Some(http) = args.http {
+        file.http.listen = http;
+    }
     if let Some(seed) = args.seed {
         file.sim.seed = seed;
     }
@@ -409,14 +416,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .iter()
             .map(|f| format!("{}: {} symbols", f.venue.as_str(), f.symbols.len())),
     );
+    // One line, the gRPC address first: readers may close the pipe after it.
     println!(
-        "raven: serving gRPC on {} ({})",
+        "raven: serving gRPC on {} ({}){}",
         server.local_addr(),
         if sources.is_empty() {
             "ingest only".to_owned()
         } else {
             sources.join("; ")
-        }
+        },
+        server
+            .http_addr()
+            .map(|http| format!(", HTTP on {http} (/metrics, /healthz, /readyz, /api/v1/stats)"))
+            .unwrap_or_default()
     );
     wait_for_signal().await?;
     tracing::info!(

@@ -26,7 +26,7 @@ fn serve_in(dir: &std::path::Path, extra: &[&str]) -> Served {
     let mut command = Command::new(RAVEN);
     command
         .current_dir(dir)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .args(extra)
         .env("RAVEN_LOG", "warn")
         .stderr(Stdio::inherit());
@@ -182,6 +182,21 @@ fn serve_subscribe_snapshot_instruments_as_a_user_would() {
         String::from_utf8(out.stderr)
             .unwrap()
             .starts_with("error: cannot connect to http://127.0.0.1:1")
+    );
+
+    // The HTTP listener the first line named answers as a probe would ask it.
+    let http = server.http_addr().expect("HTTP on");
+    let mut probe = std::net::TcpStream::connect(http).unwrap();
+    std::io::Write::write_all(
+        &mut probe,
+        b"GET /readyz HTTP/1.1\r\nHost: raven\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut probe, &mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ready\n"),
+        "{answer}"
     );
 
     // SIGTERM: a clean exit.

@@ -19,7 +19,15 @@ fn serve_in(dir: &Path) -> Served {
     let mut command = Command::new(RAVEN);
     command
         .current_dir(dir)
-        .args(["serve", "--listen", "127.0.0.1:0", "--rate", "20000"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--rate",
+            "20000",
+        ])
         .env("RAVEN_LOG", "warn");
     Served::start(command)
 }
@@ -87,7 +95,15 @@ fn a_sqlite_write_error_spills_then_backfills_everything_exactly_once() {
         .arg(format!("--fsize={LIMIT}:"))
         .arg("--")
         .arg(RAVEN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--rate", "20000"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--rate",
+            "20000",
+        ])
         .args(["--config", "raven.toml"])
         .current_dir(&dir)
         .env("RAVEN_LOG", "info")

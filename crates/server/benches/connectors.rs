@@ -93,6 +93,7 @@ async fn run(seconds: u64) {
     // Recorded as `raven serve` records by default: every event into SQLite.
     let dir = raven_testkit::scratch_dir!("connectors-bench");
     let mut file = FileConfig::default();
+    file.http.listen = "off".into();
     file.store.url = format!("sqlite:{}", dir.join("raven.db").display());
     file.store.spill = dir.join("raven.spill");
     file.feeds = vec![FeedSection {

@@ -14,6 +14,7 @@ use raven_server::config::FileConfig;
 fn snapshot(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let mut file = FileConfig::default();
+    file.http.listen = "off".into();
     file.store.url = "off".into();
     file.sim.rate = 20_000;
     let config = file.resolve().expect("valid configuration");

@@ -1,5 +1,6 @@
 //! Wiring: builds the catalog, engine, recorder, feeds (the simulator and the publish
-//! feed) and gRPC services (market, ingest, history, health, reflection) from a
+//! feed), gRPC services (market, ingest, history, health, reflection) and the HTTP
+//! listener (metrics, health, stats) from a
 //! [`Config`], runs them, and shuts them down in order: the feeds; client streams told
 //! the server is going away (`UNAVAILABLE`) and connections drained, what is left of them
 //! cut at the drain deadline; the engine, which finishes what it accepted; then the
@@ -15,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use raven_model::InstrumentRegistry;
 use raven_proto::history_server::HistoryServer;
@@ -37,6 +39,8 @@ use crate::fanout::{Closed, Fanout};
 use crate::feed::exchange::ExchangeFeed;
 use crate::feed::sim::SimFeed;
 use crate::feed::{Catalog, Feed, FeedContext, FeedHandle};
+use crate::http::HttpState;
+use crate::metrics::{Metrics, Sources};
 use crate::query::{Recorded, StoreReader};
 use crate::recorder::{Recorder, RecorderStats};
 use crate::shutdown::{self, Trigger};
@@ -58,6 +62,14 @@ pub enum AppError {
     /// The store (or its spill file) could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    /// The HTTP listener's address could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http {
+        /// `[http] listen`.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A running server. [`RunningServer::shutdown`] stops it in order; dropped without it
@@ -75,6 +87,15 @@ pub struct RunningServer {
     shutdown: Trigger,
     drain: std::time::Duration,
     recorder: Option<Recorder>,
+    http: Option<Http>,
+    ready: Arc<AtomicBool>,
+}
+
+/// The running HTTP listener.
+struct Http {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: Trigger,
 }
 
 /// Engine output batches the recorder's tap holds before the engine waits for it.
@@ -109,6 +130,16 @@ pub async fn start(
     listener: TcpListener,
 ) -> Result<RunningServer, AppError> {
     let addr = listener.local_addr()?;
+    // Bound first: a taken port fails the start before any thread runs.
+    let http_listener = match config.http {
+        Some(http) => Some(
+            TcpListener::bind(http)
+                .await
+                .map_err(|source| AppError::Http { addr: http, source })?,
+        ),
+        None => None,
+    };
+    let started = clock.now();
     let registry = InstrumentRegistry::new();
     let fanout = Arc::new(Fanout::default());
     let catalog = Catalog::new(registry.clone());
@@ -174,8 +205,9 @@ pub async fn start(
 
     let (trigger, shutdown) = shutdown::channel();
     let ingest = IngestServer::new(ingest).max_decoding_message_size(MAX_PUBLISH_REQUEST_BYTES);
+    let connections = Connections::new(config.connections);
     let mut service = MarketService::new(
-        catalog,
+        catalog.clone(),
         engine.commands(),
         fanout.clone(),
         clock.clone(),
@@ -194,6 +226,13 @@ pub async fn start(
         });
     }
     let service = Arc::new(service);
+    let sources = Sources {
+        fanout: fanout.clone(),
+        recorder: recorder.as_ref().map(Recorder::stats),
+        connections: connections.clone(),
+        catalog: catalog.clone(),
+        started,
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<MarketServer<MarketApi>>().await;
     health.set_serving::<IngestServer<IngestApi>>().await;
@@ -208,7 +247,6 @@ pub async fn start(
     let market = MarketServer::new(MarketApi::new(service))
         .max_decoding_message_size(MAX_MARKET_REQUEST_BYTES);
 
-    let connections = Connections::new(config.connections);
     let incoming = connections.incoming(listener);
     tokio::spawn(connections.clone().watch(shutdown.clone()));
     let (stop_grpc, mut stopped) = shutdown::channel();
@@ -223,12 +261,30 @@ pub async fn start(
         .add_service(ingest)
         .add_service(HistoryServer::new(HistoryApi::new(
             config.store.clone().map(StoreReader::new),
-            clock,
+            clock.clone(),
             shutdown,
         )))
         .serve_with_incoming_shutdown(incoming, async move { stopped.wait().await });
     let grpc = tokio::spawn(grpc);
     tracing::info!(%addr, "serving gRPC");
+    let ready = Arc::new(AtomicBool::new(true));
+    let http = match http_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let state = Arc::new(HttpState {
+                metrics: Metrics::new(sources.clone()),
+                sources,
+                ready: ready.clone(),
+                shards: config.shards,
+                clock,
+            });
+            let (stop, stopped) = shutdown::channel();
+            let task = tokio::spawn(crate::http::serve(listener, state, stopped));
+            tracing::info!(%addr, "serving HTTP: /metrics, /healthz, /readyz, /api/v1/stats");
+            Some(Http { addr, task, stop })
+        }
+        None => None,
+    };
     Ok(RunningServer {
         addr,
         fanout,
@@ -241,6 +297,8 @@ pub async fn start(
         shutdown: trigger,
         drain: config.drain,
         recorder,
+        http,
+        ready,
     })
 }
 
@@ -272,6 +330,11 @@ impl RunningServer {
         &self.connections
     }
 
+    /// The HTTP listener's bound address, when it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.addr)
+    }
+
     /// Stops the feeds; ends client streams with `UNAVAILABLE` and stops gRPC, waiting up
     /// to the drain deadline for connections to finish, then cutting what is left; lets
     /// the engine finish what it has queued; then has the recorder store its last
@@ -282,6 +345,7 @@ impl RunningServer {
             .await
             .map_err(std::io::Error::other)??;
         self.shutdown.fire();
+        self.ready.store(false, Ordering::Relaxed);
         // Health checkers (load balancers) see the server going before it is gone.
         self.health
             .set_not_serving::<MarketServer<MarketApi>>()
@@ -332,6 +396,13 @@ impl RunningServer {
                 .await
                 .map_err(std::io::Error::other)?;
         }
+        // Last, so that the drain and the recorder's end can be watched.
+        if let Some(http) = self.http.take() {
+            http.stop.fire();
+            if tokio::time::timeout(CUT_GRACE, http.task).await.is_err() {
+                tracing::warn!("HTTP requests still open at the end of shutdown; left behind");
+            }
+        }
         Ok(())
     }
 }
@@ -355,6 +426,9 @@ impl Drop for RunningServer {
             grpc.abort();
         }
         self.connections.cut_all();
+        if let Some(http) = self.http.take() {
+            http.task.abort();
+        }
         drop(feeds);
         engine.shutdown();
         if let Some(recorder) = self.recorder.take() {

@@ -54,6 +54,8 @@ pub enum ConfigError {
 pub struct FileConfig {
     /// `[server]`: the gRPC listener.
     pub server: ServerSection,
+    /// `[http]`: the HTTP listener (metrics, health, stats).
+    pub http: HttpSection,
     /// `[sim]`: the built-in simulator feed.
     pub sim: SimSection,
     /// `[engine]`: book-keeping threads.
@@ -182,6 +184,23 @@ impl Default for ServerSection {
     }
 }
 
+/// `[http]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Address for HTTP: `/metrics` (OpenMetrics), `/healthz`, `/readyz` and
+    /// `/api/v1/stats`; `"off"` serves none of them. Default `127.0.0.1:50052`.
+    pub listen: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "127.0.0.1:50052".into(),
+        }
+    }
+}
+
 /// `[sim]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -263,6 +282,8 @@ impl Default for FanoutSection {
 pub struct Config {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// HTTP listen address; `None` when `http.listen = "off"`.
+    pub http: Option<SocketAddr>,
     /// HTTP/2 keepalive interval.
     pub keepalive: Duration,
     /// HTTP/2 keepalive timeout.
@@ -322,6 +343,16 @@ impl FileConfig {
                 "expected IP:PORT, e.g. 127.0.0.1:50051",
             )
         })?;
+        let http = match self.http.listen.as_str() {
+            "off" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                invalid(
+                    "http.listen",
+                    &self.http.listen,
+                    "expected IP:PORT, e.g. 127.0.0.1:50052, or \"off\"",
+                )
+            })?),
+        };
         if self.server.keepalive_secs == 0 {
             return Err(invalid("server.keepalive_secs", &0, "must be at least 1"));
         }
@@ -468,6 +499,7 @@ impl FileConfig {
         }
         Ok(Config {
             listen,
+            http,
             keepalive: Duration::from_secs(self.server.keepalive_secs),
             keepalive_timeout: Duration::from_secs(self.server.keepalive_timeout_secs.max(1)),
             max_instruments_per_request: self.server.max_instruments_per_request,
@@ -650,6 +682,21 @@ mod tests {
         assert_eq!(
             err,
             "invalid config value sim.rate = 0: must be between 1 and 10000000 events/s"
+        );
+    }
+
+    #[test]
+    fn the_http_listener_is_on_loopback_by_default_and_can_be_turned_off() {
+        assert_eq!(
+            Config::default().http,
+            Some("127.0.0.1:50052".parse().unwrap())
+        );
+        let off: FileConfig = toml::from_str("[http]\nlisten = \"off\"\n").unwrap();
+        assert_eq!(off.resolve().unwrap().http, None);
+        let bad: FileConfig = toml::from_str("[http]\nlisten = \"50052\"\n").unwrap();
+        assert_eq!(
+            bad.resolve().unwrap_err().to_string(),
+            "invalid config value http.listen = 50052: expected IP:PORT, e.g. 127.0.0.1:50052, or \"off\""
         );
     }
 }

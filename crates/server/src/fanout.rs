@@ -457,6 +457,14 @@ impl Fanout {
         all.values().map(|m| m.queued()).max().unwrap_or(0)
     }
 
+    /// Every subscriber's id and queued events, by id.
+    pub fn queues(&self) -> Vec<(u64, usize)> {
+        let all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queues: Vec<(u64, usize)> = all.values().map(|m| (m.id(), m.queued())).collect();
+        queues.sort_unstable();
+        queues
+    }
+
     /// Ends every stream with `why` (used at shutdown).
     pub fn close_all(&self, why: Closed) {
         let all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());

@@ -178,6 +178,19 @@ impl Catalog {
         }
     }
 
+    /// Every feed's name with the number of instruments it owns, in feed order.
+    pub fn feeds(&self) -> Vec<(String, usize)> {
+        let feeds = self.feeds.read().unwrap_or_else(|p| p.into_inner());
+        let mut owned = vec![0; feeds.len()];
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        for (_, owner) in entries.values() {
+            if let Some(n) = owned.get_mut(usize::from(owner.0)) {
+                *n += 1;
+            }
+        }
+        feeds.iter().map(|f| f.name.clone()).zip(owned).collect()
+    }
+
     /// The id and owner of a known instrument, by name; read locks only, no allocation.
     pub fn lookup(&self, name: &str) -> Option<(InstrumentId, FeedId)> {
         let id = self.registry.id_of(name)?;

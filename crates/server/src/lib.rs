@@ -8,7 +8,8 @@
 //! validation). The `recorder` taps the engine and writes every event, as encoded, to a
 //! `store` (SQLite or PostgreSQL); `query` reads it back (history, book-at-time, replay, the history→live
 //! handover). `app` wires them together from a `config`, with the time from a
-//! `clock`, and stops them on a `shutdown` signal.
+//! `clock`, and stops them on a `shutdown` signal. `http` serves the `metrics` read from
+//! their counters, health and stats.
 
 pub mod api;
 pub mod app;
@@ -17,6 +18,8 @@ pub mod config;
 pub mod engine;
 pub mod fanout;
 pub mod feed;
+pub mod http;
+pub mod metrics;
 pub mod query;
 pub mod recorder;
 pub mod shutdown;

@@ -1,5 +1,6 @@
-//! `raven serve` as a child process: started with its address read from the first line
-//! it prints, killed if the test ends without stopping it.
+//! `raven serve` as a child process: started with its addresses (gRPC, and HTTP unless
+//! it is off) read from the first line it prints, killed if the test ends without
+//! stopping it.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 pub struct Served {
     child: Child,
     addr: SocketAddr,
+    http: Option<SocketAddr>,
 }
 
 impl Served {
@@ -29,7 +31,15 @@ impl Served {
             .split_whitespace()
             .find_map(|w| w.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Served { child, addr }
+        let http = line
+            .split_once("HTTP on ")
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
+        Served { child, addr, http }
+    }
+
+    /// Where its HTTP listener serves, unless it is off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     /// Where it serves.

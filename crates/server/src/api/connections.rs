@@ -143,6 +143,11 @@ impl Connections {
         self.live().len()
     }
 
+    /// Connections accepted since the start.
+    pub fn accepted(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
     /// Connections the server closed (limits and drains).
     pub fn closed_by_server(&self) -> u64 {
         self.closed_by_server.load(Ordering::Relaxed)

@@ -13,7 +13,7 @@ pub fn scratch_dir(what: &str) -> std::path::PathBuf {
 }
 
 /// Starts a server on the defaults (recording to a SQLite file of its own, a 64 MiB
-/// spill reservation) with `configure` applied.
+/// spill reservation, HTTP on a free port) with `configure` applied.
 pub async fn server(configure: impl FnOnce(&mut FileConfig)) -> RunningServer {
     start_with(&config(configure), Arc::new(SystemClock)).await
 }
@@ -27,6 +27,8 @@ pub fn config(configure: impl FnOnce(&mut FileConfig)) -> Config {
     // A quarter of the default reservation: room for any test's outage, and a suite of
     // servers does not reserve tens of gigabytes.
     file.store.spill_reserve_mb = 64;
+    // Its own HTTP port too: tests run side by side.
+    file.http.listen = "127.0.0.1:0".into();
     configure(&mut file);
     file.resolve().expect("test configuration is valid")
 }

@@ -1,0 +1,121 @@
+//! The HTTP listener (`[http] listen`, default `127.0.0.1:50052`): `/metrics`
+//! (OpenMetrics text, [`crate::metrics`]), `/healthz` (the process answers), `/readyz`
+//! (200 while serving, 503 from the start of a drain, so a load balancer stops sending
+//! clients before the gRPC listener goes) and `/api/v1/stats` (JSON, with the
+//! per-subscriber detail metrics leave out). It keeps serving through the drain and stops
+//! last.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use crate::metrics::{CONTENT_TYPE, Metrics, Sources};
+use crate::shutdown::Shutdown;
+
+/// What the handlers read.
+pub struct HttpState {
+    /// The server's registry.
+    pub metrics: Metrics,
+    /// The counters behind it, for `/api/v1/stats`.
+    pub sources: Sources,
+    /// False until the server is serving, and again from the start of its drain.
+    pub ready: Arc<AtomicBool>,
+    /// Engine shard threads.
+    pub shards: usize,
+    /// For the uptime.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Serves the routes on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/api/v1/stats", get(stats))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn ready(State(state): State<Arc<HttpState>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: draining or starting\n",
+        )
+            .into_response()
+    }
+}
+
+async fn stats(State(state): State<Arc<HttpState>>) -> Response {
+    let s = &state.sources;
+    let fanout = &s.fanout;
+    let recorder = s.recorder.as_ref().map(|r| {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "store_up": r.store_up.load(Ordering::Relaxed),
+            "received": load(&r.received),
+            "stored": load(&r.stored),
+            "spilled": load(&r.spilled),
+            "backfilled": load(&r.backfilled),
+            "lost": load(&r.lost),
+            "batches": load(&r.batches),
+            "store_errors": load(&r.failures),
+            "queue_bytes": load(&r.memory_bytes),
+            "spill_bytes": load(&r.spill_bytes),
+            "max_commit_lag_ms": load(&r.max_lag_ns) as f64 / 1e6,
+        })
+    });
+    let body = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.clock.now().0.saturating_sub(s.started.0) / 1_000_000_000,
+        "ready": state.ready.load(Ordering::Relaxed),
+        "feeds": s.catalog.feeds().into_iter()
+            .map(|(name, instruments)| json!({"name": name, "instruments": instruments}))
+            .collect::<Vec<_>>(),
+        "engine": {"shards": state.shards},
+        "subscribers": {
+            "count": fanout.subscribers(),
+            "lagged": fanout.lagged(),
+            "resyncs": fanout.resyncs(),
+            "streams": fanout.queues().into_iter()
+                .map(|(id, queued)| json!({"id": id, "queued_events": queued}))
+                .collect::<Vec<_>>(),
+        },
+        "connections": {
+            "open": s.connections.count(),
+            "accepted": s.connections.accepted(),
+            "closed_by_server": s.connections.closed_by_server(),
+        },
+        "recorder": recorder,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,296 @@
+//! Prometheus metrics: one registry per server (two servers in one process keep separate
+//! counts), every series read at scrape time from the counters the parts already keep
+//! — the fan-out's, the recorder's, the listener's, the catalog — and from `/proc` for
+//! the process. Nothing here is called per event: a scrape costs a few atomic loads and
+//! one pass over the subscribers.
+//!
+//! No per-instrument or per-subscriber labels (their number is the clients' to choose):
+//! that detail is in `/api/v1/stats`. Feeds are few and named in the configuration, so
+//! they are a label.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use raven_model::UnixNanos;
+
+use crate::api::connections::Connections;
+use crate::fanout::Fanout;
+use crate::feed::Catalog;
+use crate::recorder::RecorderStats;
+
+/// The `Content-Type` of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the metrics are read from.
+#[derive(Clone)]
+pub struct Sources {
+    /// Subscribers.
+    pub fanout: Arc<Fanout>,
+    /// The recorder's counters, when recording.
+    pub recorder: Option<Arc<RecorderStats>>,
+    /// The gRPC listener's connections.
+    pub connections: Arc<Connections>,
+    /// Feeds and their instruments.
+    pub catalog: Catalog,
+    /// When the server started.
+    pub started: UnixNanos,
+}
+
+/// A server's registry.
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// A registry reading `sources` at each scrape.
+    pub fn new(sources: Sources) -> Metrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape(sources)));
+        Metrics { registry }
+    }
+
+    /// The OpenMetrics text of every series now.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; a collector's error would be ours.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics could not be encoded");
+        }
+        out
+    }
+}
+
+struct Scrape(Sources);
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+/// One series without labels.
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> fmt::Result {
+    e.encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: V,
+) -> fmt::Result {
+    e.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&v)
+}
+
+/// One gauge series per `(label value, value)`.
+fn gauges(mut family: MetricEncoder<'_>, label: &str, values: &[(String, u64)]) -> fmt::Result {
+    for (value, v) in values {
+        family
+            .encode_family(&[(label, value.as_str())])?
+            .encode_gauge(v)?;
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> fmt::Result {
+        let s = &self.0;
+        e.encode_descriptor("raven_build", "Raven's version.", None, MetricType::Info)?
+            .encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        process(&mut e, s.started)?;
+
+        let feeds: Vec<(String, u64)> = s
+            .catalog
+            .feeds()
+            .into_iter()
+            .map(|(name, n)| (name, n as u64))
+            .collect();
+        gauges(
+            e.encode_descriptor(
+                "raven_feed_instruments",
+                "Instruments each feed owns.",
+                None,
+                MetricType::Gauge,
+            )?,
+            "feed",
+            &feeds,
+        )?;
+
+        gauge(
+            &mut e,
+            "raven_subscribers",
+            "Subscriber streams open.",
+            s.fanout.subscribers() as u64,
+        )?;
+        gauge(
+            &mut e,
+            "raven_subscriber_queue_max_events",
+            "The most events any subscriber has queued now.",
+            s.fanout.max_queued() as u64,
+        )?;
+        counter(
+            &mut e,
+            "raven_subscriber_lagged",
+            "Pushes a full subscriber queue refused (conflated, dropped or disconnected under its policy).",
+            s.fanout.lagged(),
+        )?;
+        counter(
+            &mut e,
+            "raven_subscriber_resyncs",
+            "Resync snapshots sent to subscribers that lagged.",
+            s.fanout.resyncs(),
+        )?;
+
+        gauge(
+            &mut e,
+            "raven_connections",
+            "gRPC connections open.",
+            s.connections.count() as u64,
+        )?;
+        counter(
+            &mut e,
+            "raven_connections_accepted",
+            "gRPC connections accepted.",
+            s.connections.accepted(),
+        )?;
+        counter(
+            &mut e,
+            "raven_connections_closed_by_server",
+            "gRPC connections the server closed (limits and drains).",
+            s.connections.closed_by_server(),
+        )?;
+
+        if let Some(r) = &s.recorder {
+            recorder(&mut e, r)?;
+        }
+        Ok(())
+    }
+}
+
+fn recorder(e: &mut DescriptorEncoder<'_>, r: &RecorderStats) -> fmt::Result {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    for (name, help, v) in [
+        (
+            "raven_recorder_received_events",
+            "Events the recorder took from the engine: everything published.",
+            load(&r.received),
+        ),
+        (
+            "raven_recorder_stored_events",
+            "Events in the store.",
+            load(&r.stored),
+        ),
+        (
+            "raven_recorder_spilled_events",
+            "Events written to the spill file while the store was unavailable.",
+            load(&r.spilled),
+        ),
+        (
+            "raven_recorder_backfilled_events",
+            "Events moved from the spill file to the store.",
+            load(&r.backfilled),
+        ),
+        (
+            "raven_recorder_lost_events",
+            "Events lost because the store, memory queue and spill file were all unavailable.",
+            load(&r.lost),
+        ),
+        (
+            "raven_recorder_batches",
+            "Batches committed to the store.",
+            load(&r.batches),
+        ),
+        (
+            "raven_store_errors",
+            "Store failures seen.",
+            load(&r.failures),
+        ),
+    ] {
+        counter(e, name, help, v)?;
+    }
+    gauge(
+        e,
+        "raven_store_up",
+        "1 while the store accepts writes.",
+        u64::from(r.store_up.load(Ordering::Relaxed)),
+    )?;
+    gauge(
+        e,
+        "raven_recorder_queue_bytes",
+        "Bytes of batches waiting in memory for the store.",
+        load(&r.memory_bytes),
+    )?;
+    gauge(
+        e,
+        "raven_recorder_spill_bytes",
+        "Bytes of batches waiting in the spill file.",
+        load(&r.spill_bytes),
+    )?;
+    gauge(
+        e,
+        "raven_recorder_commit_lag_max_seconds",
+        "Longest time from a batch's first event to its commit.",
+        load(&r.max_lag_ns) as f64 / 1e9,
+    )
+}
+
+/// The process's CPU time, resident memory and descriptors, from `/proc/self` (absent
+/// elsewhere), and its start time.
+fn process(e: &mut DescriptorEncoder<'_>, started: UnixNanos) -> fmt::Result {
+    gauge(
+        e,
+        "process_start_time_seconds",
+        "Start time of the process since the Unix epoch.",
+        started.0 as f64 / 1e9,
+    )?;
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // After the parenthesised name: utime and stime are fields 14 and 15, in USER_HZ
+        // (100 on Linux).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum();
+        e.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time spent.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&(ticks as f64 / 100.0), None)?;
+    }
+    let rss_kb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        });
+    if let Some(kb) = rss_kb {
+        gauge(
+            e,
+            "process_resident_memory_bytes",
+            "Resident memory size.",
+            kb * 1024,
+        )?;
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge(
+            e,
+            "process_open_fds",
+            "Open file descriptors.",
+            fds.count() as u64,
+        )?;
+    }
+    Ok(())
+}

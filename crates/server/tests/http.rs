@@ -1,0 +1,330 @@
+//! The HTTP listener over a real socket: `/metrics` read with an OpenMetrics parser gives
+//! exact counts of known traffic, two servers in one process keep separate counts,
+//! `/readyz` turns 503 when a drain starts while `/healthz` stays up, `/api/v1/stats`
+//! has the per-subscriber detail.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openmetrics_parser::OpenMetricsValue;
+use openmetrics_parser::openmetrics::parse_openmetrics;
+use raven_proto::pb::{
+    self, ingest_client::IngestClient, market_client::MarketClient, stream_request::Request as Req,
+};
+use raven_server::app::RunningServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `GET path` over HTTP/1.1: the status and the body.
+async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: raven\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await?;
+    let text = String::from_utf8(raw).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .expect("a status")
+        .parse()
+        .unwrap();
+    Ok((status, body.to_owned()))
+}
+
+/// `/metrics` as Prometheus reads it: every sample as `name` or `name{k="v",…}` → value
+/// (counters under their family name, without `_total`).
+async fn scrape(server: &RunningServer) -> BTreeMap<String, f64> {
+    let (status, body) = get(server.http_addr().expect("HTTP on"), "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let exposition = parse_openmetrics(&body).unwrap_or_else(|e| panic!("{e:?} in\n{body}"));
+    let mut samples = BTreeMap::new();
+    for (name, family) in &exposition.families {
+        for sample in family.iter_samples() {
+            let labels: Vec<String> = sample
+                .get_labelset()
+                .map(|set| set.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect())
+                .unwrap_or_default();
+            let key = if labels.is_empty() {
+                name.clone()
+            } else {
+                format!("{name}{{{}}}", labels.join(","))
+            };
+            let value = match &sample.value {
+                OpenMetricsValue::Counter(c) => c.value.as_f64(),
+                OpenMetricsValue::Gauge(g) => g.as_f64(),
+                OpenMetricsValue::Info => 1.0,
+                other => panic!("{key}: unexpected {other:?}"),
+            };
+            samples.insert(key, value);
+        }
+    }
+    samples
+}
+
+/// Scrapes until `done` holds (the recorder commits every 5 ms).
+async fn scrape_until(
+    server: &RunningServer,
+    done: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let samples = scrape(server).await;
+        if done(&samples) {
+            return samples;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{samples:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn trade(n: u64) -> pb::FeedEvent {
+    pb::FeedEvent {
+        instrument: "TEST:ABC".into(),
+        exchange_time: 1_700_000_000_000_000_000 + n,
+        receive_time: 0,
+        venue_seq: n,
+        body: Some(pb::feed_event::Body::Trade(pb::Trade {
+            price: 100_000_000_000,
+            qty: 1_000_000_000,
+            qty_hi: 0,
+            aggressor: pb::Aggressor::Buy as i32,
+            trade_id: n.to_string(),
+        })),
+    }
+}
+
+/// Publishes `n` trades of `TEST:ABC` on a connection of its own.
+async fn publish_trades(server: &RunningServer, n: u64) {
+    let mut ingest = IngestClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    let events: Vec<pb::FeedEvent> = (1..=n).map(trade).collect();
+    let accepted = ingest
+        .publish(tokio_stream::iter([pb::PublishRequest { events }]))
+        .await
+        .unwrap()
+        .into_inner()
+        .accepted;
+    assert_eq!(accepted, n);
+}
+
+fn quiet(f: &mut raven_server::config::FileConfig) {
+    f.sim.enabled = Some(false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_known_traffic_exactly() {
+    let dir = common::scratch_dir("metrics");
+    let db = dir.join("raven.db");
+    let server = common::server(|f| {
+        quiet(f);
+        f.store.url = format!("sqlite:{}", db.display());
+        f.store.spill = dir.join("raven.spill");
+    })
+    .await;
+    let before = scrape(&server).await;
+    assert_eq!(before["raven_subscribers"], 0.0);
+    assert_eq!(before["raven_connections_accepted"], 0.0);
+    assert_eq!(before["raven_recorder_received_events"], 0.0);
+    assert_eq!(before["raven_build{version=\"0.1.0\"}"], 1.0);
+    assert_eq!(before["raven_feed_instruments{feed=\"Publisher\"}"], 0.0);
+
+    // One subscriber to the trades of an instrument the publisher is about to create.
+    publish_trades(&server, 1).await;
+    let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::StreamRequest {
+        request: Some(Req::Subscribe(pb::Subscribe {
+            instruments: vec!["TEST:ABC".into()],
+            channel: pb::Channel::Trades as i32,
+            depth: 0,
+            start: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = market
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let during = scrape_until(&server, |m| m["raven_subscribers"] == 1.0).await;
+    assert_eq!(during["raven_feed_instruments{feed=\"Publisher\"}"], 1.0);
+
+    publish_trades(&server, 250).await;
+    let mut trades = 0;
+    while trades < 250 {
+        let batch = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        trades += batch
+            .events
+            .iter()
+            .filter(|e| matches!(e.body, Some(pb::event::Body::Trade(_))))
+            .count();
+    }
+    assert_eq!(trades, 250);
+
+    // Everything the engine published is stored, and the counts say exactly how much.
+    let after = scrape_until(&server, |m| {
+        m["raven_recorder_received_events"] > 0.0
+            && m["raven_recorder_stored_events"] == m["raven_recorder_received_events"]
+    })
+    .await;
+    let rows = raven_testkit::rows::sqlite_rows(&db);
+    assert_eq!(after["raven_recorder_stored_events"], rows.len() as f64);
+    let trade_rows = rows
+        .iter()
+        .filter(|r| r.1 == "TEST:ABC" && r.2 == pb::Channel::Trades as i16)
+        .count();
+    assert_eq!(trade_rows, 251);
+    assert!(after["raven_recorder_batches"] >= 1.0);
+    for zero in [
+        "raven_recorder_spilled_events",
+        "raven_recorder_lost_events",
+        "raven_store_errors",
+        "raven_subscriber_lagged",
+        "raven_subscriber_resyncs",
+        "raven_connections_closed_by_server",
+    ] {
+        assert_eq!(after[zero], 0.0, "{zero}");
+    }
+    assert_eq!(after["raven_store_up"], 1.0);
+    // Two publishers and one subscriber, each on a connection of its own.
+    assert_eq!(after["raven_connections_accepted"], 3.0);
+    assert!(after["process_open_fds"] > 0.0);
+    assert!(after["process_resident_memory_bytes"] > 0.0);
+    assert!(after["process_start_time_seconds"] > 1.7e9);
+
+    // The subscriber leaves: the gauge follows.
+    drop(stream);
+    drop(tx);
+    scrape_until(&server, |m| m["raven_subscribers"] == 0.0).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_one_process_keep_separate_counts() {
+    let a = common::server(quiet).await;
+    let b = common::server(quiet).await;
+    publish_trades(&a, 40).await;
+    let on_a = scrape_until(&a, |m| {
+        m["raven_recorder_stored_events"] >= 40.0
+            && m["raven_recorder_stored_events"] == m["raven_recorder_received_events"]
+    })
+    .await;
+    let on_b = scrape(&b).await;
+    assert_eq!(on_a["raven_connections_accepted"], 1.0);
+    assert_eq!(on_b["raven_connections_accepted"], 0.0);
+    assert_eq!(on_b["raven_recorder_received_events"], 0.0);
+    assert_eq!(on_b["raven_feed_instruments{feed=\"Publisher\"}"], 0.0);
+    assert_eq!(on_a["raven_feed_instruments{feed=\"Publisher\"}"], 1.0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_drain_and_health_the_process() {
+    let server = common::server(|f| {
+        quiet(f);
+        f.server.drain_secs = 1;
+    })
+    .await;
+    let http = server.http_addr().unwrap();
+    assert_eq!(get(http, "/healthz").await.unwrap(), (200, "ok\n".into()));
+    assert_eq!(get(http, "/readyz").await.unwrap(), (200, "ready\n".into()));
+    assert_eq!(get(http, "/nope").await.unwrap().0, 404);
+
+    // A peer that finished its HTTP/2 handshake and then reads nothing: the drain waits
+    // its full second for it, and meanwhile the server says it is not ready.
+    let mut peer = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let stopping = tokio::spawn(server.shutdown());
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(900);
+    let answer = loop {
+        let answer = get(http, "/readyz").await.unwrap();
+        if answer.0 != 200 || tokio::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(answer, (503, "not ready: draining or starting\n".into()));
+    assert_eq!(get(http, "/healthz").await.unwrap().0, 200);
+    assert!(
+        !stopping.is_finished(),
+        "the drain still waits for the peer"
+    );
+    stopping.await.unwrap().unwrap();
+    // The HTTP listener stops last.
+    assert!(get(http, "/healthz").await.is_err());
+    drop(peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_give_the_per_subscriber_detail() {
+    let server = common::server(quiet).await;
+    publish_trades(&server, 3).await;
+    let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::StreamRequest {
+        request: Some(Req::Subscribe(pb::Subscribe {
+            instruments: vec!["TEST:ABC".into()],
+            channel: pb::Channel::Book as i32,
+            depth: 0,
+            start: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let _stream = market
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let http = server.http_addr().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let stats = loop {
+        let (status, body) = get(http, "/api/v1/stats").await.unwrap();
+        assert_eq!(status, 200);
+        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if stats["subscribers"]["count"] == 1 {
+            break stats;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stats["version"], "0.1.0");
+    assert_eq!(stats["ready"], true);
+    assert_eq!(stats["engine"]["shards"], 1);
+    assert_eq!(
+        stats["feeds"],
+        serde_json::json!([{"name": "Publisher", "instruments": 1}])
+    );
+    let streams = stats["subscribers"]["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 1);
+    assert_eq!(streams[0]["queued_events"], 0);
+    assert_eq!(stats["connections"]["accepted"], 2);
+    assert_eq!(stats["recorder"]["store_up"], true);
+    assert_eq!(stats["recorder"]["lost"], 0);
+    server.shutdown().await.unwrap();
+}
