@@ -38,7 +38,7 @@ use crate::engine::{Engine, EngineConfig, ShardContext};
 use crate::fanout::{Closed, Fanout};
 use crate::feed::exchange::ExchangeFeed;
 use crate::feed::sim::SimFeed;
-use crate::feed::{Catalog, Feed, FeedContext, FeedHandle};
+use crate::feed::{Catalog, Feed, FeedContext, FeedHandle, FeedInput};
 use crate::http::HttpState;
 use crate::metrics::{Metrics, Sources};
 use crate::query::{Recorded, StoreReader};
@@ -192,11 +192,11 @@ pub async fn start(
     let feeds = feeds
         .into_iter()
         .map(|feed| {
-            let (id, resync) = catalog.add_feed(feed.name());
+            let (id, resync, stats) = catalog.add_feed(feed.name());
             feed.spawn(FeedContext {
                 id,
                 catalog: catalog.clone(),
-                input: engine.input(),
+                input: FeedInput::new(engine.input(), stats, clock.clone()),
                 clock: clock.clone(),
                 resync,
             })
@@ -231,6 +231,7 @@ pub async fn start(
         recorder: recorder.as_ref().map(Recorder::stats),
         connections: connections.clone(),
         catalog: catalog.clone(),
+        engine: engine.stats(),
         started,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -275,7 +276,6 @@ pub async fn start(
                 metrics: Metrics::new(sources.clone()),
                 sources,
                 ready: ready.clone(),
-                shards: config.shards,
                 clock,
             });
             let (stop, stopped) = shutdown::channel();

@@ -5,7 +5,8 @@
 //! lossless taps (the recorder's entry point, [`Tapped`]: the same bytes, with the
 //! columns a store indexes). `shard` is the loop, `derive` what each event becomes,
 //! `subscribers` who receives it. The top of book is also published through a seqlock
-//! for readers that must not wait on a shard (`GetSnapshot` at depth 1).
+//! for readers that must not wait on a shard (`GetSnapshot` at depth 1). `stats` holds
+//! what each shard has done, for metrics.
 //!
 //! Inputs are bounded: feed batches block the feed when a shard is behind (nothing
 //! accepted is dropped), and commands from the API are refused with "busy" rather than
@@ -14,6 +15,7 @@
 mod candles;
 mod derive;
 mod shard;
+pub mod stats;
 mod subscribers;
 
 use std::collections::HashMap;
@@ -279,6 +281,7 @@ pub struct Engine {
     input: EngineInput,
     commands: EngineCommands,
     threads: Vec<JoinHandle<()>>,
+    stats: Vec<Arc<stats::ShardStats>>,
 }
 
 /// The feed side: sends batches to the owning shards, blocking when they are behind.
@@ -301,10 +304,12 @@ impl Engine {
         let mut inputs = Vec::new();
         let mut commands = Vec::new();
         let mut threads = Vec::new();
+        let mut stats = Vec::new();
         for n in 0..config.shards {
             let (input_tx, input_rx) = bounded(config.input_batches);
             let (command_tx, command_rx) = bounded(config.commands);
             let shard = Shard::new(ctx.clone());
+            stats.push(shard.stats());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("raven-shard-{n}"))
@@ -320,7 +325,16 @@ impl Engine {
                 tops: ctx.tops,
             },
             threads,
+            stats,
         })
+    }
+
+    /// Every shard's counters, for metrics.
+    pub fn stats(&self) -> stats::EngineStats {
+        stats::EngineStats {
+            shards: self.stats.clone(),
+            input: self.input.clone(),
+        }
     }
 
     /// A handle for feeds.

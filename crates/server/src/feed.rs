@@ -16,12 +16,15 @@
 pub mod exchange;
 pub mod sim;
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
-use raven_model::{InstrumentId, InstrumentName, InstrumentRegistry, Price};
+use raven_model::{
+    FeedEvent, FeedKind, InstrumentId, InstrumentName, InstrumentRegistry, Price, StatusKind,
+};
 
 use crate::clock::Clock;
 use crate::engine::EngineInput;
@@ -43,12 +46,110 @@ pub struct FeedContext {
     pub id: FeedId,
     /// Instrument metadata and owners.
     pub catalog: Catalog,
-    /// Where events go, with back-pressure.
-    pub input: EngineInput,
+    /// Where events go, with back-pressure, counted for the feed's metrics.
+    pub input: FeedInput,
     /// Receive-time source.
     pub clock: Arc<dyn Clock>,
     /// Instruments of this feed whose book waits for a fresh snapshot.
     pub resync: Receiver<InstrumentId>,
+}
+
+/// What a feed has sent the engine, for metrics and stats. Written by [`FeedInput`] once
+/// per batch (a status, which is rare, costs a little more), read at scrape time.
+#[derive(Debug, Default)]
+pub struct FeedStats {
+    /// Events sent.
+    pub events: AtomicU64,
+    /// Status events sent, by kind ([`StatusKind`] as an index).
+    statuses: [AtomicU64; STATUS_KINDS.len()],
+    /// Venue ids (or events) the feed's gaps said were missed.
+    pub missed: AtomicU64,
+    /// When the last batch was sent, ns since the epoch (the engine's clock).
+    pub last_event_ns: AtomicU64,
+    /// Instruments whose last connection status was `FeedDown`.
+    down: Mutex<HashSet<InstrumentId>>,
+}
+
+/// Every status kind, in the order [`FeedStats::statuses`] counts them.
+pub const STATUS_KINDS: [StatusKind; 6] = [
+    StatusKind::Gap,
+    StatusKind::Resync,
+    StatusKind::FeedDown,
+    StatusKind::FeedUp,
+    StatusKind::Stale,
+    StatusKind::Rejected,
+];
+
+impl FeedStats {
+    /// Status events of `kind` sent so far.
+    pub fn statuses(&self, kind: StatusKind) -> u64 {
+        STATUS_KINDS
+            .iter()
+            .position(|&k| k == kind)
+            .map_or(0, |i| self.statuses[i].load(Ordering::Relaxed))
+    }
+
+    /// Instruments of the feed that are down now.
+    pub fn instruments_down(&self) -> usize {
+        self.down.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn count(&self, batch: &[FeedEvent], now: u64) {
+        self.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.last_event_ns.store(now, Ordering::Relaxed);
+        for e in batch {
+            let FeedKind::Status(s) = &e.kind else {
+                continue;
+            };
+            if let Some(i) = STATUS_KINDS.iter().position(|&k| k == s.kind) {
+                self.statuses[i].fetch_add(1, Ordering::Relaxed);
+            }
+            match s.kind {
+                StatusKind::Gap => {
+                    self.missed.fetch_add(s.missed, Ordering::Relaxed);
+                }
+                StatusKind::FeedDown => {
+                    self.down
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(e.instrument);
+                }
+                StatusKind::FeedUp => {
+                    self.down
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&e.instrument);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A feed's way into the engine: [`EngineInput`] with the feed's [`FeedStats`] kept.
+#[derive(Clone)]
+pub struct FeedInput {
+    engine: EngineInput,
+    stats: Arc<FeedStats>,
+    clock: Arc<dyn Clock>,
+}
+
+impl FeedInput {
+    /// Counts into `stats` what goes to `engine`.
+    pub fn new(engine: EngineInput, stats: Arc<FeedStats>, clock: Arc<dyn Clock>) -> FeedInput {
+        FeedInput {
+            engine,
+            stats,
+            clock,
+        }
+    }
+
+    /// Sends a batch (see [`EngineInput::send`]): blocks while the engine is behind;
+    /// false once it has stopped.
+    pub fn send(&self, batch: Vec<FeedEvent>) -> bool {
+        self.stats.count(&batch, self.clock.now().0);
+        self.engine.send(batch)
+    }
 }
 
 /// Stops a running feed. Dropped without [`FeedHandle::stop`], it stops the feed too.
@@ -117,6 +218,7 @@ const RESYNC_REQUESTS: usize = 1024;
 struct FeedEntry {
     name: String,
     resync: Sender<InstrumentId>,
+    stats: Arc<FeedStats>,
 }
 
 /// The instruments the server knows, their metadata and owners. Shared; cheap to clone.
@@ -142,16 +244,18 @@ impl Catalog {
         &self.registry
     }
 
-    /// Adds a feed; returns its id and where its resync requests arrive.
-    pub fn add_feed(&self, name: &str) -> (FeedId, Receiver<InstrumentId>) {
+    /// Adds a feed; returns its id, where its resync requests arrive and its counters.
+    pub fn add_feed(&self, name: &str) -> (FeedId, Receiver<InstrumentId>, Arc<FeedStats>) {
         let (resync, requests) = crossbeam_channel::bounded(RESYNC_REQUESTS);
+        let stats = Arc::new(FeedStats::default());
         let mut feeds = self.feeds.write().unwrap_or_else(|p| p.into_inner());
         let id = FeedId(u16::try_from(feeds.len()).expect("fewer than 65,536 feeds"));
         feeds.push(FeedEntry {
             name: name.to_owned(),
             resync,
+            stats: stats.clone(),
         });
-        (id, requests)
+        (id, requests, stats)
     }
 
     /// A feed's name.
@@ -178,8 +282,9 @@ impl Catalog {
         }
     }
 
-    /// Every feed's name with the number of instruments it owns, in feed order.
-    pub fn feeds(&self) -> Vec<(String, usize)> {
+    /// Every feed's name, the number of instruments it owns and its counters, in feed
+    /// order.
+    pub fn feeds(&self) -> Vec<(String, usize, Arc<FeedStats>)> {
         let feeds = self.feeds.read().unwrap_or_else(|p| p.into_inner());
         let mut owned = vec![0; feeds.len()];
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
@@ -188,7 +293,11 @@ impl Catalog {
                 *n += 1;
             }
         }
-        feeds.iter().map(|f| f.name.clone()).zip(owned).collect()
+        feeds
+            .iter()
+            .zip(owned)
+            .map(|(f, n)| (f.name.clone(), n, f.stats.clone()))
+            .collect()
     }
 
     /// The id and owner of a known instrument, by name; read locks only, no allocation.
@@ -244,10 +353,51 @@ mod tests {
     }
 
     #[test]
+    fn feed_stats_count_events_statuses_and_instruments_down() {
+        let status = |instrument: u32, kind: StatusKind, missed: u64| FeedEvent {
+            instrument: InstrumentId(instrument),
+            exchange_time: raven_model::UnixNanos::ZERO,
+            receive_time: raven_model::UnixNanos::ZERO,
+            venue_seq: 0,
+            kind: FeedKind::Status(raven_model::Status {
+                kind,
+                channel: raven_model::Channel::Book,
+                missed,
+                detail: String::new(),
+            }),
+        };
+        let stats = FeedStats::default();
+        stats.count(
+            &[
+                status(1, StatusKind::FeedDown, 0),
+                status(2, StatusKind::FeedDown, 0),
+                status(1, StatusKind::Gap, 7),
+            ],
+            5,
+        );
+        assert_eq!(stats.instruments_down(), 2);
+        stats.count(
+            &[
+                status(1, StatusKind::FeedUp, 0),
+                status(1, StatusKind::Gap, 3),
+            ],
+            9,
+        );
+        assert_eq!(stats.events.load(Ordering::Relaxed), 5);
+        assert_eq!(stats.statuses(StatusKind::Gap), 2);
+        assert_eq!(stats.statuses(StatusKind::FeedDown), 2);
+        assert_eq!(stats.statuses(StatusKind::FeedUp), 1);
+        assert_eq!(stats.statuses(StatusKind::Stale), 0);
+        assert_eq!(stats.missed.load(Ordering::Relaxed), 10);
+        assert_eq!(stats.instruments_down(), 1);
+        assert_eq!(stats.last_event_ns.load(Ordering::Relaxed), 9);
+    }
+
+    #[test]
     fn resync_requests_reach_the_feed_that_owns_the_instrument() {
         let catalog = Catalog::new(InstrumentRegistry::new());
-        let (a, a_requests) = catalog.add_feed("a");
-        let (b, b_requests) = catalog.add_feed("b");
+        let (a, a_requests, _) = catalog.add_feed("a");
+        let (b, b_requests, _) = catalog.add_feed("b");
         let (x, _) = catalog.add(info("A:X"), a);
         let (y, _) = catalog.add(info("B:Y"), b);
         // A second claim on a name leaves it with its first owner.
@@ -263,7 +413,7 @@ mod tests {
     #[test]
     fn a_feed_that_does_not_answer_never_blocks_the_engine() {
         let catalog = Catalog::new(InstrumentRegistry::new());
-        let (feed, requests) = catalog.add_feed("slow");
+        let (feed, requests, _) = catalog.add_feed("slow");
         let (x, _) = catalog.add(info("S:X"), feed);
         for _ in 0..RESYNC_REQUESTS * 2 {
             catalog.request_resync(x);

@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use raven_model::StatusKind;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -28,8 +29,6 @@ pub struct HttpState {
     pub sources: Sources,
     /// False until the server is serving, and again from the start of its drain.
     pub ready: Arc<AtomicBool>,
-    /// Engine shard threads.
-    pub shards: usize,
     /// For the uptime.
     pub clock: Arc<dyn Clock>,
 }
@@ -95,9 +94,29 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
         "uptime_secs": state.clock.now().0.saturating_sub(s.started.0) / 1_000_000_000,
         "ready": state.ready.load(Ordering::Relaxed),
         "feeds": s.catalog.feeds().into_iter()
-            .map(|(name, instruments)| json!({"name": name, "instruments": instruments}))
+            .map(|(name, instruments, f)| json!({
+                "name": name,
+                "instruments": instruments,
+                "instruments_down": f.instruments_down(),
+                "events": f.events.load(Ordering::Relaxed),
+                "gaps": f.statuses(StatusKind::Gap),
+                "missed": f.missed.load(Ordering::Relaxed),
+                "resyncs": f.statuses(StatusKind::Resync),
+                "rejected": f.statuses(StatusKind::Rejected),
+                "stale": f.statuses(StatusKind::Stale),
+                "last_event_ns": f.last_event_ns.load(Ordering::Relaxed),
+            }))
             .collect::<Vec<_>>(),
-        "engine": {"shards": state.shards},
+        "engine": {"shards": s.engine.shards().iter().enumerate()
+            .map(|(n, shard)| json!({
+                "shard": n,
+                "events": shard.events.get(),
+                "batches": shard.batches.get(),
+                "busy_ms": shard.busy_ns.get() as f64 / 1e6,
+                "recorder_wait_ms": shard.tap_wait_ns.get() as f64 / 1e6,
+                "input_queue_batches": s.engine.queued(n),
+            }))
+            .collect::<Vec<_>>()},
         "subscribers": {
             "count": fanout.subscribers(),
             "lagged": fanout.lagged(),

@@ -1,8 +1,9 @@
 //! Prometheus metrics: one registry per server (two servers in one process keep separate
-//! counts), every series read at scrape time from the counters the parts already keep
-//! — the fan-out's, the recorder's, the listener's, the catalog — and from `/proc` for
-//! the process. Nothing here is called per event: a scrape costs a few atomic loads and
-//! one pass over the subscribers.
+//! counts), every series read at scrape time from the counters the parts keep — each
+//! feed's (counted once per batch it sends), each engine shard's (written only by its
+//! thread, merged here), the fan-out's, the recorder's, the listener's — and from
+//! `/proc` for the process. Nothing here is called per event: a scrape costs some atomic
+//! loads and one pass over the subscribers.
 //!
 //! No per-instrument or per-subscriber labels (their number is the clients' to choose):
 //! that detail is in `/api/v1/stats`. Feeds are few and named in the configuration, so
@@ -13,14 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use raven_model::UnixNanos;
 
 use crate::api::connections::Connections;
+use crate::engine::stats::{EngineStats, LATENCY_BOUNDS_NS};
 use crate::fanout::Fanout;
-use crate::feed::Catalog;
+use crate::feed::{Catalog, STATUS_KINDS};
 use crate::recorder::RecorderStats;
 
 /// The `Content-Type` of [`Metrics::encode`]'s text.
@@ -35,8 +37,10 @@ pub struct Sources {
     pub recorder: Option<Arc<RecorderStats>>,
     /// The gRPC listener's connections.
     pub connections: Arc<Connections>,
-    /// Feeds and their instruments.
+    /// Feeds, their instruments and counters.
     pub catalog: Catalog,
+    /// The engine's shards.
+    pub engine: EngineStats,
     /// When the server started.
     pub started: UnixNanos,
 }
@@ -89,16 +93,6 @@ fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
         .encode_gauge(&v)
 }
 
-/// One gauge series per `(label value, value)`.
-fn gauges(mut family: MetricEncoder<'_>, label: &str, values: &[(String, u64)]) -> fmt::Result {
-    for (value, v) in values {
-        family
-            .encode_family(&[(label, value.as_str())])?
-            .encode_gauge(v)?;
-    }
-    Ok(())
-}
-
 impl Collector for Scrape {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> fmt::Result {
         let s = &self.0;
@@ -106,22 +100,8 @@ impl Collector for Scrape {
             .encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
         process(&mut e, s.started)?;
 
-        let feeds: Vec<(String, u64)> = s
-            .catalog
-            .feeds()
-            .into_iter()
-            .map(|(name, n)| (name, n as u64))
-            .collect();
-        gauges(
-            e.encode_descriptor(
-                "raven_feed_instruments",
-                "Instruments each feed owns.",
-                None,
-                MetricType::Gauge,
-            )?,
-            "feed",
-            &feeds,
-        )?;
+        feeds(&mut e, &s.catalog)?;
+        engine(&mut e, &s.engine)?;
 
         gauge(
             &mut e,
@@ -172,6 +152,169 @@ impl Collector for Scrape {
         }
         Ok(())
     }
+}
+
+/// A status kind as a label value.
+fn kind_label(kind: raven_model::StatusKind) -> &'static str {
+    use raven_model::StatusKind::*;
+    match kind {
+        Gap => "gap",
+        Resync => "resync",
+        FeedDown => "feed_down",
+        FeedUp => "feed_up",
+        Stale => "stale",
+        Rejected => "rejected",
+    }
+}
+
+fn feeds(e: &mut DescriptorEncoder<'_>, catalog: &Catalog) -> fmt::Result {
+    let feeds = catalog.feeds();
+    let mut family = e.encode_descriptor(
+        "raven_feed_instruments",
+        "Instruments each feed owns.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (name, n, _) in &feeds {
+        family
+            .encode_family(&[("feed", name.as_str())])?
+            .encode_gauge(&(*n as u64))?;
+    }
+    let mut family = e.encode_descriptor(
+        "raven_feed_instruments_down",
+        "Instruments of each feed whose connection is down.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (name, _, stats) in &feeds {
+        family
+            .encode_family(&[("feed", name.as_str())])?
+            .encode_gauge(&(stats.instruments_down() as u64))?;
+    }
+    let mut family = e.encode_descriptor(
+        "raven_feed_events",
+        "Events each feed sent the engine.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (name, _, stats) in &feeds {
+        family
+            .encode_family(&[("feed", name.as_str())])?
+            .encode_counter::<NoLabelSet, _, u64>(&stats.events.load(Ordering::Relaxed), None)?;
+    }
+    let mut family = e.encode_descriptor(
+        "raven_feed_statuses",
+        "Status events each feed sent, by kind (gap, resync, feed_down, feed_up, stale, rejected).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (name, _, stats) in &feeds {
+        for kind in STATUS_KINDS {
+            family
+                .encode_family(&[("feed", name.as_str()), ("kind", kind_label(kind))])?
+                .encode_counter::<NoLabelSet, _, u64>(&stats.statuses(kind), None)?;
+        }
+    }
+    let mut family = e.encode_descriptor(
+        "raven_feed_missed",
+        "Venue ids (or events) each feed's gaps reported missed.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (name, _, stats) in &feeds {
+        family
+            .encode_family(&[("feed", name.as_str())])?
+            .encode_counter::<NoLabelSet, _, u64>(&stats.missed.load(Ordering::Relaxed), None)?;
+    }
+    let mut family = e.encode_descriptor(
+        "raven_feed_last_event_timestamp_seconds",
+        "When each feed last sent the engine anything (0: never).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (name, _, stats) in &feeds {
+        family
+            .encode_family(&[("feed", name.as_str())])?
+            .encode_gauge(&(stats.last_event_ns.load(Ordering::Relaxed) as f64 / 1e9))?;
+    }
+    Ok(())
+}
+
+fn engine(e: &mut DescriptorEncoder<'_>, engine: &EngineStats) -> fmt::Result {
+    let shards = engine.shards();
+    let names: Vec<String> = (0..shards.len()).map(|n| n.to_string()).collect();
+    type Read = fn(&crate::engine::stats::ShardStats) -> u64;
+    let counters: [(&str, &str, Read, f64); 4] = [
+        (
+            "raven_engine_events",
+            "Feed events each shard applied.",
+            |s| s.events.get(),
+            1.0,
+        ),
+        (
+            "raven_engine_batches",
+            "Input batches each shard processed.",
+            |s| s.batches.get(),
+            1.0,
+        ),
+        (
+            "raven_engine_busy_seconds",
+            "Time each shard spent processing input.",
+            |s| s.busy_ns.get(),
+            1e-9,
+        ),
+        (
+            "raven_engine_recorder_wait_seconds",
+            "Time each shard waited for the recorder's full tap.",
+            |s| s.tap_wait_ns.get(),
+            1e-9,
+        ),
+    ];
+    for (metric, help, read, scale) in counters {
+        let mut family = e.encode_descriptor(metric, help, None, MetricType::Counter)?;
+        for (name, stats) in names.iter().zip(shards) {
+            let labels = [("shard", name.as_str())];
+            let mut one = family.encode_family(&labels)?;
+            if scale == 1.0 {
+                one.encode_counter::<NoLabelSet, _, u64>(&read(stats), None)?;
+            } else {
+                one.encode_counter::<NoLabelSet, _, u64>(&(read(stats) as f64 * scale), None)?;
+            }
+        }
+    }
+    let mut family = e.encode_descriptor(
+        "raven_engine_input_queue_batches",
+        "Feed batches waiting for each shard.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (n, name) in names.iter().enumerate() {
+        family
+            .encode_family(&[("shard", name.as_str())])?
+            .encode_gauge(&(engine.queued(n) as u64))?;
+    }
+    // Merged over the shards: one series, whatever their number.
+    let mut buckets = [0u64; LATENCY_BOUNDS_NS.len() + 1];
+    let mut sum_ns = 0u64;
+    for stats in shards {
+        for (total, n) in buckets.iter_mut().zip(stats.latency_buckets()) {
+            *total += n;
+        }
+        sum_ns += stats.latency_sum_ns.get();
+    }
+    let bounds: Vec<(f64, u64)> = LATENCY_BOUNDS_NS
+        .iter()
+        .map(|&ns| ns as f64 / 1e9)
+        .chain([f64::MAX])
+        .zip(buckets)
+        .collect();
+    e.encode_descriptor(
+        "raven_engine_receive_to_publish_seconds",
+        "Time from a feed receiving an event to the engine publishing it.",
+        None,
+        MetricType::Histogram,
+    )?
+    .encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, buckets.iter().sum(), &bounds, None)
 }
 
 fn recorder(e: &mut DescriptorEncoder<'_>, r: &RecorderStats) -> fmt::Result {

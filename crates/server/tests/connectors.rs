@@ -4,6 +4,7 @@
 //! equal to the venue's truth at its update id, and asserts what the venue saw.
 
 mod common;
+mod scrape;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -437,6 +438,25 @@ async fn a_dropped_diff_resyncs_only_its_instrument() {
         mock.stats().depth_requests,
         3,
         "one snapshot more, for BTCUSDT only"
+    );
+    // The feed's counters say the same as its status events.
+    let metrics = scrape::scrape(&server).await;
+    let count = |kind: StatusKind| statuses.iter().filter(|s| s.1 == kind).count() as f64;
+    assert_eq!(
+        metrics[r#"raven_feed_statuses{feed="binance",kind="gap"}"#],
+        1.0
+    );
+    assert_eq!(
+        metrics[r#"raven_feed_statuses{feed="binance",kind="resync"}"#],
+        count(StatusKind::Resync)
+    );
+    assert_eq!(
+        metrics[r#"raven_feed_missed{feed="binance"}"#],
+        gaps[0].2 as f64
+    );
+    assert_eq!(
+        metrics[r#"raven_feed_instruments_down{feed="binance"}"#],
+        0.0
     );
     server.shutdown().await.unwrap();
 }

@@ -31,7 +31,7 @@ struct Harness {
 fn start(registry: &InstrumentRegistry, shards: usize) -> Harness {
     let (tap_tx, tap) = bounded(1024);
     let catalog = Catalog::new(registry.clone());
-    let (feed, resync) = catalog.add_feed("test");
+    let (feed, resync, _) = catalog.add_feed("test");
     for (_, name) in registry.all() {
         let tick_size = Price::ZERO;
         catalog.add(InstrumentInfo { name, tick_size }, feed);

@@ -4,72 +4,19 @@
 //! has the per-subscriber detail.
 
 mod common;
+mod scrape;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use openmetrics_parser::OpenMetricsValue;
-use openmetrics_parser::openmetrics::parse_openmetrics;
 use raven_proto::pb::{
     self, ingest_client::IngestClient, market_client::MarketClient, stream_request::Request as Req,
 };
 use raven_server::app::RunningServer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use scrape::{get, scrape};
+use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// `GET path` over HTTP/1.1: the status and the body.
-async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: raven\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut raw = Vec::new();
-    tcp.read_to_end(&mut raw).await?;
-    let text = String::from_utf8(raw).expect("UTF-8 answer");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .expect("a status")
-        .parse()
-        .unwrap();
-    Ok((status, body.to_owned()))
-}
-
-/// `/metrics` as Prometheus reads it: every sample as `name` or `name{k="v",…}` → value
-/// (counters under their family name, without `_total`).
-async fn scrape(server: &RunningServer) -> BTreeMap<String, f64> {
-    let (status, body) = get(server.http_addr().expect("HTTP on"), "/metrics")
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let exposition = parse_openmetrics(&body).unwrap_or_else(|e| panic!("{e:?} in\n{body}"));
-    let mut samples = BTreeMap::new();
-    for (name, family) in &exposition.families {
-        for sample in family.iter_samples() {
-            let labels: Vec<String> = sample
-                .get_labelset()
-                .map(|set| set.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect())
-                .unwrap_or_default();
-            let key = if labels.is_empty() {
-                name.clone()
-            } else {
-                format!("{name}{{{}}}", labels.join(","))
-            };
-            let value = match &sample.value {
-                OpenMetricsValue::Counter(c) => c.value.as_f64(),
-                OpenMetricsValue::Gauge(g) => g.as_f64(),
-                OpenMetricsValue::Info => 1.0,
-                other => panic!("{key}: unexpected {other:?}"),
-            };
-            samples.insert(key, value);
-        }
-    }
-    samples
-}
 
 /// Scrapes until `done` holds (the recorder commits every 5 ms).
 async fn scrape_until(
@@ -204,6 +151,26 @@ async fn metrics_count_known_traffic_exactly() {
         assert_eq!(after[zero], 0.0, "{zero}");
     }
     assert_eq!(after["raven_store_up"], 1.0);
+    // The feed sent 251 events, the engine applied them, each with a receive time.
+    assert_eq!(after["raven_feed_events{feed=\"Publisher\"}"], 251.0);
+    for kind in ["gap", "resync", "feed_down", "feed_up", "stale", "rejected"] {
+        let key = format!("raven_feed_statuses{{feed=\"Publisher\",kind=\"{kind}\"}}");
+        assert_eq!(after[&key], 0.0, "{key}");
+    }
+    assert!(after["raven_feed_last_event_timestamp_seconds{feed=\"Publisher\"}"] > 1.7e9);
+    assert_eq!(
+        after["raven_feed_instruments_down{feed=\"Publisher\"}"],
+        0.0
+    );
+    assert_eq!(after["raven_engine_events{shard=\"0\"}"], 251.0);
+    assert_eq!(after["raven_engine_batches{shard=\"0\"}"], 2.0);
+    assert!(after["raven_engine_busy_seconds{shard=\"0\"}"] > 0.0);
+    assert_eq!(after["raven_engine_input_queue_batches{shard=\"0\"}"], 0.0);
+    assert_eq!(after["raven_engine_receive_to_publish_seconds"], 251.0);
+    assert_eq!(
+        after["raven_engine_receive_to_publish_seconds_bucket{le=\"inf\"}"],
+        251.0
+    );
     // Two publishers and one subscriber, each on a connection of its own.
     assert_eq!(after["raven_connections_accepted"], 3.0);
     assert!(after["process_open_fds"] > 0.0);
@@ -315,11 +282,12 @@ async fn stats_give_the_per_subscriber_detail() {
     };
     assert_eq!(stats["version"], "0.1.0");
     assert_eq!(stats["ready"], true);
-    assert_eq!(stats["engine"]["shards"], 1);
-    assert_eq!(
-        stats["feeds"],
-        serde_json::json!([{"name": "Publisher", "instruments": 1}])
-    );
+    let shards = stats["engine"]["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 1);
+    assert_eq!(shards[0]["events"], 3);
+    assert_eq!(stats["feeds"][0]["events"], 3);
+    assert_eq!(stats["feeds"][0]["name"], "Publisher");
+    assert_eq!(stats["feeds"][0]["instruments"], 1);
     let streams = stats["subscribers"]["streams"].as_array().unwrap();
     assert_eq!(streams.len(), 1);
     assert_eq!(streams[0]["queued_events"], 0);

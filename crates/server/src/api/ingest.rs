@@ -19,7 +19,7 @@ use raven_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::clock::Clock;
-use crate::engine::EngineInput;
+use crate::feed::FeedInput;
 use crate::feed::{Catalog, Feed, FeedContext, FeedHandle, FeedId, InstrumentInfo};
 use crate::shutdown::{self, Shutdown};
 
@@ -43,7 +43,7 @@ pub struct IngestApi {
 struct Publisher {
     id: FeedId,
     catalog: Catalog,
-    input: EngineInput,
+    input: FeedInput,
     clock: Arc<dyn Clock>,
     resync: Receiver<InstrumentId>,
     /// Ends open publish streams when the feed is stopped.

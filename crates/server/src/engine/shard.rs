@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use crossbeam_channel::TrySendError;
 use raven_book::top::{self, TopWriter};
 use raven_book::{BookError, OrderBook};
 use raven_model::{
@@ -16,6 +17,7 @@ use raven_model::{
 
 use super::candles::Candles;
 use super::derive::{Output, Scratch, Times};
+use super::stats::ShardStats;
 use super::subscribers::{Subscribers, initial_state, snapshot_end, snapshot_event};
 use super::{Command, ShardContext, TapBuffer};
 
@@ -56,6 +58,7 @@ pub struct Shard {
     tapped: TapBuffer,
     now: UnixNanos,
     scratch: Scratch,
+    stats: Arc<ShardStats>,
 }
 
 /// The state of instrument `id`, created on first use. A free function over the table
@@ -103,17 +106,27 @@ impl Shard {
             tapped: TapBuffer::default(),
             now: UnixNanos::ZERO,
             scratch: Scratch::default(),
+            stats: Arc::default(),
         }
+    }
+
+    /// Its counters, which only this shard writes.
+    pub fn stats(&self) -> Arc<ShardStats> {
+        self.stats.clone()
     }
 
     /// Applies one input batch and publishes its output. The batch is consumed: deltas
     /// and trades move into the events they produce instead of being copied.
     pub fn process(&mut self, batch: Vec<FeedEvent>) {
+        let started = std::time::Instant::now();
+        let events = batch.len();
         self.tick();
         for event in batch {
             self.apply(event);
         }
         self.flush();
+        self.stats
+            .batch(events, started.elapsed().as_nanos() as u64);
     }
 
     /// Reads the clock for the next publish stamp. Stamps never go backwards, even when
@@ -136,6 +149,9 @@ impl Shard {
         if !inst.dirty {
             inst.dirty = true;
             self.dirty.push(inst.id);
+        }
+        if fe.receive_time.0 > 0 {
+            self.stats.latency(fe.receive_time.0, now.0);
         }
         let times = Times {
             exchange: fe.exchange_time,
@@ -221,7 +237,11 @@ impl Shard {
             let batch = Arc::new(batch);
             for tap in &self.ctx.taps {
                 // Blocking: taps are lossless, a slow one slows the engine (and the feed).
-                let _ = tap.send(batch.clone());
+                if let Err(TrySendError::Full(batch)) = tap.try_send(batch.clone()) {
+                    let waited = std::time::Instant::now();
+                    let _ = tap.send(batch);
+                    self.stats.tap_wait(waited.elapsed().as_nanos() as u64);
+                }
             }
         }
     }

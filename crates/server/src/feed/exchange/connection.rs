@@ -22,7 +22,7 @@ use super::pacing::{Backoff, Jitter, Window};
 use super::rest::Job;
 use super::transport::{self, Stream};
 use crate::clock::Clock;
-use crate::engine::EngineInput;
+use crate::feed::FeedInput;
 
 /// What a venue's codec does for a connection. It owns its instruments' sync state, so
 /// each book has one writer.
@@ -199,7 +199,7 @@ pub struct Link {
     /// Timing.
     pub timing: Timing,
     /// The engine.
-    pub input: EngineInput,
+    pub input: FeedInput,
     /// Receive times.
     pub clock: Arc<dyn Clock>,
     /// Snapshot requests.
