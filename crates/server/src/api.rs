@@ -3,8 +3,10 @@
 //! wired up in [`crate::app`], over the listener's [`connections`] (handshake and idle
 //! limits, cut at a drain's deadline). Requests are validated in one place (`request`)
 //! and refused with precise status codes before anything reaches the engine or the
-//! store; what the read side answers becomes a status here too, once.
+//! store; what the read side answers becomes a status here too, once. Every finished
+//! call is counted by method and status code ([`calls`]).
 
+pub mod calls;
 pub mod connections;
 pub mod history;
 pub mod ingest;

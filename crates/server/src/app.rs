@@ -28,6 +28,7 @@ use raven_proto::market_server::MarketServer;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
+use crate::api::calls::CallStats;
 use crate::api::connections::{Connections, TrackRequests};
 use crate::api::history::HistoryApi;
 use crate::api::ingest::{self, IngestApi};
@@ -206,6 +207,7 @@ pub async fn start(
     let (trigger, shutdown) = shutdown::channel();
     let ingest = IngestServer::new(ingest).max_decoding_message_size(MAX_PUBLISH_REQUEST_BYTES);
     let connections = Connections::new(config.connections);
+    let calls = Arc::new(CallStats::default());
     let mut service = MarketService::new(
         catalog.clone(),
         engine.commands(),
@@ -230,6 +232,7 @@ pub async fn start(
         fanout: fanout.clone(),
         recorder: recorder.as_ref().map(Recorder::stats),
         connections: connections.clone(),
+        calls: calls.clone(),
         catalog: catalog.clone(),
         engine: engine.stats(),
         started,
@@ -254,7 +257,7 @@ pub async fn start(
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
-        .layer(TrackRequests)
+        .layer(TrackRequests::new(calls.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

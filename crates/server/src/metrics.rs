@@ -19,6 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use raven_model::UnixNanos;
 
+use crate::api::calls::CallStats;
 use crate::api::connections::Connections;
 use crate::engine::stats::{EngineStats, LATENCY_BOUNDS_NS};
 use crate::fanout::Fanout;
@@ -37,6 +38,8 @@ pub struct Sources {
     pub recorder: Option<Arc<RecorderStats>>,
     /// The gRPC listener's connections.
     pub connections: Arc<Connections>,
+    /// Finished gRPC calls.
+    pub calls: Arc<CallStats>,
     /// Feeds, their instruments and counters.
     pub catalog: Catalog,
     /// The engine's shards.
@@ -146,6 +149,23 @@ impl Collector for Scrape {
             "gRPC connections the server closed (limits and drains).",
             s.connections.closed_by_server(),
         )?;
+
+        // Only the (method, code) pairs that happened; none at all before the first call
+        // (a family without samples trips some parsers).
+        let calls = s.calls.counts();
+        if !calls.is_empty() {
+            let mut family = e.encode_descriptor(
+                "raven_grpc_calls",
+                "Finished gRPC calls by method and status code (CANCELLED: the body went before its status).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (method, code, n) in calls {
+                family
+                    .encode_family(&[("method", method), ("code", code)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
 
         if let Some(r) = &s.recorder {
             recorder(&mut e, r)?;

@@ -177,10 +177,39 @@ async fn metrics_count_known_traffic_exactly() {
     assert!(after["process_resident_memory_bytes"] > 0.0);
     assert!(after["process_start_time_seconds"] > 1.7e9);
 
-    // The subscriber leaves: the gauge follows.
+    // A refused request is counted by method and code, as are the publishes.
+    let refused = market
+        .get_snapshot(pb::GetSnapshotRequest {
+            instrument: "TEST:NOPE".into(),
+            depth: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    let calls = scrape(&server).await;
+    let call = |method: &str, code: &str| {
+        let key = format!("raven_grpc_calls{{code=\"{code}\",method=\"raven.v1.{method}\"}}");
+        calls.get(&key).copied().unwrap_or(0.0)
+    };
+    assert_eq!(call("Market/GetSnapshot", "NOT_FOUND"), 1.0);
+    assert_eq!(call("Ingest/Publish", "OK"), 2.0);
+    assert_eq!(
+        call("Market/Stream", "OK") + call("Market/Stream", "CANCELLED"),
+        0.0
+    );
+
+    // The subscriber leaves: the gauge follows, and its call is counted.
     drop(stream);
     drop(tx);
-    scrape_until(&server, |m| m["raven_subscribers"] == 0.0).await;
+    let gone = scrape_until(&server, |m| m["raven_subscribers"] == 0.0).await;
+    let streams: f64 = gone
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("raven_grpc_calls{") && k.ends_with(",method=\"raven.v1.Market/Stream\"}")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(streams, 1.0, "{gone:#?}");
     server.shutdown().await.unwrap();
 }
 

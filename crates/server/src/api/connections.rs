@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::Connected;
 
+use super::calls::{self, CallStats};
 use crate::shutdown::Shutdown;
 
 /// The HTTP/2 client preface and one frame header: what a client that has begun its
@@ -380,15 +381,28 @@ impl Drop for InFlight {
     }
 }
 
-/// The tower layer that counts each connection's requests in flight.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TrackRequests;
+/// The tower layer that counts each connection's requests in flight, and every finished
+/// call by method and status code.
+#[derive(Debug, Clone, Default)]
+pub struct TrackRequests {
+    calls: Arc<CallStats>,
+}
+
+impl TrackRequests {
+    /// Counting finished calls into `calls`.
+    pub fn new(calls: Arc<CallStats>) -> TrackRequests {
+        TrackRequests { calls }
+    }
+}
 
 impl<S> tower_layer::Layer<S> for TrackRequests {
     type Service = Tracked<S>;
 
     fn layer(&self, inner: S) -> Tracked<S> {
-        Tracked { inner }
+        Tracked {
+            inner,
+            calls: self.calls.clone(),
+        }
     }
 }
 
@@ -396,6 +410,7 @@ impl<S> tower_layer::Layer<S> for TrackRequests {
 #[derive(Debug, Clone)]
 pub struct Tracked<S> {
     inner: S,
+    calls: Arc<CallStats>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -418,21 +433,48 @@ where
             .extensions()
             .get::<ConnInfo>()
             .map(|info| InFlight::new(info.conn.clone()));
+        let method = calls::method_of(request.uri().path());
+        let stats = self.calls.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
+            // A trailers-only answer (a refusal) has its status in the headers.
+            let call = match calls::code_in(response.headers()) {
+                Some(code) => {
+                    stats.finished(method, code);
+                    None
+                }
+                None => Some(Call { stats, method }),
+            };
             Ok(response.map(|body| TrackedBody {
                 body: Box::pin(body),
                 _in_flight: in_flight,
+                call,
             }))
         })
     }
 }
 
-/// A response body that keeps its request counted until it is dropped.
+/// A call whose status is still to come, in its body's trailers.
+struct Call {
+    stats: Arc<CallStats>,
+    method: usize,
+}
+
+/// A response body that keeps its request counted until it is dropped, and counts its
+/// call when the status goes by.
 pub struct TrackedBody<B> {
     body: Pin<Box<B>>,
     _in_flight: Option<InFlight>,
+    call: Option<Call>,
+}
+
+impl<B> Drop for TrackedBody<B> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.stats.cancelled(call.method);
+        }
+    }
 }
 
 impl<B: http_body::Body<Data = Bytes>> http_body::Body for TrackedBody<B> {
@@ -443,7 +485,14 @@ impl<B: http_body::Body<Data = Bytes>> http_body::Body for TrackedBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.body.as_mut().poll_frame(cx)
+        let polled = self.body.as_mut().poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(code) = frame.trailers_ref().and_then(calls::code_in)
+            && let Some(call) = self.call.take()
+        {
+            call.stats.finished(call.method, code);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -31,7 +31,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)>
 }
 
 /// `/metrics` as Prometheus reads it: every sample as `name` or `name{k="v",…}` → value
-/// (counters under their family name, without `_total`).
+/// (counters under their family name, without `_total`; labels in name order).
 pub async fn scrape(server: &RunningServer) -> BTreeMap<String, f64> {
     let (status, body) = get(server.http_addr().expect("HTTP on"), "/metrics")
         .await
