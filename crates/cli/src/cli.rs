@@ -1,5 +1,6 @@
-//! The `raven` command line: `serve` runs the server; `subscribe`, `snapshot` and
-//! `instruments` are gRPC clients; `bench` load-tests a server. Human output by default,
+//! The `raven` command line: `serve` runs the server; `subscribe`, `snapshot`,
+//! `instruments`, the history commands and `health` are gRPC clients; `config` checks and
+//! shows configuration files; `bench` load-tests a server. Human output by default,
 //! `--json` for one JSON object per line with prices as exact decimal strings.
 
 mod client;
@@ -42,6 +43,35 @@ enum Command {
     Replay(ReplayArgs),
     /// Load-test a server: N streaming clients, events published through the ingest API.
     Bench(BenchArgs),
+    /// Check a configuration file, or print the configuration a server would run.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Ask a server whether it serves (gRPC health): exit 0 if it does, 1 if not.
+    Health(HealthArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE: exit 0, or 1 naming the field and the value at fault.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Print the configuration with every default written out (password hidden).
+    Show {
+        /// The TOML file; the built-in defaults without it.
+        #[arg(long, env = "RAVEN_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    /// The service asked about; "" asks about the server as a whole.
+    #[arg(long, default_value = "raven.v1.Market")]
+    service: String,
+    #[command(flatten)]
+    server: ServerArg,
 }
 
 /// How `history` writes events.
@@ -310,6 +340,22 @@ pub fn run() -> anyhow::Result<()> {
         Command::BookAt(args) => runtime.block_on(history::book_at(args)),
         Command::Replay(args) => runtime.block_on(history::replay(args)),
         Command::Bench(args) => runtime.block_on(bench(args)),
+        Command::Config(ConfigCommand::Check { file }) => {
+            FileConfig::load(&file)?.resolve()?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Show { config }) => {
+            let file = match config {
+                Some(path) => FileConfig::load(&path)?,
+                None => FileConfig::default(),
+            };
+            let shown = file.to_toml();
+            file.resolve()?;
+            print!("{shown}");
+            Ok(())
+        }
+        Command::Health(args) => runtime.block_on(client::health(args)),
     }
 }
 

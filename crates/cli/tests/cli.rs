@@ -199,8 +199,79 @@ fn serve_subscribe_snapshot_instruments_as_a_user_would() {
         "{answer}"
     );
 
+    // `raven health` for scripts and container health checks.
+    let healthy = raven(&["health"], &server.url());
+    assert_eq!(healthy.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(healthy.stdout).unwrap(),
+        "raven.v1.Market: SERVING\n"
+    );
+    let nobody = raven(&["health"], "http://127.0.0.1:1");
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(
+        String::from_utf8(nobody.stderr)
+            .unwrap()
+            .starts_with("error: cannot connect to http://127.0.0.1:1")
+    );
+
     // SIGTERM: a clean exit.
     assert!(server.terminate().success());
+}
+
+#[test]
+fn config_check_and_show_as_an_operator_would() {
+    let dir = scratch_dir();
+    let file = dir.join("raven.toml");
+    std::fs::write(
+        &file,
+        "[store]\nurl = \"postgres://raven:s3cret@127.0.0.1:5432/md\"\n[sim]\nrate = 500\n",
+    )
+    .unwrap();
+    let checked = Command::new(RAVEN)
+        .args(["config", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(checked.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(checked.stdout).unwrap(),
+        format!("{}: ok\n", file.display())
+    );
+
+    // Every default written out, the password hidden; what is shown checks as valid.
+    let shown = Command::new(RAVEN)
+        .args(["config", "show", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(shown.status.code(), Some(0));
+    let text = String::from_utf8(shown.stdout).unwrap();
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(
+        text.contains("url = \"postgres://raven:***@127.0.0.1:5432/md\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("rate = 500") && text.contains("listen = \"127.0.0.1:50052\""),
+        "{text}"
+    );
+    let again = dir.join("shown.toml");
+    std::fs::write(&again, &text).unwrap();
+    let rechecked = Command::new(RAVEN)
+        .args(["config", "check", again.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(rechecked.status.code(), Some(0));
+
+    // A bad value: exit 1, the field and the value named.
+    std::fs::write(&file, "[http]\nlisten = \"everywhere\"\n").unwrap();
+    let bad = Command::new(RAVEN)
+        .args(["config", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(bad.stderr).unwrap(),
+        "error: invalid config value http.listen = everywhere: expected IP:PORT, e.g. 127.0.0.1:50052, or \"off\"\n"
+    );
 }
 
 #[test]

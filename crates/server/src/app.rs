@@ -359,6 +359,9 @@ impl RunningServer {
         self.health
             .set_not_serving::<HistoryServer<HistoryApi>>()
             .await;
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         self.fanout
             .close_all(Closed::Refused(tonic::Status::unavailable(
                 "server shutting down",

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::connections::ConnectionLimits;
 use crate::fanout::{FanoutConfig, LagPolicy};
@@ -49,7 +49,7 @@ pub enum ConfigError {
 }
 
 /// The config file as written. Every field is optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     /// `[server]`: the gRPC listener.
@@ -69,7 +69,7 @@ pub struct FileConfig {
 }
 
 /// `[store]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     /// Where events are recorded: `sqlite:PATH`, `postgres://USER@HOST:PORT/DB`, or `off`.
@@ -140,7 +140,7 @@ pub struct StoreConfig {
 }
 
 /// `[server]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Address for gRPC. Default `127.0.0.1:50051` (loopback only).
@@ -185,7 +185,7 @@ impl Default for ServerSection {
 }
 
 /// `[http]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
     /// Address for HTTP: `/metrics` (OpenMetrics), `/healthz`, `/readyz` and
@@ -202,7 +202,7 @@ impl Default for HttpSection {
 }
 
 /// `[sim]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimSection {
     /// Run the simulator. Default: on, unless `[[feeds]]` are configured.
@@ -227,7 +227,7 @@ impl Default for SimSection {
 }
 
 /// `[engine]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
     /// Worker threads; instruments are spread over them, one writer per instrument.
@@ -242,7 +242,7 @@ impl Default for EngineSection {
 }
 
 /// `[fanout]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FanoutSection {
     /// Events a subscriber may have queued before its overflow policy applies. Default
@@ -308,6 +308,14 @@ pub struct Config {
     pub store: Option<StoreConfig>,
 }
 
+/// The password in `scheme://user:password@host…`, if there is one.
+fn url_password(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let userinfo = &rest[..rest.find('@')?];
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then_some(password)
+}
+
 impl Default for Config {
     fn default() -> Self {
         FileConfig::default()
@@ -327,6 +335,17 @@ impl FileConfig {
             path: path.display().to_string(),
             source,
         })
+    }
+
+    /// The file as TOML with every default written out (what `resolve` runs on), the
+    /// password of a store URL hidden.
+    pub fn to_toml(&self) -> String {
+        let mut text = toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"));
+        if let Some(password) = url_password(&self.store.url) {
+            text = text.replace(&format!(":{password}@"), ":***@");
+        }
+        text
     }
 
     /// Validates every field and resolves the configuration.
@@ -682,6 +701,32 @@ mod tests {
         assert_eq!(
             err,
             "invalid config value sim.rate = 0: must be between 1 and 10000000 events/s"
+        );
+    }
+
+    #[test]
+    fn the_file_shown_reads_back_to_the_same_configuration_without_the_password() {
+        let f: FileConfig = toml::from_str(
+            "[store]\nurl = \"postgres://raven:s3cret@db:5432/md\"\n[[feeds]]\nvenue = \"kraken\"\nsymbols = [\"BTC/USD\"]\n",
+        )
+        .unwrap();
+        let shown = f.to_toml();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("url = \"postgres://raven:***@db:5432/md\""),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("[[feeds]]") && shown.contains("drain_secs = 5"),
+            "{shown}"
+        );
+        let again: FileConfig = toml::from_str(&shown).unwrap();
+        assert_eq!(again.to_toml(), shown);
+        let plain = FileConfig::default().to_toml();
+        let back: FileConfig = toml::from_str(&plain).unwrap();
+        assert_eq!(
+            format!("{:?}", back.resolve().unwrap()),
+            format!("{:?}", Config::default())
         );
     }
 

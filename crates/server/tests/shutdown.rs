@@ -165,6 +165,18 @@ async fn shutdown_ends_with_half_open_idle_publishing_and_watching_clients_attac
         first.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    // And the server as a whole ("", what `raven health --service ""` asks).
+    let mut whole = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        whole.message().await.unwrap().unwrap().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     // A subscriber.
     let (_requests, mut stream) = live::subscribe(addr, pb::Channel::Book).await;
@@ -209,6 +221,10 @@ async fn shutdown_ends_with_half_open_idle_publishing_and_watching_clients_attac
     let going = watch.message().await.unwrap().unwrap();
     assert_eq!(
         going.status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    assert_eq!(
+        whole.message().await.unwrap().unwrap().status,
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
     );
     tokio::time::timeout(Duration::from_secs(5), closed_by_server(&mut half_open))

@@ -9,7 +9,7 @@ use raven_proto::pb::{self, market_client::MarketClient, stream_request::Request
 use tonic::transport::{Channel, Endpoint};
 
 use super::render::{Printed, Printer, print_instruments, print_snapshot};
-use super::{InstrumentsArgs, SnapshotArgs, SubscribeArgs};
+use super::{HealthArgs, InstrumentsArgs, SnapshotArgs, SubscribeArgs};
 
 async fn connect(url: &str) -> anyhow::Result<MarketClient<Channel>> {
     // Batches are capped well below this by the server; snapshots of deep books need room.
@@ -149,4 +149,35 @@ pub(super) async fn instruments(args: InstrumentsArgs) -> anyhow::Result<()> {
         &list,
         args.json,
     ))
+}
+
+/// `raven health`: the gRPC health check of `args.service`; an error (exit 1) unless it
+/// is `SERVING`, within 5 s.
+pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let check = async {
+        let mut client =
+            tonic_health::pb::health_client::HealthClient::new(channel(&args.server.server).await?);
+        let response = client
+            .check(HealthCheckRequest {
+                service: args.service.clone(),
+            })
+            .await
+            .map_err(status_error)?;
+        anyhow::Ok(response.into_inner().status())
+    };
+    let status = tokio::time::timeout(Duration::from_secs(5), check)
+        .await
+        .map_err(|_| anyhow!("no health answer from {} within 5 s", args.server.server))??;
+    let name = if args.service.is_empty() {
+        "the server"
+    } else {
+        &args.service
+    };
+    if status == ServingStatus::Serving {
+        println!("{name}: SERVING");
+        Ok(())
+    } else {
+        Err(anyhow!("{name}: {}", status.as_str_name()))
+    }
 }

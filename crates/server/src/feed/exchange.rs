@@ -113,7 +113,7 @@ impl Venue {
 }
 
 /// One `[[feeds]]` table as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedSection {
     /// `binance`, `binance-usdm`, `coinbase` or `kraken`.
