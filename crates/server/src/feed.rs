@@ -66,6 +66,12 @@ pub struct FeedStats {
     pub missed: AtomicU64,
     /// When the last batch was sent, ns since the epoch (the engine's clock).
     pub last_event_ns: AtomicU64,
+    /// Connections to the venue opened (exchange feeds), rotations included.
+    pub connects: AtomicU64,
+    /// Keys of venue messages the decoders did not know, skipped (exchange feeds).
+    pub unknown_fields: AtomicU64,
+    /// Venue messages not handled: unknown types, symbols not subscribed (exchange feeds).
+    pub unhandled: AtomicU64,
     /// Instruments whose last connection status was `FeedDown`.
     down: Mutex<HashSet<InstrumentId>>,
 }
@@ -142,6 +148,11 @@ impl FeedInput {
             stats,
             clock,
         }
+    }
+
+    /// The feed's counters.
+    pub fn stats(&self) -> &FeedStats {
+        &self.stats
     }
 
     /// Sends a batch (see [`EngineInput::send`]): blocks while the engine is behind;

@@ -105,6 +105,9 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
                 "rejected": f.statuses(StatusKind::Rejected),
                 "stale": f.statuses(StatusKind::Stale),
                 "last_event_ns": f.last_event_ns.load(Ordering::Relaxed),
+                "connects": f.connects.load(Ordering::Relaxed),
+                "unknown_fields": f.unknown_fields.load(Ordering::Relaxed),
+                "unhandled_messages": f.unhandled.load(Ordering::Relaxed),
             }))
             .collect::<Vec<_>>(),
         "engine": {"shards": s.engine.shards().iter().enumerate()

@@ -246,6 +246,32 @@ fn feeds(e: &mut DescriptorEncoder<'_>, catalog: &Catalog) -> fmt::Result {
             .encode_family(&[("feed", name.as_str())])?
             .encode_counter::<NoLabelSet, _, u64>(&stats.missed.load(Ordering::Relaxed), None)?;
     }
+    type Read = fn(&crate::feed::FeedStats) -> &std::sync::atomic::AtomicU64;
+    let counters: [(&str, &str, Read); 3] = [
+        (
+            "raven_feed_connects",
+            "Connections each exchange feed opened to its venue (rotations included).",
+            |f| &f.connects,
+        ),
+        (
+            "raven_feed_unknown_fields",
+            "Keys of venue messages the decoders did not know, skipped: a rise means the venue changed its messages.",
+            |f| &f.unknown_fields,
+        ),
+        (
+            "raven_feed_unhandled_messages",
+            "Venue messages not handled: unknown types, or symbols not subscribed.",
+            |f| &f.unhandled,
+        ),
+    ];
+    for (metric, help, read) in counters {
+        let mut family = e.encode_descriptor(metric, help, None, MetricType::Counter)?;
+        for (name, _, stats) in &feeds {
+            family
+                .encode_family(&[("feed", name.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&read(stats).load(Ordering::Relaxed), None)?;
+        }
+    }
     let mut family = e.encode_descriptor(
         "raven_feed_last_event_timestamp_seconds",
         "When each feed last sent the engine anything (0: never).",

@@ -404,6 +404,27 @@ async fn binance_books_sync_and_equal_the_venue() {
         "the simulator is off"
     );
 
+    // A message of a symbol never subscribed, with two keys no decoder knows: skipped,
+    // and counted as both.
+    mock.send_raw(Message::text(
+        r#"{"stream":"zzzusdt@aggTrade","data":{"e":"aggTrade","E":1,"s":"ZZZUSDT","a":1,"p":"1.0","q":"1.0","f":1,"l":1,"T":1,"m":true,"M":true,"new1":1,"new2":"x"}}"#,
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = scrape::scrape(&server).await;
+        if metrics[r#"raven_feed_unhandled_messages{feed="binance"}"#] > 0.0 {
+            break metrics;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        metrics[r#"raven_feed_unhandled_messages{feed="binance"}"#],
+        1.0
+    );
+    assert_eq!(metrics[r#"raven_feed_unknown_fields{feed="binance"}"#], 2.0);
+    assert_eq!(metrics[r#"raven_feed_connects{feed="binance"}"#], 1.0);
+
     let stats = mock.stats();
     assert_eq!(stats.violations, Vec::<String>::new());
     assert_eq!(stats.connections, 1);
@@ -1134,6 +1155,15 @@ async fn all_four_venues_at_once() {
         vec![tick; all.len()],
         "{all:?}"
     );
+    // Heartbeats, statuses and acknowledgements are expected messages, and the mock
+    // sends no key the decoders do not know.
+    let metrics = scrape::scrape(&server).await;
+    for feed in ["binance", "binance-usdm", "coinbase", "kraken"] {
+        for counter in ["raven_feed_unhandled_messages", "raven_feed_unknown_fields"] {
+            let key = format!("{counter}{{feed=\"{feed}\"}}");
+            assert_eq!(metrics[&key], 0.0, "{key}");
+        }
+    }
     for ((mock, venue, symbols), w) in venues.iter().zip(&mut watches) {
         assert_eq!(mock.stats().reference_reads, 1, "{venue}");
         assert_eq!(

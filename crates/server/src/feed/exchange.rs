@@ -479,6 +479,7 @@ async fn run(
             rest: rest_tx.clone(),
             attempts: attempts.clone(),
             seed: seed ^ (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ignored: connection::Ignored::default(),
         };
         connections.push(tokio::spawn(connection::run(link, rx, stop.clone(), tx)));
     }

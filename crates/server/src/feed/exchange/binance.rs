@@ -10,7 +10,7 @@ use raven_venues::binance::wire::{self, Frame};
 use raven_venues::binance::{self, MAX_STREAMS_PER_FRAME, Market};
 use raven_venues::tape::TradeTape;
 
-use super::connection::{Session, Signal, tag, undecodable};
+use super::connection::{Ignored, Session, Signal, tag, undecodable};
 
 /// One connection's share of a Binance feed.
 pub struct BinanceSession {
@@ -22,8 +22,7 @@ pub struct BinanceSession {
     rest_url: String,
     depth_limit: u32,
     next_request: u64,
-    unknown_fields: u64,
-    unhandled: u64,
+    ignored: Ignored,
 }
 
 impl BinanceSession {
@@ -56,8 +55,7 @@ impl BinanceSession {
             rest_url,
             depth_limit,
             next_request: 1,
-            unknown_fields: 0,
-            unhandled: 0,
+            ignored: Ignored::default(),
         }
     }
 
@@ -91,27 +89,27 @@ impl Session for BinanceSession {
         let mut actions = Vec::new();
         match wire::decode(text) {
             Ok(Frame::Depth(d)) => {
-                self.unknown_fields += u64::from(d.unknown);
+                self.ignored.unknown_fields += u64::from(d.unknown);
                 let (Some(slot), Some(books)) = (self.slot(d.symbol), self.books.as_mut()) else {
-                    self.unhandled += 1;
+                    self.ignored.unhandled += 1;
                     return Signal::None;
                 };
                 books[slot].on_diff(Diff::from_wire(d, binance::millis), &mut actions);
                 tag(slot, &mut actions, out);
             }
             Ok(Frame::AggTrade(t)) => {
-                self.unknown_fields += u64::from(t.unknown);
+                self.ignored.unknown_fields += u64::from(t.unknown);
                 let (Some(slot), Some(tapes)) = (self.slot(t.symbol), self.tapes.as_mut()) else {
-                    self.unhandled += 1;
+                    self.ignored.unhandled += 1;
                     return Signal::None;
                 };
                 binance::agg_trade(&mut tapes[slot], t, &mut actions);
                 tag(slot, &mut actions, out);
             }
             Ok(Frame::Trade(t)) => {
-                self.unknown_fields += u64::from(t.unknown);
+                self.ignored.unknown_fields += u64::from(t.unknown);
                 let (Some(slot), Some(tapes)) = (self.slot(t.symbol), self.tapes.as_mut()) else {
-                    self.unhandled += 1;
+                    self.ignored.unhandled += 1;
                     return Signal::None;
                 };
                 binance::raw_trade(&mut tapes[slot], t, &mut actions);
@@ -122,7 +120,7 @@ impl Session for BinanceSession {
             Ok(Frame::Error { id, code, msg }) => {
                 tracing::warn!(?id, code, msg, "the venue refused a request");
             }
-            Ok(Frame::Unhandled) => self.unhandled += 1,
+            Ok(Frame::Unhandled) => self.ignored.unhandled += 1,
             Err(e) => {
                 let slots: Vec<usize> = e
                     .symbol()
@@ -196,6 +194,10 @@ impl Session for BinanceSession {
         if let Some(books) = self.books.as_mut() {
             books.iter_mut().for_each(BookSync::disconnect);
         }
+    }
+
+    fn ignored(&self) -> Ignored {
+        self.ignored
     }
 }
 

@@ -11,7 +11,7 @@ use raven_venues::Action;
 use raven_venues::coinbase::wire::{self, Events, Frame};
 use raven_venues::coinbase::{self, Product, SequenceCheck, SequenceSeen};
 
-use super::connection::{Session, Signal, tag, undecodable};
+use super::connection::{Ignored, Session, Signal, tag, undecodable};
 
 /// One connection's share of a Coinbase feed.
 pub struct CoinbaseSession {
@@ -19,6 +19,7 @@ pub struct CoinbaseSession {
     slots: HashMap<String, usize>,
     books: Vec<Product>,
     sequence: SequenceCheck,
+    ignored: Ignored,
 }
 
 impl CoinbaseSession {
@@ -33,6 +34,7 @@ impl CoinbaseSession {
             books: products.iter().map(|_| Product::default()).collect(),
             products,
             sequence: SequenceCheck::default(),
+            ignored: Ignored::default(),
         }
     }
 }
@@ -52,6 +54,7 @@ impl Session for CoinbaseSession {
         let mut actions = Vec::new();
         match wire::decode(text) {
             Ok(Frame::Message {
+                channel,
                 sequence_num,
                 events,
                 ..
@@ -71,7 +74,9 @@ impl Session for CoinbaseSession {
                 match events {
                     Events::L2(events) => {
                         for event in events {
+                            self.ignored.unknown_fields += u64::from(event.unknown);
                             let Some(&slot) = self.slots.get(event.product_id) else {
+                                self.ignored.unhandled += 1;
                                 continue;
                             };
                             self.books[slot].on_l2(event, sequence_num, &mut actions);
@@ -80,8 +85,11 @@ impl Session for CoinbaseSession {
                     }
                     Events::Trades(events) => {
                         for event in &events {
+                            self.ignored.unknown_fields += u64::from(event.unknown);
                             for t in coinbase::in_id_order(&event.trades) {
+                                self.ignored.unknown_fields += u64::from(t.unknown);
                                 let Some(&slot) = self.slots.get(t.product_id) else {
+                                    self.ignored.unhandled += 1;
                                     continue;
                                 };
                                 self.books[slot].on_trade(t, &mut actions);
@@ -89,7 +97,12 @@ impl Session for CoinbaseSession {
                             }
                         }
                     }
-                    Events::Other => {}
+                    // Heartbeats and subscription acknowledgements are expected.
+                    Events::Other => {
+                        if !matches!(channel, "heartbeats" | "subscriptions") {
+                            self.ignored.unhandled += 1;
+                        }
+                    }
                 }
             }
             Ok(Frame::Error { message }) => tracing::warn!(message, "Coinbase reported an error"),
@@ -140,6 +153,10 @@ impl Session for CoinbaseSession {
     fn disconnected(&mut self) {
         self.sequence = SequenceCheck::default();
         self.books.iter_mut().for_each(Product::disconnect);
+    }
+
+    fn ignored(&self) -> Ignored {
+        self.ignored
     }
 }
 

@@ -6,6 +6,7 @@
 //! exponential backoff, never giving up. Every fault is a status event on the affected
 //! instruments; sequence checks run on the venue's ids as frames arrive, before any queue.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +52,19 @@ pub trait Session: Send {
     }
     /// The connection is gone; nothing received so far continues.
     fn disconnected(&mut self);
+    /// What the session has ignored so far, for the feed's metrics.
+    fn ignored(&self) -> Ignored;
+}
+
+/// What a session ignored, counted since it started: keys its decoders do not know
+/// (a rising count means the venue changed its messages) and messages it does not
+/// handle (unknown types, or about symbols it did not subscribe).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ignored {
+    /// Unknown keys skipped.
+    pub unknown_fields: u64,
+    /// Messages skipped.
+    pub unhandled: u64,
 }
 
 /// Tags a slot's actions for [`Session::on_text`]'s output.
@@ -208,6 +222,8 @@ pub struct Link {
     pub attempts: Arc<Mutex<Attempts>>,
     /// Seeds this connection's jitter.
     pub seed: u64,
+    /// What the session had ignored at the last count into the feed's stats.
+    pub ignored: Ignored,
 }
 
 /// Why a connection ended.
@@ -277,6 +293,7 @@ pub async fn run(
             }
         };
         failures = 0;
+        link.input.stats().connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(connection = %link.name, url = %link.url, "connected");
         let detail = if was_up {
             "connection restored"
@@ -335,6 +352,20 @@ fn emit_all(link: &Link, kind: StatusKind, detail: &str) {
         })
         .collect();
     link.input.send(events);
+}
+
+/// Adds to the feed's stats what the session ignored since the last count.
+fn publish_ignored(link: &mut Link) {
+    let now = link.session.ignored();
+    let stats = link.input.stats();
+    stats.unknown_fields.fetch_add(
+        now.unknown_fields - link.ignored.unknown_fields,
+        Ordering::Relaxed,
+    );
+    stats
+        .unhandled
+        .fetch_add(now.unhandled - link.ignored.unhandled, Ordering::Relaxed);
+    link.ignored = now;
 }
 
 /// A live connection and, during a rotation, the one it replaces.
@@ -462,6 +493,7 @@ async fn serve(
             _ = tokio::time::sleep_until(rotate_at), if s.old.is_none() => rotate = true,
             _ = tick.tick() => {
                 received = link.clock.now();
+                publish_ignored(link);
                 let now = Instant::now();
                 for (slot, st) in states.iter_mut().enumerate() {
                     if !st.stale && now.saturating_duration_since(st.last_data) >= link.timing.stale_after {
@@ -501,6 +533,7 @@ async fn serve(
             rotate = false;
             match transport::websocket(&link.url, link.timing.connect_timeout).await {
                 Ok(next) => {
+                    link.input.stats().connects.fetch_add(1, Ordering::Relaxed);
                     let mut previous = std::mem::replace(&mut s.ws, next);
                     if link.session.overlapping_rotation() {
                         tracing::info!(connection = %link.name, "rotating: the new connection is up, the old one closes after the overlap");

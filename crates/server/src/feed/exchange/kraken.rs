@@ -12,7 +12,7 @@ use raven_venues::kraken::wire::{self, Data, Frame};
 use raven_venues::kraken::{self, Book};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::connection::{Session, Signal, tag, undecodable};
+use super::connection::{Ignored, Session, Signal, tag, undecodable};
 
 /// One connection's share of a Kraken feed.
 pub struct KrakenSession {
@@ -21,6 +21,7 @@ pub struct KrakenSession {
     books: Vec<Book>,
     depth: u32,
     next_request: u64,
+    ignored: Ignored,
 }
 
 impl KrakenSession {
@@ -36,6 +37,7 @@ impl KrakenSession {
             symbols,
             depth,
             next_request: 1,
+            ignored: Ignored::default(),
         }
     }
 
@@ -64,7 +66,9 @@ impl Session for KrakenSession {
                 ..
             }) => {
                 for item in items {
+                    self.ignored.unknown_fields += u64::from(item.unknown);
                     let Some(&slot) = self.slots.get(item.symbol) else {
+                        self.ignored.unhandled += 1;
                         continue;
                     };
                     self.books[slot].on_book(kind, item, now, &mut actions);
@@ -76,14 +80,21 @@ impl Session for KrakenSession {
                 ..
             }) => {
                 for t in &trades {
+                    self.ignored.unknown_fields += u64::from(t.unknown);
                     let Some(&slot) = self.slots.get(t.symbol) else {
+                        self.ignored.unhandled += 1;
                         continue;
                     };
                     self.books[slot].on_trade(t, &mut actions);
                     tag(slot, &mut actions, out);
                 }
             }
-            Ok(Frame::Channel { .. }) => {}
+            // Heartbeats and the connection's status are expected; anything else is not.
+            Ok(Frame::Channel { channel, .. }) => {
+                if !matches!(channel, "heartbeat" | "status") {
+                    self.ignored.unhandled += 1;
+                }
+            }
             Ok(Frame::Reply {
                 method,
                 success,
@@ -137,6 +148,10 @@ impl Session for KrakenSession {
 
     fn disconnected(&mut self) {
         self.books.iter_mut().for_each(Book::disconnect);
+    }
+
+    fn ignored(&self) -> Ignored {
+        self.ignored
     }
 }
 
