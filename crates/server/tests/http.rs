@@ -4,14 +4,14 @@
 //! has the per-subscriber detail.
 
 mod common;
+#[path = "common/live.rs"]
+mod live;
 mod scrape;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use raven_proto::pb::{
-    self, ingest_client::IngestClient, market_client::MarketClient, stream_request::Request as Req,
-};
+use raven_proto::pb::{self, ingest_client::IngestClient, market_client::MarketClient};
 use raven_server::app::RunningServer;
 use scrape::{get, scrape};
 use tokio::io::AsyncWriteExt;
@@ -88,25 +88,8 @@ async fn metrics_count_known_traffic_exactly() {
 
     // One subscriber to the trades of an instrument the publisher is about to create.
     publish_trades(&server, 1).await;
-    let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::StreamRequest {
-        request: Some(Req::Subscribe(pb::Subscribe {
-            instruments: vec!["TEST:ABC".into()],
-            channel: pb::Channel::Trades as i32,
-            depth: 0,
-            start: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut stream = market
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) =
+        live::subscribe(server.local_addr(), "TEST:ABC", pb::Channel::Trades).await;
     let during = scrape_until(&server, |m| m["raven_subscribers"] == 1.0).await;
     assert_eq!(during["raven_feed_instruments{feed=\"Publisher\"}"], 1.0);
 
@@ -178,6 +161,9 @@ async fn metrics_count_known_traffic_exactly() {
     assert!(after["process_start_time_seconds"] > 1.7e9);
 
     // A refused request is counted by method and code, as are the publishes.
+    let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
     let refused = market
         .get_snapshot(pb::GetSnapshotRequest {
             instrument: "TEST:NOPE".into(),
@@ -278,25 +264,7 @@ async fn readiness_follows_the_drain_and_health_the_process() {
 async fn stats_give_the_per_subscriber_detail() {
     let server = common::server(quiet).await;
     publish_trades(&server, 3).await;
-    let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::StreamRequest {
-        request: Some(Req::Subscribe(pb::Subscribe {
-            instruments: vec!["TEST:ABC".into()],
-            channel: pb::Channel::Book as i32,
-            depth: 0,
-            start: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let _stream = market
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let _subscriber = live::subscribe(server.local_addr(), "TEST:ABC", pb::Channel::Book).await;
     let http = server.http_addr().unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     let stats = loop {

@@ -76,7 +76,7 @@ async fn idle_connections_are_closed_but_a_subscription_is_never_idle() {
     .await;
     let addr = server.local_addr();
     let idle = idle_h2(addr).await;
-    let (tx, mut stream) = live::subscribe(addr, pb::Channel::Trades).await;
+    let (tx, mut stream) = live::subscribe(addr, "SIM:BTC-USD", pb::Channel::Trades).await;
     tokio::time::timeout(Duration::from_secs(30), idle)
         .await
         .expect("the idle connection was never closed")
@@ -179,7 +179,7 @@ async fn shutdown_ends_with_half_open_idle_publishing_and_watching_clients_attac
     );
 
     // A subscriber.
-    let (_requests, mut stream) = live::subscribe(addr, pb::Channel::Book).await;
+    let (_requests, mut stream) = live::subscribe(addr, "SIM:BTC-USD", pb::Channel::Book).await;
     let mut market = MarketClient::connect(format!("http://{addr}"))
         .await
         .unwrap();

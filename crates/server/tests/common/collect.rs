@@ -11,7 +11,7 @@ pub async fn events_for(
     channel: pb::Channel,
     duration: std::time::Duration,
 ) -> Vec<pb::Event> {
-    let (_requests, mut stream) = crate::live::subscribe(addr, channel).await;
+    let (_requests, mut stream) = crate::live::subscribe(addr, "SIM:BTC-USD", channel).await;
     let mut events = Vec::new();
     let end = tokio::time::Instant::now() + duration;
     while let Ok(message) = tokio::time::timeout_at(end, stream.message()).await {

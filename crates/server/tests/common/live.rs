@@ -6,10 +6,11 @@ use raven_proto::pb::market_client::MarketClient;
 use raven_proto::pb::{self, stream_request::Request as Req};
 use tokio::sync::mpsc::Sender;
 
-/// A stream subscribed to BTC on `channel` from now on, and the sender that keeps its
-/// requests open (dropping it half-closes the stream).
+/// A stream subscribed to `instrument` on `channel` from now on, on a connection of its
+/// own, and the sender that keeps its requests open (dropping it half-closes the stream).
 pub async fn subscribe(
     addr: std::net::SocketAddr,
+    instrument: &str,
     channel: pb::Channel,
 ) -> (
     Sender<pb::StreamRequest>,
@@ -21,7 +22,7 @@ pub async fn subscribe(
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(pb::StreamRequest {
         request: Some(Req::Subscribe(pb::Subscribe {
-            instruments: vec!["SIM:BTC-USD".into()],
+            instruments: vec![instrument.into()],
             channel: channel as i32,
             depth: 0,
             start: 0,
