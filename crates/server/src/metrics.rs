@@ -23,7 +23,7 @@ use crate::api::calls::CallStats;
 use crate::api::connections::Connections;
 use crate::engine::stats::{EngineStats, LATENCY_BOUNDS_NS};
 use crate::fanout::Fanout;
-use crate::feed::{Catalog, STATUS_KINDS};
+use crate::feed::{Catalog, FeedStats, STATUS_KINDS};
 use crate::recorder::RecorderStats;
 
 /// The `Content-Type` of [`Metrics::encode`]'s text.
@@ -189,65 +189,40 @@ fn kind_label(kind: raven_model::StatusKind) -> &'static str {
 
 fn feeds(e: &mut DescriptorEncoder<'_>, catalog: &Catalog) -> fmt::Result {
     let feeds = catalog.feeds();
-    let mut family = e.encode_descriptor(
-        "raven_feed_instruments",
-        "Instruments each feed owns.",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (name, n, _) in &feeds {
-        family
-            .encode_family(&[("feed", name.as_str())])?
-            .encode_gauge(&(*n as u64))?;
-    }
-    let mut family = e.encode_descriptor(
-        "raven_feed_instruments_down",
-        "Instruments of each feed whose connection is down.",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (name, _, stats) in &feeds {
-        family
-            .encode_family(&[("feed", name.as_str())])?
-            .encode_gauge(&(stats.instruments_down() as u64))?;
-    }
-    let mut family = e.encode_descriptor(
-        "raven_feed_events",
-        "Events each feed sent the engine.",
-        None,
-        MetricType::Counter,
-    )?;
-    for (name, _, stats) in &feeds {
-        family
-            .encode_family(&[("feed", name.as_str())])?
-            .encode_counter::<NoLabelSet, _, u64>(&stats.events.load(Ordering::Relaxed), None)?;
-    }
-    let mut family = e.encode_descriptor(
-        "raven_feed_statuses",
-        "Status events each feed sent, by kind (gap, resync, feed_down, feed_up, stale, rejected).",
-        None,
-        MetricType::Counter,
-    )?;
-    for (name, _, stats) in &feeds {
-        for kind in STATUS_KINDS {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    type Gauge = fn(usize, &FeedStats) -> u64;
+    let gauges: [(&str, &str, Gauge); 2] = [
+        (
+            "raven_feed_instruments",
+            "Instruments each feed owns.",
+            |n, _| n as u64,
+        ),
+        (
+            "raven_feed_instruments_down",
+            "Instruments of each feed whose connection is down.",
+            |_, f| f.instruments_down() as u64,
+        ),
+    ];
+    for (metric, help, read) in gauges {
+        let mut family = e.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+        for (name, n, stats) in &feeds {
             family
-                .encode_family(&[("feed", name.as_str()), ("kind", kind_label(kind))])?
-                .encode_counter::<NoLabelSet, _, u64>(&stats.statuses(kind), None)?;
+                .encode_family(&[("feed", name.as_str())])?
+                .encode_gauge(&read(*n, stats))?;
         }
     }
-    let mut family = e.encode_descriptor(
-        "raven_feed_missed",
-        "Venue ids (or events) each feed's gaps reported missed.",
-        None,
-        MetricType::Counter,
-    )?;
-    for (name, _, stats) in &feeds {
-        family
-            .encode_family(&[("feed", name.as_str())])?
-            .encode_counter::<NoLabelSet, _, u64>(&stats.missed.load(Ordering::Relaxed), None)?;
-    }
-    type Read = fn(&crate::feed::FeedStats) -> &std::sync::atomic::AtomicU64;
-    let counters: [(&str, &str, Read); 3] = [
+    type Counter = fn(&FeedStats) -> &std::sync::atomic::AtomicU64;
+    let counters: [(&str, &str, Counter); 5] = [
+        (
+            "raven_feed_events",
+            "Events each feed sent the engine.",
+            |f| &f.events,
+        ),
+        (
+            "raven_feed_missed",
+            "Venue ids (or events) each feed's gaps reported missed.",
+            |f| &f.missed,
+        ),
         (
             "raven_feed_connects",
             "Connections each exchange feed opened to its venue (rotations included).",
@@ -269,7 +244,20 @@ fn feeds(e: &mut DescriptorEncoder<'_>, catalog: &Catalog) -> fmt::Result {
         for (name, _, stats) in &feeds {
             family
                 .encode_family(&[("feed", name.as_str())])?
-                .encode_counter::<NoLabelSet, _, u64>(&read(stats).load(Ordering::Relaxed), None)?;
+                .encode_counter::<NoLabelSet, _, u64>(&load(read(stats)), None)?;
+        }
+    }
+    let mut family = e.encode_descriptor(
+        "raven_feed_statuses",
+        "Status events each feed sent, by kind (gap, resync, feed_down, feed_up, stale, rejected).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (name, _, stats) in &feeds {
+        for kind in STATUS_KINDS {
+            family
+                .encode_family(&[("feed", name.as_str()), ("kind", kind_label(kind))])?
+                .encode_counter::<NoLabelSet, _, u64>(&stats.statuses(kind), None)?;
         }
     }
     let mut family = e.encode_descriptor(
@@ -281,7 +269,7 @@ fn feeds(e: &mut DescriptorEncoder<'_>, catalog: &Catalog) -> fmt::Result {
     for (name, _, stats) in &feeds {
         family
             .encode_family(&[("feed", name.as_str())])?
-            .encode_gauge(&(stats.last_event_ns.load(Ordering::Relaxed) as f64 / 1e9))?;
+            .encode_gauge(&(load(&stats.last_event_ns) as f64 / 1e9))?;
     }
     Ok(())
 }
