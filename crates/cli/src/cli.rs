@@ -5,6 +5,7 @@
 
 mod client;
 mod history;
+mod notify;
 mod render;
 
 use std::net::SocketAddr;
@@ -476,7 +477,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(|http| format!(", HTTP on {http} (/metrics, /healthz, /readyz, /api/v1/stats)"))
             .unwrap_or_default()
     );
+    notify::notify(&format!(
+        "READY=1\nSTATUS=serving gRPC on {}{}",
+        server.local_addr(),
+        server
+            .http_addr()
+            .map(|http| format!(", HTTP on {http}"))
+            .unwrap_or_default()
+    ));
     wait_for_signal().await?;
+    notify::notify("STOPPING=1\nSTATUS=draining");
     tracing::info!(
         drain_secs = config.drain.as_secs(),
         "shutting down; a second signal exits at once"
@@ -500,9 +510,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn wait_for_signal() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
-        _ = term.recv() => {}
+    // SIGHUP would end the process by default; service managers send it to reload
+    // (`systemctl reload`). Nothing reloads yet: it is noted and the server goes on.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.context("cannot listen for Ctrl-C"),
+            _ = term.recv() => return Ok(()),
+            _ = hangup.recv() => tracing::info!("SIGHUP: nothing to reload in this version; serving on"),
+        }
     }
-    Ok(())
 }

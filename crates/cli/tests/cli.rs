@@ -448,8 +448,9 @@ fn history_book_at_and_replay_read_back_what_was_recorded() {
 }
 
 /// Issue 10, finding 5: a second SIGTERM (or Ctrl-C) ends a drain at once. A client
-/// that subscribes with a flow-control window of zero holds the drain open (the server
-/// can never send it the end of its stream); the drain would wait 60 s for it.
+/// that subscribes with a flow-control window of one byte, takes that byte and never
+/// opens the window again holds the drain open (the rest of its snapshot is queued
+/// before the end of its stream, which can never be sent); the drain would wait 60 s.
 #[test]
 fn a_second_signal_exits_at_once() {
     let dir = scratch_dir();
@@ -460,14 +461,19 @@ fn a_second_signal_exits_at_once() {
     let _stuck = runtime.block_on(async {
         let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let (client, connection) = h2::client::Builder::new()
-            .initial_window_size(0)
+            .initial_window_size(1)
             .handshake::<_, bytes::Bytes>(tcp)
             .await
             .unwrap();
         tokio::spawn(connection);
         let (client, body, response) =
             raven_testkit::raw_h2::subscribe_to_book(client, &addr).await;
-        (client, body, response.await.unwrap())
+        // The first byte has come: the rest is queued behind the closed window. (With a
+        // window of zero, a drain that came before anything was queued could end the
+        // stream with its trailers, which flow control does not hold.)
+        let mut stream = response.await.unwrap().into_body();
+        assert_eq!(stream.data().await.unwrap().unwrap().len(), 1);
+        (client, body, stream)
     });
     let pid = served.child().id().to_string();
     let signal = |name: &str| Command::new("kill").args([name, &pid]).status().unwrap();
