@@ -127,6 +127,38 @@ struct State {
     /// While above 0, drains hand out nothing: recorded history is being put in front
     /// of what is queued (see `hold`).
     held: u32,
+    /// What drains have handed out, counted under the lock they already take.
+    delivered: Delivered,
+}
+
+/// What subscribers were sent: stream messages, the events and bytes in them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Stream messages.
+    pub messages: u64,
+    /// Events in them (data events; control and gap events are not counted).
+    pub events: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+}
+
+impl Delivered {
+    fn add(&mut self, other: Delivered) {
+        self.messages += other.messages;
+        self.events += other.events;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Why subscriber streams ended, counted as they are removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Disconnects {
+    /// The client went away.
+    pub client_left: u64,
+    /// The client could not keep up under the `disconnect` policy.
+    pub too_slow: u64,
+    /// The server ended it with a status (a refused request, a shutdown).
+    pub refused: u64,
 }
 
 /// A subscriber's bounded queue of encoded events.
@@ -345,10 +377,12 @@ impl Mailbox {
                 closed: None,
             };
         }
+        let mut events = 0u64;
         while let Some(entry) = s.entries.pop_front() {
             match entry {
-                Entry::Chunk { bytes, events } => {
-                    s.queued -= events as usize;
+                Entry::Chunk { bytes, events: n } => {
+                    s.queued -= n as usize;
+                    events += u64::from(n);
                     batch.push(bytes);
                 }
                 Entry::Control(bytes) => batch.push(bytes),
@@ -382,11 +416,23 @@ impl Mailbox {
             // More to send: make sure the next `ready` returns at once.
             self.notify.notify_one();
         }
+        if !batch.is_empty() {
+            s.delivered.add(Delivered {
+                messages: 1,
+                events,
+                bytes: batch.len_bytes() as u64,
+            });
+        }
         Drained {
             batch,
             resync_requests,
             closed: None,
         }
+    }
+
+    /// What drains have handed out so far.
+    pub fn delivered(&self) -> Delivered {
+        self.lock().delivered
     }
 }
 
@@ -421,6 +467,8 @@ pub struct Fanout {
     count: watch::Sender<usize>,
     resyncs: AtomicU64,
     lagged: AtomicU64,
+    /// Deliveries of the streams that ended, and why they ended.
+    retired: Mutex<(Delivered, Disconnects)>,
 }
 
 impl Fanout {
@@ -434,11 +482,38 @@ impl Fanout {
         mailbox
     }
 
-    /// Forgets a subscriber whose stream ended.
+    /// Forgets a subscriber whose stream ended, keeping its counts.
     pub fn remove(&self, id: u64) {
         let mut all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
-        all.remove(&id);
+        if let Some(mailbox) = all.remove(&id) {
+            let (delivered, closed) = {
+                let state = mailbox.lock();
+                (state.delivered, state.closed.clone())
+            };
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            retired.0.add(delivered);
+            match closed {
+                Some(Closed::TooSlow { .. }) => retired.1.too_slow += 1,
+                Some(Closed::Refused(_)) => retired.1.refused += 1,
+                Some(Closed::ClientLeft) | None => retired.1.client_left += 1,
+            }
+        }
         self.count.send_replace(all.len());
+    }
+
+    /// Everything delivered so far, to streams open and ended.
+    pub fn delivered(&self) -> Delivered {
+        let all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = self.retired.lock().unwrap_or_else(|p| p.into_inner()).0;
+        for m in all.values() {
+            total.add(m.delivered());
+        }
+        total
+    }
+
+    /// Why the streams that ended so far ended.
+    pub fn disconnects(&self) -> Disconnects {
+        self.retired.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
     /// Connected subscribers.

@@ -73,6 +73,7 @@ async fn ready(State(state): State<Arc<HttpState>>) -> Response {
 async fn stats(State(state): State<Arc<HttpState>>) -> Response {
     let s = &state.sources;
     let fanout = &s.fanout;
+    let (delivered, gone) = (fanout.delivered(), fanout.disconnects());
     let recorder = s.recorder.as_ref().map(|r| {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         json!({
@@ -122,6 +123,14 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
             .collect::<Vec<_>>()},
         "subscribers": {
             "count": fanout.subscribers(),
+            "messages": delivered.messages,
+            "delivered_events": delivered.events,
+            "delivered_bytes": delivered.bytes,
+            "disconnects": {
+                "client_left": gone.client_left,
+                "too_slow": gone.too_slow,
+                "refused": gone.refused,
+            },
             "lagged": fanout.lagged(),
             "resyncs": fanout.resyncs(),
             "streams": fanout.queues().into_iter()

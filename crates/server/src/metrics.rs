@@ -124,6 +124,41 @@ impl Collector for Scrape {
             "Pushes a full subscriber queue refused (conflated, dropped or disconnected under its policy).",
             s.fanout.lagged(),
         )?;
+        let delivered = s.fanout.delivered();
+        counter(
+            &mut e,
+            "raven_subscriber_messages",
+            "Stream messages sent to subscribers.",
+            delivered.messages,
+        )?;
+        counter(
+            &mut e,
+            "raven_subscriber_delivered_events",
+            "Events sent to subscribers, counted once per subscriber.",
+            delivered.events,
+        )?;
+        counter(
+            &mut e,
+            "raven_subscriber_delivered_bytes",
+            "Encoded bytes of the messages sent to subscribers.",
+            delivered.bytes,
+        )?;
+        let gone = s.fanout.disconnects();
+        let mut family = e.encode_descriptor(
+            "raven_subscriber_disconnects",
+            "Subscriber streams ended, by reason: client_left, too_slow (the disconnect policy), refused (a status from the server, shutdown included).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in [
+            ("client_left", gone.client_left),
+            ("too_slow", gone.too_slow),
+            ("refused", gone.refused),
+        ] {
+            family
+                .encode_family(&[("reason", reason)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
         counter(
             &mut e,
             "raven_subscriber_resyncs",

@@ -108,6 +108,12 @@ async fn metrics_count_known_traffic_exactly() {
             .count();
     }
     assert_eq!(trades, 250);
+    // Those 250 trades (and nothing else: the subscription started with the instrument's
+    // first trade already published, and trades have no snapshot) went to one subscriber.
+    let sent = scrape(&server).await;
+    assert_eq!(sent["raven_subscriber_delivered_events"], 250.0);
+    assert!(sent["raven_subscriber_messages"] >= 1.0);
+    assert!(sent["raven_subscriber_delivered_bytes"] > 250.0 * 20.0);
 
     // Everything the engine published is stored, and the counts say exactly how much.
     let after = scrape_until(&server, |m| {
@@ -196,6 +202,15 @@ async fn metrics_count_known_traffic_exactly() {
         .map(|(_, v)| v)
         .sum();
     assert_eq!(streams, 1.0, "{gone:#?}");
+    assert_eq!(
+        gone[r#"raven_subscriber_disconnects{reason="client_left"}"#],
+        1.0
+    );
+    assert_eq!(
+        gone[r#"raven_subscriber_disconnects{reason="refused"}"#],
+        0.0
+    );
+    assert_eq!(gone["raven_subscriber_delivered_events"], 250.0);
     server.shutdown().await.unwrap();
 }
 
