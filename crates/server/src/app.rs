@@ -16,7 +16,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use raven_model::InstrumentRegistry;
 use raven_proto::history_server::HistoryServer;
@@ -89,7 +88,6 @@ pub struct RunningServer {
     drain: std::time::Duration,
     recorder: Option<Recorder>,
     http: Option<Http>,
-    ready: Arc<AtomicBool>,
 }
 
 /// The running HTTP listener.
@@ -205,6 +203,8 @@ pub async fn start(
         .collect::<std::io::Result<Vec<_>>>()?;
 
     let (trigger, shutdown) = shutdown::channel();
+    // The HTTP listener's readiness is this signal: not ready from the start of a drain.
+    let draining = shutdown.clone();
     let ingest = IngestServer::new(ingest).max_decoding_message_size(MAX_PUBLISH_REQUEST_BYTES);
     let connections = Connections::new(config.connections);
     let calls = Arc::new(CallStats::default());
@@ -271,14 +271,13 @@ pub async fn start(
         .serve_with_incoming_shutdown(incoming, async move { stopped.wait().await });
     let grpc = tokio::spawn(grpc);
     tracing::info!(%addr, "serving gRPC");
-    let ready = Arc::new(AtomicBool::new(true));
     let http = match http_listener {
         Some(listener) => {
             let addr = listener.local_addr()?;
             let state = Arc::new(HttpState {
                 metrics: Metrics::new(sources.clone()),
                 sources,
-                ready: ready.clone(),
+                draining,
                 clock,
             });
             let (stop, stopped) = shutdown::channel();
@@ -301,7 +300,6 @@ pub async fn start(
         drain: config.drain,
         recorder,
         http,
-        ready,
     })
 }
 
@@ -348,7 +346,6 @@ impl RunningServer {
             .await
             .map_err(std::io::Error::other)??;
         self.shutdown.fire();
-        self.ready.store(false, Ordering::Relaxed);
         // Health checkers (load balancers) see the server going before it is gone.
         self.health
             .set_not_serving::<MarketServer<MarketApi>>()

@@ -6,7 +6,7 @@
 //! last.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -27,8 +27,8 @@ pub struct HttpState {
     pub metrics: Metrics,
     /// The counters behind it, for `/api/v1/stats`.
     pub sources: Sources,
-    /// False until the server is serving, and again from the start of its drain.
-    pub ready: Arc<AtomicBool>,
+    /// Fired when the server's drain begins: not ready from then on.
+    pub draining: Shutdown,
     /// For the uptime.
     pub clock: Arc<dyn Clock>,
 }
@@ -59,14 +59,10 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 async fn ready(State(state): State<Arc<HttpState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
+    if !state.draining.is_set() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: draining or starting\n",
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n").into_response()
     }
 }
 
@@ -93,7 +89,7 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.clock.now().0.saturating_sub(s.started.0) / 1_000_000_000,
-        "ready": state.ready.load(Ordering::Relaxed),
+        "ready": !state.draining.is_set(),
         "feeds": s.catalog.feeds().into_iter()
             .map(|(name, instruments, f)| json!({
                 "name": name,

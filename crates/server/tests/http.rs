@@ -14,7 +14,7 @@ use std::time::Duration;
 use raven_proto::pb::{self, ingest_client::IngestClient, market_client::MarketClient};
 use raven_server::app::RunningServer;
 use scrape::{get, scrape};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -246,14 +246,26 @@ async fn readiness_follows_the_drain_and_health_the_process() {
     assert_eq!(get(http, "/readyz").await.unwrap(), (200, "ready\n".into()));
     assert_eq!(get(http, "/nope").await.unwrap().0, 404);
 
-    // A peer that finished its HTTP/2 handshake and then reads nothing: the drain waits
-    // its full second for it, and meanwhile the server says it is not ready.
+    // A peer that finished its HTTP/2 handshake (the server acknowledged its settings, so
+    // it is past the handshake a drain cuts at once) and then reads nothing: the drain
+    // waits its full second for the answer to its closing ping, and meanwhile the server
+    // says it is not ready.
     let mut peer = tokio::net::TcpStream::connect(server.local_addr())
         .await
         .unwrap();
     peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .unwrap();
+    loop {
+        let mut header = [0u8; 9];
+        peer.read_exact(&mut header).await.unwrap();
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        peer.read_exact(&mut payload).await.unwrap();
+        if header[3] == 4 && header[4] & 1 == 1 {
+            break;
+        }
+    }
     let stopping = tokio::spawn(server.shutdown());
     let deadline = tokio::time::Instant::now() + Duration::from_millis(900);
     let answer = loop {
@@ -263,7 +275,7 @@ async fn readiness_follows_the_drain_and_health_the_process() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    assert_eq!(answer, (503, "not ready: draining or starting\n".into()));
+    assert_eq!(answer, (503, "not ready: draining\n".into()));
     assert_eq!(get(http, "/healthz").await.unwrap().0, 200);
     assert!(
         !stopping.is_finished(),
