@@ -249,13 +249,31 @@ struct ServeArgs {
     /// `off` (overrides `store.url`; default `sqlite:./data/raven.db`).
     #[arg(long, env = "RAVEN_STORE")]
     store: Option<String>,
+    /// Serve gRPC over TLS with this certificate chain (PEM; overrides `tls.cert`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM; overrides `tls.key`).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM; overrides `tls.client_ca`).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Args)]
 struct ServerArg {
-    /// Server URL.
+    /// Server URL; `https://` for TLS.
     #[arg(long, env = "RAVEN_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// Trust this CA (PEM) for the server's certificate instead of the public roots.
+    #[arg(long, env = "RAVEN_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM), for servers that require one.
+    #[arg(long, env = "RAVEN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "RAVEN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -441,6 +459,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(store) = args.store {
         file.store.url = store;
     }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        file.tls.cert = Some(cert);
+        file.tls.key = Some(key);
+    }
+    if let Some(ca) = args.tls_ca {
+        file.tls.client_ca = Some(ca);
+    }
     let config = file.resolve()?;
     // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would otherwise kill the
     // server when the database outgrows it. With a handler (tokio's, which only notes the
@@ -463,6 +488,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .iter()
             .map(|f| format!("{}: {} symbols", f.venue.as_str(), f.symbols.len())),
     );
+    if let Some(tls) = &config.tls {
+        sources.insert(
+            0,
+            if tls.client_certs {
+                "TLS, client certificates required".to_owned()
+            } else {
+                "TLS".to_owned()
+            },
+        );
+    }
     // One line, the gRPC address first: readers may close the pipe after it.
     println!(
         "raven: serving gRPC on {} ({}){}",

@@ -547,3 +547,65 @@ fn serve_a_binance_feed_from_a_config_file_as_a_user_would() {
     assert!(server.terminate().success());
     assert_eq!(mock.stats().violations, Vec::<String>::new());
 }
+
+#[test]
+fn serve_and_clients_over_mutual_tls_as_a_user_would() {
+    let dir = scratch_dir();
+    let ca = raven_testkit::tls::Authority::new("Raven test CA");
+    let ca_pem = ca.write(&dir, "ca");
+    let server_pair = ca.issue(&dir, "server", false);
+    let client = ca.issue(&dir, "client", false);
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let server = serve(&[
+        "--tls-cert",
+        &path(&server_pair.cert),
+        "--tls-key",
+        &path(&server_pair.key),
+        "--tls-ca",
+        &path(&ca_pem),
+    ]);
+    let url = format!("https://{}", server.addr());
+    let with_cert = [
+        "--tls-ca",
+        &path(&ca_pem),
+        "--tls-cert",
+        &path(&client.cert),
+        "--tls-key",
+        &path(&client.key),
+    ];
+
+    let mut args = vec!["instruments", "--json"];
+    args.extend(with_cert);
+    let instruments = json_lines(&raven(&args, &url));
+    assert_eq!(instruments.len(), 8);
+    let mut args = vec!["health"];
+    args.extend(with_cert);
+    let health = raven(&args, &url);
+    assert!(health.status.success(), "{health:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&health.stdout),
+        "raven.v1.Market: SERVING\n"
+    );
+
+    // Without a client certificate: refused, one line, exit 1.
+    let refused = raven(&["instruments", "--tls-ca", &path(&ca_pem)], &url);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // The client sees the alert, or only the closed connection, depending on timing.
+    assert!(
+        stderr.starts_with("error: UNKNOWN: transport error"),
+        "{stderr}"
+    );
+    // TLS flags with a plaintext URL are a mistake, said as such.
+    let plain = raven(
+        &["instruments", "--tls-ca", &path(&ca_pem)],
+        &format!("http://{}", server.addr()),
+    );
+    assert_eq!(plain.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stderr),
+        "error: --tls-ca and --tls-cert are for TLS: use an https:// server URL\n"
+    );
+    assert!(server.terminate().success());
+}

@@ -1,7 +1,7 @@
 //! The gRPC surface: `raven.v1.Market` ([`market`]), `raven.v1.Ingest` ([`ingest`]),
 //! `raven.v1.History` ([`history`]), plus the standard health and reflection services,
 //! wired up in [`crate::app`], over the listener's [`connections`] (handshake and idle
-//! limits, cut at a drain's deadline). Requests are validated in one place (`request`)
+//! limits, cut at a drain's deadline; [`tls`] when configured). Requests are validated in one place (`request`)
 //! and refused with precise status codes before anything reaches the engine or the
 //! store; what the read side answers becomes a status here too, once. Every finished
 //! call is counted by method and status code ([`calls`]).
@@ -12,6 +12,7 @@ pub mod history;
 pub mod ingest;
 pub mod market;
 mod request;
+pub mod tls;
 
 use std::pin::Pin;
 

@@ -251,7 +251,10 @@ pub async fn start(
     let market = MarketServer::new(MarketApi::new(service))
         .max_decoding_message_size(MAX_MARKET_REQUEST_BYTES);
 
-    let incoming = connections.incoming(listener);
+    let incoming = connections.incoming(
+        listener,
+        config.tls.as_ref().map(|tls| tls.acceptor.clone()),
+    );
     tokio::spawn(connections.clone().watch(shutdown.clone()));
     let (stop_grpc, mut stopped) = shutdown::channel();
     let grpc = Server::builder()
@@ -270,7 +273,12 @@ pub async fn start(
         )))
         .serve_with_incoming_shutdown(incoming, async move { stopped.wait().await });
     let grpc = tokio::spawn(grpc);
-    tracing::info!(%addr, "serving gRPC");
+    tracing::info!(
+        %addr,
+        tls = config.tls.is_some(),
+        client_certs = config.tls.as_ref().is_some_and(|tls| tls.client_certs),
+        "serving gRPC"
+    );
     let http = match http_listener {
         Some(listener) => {
             let addr = listener.local_addr()?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::api::connections::ConnectionLimits;
+use crate::api::tls::{Tls, TlsSection};
 use crate::fanout::{FanoutConfig, LagPolicy};
 use crate::feed::exchange::{ExchangeConfig, FeedConfigError, FeedSection};
 use crate::feed::sim::SimConfig;
@@ -46,6 +47,16 @@ pub enum ConfigError {
         /// What is allowed.
         reason: &'static str,
     },
+    /// A file a field names cannot be used.
+    #[error("cannot use {field} = {path}: {reason}")]
+    File {
+        /// Dotted field name.
+        field: &'static str,
+        /// The file named.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The config file as written. Every field is optional.
@@ -56,6 +67,8 @@ pub struct FileConfig {
     pub server: ServerSection,
     /// `[http]`: the HTTP listener (metrics, health, stats).
     pub http: HttpSection,
+    /// `[tls]`: TLS and client certificates for the gRPC listener.
+    pub tls: TlsSection,
     /// `[sim]`: the built-in simulator feed.
     pub sim: SimSection,
     /// `[engine]`: book-keeping threads.
@@ -284,6 +297,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// HTTP listen address; `None` when `http.listen = "off"`.
     pub http: Option<SocketAddr>,
+    /// TLS for the gRPC listener; `None` for plaintext.
+    pub tls: Option<Tls>,
     /// HTTP/2 keepalive interval.
     pub keepalive: Duration,
     /// HTTP/2 keepalive timeout.
@@ -516,9 +531,11 @@ impl FileConfig {
             }
             feeds.push(feed);
         }
+        let tls = self.tls.resolve()?;
         Ok(Config {
             listen,
             http,
+            tls,
             keepalive: Duration::from_secs(self.server.keepalive_secs),
             keepalive_timeout: Duration::from_secs(self.server.keepalive_timeout_secs.max(1)),
             max_instruments_per_request: self.server.max_instruments_per_request,

@@ -184,6 +184,12 @@ impl Collector for Scrape {
             "gRPC connections the server closed (limits and drains).",
             s.connections.closed_by_server(),
         )?;
+        counter(
+            &mut e,
+            "raven_connections_tls_failures",
+            "TLS handshakes refused or not finished in time (bad, expired or unknown-CA certificates).",
+            s.connections.tls_failures(),
+        )?;
 
         // Only the (method, code) pairs that happened; none at all before the first call
         // (a family without samples trips some parsers).

@@ -4,69 +4,12 @@
 //! skipped with a message, unless `RAVEN_REQUIRE_SERVICES=1` (CI) makes that a failure.
 
 mod common;
+#[path = "common/python.rs"]
+mod python;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-const GRPCIO: &str = "1.85.1";
-
-fn skip_or_fail(why: &str) {
-    if std::env::var("RAVEN_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-        panic!("python interop required (RAVEN_REQUIRE_SERVICES=1) but {why}");
-    }
-    eprintln!("SKIPPED python grpcio interop: {why}");
-}
-
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// A virtualenv with grpcio and grpcio-tools, and the generated stubs.
-fn python_env() -> Result<Option<(PathBuf, PathBuf)>, String> {
-    if Command::new("python3").arg("--version").output().is_err() {
-        return Ok(None);
-    }
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("py-interop-{GRPCIO}"));
-    let python = root.join("venv/bin/python");
-    if !python.exists() {
-        run(Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(root.join("venv")))?;
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args([
-                format!("grpcio=={GRPCIO}"),
-                format!("grpcio-tools=={GRPCIO}"),
-            ]))?;
-    }
-    let stubs = root.join("stubs");
-    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto");
-    std::fs::create_dir_all(&stubs).map_err(|e| e.to_string())?;
-    run(Command::new(&python)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(&proto)
-        .arg(format!("--python_out={}", stubs.display()))
-        .arg(format!("--grpc_python_out={}", stubs.display()))
-        .arg("raven/v1/raven.proto"))?;
-    Ok(Some((python, stubs)))
-}
+use python::{python_env, skip_or_fail};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_rebuilds_books() {

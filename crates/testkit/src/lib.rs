@@ -5,9 +5,11 @@
 //! - [`rows`]: every row a store holds, read with plain SQL, and the sequence audit.
 //! - [`pg`]: the shared PostgreSQL server, a schema per test.
 //! - [`raw_h2`]: gRPC by hand, for peers tonic would not be.
+//! - [`tls`]: certificates made per test, good and bad.
 
 pub mod pg;
 pub mod raw_h2;
 pub mod rows;
 pub mod scratch;
 pub mod served;
+pub mod tls;

@@ -6,28 +6,51 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use raven_proto::pb::{self, market_client::MarketClient, stream_request::Request as Req};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::render::{Printed, Printer, print_instruments, print_snapshot};
-use super::{HealthArgs, InstrumentsArgs, SnapshotArgs, SubscribeArgs};
+use super::{HealthArgs, InstrumentsArgs, ServerArg, SnapshotArgs, SubscribeArgs};
 
-async fn connect(url: &str) -> anyhow::Result<MarketClient<Channel>> {
+async fn connect(server: &ServerArg) -> anyhow::Result<MarketClient<Channel>> {
     // Batches are capped well below this by the server; snapshots of deep books need room.
-    Ok(MarketClient::new(channel(url).await?).max_decoding_message_size(64 << 20))
+    Ok(MarketClient::new(channel(server).await?).max_decoding_message_size(64 << 20))
 }
 
-/// A connection to the server at `url`, or an error saying how to get one.
-pub(super) async fn channel(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+/// A connection to the server, or an error saying how to get one.
+pub(super) async fn channel(server: &ServerArg) -> anyhow::Result<Channel> {
+    let url = &server.server;
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| {
             format!("invalid server URL {url:?} (expected e.g. http://127.0.0.1:50051)")
         })?
         .connect_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        endpoint = endpoint.tls_config(tls(server)?)?;
+    } else if server.tls_ca.is_some() || server.tls_cert.is_some() {
+        anyhow::bail!("--tls-ca and --tls-cert are for TLS: use an https:// server URL");
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
         anyhow!("cannot connect to {url}: {cause} (is `raven serve` running?)")
     })?;
     Ok(channel)
+}
+
+/// The client's TLS settings: the CA to trust (the public roots without one) and the
+/// certificate to present, if any.
+fn tls(server: &ServerArg) -> anyhow::Result<ClientTlsConfig> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new();
+    tls = match &server.tls_ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => tls.with_webpki_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(tls)
 }
 
 /// One line for a gRPC error: the canonical code name and the server's message.
@@ -52,7 +75,17 @@ pub(super) fn status_error(status: tonic::Status) -> anyhow::Error {
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
     };
-    anyhow!("{code}: {}", status.message())
+    // A transport failure (a refused TLS handshake, say) keeps its cause in the source.
+    let mut message = status.message().to_owned();
+    let mut source = std::error::Error::source(&status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.ends_with(&cause_text) {
+            message = format!("{message}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    anyhow!("{code}: {message}")
 }
 
 /// Ends quietly when stdout is closed (e.g. piped into `head`).
@@ -64,7 +97,7 @@ pub(super) fn ok_if_pipe_closed(r: std::io::Result<()>) -> anyhow::Result<()> {
 }
 
 pub(super) async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.server.server).await?;
+    let mut client = connect(&args.server).await?;
     let channel = super::channel_pb(args.channel);
     let (requests, rx) = tokio::sync::mpsc::channel(4);
     requests
@@ -121,7 +154,7 @@ pub(super) async fn print_stream(
 }
 
 pub(super) async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.server.server).await?;
+    let mut client = connect(&args.server).await?;
     let event = client
         .get_snapshot(pb::GetSnapshotRequest {
             instrument: args.instrument,
@@ -138,7 +171,7 @@ pub(super) async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 }
 
 pub(super) async fn instruments(args: InstrumentsArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.server.server).await?;
+    let mut client = connect(&args.server).await?;
     let list = client
         .list_instruments(pb::ListInstrumentsRequest {})
         .await
@@ -157,7 +190,7 @@ pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let check = async {
         let mut client =
-            tonic_health::pb::health_client::HealthClient::new(channel(&args.server.server).await?);
+            tonic_health::pb::health_client::HealthClient::new(channel(&args.server).await?);
         let response = client
             .check(HealthCheckRequest {
                 service: args.service.clone(),

@@ -14,10 +14,10 @@ use tonic::transport::Channel;
 
 use super::client::{channel, ok_if_pipe_closed, print_stream, status_error};
 use super::render::{Printer, print_snapshot};
-use super::{BookAtArgs, ExportFormat, HistoryArgs, ReplayArgs};
+use super::{BookAtArgs, ExportFormat, HistoryArgs, ReplayArgs, ServerArg};
 
-async fn connect(url: &str) -> anyhow::Result<HistoryClient<Channel>> {
-    Ok(HistoryClient::new(channel(url).await?).max_decoding_message_size(64 << 20))
+async fn connect(server: &ServerArg) -> anyhow::Result<HistoryClient<Channel>> {
+    Ok(HistoryClient::new(channel(server).await?).max_decoding_message_size(64 << 20))
 }
 
 /// Parses `--from`, `--to` and `--at`: Unix nanoseconds, or RFC 3339.
@@ -102,7 +102,7 @@ fn channels(args: &[super::ChannelArg]) -> Vec<i32> {
 }
 
 pub(super) async fn history(args: HistoryArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.server.server).await?;
+    let mut client = connect(&args.server).await?;
     let request = pb::HistoryRequest {
         instruments: args.instruments.clone(),
         channels: channels(&args.channel),
@@ -295,7 +295,7 @@ impl Progress {
 }
 
 pub(super) async fn book_at(args: BookAtArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.server.server).await?;
+    let mut client = connect(&args.server).await?;
     let event = client
         .book_at(pb::BookAtRequest {
             instrument: args.instrument,
@@ -337,7 +337,7 @@ pub(super) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let mut client = connect(&args.server.server).await?;
+    let mut client = connect(&args.server).await?;
     let mut stream = client
         .replay(request)
         .await

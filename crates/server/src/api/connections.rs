@@ -1,5 +1,7 @@
 //! The gRPC listener's connections: each accepted socket is wrapped ([`Guarded`]) so that
-//! the server can cut it, and watched. hyper and tonic put no limit on a connection that
+//! the server can cut it, taken through its TLS handshake when TLS is on (a task per
+//! connection, bounded by the handshake limit; failures counted and logged once per
+//! client address), and watched. hyper and tonic put no limit on a connection that
 //! never completes the HTTP/2 handshake (3,000 of them held 3,000 descriptors for as long
 //! as their peers liked), and their graceful shutdown waits for every connection to
 //! finish, however long its client keeps it open. So:
@@ -18,10 +20,10 @@
 //! connection in the request's extensions (tonic puts a connection's `ConnectInfo` there)
 //! and holds a count for as long as the response body lives.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -33,6 +35,7 @@ use futures::Stream;
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 
 use super::calls::{self, CallStats};
@@ -44,6 +47,13 @@ const HANDSHAKE_BYTES: u64 = 24 + 9;
 
 /// How long accepting pauses after it failed for want of resources.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Connections accepted (and through TLS) that tonic has not taken yet.
+const ACCEPTED_QUEUE: usize = 64;
+
+/// How many client addresses' TLS failures are remembered as logged; past it the memory
+/// starts over (a bound against a scan from many addresses).
+const TLS_LOGGED_PEERS: usize = 4096;
 
 /// How often the watcher looks for connections past a limit.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
@@ -121,6 +131,9 @@ pub struct Connections {
     next_id: AtomicU64,
     /// Connections closed for a limit or by a drain.
     closed_by_server: AtomicU64,
+    tls_failures: AtomicU64,
+    /// Client addresses whose failed handshake was logged.
+    tls_logged: Mutex<HashSet<IpAddr>>,
 }
 
 impl Connections {
@@ -131,6 +144,8 @@ impl Connections {
             live: Mutex::default(),
             next_id: AtomicU64::new(0),
             closed_by_server: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
+            tls_logged: Mutex::default(),
         })
     }
 
@@ -154,41 +169,101 @@ impl Connections {
         self.closed_by_server.load(Ordering::Relaxed)
     }
 
-    /// The listener's connections, wrapped, as tonic takes them. When accepting fails
-    /// for want of resources (descriptors, memory), it pauses before trying again rather
-    /// than spin on a backlog it cannot take.
+    /// The listener's connections, wrapped (and through their TLS handshake, with
+    /// `tls`), as tonic takes them. When accepting fails for want of resources
+    /// (descriptors, memory), it pauses before trying again rather than spin on a backlog
+    /// it cannot take. Accepting stops once tonic drops the stream.
     pub fn incoming(
         self: &Arc<Self>,
         listener: TcpListener,
-    ) -> impl Stream<Item = io::Result<Guarded>> + Send + 'static {
-        let connections = self.clone();
-        // The state carries when accepting last failed, so the warning is said once a
-        // while, not twenty times a second.
-        futures::stream::unfold(
-            (listener, None::<Instant>),
-            move |(listener, mut warned)| {
-                let connections = connections.clone();
-                async move {
-                    loop {
-                        match listener.accept().await {
-                            Ok((stream, remote)) => {
-                                let guarded = connections.guard(stream, remote);
-                                return Some((guarded, (listener, warned)));
-                            }
-                            // The peer gave up before we took it: nothing to do.
-                            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                            Err(e) => {
-                                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                                    warned = Some(Instant::now());
-                                    tracing::warn!(error = %e, open = connections.count(), "cannot accept connections; pausing");
-                                }
-                                tokio::time::sleep(ACCEPT_PAUSE).await;
-                            }
-                        }
+        tls: Option<TlsAcceptor>,
+    ) -> impl Stream<Item = io::Result<Accepted>> + Send + 'static {
+        // Bounded: past it, accepting waits for tonic to take connections (backpressure
+        // into the kernel's backlog, as accepting in tonic's own loop would).
+        let (tx, rx) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
+        tokio::spawn(self.clone().accept(listener, tls, tx));
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    async fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        tx: tokio::sync::mpsc::Sender<io::Result<Accepted>>,
+    ) {
+        // When accepting last failed, so the warning is said once a while, not twenty
+        // times a second.
+        let mut warned = None::<Instant>;
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let (stream, remote) = match accepted {
+                Ok(accepted) => accepted,
+                // The peer gave up before we took it: nothing to do.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        warned = Some(Instant::now());
+                        tracing::warn!(error = %e, open = self.count(), "cannot accept connections; pausing");
+                    }
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            };
+            let guarded = match self.guard(stream, remote) {
+                Ok(guarded) => guarded,
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "accepted connection unusable");
+                    continue;
+                }
+            };
+            match &tls {
+                None => {
+                    if tx.send(Ok(Accepted::Plain(guarded))).await.is_err() {
+                        return;
                     }
                 }
-            },
-        )
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(guarded);
+                    let (tx, connections) = (tx.clone(), self.clone());
+                    tokio::spawn(async move {
+                        let limit = connections.limits.handshake;
+                        match tokio::time::timeout(limit, handshake).await {
+                            Ok(Ok(stream)) => {
+                                let _ = tx.send(Ok(Accepted::Tls(Box::new(stream)))).await;
+                            }
+                            Ok(Err(e)) => connections.tls_refused(remote, &e.to_string()),
+                            Err(_) => connections.tls_refused(remote, "no TLS handshake in time"),
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Counts a failed TLS handshake and logs it, once per client address: a client
+    /// retrying with a bad certificate would otherwise fill the log.
+    fn tls_refused(&self, remote: SocketAddr, reason: &str) {
+        self.tls_failures.fetch_add(1, Ordering::Relaxed);
+        let first = {
+            let mut logged = self.tls_logged.lock().unwrap_or_else(|p| p.into_inner());
+            if logged.len() >= TLS_LOGGED_PEERS {
+                logged.clear();
+            }
+            logged.insert(remote.ip())
+        };
+        if first {
+            tracing::warn!(peer = %remote.ip(), reason, "TLS handshake refused (said once per client address)");
+        } else {
+            tracing::debug!(peer = %remote, reason, "TLS handshake refused");
+        }
+    }
+
+    /// TLS handshakes that failed or timed out.
+    pub fn tls_failures(&self) -> u64 {
+        self.tls_failures.load(Ordering::Relaxed)
     }
 
     fn guard(self: &Arc<Self>, stream: TcpStream, remote: SocketAddr) -> io::Result<Guarded> {
@@ -358,6 +433,83 @@ impl Connected for Guarded {
         ConnInfo {
             conn: self.conn.clone(),
             remote: self.remote,
+        }
+    }
+}
+
+/// An accepted connection as tonic serves it: plain, or through its TLS handshake.
+pub enum Accepted {
+    /// Plaintext HTTP/2.
+    Plain(Guarded),
+    /// HTTP/2 over TLS.
+    Tls(Box<tokio_rustls::server::TlsStream<Guarded>>),
+}
+
+impl Connected for Accepted {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            Accepted::Plain(guarded) => guarded.connect_info(),
+            Accepted::Tls(stream) => stream.get_ref().0.connect_info(),
+        }
+    }
+}
+
+impl AsyncRead for Accepted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Accepted::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Accepted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Accepted::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Accepted::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Accepted::Plain(s) => s.is_write_vectored(),
+            Accepted::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Accepted::Plain(s) => Pin::new(s).poll_flush(cx),
+            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Accepted::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
