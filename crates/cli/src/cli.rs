@@ -1,6 +1,6 @@
 //! The `raven` command line: `serve` runs the server; `subscribe`, `snapshot`,
 //! `instruments`, the history commands and `health` are gRPC clients; `config` checks and
-//! shows configuration files; `bench` load-tests a server. Human output by default,
+//! shows configuration files; `keys` makes API keys; `bench` load-tests a server. Human output by default,
 //! `--json` for one JSON object per line with prices as exact decimal strings.
 
 mod client;
@@ -49,6 +49,35 @@ enum Command {
     Config(ConfigCommand),
     /// Ask a server whether it serves (gRPC health): exit 0 if it does, 1 if not.
     Health(HealthArgs),
+    /// Manage the API keys file.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new key: print its secret (once; only its SHA-256 is kept) and append it to
+    /// FILE. A running server takes it on SIGHUP (`systemctl reload raven`).
+    Add {
+        /// The keys file (`[auth] keys_file`); created if missing.
+        #[arg(long)]
+        file: PathBuf,
+        /// The key's name, in logs and errors.
+        #[arg(long)]
+        id: String,
+        /// What it may do (repeat, or comma-separated): subscribe, history, ingest, admin.
+        #[arg(long = "role", required = true, value_delimiter = ',', value_parser = parse_role)]
+        roles: Vec<raven_server::api::auth::Role>,
+        /// Instruments it may use (repeat, or comma-separated): VENUE:SYMBOL, VENUE:*,
+        /// a prefix ending in *; all when not given.
+        #[arg(long = "instruments", value_delimiter = ',')]
+        instruments: Vec<String>,
+    },
+}
+
+fn parse_role(name: &str) -> Result<raven_server::api::auth::Role, String> {
+    raven_server::api::auth::Role::parse(name)
+        .ok_or_else(|| format!("unknown role {name:?} (subscribe, history, ingest, admin)"))
 }
 
 #[derive(Subcommand)]
@@ -274,6 +303,9 @@ struct ServerArg {
     /// The private key of `--tls-cert` (PEM).
     #[arg(long, env = "RAVEN_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// API key, for servers that require one (sent as `authorization: Bearer KEY`).
+    #[arg(long, env = "RAVEN_KEY", hide_env_values = true)]
+    key: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -375,7 +407,56 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Health(args) => runtime.block_on(client::health(args)),
+        Command::Keys(KeysCommand::Add {
+            file,
+            id,
+            roles,
+            instruments,
+        }) => add_key(&file, &id, &roles, &instruments),
     }
+}
+
+/// Appends a new key to `file`, checks the file still loads (undoing the append if it
+/// does not), and prints the secret.
+fn add_key(
+    file: &std::path::Path,
+    id: &str,
+    roles: &[raven_server::api::auth::Role],
+    instruments: &[String],
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use raven_server::api::auth::{KeyLimits, Keys, key_entry, new_secret};
+
+    let secret = new_secret()?;
+    let before = std::fs::metadata(file).map_or(0, |m| m.len());
+    // Owner-only: the file holds no secrets, but who may call is the operator's business.
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot open {}", file.display()))?;
+    out.write_all(key_entry(id, &secret, roles, instruments).as_bytes())
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    drop(out);
+    if let Err(e) = Keys::load(file, KeyLimits::default()) {
+        let undone = std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .and_then(|f| f.set_len(before));
+        if let Err(undo) = undone {
+            anyhow::bail!("{e} (and the new key could not be taken out again: {undo})");
+        }
+        anyhow::bail!("{e}; the key was not added");
+    }
+    println!("{secret}");
+    eprintln!(
+        "added key {id:?} to {}; this is the only time its secret is shown. A running server takes it on SIGHUP (systemctl reload raven).",
+        file.display()
+    );
+    Ok(())
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -520,7 +601,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(|http| format!(", HTTP on {http}"))
             .unwrap_or_default()
     ));
-    wait_for_signal().await?;
+    wait_for_signal(|| server.reload()).await?;
     notify::notify("STOPPING=1\nSTATUS=draining");
     tracing::info!(
         drain_secs = config.drain.as_secs(),
@@ -528,7 +609,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let recorder = server.recorder_stats();
     tokio::spawn(async move {
-        if wait_for_signal().await.is_ok() {
+        let ignored = || tracing::info!("SIGHUP while shutting down: nothing reloaded");
+        if wait_for_signal(ignored).await.is_ok() {
             let waiting = recorder.map_or(0, |r| {
                 r.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)
             });
@@ -543,16 +625,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT, calling `reload` at each SIGHUP meanwhile (service
+/// managers send it to reload: `systemctl reload`; by default it would end the process).
+async fn wait_for_signal(reload: impl Fn()) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    // SIGHUP would end the process by default; service managers send it to reload
-    // (`systemctl reload`). Nothing reloads yet: it is noted and the server goes on.
     let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     loop {
         tokio::select! {
             r = tokio::signal::ctrl_c() => return r.context("cannot listen for Ctrl-C"),
             _ = term.recv() => return Ok(()),
-            _ = hangup.recv() => tracing::info!("SIGHUP: nothing to reload in this version; serving on"),
+            _ = hangup.recv() => reload(),
         }
     }
 }

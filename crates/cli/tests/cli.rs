@@ -609,3 +609,122 @@ fn serve_and_clients_over_mutual_tls_as_a_user_would() {
     );
     assert!(server.terminate().success());
 }
+
+#[test]
+fn api_keys_added_called_and_reloaded_as_an_operator_would() {
+    let dir = scratch_dir();
+    let keys = dir.join("keys.toml");
+    let add = |id: &str, roles: &str, instruments: Option<&str>| {
+        let mut command = Command::new(RAVEN);
+        command.args([
+            "keys",
+            "add",
+            "--file",
+            keys.to_str().unwrap(),
+            "--id",
+            id,
+            "--role",
+            roles,
+        ]);
+        if let Some(instruments) = instruments {
+            command.args(["--instruments", instruments]);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert!(secret.starts_with("rvn_") && secret.len() == 68, "{secret}");
+        secret
+    };
+    let reader = add("reader", "subscribe", Some("SIM:BTC-USD,SIM:ETH-USD"));
+    // The file holds the hash, never the secret.
+    let written = std::fs::read_to_string(&keys).unwrap();
+    assert!(!written.contains(&reader), "{written}");
+    // A bad role is refused before anything is written.
+    let bad = Command::new(RAVEN)
+        .args([
+            "keys",
+            "add",
+            "--file",
+            keys.to_str().unwrap(),
+            "--id",
+            "x",
+            "--role",
+            "root",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), written);
+    // A pattern the server would refuse is taken out again.
+    let bad = Command::new(RAVEN)
+        .args([
+            "keys",
+            "add",
+            "--file",
+            keys.to_str().unwrap(),
+            "--id",
+            "y",
+            "--role",
+            "subscribe",
+            "--instruments",
+            "SIM:*-USD",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("the key was not added"),
+        "{bad:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), written);
+
+    std::fs::write(
+        dir.join("raven.toml"),
+        format!("[auth]\nkeys_file = {:?}\n", keys.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut server = serve_in(&dir, &["--config", "raven.toml"]);
+    let url = server.url();
+    let listed = json_lines(&raven(&["instruments", "--json", "--key", &reader], &url));
+    let names: Vec<&str> = listed.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["SIM:BTC-USD", "SIM:ETH-USD"]);
+    let refused = raven(&["instruments"], &url);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .starts_with("error: UNAUTHENTICATED: an API key is required"),
+        "{refused:?}"
+    );
+
+    // A key added while the server runs works after SIGHUP, not before.
+    let ops = add("ops", "admin", None);
+    let before = raven(&["instruments", "--key", &ops], &url);
+    assert_eq!(before.status.code(), Some(1));
+    let pid = server.child().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let listed = loop {
+        // The key from the environment, as scripts pass it.
+        let out = Command::new(RAVEN)
+            .args(["instruments", "--json", "--server", &url])
+            .env("RAVEN_KEY", &ops)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break json_lines(&out);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new key never worked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(listed.len(), 8);
+    assert!(server.terminate().success());
+}

@@ -4,8 +4,10 @@
 //! limits, cut at a drain's deadline; [`tls`] when configured). Requests are validated in one place (`request`)
 //! and refused with precise status codes before anything reaches the engine or the
 //! store; what the read side answers becomes a status here too, once. Every finished
-//! call is counted by method and status code ([`calls`]).
+//! call is counted by method and status code ([`calls`]). With API keys configured,
+//! every call but health and reflection needs one ([`auth`]).
 
+pub mod auth;
 pub mod calls;
 pub mod connections;
 pub mod history;

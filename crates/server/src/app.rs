@@ -27,6 +27,7 @@ use raven_proto::market_server::MarketServer;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
+use crate::api::auth::{Authenticate, Keys, KeysError};
 use crate::api::calls::CallStats;
 use crate::api::connections::{Connections, TrackRequests};
 use crate::api::history::HistoryApi;
@@ -62,6 +63,9 @@ pub enum AppError {
     /// The store (or its spill file) could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    /// The API keys file cannot be used.
+    #[error("{0}")]
+    Keys(KeysError),
     /// The HTTP listener's address could not be bound.
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Http {
@@ -88,6 +92,7 @@ pub struct RunningServer {
     drain: std::time::Duration,
     recorder: Option<Recorder>,
     http: Option<Http>,
+    keys: Option<Arc<Keys>>,
 }
 
 /// The running HTTP listener.
@@ -136,6 +141,17 @@ pub async fn start(
                 .await
                 .map_err(|source| AppError::Http { addr: http, source })?,
         ),
+        None => None,
+    };
+    let keys = match &config.keys_file {
+        Some(path) => {
+            let keys = Keys::load(path, config.key_limits).map_err(AppError::Keys)?;
+            tracing::info!(keys_file = %path.display(), keys = keys.len(), "API keys required");
+            if config.tls.is_none() && !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "API keys are sent in the clear: the gRPC listener is not on loopback and has no TLS ([tls] cert and key)");
+            }
+            Some(Arc::new(keys))
+        }
         None => None,
     };
     let started = clock.now();
@@ -216,6 +232,7 @@ pub async fn start(
         Limits {
             max_instruments_per_request: config.max_instruments_per_request,
             max_subscriptions: MAX_SUBSCRIPTIONS_PER_STREAM,
+            subscribe_requests_per_s: config.subscribe_requests_per_s,
             start_backlog_bytes: config.start_backlog_bytes,
             fanout: config.fanout,
         },
@@ -233,6 +250,7 @@ pub async fn start(
         recorder: recorder.as_ref().map(Recorder::stats),
         connections: connections.clone(),
         calls: calls.clone(),
+        keys: keys.clone(),
         catalog: catalog.clone(),
         engine: engine.stats(),
         started,
@@ -260,7 +278,10 @@ pub async fn start(
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .max_concurrent_streams(Some(config.streams_per_connection))
+        // Outermost first: refusals for want of a key are counted as calls too.
         .layer(TrackRequests::new(calls.clone()))
+        .layer(Authenticate::new(keys.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -308,6 +329,7 @@ pub async fn start(
         drain: config.drain,
         recorder,
         http,
+        keys,
     })
 }
 
@@ -342,6 +364,20 @@ impl RunningServer {
     /// The HTTP listener's bound address, when it runs.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|h| h.addr)
+    }
+
+    /// What SIGHUP does: reads the API keys file again (with the limits it sets), ending
+    /// the streams of keys no longer in it. A file that cannot be used changes nothing
+    /// and is logged with its line.
+    pub fn reload(&self) {
+        let Some(keys) = &self.keys else {
+            tracing::info!("reload: no API keys file configured; nothing to reload");
+            return;
+        };
+        match keys.reload() {
+            Ok((count, revoked)) => tracing::info!(keys = count, revoked, "reloaded API keys"),
+            Err(e) => tracing::error!(error = %e, "API keys not reloaded; the keys in force stay"),
+        }
     }
 
     /// Stops the feeds; ends client streams with `UNAVAILABLE` and stops gRPC, waiting up

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::auth::{KeyLimits, Keys};
 use crate::api::connections::ConnectionLimits;
 use crate::api::tls::{Tls, TlsSection};
 use crate::fanout::{FanoutConfig, LagPolicy};
@@ -69,6 +70,10 @@ pub struct FileConfig {
     pub http: HttpSection,
     /// `[tls]`: TLS and client certificates for the gRPC listener.
     pub tls: TlsSection,
+    /// `[auth]`: API keys.
+    pub auth: AuthSection,
+    /// `[limits]`: what one client, connection or key may take.
+    pub limits: LimitsSection,
     /// `[sim]`: the built-in simulator feed.
     pub sim: SimSection,
     /// `[engine]`: book-keeping threads.
@@ -214,6 +219,56 @@ impl Default for HttpSection {
     }
 }
 
+/// `[auth]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// The API keys file (TOML, `[[keys]]` tables; `raven keys add` writes them). When
+    /// set, every call but health and reflection needs a key; SIGHUP reloads it.
+    /// Default: none, every call is served.
+    pub keys_file: Option<PathBuf>,
+}
+
+/// `[limits]`: 0 is no limit throughout.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// gRPC connections open at once; past it new ones are closed at once. Default
+    /// 10000.
+    pub max_connections: usize,
+    /// New gRPC connections per second from one IP address; past it they are closed at
+    /// once. Default 0.
+    pub connections_per_ip_per_s: u32,
+    /// HTTP/2 streams (calls) open at once on one connection. Default 1024.
+    pub streams_per_connection: u32,
+    /// Subscribe requests per second on one stream; past it the stream ends with
+    /// `RESOURCE_EXHAUSTED`. Default 100.
+    pub subscribe_requests_per_s: u32,
+    /// With API keys, the streaming calls one key may have open (a key's own
+    /// `max_streams` overrides it). Default 100.
+    pub streams_per_key: usize,
+    /// With API keys, the subscriptions one key may hold over all its streams
+    /// (`max_subscriptions`). Default 10000.
+    pub subscriptions_per_key: usize,
+    /// With API keys, the events per second one key may publish; past it the publisher
+    /// is slowed, never trimmed (`ingest_events_per_s`). Default 0.
+    pub ingest_events_per_s_per_key: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_connections: 10_000,
+            connections_per_ip_per_s: 0,
+            streams_per_connection: 1024,
+            subscribe_requests_per_s: 100,
+            streams_per_key: 100,
+            subscriptions_per_key: 10_000,
+            ingest_events_per_s_per_key: 0,
+        }
+    }
+}
+
 /// `[sim]`
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -299,6 +354,14 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// TLS for the gRPC listener; `None` for plaintext.
     pub tls: Option<Tls>,
+    /// The API keys file, when calls need keys.
+    pub keys_file: Option<PathBuf>,
+    /// Per-key limits a key does not set itself.
+    pub key_limits: KeyLimits,
+    /// HTTP/2 streams open at once per connection.
+    pub streams_per_connection: u32,
+    /// Subscribe requests per second per stream (0: no limit).
+    pub subscribe_requests_per_s: u32,
     /// HTTP/2 keepalive interval.
     pub keepalive: Duration,
     /// HTTP/2 keepalive timeout.
@@ -532,10 +595,38 @@ impl FileConfig {
             feeds.push(feed);
         }
         let tls = self.tls.resolve()?;
+        let key_limits = KeyLimits {
+            max_streams: self.limits.streams_per_key,
+            max_subscriptions: self.limits.subscriptions_per_key,
+            ingest_events_per_s: self.limits.ingest_events_per_s_per_key,
+        };
+        if let Some(path) = &self.auth.keys_file {
+            // Read now so that a bad file stops `config check` and the start, not the
+            // first call.
+            Keys::load(path, key_limits).map_err(|e| ConfigError::File {
+                field: "auth.keys_file",
+                path: path.display().to_string(),
+                reason: match e.line {
+                    Some(line) => format!("line {line}: {}", e.reason),
+                    None => e.reason,
+                },
+            })?;
+        }
+        if self.limits.streams_per_connection == 0 {
+            return Err(invalid(
+                "limits.streams_per_connection",
+                &0,
+                "must be at least 1",
+            ));
+        }
         Ok(Config {
             listen,
             http,
             tls,
+            keys_file: self.auth.keys_file,
+            key_limits,
+            streams_per_connection: self.limits.streams_per_connection,
+            subscribe_requests_per_s: self.limits.subscribe_requests_per_s,
             keepalive: Duration::from_secs(self.server.keepalive_secs),
             keepalive_timeout: Duration::from_secs(self.server.keepalive_timeout_secs.max(1)),
             max_instruments_per_request: self.server.max_instruments_per_request,
@@ -543,6 +634,8 @@ impl FileConfig {
             connections: ConnectionLimits {
                 handshake: Duration::from_secs(self.server.handshake_timeout_secs),
                 idle: Duration::from_secs(self.server.idle_timeout_secs),
+                max_connections: self.limits.max_connections,
+                per_ip_per_s: self.limits.connections_per_ip_per_s,
             },
             drain: Duration::from_secs(self.server.drain_secs),
             sim: self

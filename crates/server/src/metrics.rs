@@ -19,8 +19,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use raven_model::UnixNanos;
 
+use crate::api::auth::Keys;
 use crate::api::calls::CallStats;
-use crate::api::connections::Connections;
+use crate::api::connections::{Connections, Refusal};
 use crate::engine::stats::{EngineStats, LATENCY_BOUNDS_NS};
 use crate::fanout::Fanout;
 use crate::feed::{Catalog, FeedStats, STATUS_KINDS};
@@ -40,6 +41,8 @@ pub struct Sources {
     pub connections: Arc<Connections>,
     /// Finished gRPC calls.
     pub calls: Arc<CallStats>,
+    /// API keys, when calls need them.
+    pub keys: Option<Arc<Keys>>,
     /// Feeds, their instruments and counters.
     pub catalog: Catalog,
     /// The engine's shards.
@@ -84,6 +87,23 @@ impl fmt::Debug for Scrape {
 fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> fmt::Result {
     e.encode_descriptor(name, help, None, MetricType::Counter)?
         .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+/// One family of counters with one label.
+fn labelled_counters(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        family
+            .encode_family(&[(label, *value)])?
+            .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+    }
+    Ok(())
 }
 
 fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
@@ -144,21 +164,17 @@ impl Collector for Scrape {
             delivered.bytes,
         )?;
         let gone = s.fanout.disconnects();
-        let mut family = e.encode_descriptor(
+        labelled_counters(
+            &mut e,
             "raven_subscriber_disconnects",
             "Subscriber streams ended, by reason: client_left, too_slow (the disconnect policy), refused (a status from the server, shutdown included).",
-            None,
-            MetricType::Counter,
+            "reason",
+            &[
+                ("client_left", gone.client_left),
+                ("too_slow", gone.too_slow),
+                ("refused", gone.refused),
+            ],
         )?;
-        for (reason, n) in [
-            ("client_left", gone.client_left),
-            ("too_slow", gone.too_slow),
-            ("refused", gone.refused),
-        ] {
-            family
-                .encode_family(&[("reason", reason)])?
-                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-        }
         counter(
             &mut e,
             "raven_subscriber_resyncs",
@@ -184,6 +200,52 @@ impl Collector for Scrape {
             "gRPC connections the server closed (limits and drains).",
             s.connections.closed_by_server(),
         )?;
+        let refused = Refusal::ALL.map(|r| (r.limit(), s.connections.refused(r)));
+        labelled_counters(
+            &mut e,
+            "raven_connections_refused",
+            "gRPC connections closed as soon as accepted, by the limit they were over.",
+            "limit",
+            &refused,
+        )?;
+        if let Some(keys) = &s.keys {
+            let stats = &keys.stats;
+            let failures = [
+                (
+                    "unauthenticated",
+                    stats.unauthenticated.load(Ordering::Relaxed),
+                ),
+                (
+                    "permission_denied",
+                    stats.permission_denied.load(Ordering::Relaxed),
+                ),
+            ];
+            labelled_counters(
+                &mut e,
+                "raven_auth_failures",
+                "Calls refused for their API key: none or unknown (unauthenticated), or a role or instrument it lacks (permission_denied).",
+                "reason",
+                &failures,
+            )?;
+            counter(
+                &mut e,
+                "raven_auth_limit_hits",
+                "Calls refused for a per-key limit (streams, subscriptions).",
+                stats.limited.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut e,
+                "raven_auth_keys_revoked",
+                "API keys revoked by a reload.",
+                stats.revoked.load(Ordering::Relaxed),
+            )?;
+            gauge(
+                &mut e,
+                "raven_auth_keys",
+                "API keys in force.",
+                keys.len() as i64,
+            )?;
+        }
         counter(
             &mut e,
             "raven_connections_tls_failures",

@@ -8,10 +8,11 @@
 use tokio::sync::watch;
 
 /// Fires the signal.
+#[derive(Debug)]
 pub struct Trigger(watch::Sender<bool>);
 
 /// Watches the signal; cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Shutdown(watch::Receiver<bool>);
 
 /// A new, unfired signal.

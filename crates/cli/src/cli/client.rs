@@ -6,18 +6,49 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use raven_proto::pb::{self, market_client::MarketClient, stream_request::Request as Req};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::render::{Printed, Printer, print_instruments, print_snapshot};
 use super::{HealthArgs, InstrumentsArgs, ServerArg, SnapshotArgs, SubscribeArgs};
 
-async fn connect(server: &ServerArg) -> anyhow::Result<MarketClient<Channel>> {
+/// A connection that sends the API key, if one was given, with every call.
+pub(super) type Conn = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer KEY` to each call.
+#[derive(Clone)]
+pub(super) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+async fn connect(server: &ServerArg) -> anyhow::Result<MarketClient<Conn>> {
     // Batches are capped well below this by the server; snapshots of deep books need room.
     Ok(MarketClient::new(channel(server).await?).max_decoding_message_size(64 << 20))
 }
 
 /// A connection to the server, or an error saying how to get one.
-pub(super) async fn channel(server: &ServerArg) -> anyhow::Result<Channel> {
+pub(super) async fn channel(server: &ServerArg) -> anyhow::Result<Conn> {
+    let bearer = match &server.key {
+        Some(key) => Some(
+            format!("Bearer {}", key.trim())
+                .parse()
+                .context("the API key is not printable ASCII")?,
+        ),
+        None => None,
+    };
     let url = &server.server;
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| {
@@ -33,7 +64,7 @@ pub(super) async fn channel(server: &ServerArg) -> anyhow::Result<Channel> {
         let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
         anyhow!("cannot connect to {url}: {cause} (is `raven serve` running?)")
     })?;
-    Ok(channel)
+    Ok(InterceptedService::new(channel, Bearer(bearer)))
 }
 
 /// The client's TLS settings: the CA to trust (the public roots without one) and the

@@ -10,13 +10,12 @@ use anyhow::{Context, anyhow};
 use raven_model::{EventBody, Side};
 use raven_proto::convert::body_from_pb;
 use raven_proto::pb::{self, history_client::HistoryClient};
-use tonic::transport::Channel;
 
-use super::client::{channel, ok_if_pipe_closed, print_stream, status_error};
+use super::client::{Conn, channel, ok_if_pipe_closed, print_stream, status_error};
 use super::render::{Printer, print_snapshot};
 use super::{BookAtArgs, ExportFormat, HistoryArgs, ReplayArgs, ServerArg};
 
-async fn connect(server: &ServerArg) -> anyhow::Result<HistoryClient<Channel>> {
+async fn connect(server: &ServerArg) -> anyhow::Result<HistoryClient<Conn>> {
     Ok(HistoryClient::new(channel(server).await?).max_decoding_message_size(64 << 20))
 }
 

@@ -51,6 +51,10 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// Connections accepted (and through TLS) that tonic has not taken yet.
 const ACCEPTED_QUEUE: usize = 64;
 
+/// How many client addresses' connection counts are kept; past it those of earlier
+/// seconds are forgotten (a bound against connections from many addresses).
+const ATTEMPTS_TRACKED: usize = 65_536;
+
 /// How many client addresses' TLS failures are remembered as logged; past it the memory
 /// starts over (a bound against a scan from many addresses).
 const TLS_LOGGED_PEERS: usize = 4096;
@@ -58,13 +62,40 @@ const TLS_LOGGED_PEERS: usize = 4096;
 /// How often the watcher looks for connections past a limit.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
-/// How long connections may stay without doing their part.
+/// How many connections may be open or opened, and how long they may stay without doing
+/// their part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// From accept to the HTTP/2 preface.
     pub handshake: Duration,
     /// With no request in flight.
     pub idle: Duration,
+    /// Open at once (0: no limit).
+    pub max_connections: usize,
+    /// New connections per second from one IP address (0: no limit).
+    pub per_ip_per_s: u32,
+}
+
+/// Why a connection was closed as soon as it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `limits.max_connections`.
+    MaxConnections,
+    /// `limits.connections_per_ip_per_s`.
+    PerIpRate,
+}
+
+impl Refusal {
+    /// Both, in the order of [`Connections::refused`].
+    pub const ALL: [Refusal; 2] = [Refusal::MaxConnections, Refusal::PerIpRate];
+
+    /// The limit's name, as configured.
+    pub fn limit(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::PerIpRate => "connections_per_ip_per_s",
+        }
+    }
 }
 
 /// One connection's state, shared by its socket wrapper, its requests and the watcher.
@@ -134,6 +165,13 @@ pub struct Connections {
     tls_failures: AtomicU64,
     /// Client addresses whose failed handshake was logged.
     tls_logged: Mutex<HashSet<IpAddr>>,
+    /// Connections closed at accept, by [`Refusal`].
+    refused: [AtomicU64; 2],
+    /// Per IP: the second (since `started`) of its latest connections and how many.
+    attempts: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    started: Instant,
+    /// When a refusal was last logged.
+    refusal_logged: Mutex<Option<Instant>>,
 }
 
 impl Connections {
@@ -146,6 +184,10 @@ impl Connections {
             closed_by_server: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
             tls_logged: Mutex::default(),
+            refused: Default::default(),
+            attempts: Mutex::default(),
+            started: Instant::now(),
+            refusal_logged: Mutex::default(),
         })
     }
 
@@ -212,6 +254,10 @@ impl Connections {
                     continue;
                 }
             };
+            if let Some(refusal) = self.over_limit(remote.ip()) {
+                self.refuse(refusal, remote);
+                continue;
+            }
             let guarded = match self.guard(stream, remote) {
                 Ok(guarded) => guarded,
                 Err(e) => {
@@ -241,6 +287,50 @@ impl Connections {
                 }
             }
         }
+    }
+
+    /// The limit a new connection from `ip` would break, if any.
+    fn over_limit(&self, ip: IpAddr) -> Option<Refusal> {
+        let max = self.limits.max_connections;
+        if max != 0 && self.count() >= max {
+            return Some(Refusal::MaxConnections);
+        }
+        let rate = self.limits.per_ip_per_s;
+        if rate == 0 {
+            return None;
+        }
+        let second = self.started.elapsed().as_secs();
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        if attempts.len() >= ATTEMPTS_TRACKED {
+            attempts.retain(|_, (at, _)| *at == second);
+        }
+        let (at, count) = attempts.entry(ip).or_insert((second, 0));
+        if *at != second {
+            *at = second;
+            *count = 0;
+        }
+        *count += 1;
+        (*count > rate).then_some(Refusal::PerIpRate)
+    }
+
+    /// Counts a connection closed at accept (dropping it closes it) and says so, at most
+    /// every 10 s.
+    fn refuse(&self, refusal: Refusal, remote: SocketAddr) {
+        self.refused[refusal as usize].fetch_add(1, Ordering::Relaxed);
+        let mut logged = self
+            .refusal_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            *logged = Some(Instant::now());
+            let (max, rate) = (self.limits.max_connections, self.limits.per_ip_per_s);
+            tracing::warn!(peer = %remote.ip(), limit = refusal.limit(), max_connections = max, connections_per_ip_per_s = rate, "refusing connections over a limit (said at most every 10 s)");
+        }
+    }
+
+    /// Connections closed at accept for `refusal`.
+    pub fn refused(&self, refusal: Refusal) -> u64 {
+        self.refused[refusal as usize].load(Ordering::Relaxed)
     }
 
     /// Counts a failed TLS handshake and logs it, once per client address: a client
@@ -663,7 +753,26 @@ mod tests {
     const LIMITS: ConnectionLimits = ConnectionLimits {
         handshake: Duration::from_secs(10),
         idle: Duration::from_secs(300),
+        max_connections: 2,
+        per_ip_per_s: 3,
     };
+
+    #[test]
+    fn connections_over_the_limits_are_refused_by_name() {
+        let connections = Connections::new(LIMITS);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        // Three a second from one address, the fourth refused; another address is apart.
+        for _ in 0..3 {
+            assert_eq!(connections.over_limit(a), None);
+        }
+        assert_eq!(connections.over_limit(a), Some(Refusal::PerIpRate));
+        assert_eq!(connections.over_limit(b), None);
+        // Two open at once, whoever asks.
+        for id in 0..2 {
+            connections.live().insert(id, Arc::new(Conn::new()));
+        }
+        assert_eq!(connections.over_limit(b), Some(Refusal::MaxConnections));
+    }
 
     #[test]
     fn a_connection_is_overdue_without_a_handshake_or_when_idle() {

@@ -11,6 +11,7 @@ use raven_proto::history_server::History;
 use raven_proto::pb;
 use tonic::{Request, Response, Status};
 
+use super::auth::Key;
 use super::{EventStream, request};
 use crate::clock::Clock;
 use crate::query::{self, Reader, StoreReader};
@@ -43,8 +44,18 @@ impl HistoryApi {
 
     /// Validates a query, opens a connection for it and checks its instruments were
     /// recorded.
-    async fn prepare(&self, request: &pb::HistoryRequest) -> Result<(Reader, Query), Status> {
+    /// With an API key, every instrument must be one it may use.
+    async fn prepare(
+        &self,
+        request: &pb::HistoryRequest,
+        key: Option<&Arc<Key>>,
+    ) -> Result<(Reader, Query), Status> {
         let query = request::history(request)?;
+        if let Some(key) = key {
+            for name in &request.instruments {
+                key.check(name)?;
+            }
+        }
         let reader = self.reader.as_ref().ok_or_else(|| {
             Status::failed_precondition(
                 "recording is off on this server (store.url = \"off\"): there is no history",
@@ -70,7 +81,8 @@ impl History for HistoryApi {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let (reader, query) = self.prepare(request.get_ref()).await?;
+        let key = request.extensions().get::<Arc<Key>>();
+        let (reader, query) = self.prepare(request.get_ref(), key).await?;
         Ok(Response::new(self.stream(reader, query, 0.0)))
     }
 
@@ -78,12 +90,13 @@ impl History for HistoryApi {
         &self,
         request: Request<pb::ReplayRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let key = request.extensions().get::<Arc<Key>>().cloned();
         let request = request.into_inner();
         let speed = request::replay_speed(request.speed)?;
         let query = request
             .query
             .ok_or_else(|| Status::invalid_argument("the replay has no query"))?;
-        let (reader, query) = self.prepare(&query).await?;
+        let (reader, query) = self.prepare(&query, key.as_ref()).await?;
         Ok(Response::new(self.stream(reader, query, speed)))
     }
 
@@ -91,6 +104,7 @@ impl History for HistoryApi {
         &self,
         request: Request<pb::BookAtRequest>,
     ) -> Result<Response<pb::Event>, Status> {
+        let key = request.extensions().get::<Arc<Key>>().cloned();
         let request = request.into_inner();
         let name = request::name(&request.instrument)?;
         let depth = request::depth(request.depth)?;
@@ -102,7 +116,7 @@ impl History for HistoryApi {
             to: 0,
             limit: 0,
         };
-        let (mut reader, _) = self.prepare(&history).await?;
+        let (mut reader, _) = self.prepare(&history, key.as_ref()).await?;
         let event = query::book_at(&mut reader, name.as_str(), at, depth).await?;
         Ok(Response::new(event))
     }

@@ -18,6 +18,7 @@ use raven_proto::limits::MAX_EVENTS_PER_REQUEST;
 use raven_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::Key;
 use crate::clock::Clock;
 use crate::feed::FeedInput;
 use crate::feed::{Catalog, Feed, FeedContext, FeedHandle, FeedId, InstrumentInfo};
@@ -220,6 +221,7 @@ impl Ingest for IngestApi {
             .attached
             .get()
             .ok_or_else(|| Status::unavailable("the publish feed has not started"))?;
+        let key = request.extensions().get::<Arc<Key>>().cloned();
         let mut inbound = request.into_inner();
         let mut accepted = 0u64;
         let mut shutdown = publisher.stop.clone();
@@ -248,7 +250,8 @@ impl Ingest for IngestApi {
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    publisher.check(e, now).map_err(|s| {
+                    let allowed = key.as_ref().map_or(Ok(()), |k| k.check(&e.instrument));
+                    allowed.and_then(|()| publisher.check(e, now)).map_err(|s| {
                         Status::new(
                             s.code(),
                             format!(
@@ -262,6 +265,20 @@ impl Ingest for IngestApi {
                 .collect::<Result<Vec<_>, Status>>()?;
             let batch = publisher.accept(checked)?;
             let n = batch.len() as u64;
+            // Over its key's ingest rate, the publisher waits: slowed, never trimmed.
+            if let Some(key) = &key {
+                let wait = key.ingest_delay(n, std::time::Instant::now());
+                if !wait.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.wait() => {
+                            return Err(Status::unavailable(format!(
+                                "server shutting down; {accepted} events of this stream were accepted and will be processed"
+                            )));
+                        }
+                    }
+                }
+            }
             let input = publisher.input.clone();
             // Blocking send: the engine's bounded input slows this stream when it is behind.
             let sent = tokio::task::spawn_blocking(move || input.send(batch))

@@ -12,6 +12,7 @@ use raven_proto::pb;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::Key;
 use super::{EventStream, request};
 use crate::clock::Clock;
 use crate::engine::{Command, EngineCommands, EngineError};
@@ -38,6 +39,8 @@ pub struct Limits {
     pub max_instruments_per_request: usize,
     /// Subscriptions one stream may hold.
     pub max_subscriptions: usize,
+    /// Subscribe requests per second one stream may make (0: no limit).
+    pub subscribe_requests_per_s: u32,
     /// Bytes of recorded events one subscribe with a start time may send before its
     /// live part, over all its instruments.
     pub start_backlog_bytes: usize,
@@ -132,9 +135,11 @@ impl Market for MarketApi {
         &self,
         request: Request<Streaming<pb::StreamRequest>>,
     ) -> Result<Response<EventStream>, Status> {
+        let key = request.extensions().get::<Arc<Key>>().cloned();
         Ok(Response::new(session::open(
             self.0.clone(),
             request.into_inner(),
+            key,
         )))
     }
 
@@ -142,6 +147,9 @@ impl Market for MarketApi {
         &self,
         request: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::Event>, Status> {
+        if let Some(key) = request.extensions().get::<Arc<Key>>() {
+            key.check(&request.get_ref().instrument)?;
+        }
         let req = request.into_inner();
         let instrument = self.0.resolve(&req.instrument)?;
         let depth = request::depth(req.depth)?;
@@ -182,13 +190,16 @@ impl Market for MarketApi {
 
     async fn list_instruments(
         &self,
-        _request: Request<pb::ListInstrumentsRequest>,
+        request: Request<pb::ListInstrumentsRequest>,
     ) -> Result<Response<pb::ListInstrumentsResponse>, Status> {
+        // A key sees the instruments it may use.
+        let key = request.extensions().get::<Arc<Key>>();
         let instruments = self
             .0
             .catalog
             .list()
             .iter()
+            .filter(|i| key.is_none_or(|k| k.may(i.name.as_str())))
             .map(|i| pb::Instrument {
                 name: i.name.to_string(),
                 venue: i.name.venue().to_owned(),

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use raven_model::{Channel, InstrumentId};
@@ -15,6 +16,7 @@ use tokio::task::AbortHandle;
 use tonic::{Status, Streaming};
 
 use super::{MarketService, engine_status};
+use crate::api::auth::Key;
 use crate::api::{EventStream, request};
 use crate::engine::{Command, EngineError};
 use crate::fanout::{Closed, Mailbox};
@@ -40,12 +42,18 @@ impl Drop for Guard {
 pub(super) fn open(
     service: Arc<MarketService>,
     inbound: Streaming<pb::StreamRequest>,
+    key: Option<Arc<Key>>,
 ) -> EventStream {
     let limits = service.limits;
     let mailbox = service
         .fanout
         .open(limits.fanout.queue_events, limits.fanout.trade_overflow);
-    let reader = tokio::spawn(read_requests(service.clone(), mailbox.clone(), inbound));
+    let reader = tokio::spawn(read_requests(
+        service.clone(),
+        mailbox.clone(),
+        inbound,
+        key,
+    ));
     let guard = Guard {
         service,
         mailbox,
@@ -99,11 +107,15 @@ async fn read_requests(
     service: Arc<MarketService>,
     mailbox: Arc<Mailbox>,
     mut inbound: Streaming<pb::StreamRequest>,
+    key: Option<Arc<Key>>,
 ) {
     let mut session = Session {
         service,
         mailbox,
         subscriptions: HashSet::new(),
+        key,
+        held: 0,
+        subscribes: (Instant::now(), 0),
     };
     loop {
         let result = match inbound.message().await {
@@ -123,6 +135,22 @@ struct Session {
     service: Arc<MarketService>,
     mailbox: Arc<Mailbox>,
     subscriptions: HashSet<(InstrumentId, Channel)>,
+    /// The caller's API key, whose subscriptions these are.
+    key: Option<Arc<Key>>,
+    /// Subscriptions taken from the key's allowance (a failed subscribe ends the
+    /// stream, so what it took is given back with the rest at the end).
+    held: usize,
+    /// Subscribe requests in the current one-second window, and when it began.
+    subscribes: (Instant, u32),
+}
+
+impl Drop for Session {
+    /// The stream's subscriptions go back to its key, however the stream ends.
+    fn drop(&mut self) {
+        if let Some(key) = &self.key {
+            key.unsubscribed(self.held);
+        }
+    }
 }
 
 impl Session {
@@ -142,7 +170,28 @@ impl Session {
         }
     }
 
+    /// Counts a subscribe request against `subscribe_requests_per_s`.
+    fn pace(&mut self) -> Result<(), Status> {
+        let max = self.service.limits.subscribe_requests_per_s;
+        if max == 0 {
+            return Ok(());
+        }
+        let (since, count) = &mut self.subscribes;
+        if since.elapsed() >= Duration::from_secs(1) {
+            *since = Instant::now();
+            *count = 0;
+        }
+        *count += 1;
+        if *count > max {
+            return Err(Status::resource_exhausted(format!(
+                "more than {max} subscribe requests in one second on this stream: limit subscribe_requests_per_s = {max}"
+            )));
+        }
+        Ok(())
+    }
+
     async fn subscribe(&mut self, s: pb::Subscribe) -> Result<(), Status> {
+        self.pace()?;
         let channel = request::channel(s.channel)?;
         let depth = request::depth(s.depth)?;
         if depth != 0 && channel != Channel::Book {
@@ -151,6 +200,11 @@ impl Session {
             ));
         }
         let ids = self.service.resolve_all(&s.instruments, "subscribe")?;
+        if let Some(key) = &self.key {
+            for name in &s.instruments {
+                key.check(name)?;
+            }
+        }
         let new = ids
             .iter()
             .filter(|&&id| !self.subscriptions.contains(&(id, channel)))
@@ -161,6 +215,10 @@ impl Session {
                 "a stream may hold at most {max} subscriptions; this one has {} and asked for {new} more",
                 self.subscriptions.len()
             )));
+        }
+        if let Some(key) = &self.key {
+            key.subscribe(new)?;
+            self.held += new;
         }
         let recorded = match s.start {
             0 => None,
@@ -251,7 +309,12 @@ impl Session {
             finished
                 .await
                 .map_err(|_| engine_status(EngineError::Stopped))?;
-            self.subscriptions.remove(&(id, channel));
+            if self.subscriptions.remove(&(id, channel))
+                && let Some(key) = &self.key
+            {
+                key.unsubscribed(1);
+                self.held -= 1;
+            }
         }
         Ok(())
     }
