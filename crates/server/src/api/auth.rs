@@ -215,8 +215,9 @@ impl Key {
         let (tokens, at) = bucket.get_or_insert((rate as i64, now));
         let refill = (now.saturating_duration_since(*at).as_nanos() * u128::from(rate)
             / 1_000_000_000)
-            .min(u128::from(rate)) as i64;
-        *tokens = (*tokens + refill).min(rate as i64) - events as i64;
+            .min(i64::MAX as u128 / 4) as i64;
+        // Debt is paid off by the refill first; what is left fills up to one second's.
+        *tokens = tokens.saturating_add(refill).min(rate as i64) - events as i64;
         *at = now;
         if *tokens >= 0 {
             Duration::ZERO
