@@ -34,9 +34,10 @@ pub const NAMES: &[&str] = &[
 
 /// The longest pause a live subscriber may see.
 const PAUSE_LIMIT: Duration = Duration::from_millis(100);
-/// The default drain deadline, and what a shutdown may take past it.
+/// The default drain time ([shutdown] drain_secs), and what a shutdown may take: the
+/// drain and 5 s more.
 const DRAIN: Duration = Duration::from_secs(5);
-const EXIT_LIMIT: Duration = Duration::from_secs(7);
+const EXIT_LIMIT: Duration = Duration::from_secs(DRAIN.as_secs() + 5);
 /// The documented WAL bound.
 const WAL_LIMIT: u64 = raven_server::store::sqlite::WAL_LIMIT;
 

@@ -608,6 +608,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "shutting down; a second signal exits at once"
     );
     let recorder = server.recorder_stats();
+    let progress = server.progress();
+    let waiting = recorder.clone();
     tokio::spawn(async move {
         let ignored = || tracing::info!("SIGHUP while shutting down: nothing reloaded");
         if wait_for_signal(ignored).await.is_ok() {
@@ -621,8 +623,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
-    server.shutdown().await?;
-    Ok(())
+    match tokio::time::timeout(config.shutdown_timeout, server.shutdown()).await {
+        Ok(stopped) => Ok(stopped?),
+        Err(_) => {
+            let unstored = waiting.map_or(0, |r| {
+                r.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)
+            });
+            tracing::error!(
+                timeout_secs = config.shutdown_timeout.as_secs(),
+                unfinished = progress.step(),
+                unstored_bytes = unstored,
+                "shutdown did not finish in time; exiting (what the recorder had not stored is in the spill file, or lost if it was still in memory)"
+            );
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Waits for SIGTERM or SIGINT, calling `reload` at each SIGHUP meanwhile (service

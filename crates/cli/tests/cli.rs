@@ -454,7 +454,11 @@ fn history_book_at_and_replay_read_back_what_was_recorded() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let dir = scratch_dir();
-    std::fs::write(dir.join("raven.toml"), "[server]\ndrain_secs = 60\n").unwrap();
+    std::fs::write(
+        dir.join("raven.toml"),
+        "[shutdown]\ndrain_secs = 60\ntimeout_secs = 120\n",
+    )
+    .unwrap();
     let mut served = serve_in(&dir, &["--config", "raven.toml"]);
     let addr = served.addr();
     let runtime = tokio::runtime::Runtime::new().unwrap();

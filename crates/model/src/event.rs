@@ -226,6 +226,23 @@ pub enum StatusKind {
     Stale,
     /// A feed event was refused (it would have broken the book) and was not applied.
     Rejected,
+    /// The server is shutting down: the stream ends after its drain time.
+    GoingAway,
+}
+
+impl StatusKind {
+    /// The kind in snake case, as metrics labels and the CLI write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatusKind::Gap => "gap",
+            StatusKind::Resync => "resync",
+            StatusKind::FeedDown => "feed_down",
+            StatusKind::FeedUp => "feed_up",
+            StatusKind::Stale => "stale",
+            StatusKind::Rejected => "rejected",
+            StatusKind::GoingAway => "going_away",
+        }
+    }
 }
 
 /// A status event: gaps, resyncs and feed state are events in the stream, not only logs.

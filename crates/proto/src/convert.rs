@@ -258,6 +258,7 @@ pub fn body_from_pb(event: &pb::Event) -> Result<Option<EventBody>, ProtoError> 
                 4 => StatusKind::FeedUp,
                 5 => StatusKind::Stale,
                 6 => StatusKind::Rejected,
+                7 => StatusKind::GoingAway,
                 value => {
                     return Err(ProtoError::UnknownEnum {
                         field: "status.kind",

@@ -4,12 +4,14 @@
 //! limits, cut at a drain's deadline; [`tls`] when configured). Requests are validated in one place (`request`)
 //! and refused with precise status codes before anything reaches the engine or the
 //! store; what the read side answers becomes a status here too, once. Every finished
-//! call is counted by method and status code ([`calls`]). With API keys configured,
+//! call is counted by method and status code ([`calls`]). A drain refuses new streams
+//! and tells open ones the server is going away ([`drain`]). With API keys configured,
 //! every call but health and reflection needs one ([`auth`]).
 
 pub mod auth;
 pub mod calls;
 pub mod connections;
+pub mod drain;
 pub mod history;
 pub mod ingest;
 pub mod market;

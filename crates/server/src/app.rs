@@ -30,6 +30,7 @@ use tonic::transport::Server;
 use crate::api::auth::{Authenticate, Keys, KeysError};
 use crate::api::calls::CallStats;
 use crate::api::connections::{Connections, TrackRequests};
+use crate::api::drain::{self, RefuseWhileDraining};
 use crate::api::history::HistoryApi;
 use crate::api::ingest::{self, IngestApi};
 use crate::api::market::{Limits, MarketApi, MarketService};
@@ -89,10 +90,29 @@ pub struct RunningServer {
     connections: Arc<Connections>,
     health: tonic_health::server::HealthReporter,
     shutdown: Trigger,
+    drain_trigger: Trigger,
     drain: std::time::Duration,
+    clock: Arc<dyn Clock>,
+    progress: Progress,
     recorder: Option<Recorder>,
     http: Option<Http>,
     keys: Option<Arc<Keys>>,
+}
+
+/// Where a shutdown is, for the message when it takes too long.
+#[derive(Clone, Default)]
+pub struct Progress(Arc<std::sync::Mutex<&'static str>>);
+
+impl Progress {
+    fn set(&self, step: &'static str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = step;
+    }
+
+    /// The step under way.
+    pub fn step(&self) -> &'static str {
+        let step = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if step.is_empty() { "not started" } else { step }
+    }
 }
 
 /// The running HTTP listener.
@@ -219,8 +239,9 @@ pub async fn start(
         .collect::<std::io::Result<Vec<_>>>()?;
 
     let (trigger, shutdown) = shutdown::channel();
-    // The HTTP listener's readiness is this signal: not ready from the start of a drain.
-    let draining = shutdown.clone();
+    // Fired first at shutdown: the HTTP listener's readiness is this signal, and new
+    // streams are refused from then on.
+    let (drain_trigger, draining) = shutdown::channel();
     let ingest = IngestServer::new(ingest).max_decoding_message_size(MAX_PUBLISH_REQUEST_BYTES);
     let connections = Connections::new(config.connections);
     let calls = Arc::new(CallStats::default());
@@ -279,8 +300,9 @@ pub async fn start(
         .http2_keepalive_interval(Some(config.keepalive))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .max_concurrent_streams(Some(config.streams_per_connection))
-        // Outermost first: refusals for want of a key are counted as calls too.
+        // Outermost first: refusals (draining, no key) are counted as calls too.
         .layer(TrackRequests::new(calls.clone()))
+        .layer(RefuseWhileDraining::new(draining.clone()))
         .layer(Authenticate::new(keys.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -307,7 +329,7 @@ pub async fn start(
                 metrics: Metrics::new(sources.clone()),
                 sources,
                 draining,
-                clock,
+                clock: clock.clone(),
             });
             let (stop, stopped) = shutdown::channel();
             let task = tokio::spawn(crate::http::serve(listener, state, stopped));
@@ -326,7 +348,10 @@ pub async fn start(
         connections,
         health,
         shutdown: trigger,
+        drain_trigger,
         drain: config.drain,
+        clock,
+        progress: Progress::default(),
         recorder,
         http,
         keys,
@@ -380,16 +405,22 @@ impl RunningServer {
         }
     }
 
-    /// Stops the feeds; ends client streams with `UNAVAILABLE` and stops gRPC, waiting up
-    /// to the drain deadline for connections to finish, then cutting what is left; lets
-    /// the engine finish what it has queued; then has the recorder store its last
-    /// batches (what it cannot store in time waits in the spill file).
+    /// Where [`RunningServer::shutdown`] is, readable while it runs.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
+    /// Drains, then stops in order. The drain: health goes `NOT_SERVING` and `/readyz`
+    /// 503, new streams are refused, every open stream gets a `GOING_AWAY` status event
+    /// and is served on for the drain time (less if no call is left). Then: stops the
+    /// feeds; ends client streams with `UNAVAILABLE` and stops gRPC, cutting the
+    /// connections still open after a grace; lets the engine finish what it has queued;
+    /// then has the recorder store its last batches (what it cannot store in time waits
+    /// in the spill file).
     pub async fn shutdown(mut self) -> Result<(), AppError> {
-        let feeds = std::mem::take(&mut self.feeds);
-        tokio::task::spawn_blocking(move || feeds.into_iter().try_for_each(FeedHandle::stop))
-            .await
-            .map_err(std::io::Error::other)??;
-        self.shutdown.fire();
+        self.progress
+            .set("draining: telling clients the server is going away");
+        self.drain_trigger.fire();
         // Health checkers (load balancers) see the server going before it is gone.
         self.health
             .set_not_serving::<MarketServer<MarketApi>>()
@@ -403,6 +434,28 @@ impl RunningServer {
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        let told = self
+            .fanout
+            .broadcast_control(&drain::going_away(self.clock.now(), self.drain));
+        tracing::info!(
+            streams = told,
+            drain_secs = self.drain.as_secs(),
+            "draining: every stream told the server is going away; new streams refused"
+        );
+        self.progress
+            .set("draining: serving the open streams for the drain time");
+        let deadline = tokio::time::Instant::now() + self.drain;
+        while self.connections.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + DRAIN_POLL)).await;
+        }
+        self.progress.set("stopping the feeds");
+        let feeds = std::mem::take(&mut self.feeds);
+        tokio::task::spawn_blocking(move || feeds.into_iter().try_for_each(FeedHandle::stop))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.shutdown.fire();
+        self.progress
+            .set("ending client streams and closing connections");
         self.fanout
             .close_all(Closed::Refused(tonic::Status::unavailable(
                 "server shutting down",
@@ -413,14 +466,13 @@ impl RunningServer {
         let Some(mut grpc) = self.grpc.take() else {
             return Ok(());
         };
-        let served = match tokio::time::timeout(self.drain, &mut grpc).await {
+        let served = match tokio::time::timeout(CLOSE_GRACE, &mut grpc).await {
             Ok(served) => served,
             Err(_) => {
                 let cut = self.connections.cut_all();
                 tracing::warn!(
                     connections = cut,
-                    drain_secs = self.drain.as_secs(),
-                    "drain deadline passed; cut the connections left"
+                    "connections still open after their streams ended; cut them"
                 );
                 match tokio::time::timeout(CUT_GRACE, &mut grpc).await {
                     Ok(served) => served,
@@ -433,17 +485,21 @@ impl RunningServer {
             }
         };
         served.map_err(std::io::Error::other)??;
+        self.progress
+            .set("the engine finishing the events it accepted");
         if let Some(engine) = self.engine.take() {
             tokio::task::spawn_blocking(move || engine.shutdown())
                 .await
                 .map_err(std::io::Error::other)?;
         }
+        self.progress.set("the recorder storing its last batches");
         if let Some(recorder) = self.recorder.take() {
             tokio::task::spawn_blocking(move || recorder.finish(RECORDER_FINISH))
                 .await
                 .map_err(std::io::Error::other)?;
         }
         // Last, so that the drain and the recorder's end can be watched.
+        self.progress.set("closing the HTTP listener");
         if let Some(http) = self.http.take() {
             http.stop.fire();
             if tokio::time::timeout(CUT_GRACE, http.task).await.is_err() {
@@ -483,6 +539,13 @@ impl Drop for RunningServer {
         }
     }
 }
+
+/// How often the drain looks whether any call is left.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long connections get to close once their streams have ended, before they are cut
+/// (a client may keep an idle connection, or a health watch, open).
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long cut connections get to close before the server stops waiting for them.
 const CUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);

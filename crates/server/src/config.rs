@@ -74,6 +74,8 @@ pub struct FileConfig {
     pub auth: AuthSection,
     /// `[limits]`: what one client, connection or key may take.
     pub limits: LimitsSection,
+    /// `[shutdown]`: the drain on SIGTERM/SIGINT.
+    pub shutdown: ShutdownSection,
     /// `[sim]`: the built-in simulator feed.
     pub sim: SimSection,
     /// `[engine]`: book-keeping threads.
@@ -176,10 +178,6 @@ pub struct ServerSection {
     /// closed (a streaming subscription is in flight for as long as it lasts). Default
     /// 300.
     pub idle_timeout_secs: u64,
-    /// Seconds a shutdown (SIGTERM, SIGINT) waits for client connections to finish
-    /// after telling every stream it is going away; then what remains is cut. The
-    /// recorder's last batches are written after that. Default 5.
-    pub drain_secs: u64,
     /// MiB of recorded events one subscribe with a start time may send before its live
     /// part, over all the instruments it names; past it the subscribe is refused with
     /// `RESOURCE_EXHAUSTED`. Bounds what the server holds in memory for one request.
@@ -196,7 +194,6 @@ impl Default for ServerSection {
             max_instruments_per_request: 1000,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 300,
-            drain_secs: 5,
             start_backlog_mb: 64,
         }
     }
@@ -215,6 +212,31 @@ impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: "127.0.0.1:50052".into(),
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// Seconds between telling every stream the server is going away (a `GOING_AWAY`
+    /// status event; health `NOT_SERVING`, `/readyz` 503, new streams refused) and
+    /// ending them, so that clients move elsewhere first; over early when no call is
+    /// left. Then the feeds stop, streams end with `UNAVAILABLE` and the recorder writes
+    /// its last batches. Default 5.
+    pub drain_secs: u64,
+    /// Seconds the whole shutdown may take; past it the server exits 1 naming what had
+    /// not finished (what the recorder had not stored waits in the spill file). Default
+    /// 30.
+    pub timeout_secs: u64,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection {
+            drain_secs: 5,
+            timeout_secs: 30,
         }
     }
 }
@@ -372,8 +394,10 @@ pub struct Config {
     pub start_backlog_bytes: usize,
     /// Handshake and idle limits for connections.
     pub connections: ConnectionLimits,
-    /// How long a shutdown waits for connections before cutting them.
+    /// How long streams are served after being told the server is going away.
     pub drain: Duration,
+    /// How long the whole shutdown may take.
+    pub shutdown_timeout: Duration,
     /// The simulator, when it runs.
     pub sim: Option<SimConfig>,
     /// Exchange connectors.
@@ -464,11 +488,18 @@ impl FileConfig {
                 return Err(invalid(field, &0, "must be at least 1"));
             }
         }
-        if self.server.drain_secs > 3600 {
+        if self.shutdown.drain_secs > 3600 {
             return Err(invalid(
-                "server.drain_secs",
-                &self.server.drain_secs,
+                "shutdown.drain_secs",
+                &self.shutdown.drain_secs,
                 "must be at most 3600",
+            ));
+        }
+        if self.shutdown.timeout_secs <= self.shutdown.drain_secs {
+            return Err(invalid(
+                "shutdown.timeout_secs",
+                &self.shutdown.timeout_secs,
+                "must be more than shutdown.drain_secs (the drain is part of the shutdown)",
             ));
         }
         if self.server.start_backlog_mb == 0 || self.server.start_backlog_mb > 4096 {
@@ -637,7 +668,8 @@ impl FileConfig {
                 max_connections: self.limits.max_connections,
                 per_ip_per_s: self.limits.connections_per_ip_per_s,
             },
-            drain: Duration::from_secs(self.server.drain_secs),
+            drain: Duration::from_secs(self.shutdown.drain_secs),
+            shutdown_timeout: Duration::from_secs(self.shutdown.timeout_secs),
             sim: self
                 .sim
                 .enabled

@@ -541,6 +541,15 @@ impl Fanout {
     }
 
     /// Ends every stream with `why` (used at shutdown).
+    /// Queues `bytes` (an encoded control event) on every open stream; returns how many.
+    pub fn broadcast_control(&self, bytes: &Bytes) -> usize {
+        let all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        all.values()
+            .filter(|m| matches!(m.push_control(bytes.clone()), Pushed::Queued))
+            .count()
+    }
+
+    /// Ends every stream with `why`.
     pub fn close_all(&self, why: Closed) {
         let all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
         for m in all.values() {

@@ -277,19 +277,6 @@ impl Collector for Scrape {
     }
 }
 
-/// A status kind as a label value.
-fn kind_label(kind: raven_model::StatusKind) -> &'static str {
-    use raven_model::StatusKind::*;
-    match kind {
-        Gap => "gap",
-        Resync => "resync",
-        FeedDown => "feed_down",
-        FeedUp => "feed_up",
-        Stale => "stale",
-        Rejected => "rejected",
-    }
-}
-
 fn feeds(e: &mut DescriptorEncoder<'_>, catalog: &Catalog) -> fmt::Result {
     let feeds = catalog.feeds();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -359,7 +346,7 @@ fn feeds(e: &mut DescriptorEncoder<'_>, catalog: &Catalog) -> fmt::Result {
     for (name, _, stats) in &feeds {
         for kind in STATUS_KINDS {
             family
-                .encode_family(&[("feed", name.as_str()), ("kind", kind_label(kind))])?
+                .encode_family(&[("feed", name.as_str()), ("kind", kind.name())])?
                 .encode_counter::<NoLabelSet, _, u64>(&stats.statuses(kind), None)?;
         }
     }

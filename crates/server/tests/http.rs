@@ -238,7 +238,7 @@ async fn two_servers_in_one_process_keep_separate_counts() {
 async fn readiness_follows_the_drain_and_health_the_process() {
     let server = common::server(|f| {
         quiet(f);
-        f.server.drain_secs = 1;
+        f.shutdown.drain_secs = 1;
     })
     .await;
     let http = server.http_addr().unwrap();

@@ -107,7 +107,7 @@ async fn idle_connections_are_closed_but_a_subscription_is_never_idle() {
 async fn shutdown_ends_with_half_open_idle_publishing_and_watching_clients_attached() {
     let server = common::server(|f| {
         f.sim.rate = 5_000;
-        f.server.drain_secs = 2;
+        f.shutdown.drain_secs = 2;
     })
     .await;
     let addr = server.local_addr();
@@ -239,4 +239,100 @@ async fn shutdown_ends_with_half_open_idle_publishing_and_watching_clients_attac
     assert!(received > 0);
     assert_eq!(stats.stored.load(Ordering::Relaxed), received);
     assert_eq!(stats.lost.load(Ordering::Relaxed), 0);
+}
+
+/// Whether `event` is the drain's `GOING_AWAY` status event.
+fn going_away(event: &pb::Event) -> bool {
+    matches!(&event.body, Some(pb::event::Body::Status(s)) if s.kind == pb::StatusKind::GoingAway as i32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_tells_every_stream_refuses_new_ones_and_ends_once_clients_leave() {
+    let server = common::server(|f| {
+        f.shutdown.drain_secs = 20;
+        f.shutdown.timeout_secs = 60;
+    })
+    .await;
+    let addr = server.local_addr();
+    let http = server.http_addr().unwrap();
+    let (first_requests, mut first) = live::subscribe(addr, "SIM:BTC-USD", pb::Channel::Book).await;
+    let (second_requests, mut second) =
+        live::subscribe(addr, "SIM:ETH-USD", pb::Channel::Trades).await;
+    first.message().await.unwrap().expect("a snapshot");
+    let stopping = tokio::spawn(server.shutdown());
+
+    // Each stream is told, once, with no instrument and the drain time.
+    for stream in [&mut first, &mut second] {
+        let told = loop {
+            let message = stream
+                .message()
+                .await
+                .unwrap()
+                .expect("open during the drain");
+            if let Some(event) = message.events.into_iter().find(going_away) {
+                break event;
+            }
+        };
+        assert_eq!(told.instrument, "");
+        let Some(pb::event::Body::Status(status)) = told.body else {
+            unreachable!()
+        };
+        assert_eq!(
+            status.detail,
+            "server shutting down: this stream ends in 20 s; reconnect, to another server if there is one"
+        );
+    }
+    // During the drain: not ready, no new streams, but other calls are answered.
+    let mut market = MarketClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let refused = market
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (
+            tonic::Code::Unavailable,
+            "server shutting down: no new streams; reconnect, to another server if there is one"
+        )
+    );
+    let snapshot = market
+        .get_snapshot(pb::GetSnapshotRequest {
+            instrument: "SIM:BTC-USD".into(),
+            depth: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(snapshot.instrument, "SIM:BTC-USD");
+    let (status, _) = http_get(http, "/readyz").await;
+    assert_eq!(status, 503);
+    // The open streams are still served.
+    first.message().await.unwrap().expect("still streaming");
+    assert!(!stopping.is_finished());
+
+    // Once the clients have left, the drain is over well before its 20 s.
+    drop((first_requests, first, second_requests, second, market));
+    tokio::time::timeout(Duration::from_secs(15), stopping)
+        .await
+        .expect("the drain went on with no client left")
+        .unwrap()
+        .unwrap();
+}
+
+/// The status of `GET path` on the HTTP listener.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: raven\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, text)
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use raven_book::BookFollower;
-use raven_model::{Aggressor, EventBody, Level, Price, Side, StatusKind};
+use raven_model::{Aggressor, EventBody, Level, Price, Side};
 use raven_proto::convert::{body_from_pb, level_from_pb};
 use raven_proto::pb;
 use serde_json::{Value, json};
@@ -42,17 +42,6 @@ fn channel_name(channel: i32) -> &'static str {
         Ok(pb::Channel::Trades) => "trades",
         Ok(pb::Channel::Candles) => "candles",
         _ => "",
-    }
-}
-
-fn status_name(kind: StatusKind) -> &'static str {
-    match kind {
-        StatusKind::Gap => "gap",
-        StatusKind::Resync => "resync",
-        StatusKind::FeedDown => "feed_down",
-        StatusKind::FeedUp => "feed_up",
-        StatusKind::Stale => "stale",
-        StatusKind::Rejected => "rejected",
     }
 }
 
@@ -171,7 +160,7 @@ impl Printer {
             }),
             EventBody::Status(s) => json!({
                 "type": "status",
-                "kind": status_name(s.kind),
+                "kind": s.kind.name(),
                 "missed": s.missed,
                 "detail": s.detail,
             }),
@@ -285,7 +274,7 @@ impl Printer {
             EventBody::Status(s) => writeln!(
                 out,
                 "{name:<16} #{seq:<8} STATUS {}: {}",
-                status_name(s.kind),
+                s.kind.name(),
                 s.detail
             ),
         }

@@ -37,6 +37,7 @@ pub fn status_number(kind: StatusKind) -> u64 {
         StatusKind::FeedUp => 4,
         StatusKind::Stale => 5,
         StatusKind::Rejected => 6,
+        StatusKind::GoingAway => 7,
     }
 }
 

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tonic::Status;
 
+use super::drain::STREAMING;
 use crate::shutdown::{self, Shutdown, Trigger};
 
 /// What a key may do.
@@ -73,15 +74,6 @@ impl Role {
         }
     }
 }
-
-/// The calls that hold a stream open for as long as the client likes, counted against a
-/// key's `max_streams`.
-const STREAMING: [&str; 4] = [
-    "/raven.v1.Market/Stream",
-    "/raven.v1.History/Query",
-    "/raven.v1.History/Replay",
-    "/raven.v1.Ingest/Publish",
-];
 
 /// Per-key limits; 0 is no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -585,6 +577,7 @@ impl<S> Authenticated<S> {
                 )),
             ));
         }
+        // Streaming calls count against `max_streams`.
         if !STREAMING.contains(&request.uri().path()) {
             return Ok((key, None));
         }
@@ -653,6 +646,12 @@ pub struct KeyedBody<B> {
     body: Option<Pin<Box<B>>>,
     revoked: Option<BoxFuture<()>>,
     _slot: Option<StreamSlot>,
+}
+
+impl<B: Default> Default for KeyedBody<B> {
+    fn default() -> Self {
+        KeyedBody::open(B::default())
+    }
 }
 
 impl<B> KeyedBody<B> {

@@ -201,6 +201,14 @@ impl Connections {
         self.live().len()
     }
 
+    /// Requests in flight over all connections (a stream counts for as long as it lasts).
+    pub fn in_flight(&self) -> u64 {
+        self.live()
+            .values()
+            .map(|conn| conn.in_flight.load(Ordering::Acquire))
+            .sum()
+    }
+
     /// Connections accepted since the start.
     pub fn accepted(&self) -> u64 {
         self.next_id.load(Ordering::Relaxed)

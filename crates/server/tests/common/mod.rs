@@ -29,6 +29,8 @@ pub fn config(configure: impl FnOnce(&mut FileConfig)) -> Config {
     file.store.spill_reserve_mb = 64;
     // Its own HTTP port too: tests run side by side.
     file.http.listen = "127.0.0.1:0".into();
+    // Stopping does not wait for clients to move elsewhere; the drain's tests set it.
+    file.shutdown.drain_secs = 0;
     configure(&mut file);
     file.resolve().expect("test configuration is valid")
 }
