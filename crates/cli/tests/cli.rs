@@ -596,9 +596,10 @@ fn serve_and_clients_over_mutual_tls_as_a_user_would() {
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    // The client sees the alert, or only the closed connection, depending on timing.
+    // The client sees the alert, or only the closed connection (UNKNOWN or CANCELLED),
+    // depending on timing.
     assert!(
-        stderr.starts_with("error: UNKNOWN: transport error"),
+        stderr.starts_with("error: ") && stderr.contains("transport error"),
         "{stderr}"
     );
     // TLS flags with a plaintext URL are a mistake, said as such.
