@@ -1,7 +1,8 @@
 //! `raven serve` under a service manager: the shipped systemd unit verifies clean with
 //! `systemd-analyze verify` (skipped with a message where systemd is not installed, unless
 //! `RAVEN_REQUIRE_SERVICES=1`), and the server tells a test-owned `NOTIFY_SOCKET` when it
-//! is ready and when it starts draining, ignoring a SIGHUP in between.
+//! is ready and when it starts draining, serving on through a SIGHUP in between; and the
+//! container image's parts that can be checked without Docker.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -116,5 +117,57 @@ fn the_shipped_unit_verifies_clean() {
         String::from_utf8_lossy(&out.stderr),
         "",
         "systemd-analyze verify"
+    );
+}
+
+/// The container image (the Dockerfile can only be built where Docker runs; this checks
+/// what can be checked without it): its configuration is valid and stops within Docker's
+/// 10 s, the runtime stage runs as an unprivileged user, its health check is `raven
+/// health`, and it starts with the configuration it copies in.
+#[test]
+fn the_container_image_runs_unprivileged_with_a_valid_configuration() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let config = root.join("deploy/docker/raven.toml");
+    let check = Command::new(RAVEN)
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let shown = Command::new(RAVEN)
+        .args(["config", "show", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    assert!(shown.contains("timeout_secs = 9\n"), "{shown}");
+
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let lines: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let runtime = lines
+        .iter()
+        .rposition(|l| l.starts_with("FROM "))
+        .expect("a FROM line");
+    assert!(
+        lines.iter().filter(|l| l.starts_with("FROM ")).count() >= 2,
+        "multi-stage"
+    );
+    let stage = &lines[runtime..];
+    let user = stage
+        .iter()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER");
+    assert_ne!(user, "root");
+    assert!(
+        stage
+            .iter()
+            .any(|l| l.starts_with("HEALTHCHECK ") && l.ends_with(r#"CMD ["raven", "health"]"#))
+    );
+    assert!(stage.contains(&"COPY deploy/docker/raven.toml /etc/raven/raven.toml"));
+    assert!(
+        stage.contains(&r#"ENTRYPOINT ["raven", "serve", "--config", "/etc/raven/raven.toml"]"#)
     );
 }
