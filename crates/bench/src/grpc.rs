@@ -3,6 +3,7 @@
 //! the configured rate, and account for every event every client receives.
 
 use std::marker::PhantomData;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::report::Row;
 use super::server::{Target, Usage};
@@ -72,16 +73,25 @@ impl<T: Message + Send + 'static> Codec for RawCodec<T> {
     }
 }
 
-pub(super) async fn connect(url: &str) -> Result<Channel, BenchError> {
+/// A connection to `url`; over TLS for `https://`, trusting `tls_ca` (a server
+/// certificate for `localhost`, as the bench's own certificates are).
+pub(super) async fn connect(url: &str, tls_ca: Option<&Path>) -> Result<Channel, BenchError> {
     let connect = |source| BenchError::Connect {
         url: url.to_owned(),
         source,
     };
-    Endpoint::from_shared(url.to_owned())
-        .map_err(connect)?
-        .connect()
-        .await
-        .map_err(connect)
+    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(connect)?;
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().domain_name("localhost");
+        if let Some(ca) = tls_ca {
+            let pem = std::fs::read(ca).map_err(|e| {
+                BenchError::Config(format!("cannot read the TLS CA {}: {e}", ca.display()))
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(connect)?;
+    }
+    endpoint.connect().await.map_err(connect)
 }
 
 async fn client(
@@ -193,7 +203,7 @@ pub(super) async fn run_row(
 ) -> Result<Row, BenchError> {
     let RowPlan { clients, rate } = plan;
     let names = workload::instrument_names(config.instruments);
-    let mut ingest = IngestClient::new(connect(&target.url).await?);
+    let mut ingest = IngestClient::new(connect(&target.url, config.tls_ca.as_deref()).await?);
     // One unmeasured trade per instrument creates them (exchange time 0: never counted).
     let create = pb::PublishRequest {
         events: names.iter().map(|n| feed_trade(n, 0)).collect(),
@@ -205,7 +215,7 @@ pub(super) async fn run_row(
     progress(&format!("N={clients}: connecting {clients} Raven clients"));
     let mut fleet = Clients::new(clients);
     for _ in 0..clients {
-        let channel = connect(&target.url).await?;
+        let channel = connect(&target.url, config.tls_ca.as_deref()).await?;
         let (names, shared, finished) = (names.clone(), shared.clone(), finished.clone());
         fleet.spawn(|ready| client(channel, names, shared, ready, finished));
     }

@@ -60,6 +60,9 @@ pub struct BenchConfig {
     pub compare: Option<String>,
     /// Read the Raven server's RSS this often during each row (the soak).
     pub sample_every: Option<Duration>,
+    /// The CA to trust when the server is on TLS (its configuration has `[tls]`, or
+    /// `server` is `https://`).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl BenchConfig {
@@ -164,8 +167,8 @@ pub async fn replay_rate(
     request: raven_proto::pb::ReplayRequest,
 ) -> Result<(u64, std::time::Duration), BenchError> {
     use tonic::codegen::http::uri::PathAndQuery;
-    let mut grpc =
-        tonic::client::Grpc::new(grpc::connect(url).await?).max_decoding_message_size(64 << 20);
+    let mut grpc = tonic::client::Grpc::new(grpc::connect(url, None).await?)
+        .max_decoding_message_size(64 << 20);
     grpc.ready()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;

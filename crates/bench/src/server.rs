@@ -144,8 +144,14 @@ impl Target {
                 .ok_or_else(|| {
                     std::io::Error::other(format!("server did not report its address: {line:?}"))
                 })?;
+            // The startup line says when the server takes TLS only.
+            let scheme = if line.contains("(TLS") {
+                "https"
+            } else {
+                "http"
+            };
             Ok(Target {
-                url: format!("http://{addr}"),
+                url: format!("{scheme}://{addr}"),
                 pid: Some(child.id()),
                 child: Some(child),
             })

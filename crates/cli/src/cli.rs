@@ -233,6 +233,10 @@ struct BenchArgs {
     /// Also plot the results (latency and deliveries/s against N) to this SVG file.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// The CA to trust when the server is on TLS (--server https://…, or [tls] in
+    /// --server-config); its certificate must name localhost.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 /// How often a soak reads the server's RSS.
@@ -482,6 +486,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         instruments: args.instruments,
         compare: args.compare,
         sample_every: soak.then_some(SOAK_SAMPLE_EVERY),
+        tls_ca: args.tls_ca,
     };
     let report = raven_bench::run(&config, |line| eprintln!("{line}")).await?;
     print!("{}", report.table());

@@ -24,6 +24,7 @@ fn config(clients: Vec<usize>, rate: u64) -> BenchConfig {
         instruments: 3,
         compare: None,
         sample_every: None,
+        tls_ca: None,
     }
 }
 
@@ -271,4 +272,28 @@ async fn max_mode_steps_the_rate_up_to_the_cap_and_reports_the_highest_sustained
     assert_eq!((row.clients, row.rate, row.lost), (2, 1687, 0));
     assert_eq!(row.delivered, 2 * row.published);
     assert!(row.published_per_s >= 0.97 * 1687.0, "{row:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_tls_is_benched_over_tls_exactly() {
+    let dir = raven_testkit::scratch_dir!("bench-tls");
+    let ca = raven_testkit::tls::Authority::new("Raven bench CA");
+    let server = ca.issue(&dir, "server", false);
+    let toml = dir.join("tls.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            server.cert.to_str().unwrap(),
+            server.key.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let config = BenchConfig {
+        server_config: Some(toml),
+        tls_ca: Some(ca.write(&dir, "ca")),
+        ..config(vec![2], 1000)
+    };
+    let report = run(&config, |_| {}).await.unwrap();
+    assert_exact(report.rows[0].raven.as_ref().unwrap());
 }
