@@ -23,6 +23,8 @@ pub struct Watched {
     pub trades: Vec<(String, u64)>,
     /// Gap statuses received (the watcher fell behind).
     pub gaps: u64,
+    /// Whether the server said it was going away (its drain).
+    pub told_going_away: bool,
 }
 
 /// A live subscriber to the book and trades of every simulated instrument.
@@ -75,6 +77,11 @@ pub async fn watch(addr: SocketAddr) -> anyhow::Result<Watcher> {
                     }
                     Some(pb::event::Body::Status(s)) if s.kind == pb::StatusKind::Gap as i32 => {
                         seen.gaps += 1;
+                    }
+                    Some(pb::event::Body::Status(s))
+                        if s.kind == pb::StatusKind::GoingAway as i32 =>
+                    {
+                        seen.told_going_away = true;
                     }
                     _ => {}
                 }

@@ -500,7 +500,8 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// SIGTERM at 50k events/s with 20 subscribers.
+/// SIGTERM at 50k events/s with 20 subscribers attached: they are told the server is
+/// going away, served through the drain, then ended.
 async fn sigterm_load(o: &Options, dir: &Path) -> anyhow::Result<Row> {
     let server = Server::start(&o.raven, dir, "[sim]\nrate = 50000\n", &[])?;
     let mut watchers = Vec::new();
@@ -508,18 +509,22 @@ async fn sigterm_load(o: &Options, dir: &Path) -> anyhow::Result<Row> {
         watchers.push(probe::watch(server.addr).await?);
     }
     sleep(5.0).await;
-    let mut pause = Duration::ZERO;
-    for w in watchers {
-        pause = pause.max(w.finish().await?.longest_pause);
-    }
     let stopped = blocking(|| server.terminate(Duration::from_secs(60)))?;
+    let mut pause = Duration::ZERO;
+    let mut told = 0;
+    for w in watchers {
+        let seen = w.finish().await?;
+        pause = pause.max(seen.longest_pause);
+        told += usize::from(seen.told_going_away);
+    }
     let audit = blocking(|| audit_sqlite(dir))?;
     let mut row = outcome(&stopped, &audit, Some(pause));
     row.note = format!(
-        "{}20 subscribers attached at the signal",
+        "{}20 subscribers attached at the signal, {told} told GOING_AWAY and served through the drain",
         exit_note(&stopped)
     );
     row.pass = nothing_lost(&row, &stopped)
+        && told == 20
         && Duration::from_secs_f64(stopped.exit_s) <= EXIT_LIMIT
         && row.published.is_some_and(|p| p > 0);
     Ok(row)

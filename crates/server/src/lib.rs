@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod fanout;
 pub mod feed;
+pub mod histogram;
 pub mod http;
 pub mod metrics;
 pub mod query;

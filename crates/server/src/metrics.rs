@@ -22,9 +22,10 @@ use raven_model::UnixNanos;
 use crate::api::auth::Keys;
 use crate::api::calls::CallStats;
 use crate::api::connections::{Connections, Refusal};
-use crate::engine::stats::{EngineStats, LATENCY_BOUNDS_NS};
+use crate::engine::stats::EngineStats;
 use crate::fanout::Fanout;
 use crate::feed::{Catalog, FeedStats, STATUS_KINDS};
+use crate::histogram::BOUNDS_NS;
 use crate::recorder::RecorderStats;
 
 /// The `Content-Type` of [`Metrics::encode`]'s text.
@@ -418,27 +419,39 @@ fn engine(e: &mut DescriptorEncoder<'_>, engine: &EngineStats) -> fmt::Result {
             .encode_gauge(&(engine.queued(n) as u64))?;
     }
     // Merged over the shards: one series, whatever their number.
-    let mut buckets = [0u64; LATENCY_BOUNDS_NS.len() + 1];
+    let mut buckets = [0u64; BOUNDS_NS.len() + 1];
     let mut sum_ns = 0u64;
     for stats in shards {
-        for (total, n) in buckets.iter_mut().zip(stats.latency_buckets()) {
+        for (total, n) in buckets.iter_mut().zip(stats.latency.buckets()) {
             *total += n;
         }
-        sum_ns += stats.latency_sum_ns.get();
+        sum_ns += stats.latency.sum_ns();
     }
-    let bounds: Vec<(f64, u64)> = LATENCY_BOUNDS_NS
+    histogram(
+        e,
+        "raven_engine_receive_to_publish_seconds",
+        "Time from a feed receiving an event to the engine publishing it.",
+        &buckets,
+        sum_ns,
+    )
+}
+
+/// A histogram of durations counted in [`BOUNDS_NS`] buckets, in seconds.
+fn histogram(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    buckets: &[u64; BOUNDS_NS.len() + 1],
+    sum_ns: u64,
+) -> fmt::Result {
+    let bounds: Vec<(f64, u64)> = BOUNDS_NS
         .iter()
         .map(|&ns| ns as f64 / 1e9)
         .chain([f64::MAX])
-        .zip(buckets)
+        .zip(buckets.iter().copied())
         .collect();
-    e.encode_descriptor(
-        "raven_engine_receive_to_publish_seconds",
-        "Time from a feed receiving an event to the engine publishing it.",
-        None,
-        MetricType::Histogram,
-    )?
-    .encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, buckets.iter().sum(), &bounds, None)
+    e.encode_descriptor(name, help, None, MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, buckets.iter().sum(), &bounds, None)
 }
 
 fn recorder(e: &mut DescriptorEncoder<'_>, r: &RecorderStats) -> fmt::Result {
@@ -505,6 +518,13 @@ fn recorder(e: &mut DescriptorEncoder<'_>, r: &RecorderStats) -> fmt::Result {
         "raven_recorder_commit_lag_max_seconds",
         "Longest time from a batch's first event to its commit.",
         load(&r.max_lag_ns) as f64 / 1e9,
+    )?;
+    histogram(
+        e,
+        "raven_recorder_commit_lag_seconds",
+        "Time from a batch's first event being published to its commit (a backfilled batch's includes the outage it waited out).",
+        &r.commit_lag.buckets(),
+        r.commit_lag.sum_ns(),
     )
 }
 

@@ -34,6 +34,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::engine::Tapped;
+use crate::histogram::Histogram;
 use crate::store::spill::Spill;
 use crate::store::{Batch, MAX_BATCH_ROWS, Store};
 use queue::{Next, Queue};
@@ -101,10 +102,9 @@ pub struct RecorderStats {
     /// Longest time from a batch's first event being published to its commit, ns (a
     /// backfilled batch's lag includes the outage it waited out).
     pub max_lag_ns: AtomicU64,
-    /// The same summed over those batches, ns (mean: divide by `lag_batches`).
-    pub total_lag_ns: AtomicU64,
-    /// Batches in `total_lag_ns`.
-    pub lag_batches: AtomicU64,
+    /// Every committed batch's lag, as `max_lag_ns` measures it (written by the writer
+    /// thread alone).
+    pub commit_lag: Histogram,
 }
 
 /// A running recorder.
@@ -234,8 +234,9 @@ fn log_totals(stats: &RecorderStats) {
         gaps = load(&stats.gaps),
         damaged_bytes = load(&stats.damaged_bytes),
         max_lag_ms = load(&stats.max_lag_ns) as f64 / 1e6,
-        mean_lag_ms =
-            load(&stats.total_lag_ns) as f64 / 1e6 / load(&stats.lag_batches).max(1) as f64,
+        mean_lag_ms = stats.commit_lag.sum_ns() as f64
+            / 1e6
+            / stats.commit_lag.buckets().iter().sum::<u64>().max(1) as f64,
         "recorder stopped"
     );
 }
@@ -408,6 +409,5 @@ fn note_lag(stats: &RecorderStats, clock: &dyn Clock, batch: &Batch) {
     };
     let lag = clock.now().0.saturating_sub(first.publish_time);
     stats.max_lag_ns.fetch_max(lag, Ordering::Relaxed);
-    stats.total_lag_ns.fetch_add(lag, Ordering::Relaxed);
-    stats.lag_batches.fetch_add(1, Ordering::Relaxed);
+    stats.commit_lag.record(lag);
 }

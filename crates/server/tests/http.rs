@@ -129,6 +129,15 @@ async fn metrics_count_known_traffic_exactly() {
         .count();
     assert_eq!(trade_rows, 251);
     assert!(after["raven_recorder_batches"] >= 1.0);
+    // Every committed batch's lag is in the histogram, none over the longest.
+    assert_eq!(
+        after["raven_recorder_commit_lag_seconds"],
+        after["raven_recorder_batches"]
+    );
+    assert!(
+        after["raven_recorder_commit_lag_seconds_sum"]
+            <= after["raven_recorder_commit_lag_max_seconds"] * after["raven_recorder_batches"]
+    );
     for zero in [
         "raven_recorder_spilled_events",
         "raven_recorder_lost_events",
