@@ -1,6 +1,14 @@
 //! Configuration: one TOML file (unknown keys rejected), parsed in two stages — the file
 //! form ([`FileConfig`], every field optional with a documented default) and the
 //! validated, resolved [`Config`] the server runs on. Command-line flags override the file.
+//! The sections as written are in `config/sections.rs`.
+
+mod sections;
+
+pub use sections::{
+    AuthSection, EngineSection, FanoutSection, HttpSection, LimitsSection, ServerSection,
+    ShutdownSection, SimSection, StoreSection,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::auth::{KeyLimits, Keys};
 use crate::api::connections::ConnectionLimits;
 use crate::api::tls::{Tls, TlsSection};
-use crate::fanout::{FanoutConfig, LagPolicy};
+use crate::fanout::FanoutConfig;
 use crate::feed::exchange::{ExchangeConfig, FeedConfigError, FeedSection};
 use crate::feed::sim::SimConfig;
 use crate::recorder::RecorderConfig;
@@ -88,60 +96,6 @@ pub struct FileConfig {
     pub feeds: Vec<FeedSection>,
 }
 
-/// `[store]`
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreSection {
-    /// Where events are recorded: `sqlite:PATH`, `postgres://USER@HOST:PORT/DB`, or `off`.
-    /// Default `sqlite:./data/raven.db`.
-    pub url: String,
-    /// PostgreSQL schema for Raven's tables (created if need be). Default `raven`.
-    pub schema: String,
-    /// Where batches wait, once the memory queue is full, while the store is
-    /// unavailable; they are backfilled from it when the store returns. Best on another
-    /// disk than the database, so that one full disk does not stop both. Default
-    /// `./data/raven.spill`.
-    pub spill: PathBuf,
-    /// Disk reserved for the spill file at start (MiB), so that a disk filling up later
-    /// cannot refuse it: at 20,000 events/s (about 2.6 MB/s of rows) the default holds
-    /// about 100 s, at the simulator's default 2,000 events/s about 16 minutes. The last
-    /// 4 MiB are kept for the record of lost events. Default 256, at least 8.
-    pub spill_reserve_mb: u64,
-    /// Batches waiting for the store in memory (MiB) before they go to the spill file.
-    /// Default 64.
-    pub queue_mb: u64,
-    /// A batch is written at most this many ms after its first event. Default 5.
-    pub batch_window_ms: u64,
-    /// ...or as soon as it holds this many events. Default 50000.
-    pub batch_max_rows: usize,
-    /// Seconds between attempts to reach a failed store. Default 1.
-    pub retry_secs: u64,
-    /// Seconds between tries of a store that refused (permission, a table gone, a
-    /// corrupt file: it will not pass by itself; each try is logged as an error).
-    /// Default 30.
-    pub refused_retry_secs: u64,
-    /// A book's full snapshot is stored after this many of its events, so a past book
-    /// (`History.BookAt`) is rebuilt from the nearest one. Default 10000.
-    pub snapshot_every: u32,
-}
-
-impl Default for StoreSection {
-    fn default() -> Self {
-        StoreSection {
-            url: "sqlite:./data/raven.db".into(),
-            schema: "raven".into(),
-            spill: "./data/raven.spill".into(),
-            spill_reserve_mb: 256,
-            queue_mb: 64,
-            batch_window_ms: 5,
-            batch_max_rows: 50_000,
-            retry_secs: 1,
-            refused_retry_secs: 30,
-            snapshot_every: 10_000,
-        }
-    }
-}
-
 /// The store, resolved.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -157,214 +111,6 @@ pub struct StoreConfig {
     pub recorder: RecorderConfig,
     /// Book events between stored snapshots.
     pub snapshot_every: u32,
-}
-
-/// `[server]`
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerSection {
-    /// Address for gRPC. Default `127.0.0.1:50051` (loopback only).
-    pub listen: String,
-    /// Seconds between HTTP/2 keepalive pings to detect dead peers. Default 10.
-    pub keepalive_secs: u64,
-    /// Seconds to wait for a keepalive answer before dropping the connection. Default 20.
-    pub keepalive_timeout_secs: u64,
-    /// Most instruments one subscribe request may name. Default 1000.
-    pub max_instruments_per_request: usize,
-    /// Seconds a new connection has to begin its HTTP/2 handshake before it is closed.
-    /// Default 10.
-    pub handshake_timeout_secs: u64,
-    /// Seconds a connection may stay open with no request in flight before it is
-    /// closed (a streaming subscription is in flight for as long as it lasts). Default
-    /// 300.
-    pub idle_timeout_secs: u64,
-    /// MiB of recorded events one subscribe with a start time may send before its live
-    /// part, over all the instruments it names; past it the subscribe is refused with
-    /// `RESOURCE_EXHAUSTED`. Bounds what the server holds in memory for one request.
-    /// Default 64.
-    pub start_backlog_mb: usize,
-}
-
-impl Default for ServerSection {
-    fn default() -> Self {
-        ServerSection {
-            listen: "127.0.0.1:50051".into(),
-            keepalive_secs: 10,
-            keepalive_timeout_secs: 20,
-            max_instruments_per_request: 1000,
-            handshake_timeout_secs: 10,
-            idle_timeout_secs: 300,
-            start_backlog_mb: 64,
-        }
-    }
-}
-
-/// `[http]`
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpSection {
-    /// Address for HTTP: `/metrics` (OpenMetrics), `/healthz`, `/readyz` and
-    /// `/api/v1/stats`; `"off"` serves none of them. Default `127.0.0.1:50052`.
-    pub listen: String,
-}
-
-impl Default for HttpSection {
-    fn default() -> Self {
-        HttpSection {
-            listen: "127.0.0.1:50052".into(),
-        }
-    }
-}
-
-/// `[shutdown]`
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ShutdownSection {
-    /// Seconds between telling every stream the server is going away (a `GOING_AWAY`
-    /// status event; health `NOT_SERVING`, `/readyz` 503, new streams refused) and
-    /// ending them, so that clients move elsewhere first; over early when no call is
-    /// left. Then the feeds stop, streams end with `UNAVAILABLE` and the recorder writes
-    /// its last batches. Default 5.
-    pub drain_secs: u64,
-    /// Seconds the whole shutdown may take; past it the server exits 1 naming what had
-    /// not finished (what the recorder had not stored waits in the spill file). Default
-    /// 30.
-    pub timeout_secs: u64,
-}
-
-impl Default for ShutdownSection {
-    fn default() -> Self {
-        ShutdownSection {
-            drain_secs: 5,
-            timeout_secs: 30,
-        }
-    }
-}
-
-/// `[auth]`
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthSection {
-    /// The API keys file (TOML, `[[keys]]` tables; `raven keys add` writes them). When
-    /// set, every call but health and reflection needs a key; SIGHUP reloads it.
-    /// Default: none, every call is served.
-    pub keys_file: Option<PathBuf>,
-}
-
-/// `[limits]`: 0 is no limit throughout.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsSection {
-    /// gRPC connections open at once; past it new ones are closed at once. Default
-    /// 10000.
-    pub max_connections: usize,
-    /// New gRPC connections per second from one IP address; past it they are closed at
-    /// once. Default 0.
-    pub connections_per_ip_per_s: u32,
-    /// HTTP/2 streams (calls) open at once on one connection. Default 1024.
-    pub streams_per_connection: u32,
-    /// Subscribe requests per second on one stream; past it the stream ends with
-    /// `RESOURCE_EXHAUSTED`. Default 100.
-    pub subscribe_requests_per_s: u32,
-    /// With API keys, the streaming calls one key may have open (a key's own
-    /// `max_streams` overrides it). Default 100.
-    pub streams_per_key: usize,
-    /// With API keys, the subscriptions one key may hold over all its streams
-    /// (`max_subscriptions`). Default 10000.
-    pub subscriptions_per_key: usize,
-    /// With API keys, the events per second one key may publish; past it the publisher
-    /// is slowed, never trimmed (`ingest_events_per_s`). Default 0.
-    pub ingest_events_per_s_per_key: u64,
-}
-
-impl Default for LimitsSection {
-    fn default() -> Self {
-        LimitsSection {
-            max_connections: 10_000,
-            connections_per_ip_per_s: 0,
-            streams_per_connection: 1024,
-            subscribe_requests_per_s: 100,
-            streams_per_key: 100,
-            subscriptions_per_key: 10_000,
-            ingest_events_per_s_per_key: 0,
-        }
-    }
-}
-
-/// `[sim]`
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimSection {
-    /// Run the simulator. Default: on, unless `[[feeds]]` are configured.
-    pub enabled: Option<bool>,
-    /// PRNG seed: the same seed gives the same market. Default 42.
-    pub seed: u64,
-    /// Events per second over all instruments. Default 2000.
-    pub rate: u64,
-    /// Price levels per side the simulated books start with. Default 25.
-    pub levels: usize,
-}
-
-impl Default for SimSection {
-    fn default() -> Self {
-        SimSection {
-            enabled: None,
-            seed: 42,
-            rate: 2000,
-            levels: 25,
-        }
-    }
-}
-
-/// `[engine]`
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineSection {
-    /// Worker threads; instruments are spread over them, one writer per instrument.
-    /// Default 1 (this leaves cores for gRPC on small machines).
-    pub shards: usize,
-}
-
-impl Default for EngineSection {
-    fn default() -> Self {
-        EngineSection { shards: 1 }
-    }
-}
-
-/// `[fanout]`
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FanoutSection {
-    /// Events a subscriber may have queued before its overflow policy applies. Default
-    /// 32768: at 50k events/s a client may stall about 0.65 s before losing any (the
-    /// 10-minute soak saw a 0.34 s stall overflow 8192). Queued events share the engine's
-    /// encoded chunks, so the bound costs references, not copies.
-    pub queue_events: usize,
-    /// Trade, BBO and candle channels on overflow: `"gap"` (drop, then report how many
-    /// were missed) or `"disconnect"`. Book channels always conflate to a resync snapshot.
-    /// Default `"gap"`.
-    pub trade_overflow: LagPolicy,
-    /// Largest stream message the server sends, in bytes. Default 1 MiB.
-    pub max_batch_bytes: usize,
-    /// Stream writes per second for all clients together; each client's writes are spaced
-    /// by `subscribers / budget` (when that is 1 ms or more) so that a write carries more
-    /// events. 0 means no limit. Default 50000: with many clients, per-message costs on
-    /// both ends (HTTP/2 framing, a syscall, the client's own per-message work) dominate,
-    /// and without spacing 1,000 clients at 1k events/s on a 2-core box queue for seconds;
-    /// with it, p99 is about 30 ms. Costs about 2 ms with 100 clients at 10k events/s,
-    /// nothing with fewer than 50 (see BENCHMARKS.md).
-    pub write_budget_per_s: u64,
-}
-
-impl Default for FanoutSection {
-    fn default() -> Self {
-        FanoutSection {
-            queue_events: 32768,
-            trade_overflow: LagPolicy::Gap,
-            max_batch_bytes: 1 << 20,
-            write_budget_per_s: 50_000,
-        }
-    }
 }
 
 /// The resolved configuration.
@@ -696,6 +442,7 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fanout::LagPolicy;
 
     #[test]
     fn defaults_resolve() {
