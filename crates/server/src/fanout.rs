@@ -14,7 +14,7 @@
 //!   gap event, or disconnect the client.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -467,6 +467,8 @@ pub struct Fanout {
     count: watch::Sender<usize>,
     resyncs: AtomicU64,
     lagged: AtomicU64,
+    /// Subscriptions held over all streams (each stream's session keeps it).
+    subscriptions: AtomicUsize,
     /// Deliveries of the streams that ended, and why they ended.
     retired: Mutex<(Delivered, Disconnects)>,
 }
@@ -571,6 +573,21 @@ impl Fanout {
     /// Pushes refused for lag so far.
     pub fn lagged(&self) -> u64 {
         self.lagged.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` subscriptions a stream took.
+    pub fn subscribed(&self, n: usize) {
+        self.subscriptions.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` subscriptions a stream gave up (or held when it ended).
+    pub fn unsubscribed(&self, n: usize) {
+        self.subscriptions.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Subscriptions held now, over all streams.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions.load(Ordering::Relaxed)
     }
 
     /// Resync snapshots sent so far.

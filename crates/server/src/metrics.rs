@@ -135,6 +135,12 @@ impl Collector for Scrape {
         )?;
         gauge(
             &mut e,
+            "raven_subscriptions",
+            "Subscriptions (instrument and channel) held over all subscriber streams.",
+            s.fanout.subscriptions() as u64,
+        )?;
+        gauge(
+            &mut e,
             "raven_subscriber_queue_max_events",
             "The most events any subscriber has queued now.",
             s.fanout.max_queued() as u64,

@@ -81,6 +81,7 @@ async fn metrics_count_known_traffic_exactly() {
     .await;
     let before = scrape(&server).await;
     assert_eq!(before["raven_subscribers"], 0.0);
+    assert_eq!(before["raven_subscriptions"], 0.0);
     assert_eq!(before["raven_connections_accepted"], 0.0);
     assert_eq!(before["raven_recorder_received_events"], 0.0);
     assert_eq!(before["raven_build{version=\"0.1.0\"}"], 1.0);
@@ -90,7 +91,10 @@ async fn metrics_count_known_traffic_exactly() {
     publish_trades(&server, 1).await;
     let (tx, mut stream) =
         live::subscribe(server.local_addr(), "TEST:ABC", pb::Channel::Trades).await;
-    let during = scrape_until(&server, |m| m["raven_subscribers"] == 1.0).await;
+    let during = scrape_until(&server, |m| {
+        m["raven_subscribers"] == 1.0 && m["raven_subscriptions"] == 1.0
+    })
+    .await;
     assert_eq!(during["raven_feed_instruments{feed=\"Publisher\"}"], 1.0);
 
     publish_trades(&server, 250).await;
@@ -202,7 +206,10 @@ async fn metrics_count_known_traffic_exactly() {
     // The subscriber leaves: the gauge follows, and its call is counted.
     drop(stream);
     drop(tx);
-    let gone = scrape_until(&server, |m| m["raven_subscribers"] == 0.0).await;
+    let gone = scrape_until(&server, |m| {
+        m["raven_subscribers"] == 0.0 && m["raven_subscriptions"] == 0.0
+    })
+    .await;
     let streams: f64 = gone
         .iter()
         .filter(|(k, _)| {

@@ -145,11 +145,13 @@ struct Session {
 }
 
 impl Drop for Session {
-    /// The stream's subscriptions go back to its key, however the stream ends.
+    /// The stream's subscriptions go back to its key, and leave the count, however the
+    /// stream ends.
     fn drop(&mut self) {
         if let Some(key) = &self.key {
             key.unsubscribed(self.held);
         }
+        self.service.fanout.unsubscribed(self.subscriptions.len());
     }
 }
 
@@ -273,7 +275,9 @@ impl Session {
             } else {
                 upto?;
             }
-            self.subscriptions.insert((id, channel));
+            if self.subscriptions.insert((id, channel)) {
+                self.service.fanout.subscribed(1);
+            }
         }
         Ok(())
     }
@@ -309,11 +313,12 @@ impl Session {
             finished
                 .await
                 .map_err(|_| engine_status(EngineError::Stopped))?;
-            if self.subscriptions.remove(&(id, channel))
-                && let Some(key) = &self.key
-            {
-                key.unsubscribed(1);
-                self.held -= 1;
+            if self.subscriptions.remove(&(id, channel)) {
+                self.service.fanout.unsubscribed(1);
+                if let Some(key) = &self.key {
+                    key.unsubscribed(1);
+                    self.held -= 1;
+                }
             }
         }
         Ok(())
