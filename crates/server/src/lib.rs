@@ -21,6 +21,7 @@ pub mod feed;
 pub mod histogram;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod query;
 pub mod recorder;
 pub mod shutdown;

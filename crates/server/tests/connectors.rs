@@ -18,7 +18,9 @@ use raven_server::feed::exchange::FeedSection;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-const WAIT: Duration = Duration::from_secs(15);
+/// How long a condition may take before the test fails: only a failure waits it out.
+/// 750 books syncing while the machine compiles beside the tests took over 15 s twice.
+const WAIT: Duration = Duration::from_secs(45);
 
 fn feed(mock: &MockExchange, venue: &str, symbols: &[&str]) -> FeedSection {
     FeedSection {

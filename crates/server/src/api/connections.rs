@@ -39,6 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 
 use super::calls::{self, CallStats};
+use crate::net::MaybeTls;
 use crate::shutdown::Shutdown;
 
 /// The HTTP/2 client preface and one frame header: what a client that has begun its
@@ -275,7 +276,7 @@ impl Connections {
             };
             match &tls {
                 None => {
-                    if tx.send(Ok(Accepted::Plain(guarded))).await.is_err() {
+                    if tx.send(Ok(MaybeTls::Plain(guarded))).await.is_err() {
                         return;
                     }
                 }
@@ -286,7 +287,8 @@ impl Connections {
                         let limit = connections.limits.handshake;
                         match tokio::time::timeout(limit, handshake).await {
                             Ok(Ok(stream)) => {
-                                let _ = tx.send(Ok(Accepted::Tls(Box::new(stream)))).await;
+                                let stream = tokio_rustls::TlsStream::Server(stream);
+                                let _ = tx.send(Ok(MaybeTls::Tls(Box::new(stream)))).await;
                             }
                             Ok(Err(e)) => connections.tls_refused(remote, &e.to_string()),
                             Err(_) => connections.tls_refused(remote, "no TLS handshake in time"),
@@ -536,79 +538,13 @@ impl Connected for Guarded {
 }
 
 /// An accepted connection as tonic serves it: plain, or through its TLS handshake.
-pub enum Accepted {
-    /// Plaintext HTTP/2.
-    Plain(Guarded),
-    /// HTTP/2 over TLS.
-    Tls(Box<tokio_rustls::server::TlsStream<Guarded>>),
-}
+pub type Accepted = MaybeTls<Guarded>;
 
-impl Connected for Accepted {
+impl Connected for MaybeTls<Guarded> {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
-        match self {
-            Accepted::Plain(guarded) => guarded.connect_info(),
-            Accepted::Tls(stream) => stream.get_ref().0.connect_info(),
-        }
-    }
-}
-
-impl AsyncRead for Accepted {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Accepted::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Accepted {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Accepted::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Accepted::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Accepted::Plain(s) => s.is_write_vectored(),
-            Accepted::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Accepted::Plain(s) => Pin::new(s).poll_flush(cx),
-            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Accepted::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        self.inner().connect_info()
     }
 }
 

@@ -4,19 +4,17 @@
 //! connection loop and the snapshot client decide when to try again).
 
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::net::MaybeTls;
 
 /// The largest REST body read (a 5,000-level depth snapshot is ~300 KB).
 const MAX_BODY: usize = 16 << 20;
@@ -66,53 +64,8 @@ impl Target {
     }
 }
 
-/// A TCP or TLS stream.
-pub enum Stream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A connector's socket.
+pub type Stream = MaybeTls<TcpStream>;
 
 fn tls_config(alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     let roots = rustls::RootCertStore {
@@ -148,7 +101,7 @@ async fn open(target: &Target, alpn: &'static [u8], deadline: Duration) -> io::R
     .map_err(|_| timed_out())??;
     tcp.set_nodelay(true)?;
     if !target.tls {
-        return Ok(Stream::Plain(tcp));
+        return Ok(MaybeTls::Plain(tcp));
     }
     let config = if alpn.is_empty() {
         WS.get_or_init(|| tls_config(b""))
@@ -163,7 +116,9 @@ async fn open(target: &Target, alpn: &'static [u8], deadline: Duration) -> io::R
     )
     .await
     .map_err(|_| timed_out())??;
-    Ok(Stream::Tls(Box::new(tls)))
+    Ok(MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(
+        tls,
+    ))))
 }
 
 /// Opens a WebSocket to `url` within `deadline`.
