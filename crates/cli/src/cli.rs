@@ -517,6 +517,38 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The configuration `raven serve` runs: the file (if any) with the flags over it. Read
+/// again at SIGHUP.
+fn serve_config(args: &ServeArgs) -> anyhow::Result<raven_server::config::Config> {
+    let mut file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        file.server.listen = listen.to_string();
+    }
+    if let Some(http) = &args.http {
+        file.http.listen = http.clone();
+    }
+    if let Some(seed) = args.seed {
+        file.sim.seed = seed;
+    }
+    if let Some(rate) = args.rate {
+        file.sim.rate = rate;
+    }
+    if let Some(store) = &args.store {
+        file.store.url = store.clone();
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        file.tls.cert = Some(cert.clone());
+        file.tls.key = Some(key.clone());
+    }
+    if let Some(ca) = &args.tls_ca {
+        file.tls.client_ca = Some(ca.clone());
+    }
+    Ok(file.resolve()?)
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -526,33 +558,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let mut file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
-    };
-    if let Some(listen) = args.listen {
-        file.server.listen = listen.to_string();
-    }
-    if let Some(http) = args.http {
-        file.http.listen = http;
-    }
-    if let Some(seed) = args.seed {
-        file.sim.seed = seed;
-    }
-    if let Some(rate) = args.rate {
-        file.sim.rate = rate;
-    }
-    if let Some(store) = args.store {
-        file.store.url = store;
-    }
-    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
-        file.tls.cert = Some(cert);
-        file.tls.key = Some(key);
-    }
-    if let Some(ca) = args.tls_ca {
-        file.tls.client_ca = Some(ca);
-    }
-    let config = file.resolve()?;
+    let config = serve_config(&args)?;
     // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would otherwise kill the
     // server when the database outgrows it. With a handler (tokio's, which only notes the
     // signal) the write fails with EFBIG instead, and the recorder spills and retries as
@@ -606,7 +612,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(|http| format!(", HTTP on {http}"))
             .unwrap_or_default()
     ));
-    wait_for_signal(|| server.reload()).await?;
+    let reload = || match serve_config(&args) {
+        Ok(config) => server.reload(Some(&config)),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "SIGHUP: the configuration was not reloaded; reloading the API keys alone");
+            server.reload(None);
+        }
+    };
+    wait_for_signal(reload).await?;
     notify::notify("STOPPING=1\nSTATUS=draining");
     tracing::info!(
         drain_secs = config.drain.as_secs(),

@@ -97,6 +97,10 @@ pub struct RunningServer {
     recorder: Option<Recorder>,
     http: Option<Http>,
     keys: Option<Arc<Keys>>,
+    /// The Market service, whose subscribe rate a reload sets.
+    market: Arc<MarketService>,
+    /// What every connection was told in its HTTP/2 settings.
+    streams_per_connection: u32,
 }
 
 /// Where a shutdown is, for the message when it takes too long.
@@ -253,7 +257,6 @@ pub async fn start(
         Limits {
             max_instruments_per_request: config.max_instruments_per_request,
             max_subscriptions: MAX_SUBSCRIPTIONS_PER_STREAM,
-            subscribe_requests_per_s: config.subscribe_requests_per_s,
             start_backlog_bytes: config.start_backlog_bytes,
             fanout: config.fanout,
         },
@@ -266,6 +269,7 @@ pub async fn start(
         });
     }
     let service = Arc::new(service);
+    service.set_subscribe_rate(config.subscribe_requests_per_s);
     let sources = Sources {
         fanout: fanout.clone(),
         recorder: recorder.as_ref().map(Recorder::stats),
@@ -287,7 +291,7 @@ pub async fn start(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let market = MarketServer::new(MarketApi::new(service))
+    let market = MarketServer::new(MarketApi::new(service.clone()))
         .max_decoding_message_size(MAX_MARKET_REQUEST_BYTES);
 
     let incoming = connections.incoming(
@@ -355,6 +359,8 @@ pub async fn start(
         recorder,
         http,
         keys,
+        market: service,
+        streams_per_connection: config.streams_per_connection,
     })
 }
 
@@ -391,12 +397,39 @@ impl RunningServer {
         self.http.as_ref().map(|h| h.addr)
     }
 
-    /// What SIGHUP does: reads the API keys file again (with the limits it sets), ending
-    /// the streams of keys no longer in it. A file that cannot be used changes nothing
-    /// and is logged with its line.
-    pub fn reload(&self) {
+    /// What SIGHUP does. With `config` (the configuration file read again), applies its
+    /// `[limits]` and the connection timeouts; then reads the API keys file again (with
+    /// the limits it sets), ending the streams of keys no longer in it. A keys file that
+    /// cannot be used changes no key and is logged with its line. What cannot change
+    /// while running (listeners, store, feeds, TLS, HTTP/2 settings) is left as it is.
+    pub fn reload(&self, config: Option<&Config>) {
+        if let Some(config) = config {
+            self.connections.set_limits(config.connections);
+            self.market
+                .set_subscribe_rate(config.subscribe_requests_per_s);
+            if let Some(keys) = &self.keys {
+                keys.set_defaults(config.key_limits);
+            }
+            if config.streams_per_connection != self.streams_per_connection {
+                tracing::warn!(
+                    running = self.streams_per_connection,
+                    configured = config.streams_per_connection,
+                    "limits.streams_per_connection is in every connection's HTTP/2 settings: it changes at the next start"
+                );
+            }
+            if config.keys_file.as_deref() != self.keys.as_ref().map(|k| k.path()) {
+                tracing::warn!(
+                    "auth.keys_file changes (to or from none, or to another file) at the next start"
+                );
+            }
+            tracing::info!(
+                max_connections = config.connections.max_connections,
+                connections_per_ip_per_s = config.connections.per_ip_per_s,
+                subscribe_requests_per_s = config.subscribe_requests_per_s,
+                "reloaded limits; listeners, store, feeds and TLS change at the next start"
+            );
+        }
         let Some(keys) = &self.keys else {
-            tracing::info!("reload: no API keys file configured; nothing to reload");
             return;
         };
         match keys.reload() {

@@ -298,14 +298,14 @@ async fn a_reload_revokes_a_removed_key_and_ends_its_stream_alone() {
 
     // A file that does not parse changes nothing.
     std::fs::write(&path, "[[keys]]\nid = \"x\"\nroles = [\"subscribe\"]\n").unwrap();
-    server.reload();
+    server.reload(None);
     reader
         .list_instruments(pb::ListInstrumentsRequest {})
         .await
         .expect("the keys in force stay");
 
     write_keys(&path, &keys, false);
-    server.reload();
+    server.reload(None);
     let status = end_of(&mut reader_stream).await;
     assert_eq!(
         (status.code(), status.message()),
@@ -437,4 +437,25 @@ fn a_bad_keys_file_stops_the_start_naming_file_and_line() {
         )),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_limits_changes_the_defaults_of_keys_without_their_own() {
+    let (server, keys, path) = keyed_server().await;
+    server.reload(Some(&common::config(|f| {
+        f.auth.keys_file = Some(path.clone());
+        f.limits.streams_per_key = 1;
+    })));
+    let mut ops = MarketClient::new(channel(&server, Some(&keys.ops)).await);
+    let (_held, first) = open_stream(&mut ops, &["SIM:BTC-USD"]).await;
+    first.unwrap().message().await.unwrap().expect("snapshot");
+    let (_tx, second) = open_stream(&mut ops, &["SIM:ETH-USD"]).await;
+    assert_eq!(
+        refused(second),
+        (
+            Code::ResourceExhausted,
+            "API key \"ops\" has 1 streams open: limit max_streams = 1".into()
+        )
+    );
+    server.shutdown().await.unwrap();
 }

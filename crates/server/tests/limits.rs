@@ -105,3 +105,63 @@ async fn a_stream_subscribing_too_fast_ends_naming_the_limit() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_new_limits_to_what_comes_next() {
+    let server = common::server(|_| {}).await;
+    let addr = server.local_addr();
+    let (tx, mut stream) = live::subscribe(addr, "SIM:BTC-USD", pb::Channel::Trades).await;
+    stream.message().await.unwrap().expect("subscribed");
+
+    // What SIGHUP does with the file read again.
+    server.reload(Some(&common::config(|f| {
+        f.limits.max_connections = 1;
+        f.limits.subscribe_requests_per_s = 1;
+    })));
+
+    let mut refused = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut refused, &mut buf),
+    )
+    .await
+    .expect("the server closes it");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let metrics = scrape::scrape(&server).await;
+    assert_eq!(
+        metrics[r#"raven_connections_refused{limit="max_connections"}"#],
+        1.0
+    );
+
+    for name in ["SIM:ETH-USD", "SIM:SOL-USD"] {
+        tx.send(pb::StreamRequest {
+            request: Some(Req::Subscribe(pb::Subscribe {
+                instruments: vec![name.into()],
+                channel: pb::Channel::Trades as i32,
+                depth: 0,
+                start: 0,
+            })),
+        })
+        .await
+        .unwrap();
+    }
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::ResourceExhausted,
+            "more than 1 subscribe requests in one second on this stream: limit subscribe_requests_per_s = 1"
+        )
+    );
+    server.shutdown().await.unwrap();
+}

@@ -297,7 +297,8 @@ pub struct AuthStats {
 #[derive(Debug)]
 pub struct Keys {
     path: PathBuf,
-    defaults: KeyLimits,
+    /// The limits a key does not set; a reload of `[limits]` may change them.
+    defaults: Mutex<KeyLimits>,
     by_digest: RwLock<Arc<HashMap<Digest, Arc<Key>>>>,
     /// Counts of refusals.
     pub stats: Arc<AuthStats>,
@@ -308,13 +309,23 @@ impl Keys {
     pub fn load(path: &Path, defaults: KeyLimits) -> Result<Keys, KeysError> {
         let keys = Keys {
             path: path.to_owned(),
-            defaults,
+            defaults: Mutex::new(defaults),
             by_digest: RwLock::default(),
             stats: Arc::default(),
         };
         let loaded = keys.read(&HashMap::new())?;
         *keys.by_digest.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
         Ok(keys)
+    }
+
+    /// The file the keys are read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sets the limits a key does not set itself, for the next [`Keys::reload`].
+    pub fn set_defaults(&self, defaults: KeyLimits) {
+        *self.defaults.lock().unwrap_or_else(|p| p.into_inner()) = defaults;
     }
 
     /// How many keys are in force.
@@ -371,6 +382,7 @@ impl Keys {
             line: e.span().map(|s| line_of(s.start)),
             reason: e.message().to_owned(),
         })?;
+        let defaults = *self.defaults.lock().unwrap_or_else(|p| p.into_inner());
         let mut keys = HashMap::new();
         let mut ids = HashMap::new();
         for spanned in file.keys {
@@ -422,13 +434,13 @@ impl Keys {
                 )));
             }
             let limits = KeyLimits {
-                max_streams: entry.max_streams.unwrap_or(self.defaults.max_streams),
+                max_streams: entry.max_streams.unwrap_or(defaults.max_streams),
                 max_subscriptions: entry
                     .max_subscriptions
-                    .unwrap_or(self.defaults.max_subscriptions),
+                    .unwrap_or(defaults.max_subscriptions),
                 ingest_events_per_s: entry
                     .ingest_events_per_s
-                    .unwrap_or(self.defaults.ingest_events_per_s),
+                    .unwrap_or(defaults.ingest_events_per_s),
             };
             let usage = old
                 .get(&digest)

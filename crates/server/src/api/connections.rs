@@ -158,7 +158,8 @@ impl Conn {
 /// Every open connection of the listener.
 #[derive(Debug)]
 pub struct Connections {
-    limits: ConnectionLimits,
+    /// Replaced whole by a reload ([`Connections::set_limits`]).
+    limits: Mutex<ConnectionLimits>,
     live: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
     /// Connections closed for a limit or by a drain.
@@ -179,7 +180,7 @@ impl Connections {
     /// No connections yet.
     pub fn new(limits: ConnectionLimits) -> Arc<Connections> {
         Arc::new(Connections {
-            limits,
+            limits: Mutex::new(limits),
             live: Mutex::default(),
             next_id: AtomicU64::new(0),
             closed_by_server: AtomicU64::new(0),
@@ -190,6 +191,17 @@ impl Connections {
             started: Instant::now(),
             refusal_logged: Mutex::default(),
         })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> ConnectionLimits {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies new limits (a reload) to the connections to come, and to the open ones
+    /// at the next sweep.
+    pub fn set_limits(&self, limits: ConnectionLimits) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
@@ -284,7 +296,7 @@ impl Connections {
                     let handshake = acceptor.accept(guarded);
                     let (tx, connections) = (tx.clone(), self.clone());
                     tokio::spawn(async move {
-                        let limit = connections.limits.handshake;
+                        let limit = connections.limits().handshake;
                         match tokio::time::timeout(limit, handshake).await {
                             Ok(Ok(stream)) => {
                                 let stream = tokio_rustls::TlsStream::Server(stream);
@@ -301,11 +313,12 @@ impl Connections {
 
     /// The limit a new connection from `ip` would break, if any.
     fn over_limit(&self, ip: IpAddr) -> Option<Refusal> {
-        let max = self.limits.max_connections;
+        let limits = self.limits();
+        let max = limits.max_connections;
         if max != 0 && self.count() >= max {
             return Some(Refusal::MaxConnections);
         }
-        let rate = self.limits.per_ip_per_s;
+        let rate = limits.per_ip_per_s;
         if rate == 0 {
             return None;
         }
@@ -333,7 +346,8 @@ impl Connections {
             .unwrap_or_else(|p| p.into_inner());
         if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
             *logged = Some(Instant::now());
-            let (max, rate) = (self.limits.max_connections, self.limits.per_ip_per_s);
+            let limits = self.limits();
+            let (max, rate) = (limits.max_connections, limits.per_ip_per_s);
             tracing::warn!(peer = %remote.ip(), limit = refusal.limit(), max_connections = max, connections_per_ip_per_s = rate, "refusing connections over a limit (said at most every 10 s)");
         }
     }
@@ -391,12 +405,13 @@ impl Connections {
                 _ = shutdown.wait() => return,
             }
             let now = Instant::now();
+            let limits = self.limits();
             let mut reasons: HashMap<&'static str, u64> = HashMap::new();
             for conn in self.live().values() {
                 if conn.is_cut() {
                     continue;
                 }
-                if let Some(reason) = conn.overdue(&self.limits, now) {
+                if let Some(reason) = conn.overdue(&limits, now) {
                     conn.cut();
                     *reasons.entry(reason).or_default() += 1;
                 }

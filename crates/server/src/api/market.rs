@@ -4,6 +4,7 @@
 mod session;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use raven_model::{BookSnapshot, Event, EventBody, InstrumentId, SnapshotKind};
 use raven_proto::convert::event_to_pb;
@@ -30,6 +31,9 @@ pub struct MarketService {
     pub(super) clock: Arc<dyn Clock>,
     /// Recorded events, for subscriptions with a start time; `None` when not recording.
     pub(super) recorded: Option<Recorded>,
+    /// Subscribe requests per second one stream may make (0: no limit); a reload may
+    /// change it.
+    pub(super) subscribe_rate: AtomicU32,
 }
 
 /// Per-request and per-client limits.
@@ -39,8 +43,6 @@ pub struct Limits {
     pub max_instruments_per_request: usize,
     /// Subscriptions one stream may hold.
     pub max_subscriptions: usize,
-    /// Subscribe requests per second one stream may make (0: no limit).
-    pub subscribe_requests_per_s: u32,
     /// Bytes of recorded events one subscribe with a start time may send before its
     /// live part, over all its instruments.
     pub start_backlog_bytes: usize,
@@ -64,7 +66,13 @@ impl MarketService {
             fanout,
             limits,
             recorded: None,
+            subscribe_rate: AtomicU32::new(0),
         }
+    }
+
+    /// Sets how many subscribe requests per second one stream may make (0: no limit).
+    pub fn set_subscribe_rate(&self, per_s: u32) {
+        self.subscribe_rate.store(per_s, Ordering::Relaxed);
     }
 
     /// Lets subscriptions start from recorded history.

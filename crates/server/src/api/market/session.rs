@@ -174,7 +174,10 @@ impl Session {
 
     /// Counts a subscribe request against `subscribe_requests_per_s`.
     fn pace(&mut self) -> Result<(), Status> {
-        let max = self.service.limits.subscribe_requests_per_s;
+        let max = self
+            .service
+            .subscribe_rate
+            .load(std::sync::atomic::Ordering::Relaxed);
         if max == 0 {
             return Ok(());
         }
