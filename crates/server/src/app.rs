@@ -30,7 +30,7 @@ use tonic::transport::Server;
 use crate::api::auth::{Authenticate, Keys, KeysError};
 use crate::api::calls::CallStats;
 use crate::api::connections::{Connections, TrackRequests};
-use crate::api::drain::{self, RefuseWhileDraining};
+use crate::api::drain::{self, Draining, RefuseWhileDraining};
 use crate::api::history::HistoryApi;
 use crate::api::ingest::{self, IngestApi};
 use crate::api::market::{Limits, MarketApi, MarketService};
@@ -317,6 +317,11 @@ pub async fn start(
             config.store.clone().map(StoreReader::new),
             clock.clone(),
             shutdown,
+            Draining {
+                signal: draining.clone(),
+                time: config.drain,
+                clock: clock.clone(),
+            },
         )))
         .serve_with_incoming_shutdown(incoming, async move { stopped.wait().await });
     let grpc = tokio::spawn(grpc);

@@ -259,10 +259,35 @@ async fn a_drain_tells_every_stream_refuses_new_ones_and_ends_once_clients_leave
     let (second_requests, mut second) =
         live::subscribe(addr, "SIM:ETH-USD", pb::Channel::Trades).await;
     first.message().await.unwrap().expect("a snapshot");
+    // A replay at a hundredth of recorded speed: a history stream open through the drain.
+    let mut history = pb::history_client::HistoryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let replay = |speed| pb::ReplayRequest {
+        query: Some(pb::HistoryRequest {
+            instruments: vec!["SIM:BTC-USD".into()],
+            channels: vec![],
+            from: 0,
+            to: 0,
+            limit: 0,
+        }),
+        speed,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut third = loop {
+        // Until something is recorded, the instrument is not in the store yet.
+        match history.replay(replay(0.01)).await {
+            Ok(stream) => break stream.into_inner(),
+            Err(status) => {
+                assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     let stopping = tokio::spawn(server.shutdown());
 
     // Each stream is told, once, with no instrument and the drain time.
-    for stream in [&mut first, &mut second] {
+    for stream in [&mut first, &mut second, &mut third] {
         let told = loop {
             let message = stream
                 .message()
@@ -314,7 +339,15 @@ async fn a_drain_tells_every_stream_refuses_new_ones_and_ends_once_clients_leave
     assert!(!stopping.is_finished());
 
     // Once the clients have left, the drain is over well before its 20 s.
-    drop((first_requests, first, second_requests, second, market));
+    drop((
+        first_requests,
+        first,
+        second_requests,
+        second,
+        third,
+        market,
+        history,
+    ));
     tokio::time::timeout(Duration::from_secs(15), stopping)
         .await
         .expect("the drain went on with no client left")

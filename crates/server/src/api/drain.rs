@@ -1,19 +1,26 @@
 //! The drain's part in the gRPC surface: once the server is going away, new streaming
 //! calls are refused with `UNAVAILABLE` ([`RefuseWhileDraining`], a tower layer) so that
 //! clients reconnect elsewhere, and every open stream is told, by a `GOING_AWAY` status
-//! event ([`going_away`]), how long it has before it ends.
+//! event ([`going_away`]), how long it has before it ends: live streams through the
+//! fan-out, history streams by [`Draining::tell`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use futures::StreamExt;
 use prost::Message;
 use raven_model::UnixNanos;
 use raven_proto::pb;
+use raven_proto::wire::EncodedBatch;
 use tonic::Status;
 
+use super::EventStream;
+use crate::clock::Clock;
 use crate::shutdown::Shutdown;
 
 /// The calls that hold a stream open for as long as the client likes: refused once the
@@ -45,6 +52,45 @@ pub fn going_away(now: UnixNanos, drain: Duration) -> Bytes {
     }
     .encode_to_vec()
     .into()
+}
+
+/// Where a drain is: the signal that begins it, and how long it serves streams.
+#[derive(Clone)]
+pub struct Draining {
+    /// Fires when the drain begins.
+    pub signal: Shutdown,
+    /// How long streams are served after it begins.
+    pub time: Duration,
+    /// The time events are stamped with.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Draining {
+    /// `stream`, with a `GOING_AWAY` event sent once the drain begins (for streams that
+    /// are not fed by the fan-out, which tells its own: history queries and replays).
+    pub fn tell(&self, stream: EventStream) -> EventStream {
+        let drain = self.clone();
+        Box::pin(futures::stream::unfold(
+            (stream, drain, false),
+            |(mut stream, mut drain, told)| async move {
+                if !told {
+                    tokio::select! {
+                        biased;
+                        () = drain.signal.wait() => {
+                            let mut batch = EncodedBatch::new();
+                            batch.push(going_away(drain.clock.now(), drain.time));
+                            return Some((Ok(batch), (stream, drain, true)));
+                        }
+                        item = stream.next() => {
+                            return item.map(|item| (item, (stream, drain, false)));
+                        }
+                    }
+                }
+                let item = stream.next().await?;
+                Some((item, (stream, drain, true)))
+            },
+        ))
+    }
 }
 
 /// The tower layer that refuses new streaming calls once `draining` is set.

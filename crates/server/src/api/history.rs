@@ -12,6 +12,7 @@ use raven_proto::pb;
 use tonic::{Request, Response, Status};
 
 use super::auth::Key;
+use super::drain::Draining;
 use super::{EventStream, request};
 use crate::clock::Clock;
 use crate::query::{self, Reader, StoreReader};
@@ -24,19 +25,22 @@ pub struct HistoryApi {
     reader: Option<StoreReader>,
     clock: Arc<dyn Clock>,
     shutdown: Shutdown,
+    draining: Draining,
 }
 
 impl HistoryApi {
     /// Reads through `reader`; `None` when recording is off (every call then fails with
-    /// `FAILED_PRECONDITION`). `clock` says what is in the future; streams end when
-    /// `shutdown` fires.
+    /// `FAILED_PRECONDITION`). `clock` says what is in the future; streams are told
+    /// when the drain begins and end when `shutdown` fires.
     pub fn new(
         reader: Option<StoreReader>,
         clock: Arc<dyn Clock>,
         shutdown: Shutdown,
+        draining: Draining,
     ) -> HistoryApi {
         HistoryApi {
             reader,
+            draining,
             clock,
             shutdown,
         }
@@ -68,7 +72,8 @@ impl HistoryApi {
 
     fn stream(&self, reader: Reader, query: Query, speed: f64) -> EventStream {
         let rows = query::stream_rows(reader, query, speed, self.shutdown.clone());
-        Box::pin(rows.map(|batch| batch.map_err(Status::from)))
+        self.draining
+            .tell(Box::pin(rows.map(|batch| batch.map_err(Status::from))))
     }
 }
 
