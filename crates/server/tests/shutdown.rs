@@ -273,17 +273,39 @@ async fn a_drain_tells_every_stream_refuses_new_ones_and_ends_once_clients_leave
         }),
         speed,
     };
+    // First 200 events recorded (most of a second of BTC at the simulator's rate), so the
+    // replay has over a minute of recorded time to pace out.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut third = loop {
-        // Until something is recorded, the instrument is not in the store yet.
-        match history.replay(replay(0.01)).await {
-            Ok(stream) => break stream.into_inner(),
-            Err(status) => {
-                assert!(tokio::time::Instant::now() < deadline, "{status:?}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    loop {
+        let query = replay(0.0).query.unwrap();
+        let recorded = match history
+            .query(pb::HistoryRequest {
+                limit: 200,
+                ..query
+            })
+            .await
+        {
+            Ok(rows) => {
+                let mut rows = rows.into_inner();
+                let mut n = 0;
+                while let Ok(Some(message)) = rows.message().await {
+                    n += message.events.len();
+                }
+                n
             }
+            // Not in the store yet.
+            Err(_) => 0,
+        };
+        if recorded >= 200 {
+            break;
         }
-    };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{recorded} recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut third = history.replay(replay(0.01)).await.unwrap().into_inner();
     let stopping = tokio::spawn(server.shutdown());
 
     // Each stream is told, once, with no instrument and the drain time.
