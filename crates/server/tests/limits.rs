@@ -14,6 +14,37 @@ use std::time::Duration;
 use raven_proto::pb::{self, stream_request::Request as Req};
 use tonic::Code;
 
+/// Reads `stream` until it ends, returning its status.
+async fn end_of(stream: &mut tonic::Streaming<pb::StreamResponse>) -> tonic::Status {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("ended without a status"),
+            Err(status) => return status,
+        }
+    }
+}
+
+/// Sends a subscribe to each of `names`' trades on `requests`.
+async fn subscribe_each(requests: &tokio::sync::mpsc::Sender<pb::StreamRequest>, names: &[&str]) {
+    for name in names {
+        requests
+            .send(pb::StreamRequest {
+                request: Some(Req::Subscribe(pb::Subscribe {
+                    instruments: vec![(*name).into()],
+                    channel: pb::Channel::Trades as i32,
+                    depth: 0,
+                    start: 0,
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_max_connections_are_closed_and_counted() {
     let server = common::server(|f| f.limits.max_connections = 2).await;
@@ -76,28 +107,8 @@ async fn a_stream_subscribing_too_fast_ends_naming_the_limit() {
     let server = common::server(|f| f.limits.subscribe_requests_per_s = 3).await;
     let (tx, mut stream) =
         live::subscribe(server.local_addr(), "SIM:BTC-USD", pb::Channel::Trades).await;
-    for name in ["SIM:ETH-USD", "SIM:SOL-USD", "SIM:XRP-USD"] {
-        tx.send(pb::StreamRequest {
-            request: Some(Req::Subscribe(pb::Subscribe {
-                instruments: vec![name.into()],
-                channel: pb::Channel::Trades as i32,
-                depth: 0,
-                start: 0,
-            })),
-        })
-        .await
-        .unwrap();
-    }
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("the stream ends")
-        {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    subscribe_each(&tx, &["SIM:ETH-USD", "SIM:SOL-USD", "SIM:XRP-USD"]).await;
+    let status = end_of(&mut stream).await;
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(
         status.message(),
@@ -134,28 +145,8 @@ async fn a_reload_applies_new_limits_to_what_comes_next() {
         1.0
     );
 
-    for name in ["SIM:ETH-USD", "SIM:SOL-USD"] {
-        tx.send(pb::StreamRequest {
-            request: Some(Req::Subscribe(pb::Subscribe {
-                instruments: vec![name.into()],
-                channel: pb::Channel::Trades as i32,
-                depth: 0,
-                start: 0,
-            })),
-        })
-        .await
-        .unwrap();
-    }
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("the stream ends")
-        {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    subscribe_each(&tx, &["SIM:ETH-USD", "SIM:SOL-USD"]).await;
+    let status = end_of(&mut stream).await;
     assert_eq!(
         (status.code(), status.message()),
         (

@@ -326,40 +326,19 @@ fn unusable_tls_settings_name_the_field_and_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_speaks_mutual_tls() {
-    let env = tokio::task::spawn_blocking(python::python_env)
-        .await
-        .unwrap();
-    let (python, stubs) = match env {
-        Ok(Some(env)) => env,
-        Ok(None) => return python::skip_or_fail("python3 is not installed"),
-        Err(e) => {
-            return python::skip_or_fail(&format!(
-                "the Python environment could not be prepared: {e}"
-            ));
-        }
+    let Some(env) = python::ready().await else {
+        return;
     };
     let certs = certs();
     let server = tls_server(&certs.server, Some(&certs.ca)).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tls.py");
-    let run = tokio::process::Command::new(python)
-        .arg(script)
-        .arg(server.local_addr().to_string())
-        .arg(&certs.ca)
-        .arg(&certs.client.cert)
-        .arg(&certs.client.key)
-        .env("PYTHONPATH", stubs)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("python client did not finish within 120 s")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python client failed:\n{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let addr = server.local_addr().to_string();
+    let args = [
+        addr.as_ref(),
+        certs.ca.as_os_str(),
+        certs.client.cert.as_os_str(),
+        certs.client.key.as_os_str(),
+    ];
+    let stdout = python::run_script(&env, "tls.py", &args).await;
     assert!(
         stdout.contains("mutual TLS: 8 instruments with a client certificate, refused without one"),
         "{stdout}"

@@ -12,20 +12,18 @@
 //! `UNAUTHENTICATED`, and no other stream notices. A reload that fails keeps the keys
 //! in force and says which file and line is wrong.
 
+mod layer;
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::Deserialize;
 use tonic::Status;
 
-use super::drain::STREAMING;
+pub use self::layer::{Authenticate, Authenticated, KeyedBody};
 use crate::shutdown::{self, Shutdown, Trigger};
 
 /// What a key may do.
@@ -520,197 +518,6 @@ pub fn key_entry(id: &str, secret: &str, roles: &[Role], instruments: &[String])
         ));
     }
     entry
-}
-
-/// The tower layer that authenticates every call (see the module comment); with no keys
-/// configured it lets everything through.
-#[derive(Debug, Clone, Default)]
-pub struct Authenticate {
-    keys: Option<Arc<Keys>>,
-}
-
-impl Authenticate {
-    /// Checks calls against `keys`; `None` lets every call through.
-    pub fn new(keys: Option<Arc<Keys>>) -> Authenticate {
-        Authenticate { keys }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for Authenticate {
-    type Service = Authenticated<S>;
-
-    fn layer(&self, inner: S) -> Authenticated<S> {
-        Authenticated {
-            inner,
-            keys: self.keys.clone(),
-        }
-    }
-}
-
-/// A service whose calls are authenticated.
-#[derive(Debug, Clone)]
-pub struct Authenticated<S> {
-    inner: S,
-    keys: Option<Arc<Keys>>,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// A stream counted against its key's `max_streams` while it lives.
-struct StreamSlot(Arc<Key>);
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.usage.streams.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl<S> Authenticated<S> {
-    /// The caller's key with its stream counted, or the refusal.
-    fn admit<B>(
-        keys: &Keys,
-        request: &http::Request<B>,
-        role: Role,
-    ) -> Result<(Arc<Key>, Option<StreamSlot>), Status> {
-        let refuse = |counter: &AtomicU64, status: Status| {
-            counter.fetch_add(1, Ordering::Relaxed);
-            status
-        };
-        let key = keys
-            .authenticate(request.headers().get(http::header::AUTHORIZATION))
-            .map_err(|s| refuse(&keys.stats.unauthenticated, s))?;
-        if !key.has(role) {
-            return Err(refuse(
-                &keys.stats.permission_denied,
-                Status::permission_denied(format!(
-                    "API key {:?} lacks the {} role",
-                    key.id,
-                    role.name()
-                )),
-            ));
-        }
-        // Streaming calls count against `max_streams`.
-        if !STREAMING.contains(&request.uri().path()) {
-            return Ok((key, None));
-        }
-        let held = key.usage.streams.fetch_add(1, Ordering::AcqRel);
-        let slot = StreamSlot(key.clone());
-        let max = key.limits.max_streams;
-        if max != 0 && held >= max {
-            return Err(refuse(
-                &keys.stats.limited,
-                Status::resource_exhausted(format!(
-                    "API key {:?} has {held} streams open: limit max_streams = {max}",
-                    key.id
-                )),
-            ));
-        }
-        Ok((key, Some(slot)))
-    }
-}
-
-impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Authenticated<S>
-where
-    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = http::Response<KeyedBody<ResBody>>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let (Some(keys), Some(role)) = (&self.keys, Role::of_path(request.uri().path())) else {
-            let response = self.inner.call(request);
-            return Box::pin(async move { Ok(response.await?.map(KeyedBody::open)) });
-        };
-        let (key, slot) = match Self::admit(keys, &request, role) {
-            Ok(admitted) => admitted,
-            Err(status) => {
-                return Box::pin(
-                    async move { Ok(status.into_http::<ResBody>().map(KeyedBody::open)) },
-                );
-            }
-        };
-        let revoked = key.revoked();
-        request.extensions_mut().insert(key);
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| KeyedBody {
-                body: Some(Box::pin(body)),
-                revoked: Some(Box::pin(async move {
-                    let mut revoked = revoked;
-                    revoked.wait().await;
-                })),
-                _slot: slot,
-            }))
-        })
-    }
-}
-
-/// A response body that ends with `UNAUTHENTICATED` when its key is revoked.
-pub struct KeyedBody<B> {
-    body: Option<Pin<Box<B>>>,
-    revoked: Option<BoxFuture<()>>,
-    _slot: Option<StreamSlot>,
-}
-
-impl<B: Default> Default for KeyedBody<B> {
-    fn default() -> Self {
-        KeyedBody::open(B::default())
-    }
-}
-
-impl<B> KeyedBody<B> {
-    fn open(body: B) -> KeyedBody<B> {
-        KeyedBody {
-            body: Some(Box::pin(body)),
-            revoked: None,
-            _slot: None,
-        }
-    }
-}
-
-impl<B: http_body::Body<Data = Bytes>> http_body::Body for KeyedBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        if let Some(revoked) = self.revoked.as_mut()
-            && revoked.as_mut().poll(cx).is_ready()
-        {
-            self.revoked = None;
-            // Dropping the body ends the call's work (a subscription leaves the fan-out).
-            self.body = None;
-            let status = Status::unauthenticated("API key revoked");
-            let mut trailers = http::HeaderMap::new();
-            if status.add_header(&mut trailers).is_ok() {
-                return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
-            }
-        }
-        match self.body.as_mut() {
-            Some(body) => body.as_mut().poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body
-            .as_ref()
-            .map_or_else(|| http_body::SizeHint::with_exact(0), |b| b.size_hint())
-    }
 }
 
 #[cfg(test)]
