@@ -4,8 +4,9 @@
 //!
 //! - [`transport`]: WebSocket and REST over TCP or rustls;
 //! - [`pacing`]: jittered backoff, control-frame and connection-attempt limits;
+//! - [`session`]: what a venue's codec does for a connection ([`session::Session`]);
 //! - [`connection`]: a connection's life (subscribe, read, ping, liveness, staleness,
-//!   rotation, reconnect) around a venue [`connection::Session`];
+//!   rotation, reconnect) around a venue session;
 //! - [`rest`]: the snapshot queue behind the venue's request-weight budget;
 //! - [`binance`]: the Binance session (spot and USD-M);
 //! - [`coinbase`]: the Coinbase Advanced Trade session;
@@ -22,6 +23,7 @@ pub mod connection;
 pub mod kraken;
 pub mod pacing;
 pub mod rest;
+pub mod session;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -33,7 +35,8 @@ use raven_venues::binance::Market;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
-use self::connection::{Attempts, Command, Link, Slot, Timing};
+use self::connection::{Command, Link, Slot, Timing};
+use self::pacing::Attempts;
 use super::{Feed, FeedContext, FeedHandle, InstrumentInfo};
 
 /// A venue Raven has a connector for.
@@ -324,7 +327,7 @@ struct Plan {
     path: &'static str,
     symbols: Vec<String>,
     channels: &'static [Channel],
-    session: Box<dyn connection::Session>,
+    session: Box<dyn session::Session>,
 }
 
 impl ExchangeConfig {
@@ -351,7 +354,7 @@ impl ExchangeConfig {
             };
             for chunk in self.symbols.chunks(per_connection) {
                 let symbols = chunk.to_vec();
-                let (path, session): (&'static str, Box<dyn connection::Session>) =
+                let (path, session): (&'static str, Box<dyn session::Session>) =
                     match self.venue.market() {
                         Some(market) => (
                             market.stream_path(!depth),
@@ -479,7 +482,7 @@ async fn run(
             rest: rest_tx.clone(),
             attempts: attempts.clone(),
             seed: seed ^ (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            ignored: connection::Ignored::default(),
+            ignored: session::Ignored::default(),
         };
         connections.push(tokio::spawn(connection::run(link, rx, stop.clone(), tx)));
     }

@@ -10,7 +10,7 @@ use raven_venues::binance::wire::{self, Frame};
 use raven_venues::binance::{self, MAX_STREAMS_PER_FRAME, Market};
 use raven_venues::tape::TradeTape;
 
-use super::connection::{Ignored, Session, Signal, tag, undecodable};
+use super::session::{Ignored, Session, Signal, tag, undecodable};
 
 /// One connection's share of a Binance feed.
 pub struct BinanceSession {

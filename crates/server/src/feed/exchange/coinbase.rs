@@ -11,7 +11,7 @@ use raven_venues::Action;
 use raven_venues::coinbase::wire::{self, Events, Frame};
 use raven_venues::coinbase::{self, Product, SequenceCheck, SequenceSeen};
 
-use super::connection::{Ignored, Session, Signal, tag, undecodable};
+use super::session::{Ignored, Session, Signal, tag, undecodable};
 
 /// One connection's share of a Coinbase feed.
 pub struct CoinbaseSession {

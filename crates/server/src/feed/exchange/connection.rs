@@ -19,102 +19,12 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::pacing::{Backoff, Jitter, Window};
+use super::pacing::{Attempts, Backoff, Jitter, Window};
 use super::rest::Job;
+use super::session::{Ignored, Session, Signal};
 use super::transport::{self, Stream};
 use crate::clock::Clock;
 use crate::feed::FeedInput;
-
-/// What a venue's codec does for a connection. It owns its instruments' sync state, so
-/// each book has one writer.
-pub trait Session: Send {
-    /// The frames to send after connecting, in order; the connection paces them.
-    fn subscriptions(&mut self) -> Vec<String>;
-    /// A text frame, received at `now`; the actions go to `out` by instrument slot.
-    fn on_text(&mut self, text: &str, now: UnixNanos, out: &mut Vec<(usize, Action)>) -> Signal;
-    /// A REST snapshot for `slot` arrived. Venues that send snapshots in-band get none.
-    fn on_snapshot(&mut self, _slot: usize, _body: &[u8], _out: &mut Vec<(usize, Action)>) {}
-    /// The engine refused `slot`'s book: rebuild it.
-    fn resync(&mut self, slot: usize, detail: String, out: &mut Vec<(usize, Action)>);
-    /// The REST request a `FetchSnapshot` for `slot` means: URL and weight; none for
-    /// venues that send snapshots in-band.
-    fn snapshot_request(&self, _slot: usize) -> Option<(String, u32)> {
-        None
-    }
-    /// The frames that rebuild these slots' books by subscribing again (venues that send
-    /// the snapshot in-band); empty for venues with REST snapshots.
-    fn resubscribe(&mut self, slots: &[usize]) -> Vec<String>;
-    /// Whether a rotation may read the old and the new connection together (the codec
-    /// drops what both deliver by venue id). Venues that number messages per connection
-    /// cannot: their rotation replaces the connection and rebuilds its books instead.
-    fn overlapping_rotation(&self) -> bool {
-        true
-    }
-    /// The connection is gone; nothing received so far continues.
-    fn disconnected(&mut self);
-    /// What the session has ignored so far, for the feed's metrics.
-    fn ignored(&self) -> Ignored;
-}
-
-/// What a session ignored, counted since it started: keys its decoders do not know
-/// (a rising count means the venue changed its messages) and messages it does not
-/// handle (unknown types, or about symbols it did not subscribe).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Ignored {
-    /// Unknown keys skipped.
-    pub unknown_fields: u64,
-    /// Messages skipped.
-    pub unhandled: u64,
-}
-
-/// Tags a slot's actions for [`Session::on_text`]'s output.
-pub fn tag(slot: usize, actions: &mut Vec<Action>, out: &mut Vec<(usize, Action)>) {
-    out.extend(actions.drain(..).map(|a| (slot, a)));
-}
-
-/// A frame that could not be decoded, about `slots` (read leniently from it): a lost
-/// trade message is a `Gap` on the trades channel; a lost book message is refused
-/// (`Rejected`, with the reason) and `rebuild` starts that book again.
-pub fn undecodable(
-    slots: &[usize],
-    trades: bool,
-    detail: &str,
-    mut rebuild: impl FnMut(usize, &mut Vec<Action>),
-    out: &mut Vec<(usize, Action)>,
-) {
-    if slots.is_empty() {
-        tracing::warn!(error = %detail, "undecodable frame for no known instrument");
-    }
-    let mut actions = Vec::new();
-    for &slot in slots {
-        if trades {
-            actions.push(Action::status(
-                Channel::Trades,
-                StatusKind::Gap,
-                0,
-                detail.to_owned(),
-            ));
-        } else {
-            actions.push(Action::status(
-                Channel::Book,
-                StatusKind::Rejected,
-                0,
-                detail.to_owned(),
-            ));
-            rebuild(slot, &mut actions);
-        }
-        tag(slot, &mut actions, out);
-    }
-}
-
-/// What a frame tells the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// Nothing.
-    None,
-    /// The venue will close this connection soon: open the next one now.
-    Rotate,
-}
 
 /// What reaches a connection from outside its socket.
 #[derive(Debug)]
@@ -153,42 +63,6 @@ pub struct Timing {
     pub overlap: Duration,
     /// Engine-requested resyncs of one instrument at most this often.
     pub resync_every: Duration,
-}
-
-/// Connection attempts of one feed, shared by its connections so that a mass disconnect
-/// spreads out: attempts at least [`ATTEMPT_SPACING`] apart (at most 3 in any 100 ms,
-/// with room for network jitter) and at most 300 in 5 minutes (Binance's per-IP rule).
-#[derive(Debug)]
-pub struct Attempts {
-    last: Option<Instant>,
-    long: Window,
-}
-
-/// The least time between two connection attempts of one feed.
-pub const ATTEMPT_SPACING: Duration = Duration::from_millis(40);
-
-impl Default for Attempts {
-    fn default() -> Attempts {
-        Attempts {
-            last: None,
-            long: Window::new(300, Duration::from_secs(300)),
-        }
-    }
-}
-
-impl Attempts {
-    /// Reserves the next attempt, no earlier than `earliest`; returns when it may start.
-    /// Reservations only move forward, which keeps the window's record in order.
-    fn reserve(&mut self, earliest: Instant) -> Instant {
-        let mut at = match self.last {
-            Some(last) => earliest.max(last + ATTEMPT_SPACING),
-            None => earliest,
-        };
-        at += self.long.wait(at);
-        self.long.record(at);
-        self.last = Some(at);
-        at
-    }
 }
 
 /// An instrument of a connection.
@@ -699,31 +573,5 @@ async fn dispatch(
     if !resubscribe.is_empty() {
         // One set of frames for every book this batch lost, not one per book.
         outgoing.extend(link.session.resubscribe(&resubscribe));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn attempts_are_spaced_and_capped_per_five_minutes() {
-        let t0 = Instant::now();
-        let mut a = Attempts::default();
-        let times: Vec<Instant> = (0..10).map(|_| a.reserve(t0)).collect();
-        for (i, t) in times.iter().enumerate() {
-            assert_eq!(*t, t0 + ATTEMPT_SPACING * i as u32);
-        }
-        // A later attempt is not held back by the spacing.
-        let late = t0 + Duration::from_secs(10);
-        assert_eq!(a.reserve(late), late);
-        // The 301st attempt within five minutes waits for the first to age out.
-        let mut a = Attempts::default();
-        let mut last = t0;
-        for _ in 0..300 {
-            last = a.reserve(t0);
-        }
-        assert!(last < t0 + Duration::from_secs(13));
-        assert_eq!(a.reserve(t0), t0 + Duration::from_secs(300));
     }
 }

@@ -12,7 +12,7 @@ use raven_venues::kraken::wire::{self, Data, Frame};
 use raven_venues::kraken::{self, Book};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::connection::{Ignored, Session, Signal, tag, undecodable};
+use super::session::{Ignored, Session, Signal, tag, undecodable};
 
 /// One connection's share of a Kraken feed.
 pub struct KrakenSession {

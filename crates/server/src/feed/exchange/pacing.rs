@@ -100,9 +100,66 @@ impl Window {
     }
 }
 
+/// Connection attempts of one feed, shared by its connections so that a mass disconnect
+/// spreads out: attempts at least [`ATTEMPT_SPACING`] apart (at most 3 in any 100 ms,
+/// with room for network jitter) and at most 300 in 5 minutes (Binance's per-IP rule).
+#[derive(Debug)]
+pub struct Attempts {
+    last: Option<Instant>,
+    long: Window,
+}
+
+/// The least time between two connection attempts of one feed.
+pub const ATTEMPT_SPACING: Duration = Duration::from_millis(40);
+
+impl Default for Attempts {
+    fn default() -> Attempts {
+        Attempts {
+            last: None,
+            long: Window::new(300, Duration::from_secs(300)),
+        }
+    }
+}
+
+impl Attempts {
+    /// Reserves the next attempt, no earlier than `earliest`; returns when it may start.
+    /// Reservations only move forward, which keeps the window's record in order.
+    pub fn reserve(&mut self, earliest: Instant) -> Instant {
+        let mut at = match self.last {
+            Some(last) => earliest.max(last + ATTEMPT_SPACING),
+            None => earliest,
+        };
+        at += self.long.wait(at);
+        self.long.record(at);
+        self.last = Some(at);
+        at
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_are_spaced_and_capped_per_five_minutes() {
+        let t0 = Instant::now();
+        let mut a = Attempts::default();
+        let times: Vec<Instant> = (0..10).map(|_| a.reserve(t0)).collect();
+        for (i, t) in times.iter().enumerate() {
+            assert_eq!(*t, t0 + ATTEMPT_SPACING * i as u32);
+        }
+        // A later attempt is not held back by the spacing.
+        let late = t0 + Duration::from_secs(10);
+        assert_eq!(a.reserve(late), late);
+        // The 301st attempt within five minutes waits for the first to age out.
+        let mut a = Attempts::default();
+        let mut last = t0;
+        for _ in 0..300 {
+            last = a.reserve(t0);
+        }
+        assert!(last < t0 + Duration::from_secs(13));
+        assert_eq!(a.reserve(t0), t0 + Duration::from_secs(300));
+    }
 
     #[test]
     fn backoff_is_jittered_below_a_doubling_ceiling() {
