@@ -34,6 +34,7 @@ use crate::api::drain::{self, Draining, RefuseWhileDraining};
 use crate::api::history::HistoryApi;
 use crate::api::ingest::{self, IngestApi};
 use crate::api::market::{Limits, MarketApi, MarketService};
+use crate::api::tls::Acceptor;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, ShardContext};
@@ -101,6 +102,8 @@ pub struct RunningServer {
     market: Arc<MarketService>,
     /// What every connection was told in its HTTP/2 settings.
     streams_per_connection: u32,
+    /// The TLS configuration handshakes use, which a reload renews.
+    tls: Option<Acceptor>,
 }
 
 /// Where a shutdown is, for the message when it takes too long.
@@ -254,6 +257,7 @@ pub async fn start(
         engine.commands(),
         fanout.clone(),
         clock.clone(),
+        calls.clone(),
         Limits {
             max_instruments_per_request: config.max_instruments_per_request,
             max_subscriptions: MAX_SUBSCRIPTIONS_PER_STREAM,
@@ -294,10 +298,8 @@ pub async fn start(
     let market = MarketServer::new(MarketApi::new(service.clone()))
         .max_decoding_message_size(MAX_MARKET_REQUEST_BYTES);
 
-    let incoming = connections.incoming(
-        listener,
-        config.tls.as_ref().map(|tls| tls.acceptor.clone()),
-    );
+    let tls = config.tls.as_ref().map(Acceptor::new);
+    let incoming = connections.incoming(listener, tls.clone());
     tokio::spawn(connections.clone().watch(shutdown.clone()));
     let (stop_grpc, mut stopped) = shutdown::channel();
     let grpc = Server::builder()
@@ -366,6 +368,7 @@ pub async fn start(
         keys,
         market: service,
         streams_per_connection: config.streams_per_connection,
+        tls,
     })
 }
 
@@ -402,11 +405,13 @@ impl RunningServer {
         self.http.as_ref().map(|h| h.addr)
     }
 
-    /// What SIGHUP does. With `config` (the configuration file read again), applies its
-    /// `[limits]` and the connection timeouts; then reads the API keys file again (with
-    /// the limits it sets), ending the streams of keys no longer in it. A keys file that
-    /// cannot be used changes no key and is logged with its line. What cannot change
-    /// while running (listeners, store, feeds, TLS, HTTP/2 settings) is left as it is.
+    /// What SIGHUP does. With `config` (the configuration file read again, TLS files
+    /// included), applies its `[limits]` and the connection timeouts and serves its TLS
+    /// certificate, key and client CA from the next handshake on; then reads the API keys
+    /// file again (with the limits it sets), ending the streams of keys no longer in it. A
+    /// keys file that cannot be used changes no key and is logged with its line. What
+    /// cannot change while running (listeners, store, feeds, TLS on or off, HTTP/2
+    /// settings) is left as it is.
     pub fn reload(&self, config: Option<&Config>) {
         if let Some(config) = config {
             self.connections.set_limits(config.connections);
@@ -427,11 +432,22 @@ impl RunningServer {
                     "auth.keys_file changes (to or from none, or to another file) at the next start"
                 );
             }
+            match (&self.tls, &config.tls) {
+                (Some(running), Some(tls)) => {
+                    running.replace(tls);
+                    tracing::info!(
+                        client_certs = tls.client_certs,
+                        "reloaded the TLS certificate, key and client CA"
+                    );
+                }
+                (None, None) => {}
+                _ => tracing::warn!("TLS is turned on or off at the next start"),
+            }
             tracing::info!(
                 max_connections = config.connections.max_connections,
                 connections_per_ip_per_s = config.connections.per_ip_per_s,
                 subscribe_requests_per_s = config.subscribe_requests_per_s,
-                "reloaded limits; listeners, store, feeds and TLS change at the next start"
+                "reloaded limits; listeners, store and feeds change at the next start"
             );
         }
         let Some(keys) = &self.keys else {

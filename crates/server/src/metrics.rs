@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -19,7 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use raven_model::UnixNanos;
 
-use crate::api::auth::Keys;
+use crate::api::auth::{AuthStats, Keys};
 use crate::api::calls::CallStats;
 use crate::api::connections::{Connections, Refusal};
 use crate::engine::stats::EngineStats;
@@ -236,12 +236,6 @@ impl Collector for Scrape {
             )?;
             counter(
                 &mut e,
-                "raven_auth_limit_hits",
-                "Calls refused for a per-key limit (streams, subscriptions).",
-                stats.limited.load(Ordering::Relaxed),
-            )?;
-            counter(
-                &mut e,
                 "raven_auth_keys_revoked",
                 "API keys revoked by a reload.",
                 stats.revoked.load(Ordering::Relaxed),
@@ -253,6 +247,32 @@ impl Collector for Scrape {
                 keys.len() as i64,
             )?;
         }
+        let key_hits = |hits: fn(&AuthStats) -> &AtomicU64| {
+            s.keys
+                .as_ref()
+                .map_or(0, |keys| hits(&keys.stats).load(Ordering::Relaxed))
+        };
+        let limits = &s.calls.limits;
+        let hits = [
+            ("max_streams", key_hits(|k| &k.streams_limited)),
+            ("max_subscriptions", key_hits(|k| &k.subscriptions_limited)),
+            ("ingest_events_per_s", key_hits(|k| &k.ingest_slowed)),
+            (
+                "subscribe_requests_per_s",
+                limits.subscribe_rate.load(Ordering::Relaxed),
+            ),
+            (
+                "subscriptions_per_stream",
+                limits.subscriptions.load(Ordering::Relaxed),
+            ),
+        ];
+        labelled_counters(
+            &mut e,
+            "raven_limit_hits",
+            "Requests held to a limit, by limit: refused RESOURCE_EXHAUSTED (a key's max_streams and max_subscriptions, a stream's subscribe rate and subscriptions), or slowed (a publisher over its key's ingest_events_per_s).",
+            "limit",
+            &hits,
+        )?;
         counter(
             &mut e,
             "raven_connections_tls_failures",

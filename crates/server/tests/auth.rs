@@ -276,7 +276,11 @@ async fn every_refusal_has_its_code_and_names_what_is_missing() {
         metrics[r#"raven_auth_failures{reason="permission_denied"}"#],
         3.0
     );
-    assert_eq!(metrics["raven_auth_limit_hits"], 2.0);
+    assert_eq!(metrics[r#"raven_limit_hits{limit="max_streams"}"#], 1.0);
+    assert_eq!(
+        metrics[r#"raven_limit_hits{limit="max_subscriptions"}"#],
+        1.0
+    );
     assert_eq!(metrics["raven_auth_keys"], 4.0);
     assert_eq!(
         metrics[r#"raven_grpc_calls{code="UNAUTHENTICATED",method="raven.v1.Market/ListInstruments"}"#],
@@ -390,6 +394,12 @@ async fn a_key_at_its_ingest_limit_is_slowed_alone_and_loses_nothing() {
     assert!(
         took >= Duration::from_secs(2),
         "{took:?}: the limit was not applied"
+    );
+    // Requests 11 to 30 each waited for their 100 events' worth.
+    let metrics = scrape::scrape(&server).await;
+    assert_eq!(
+        metrics[r#"raven_limit_hits{limit="ingest_events_per_s"}"#],
+        20.0
     );
     server.shutdown().await.unwrap();
 }

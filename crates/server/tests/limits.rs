@@ -28,20 +28,21 @@ async fn end_of(stream: &mut tonic::Streaming<pb::StreamResponse>) -> tonic::Sta
     }
 }
 
-/// Sends a subscribe to each of `names`' trades on `requests`.
+/// Sends a subscribe to each of `names`' trades on `requests`, until the server has
+/// ended the stream (a limit may end it before the last is sent).
 async fn subscribe_each(requests: &tokio::sync::mpsc::Sender<pb::StreamRequest>, names: &[&str]) {
     for name in names {
-        requests
-            .send(pb::StreamRequest {
-                request: Some(Req::Subscribe(pb::Subscribe {
-                    instruments: vec![(*name).into()],
-                    channel: pb::Channel::Trades as i32,
-                    depth: 0,
-                    start: 0,
-                })),
-            })
-            .await
-            .unwrap();
+        let request = pb::StreamRequest {
+            request: Some(Req::Subscribe(pb::Subscribe {
+                instruments: vec![(*name).into()],
+                channel: pb::Channel::Trades as i32,
+                depth: 0,
+                start: 0,
+            })),
+        };
+        if requests.send(request).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -113,6 +114,15 @@ async fn a_stream_subscribing_too_fast_ends_naming_the_limit() {
     assert_eq!(
         status.message(),
         "more than 3 subscribe requests in one second on this stream: limit subscribe_requests_per_s = 3"
+    );
+    let metrics = scrape::scrape(&server).await;
+    assert_eq!(
+        metrics[r#"raven_limit_hits{limit="subscribe_requests_per_s"}"#],
+        1.0
+    );
+    assert_eq!(
+        metrics[r#"raven_grpc_calls{code="RESOURCE_EXHAUSTED",method="raven.v1.Market/Stream"}"#],
+        1.0
     );
     server.shutdown().await.unwrap();
 }

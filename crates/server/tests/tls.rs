@@ -2,8 +2,9 @@
 //! served, plaintext and the wrong CA are refused; with client certificates required,
 //! clients without one, with an expired one or with one from another CA are refused while
 //! a verified client's stream goes on; an expired server certificate is refused by the
-//! client; the stock Python `grpcio` client speaks mutual TLS to it. Every refusal is
-//! counted in `raven_connections_tls_failures`.
+//! client; a reload serves a renewed certificate (and a new client CA) to new handshakes
+//! while connections already up go on; the stock Python `grpcio` client speaks mutual TLS
+//! to it. Every refusal is counted in `raven_connections_tls_failures`.
 
 mod common;
 #[path = "common/python.rs"]
@@ -134,6 +135,32 @@ async fn handshake(addr: SocketAddr, ca: &Path, identity: Option<&Pair>) -> Resu
     Ok(())
 }
 
+/// A live book stream of SIM:BTC-USD on `channel`, its first three messages read.
+async fn book_stream(channel: Channel) -> tonic::Streaming<pb::StreamResponse> {
+    // The sender is dropped on return: the server streams on after the client's half-close.
+    let (requests, rx) = tokio::sync::mpsc::channel(1);
+    requests
+        .send(pb::StreamRequest {
+            request: Some(pb::stream_request::Request::Subscribe(pb::Subscribe {
+                instruments: vec!["SIM:BTC-USD".into()],
+                channel: pb::Channel::Book as i32,
+                depth: 0,
+                start: 0,
+            })),
+        })
+        .await
+        .unwrap();
+    let mut stream = MarketClient::new(channel)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        stream.message().await.unwrap().expect("stream open");
+    }
+    stream
+}
+
 async fn instruments(channel: Channel) -> Result<usize, tonic::Status> {
     let listed = MarketClient::new(channel)
         .list_instruments(pb::ListInstrumentsRequest {})
@@ -212,28 +239,7 @@ async fn mutual_tls_refuses_missing_expired_and_foreign_client_certificates_alon
 
     // A verified client's live stream, watched across the refusals.
     let channel = connect(addr, &certs.ca, Some(&certs.client)).await.unwrap();
-    let (requests, rx) = tokio::sync::mpsc::channel(1);
-    requests
-        .send(pb::StreamRequest {
-            request: Some(pb::stream_request::Request::Subscribe(pb::Subscribe {
-                instruments: vec!["SIM:BTC-USD".into()],
-                channel: pb::Channel::Book as i32,
-                depth: 0,
-                start: 0,
-            })),
-        })
-        .await
-        .unwrap();
-    let mut stream = MarketClient::new(channel)
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = 0;
-    while events < 3 {
-        stream.message().await.unwrap().expect("stream open");
-        events += 1;
-    }
+    let mut stream = book_stream(channel).await;
 
     for (count, (identity, alert)) in [
         (None, "CertificateRequired"),
@@ -258,6 +264,54 @@ async fn mutual_tls_refuses_missing_expired_and_foreign_client_certificates_alon
     let channel = connect(addr, &certs.ca, Some(&certs.client)).await.unwrap();
     assert_eq!(instruments(channel).await.unwrap(), 8);
     assert_eq!(tls_failures(&server).await, 3.0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_the_renewed_certificate_to_new_handshakes_only() {
+    let certs = certs();
+    let dir = common::scratch_dir("tls-renewal");
+    let live = Pair {
+        cert: dir.join("live.pem"),
+        key: dir.join("live.key"),
+    };
+    std::fs::copy(&certs.server.cert, &live.cert).unwrap();
+    std::fs::copy(&certs.server.key, &live.key).unwrap();
+    let server = tls_server(&live, None).await;
+    let addr = server.local_addr();
+    let mut stream = book_stream(connect(addr, &certs.ca, None).await.unwrap()).await;
+
+    // Renewed in place, by another CA, as a rotation may be.
+    let renewed = Authority::new("Renewed CA");
+    let renewed_ca = renewed.write(&dir, "renewed-ca");
+    assert_eq!(renewed.issue(&dir, "live", false), live);
+    let reread = |client_ca: Option<&Path>| {
+        common::config(|f| {
+            f.tls.cert = Some(live.cert.clone());
+            f.tls.key = Some(live.key.clone());
+            f.tls.client_ca = client_ca.map(Path::to_path_buf);
+        })
+    };
+    server.reload(Some(&reread(None)));
+
+    let refused = connect(addr, &certs.ca, None).await.unwrap_err();
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+    let channel = connect(addr, &renewed_ca, None).await.unwrap();
+    assert_eq!(instruments(channel).await.unwrap(), 8);
+    // The connection made before the renewal keeps its session and its stream.
+    for _ in 0..3 {
+        stream.message().await.unwrap().expect("stream still open");
+    }
+
+    // A client CA added by a reload is required from the next handshake.
+    server.reload(Some(&reread(Some(&certs.ca))));
+    let refused = handshake(addr, &renewed_ca, None).await.unwrap_err();
+    assert_eq!(refused, "received fatal alert: CertificateRequired");
+    handshake(addr, &renewed_ca, Some(&certs.client))
+        .await
+        .unwrap();
+    stream.message().await.unwrap().expect("stream still open");
+    assert_eq!(tls_failures(&server).await, 2.0);
     server.shutdown().await.unwrap();
 }
 

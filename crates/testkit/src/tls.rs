@@ -17,7 +17,7 @@ pub struct Authority {
 }
 
 /// A certificate and its private key, written to files.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pair {
     /// Certificate (PEM) file.
     pub cert: PathBuf,

@@ -180,7 +180,9 @@ impl Key {
         let held = self.usage.subscriptions.fetch_add(n, Ordering::AcqRel);
         if max != 0 && held + n > max {
             self.usage.subscriptions.fetch_sub(n, Ordering::AcqRel);
-            self.stats.limited.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .subscriptions_limited
+                .fetch_add(1, Ordering::Relaxed);
             return Err(Status::resource_exhausted(format!(
                 "API key {:?} holds {held} subscriptions and asked for {n} more: limit max_subscriptions = {max}",
                 self.id
@@ -212,6 +214,7 @@ impl Key {
         if *tokens >= 0 {
             Duration::ZERO
         } else {
+            self.stats.ingest_slowed.fetch_add(1, Ordering::Relaxed);
             Duration::from_nanos((-*tokens) as u64 * 1_000_000_000 / rate)
         }
     }
@@ -285,8 +288,12 @@ pub struct AuthStats {
     pub unauthenticated: AtomicU64,
     /// A role or instrument the key lacks (`PERMISSION_DENIED`).
     pub permission_denied: AtomicU64,
-    /// Requests refused for a per-key limit (`RESOURCE_EXHAUSTED`).
-    pub limited: AtomicU64,
+    /// Streams refused for the key's `max_streams` (`RESOURCE_EXHAUSTED`).
+    pub streams_limited: AtomicU64,
+    /// Subscribes refused for the key's `max_subscriptions` (`RESOURCE_EXHAUSTED`).
+    pub subscriptions_limited: AtomicU64,
+    /// Publish requests held back to the key's `ingest_events_per_s`.
+    pub ingest_slowed: AtomicU64,
     /// Keys revoked by a reload while in use or not.
     pub revoked: AtomicU64,
 }

@@ -3,7 +3,8 @@
 //! methods that do not exist (those count as `other`). The code is read where gRPC puts
 //! it: the response headers of a trailers-only answer (a refusal), or the trailers at
 //! the end of the body; a body dropped before its trailers (the client left, or the
-//! server cut the connection) counts as `CANCELLED`.
+//! server cut the connection) counts as `CANCELLED`. Beside them, the requests a stream
+//! limit refused, by limit: the code says `RESOURCE_EXHAUSTED`, these say which limit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,6 +53,17 @@ const UNKNOWN: usize = 2;
 #[derive(Debug, Default)]
 pub struct CallStats {
     counts: [[AtomicU64; CODES.len()]; METHODS.len() + 1],
+    /// Requests refused for a limit on their stream.
+    pub limits: StreamLimitHits,
+}
+
+/// Requests a stream's own limits refused (each ends its stream `RESOURCE_EXHAUSTED`).
+#[derive(Debug, Default)]
+pub struct StreamLimitHits {
+    /// Subscribe requests over `subscribe_requests_per_s` on their stream.
+    pub subscribe_rate: AtomicU64,
+    /// Subscribes past the subscriptions one stream may hold.
+    pub subscriptions: AtomicU64,
 }
 
 /// The row of a request path (`/raven.v1.Market/Stream`).

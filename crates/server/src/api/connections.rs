@@ -35,9 +35,9 @@ use futures::Stream;
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 
+use super::tls::Acceptor;
 use crate::net::MaybeTls;
 use crate::shutdown::Shutdown;
 
@@ -240,7 +240,7 @@ impl Connections {
     pub fn incoming(
         self: &Arc<Self>,
         listener: TcpListener,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Acceptor>,
     ) -> impl Stream<Item = io::Result<Accepted>> + Send + 'static {
         // Bounded: past it, accepting waits for tonic to take connections (backpressure
         // into the kernel's backlog, as accepting in tonic's own loop would).
@@ -252,7 +252,7 @@ impl Connections {
     async fn accept(
         self: Arc<Self>,
         listener: TcpListener,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Acceptor>,
         tx: tokio::sync::mpsc::Sender<io::Result<Accepted>>,
     ) {
         // When accepting last failed, so the warning is said once a while, not twenty
@@ -294,7 +294,7 @@ impl Connections {
                     }
                 }
                 Some(acceptor) => {
-                    let handshake = acceptor.accept(guarded);
+                    let handshake = acceptor.current().accept(guarded);
                     let (tx, connections) = (tx.clone(), self.clone());
                     tokio::spawn(async move {
                         let limit = connections.limits().handshake;

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::Key;
 use super::{EventStream, request};
+use crate::api::calls::CallStats;
 use crate::clock::Clock;
 use crate::engine::{Command, EngineCommands, EngineError};
 use crate::fanout::{Fanout, FanoutConfig};
@@ -34,6 +35,8 @@ pub struct MarketService {
     /// Subscribe requests per second one stream may make (0: no limit); a reload may
     /// change it.
     pub(super) subscribe_rate: AtomicU32,
+    /// Where refusals for stream limits are counted.
+    pub(super) calls: Arc<CallStats>,
 }
 
 /// Per-request and per-client limits.
@@ -57,10 +60,12 @@ impl MarketService {
         commands: EngineCommands,
         fanout: Arc<Fanout>,
         clock: Arc<dyn Clock>,
+        calls: Arc<CallStats>,
         limits: Limits,
     ) -> MarketService {
         MarketService {
             catalog,
+            calls,
             clock,
             commands,
             fanout,

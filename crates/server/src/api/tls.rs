@@ -5,10 +5,11 @@
 //! clients such as grpcio insist on.
 //!
 //! The handshakes themselves run in [`super::connections`], one task per connection, so
-//! that a slow or hostile peer holds up nobody else's.
+//! that a slow or hostile peer holds up nobody else's. A reload (SIGHUP) swaps in the
+//! files as they are then, so a renewed certificate is served without a restart.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -38,6 +39,29 @@ pub struct Tls {
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// Whether clients must present a certificate from `client_ca`.
     pub client_certs: bool,
+}
+
+/// The acceptor in force, shared by the accepting loop and the reload that replaces it.
+/// Each handshake takes the one current when its connection was accepted, so a
+/// replacement never changes a handshake under way nor touches established connections.
+#[derive(Clone)]
+pub struct Acceptor(Arc<RwLock<tokio_rustls::TlsAcceptor>>);
+
+impl Acceptor {
+    /// Starts with `tls`'s configuration.
+    pub fn new(tls: &Tls) -> Acceptor {
+        Acceptor(Arc::new(RwLock::new(tls.acceptor.clone())))
+    }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> tokio_rustls::TlsAcceptor {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serves `tls`'s configuration from the next handshake on.
+    pub fn replace(&self, tls: &Tls) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = tls.acceptor.clone();
+    }
 }
 
 impl std::fmt::Debug for Tls {

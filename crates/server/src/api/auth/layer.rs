@@ -90,7 +90,7 @@ impl<S> Authenticated<S> {
         let max = key.limits.max_streams;
         if max != 0 && held >= max {
             return Err(refuse(
-                &keys.stats.limited,
+                &keys.stats.streams_limited,
                 Status::resource_exhausted(format!(
                     "API key {:?} has {held} streams open: limit max_streams = {max}",
                     key.id

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -174,10 +175,7 @@ impl Session {
 
     /// Counts a subscribe request against `subscribe_requests_per_s`.
     fn pace(&mut self) -> Result<(), Status> {
-        let max = self
-            .service
-            .subscribe_rate
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let max = self.service.subscribe_rate.load(Ordering::Relaxed);
         if max == 0 {
             return Ok(());
         }
@@ -188,6 +186,8 @@ impl Session {
         }
         *count += 1;
         if *count > max {
+            let hits = &self.service.calls.limits.subscribe_rate;
+            hits.fetch_add(1, Ordering::Relaxed);
             return Err(Status::resource_exhausted(format!(
                 "more than {max} subscribe requests in one second on this stream: limit subscribe_requests_per_s = {max}"
             )));
@@ -216,6 +216,8 @@ impl Session {
             .count();
         let max = self.service.limits.max_subscriptions;
         if self.subscriptions.len() + new > max {
+            let hits = &self.service.calls.limits.subscriptions;
+            hits.fetch_add(1, Ordering::Relaxed);
             return Err(Status::resource_exhausted(format!(
                 "a stream may hold at most {max} subscriptions; this one has {} and asked for {new} more",
                 self.subscriptions.len()
