@@ -29,7 +29,7 @@ use std::time::Duration;
 
 pub use plot::svg;
 pub use report::{BenchReport, Entry, Latency, Row};
-pub use server::RssSample;
+pub use server::{PARENT_ENV, RssSample};
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -1,6 +1,10 @@
 //! The system under test: a `raven serve` child process the bench starts (so its memory
 //! and CPU can be read from /proc apart from the load generator's), a Raven URL, or the
 //! NATS server for `--compare` (read from /proc too when it runs on this machine).
+//!
+//! A child server never outlives the bench: dropping its [`Target`] kills it (an error,
+//! or a signal that ends the run), and the child asks the kernel to kill it when the
+//! thread that started it ends (the bench killed outright), as [`PARENT_ENV`] tells it.
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -11,6 +15,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::BenchError;
+
+/// Set in a child server's environment to the bench's pid: the server then asks for
+/// SIGKILL when the thread that spawned it ends, and exits at once if that process is
+/// already gone. Every child is spawned from the bench's main thread, which lives as long
+/// as the bench does.
+pub const PARENT_ENV: &str = "RAVEN_EXIT_WITH_PARENT";
 
 /// Where the load goes.
 pub struct Target {
@@ -108,56 +118,59 @@ impl Target {
     /// simulator nearly idle and recording off: these rows measure streaming, and the
     /// recorder has benchmarks of its own.
     pub async fn spawn(raven: &Path, config: Option<&Path>) -> Result<Target, BenchError> {
-        let raven = raven.to_owned();
-        let config = config.map(Path::to_owned);
-        tokio::task::spawn_blocking(move || {
-            let mut command = Command::new(raven);
-            if let Some(config) = config {
-                command.arg("serve").arg("--config").arg(config);
-            } else {
-                command.arg("serve");
-            }
-            let mut child = command
-                .args([
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--http",
-                    "off",
-                    "--rate",
-                    "1",
-                    "--store",
-                    "off",
-                ])
-                .env("RAVEN_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()?;
+        let mut command = Command::new(raven);
+        command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        // Spawned here, on the thread that runs the bench (not a blocking-pool thread,
+        // which ends when idle and would take the server with it).
+        let mut child = command
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "off",
+                "--rate",
+                "1",
+                "--store",
+                "off",
+            ])
+            .env("RAVEN_LOG", "warn")
+            .env(PARENT_ENV, std::process::id().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let mut target = Target {
+            url: String::new(),
+            pid: Some(child.id()),
+            child: Some(child),
+        };
+        // Waiting for the first line blocks; dropping `target` on any error kills the child.
+        let line = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
-            let stdout = child
-                .stdout
-                .take()
-                .ok_or_else(|| std::io::Error::other("no stdout"))?;
-            BufReader::new(stdout).read_line(&mut line)?;
-            let addr = line
-                .split_whitespace()
-                .find(|w| w.starts_with("127.0.0.1:"))
-                .ok_or_else(|| {
-                    std::io::Error::other(format!("server did not report its address: {line:?}"))
-                })?;
-            // The startup line says when the server takes TLS only.
-            let scheme = if line.contains("(TLS") {
-                "https"
-            } else {
-                "http"
-            };
-            Ok(Target {
-                url: format!("{scheme}://{addr}"),
-                pid: Some(child.id()),
-                child: Some(child),
-            })
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
         })
         .await
-        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)??;
+        let addr = line
+            .split_whitespace()
+            .find(|w| w.starts_with("127.0.0.1:"))
+            .ok_or_else(|| {
+                std::io::Error::other(format!("server did not report its address: {line:?}"))
+            })?;
+        // The startup line says when the server takes TLS only.
+        let scheme = if line.contains("(TLS") {
+            "https"
+        } else {
+            "http"
+        };
+        target.url = format!("{scheme}://{addr}");
+        Ok(target)
     }
 
     /// The server's current resource use, when it runs on this machine.
@@ -203,12 +216,23 @@ impl Target {
 
     /// Stops a child server.
     pub async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = child.kill();
-                child.wait()
-            })
-            .await;
+        if let Some(child) = self.child.take() {
+            let _ = tokio::task::spawn_blocking(move || kill(child)).await;
         }
     }
+}
+
+impl Drop for Target {
+    /// A child server still running (the run failed or was abandoned) is killed.
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            kill(child);
+        }
+    }
+}
+
+/// Kills a child server and reaps it (SIGKILL: it is over at once).
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }

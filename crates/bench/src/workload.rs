@@ -203,18 +203,26 @@ impl Clients {
         self.tasks.push(tokio::spawn(client(ready)));
     }
 
-    /// Waits until every client has subscribed; one that failed first reports its error.
+    /// Waits until every client has subscribed; the first that fails instead reports its
+    /// error, and the others are stopped (awaiting them would wait for the run's end).
     pub(super) async fn all_ready(&mut self) -> Result<(), BenchError> {
-        for ready in std::mem::take(&mut self.readies) {
+        for (i, ready) in std::mem::take(&mut self.readies).into_iter().enumerate() {
             if ready.await.is_err() {
-                for task in std::mem::take(&mut self.tasks) {
-                    if let Ok(Err(e)) = task.await {
-                        return Err(e);
-                    }
+                // It dropped its signal: it has ended, or is ending.
+                let ended = (&mut self.tasks[i]).await;
+                for task in &self.tasks {
+                    task.abort();
                 }
-                return Err(BenchError::Stalled(
-                    "a client ended before subscribing".into(),
-                ));
+                let why = match ended {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(_)) => "it ended".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(BenchError::Stalled(format!(
+                    "client {} of {} did not subscribe: {why}",
+                    i + 1,
+                    self.tasks.len()
+                )));
             }
         }
         Ok(())

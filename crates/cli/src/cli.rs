@@ -382,6 +382,9 @@ struct InstrumentsArgs {
 /// Parses arguments and runs the command.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before any configuration is read: the default connection limit derives from it, and
+    // a bench's thousands of clients need descriptors as much as the server does.
+    raven_server::api::connections::raise_descriptor_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -463,6 +466,24 @@ fn add_key(
     Ok(())
 }
 
+/// A server started by `raven bench` dies with it, even when the bench is killed
+/// outright (its `Drop` kills the server on every other way out).
+fn exit_with_parent() -> anyhow::Result<()> {
+    let Ok(parent) = std::env::var(raven_bench::PARENT_ENV) else {
+        return Ok(());
+    };
+    let parent: i32 = parent
+        .parse()
+        .with_context(|| format!("{}={parent:?}: not a pid", raven_bench::PARENT_ENV))?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .context("cannot ask for the parent-death signal")?;
+    // The parent may have gone before the request: then no signal would ever come.
+    if rustix::process::getppid().map(rustix::process::Pid::as_raw_pid) != Some(parent) {
+        anyhow::bail!("the bench that started this server (pid {parent}) has gone");
+    }
+    Ok(())
+}
+
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let soak = args.soak.is_some();
     let config = raven_bench::BenchConfig {
@@ -488,7 +509,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         sample_every: soak.then_some(SOAK_SAMPLE_EVERY),
         tls_ca: args.tls_ca,
     };
-    let report = raven_bench::run(&config, |line| eprintln!("{line}")).await?;
+    // A signal ends the run: dropping it kills the server it started.
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let report = tokio::select! {
+        report = raven_bench::run(&config, |line| eprintln!("{line}")) => report?,
+        _ = term.recv() => anyhow::bail!("stopped by SIGTERM; the servers it started are stopped"),
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("stopped by SIGINT; the servers it started are stopped"),
+    };
     print!("{}", report.table());
     let write = |path: &PathBuf, text: String| {
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
@@ -558,6 +585,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    exit_with_parent()?;
     let config = serve_config(&args)?;
     // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would otherwise kill the
     // server when the database outgrows it. With a handler (tokio's, which only notes the

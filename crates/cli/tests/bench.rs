@@ -297,3 +297,130 @@ async fn a_server_on_tls_is_benched_over_tls_exactly() {
     let report = run(&config, |_| {}).await.unwrap();
     assert_exact(report.rows[0].raven.as_ref().unwrap());
 }
+
+/// The pids of `parent`'s children (read from /proc).
+fn children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie waiting to be reaped by init does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_signal_or_a_kill_ends_the_bench_and_the_server_it_started() {
+    use std::io::{BufRead, BufReader};
+
+    for signal in ["TERM", "INT", "KILL"] {
+        let mut bench = Command::new(RAVEN)
+            .args(["bench", "--clients", "2", "--rate", "100"])
+            .args(["--duration", "10m", "--warmup", "0s", "--instruments", "1"])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(bench.stderr.take().unwrap());
+        // Signalled mid-row: the server up, the clients connected, publishing under way.
+        let mut progress = String::new();
+        while !progress.contains("publishing 100 events/s") {
+            progress.clear();
+            assert_ne!(stderr.read_line(&mut progress).unwrap(), 0, "bench ended");
+        }
+        let servers = children(bench.id());
+        assert_eq!(servers.len(), 1, "{signal}: one server child: {servers:?}");
+        let killed = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(bench.id().to_string())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = bench.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{signal}: bench still runs"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        if signal == "KILL" {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(9));
+        } else {
+            assert_eq!(status.code(), Some(1), "{signal}: {rest}");
+            let name = if signal == "TERM" {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            };
+            assert!(
+                rest.contains(&format!(
+                    "error: stopped by {name}; the servers it started are stopped"
+                )),
+                "{rest}"
+            );
+        }
+        // Killed with it: by the bench itself, or by the kernel when the bench was killed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while running(servers[0]) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{signal}: server {} outlived its bench",
+                servers[0]
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refused_while_connecting_fails_the_run_at_once() {
+    // The publisher and two clients fit; the third client's connection is closed.
+    let dir = std::env::temp_dir().join(format!("raven-bench-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server_config = dir.join("raven.toml");
+    std::fs::write(&server_config, "[limits]\nmax_connections = 3\n").unwrap();
+    let mut config = config(vec![5], 100);
+    config.server_config = Some(server_config);
+    let error = tokio::time::timeout(Duration::from_secs(60), run(&config, |_| {}))
+        .await
+        .expect("the run ends rather than waiting on the clients that did connect")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("client 3 of 5 did not subscribe: "),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

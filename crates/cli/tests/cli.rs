@@ -253,6 +253,14 @@ fn config_check_and_show_as_an_operator_would() {
         text.contains("rate = 500") && text.contains("listen = \"127.0.0.1:50052\""),
         "{text}"
     );
+    // The connection limit derives from the open-file limit, which raven raises to the
+    // hard limit: all of it but 1,024 descriptors.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    let max = hard.map_or(0, |hard| hard.saturating_sub(1024).max(hard / 2));
+    assert!(
+        text.contains(&format!("\nmax_connections = {max}\n")),
+        "{text}"
+    );
     let again = dir.join("shown.toml");
     std::fs::write(&again, &text).unwrap();
     let rechecked = Command::new(RAVEN)

@@ -20,6 +20,7 @@
 //! connection in the request's extensions (tonic puts a connection's `ConnectInfo` there)
 //! and holds a count for as long as the response body lives.
 
+mod descriptors;
 mod track;
 
 use std::collections::{HashMap, HashSet};
@@ -41,6 +42,7 @@ use super::tls::Acceptor;
 use crate::net::MaybeTls;
 use crate::shutdown::Shutdown;
 
+pub use descriptors::{default_max_connections, raise_descriptor_limit};
 pub use track::{TrackRequests, Tracked, TrackedBody};
 
 /// The HTTP/2 client preface and one frame header: what a client that has begun its

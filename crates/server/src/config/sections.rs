@@ -158,8 +158,9 @@ pub struct AuthSection {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
-    /// gRPC connections open at once; past it new ones are closed at once. Default
-    /// 10000.
+    /// gRPC connections open at once; past it new ones are closed at once. Default: the
+    /// open-file limit (raised to its hard limit at start) less 1,024 descriptors kept
+    /// for the store, feeds and HTTP; `raven config show` prints it.
     pub max_connections: usize,
     /// New gRPC connections per second from one IP address; past it they are closed at
     /// once. Default 0.
@@ -183,7 +184,7 @@ pub struct LimitsSection {
 impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
-            max_connections: 10_000,
+            max_connections: crate::api::connections::default_max_connections(),
             connections_per_ip_per_s: 0,
             streams_per_connection: 1024,
             subscribe_requests_per_s: 100,
