@@ -248,7 +248,12 @@ pub struct FanoutSection {
     /// were missed) or `"disconnect"`. Book channels always conflate to a resync snapshot.
     /// Default `"gap"`.
     pub trade_overflow: LagPolicy,
-    /// Largest stream message the server sends, in bytes. Default 1 MiB.
+    /// Largest stream message the server sends, in bytes (one event larger than it, a
+    /// deep snapshot, still goes whole). Default 64 KiB: each drain copies up to this much
+    /// for its subscriber, and HTTP/2 buffers messages whole, so with 1,000 clients that
+    /// fall behind the server holds about this much per client several times over; at 1
+    /// MiB that was 0.8–2.1 GiB of RSS and seconds of latency, at 64 KiB 250 MiB, with a
+    /// higher sustained rate at 100 clients too (BENCHMARKS.md).
     pub max_batch_bytes: usize,
     /// Stream writes per second for all clients together; each client's writes are spaced
     /// by `subscribers / budget` (when that is 1 ms or more) so that a write carries more
@@ -265,7 +270,7 @@ impl Default for FanoutSection {
         FanoutSection {
             queue_events: 32768,
             trade_overflow: LagPolicy::Gap,
-            max_batch_bytes: 1 << 20,
+            max_batch_bytes: 64 << 10,
             write_budget_per_s: 50_000,
         }
     }
