@@ -416,6 +416,11 @@ impl Simulator {
 /// The simulator feed's name, in logs and in errors naming an instrument's owner.
 const SIM_FEED: &str = "Simulator";
 
+/// The simulator's shortest sleep between batches: events due within it go together.
+const IDLE_TICK_MIN: Duration = Duration::from_millis(1);
+/// Its longest, so that a stop or a resync request is seen soon at any rate.
+const IDLE_TICK_MAX: Duration = Duration::from_millis(50);
+
 /// The simulator as a [`Feed`]: built when spawned, so that its instruments are interned
 /// in the server's registry and its exchange clock starts at the server's now.
 pub struct SimFeed {
@@ -468,7 +473,18 @@ impl Feed for SimFeed {
                         produced += batch.len() as u64;
                     }
                     if batch.is_empty() {
-                        std::thread::sleep(Duration::from_millis(1));
+                        // Until the next event is due: a slow simulator (a bench's, at
+                        // 1 event/s) does not wake a thousand times a second.
+                        let next = match rate {
+                            0 => IDLE_TICK_MAX,
+                            rate => Duration::from_nanos(
+                                ((u128::from(produced) + 1) * 1_000_000_000 / u128::from(rate))
+                                    .min(u128::from(u64::MAX))
+                                    as u64,
+                            )
+                            .saturating_sub(start.elapsed()),
+                        };
+                        std::thread::sleep(next.clamp(IDLE_TICK_MIN, IDLE_TICK_MAX));
                     } else if !input.send(std::mem::take(&mut batch)) {
                         return;
                     }
