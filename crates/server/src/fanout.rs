@@ -25,6 +25,12 @@ use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+/// Queue entries a drained mailbox keeps room for...
+const RETAINED_ENTRIES: usize = 256;
+/// ...once a burst has grown it past this (the gap is hysteresis: a subscriber that
+/// often holds a few hundred entries does not reallocate at every drain).
+const SHRINK_ABOVE: usize = 4 * RETAINED_ENTRIES;
+
 /// What happens to a non-book subscription whose queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -396,6 +402,12 @@ impl Mailbox {
                 break;
             }
         }
+        if s.entries.is_empty() && s.entries.capacity() > SHRINK_ABOVE {
+            // A burst grew the queue (to 32,768 entries, about 1.3 MB, at the default
+            // bound); once it has drained, that memory goes back, or every subscriber
+            // that ever fell behind would hold its peak for as long as it stays.
+            s.entries.shrink_to(RETAINED_ENTRIES);
+        }
         if s.entries.is_empty() && !s.missed.is_empty() {
             // The client caught up with everything queued; report drops now rather than
             // in front of a next event that may never come (the end of a burst).
@@ -678,5 +690,35 @@ mod tests {
         assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Queued);
         assert_eq!(decode(mailbox.drain(usize::MAX)).len(), 10);
         assert_eq!(mailbox.queued(), 0);
+    }
+
+    #[test]
+    fn a_drained_mailbox_gives_back_what_a_burst_grew() {
+        let name = InstrumentName::parse("TEST:X").unwrap();
+        let mailbox = Mailbox::new(1, 32_768, LagPolicy::Gap);
+        let chunk = Bytes::from_static(b"not decoded here");
+        let capacity = |m: &Mailbox| m.lock().entries.capacity();
+        for _ in 0..20_000 {
+            assert_eq!(mailbox.push(&chunk, 1, route(&name)), Pushed::Queued);
+        }
+        assert!(capacity(&mailbox) >= 20_000);
+        // Drained in messages of 64 KiB: the room goes back only once it is empty.
+        let mut drained = 0;
+        while mailbox.queued() > 0 {
+            let batch = mailbox.drain(64 << 10).batch;
+            drained += batch.len_bytes() / chunk.len();
+            if mailbox.queued() > 0 {
+                assert!(capacity(&mailbox) >= 20_000);
+            }
+        }
+        assert_eq!(drained, 20_000);
+        assert_eq!(capacity(&mailbox), RETAINED_ENTRIES);
+        // A subscriber that holds a few hundred at a time keeps its room.
+        for _ in 0..600 {
+            mailbox.push(&chunk, 1, route(&name));
+        }
+        let grown = capacity(&mailbox);
+        mailbox.drain(usize::MAX);
+        assert_eq!(capacity(&mailbox), grown);
     }
 }
