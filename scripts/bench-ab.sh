@@ -17,6 +17,7 @@
 #              n1     N=1 at 10k events/s            (p50, p99)
 #              n100   N=100 at 10k events/s          (p50, p99, server CPU)
 #              n1000  N=1000 at 1k events/s          (p99, server RSS)
+#              n1000x10k N=1000 at 10k events/s      (p99, server RSS: clients falling behind)
 #              max100 N=100, highest sustained rate  (deliveries/s)
 #              max1000 N=1000, highest sustained rate (deliveries/s)
 #   OUT      where the runs go (default target/bench-ab/<UTC time>); report in OUT/report.md
@@ -74,6 +75,7 @@ row_args() {
     n1) echo --clients 1 --rate 10000 --duration 5s --warmup 1s ;;
     n100) echo --clients 100 --rate 10000 --duration 3s --warmup 1s ;;
     n1000) echo --clients 1000 --rate 1000 --duration 3s --warmup 1s ;;
+    n1000x10k) echo --clients 1000 --rate 10000 --duration 3s --warmup 1s ;;
     max100) echo --clients 100 --rate 20000 --max 2000000 --duration 2s --warmup 1s ;;
     max1000) echo --clients 1000 --rate 1000 --max 1000000 --duration 2s --warmup 1s ;;
     *) echo "unknown row $1" >&2; exit 2 ;;

@@ -3,21 +3,20 @@
 //! shows configuration files; `keys` makes API keys; `bench` load-tests a server. Human output by default,
 //! `--json` for one JSON object per line with prices as exact decimal strings.
 
+mod bench;
 mod client;
 mod history;
 mod notify;
 mod render;
+mod serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use raven_server::clock::SystemClock;
 use raven_server::config::FileConfig;
-use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(name = "raven", version, about = "Raven market-data server and client")]
@@ -239,9 +238,6 @@ struct BenchArgs {
     tls_ca: Option<PathBuf>,
 }
 
-/// How often a soak reads the server's RSS.
-const SOAK_SAMPLE_EVERY: Duration = Duration::from_secs(10);
-
 /// `10s`, `500ms`, `2m`, or plain seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
@@ -390,14 +386,14 @@ pub fn run() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve::serve(args)),
         Command::Subscribe(args) => runtime.block_on(client::subscribe(args)),
         Command::Snapshot(args) => runtime.block_on(client::snapshot(args)),
         Command::Instruments(args) => runtime.block_on(client::instruments(args)),
         Command::History(args) => runtime.block_on(history::history(args)),
         Command::BookAt(args) => runtime.block_on(history::book_at(args)),
         Command::Replay(args) => runtime.block_on(history::replay(args)),
-        Command::Bench(args) => runtime.block_on(bench(args)),
+        Command::Bench(args) => runtime.block_on(bench::bench(args)),
         Command::Config(ConfigCommand::Check { file }) => {
             FileConfig::load(&file)?.resolve()?;
             println!("{}: ok", file.display());
@@ -464,238 +460,4 @@ fn add_key(
         file.display()
     );
     Ok(())
-}
-
-/// A server started by `raven bench` dies with it, even when the bench is killed
-/// outright (its `Drop` kills the server on every other way out).
-fn exit_with_parent() -> anyhow::Result<()> {
-    let Ok(parent) = std::env::var(raven_bench::PARENT_ENV) else {
-        return Ok(());
-    };
-    let parent: i32 = parent
-        .parse()
-        .with_context(|| format!("{}={parent:?}: not a pid", raven_bench::PARENT_ENV))?;
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .context("cannot ask for the parent-death signal")?;
-    // The parent may have gone before the request: then no signal would ever come.
-    if rustix::process::getppid().map(rustix::process::Pid::as_raw_pid) != Some(parent) {
-        anyhow::bail!("the bench that started this server (pid {parent}) has gone");
-    }
-    Ok(())
-}
-
-async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let soak = args.soak.is_some();
-    let config = raven_bench::BenchConfig {
-        server: args.server,
-        raven_binary: std::env::current_exe()
-            .context("cannot find the raven binary to start a server")?,
-        max: args.max,
-        server_config: args.server_config,
-        clients: args.clients.unwrap_or_else(|| {
-            if soak {
-                vec![100]
-            } else {
-                vec![1, 10, 100, 1000]
-            }
-        }),
-        rates: args
-            .rate
-            .unwrap_or_else(|| vec![if soak { 50_000 } else { 10_000 }]),
-        duration: args.soak.unwrap_or(args.duration),
-        warmup: args.warmup,
-        instruments: args.instruments,
-        compare: args.compare,
-        sample_every: soak.then_some(SOAK_SAMPLE_EVERY),
-        tls_ca: args.tls_ca,
-    };
-    // A signal ends the run: dropping it kills the server it started.
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let report = tokio::select! {
-        report = raven_bench::run(&config, |line| eprintln!("{line}")) => report?,
-        _ = term.recv() => anyhow::bail!("stopped by SIGTERM; the servers it started are stopped"),
-        _ = tokio::signal::ctrl_c() => anyhow::bail!("stopped by SIGINT; the servers it started are stopped"),
-    };
-    print!("{}", report.table());
-    let write = |path: &PathBuf, text: String| {
-        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
-    };
-    if let Some(path) = &args.json {
-        write(path, serde_json::to_string_pretty(&report)?)?;
-    }
-    if let Some(path) = &args.markdown {
-        write(path, report.markdown())?;
-    }
-    if let Some(path) = &args.svg {
-        write(path, raven_bench::svg(&report))?;
-    }
-    if soak {
-        let failed: Vec<String> = report
-            .rows
-            .iter()
-            .filter_map(|e| e.raven.as_ref())
-            .filter(|r| r.lost > 0 || r.gaps > 0)
-            .map(|r| format!("N={}: lost {}, gaps {}", r.clients, r.lost, r.gaps))
-            .collect();
-        if !failed.is_empty() {
-            anyhow::bail!("soak failed: {}", failed.join("; "));
-        }
-    }
-    Ok(())
-}
-
-/// The configuration `raven serve` runs: the file (if any) with the flags over it. Read
-/// again at SIGHUP.
-fn serve_config(args: &ServeArgs) -> anyhow::Result<raven_server::config::Config> {
-    let mut file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
-    };
-    if let Some(listen) = args.listen {
-        file.server.listen = listen.to_string();
-    }
-    if let Some(http) = &args.http {
-        file.http.listen = http.clone();
-    }
-    if let Some(seed) = args.seed {
-        file.sim.seed = seed;
-    }
-    if let Some(rate) = args.rate {
-        file.sim.rate = rate;
-    }
-    if let Some(store) = &args.store {
-        file.store.url = store.clone();
-    }
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        file.tls.cert = Some(cert.clone());
-        file.tls.key = Some(key.clone());
-    }
-    if let Some(ca) = &args.tls_ca {
-        file.tls.client_ca = Some(ca.clone());
-    }
-    Ok(file.resolve()?)
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RAVEN_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    exit_with_parent()?;
-    let config = serve_config(&args)?;
-    // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would otherwise kill the
-    // server when the database outgrows it. With a handler (tokio's, which only notes the
-    // signal) the write fails with EFBIG instead, and the recorder spills and retries as
-    // for any store failure.
-    let _file_size_limit =
-        signal(SignalKind::from_raw(libc::SIGXFSZ)).context("cannot handle SIGXFSZ")?;
-    let listener = raven_server::app::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let server = raven_server::app::start(&config, Arc::new(SystemClock), listener).await?;
-    // Scripts (and the CLI tests) read the bound address from this line.
-    let mut sources: Vec<String> = config
-        .sim
-        .iter()
-        .map(|sim| format!("simulator: seed {}, {} events/s", sim.seed, sim.rate))
-        .collect();
-    sources.extend(
-        config
-            .feeds
-            .iter()
-            .map(|f| format!("{}: {} symbols", f.venue.as_str(), f.symbols.len())),
-    );
-    if let Some(tls) = &config.tls {
-        sources.insert(
-            0,
-            if tls.client_certs {
-                "TLS, client certificates required".to_owned()
-            } else {
-                "TLS".to_owned()
-            },
-        );
-    }
-    // One line, the gRPC address first: readers may close the pipe after it.
-    println!(
-        "raven: serving gRPC on {} ({}){}",
-        server.local_addr(),
-        if sources.is_empty() {
-            "ingest only".to_owned()
-        } else {
-            sources.join("; ")
-        },
-        server
-            .http_addr()
-            .map(|http| format!(", HTTP on {http} (/metrics, /healthz, /readyz, /api/v1/stats)"))
-            .unwrap_or_default()
-    );
-    notify::notify(&format!(
-        "READY=1\nSTATUS=serving gRPC on {}{}",
-        server.local_addr(),
-        server
-            .http_addr()
-            .map(|http| format!(", HTTP on {http}"))
-            .unwrap_or_default()
-    ));
-    let reload = || match serve_config(&args) {
-        Ok(config) => server.reload(Some(&config)),
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "SIGHUP: the configuration was not reloaded; reloading the API keys alone");
-            server.reload(None);
-        }
-    };
-    wait_for_signal(reload).await?;
-    notify::notify("STOPPING=1\nSTATUS=draining");
-    tracing::info!(
-        drain_secs = config.drain.as_secs(),
-        "shutting down; a second signal exits at once"
-    );
-    let recorder = server.recorder_stats();
-    let progress = server.progress();
-    let waiting = recorder.clone();
-    tokio::spawn(async move {
-        let ignored = || tracing::info!("SIGHUP while shutting down: nothing reloaded");
-        if wait_for_signal(ignored).await.is_ok() {
-            let waiting = recorder.map_or(0, |r| {
-                r.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)
-            });
-            tracing::warn!(
-                unstored_bytes = waiting,
-                "second signal: exiting now; batches still in memory are not stored"
-            );
-            std::process::exit(130);
-        }
-    });
-    match tokio::time::timeout(config.shutdown_timeout, server.shutdown()).await {
-        Ok(stopped) => Ok(stopped?),
-        Err(_) => {
-            let unstored = waiting.map_or(0, |r| {
-                r.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)
-            });
-            tracing::error!(
-                timeout_secs = config.shutdown_timeout.as_secs(),
-                unfinished = progress.step(),
-                unstored_bytes = unstored,
-                "shutdown did not finish in time; exiting (what the recorder had not stored is in the spill file, or lost if it was still in memory)"
-            );
-            std::process::exit(1);
-        }
-    }
-}
-
-/// Waits for SIGTERM or SIGINT, calling `reload` at each SIGHUP meanwhile (service
-/// managers send it to reload: `systemctl reload`; by default it would end the process).
-async fn wait_for_signal(reload: impl Fn()) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => return r.context("cannot listen for Ctrl-C"),
-            _ = term.recv() => return Ok(()),
-            _ = hangup.recv() => reload(),
-        }
-    }
 }

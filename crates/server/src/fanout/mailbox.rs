@@ -1,0 +1,472 @@
+//! A subscriber's mailbox: the bounded queue between the engine, which pushes each
+//! encoded chunk into every subscriber of its (instrument, channel), and the gRPC
+//! stream, which drains what is queued into one message. The overflow policy is applied
+//! here as chunks are pushed: book views are marked for a resync snapshot, other channels
+//! drop and count what they missed (or close the stream, as configured).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use raven_model::{Channel, InstrumentId, InstrumentName, Status, StatusKind};
+use raven_proto::wire::{self, EncodedBatch};
+use tokio::sync::Notify;
+
+use super::{Closed, LagPolicy, Pushed, Route};
+
+/// Queue entries a drained mailbox keeps room for...
+const RETAINED_ENTRIES: usize = 256;
+/// ...once a burst has grown it past this (the gap is hysteresis: a subscriber that
+/// often holds a few hundred entries does not reallocate at every drain).
+const SHRINK_ABOVE: usize = 4 * RETAINED_ENTRIES;
+
+enum Entry {
+    Chunk {
+        bytes: Bytes,
+        events: u32,
+    },
+    /// Control entries (snapshots on subscribe, acks) bypass the bound; see `push_control`.
+    Control(Bytes),
+    Gap {
+        name: InstrumentName,
+        channel: Channel,
+        missed: u64,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    entries: VecDeque<Entry>,
+    queued: usize,
+    /// Book views marked for a resync snapshot, and whether the engine was asked yet.
+    resync: Vec<(InstrumentId, u32, bool)>,
+    /// Non-book events dropped per (instrument, channel) since the last delivered one.
+    missed: HashMap<(InstrumentId, Channel), (InstrumentName, u64)>,
+    closed: Option<Closed>,
+    /// While above 0, drains hand out nothing: recorded history is being put in front
+    /// of what is queued (see `hold`).
+    held: u32,
+    /// What drains have handed out, counted under the lock they already take.
+    delivered: Delivered,
+}
+
+/// What subscribers were sent: stream messages, the events and bytes in them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Stream messages.
+    pub messages: u64,
+    /// Events in them (data events; control and gap events are not counted).
+    pub events: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+}
+
+impl Delivered {
+    pub(super) fn add(&mut self, other: Delivered) {
+        self.messages += other.messages;
+        self.events += other.events;
+        self.bytes += other.bytes;
+    }
+}
+
+/// A subscriber's bounded queue of encoded events.
+pub struct Mailbox {
+    id: u64,
+    capacity: usize,
+    policy: LagPolicy,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+/// What a drain produced.
+pub struct Drained {
+    /// Events to send as one message (may be empty).
+    pub batch: EncodedBatch,
+    /// Book views that overflowed and still need the engine to send a resync snapshot.
+    pub resync_requests: Vec<(InstrumentId, u32)>,
+    /// Set when the stream must end.
+    pub closed: Option<Closed>,
+}
+
+impl Mailbox {
+    /// A new mailbox holding at most `capacity` data events.
+    pub fn new(id: u64, capacity: usize, policy: LagPolicy) -> Mailbox {
+        Mailbox {
+            id,
+            capacity,
+            policy,
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    /// The subscriber id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    // A std Mutex, not tokio's: the lock is never held across an await, and the publisher
+    // is a plain thread. A poisoned lock only means another holder panicked mid-push; the
+    // queue is still structurally valid, so keep going.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(&self, was_empty: bool) {
+        // `notify_one` stores a permit when nobody waits, so a drain that checked the
+        // queue just before this push still wakes up.
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queues `events` encoded events under the overflow policy.
+    pub fn push(&self, bytes: &Bytes, events: u32, route: Route<'_>) -> Pushed {
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return Pushed::Closed;
+        }
+        if route.channel == Channel::Book {
+            if s.resync
+                .iter()
+                .any(|r| (r.0, r.1) == (route.instrument, route.depth))
+            {
+                return Pushed::Dropped;
+            }
+            if s.queued + events as usize > self.capacity {
+                s.resync.push((route.instrument, route.depth, false));
+                drop(s);
+                // Wake the drain even when the queue is empty, so it asks for the snapshot.
+                self.notify.notify_one();
+                return Pushed::Dropped;
+            }
+        } else if s.queued + events as usize > self.capacity {
+            match self.policy {
+                LagPolicy::Gap => {
+                    let missed = s
+                        .missed
+                        .entry((route.instrument, route.channel))
+                        .or_insert_with(|| (route.name.clone(), 0));
+                    missed.1 += u64::from(events);
+                    return Pushed::Dropped;
+                }
+                LagPolicy::Disconnect => {
+                    s.closed = Some(Closed::TooSlow { queued: s.queued });
+                    drop(s);
+                    self.notify.notify_one();
+                    return Pushed::Disconnected;
+                }
+            }
+        } else if let Some((name, missed)) = s.missed.remove(&(route.instrument, route.channel)) {
+            s.entries.push_back(Entry::Gap {
+                name,
+                channel: route.channel,
+                missed,
+            });
+        }
+        let was_empty = s.entries.is_empty();
+        s.entries.push_back(Entry::Chunk {
+            bytes: bytes.clone(),
+            events,
+        });
+        s.queued += events as usize;
+        drop(s);
+        self.wake(was_empty);
+        Pushed::Queued
+    }
+
+    /// Queues control output (subscribe snapshots, markers, acks) regardless of the bound:
+    /// it is produced at most once per request or resync, so it cannot grow without limit.
+    pub fn push_control(&self, bytes: Bytes) -> Pushed {
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return Pushed::Closed;
+        }
+        let was_empty = s.entries.is_empty();
+        s.entries.push_back(Entry::Control(bytes));
+        drop(s);
+        self.wake(was_empty);
+        Pushed::Queued
+    }
+
+    /// Ends a resync: queues the fresh snapshot and lets book events for the view flow again.
+    /// Must be called by the engine thread that owns the instrument, between batches, so no
+    /// delta can slip between the snapshot and the reopening.
+    pub fn complete_resync(&self, instrument: InstrumentId, depth: u32, snapshot: Bytes) -> Pushed {
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return Pushed::Closed;
+        }
+        s.resync.retain(|r| (r.0, r.1) != (instrument, depth));
+        let was_empty = s.entries.is_empty();
+        s.entries.push_back(Entry::Control(snapshot));
+        drop(s);
+        self.wake(was_empty);
+        Pushed::Queued
+    }
+
+    /// Marks a resync as not yet requested, so the next drain asks the engine again.
+    pub fn rearm_resync(&self, instrument: InstrumentId, depth: u32) {
+        let mut s = self.lock();
+        for r in s
+            .resync
+            .iter_mut()
+            .filter(|r| (r.0, r.1) == (instrument, depth))
+        {
+            r.2 = false;
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Closes the mailbox; pending output is dropped and publishers forget it.
+    pub fn close(&self, why: Closed) {
+        let mut s = self.lock();
+        if s.closed.is_none() {
+            s.closed = Some(why);
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+
+    /// Data events currently queued.
+    pub fn queued(&self) -> usize {
+        self.lock().queued
+    }
+
+    /// Waits until there may be something to drain.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Holds output back (drains hand out nothing) until [`Mailbox::release`], so that
+    /// recorded history can go in front of live events already queued. Live events
+    /// still queue under the usual bound meanwhile.
+    pub fn hold(&self) {
+        self.lock().held += 1;
+    }
+
+    /// Ends a [`Mailbox::hold`].
+    pub fn release(&self) {
+        let mut s = self.lock();
+        s.held = s.held.saturating_sub(1);
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Puts control output (recorded history) in front of everything queued, in order.
+    pub fn prepend_control(&self, chunks: Vec<Bytes>) {
+        let mut s = self.lock();
+        for chunk in chunks.into_iter().rev() {
+            s.entries.push_front(Entry::Control(chunk));
+        }
+    }
+
+    /// Takes up to `max_bytes` of queued output (at least one entry) as one batch.
+    pub fn drain(&self, max_bytes: usize) -> Drained {
+        let mut batch = EncodedBatch::new();
+        let mut s = self.lock();
+        if let Some(closed) = s.closed.clone() {
+            return Drained {
+                batch,
+                resync_requests: Vec::new(),
+                closed: Some(closed),
+            };
+        }
+        if s.held > 0 {
+            return Drained {
+                batch,
+                resync_requests: Vec::new(),
+                closed: None,
+            };
+        }
+        let mut events = 0u64;
+        while let Some(entry) = s.entries.pop_front() {
+            match entry {
+                Entry::Chunk { bytes, events: n } => {
+                    s.queued -= n as usize;
+                    events += u64::from(n);
+                    batch.push(bytes);
+                }
+                Entry::Control(bytes) => batch.push(bytes),
+                Entry::Gap {
+                    name,
+                    channel,
+                    missed,
+                } => batch.push(gap_event(&name, channel, missed)),
+            }
+            if batch.len_bytes() >= max_bytes {
+                break;
+            }
+        }
+        if s.entries.is_empty() && s.entries.capacity() > SHRINK_ABOVE {
+            // A burst grew the queue (to 32,768 entries, about 1.3 MB, at the default
+            // bound); once it has drained, that memory goes back, or every subscriber
+            // that ever fell behind would hold its peak for as long as it stays.
+            s.entries.shrink_to(RETAINED_ENTRIES);
+        }
+        if s.entries.is_empty() && !s.missed.is_empty() {
+            // The client caught up with everything queued; report drops now rather than
+            // in front of a next event that may never come (the end of a burst).
+            for ((_, channel), (name, missed)) in s.missed.drain() {
+                batch.push(gap_event(&name, channel, missed));
+            }
+        }
+        let resync_requests = s
+            .resync
+            .iter_mut()
+            .filter(|r| !r.2)
+            .map(|r| {
+                r.2 = true;
+                (r.0, r.1)
+            })
+            .collect();
+        if !s.entries.is_empty() {
+            // More to send: make sure the next `ready` returns at once.
+            self.notify.notify_one();
+        }
+        if !batch.is_empty() {
+            s.delivered.add(Delivered {
+                messages: 1,
+                events,
+                bytes: batch.len_bytes() as u64,
+            });
+        }
+        Drained {
+            batch,
+            resync_requests,
+            closed: None,
+        }
+    }
+
+    /// What it delivered and why it was closed, for the counts kept once it is gone.
+    pub(super) fn outcome(&self) -> (Delivered, Option<Closed>) {
+        let state = self.lock();
+        (state.delivered, state.closed.clone())
+    }
+
+    /// What drains have handed out so far.
+    pub fn delivered(&self) -> Delivered {
+        self.lock().delivered
+    }
+}
+
+/// A per-subscriber `Status` gap event. It has no sequence of its own: the channel's
+/// sequence jumps by `missed`, and this event says why.
+fn gap_event(name: &InstrumentName, channel: Channel, missed: u64) -> Bytes {
+    use raven_model::{Event, EventBody, Sequence, UnixNanos};
+    let event = Event {
+        instrument: InstrumentId(0),
+        sequence: Sequence(0),
+        exchange_time: UnixNanos::ZERO,
+        receive_time: UnixNanos::ZERO,
+        publish_time: UnixNanos::ZERO,
+        venue_seq: 0,
+        body: EventBody::Status(Status {
+            kind: StatusKind::Gap,
+            channel,
+            missed,
+            detail: format!("subscriber lagged: {missed} events dropped"),
+        }),
+    };
+    let mut buf = BytesMut::new();
+    wire::put_event(&mut buf, name.as_str(), &event);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use raven_proto::pb;
+
+    fn route(name: &InstrumentName) -> Route<'_> {
+        Route {
+            instrument: InstrumentId(0),
+            name,
+            channel: Channel::Trades,
+            depth: 0,
+        }
+    }
+
+    fn decode(drained: Drained) -> Vec<pb::Event> {
+        pb::StreamResponse::decode(drained.batch.encode_to_vec().as_slice())
+            .unwrap()
+            .events
+    }
+
+    #[test]
+    fn drops_at_the_end_of_a_burst_are_reported_when_the_queue_drains() {
+        let name = InstrumentName::parse("TEST:X").unwrap();
+        let mailbox = Mailbox::new(1, 16, LagPolicy::Gap);
+        let mut chunk = BytesMut::new();
+        let trade = raven_model::Event {
+            instrument: InstrumentId(0),
+            sequence: raven_model::Sequence(1),
+            exchange_time: raven_model::UnixNanos(1),
+            receive_time: raven_model::UnixNanos(1),
+            publish_time: raven_model::UnixNanos(1),
+            venue_seq: 0,
+            body: raven_model::EventBody::Trade(raven_model::Trade {
+                price: raven_model::Price::from_units(1),
+                qty: raven_model::Qty::from_units(1),
+                aggressor: raven_model::Aggressor::Buy,
+                trade_id: "1".into(),
+            }),
+        };
+        for _ in 0..10 {
+            wire::put_event(&mut chunk, "TEST:X", &trade);
+        }
+        let chunk = chunk.freeze();
+        assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Queued);
+        // 10 more do not fit in 16: dropped, and nothing follows them.
+        assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Dropped);
+        assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Dropped);
+        let events = decode(mailbox.drain(usize::MAX));
+        assert_eq!(events.len(), 11);
+        let Some(pb::event::Body::Status(gap)) = &events[10].body else {
+            panic!("{:?}", events[10])
+        };
+        assert_eq!((gap.kind, gap.missed), (pb::StatusKind::Gap as i32, 20));
+        assert_eq!(events[10].instrument, "TEST:X");
+        // Reported once: the next accepted chunk is not preceded by it again.
+        assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Queued);
+        assert_eq!(decode(mailbox.drain(usize::MAX)).len(), 10);
+        assert_eq!(mailbox.queued(), 0);
+    }
+
+    #[test]
+    fn a_drained_mailbox_gives_back_what_a_burst_grew() {
+        let name = InstrumentName::parse("TEST:X").unwrap();
+        let mailbox = Mailbox::new(1, 32_768, LagPolicy::Gap);
+        let chunk = Bytes::from_static(b"not decoded here");
+        let capacity = |m: &Mailbox| m.lock().entries.capacity();
+        for _ in 0..20_000 {
+            assert_eq!(mailbox.push(&chunk, 1, route(&name)), Pushed::Queued);
+        }
+        assert!(capacity(&mailbox) >= 20_000);
+        // Drained in messages of 64 KiB: the room goes back only once it is empty.
+        let mut drained = 0;
+        while mailbox.queued() > 0 {
+            let batch = mailbox.drain(64 << 10).batch;
+            drained += batch.len_bytes() / chunk.len();
+            if mailbox.queued() > 0 {
+                assert!(capacity(&mailbox) >= 20_000);
+            }
+        }
+        assert_eq!(drained, 20_000);
+        assert_eq!(capacity(&mailbox), RETAINED_ENTRIES);
+        // A subscriber that holds a few hundred at a time keeps its room.
+        for _ in 0..600 {
+            mailbox.push(&chunk, 1, route(&name));
+        }
+        let grown = capacity(&mailbox);
+        mailbox.drain(usize::MAX);
+        assert_eq!(capacity(&mailbox), grown);
+    }
+}
