@@ -62,7 +62,19 @@ git worktree add -q --detach "$worktree" "$commit"
 trap 'git worktree remove --force "$worktree" 2>/dev/null || true' EXIT
 build "$worktree" A
 git worktree remove --force "$worktree"
+# Cargo names a workspace's artifacts and fingerprints by paths relative to the workspace
+# root, so A's build wrote the very files B's uses, and B's sources, older than A's build,
+# would look fresh: B would run A's binaries. Touching what differs from REF rebuilds B
+# where it differs.
+(git diff --name-only -z --diff-filter=d "$commit" && git ls-files -z --others --exclude-standard) |
+  xargs -0 -r touch --
 build "$root" B
+# Each side's binaries, checked apart: the same bytes mean the build went wrong.
+if [ "$(git diff --name-only "$commit" -- crates Cargo.toml Cargo.lock | head -1)" ] &&
+  cmp -s "$OUT/A/raven" "$OUT/B/raven"; then
+  echo "A and B built the same raven binary though the sources differ" >&2
+  exit 2
+fi
 {
   echo "A: $ref ($(git rev-parse --short "$commit"))"
   echo "B: working tree at $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' with uncommitted changes')"
