@@ -1,4 +1,5 @@
-//! What a store holds, checked row by row in record order: per (run, instrument,
+//! What a store holds, checked event by event in record order (read from the tables
+//! directly, each block split into its events): per (run, instrument,
 //! channel), every sequence must be stored once or counted by a gap row; anything else
 //! is a duplicate or a silent hole.
 
@@ -6,9 +7,10 @@ use std::collections::HashMap;
 
 use prost::Message;
 use raven_proto::pb;
+use raven_proto::wire::scan;
 
 /// `raven.v1.Event` body field number of a status.
-const STATUS: i64 = 15;
+const STATUS: u32 = 15;
 
 /// The audit of one store.
 #[derive(Debug, Default, Clone, Copy)]
@@ -31,7 +33,7 @@ pub struct Audit {
 #[derive(Default)]
 struct Tally {
     audit: Audit,
-    next: HashMap<(i64, i64, i64), i64>,
+    next: HashMap<(i64, Vec<u8>, i64), i64>,
     runs: Vec<i64>,
 }
 
@@ -39,7 +41,7 @@ impl Tally {
     fn row(
         &mut self,
         run: i64,
-        instrument: i64,
+        instrument: &[u8],
         channel: i64,
         sequence: i64,
         status: Option<&[u8]>,
@@ -63,7 +65,10 @@ impl Tally {
             self.audit.per_run[index] += 1;
             return;
         }
-        let next = self.next.entry((run, instrument, channel)).or_insert(1);
+        let next = self
+            .next
+            .entry((run, instrument.to_vec(), channel))
+            .or_insert(1);
         let (first, last) = match gap {
             Some(missed) => {
                 self.audit.gap_rows += 1;
@@ -90,25 +95,41 @@ impl Tally {
     }
 }
 
-const ROWS: &str = "SELECT run, instrument, channel, sequence, kind, \
-     CASE WHEN kind = 15 THEN event END FROM events ORDER BY run, position";
+/// Every block in record order; its events are split out with `wire::scan`.
+const BLOCKS: &str = "SELECT run, channels, bytes FROM events ORDER BY run, position";
+
+impl Tally {
+    /// Tallies each event of a stored block (a checkpoint's block has only channel bit 0).
+    fn block(&mut self, run: i64, channels: i64, bytes: &[u8]) -> anyhow::Result<()> {
+        for event in scan::framed(bytes) {
+            let (own, header) = event?;
+            let channel = if channels == 1 {
+                0
+            } else {
+                header.channel as i64
+            };
+            let status = (header.body == STATUS).then_some(own);
+            self.row(
+                run,
+                header.instrument,
+                channel,
+                header.sequence as i64,
+                status,
+            );
+        }
+        Ok(())
+    }
+}
 
 /// Audits a SQLite file.
 pub fn sqlite(path: &std::path::Path) -> anyhow::Result<(Audit, String)> {
     let conn = rusqlite::Connection::open(path)?;
     let mut tally = Tally::default();
-    let mut query = conn.prepare(ROWS)?;
+    let mut query = conn.prepare(BLOCKS)?;
     let mut rows = query.query([])?;
     while let Some(r) = rows.next()? {
-        let kind: i64 = r.get(4)?;
-        let status: Option<Vec<u8>> = if kind == STATUS { r.get(5)? } else { None };
-        tally.row(
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            status.as_deref(),
-        );
+        let bytes = r.get_ref(2)?.as_blob()?;
+        tally.block(r.get(0)?, r.get(1)?, bytes)?;
     }
     let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     Ok((tally.finish(), integrity))
@@ -119,22 +140,9 @@ pub fn postgres(url: &str, schema: &str) -> anyhow::Result<Audit> {
     let mut client = postgres::Client::connect(url, postgres::NoTls)?;
     client.batch_execute(&format!("SET search_path TO {schema}"))?;
     let mut tally = Tally::default();
-    for r in client.query(ROWS, &[])? {
-        let kind: i16 = r.get(4);
-        let status: Option<Vec<u8>> = if i64::from(kind) == STATUS {
-            r.get(5)
-        } else {
-            None
-        };
-        let (run, instrument, channel, sequence): (i64, i32, i16, i64) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
-        tally.row(
-            run,
-            i64::from(instrument),
-            i64::from(channel),
-            sequence,
-            status.as_deref(),
-        );
+    for r in client.query(BLOCKS, &[])? {
+        let (run, channels): (i64, i32) = (r.get(0), r.get(1));
+        tally.block(run, i64::from(channels), r.get(2))?;
     }
     Ok(tally.finish())
 }

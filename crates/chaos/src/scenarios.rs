@@ -216,7 +216,10 @@ async fn torn_spill(o: &Options, dir: &Path) -> anyhow::Result<Row> {
     lock.execute_batch("BEGIN IMMEDIATE")?;
     sleep(4.0).await;
     blocking(|| server.kill9())?;
-    let stored_before: u64 = lock.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+    let stored_before: u64 =
+        lock.query_row("SELECT coalesce(sum(rows), 0) FROM events", [], |r| {
+            r.get(0)
+        })?;
     let spill_path = dir.join("data").join("raven.spill");
     let reserve = 256 << 20;
     let count = |path: &Path| -> anyhow::Result<(u64, u64, u64)> {
@@ -346,15 +349,32 @@ async fn kill_9(o: &Options, dir: &Path) -> anyhow::Result<Row> {
 
 /// Each instrument's last stored trade sequence.
 fn max_trade_sequences(db: &Path) -> anyhow::Result<std::collections::HashMap<String, u64>> {
-    let conn = rusqlite::Connection::open(db)?;
-    let mut q = conn.prepare(
-        "SELECT i.name, max(e.sequence) FROM events e JOIN instruments i ON i.id = e.instrument \
-         WHERE e.channel = 3 GROUP BY i.name",
+    use raven_server::store::Store;
+    let mut store = raven_server::store::sqlite::SqliteStore::open(db)?;
+    let names = store.instruments()?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let trades = pb::Channel::Trades as u8;
+    let mut max = std::collections::HashMap::new();
+    let mut failed = None;
+    store.query(
+        &raven_server::store::Query::all(&names, &[trades]),
+        &mut |_, bytes| match raven_proto::wire::scan::events(bytes).next() {
+            Some(Ok(h)) => {
+                let name = String::from_utf8_lossy(h.instrument).into_owned();
+                let last = max.entry(name).or_insert(0);
+                *last = h.sequence.max(*last);
+                true
+            }
+            other => {
+                failed = Some(format!("a stored trade does not scan: {other:?}"));
+                false
+            }
+        },
     )?;
-    let rows = q.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    match failed {
+        Some(why) => bail!(why),
+        None => Ok(max),
+    }
 }
 
 /// SIGTERM with 100 sockets that never began HTTP/2, 100 idle HTTP/2 connections, a

@@ -1,5 +1,5 @@
-//! Recorder write throughput, the read rate replay and history stand on, and what the
-//! time index buys: engine output (simulator events through a shard, so the mix of
+//! Recorder write throughput (SQLite at each page size), the read rate replay and
+//! history stand on, and what the time index buys: engine output (simulator events through a shard, so the mix of
 //! deltas, trades, BBO and candles is the real one) in batches of 50,000 rows, each
 //! written in one transaction, into a SQLite file and into PostgreSQL (127.0.0.1:5432,
 //! a schema of its own, dropped afterwards; skipped with a message when it is not up).
@@ -256,6 +256,25 @@ fn stores(c: &mut Criterion) {
     bench_store(c, "sqlite", &mut sqlite, batches);
     bench_read(c, "sqlite", &mut sqlite);
     drop(sqlite);
+    // The other page sizes a file can have (Raven keeps an existing file's): blocks are
+    // smaller with smaller pages (they stay within a page's cell).
+    for page in [16384, 65536] {
+        let path = dir.join(format!("bench-{page}.db"));
+        let conn = rusqlite::Connection::open(&path).expect("create sqlite");
+        conn.pragma_update(None, "page_size", page)
+            .expect("page size");
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .expect("WAL");
+        drop(conn);
+        let mut sqlite = SqliteStore::open(&path).expect("open sqlite");
+        bench_store(
+            c,
+            &format!("sqlite_{}k_pages", page / 1024),
+            &mut sqlite,
+            batches,
+        );
+        drop(sqlite);
+    }
     let mut sqlite = SqliteStore::open(&dir.join("window.db")).expect("open sqlite");
     bench_window(c, "sqlite", &mut sqlite, &recorded);
     drop(sqlite);

@@ -173,8 +173,6 @@ pub struct TapRow {
     pub sequence: u64,
     /// Publish time, ns.
     pub publish_time: u64,
-    /// `Event.body` field number.
-    pub kind: u8,
 }
 
 impl Tapped {
@@ -242,7 +240,6 @@ impl TapBuffer {
             channel: crate::store::channel_column(event),
             sequence: event.sequence.0,
             publish_time: event.publish_time.0,
-            kind: wire::body_number(&event.body) as u8,
         });
         start..end
     }

@@ -515,12 +515,14 @@ fn what_was_written_is_there_when_opened_again(fresh: &mut Fresh) {
 /// order across instruments (as two shards' output is) but in order within each (as the
 /// engine stamps them), equal stamps, batches without some instruments, and steps of
 /// 0–49 ms, so some batches carry marks (at most one per instrument per 100 ms) and
-/// some do not. Returns the events it wrote.
+/// some do not; trades and book changes mixed, so a query for one channel picks events
+/// out of blocks that hold both, and some batches with one instrument's 400 events, cut
+/// into several blocks. Returns the events it wrote.
 fn time_index(store: &mut dyn Store) -> u64 {
     const MS: u64 = 1_000_000;
     const NAMES: [&str; 3] = ["TIME:A", "TIME:B", "TIME:C"];
-    // (run, position, instrument, publish time, sequence), in record order.
-    let mut written: Vec<(u64, i64, usize, u64, u64)> = Vec::new();
+    // (run, position, instrument, publish time, sequence, channel), in record order.
+    let mut written: Vec<(u64, i64, usize, u64, u64, u8)> = Vec::new();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move |n: u64| {
         state ^= state << 13;
@@ -534,11 +536,41 @@ fn time_index(store: &mut dyn Store) -> u64 {
         let mut batches = Vec::new();
         for number in 0..40u64 {
             let mut batch = Batch::new(run, number);
-            for _ in 0..next(12) {
-                let i = next(3) as usize;
-                clocks[i] += next(50) * MS;
+            // Every tenth batch is one instrument's 400 events in a row, more than a
+            // block of either store holds.
+            let long = number % 10 == 5;
+            for _ in 0..if long { 400 } else { next(12) } {
+                let i = if long {
+                    (number / 10 % 3) as usize
+                } else {
+                    next(3) as usize
+                };
+                clocks[i] += next(if long { 3 } else { 50 }) * MS;
                 sequences[i] += 1;
                 let time = UnixNanos(clocks[i]);
+                // Trades and book changes mixed: blocks hold both channels.
+                let (channel, body) = if next(3) == 0 {
+                    (
+                        1,
+                        EventBody::Delta(BookDelta {
+                            changes: vec![LevelChange {
+                                side: Side::Ask,
+                                price: p("2"),
+                                qty: q("3"),
+                            }],
+                        }),
+                    )
+                } else {
+                    (
+                        3,
+                        EventBody::Trade(Trade {
+                            price: p("1"),
+                            qty: q("1"),
+                            aggressor: Aggressor::Buy,
+                            trade_id: format!("{run}-{}", sequences[i]),
+                        }),
+                    )
+                };
                 let event = Event {
                     instrument: InstrumentId(0),
                     sequence: Sequence(sequences[i]),
@@ -546,15 +578,10 @@ fn time_index(store: &mut dyn Store) -> u64 {
                     receive_time: time,
                     publish_time: time,
                     venue_seq: 0,
-                    body: EventBody::Trade(Trade {
-                        price: p("1"),
-                        qty: q("1"),
-                        aggressor: Aggressor::Buy,
-                        trade_id: format!("{run}-{}", sequences[i]),
-                    }),
+                    body,
                 };
                 let position = ((number << 24) | batch.len() as u64) as i64;
-                written.push((run, position, i, clocks[i], sequences[i]));
+                written.push((run, position, i, clocks[i], sequences[i], channel));
                 batch.push(&instrument(NAMES[i]), &event);
             }
             batches.push(batch);
@@ -589,6 +616,7 @@ fn time_index(store: &mut dyn Store) -> u64 {
         let expected: Vec<(u64, String, u64)> = written
             .iter()
             .filter(|w| picked.contains(&w.2) && w.3 >= from && w.3 < to)
+            .filter(|w| case % 2 == 1 || w.5 == 3)
             .filter(|w| after.is_none_or(|a| (w.0, w.1) >= a))
             .take(if limit == 0 {
                 usize::MAX
@@ -728,7 +756,7 @@ fn a_sqlite_file_of_another_layout_is_refused_not_written_into() {
     assert_eq!(
         error,
         format!(
-            "corrupt data: {} holds events in layout version 0, this Raven writes version 2; move the file aside",
+            "corrupt data: {} holds events in layout version 0, this Raven writes version 3; move the file aside",
             path.display()
         )
     );
@@ -753,7 +781,7 @@ fn a_postgres_schema_of_another_layout_is_refused_not_written_into() {
     assert_eq!(
         error,
         format!(
-            "corrupt data: schema {schema} holds events in layout version 1, this Raven writes version 2; use another schema"
+            "corrupt data: schema {schema} holds events in layout version 1, this Raven writes version 3; use another schema"
         )
     );
     // A fresh schema is laid out once; opening it again finds its own layout.

@@ -150,6 +150,55 @@ fn event(buf: &[u8]) -> Result<EventHeader<'_>, ScanError> {
 /// Iterates over the events of an encoded `StreamResponse`. After an error the iterator
 /// ends.
 pub fn events(response: &[u8]) -> impl Iterator<Item = Result<EventHeader<'_>, ScanError>> {
+    framed(response).map(|event| event.map(|(_, header)| header))
+}
+
+/// Iterates over the events of an encoded `StreamResponse` with each event's own bytes:
+/// its field, key and length included, which is itself a one-event `StreamResponse`
+/// (how a store splits the events it keeps end to end). Fields other than events are
+/// skipped. After an error the iterator ends.
+pub fn framed(
+    response: &[u8],
+) -> impl Iterator<Item = Result<(&[u8], EventHeader<'_>), ScanError>> {
+    entries(response).map(|entry| {
+        let (own, offset, bytes) = entry?;
+        Ok((own, event(bytes).map_err(|e| shifted(e, offset))?))
+    })
+}
+
+/// Each event's own bytes, as [`framed`] gives them, without reading the events: for a
+/// reader that looks into few of them ([`instrument`] picks which). After an error the
+/// iterator ends.
+pub fn split(response: &[u8]) -> impl Iterator<Item = Result<&[u8], ScanError>> {
+    entries(response).map(|entry| entry.map(|(own, _, _)| own))
+}
+
+/// The instrument of the first event in `response` (empty for none, or for a control
+/// event), reading no further into the event than its instrument field: the first one,
+/// as encoders (Raven's and prost) write fields in number order.
+pub fn instrument(response: &[u8]) -> Result<&[u8], ScanError> {
+    let Some(entry) = entries(response).next() else {
+        return Ok(&[]);
+    };
+    let (_, offset, bytes) = entry?;
+    let mut r = Reader { buf: bytes, pos: 0 };
+    let found = (|| {
+        while !r.done() {
+            let (field, wire_type) = r.key()?;
+            if (field, wire_type) == (1, 2) {
+                let len = r.varint()?;
+                return r.bytes(len);
+            }
+            r.skip(wire_type)?;
+        }
+        Ok(&[][..])
+    })();
+    found.map_err(|e| shifted(e, offset))
+}
+
+/// The `events` entries of `response`: each one's own bytes, where its event starts,
+/// and the event's bytes. After an error it ends.
+fn entries(response: &[u8]) -> impl Iterator<Item = Result<(&[u8], usize, &[u8]), ScanError>> {
     let mut r = Reader {
         buf: response,
         pos: 0,
@@ -158,6 +207,7 @@ pub fn events(response: &[u8]) -> impl Iterator<Item = Result<EventHeader<'_>, S
     std::iter::from_fn(move || {
         while !failed && !r.done() {
             let step = (|| {
+                let start = r.pos;
                 let (field, wire_type) = r.key()?;
                 if (field, wire_type) != (1, 2) {
                     r.skip(wire_type)?;
@@ -166,18 +216,11 @@ pub fn events(response: &[u8]) -> impl Iterator<Item = Result<EventHeader<'_>, S
                 let len = r.varint()?;
                 let offset = r.pos;
                 let bytes = r.bytes(len)?;
-                event(bytes).map(Some).map_err(|e| match e {
-                    ScanError::Truncated(at) => ScanError::Truncated(offset + at),
-                    ScanError::Malformed(at) => ScanError::Malformed(offset + at),
-                    ScanError::WireType { wire_type, at } => ScanError::WireType {
-                        wire_type,
-                        at: offset + at,
-                    },
-                })
+                Ok(Some((&response[start..r.pos], offset, bytes)))
             })();
             match step {
                 Ok(None) => continue,
-                Ok(Some(h)) => return Some(Ok(h)),
+                Ok(Some(found)) => return Some(Ok(found)),
                 Err(e) => {
                     failed = true;
                     return Some(Err(e));
@@ -186,6 +229,18 @@ pub fn events(response: &[u8]) -> impl Iterator<Item = Result<EventHeader<'_>, S
         }
         None
     })
+}
+
+/// `error`, found in an event that starts at `offset`, with its place in the response.
+fn shifted(error: ScanError, offset: usize) -> ScanError {
+    match error {
+        ScanError::Truncated(at) => ScanError::Truncated(offset + at),
+        ScanError::Malformed(at) => ScanError::Malformed(offset + at),
+        ScanError::WireType { wire_type, at } => ScanError::WireType {
+            wire_type,
+            at: offset + at,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -255,6 +310,46 @@ mod tests {
     }
 
     #[test]
+    fn framed_events_are_one_event_responses_that_make_up_the_input() {
+        let response = response();
+        let bytes = response.encode_to_vec();
+        let framed: Vec<(&[u8], EventHeader<'_>)> =
+            framed(&bytes).collect::<Result<_, _>>().unwrap();
+        assert_eq!(framed.len(), response.events.len());
+        assert_eq!(
+            framed
+                .iter()
+                .map(|(own, _)| *own)
+                .collect::<Vec<_>>()
+                .concat(),
+            bytes
+        );
+        for ((own, header), event) in framed.iter().zip(&response.events) {
+            let alone = pb::StreamResponse::decode(*own).unwrap();
+            assert_eq!(alone.events, std::slice::from_ref(event));
+            assert_eq!(header.sequence, event.sequence);
+        }
+    }
+
+    #[test]
+    fn split_events_and_their_instruments_match_the_headers() {
+        let bytes = response().encode_to_vec();
+        let own: Vec<&[u8]> = split(&bytes).collect::<Result<_, _>>().unwrap();
+        let framed: Vec<(&[u8], EventHeader<'_>)> =
+            framed(&bytes).collect::<Result<_, _>>().unwrap();
+        assert_eq!(own, framed.iter().map(|(o, _)| *o).collect::<Vec<_>>());
+        for (o, header) in &framed {
+            assert_eq!(instrument(o).unwrap(), header.instrument);
+        }
+        assert_eq!(instrument(&[]).unwrap(), b"");
+        // Cut inside the first event's instrument: an error, never a panic.
+        assert!(matches!(
+            instrument(&bytes[..5]),
+            Err(ScanError::Truncated(_))
+        ));
+    }
+
+    #[test]
     fn truncated_and_malformed_input_is_an_error() {
         let bytes = response().encode_to_vec();
         for cut in 1..bytes.len() {
@@ -280,6 +375,9 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
             for _ in events(&bytes) {}
+            for own in split(&bytes).flatten() {
+                let _ = instrument(own);
+            }
         }
     }
 }

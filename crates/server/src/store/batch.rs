@@ -1,6 +1,6 @@
 //! A recorder batch: events in their wire encoding (each a one-event `StreamResponse`,
 //! exactly what a subscriber receives), concatenated, with where each one ends and the
-//! columns stores index (instrument, channel, sequence, publish time, body kind). Both
+//! columns the recorder and stores use (instrument, channel, sequence, publish time). Both
 //! come from the engine, which encoded each event once ([`crate::engine::Tapped`]): the
 //! recorder copies them, and never encodes an event again nor parses its bytes back. The
 //! spill file keeps only the bytes; a batch read back from it derives its columns from
@@ -37,7 +37,6 @@ struct Columns {
     channel: u8,
     sequence: u64,
     publish_time: u64,
-    kind: u8,
 }
 
 /// One stored event's columns and bytes.
@@ -51,8 +50,6 @@ pub struct Row<'a> {
     pub sequence: u64,
     /// Publish time, ns.
     pub publish_time: u64,
-    /// Body field number in `raven.v1.Event` (10 snapshot, 11 delta, 12 trade, …).
-    pub kind: u8,
     /// The event's wire bytes (a one-event `StreamResponse`).
     pub bytes: &'a [u8],
 }
@@ -104,7 +101,6 @@ impl Batch {
                 channel: row.channel,
                 sequence: row.sequence,
                 publish_time: row.publish_time,
-                kind: row.kind,
             });
         }
         Ok(Batch {
@@ -129,7 +125,6 @@ impl Batch {
             channel: channel_column(event),
             sequence: event.sequence.0,
             publish_time: event.publish_time.0,
-            kind: wire::body_number(&event.body) as u8,
         });
     }
 
@@ -172,7 +167,6 @@ impl Batch {
                 channel: row.channel,
                 sequence: row.sequence,
                 publish_time: row.publish_time,
-                kind: row.kind,
             });
         }
     }
@@ -221,7 +215,6 @@ impl Batch {
                     channel: columns.channel,
                     sequence: columns.sequence,
                     publish_time: columns.publish_time,
-                    kind: columns.kind,
                     bytes,
                 }
             })
@@ -267,8 +260,6 @@ pub fn row(bytes: &[u8]) -> Result<Row<'_>, StoreError> {
         },
         sequence: header.sequence,
         publish_time: header.publish_time,
-        kind: u8::try_from(header.body)
-            .map_err(|_| corrupt(format!("body kind {} out of range", header.body)))?,
         bytes,
     })
 }

@@ -12,8 +12,8 @@ use postgres::{Client, NoTls, Statement};
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::{
-    Batch, Marker, Query, ReadSql, Row, Seek, Store, StoreError, WriteSql, position, read_rows,
-    to_i64, write_batch,
+    Batch, Block, MAX_BLOCK_ROWS, Marker, Picker, Query, ReadSql, Seek, Store, StoreError, Stretch,
+    WriteSql, read_rows, write_batch,
 };
 
 const SCHEMA: &str = "
@@ -30,15 +30,14 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS events (
     run BIGINT NOT NULL,
     position BIGINT NOT NULL,
-    instrument INT NOT NULL,
-    channel SMALLINT NOT NULL,
-    sequence BIGINT NOT NULL,
+    instrument INT,
+    channels INT NOT NULL,
     publish_time BIGINT NOT NULL,
-    kind SMALLINT NOT NULL,
-    event BYTEA NOT NULL,
+    rows INT NOT NULL,
+    bytes BYTEA NOT NULL,
     PRIMARY KEY (run, position)
 );
-CREATE INDEX IF NOT EXISTS checkpoints ON events (instrument, publish_time) WHERE channel = 0;
+CREATE INDEX IF NOT EXISTS checkpoints ON events (instrument, publish_time) WHERE channels = 1;
 CREATE TABLE IF NOT EXISTS runs (
     run BIGINT PRIMARY KEY
 );
@@ -55,8 +54,17 @@ CREATE TABLE IF NOT EXISTS layout (
 );
 ";
 
-/// The layout `SCHEMA` creates, kept in the `layout` table.
-const LAYOUT_VERSION: i32 = 2;
+/// The layout `SCHEMA` creates, kept in the `layout` table: 3 stores blocks of events
+/// (2 stored a row per event).
+const LAYOUT_VERSION: i32 = 3;
+
+/// The most event bytes a block holds: a row stays under PostgreSQL's TOAST threshold
+/// (about 2 KiB with 8 KiB pages), past which each value is first tried compressed and
+/// then moved to a table of its own, row by row.
+const BLOCK_BYTES: usize = 1900;
+
+/// Blocks a read takes from the server at a time.
+const QUERY_CHUNK: i32 = 1024;
 
 /// Events in a PostgreSQL schema.
 pub struct PostgresStore {
@@ -184,11 +192,12 @@ impl PostgresStore {
                      AND publish_time >= $3 ORDER BY publish_time, position LIMIT 1",
                 )?,
                 select: self.client.prepare(
-                    "SELECT event FROM events WHERE run = $1 AND position >= $2 \
-                     AND position < $3 AND instrument = ANY($4) \
-                     AND (cardinality($5::int2[]) = 0 AND channel <> 0 OR channel = ANY($5)) \
-                     AND publish_time >= $6 AND publish_time < $7 \
-                     ORDER BY position LIMIT $8",
+                    "SELECT position, channels, bytes FROM events WHERE run = $1 \
+                     AND position >= $7 AND position + rows > $2 \
+                     AND position < $3 \
+                     AND (instrument IS NULL OR instrument = ANY($4)) \
+                     AND channels & $5 <> 0 AND publish_time < $6 \
+                     ORDER BY position",
                 )?,
             });
         }
@@ -232,43 +241,51 @@ impl ReadSql for PostgresStore {
             .map(|r| r.get(0)))
     }
 
-    /// Rows stream as they arrive (`query_raw`), so a long history never sits in memory
-    /// whole.
-    fn rows(
+    /// One execution of the query, read through a portal [`QUERY_CHUNK`] blocks at a
+    /// time (fewer when few events are wanted), each fetch picked whole and then handed
+    /// on: a long history never sits in memory whole, and a read that stops early has
+    /// not made the server send the rest. (Asking again from the last block read, as
+    /// SQLite does, let PostgreSQL plan each ask as a scan and sort of everything left:
+    /// quadratic in the blocks read.)
+    fn blocks(
         &mut self,
-        query: &Query,
-        ids: &[i32],
-        run: i64,
-        (start, end): (i64, i64),
-        limit: Option<u64>,
-        each: &mut dyn FnMut(u64, &[u8]) -> bool,
-    ) -> Result<(u64, bool), StoreError> {
+        stretch: &Stretch<'_, i32>,
+        picker: &mut dyn Picker,
+    ) -> Result<(), StoreError> {
         let select = self.reads()?.select.clone();
-        let channels: Vec<i16> = query.channels.iter().map(|&c| i16::from(c)).collect();
-        let (from, to) = query.range();
-        let limit = limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
-        let mut rows = self.client.query_raw(
+        let want = stretch
+            .wanted
+            .map_or(QUERY_CHUNK, |w| w.clamp(1, QUERY_CHUNK as u64) as i32);
+        let (start, end) = stretch.positions;
+        // A block starting up to `MAX_BLOCK_ROWS` before `start` may hold events from it
+        // on.
+        let first = start - MAX_BLOCK_ROWS as i64 + 1;
+        // A read-only transaction: it ends the same whether committed or dropped.
+        let mut read = self.client.transaction()?;
+        let portal = read.bind(
             &select,
-            [
-                &run as &dyn postgres::types::ToSql,
+            &[
+                &stretch.run,
                 &start,
                 &end,
-                &ids,
-                &channels,
-                &from,
-                &to,
-                &limit,
+                &stretch.ids,
+                &stretch.channels,
+                &stretch.before,
+                &first,
             ],
         )?;
-        let mut handed = 0;
-        while let Some(row) = rows.next()? {
-            let bytes: &[u8] = row.get(0);
-            handed += 1;
-            if !each(run as u64, bytes) {
-                return Ok((handed, true));
+        loop {
+            let mut rows = read.query_portal_raw(&portal, want)?;
+            let mut got = 0;
+            while let Some(row) = rows.next()? {
+                // A fetch is picked whole: its rows are not asked for again.
+                picker.pick(row.get(0), row.get(1), row.get(2))?;
+                got += 1;
+            }
+            if !picker.hand() || got < want {
+                return Ok(());
             }
         }
-        Ok((handed, false))
     }
 }
 
@@ -324,38 +341,35 @@ impl WriteSql for PostgresStore {
         Ok(())
     }
 
-    fn add_rows(
-        &mut self,
-        run: i64,
-        number: u64,
-        rows: &[Row<'_>],
-        ids: &[i32],
-    ) -> Result<(), StoreError> {
+    fn block_bytes(&self) -> usize {
+        BLOCK_BYTES
+    }
+
+    fn add_blocks(&mut self, run: i64, blocks: &[Block<'_, i32>]) -> Result<(), StoreError> {
         // The binary COPY format written directly: a per-value `ToSql` costs more than
         // the rows themselves.
-        let bytes: usize = rows.iter().map(|r| r.bytes.len()).sum();
-        let mut out = Vec::with_capacity(bytes + rows.len() * 64 + 32);
+        let bytes: usize = blocks.iter().map(|b| b.bytes.len()).sum();
+        let mut out = Vec::with_capacity(bytes + blocks.len() * 64 + 32);
         out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         out.extend_from_slice(&0i32.to_be_bytes()); // flags
         out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-        for (index, (row, id)) in rows.iter().zip(ids).enumerate() {
-            out.extend_from_slice(&8i16.to_be_bytes());
+        for block in blocks {
+            out.extend_from_slice(&7i16.to_be_bytes());
             field(&mut out, &run.to_be_bytes());
-            field(&mut out, &position(number, index).to_be_bytes());
-            field(&mut out, &id.to_be_bytes());
-            field(&mut out, &i16::from(row.channel).to_be_bytes());
-            field(&mut out, &to_i64(row.sequence, "sequence")?.to_be_bytes());
-            field(
-                &mut out,
-                &to_i64(row.publish_time, "publish time")?.to_be_bytes(),
-            );
-            field(&mut out, &i16::from(row.kind).to_be_bytes());
-            field(&mut out, row.bytes);
+            field(&mut out, &block.position.to_be_bytes());
+            match block.instrument {
+                Some(id) => field(&mut out, &id.to_be_bytes()),
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+            field(&mut out, &block.channels.to_be_bytes());
+            field(&mut out, &block.publish_time.to_be_bytes());
+            field(&mut out, &block.rows.to_be_bytes());
+            field(&mut out, block.bytes);
         }
         out.extend_from_slice(&(-1i16).to_be_bytes());
         let mut sink = self.client.copy_in(
-            "COPY events (run, position, instrument, channel, sequence, publish_time, kind, \
-             event) FROM STDIN BINARY",
+            "COPY events (run, position, instrument, channels, publish_time, rows, bytes) \
+             FROM STDIN BINARY",
         )?;
         sink.write_all(&out)?;
         sink.finish()?;
@@ -401,7 +415,7 @@ impl Store for PostgresStore {
         let at = i64::try_from(at).unwrap_or(i64::MAX);
         let row = self.client.query_opt(
             "SELECT e.run, e.position FROM events e JOIN instruments i ON i.id = e.instrument \
-             WHERE i.name = $1 AND e.channel = 0 AND e.publish_time <= $2 \
+             WHERE i.name = $1 AND e.channels = 1 AND e.publish_time <= $2 \
              ORDER BY e.publish_time DESC, e.run DESC, e.position DESC LIMIT 1",
             &[&instrument, &at],
         )?;
@@ -418,7 +432,7 @@ impl Store for PostgresStore {
     fn count(&mut self) -> Result<u64, StoreError> {
         let n: i64 = self
             .client
-            .query_one("SELECT count(*) FROM events", &[])?
+            .query_one("SELECT coalesce(sum(rows), 0)::bigint FROM events", &[])?
             .get(0);
         Ok(n as u64)
     }

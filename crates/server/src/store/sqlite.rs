@@ -11,7 +11,7 @@
 //! be written meanwhile, the checkpoint copies every frame, and the next commit starts
 //! the WAL over. A background thread still checkpoints passively every 250 ms, so most
 //! frames are already copied (on the other core) when the writer's turn comes. Readers
-//! can hold frames back; they read in chunks of [`QUERY_CHUNK`] rows, each in a short
+//! can hold frames back; they read in chunks of [`QUERY_CHUNK`] blocks, each in a short
 //! read transaction of its own, so a slow history client never pins the WAL, and past
 //! [`RESTART_AT`] the writer waits for readers (a `RESTART` checkpoint) rather than let
 //! it grow. `journal_size_limit` gives the file back when it did grow past the bound.
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Batch, CHECKPOINT_CHANNEL, Marker, Query, ReadSql, Row, Seek, Store, StoreError, WriteSql,
-    position, read_rows, to_i64, write_batch,
+    Batch, Block, MAX_BLOCK_ROWS, Marker, Picker, Query, ReadSql, Seek, Store, StoreError, Stretch,
+    WriteSql, read_rows, write_batch,
 };
 
 /// The most the WAL file holds with default settings while the recorder keeps up: the
@@ -42,10 +42,11 @@ pub const CHECKPOINT_AT: u64 = 16 << 20;
 /// off the WAL, so that it can start over.
 pub const RESTART_AT: u64 = 40 << 20;
 
-/// Rows a query reads per read transaction. A reader holds the WAL frames it started on
-/// until its transaction ends, so a query that stays open while its client reads slowly
-/// would hold the WAL at any size: reading in chunks ends each transaction in
-/// milliseconds.
+/// Blocks a query reads per read transaction, at most (fewer once a megabyte of events
+/// is picked). A reader holds the WAL frames it started on until its transaction ends,
+/// so a query that stays open while its client reads slowly would hold the WAL at any
+/// size: reading in chunks, each handed on after its transaction ended, ends each
+/// transaction in milliseconds.
 pub const QUERY_CHUNK: usize = 4096;
 
 thread_local! {
@@ -73,15 +74,14 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS events (
     run INTEGER NOT NULL,
     position INTEGER NOT NULL,
-    instrument INTEGER NOT NULL,
-    channel INTEGER NOT NULL,
-    sequence INTEGER NOT NULL,
+    instrument INTEGER,
+    channels INTEGER NOT NULL,
     publish_time INTEGER NOT NULL,
-    kind INTEGER NOT NULL,
-    event BLOB NOT NULL,
+    rows INTEGER NOT NULL,
+    bytes BLOB NOT NULL,
     PRIMARY KEY (run, position)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS checkpoints ON events (instrument, publish_time) WHERE channel = 0;
+CREATE INDEX IF NOT EXISTS checkpoints ON events (instrument, publish_time) WHERE channels = 1;
 CREATE TABLE IF NOT EXISTS runs (
     run INTEGER PRIMARY KEY
 );
@@ -104,6 +104,8 @@ pub struct SqliteStore {
     marker: Marker<i64>,
     /// Bytes a WAL frame takes: the page size and a 24-byte frame header.
     frame_bytes: u64,
+    /// The most event bytes a block holds: what fits in a page's cell.
+    block_bytes: usize,
     /// When the writer last said that readers hold the WAL back (said at most once a
     /// minute).
     pinned_warning: Option<Instant>,
@@ -169,6 +171,7 @@ impl SqliteStore {
             checkpointer: None,
             marker: Marker::default(),
             frame_bytes: page_size as u64 + 24,
+            block_bytes: block_bytes(page_size as usize),
             pinned_warning: None,
         })
     }
@@ -223,50 +226,28 @@ impl SqliteStore {
     }
 }
 
-/// Rows read in one read transaction: their bytes end to end, and where each ends.
-#[derive(Default)]
-struct Chunk {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-    /// The position of the last row, when the chunk is full.
-    last_position: Option<i64>,
+/// The most event bytes a block holds with pages of `page_size`: a WITHOUT ROWID table
+/// keeps a cell of up to (page − 12) × 64 / 255 − 23 bytes in its page (SQLite's file
+/// format), and a larger one spills into overflow pages, each a page written and read on
+/// its own. 64 bytes of it are left for the other columns and the record's header.
+fn block_bytes(page_size: usize) -> usize {
+    (page_size - 12) * 64 / 255 - 23 - 64
 }
 
-impl Chunk {
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
-        self.last_position = None;
-    }
-
-    fn push(&mut self, row: &[u8]) {
-        self.bytes.extend_from_slice(row);
-        self.ends.push(self.bytes.len());
-    }
-
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    fn rows(&self) -> impl Iterator<Item = &[u8]> {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let row = &self.bytes[start..end];
-            start = end;
-            row
-        })
-    }
-}
-
-/// The layout `SCHEMA` creates, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+/// The layout `SCHEMA` creates, kept in `PRAGMA user_version`: 3 stores blocks of
+/// events (2 stored a row per event).
+const SCHEMA_VERSION: i64 = 3;
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    // 64 KiB pages for a new file (ignored for an existing one): rows are appended in key
-    // order, and bigger pages mean fewer B-tree splits and page writes per row (measured:
-    // 0.88M rows/s at 16 KiB, 1.0M at 64 KiB; BENCHMARKS.md). Must precede WAL mode.
-    conn.pragma_update(None, "page_size", 65536)?;
+    // 4 KiB pages for a new file (an existing one keeps its own). Measured together
+    // (BENCHMARKS.md): 4 KiB pages write 2.0M events/s and, at 20k events/s, 13 MB/s to
+    // disk; 16 KiB pages 2.6M and 26 MB/s; 64 KiB pages 4.5M and 52 MB/s. Each 5 ms
+    // commit writes every page it touched whole, so at the rates a server records most
+    // of the time the small page writes a quarter of what the large one does, and it
+    // still has headroom over the 1.5M events/s the recorder is asked to sustain. Must
+    // precede WAL mode.
+    conn.pragma_update(None, "page_size", 4096)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // No checkpoint inside a commit (SQLite's default, every 1000 pages, stalled the
@@ -342,67 +323,59 @@ impl ReadSql for SqliteStore {
             .optional()?)
     }
 
-    /// Reads in chunks of [`QUERY_CHUNK`] rows, each in a read transaction of its own
-    /// that ends before `each` sees its rows: a slow client never holds the WAL back.
-    fn rows(
+    /// Reads in chunks of [`QUERY_CHUNK`] blocks (fewer when the picker has enough),
+    /// each in a read transaction of its own that ends before the picked events are
+    /// handed on: a slow client never holds the WAL back.
+    fn blocks(
         &mut self,
-        query: &Query,
-        ids: &[i64],
-        run: i64,
-        (mut start, end): (i64, i64),
-        limit: Option<u64>,
-        each: &mut dyn FnMut(u64, &[u8]) -> bool,
-    ) -> Result<(u64, bool), StoreError> {
-        // Ids and channel numbers are integers (ours), so they go in the text; the list
-        // lengths vary, which placeholders cannot.
-        let list = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(",");
-        let mut sql = format!(
-            "SELECT position, event FROM events WHERE run = ?1 AND position >= ?2 AND position < ?3 \
-             AND instrument IN ({})",
-            list(&mut ids.iter().map(i64::to_string))
+        stretch: &Stretch<'_, i64>,
+        picker: &mut dyn Picker,
+    ) -> Result<(), StoreError> {
+        // Ids are integers (ours), so they go in the text; the list's length varies,
+        // which placeholders cannot.
+        let ids: Vec<String> = stretch.ids.iter().map(i64::to_string).collect();
+        let sql = format!(
+            "SELECT position, channels, bytes FROM events WHERE run = ?1 \
+             AND position > ?7 AND position + rows > ?2 AND position < ?3 \
+             AND (instrument IS NULL OR instrument IN ({})) AND channels & ?4 <> 0 \
+             AND publish_time < ?5 ORDER BY position LIMIT ?6",
+            ids.join(",")
         );
-        if query.channels.is_empty() {
-            sql += &format!(" AND channel <> {CHECKPOINT_CHANNEL}");
-        } else {
-            sql += &format!(
-                " AND channel IN ({})",
-                list(&mut query.channels.iter().map(u8::to_string))
-            );
-        }
-        sql += " AND publish_time >= ?4 AND publish_time < ?5 ORDER BY position LIMIT ?6";
-        let (from, to) = query.range();
-        let mut handed = 0u64;
-        let mut chunk = Chunk::default();
+        let (start, end) = stretch.positions;
+        let want = stretch
+            .wanted
+            .map_or(QUERY_CHUNK, |w| w.clamp(1, QUERY_CHUNK as u64) as usize);
+        // Blocks start after this one: a block starting up to `MAX_BLOCK_ROWS` before
+        // `start` may hold events from it on; the next chunk starts after the last block.
+        let mut after = start - MAX_BLOCK_ROWS as i64;
         loop {
-            let left = limit.map(|l| l - handed);
-            let want = left.map_or(QUERY_CHUNK, |l| l.min(QUERY_CHUNK as u64) as usize);
-            if want == 0 {
-                return Ok((handed, false));
-            }
-            chunk.clear();
+            // Whether the chunk stopped before the blocks ran out.
+            let mut more = false;
             {
                 let mut statement = self.conn.prepare_cached(&sql)?;
-                let mut rows = statement.query(params![run, start, end, from, to, want as i64])?;
+                let mut rows = statement.query(params![
+                    stretch.run,
+                    start,
+                    end,
+                    stretch.channels,
+                    stretch.before,
+                    want as i64,
+                    after
+                ])?;
+                let mut read = 0;
                 while let Some(row) = rows.next()? {
-                    let bytes = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-                    chunk.push(bytes);
-                    // Only a full chunk's last position is needed: where the next one
-                    // starts.
-                    if chunk.len() == want {
-                        chunk.last_position = Some(row.get(0)?);
+                    let bytes = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+                    after = row.get(0)?;
+                    read += 1;
+                    if !picker.pick(after, row.get(1)?, bytes)? || read == want {
+                        more = true;
+                        break;
                     }
                 }
                 // Dropping the rows resets the statement: the read transaction ends.
             }
-            for bytes in chunk.rows() {
-                handed += 1;
-                if !each(run as u64, bytes) {
-                    return Ok((handed, true));
-                }
-            }
-            match chunk.last_position {
-                Some(last) if chunk.len() == want => start = last + 1,
-                _ => return Ok((handed, false)),
+            if !picker.hand() || !more {
+                return Ok(());
             }
         }
     }
@@ -470,27 +443,24 @@ impl WriteSql for SqliteStore {
         Ok(())
     }
 
-    fn add_rows(
-        &mut self,
-        run: i64,
-        number: u64,
-        rows: &[Row<'_>],
-        ids: &[i64],
-    ) -> Result<(), StoreError> {
+    fn block_bytes(&self) -> usize {
+        self.block_bytes
+    }
+
+    fn add_blocks(&mut self, run: i64, blocks: &[Block<'_, i64>]) -> Result<(), StoreError> {
         let mut insert = self.conn.prepare_cached(
-            "INSERT INTO events (run, position, instrument, channel, sequence, \
-             publish_time, kind, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO events (run, position, instrument, channels, publish_time, rows, \
+             bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        // Raw binds: the row loop is the recorder's hot path.
+        // Raw binds: the block loop is the recorder's hot path.
         insert.raw_bind_parameter(1, run)?;
-        for (index, (row, &id)) in rows.iter().zip(ids).enumerate() {
-            insert.raw_bind_parameter(2, position(number, index))?;
-            insert.raw_bind_parameter(3, id)?;
-            insert.raw_bind_parameter(4, row.channel)?;
-            insert.raw_bind_parameter(5, to_i64(row.sequence, "sequence")?)?;
-            insert.raw_bind_parameter(6, to_i64(row.publish_time, "publish time")?)?;
-            insert.raw_bind_parameter(7, row.kind)?;
-            insert.raw_bind_parameter(8, row.bytes)?;
+        for block in blocks {
+            insert.raw_bind_parameter(2, block.position)?;
+            insert.raw_bind_parameter(3, block.instrument)?;
+            insert.raw_bind_parameter(4, block.channels)?;
+            insert.raw_bind_parameter(5, block.publish_time)?;
+            insert.raw_bind_parameter(6, block.rows)?;
+            insert.raw_bind_parameter(7, block.bytes)?;
             insert.raw_execute()?;
         }
         Ok(())
@@ -547,7 +517,7 @@ impl Store for SqliteStore {
             .conn
             .query_row(
                 "SELECT e.run, e.position FROM events e JOIN instruments i ON i.id = e.instrument \
-                 WHERE i.name = ?1 AND e.channel = 0 AND e.publish_time <= ?2 \
+                 WHERE i.name = ?1 AND e.channels = 1 AND e.publish_time <= ?2 \
                  ORDER BY e.publish_time DESC, e.run DESC, e.position DESC LIMIT 1",
                 params![instrument, at],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -567,7 +537,9 @@ impl Store for SqliteStore {
     fn count(&mut self) -> Result<u64, StoreError> {
         let n: i64 = self
             .conn
-            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+            .query_row("SELECT coalesce(sum(rows), 0) FROM events", [], |r| {
+                r.get(0)
+            })?;
         Ok(n as u64)
     }
 
