@@ -13,7 +13,7 @@ use prost::Message;
 use raven_model::{Channel, FeedEvent, InstrumentRegistry, UnixNanos};
 use raven_server::clock::SystemClock;
 use raven_server::engine::{Command, Shard, ShardContext};
-use raven_server::fanout::{Fanout, LagPolicy};
+use raven_server::fanout::{Fanout, LagPolicy, QueueBound};
 use raven_server::feed::Catalog;
 use raven_server::feed::sim::{SimConfig, Simulator};
 
@@ -50,7 +50,13 @@ fn engine(c: &mut Criterion) {
     );
     let mut shard = Shard::new(ctx);
     shard.process(warmup.clone());
-    let mailbox = fanout.open(1 << 30, LagPolicy::Gap);
+    let mailbox = fanout.open(
+        QueueBound {
+            events: 1 << 30,
+            bytes: usize::MAX,
+        },
+        LagPolicy::Gap,
+    );
     for (id, _) in registry.all() {
         for channel in Channel::ALL {
             let (done, _) = tokio::sync::oneshot::channel();

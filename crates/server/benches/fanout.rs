@@ -14,7 +14,7 @@ use prost::Message;
 use raven_model::{Channel, FeedEvent, FeedKind, InstrumentRegistry, UnixNanos};
 use raven_server::clock::SystemClock;
 use raven_server::engine::{Command, Shard, ShardContext};
-use raven_server::fanout::{Fanout, LagPolicy, Mailbox};
+use raven_server::fanout::{Fanout, LagPolicy, Mailbox, QueueBound};
 use raven_server::feed::Catalog;
 use raven_server::feed::sim::{SimConfig, Simulator};
 
@@ -54,7 +54,13 @@ fn fanout(c: &mut Criterion) {
         shard.process(snapshots.clone());
         let mailboxes: Vec<Arc<Mailbox>> = (0..subscribers)
             .map(|_| {
-                let mailbox = fanout.open(8192, LagPolicy::Gap);
+                let mailbox = fanout.open(
+                    QueueBound {
+                        events: 8192,
+                        bytes: usize::MAX,
+                    },
+                    LagPolicy::Gap,
+                );
                 let (done, _) = tokio::sync::oneshot::channel();
                 shard.command(Command::Subscribe {
                     mailbox: mailbox.clone(),

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::auth::{KeyLimits, Keys};
 use crate::api::connections::ConnectionLimits;
 use crate::api::tls::{Tls, TlsSection};
-use crate::fanout::FanoutConfig;
+use crate::fanout::{FanoutConfig, QueueBound};
 use crate::feed::exchange::{ExchangeConfig, FeedConfigError, FeedSection};
 use crate::feed::sim::SimConfig;
 use crate::recorder::RecorderConfig;
@@ -290,6 +290,13 @@ impl FileConfig {
                 "must be at least 16",
             ));
         }
+        if self.fanout.queue_bytes < 4096 {
+            return Err(invalid(
+                "fanout.queue_bytes",
+                &self.fanout.queue_bytes,
+                "must be at least 4096",
+            ));
+        }
         if self.fanout.max_batch_bytes < 4096 || self.fanout.max_batch_bytes > 4 << 20 {
             return Err(invalid(
                 "fanout.max_batch_bytes",
@@ -428,7 +435,10 @@ impl FileConfig {
             feeds,
             shards: self.engine.shards,
             fanout: FanoutConfig {
-                queue_events: self.fanout.queue_events,
+                queue: QueueBound {
+                    events: self.fanout.queue_events,
+                    bytes: self.fanout.queue_bytes,
+                },
                 trade_overflow: self.fanout.trade_overflow,
                 max_batch_bytes: self.fanout.max_batch_bytes,
                 write_budget_per_s: (self.fanout.write_budget_per_s > 0)

@@ -38,11 +38,20 @@ pub enum LagPolicy {
     Disconnect,
 }
 
+/// How much one subscriber may have queued before its overflow policy applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBound {
+    /// Data events.
+    pub events: usize,
+    /// Their encoded bytes.
+    pub bytes: usize,
+}
+
 /// Fan-out settings, resolved.
 #[derive(Debug, Clone, Copy)]
 pub struct FanoutConfig {
-    /// Per-subscriber queue bound, in events.
-    pub queue_events: usize,
+    /// Per-subscriber queue bound.
+    pub queue: QueueBound,
     /// Overflow policy for non-book channels.
     pub trade_overflow: LagPolicy,
     /// Largest stream message in bytes.
@@ -131,9 +140,9 @@ pub struct Fanout {
 
 impl Fanout {
     /// Registers a new subscriber.
-    pub fn open(&self, capacity: usize, policy: LagPolicy) -> Arc<Mailbox> {
+    pub fn open(&self, bound: QueueBound, policy: LagPolicy) -> Arc<Mailbox> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let mailbox = Arc::new(Mailbox::new(id, capacity, policy));
+        let mailbox = Arc::new(Mailbox::new(id, bound, policy));
         let mut all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
         all.insert(id, mailbox.clone());
         self.count.send_replace(all.len());
@@ -181,16 +190,27 @@ impl Fanout {
         self.count.subscribe()
     }
 
-    /// The most events any subscriber has queued right now.
-    pub fn max_queued(&self) -> usize {
+    /// The most events, and the most bytes, any subscriber has queued right now (the two
+    /// may be different subscribers').
+    pub fn max_queued(&self) -> (usize, usize) {
         let all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
-        all.values().map(|m| m.queued()).max().unwrap_or(0)
+        all.values()
+            .map(|m| m.queued_with_bytes())
+            .fold((0, 0), |(e, b), (events, bytes)| {
+                (e.max(events), b.max(bytes))
+            })
     }
 
-    /// Every subscriber's id and queued events, by id.
-    pub fn queues(&self) -> Vec<(u64, usize)> {
+    /// Every subscriber's id, queued events and their bytes, by id.
+    pub fn queues(&self) -> Vec<(u64, usize, usize)> {
         let all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut queues: Vec<(u64, usize)> = all.values().map(|m| (m.id(), m.queued())).collect();
+        let mut queues: Vec<_> = all
+            .values()
+            .map(|m| {
+                let (events, bytes) = m.queued_with_bytes();
+                (m.id(), events, bytes)
+            })
+            .collect();
         queues.sort_unstable();
         queues
     }
@@ -256,7 +276,10 @@ mod tests {
     #[test]
     fn the_write_budget_spaces_each_clients_writes_by_subscribers_over_budget() {
         let config = FanoutConfig {
-            queue_events: 1,
+            queue: QueueBound {
+                events: 1,
+                bytes: 1,
+            },
             trade_overflow: LagPolicy::Gap,
             max_batch_bytes: 1,
             write_budget_per_s: Some(50_000),

@@ -130,7 +130,7 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
             "lagged": fanout.lagged(),
             "resyncs": fanout.resyncs(),
             "streams": fanout.queues().into_iter()
-                .map(|(id, queued)| json!({"id": id, "queued_events": queued}))
+                .map(|(id, events, bytes)| json!({"id": id, "queued_events": events, "queued_bytes": bytes}))
                 .collect::<Vec<_>>(),
         },
         "connections": {

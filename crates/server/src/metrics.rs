@@ -139,11 +139,18 @@ impl Collector for Scrape {
             "Subscriptions (instrument and channel) held over all subscriber streams.",
             s.fanout.subscriptions() as u64,
         )?;
+        let (max_events, max_bytes) = s.fanout.max_queued();
         gauge(
             &mut e,
             "raven_subscriber_queue_max_events",
             "The most events any subscriber has queued now.",
-            s.fanout.max_queued() as u64,
+            max_events as u64,
+        )?;
+        gauge(
+            &mut e,
+            "raven_subscriber_queue_max_bytes",
+            "The most encoded bytes any subscriber has queued now.",
+            max_bytes as u64,
         )?;
         counter(
             &mut e,

@@ -517,3 +517,110 @@ async fn the_server_reads_time_from_the_clock_it_is_given() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_queues_at_most_queue_bytes_then_learns_exactly_what_it_missed() {
+    const QUEUE_BYTES: usize = 64 << 10;
+    const REQUESTS: usize = 500;
+    const PER_REQUEST: usize = 10;
+    let server = common::server(|f| {
+        f.sim.rate = 1;
+        f.fanout.queue_bytes = QUEUE_BYTES;
+    })
+    .await;
+    let url = format!("http://{}", server.local_addr());
+    let mut ingest = IngestClient::connect(url.clone()).await.unwrap();
+    use pb::feed_event::Body;
+    // Trades of about 600 encoded bytes: the queue holds about a hundred of them, while
+    // the event bound (32,768) is never reached.
+    let trade = |n: usize| {
+        event(
+            "TEST:BIG",
+            Body::Trade(pb::Trade {
+                price: 100 + n as i64,
+                qty: 1,
+                qty_hi: 0,
+                aggressor: pb::Aggressor::Sell as i32,
+                trade_id: format!("{n:0>540}"),
+            }),
+        )
+    };
+    assert_eq!(publish(&mut ingest, vec![vec![trade(0)]]).await.unwrap(), 1);
+
+    // Small HTTP/2 windows, so that not reading backs up to the server's queue quickly.
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut market = MarketClient::new(channel);
+    let (_requests, mut stream) = subscribe(&mut market, "TEST:BIG", &[pb::Channel::Trades]).await;
+    let mut received: Vec<pb::Event> = Vec::new();
+    while !received
+        .iter()
+        .any(|e| matches!(e.body, Some(pb::event::Body::SnapshotEnd(_))))
+    {
+        let batch = tokio::time::timeout(WAIT, stream.message()).await.unwrap();
+        received.extend(batch.unwrap().unwrap().events);
+    }
+
+    // The client stops reading; the rest is published in small requests (each a chunk
+    // well under the bound).
+    for r in 0..REQUESTS {
+        let events = (0..PER_REQUEST)
+            .map(|i| trade(1 + r * PER_REQUEST + i))
+            .collect();
+        assert_eq!(
+            publish(&mut ingest, vec![events]).await.unwrap(),
+            PER_REQUEST as u64
+        );
+    }
+    let published = (REQUESTS * PER_REQUEST) as u64;
+    let (_, deepest) = server.fanout().max_queued();
+    assert!(
+        server.fanout().lagged() > 0,
+        "the stalled subscriber never overflowed"
+    );
+    assert!(
+        deepest > QUEUE_BYTES / 2 && deepest <= QUEUE_BYTES,
+        "{deepest} bytes queued against a bound of {QUEUE_BYTES}"
+    );
+
+    // Reading again: every trade arrives in order or is counted in a gap report, exactly.
+    // Trade 0 took sequence 1 before the subscription.
+    let (mut trades, mut missed, mut next) = (0u64, 0u64, 2);
+    let mut pending_gap = 0;
+    while trades + missed < published {
+        for e in received.drain(..) {
+            match body_from_pb(&e).unwrap() {
+                Some(EventBody::Trade(t)) => {
+                    assert_eq!(e.sequence, next + pending_gap, "{t:?}");
+                    let n: usize = t.trade_id.parse().unwrap();
+                    assert_eq!(t.price, Price::from_units(100 + n as i64));
+                    next = e.sequence + 1;
+                    pending_gap = 0;
+                    trades += 1;
+                }
+                Some(EventBody::Status(s)) => {
+                    assert_eq!(
+                        (s.kind, s.channel),
+                        (StatusKind::Gap, raven_model::Channel::Trades)
+                    );
+                    pending_gap += s.missed;
+                    missed += s.missed;
+                }
+                _ => {}
+            }
+        }
+        if trades + missed < published {
+            let batch = tokio::time::timeout(WAIT, stream.message()).await.unwrap();
+            received.extend(batch.unwrap().unwrap().events);
+        }
+    }
+    assert_eq!(trades + missed, published);
+    assert!(missed > 0 && trades > 0, "{trades} trades, {missed} missed");
+    assert_eq!(server.fanout().max_queued(), (0, 0));
+    server.shutdown().await.unwrap();
+}

@@ -244,6 +244,14 @@ pub struct FanoutSection {
     /// 10-minute soak saw a 0.34 s stall overflow 8192). Queued events share the engine's
     /// encoded chunks, so the bound costs references, not copies.
     pub queue_events: usize,
+    /// Encoded bytes a subscriber may have queued before its overflow policy applies (a
+    /// chunk larger than this still goes to a subscriber with nothing queued). Queued
+    /// chunks are the engine's, shared by all subscribers, but a stalled subscriber keeps
+    /// alive what it has not sent: this bounds that in bytes, where the event bound
+    /// alone would let one stalled client of deep book snapshots pin gigabytes. Default
+    /// 4 MiB: about twice the event bound's worth of the simulator's and the bench's
+    /// events (BENCHMARKS.md), so for small events the event bound applies first.
+    pub queue_bytes: usize,
     /// Trade, BBO and candle channels on overflow: `"gap"` (drop, then report how many
     /// were missed) or `"disconnect"`. Book channels always conflate to a resync snapshot.
     /// Default `"gap"`.
@@ -269,6 +277,7 @@ impl Default for FanoutSection {
     fn default() -> Self {
         FanoutSection {
             queue_events: 32768,
+            queue_bytes: 4 << 20,
             trade_overflow: LagPolicy::Gap,
             max_batch_bytes: 64 << 10,
             write_budget_per_s: 50_000,

@@ -3,6 +3,12 @@
 //! stream, which drains what is queued into one message. The overflow policy is applied
 //! here as chunks are pushed: book views are marked for a resync snapshot, other channels
 //! drop and count what they missed (or close the stream, as configured).
+//!
+//! The bound is in events and in bytes ([`QueueBound`]). Events bound what the subscriber
+//! holds alone (a queue entry for each chunk); bytes bound what it keeps alive of the
+//! engine's encoded chunks, which are shared with every other subscriber but freed only
+//! when the last one has sent them: a client that stalls on deep book snapshots would
+//! otherwise pin thousands of them within the event bound.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -12,7 +18,7 @@ use raven_model::{Channel, InstrumentId, InstrumentName, Status, StatusKind};
 use raven_proto::wire::{self, EncodedBatch};
 use tokio::sync::Notify;
 
-use super::{Closed, LagPolicy, Pushed, Route};
+use super::{Closed, LagPolicy, Pushed, QueueBound, Route};
 
 /// Queue entries a drained mailbox keeps room for...
 const RETAINED_ENTRIES: usize = 256;
@@ -37,7 +43,9 @@ enum Entry {
 #[derive(Default)]
 struct State {
     entries: VecDeque<Entry>,
+    /// Data events and their encoded bytes queued (control entries are not counted).
     queued: usize,
+    queued_bytes: usize,
     /// Book views marked for a resync snapshot, and whether the engine was asked yet.
     resync: Vec<(InstrumentId, u32, bool)>,
     /// Non-book events dropped per (instrument, channel) since the last delivered one.
@@ -72,7 +80,7 @@ impl Delivered {
 /// A subscriber's bounded queue of encoded events.
 pub struct Mailbox {
     id: u64,
-    capacity: usize,
+    bound: QueueBound,
     policy: LagPolicy,
     state: Mutex<State>,
     notify: Notify,
@@ -89,11 +97,11 @@ pub struct Drained {
 }
 
 impl Mailbox {
-    /// A new mailbox holding at most `capacity` data events.
-    pub fn new(id: u64, capacity: usize, policy: LagPolicy) -> Mailbox {
+    /// A new mailbox holding at most `bound` of data events.
+    pub fn new(id: u64, bound: QueueBound, policy: LagPolicy) -> Mailbox {
         Mailbox {
             id,
-            capacity,
+            bound,
             policy,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
@@ -133,14 +141,14 @@ impl Mailbox {
             {
                 return Pushed::Dropped;
             }
-            if s.queued + events as usize > self.capacity {
+            if !self.fits(&s, bytes.len(), events) {
                 s.resync.push((route.instrument, route.depth, false));
                 drop(s);
                 // Wake the drain even when the queue is empty, so it asks for the snapshot.
                 self.notify.notify_one();
                 return Pushed::Dropped;
             }
-        } else if s.queued + events as usize > self.capacity {
+        } else if !self.fits(&s, bytes.len(), events) {
             match self.policy {
                 LagPolicy::Gap => {
                     let missed = s
@@ -170,9 +178,18 @@ impl Mailbox {
             events,
         });
         s.queued += events as usize;
+        s.queued_bytes += bytes.len();
         drop(s);
         self.wake(was_empty);
         Pushed::Queued
+    }
+
+    /// Whether a chunk of `len` bytes holding `events` fits under the bound. A chunk
+    /// larger than the byte bound still goes to a subscriber with nothing queued, so a
+    /// single large event (a deep snapshot) is delayed by nothing and dropped for no one.
+    fn fits(&self, s: &State, len: usize, events: u32) -> bool {
+        s.queued + events as usize <= self.bound.events
+            && (s.queued_bytes == 0 || s.queued_bytes + len <= self.bound.bytes)
     }
 
     /// Queues control output (subscribe snapshots, markers, acks) regardless of the bound:
@@ -239,6 +256,12 @@ impl Mailbox {
         self.lock().queued
     }
 
+    /// Data events and their encoded bytes currently queued.
+    pub fn queued_with_bytes(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.queued, s.queued_bytes)
+    }
+
     /// Waits until there may be something to drain.
     pub async fn ready(&self) {
         self.notify.notified().await;
@@ -290,6 +313,7 @@ impl Mailbox {
             match entry {
                 Entry::Chunk { bytes, events: n } => {
                     s.queued -= n as usize;
+                    s.queued_bytes -= bytes.len();
                     events += u64::from(n);
                     batch.push(bytes);
                 }
@@ -394,6 +418,14 @@ mod tests {
         }
     }
 
+    /// A bound in events only.
+    fn events(events: usize) -> QueueBound {
+        QueueBound {
+            events,
+            bytes: usize::MAX,
+        }
+    }
+
     fn decode(drained: Drained) -> Vec<pb::Event> {
         pb::StreamResponse::decode(drained.batch.encode_to_vec().as_slice())
             .unwrap()
@@ -403,7 +435,7 @@ mod tests {
     #[test]
     fn drops_at_the_end_of_a_burst_are_reported_when_the_queue_drains() {
         let name = InstrumentName::parse("TEST:X").unwrap();
-        let mailbox = Mailbox::new(1, 16, LagPolicy::Gap);
+        let mailbox = Mailbox::new(1, events(16), LagPolicy::Gap);
         let mut chunk = BytesMut::new();
         let trade = raven_model::Event {
             instrument: InstrumentId(0),
@@ -441,9 +473,61 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_bound_drops_what_does_not_fit_and_a_large_chunk_goes_to_an_empty_queue() {
+        let name = InstrumentName::parse("TEST:X").unwrap();
+        let bound = QueueBound {
+            events: 1000,
+            bytes: 100,
+        };
+        let trades = Mailbox::new(1, bound, LagPolicy::Gap);
+        let chunk = Bytes::from(vec![0u8; 40]);
+        assert_eq!(trades.push(&chunk, 1, route(&name)), Pushed::Queued);
+        assert_eq!(trades.push(&chunk, 1, route(&name)), Pushed::Queued);
+        // 120 bytes would not fit in 100, though 3 events fit in 1,000.
+        assert_eq!(trades.push(&chunk, 1, route(&name)), Pushed::Dropped);
+        assert_eq!(trades.queued_with_bytes(), (2, 80));
+        let small = Bytes::from(vec![0u8; 20]);
+        assert_eq!(trades.push(&small, 1, route(&name)), Pushed::Queued);
+        assert_eq!(trades.queued_with_bytes(), (3, 100));
+        assert_eq!(
+            trades.drain(usize::MAX).batch.len_bytes(),
+            100 + gap_len(&name, 1)
+        );
+        assert_eq!(trades.queued_with_bytes(), (0, 0));
+        // Alone, a chunk over the bound goes; with it queued, nothing more does.
+        let large = Bytes::from(vec![0u8; 500]);
+        assert_eq!(trades.push(&large, 1, route(&name)), Pushed::Queued);
+        assert_eq!(trades.push(&small, 1, route(&name)), Pushed::Dropped);
+        assert_eq!(trades.queued_with_bytes(), (1, 500));
+
+        // A book view over the byte bound is marked for a resync, and its next events are
+        // dropped until the snapshot goes out.
+        let book = Mailbox::new(2, bound, LagPolicy::Gap);
+        let book_route = Route {
+            channel: Channel::Book,
+            ..route(&name)
+        };
+        assert_eq!(book.push(&large, 1, book_route), Pushed::Queued);
+        assert_eq!(book.push(&small, 1, book_route), Pushed::Dropped);
+        let drained = book.drain(usize::MAX);
+        assert_eq!(drained.batch.len_bytes(), 500);
+        assert_eq!(drained.resync_requests, vec![(InstrumentId(0), 0)]);
+        assert_eq!(book.push(&small, 1, book_route), Pushed::Dropped);
+        book.complete_resync(InstrumentId(0), 0, large.clone());
+        assert_eq!(book.push(&small, 1, book_route), Pushed::Queued);
+        // The snapshot is control output, outside the bound.
+        assert_eq!(book.queued_with_bytes(), (1, 20));
+    }
+
+    /// The encoded length of a gap report of `missed` events on `name`'s trades.
+    fn gap_len(name: &InstrumentName, missed: u64) -> usize {
+        gap_event(name, Channel::Trades, missed).len()
+    }
+
+    #[test]
     fn a_drained_mailbox_gives_back_what_a_burst_grew() {
         let name = InstrumentName::parse("TEST:X").unwrap();
-        let mailbox = Mailbox::new(1, 32_768, LagPolicy::Gap);
+        let mailbox = Mailbox::new(1, events(32_768), LagPolicy::Gap);
         let chunk = Bytes::from_static(b"not decoded here");
         let capacity = |m: &Mailbox| m.lock().entries.capacity();
         for _ in 0..20_000 {

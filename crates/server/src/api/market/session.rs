@@ -48,7 +48,7 @@ pub(super) fn open(
     let limits = service.limits;
     let mailbox = service
         .fanout
-        .open(limits.fanout.queue_events, limits.fanout.trade_overflow);
+        .open(limits.fanout.queue, limits.fanout.trade_overflow);
     let reader = tokio::spawn(read_requests(
         service.clone(),
         mailbox.clone(),
