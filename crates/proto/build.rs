@@ -33,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "crate::pb::StreamRequest",
                 "crate::wire::EncodedBatch",
             )
+            .codec_path("crate::codec::StreamCodec")
             .client_streaming()
             .server_streaming()
             .build(),
