@@ -2,6 +2,8 @@
 //! engine exactly, and bad publishes get precise errors without disturbing anything.
 
 mod common;
+#[path = "common/stalled.rs"]
+mod stalled;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -528,8 +530,9 @@ async fn a_stalled_subscriber_queues_at_most_queue_bytes_then_learns_exactly_wha
         f.fanout.queue_bytes = QUEUE_BYTES;
     })
     .await;
-    let url = format!("http://{}", server.local_addr());
-    let mut ingest = IngestClient::connect(url.clone()).await.unwrap();
+    let mut ingest = IngestClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
     use pb::feed_event::Body;
     // Trades of about 600 encoded bytes: the queue holds about a hundred of them, while
     // the event bound (32,768) is never reached.
@@ -547,15 +550,7 @@ async fn a_stalled_subscriber_queues_at_most_queue_bytes_then_learns_exactly_wha
     };
     assert_eq!(publish(&mut ingest, vec![vec![trade(0)]]).await.unwrap(), 1);
 
-    // Small HTTP/2 windows, so that not reading backs up to the server's queue quickly.
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
-    let mut market = MarketClient::new(channel);
+    let mut market = MarketClient::new(stalled::small_windows(server.local_addr()).await);
     let (_requests, mut stream) = subscribe(&mut market, "TEST:BIG", &[pb::Channel::Trades]).await;
     let mut received: Vec<pb::Event> = Vec::new();
     while !received

@@ -4,6 +4,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 mod common;
+#[path = "common/stalled.rs"]
+mod stalled;
 
 use raven_book::{BookFollower, Step};
 use raven_model::{EventBody, SnapshotKind, StatusKind};
@@ -576,16 +578,7 @@ async fn slow_trade_subscriber_is_disconnected_when_configured() {
         f.fanout.trade_overflow = raven_server::fanout::LagPolicy::Disconnect;
     })
     .await;
-    // Small HTTP/2 windows so that not reading backs up to the server quickly.
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr()))
-            .unwrap()
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .connect()
-            .await
-            .unwrap();
-    let mut c = MarketClient::new(channel);
+    let mut c = MarketClient::new(stalled::small_windows(server.local_addr()).await);
     let mut sub = Sub::open(&mut c).await;
     let all = instrument_names();
     sub.subscribe(&all, pb::Channel::Trades, 0).await;
