@@ -7,6 +7,6 @@ mod encode;
 pub mod scan;
 
 pub use encode::{
-    EncodedBatch, Header, body_number, channel_number, put_event, put_heartbeat_ack,
-    put_history_end, put_snapshot_end, status_number,
+    EncodedBatch, Header, channel_number, put_event, put_heartbeat_ack, put_history_end,
+    put_snapshot_end, status_number,
 };

@@ -195,7 +195,7 @@ impl Fanout {
     pub fn max_queued(&self) -> (usize, usize) {
         let all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
         all.values()
-            .map(|m| m.queued_with_bytes())
+            .map(|m| m.queued())
             .fold((0, 0), |(e, b), (events, bytes)| {
                 (e.max(events), b.max(bytes))
             })
@@ -207,7 +207,7 @@ impl Fanout {
         let mut queues: Vec<_> = all
             .values()
             .map(|m| {
-                let (events, bytes) = m.queued_with_bytes();
+                let (events, bytes) = m.queued();
                 (m.id(), events, bytes)
             })
             .collect();

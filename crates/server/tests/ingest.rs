@@ -2,6 +2,8 @@
 //! engine exactly, and bad publishes get precise errors without disturbing anything.
 
 mod common;
+#[path = "scrape/mod.rs"]
+mod scrape;
 #[path = "common/stalled.rs"]
 mod stalled;
 
@@ -581,6 +583,22 @@ async fn a_stalled_subscriber_queues_at_most_queue_bytes_then_learns_exactly_wha
     assert!(
         deepest > QUEUE_BYTES / 2 && deepest <= QUEUE_BYTES,
         "{deepest} bytes queued against a bound of {QUEUE_BYTES}"
+    );
+    // Operators see the same: the client reads nothing, so its queue stays as it is.
+    let metrics = scrape::scrape(&server).await;
+    assert_eq!(
+        metrics["raven_subscriber_queue_max_bytes"], deepest as f64,
+        "{metrics:?}"
+    );
+    let (status, stats) = scrape::get(server.http_addr().unwrap(), "/api/v1/stats")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let streams = stats["subscribers"]["streams"].as_array().unwrap();
+    assert!(
+        streams.iter().any(|s| s["queued_bytes"] == deepest),
+        "{streams:?}"
     );
 
     // Reading again: every trade arrives in order or is counted in a gap report, exactly.

@@ -280,8 +280,8 @@ fn put_status(s: &Status, out: Out<'_, '_>) {
 
 /// `Event.body` oneof tag and encoded length of a body.
 /// The `Event.body` field number of `body`: 10 snapshot, 11 delta, 12 trade, 13 BBO,
-/// 14 candle, 15 status (what a stored row's `kind` column holds).
-pub fn body_number(body: &EventBody) -> u32 {
+/// 14 candle, 15 status.
+fn body_number(body: &EventBody) -> u32 {
     match body {
         EventBody::Snapshot(_) => 10,
         EventBody::Delta(_) => 11,

@@ -251,13 +251,8 @@ impl Mailbox {
         self.lock().closed.is_some()
     }
 
-    /// Data events currently queued.
-    pub fn queued(&self) -> usize {
-        self.lock().queued
-    }
-
     /// Data events and their encoded bytes currently queued.
-    pub fn queued_with_bytes(&self) -> (usize, usize) {
+    pub fn queued(&self) -> (usize, usize) {
         let s = self.lock();
         (s.queued, s.queued_bytes)
     }
@@ -469,7 +464,7 @@ mod tests {
         // Reported once: the next accepted chunk is not preceded by it again.
         assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Queued);
         assert_eq!(decode(mailbox.drain(usize::MAX)).len(), 10);
-        assert_eq!(mailbox.queued(), 0);
+        assert_eq!(mailbox.queued(), (0, 0));
     }
 
     #[test]
@@ -485,20 +480,20 @@ mod tests {
         assert_eq!(trades.push(&chunk, 1, route(&name)), Pushed::Queued);
         // 120 bytes would not fit in 100, though 3 events fit in 1,000.
         assert_eq!(trades.push(&chunk, 1, route(&name)), Pushed::Dropped);
-        assert_eq!(trades.queued_with_bytes(), (2, 80));
+        assert_eq!(trades.queued(), (2, 80));
         let small = Bytes::from(vec![0u8; 20]);
         assert_eq!(trades.push(&small, 1, route(&name)), Pushed::Queued);
-        assert_eq!(trades.queued_with_bytes(), (3, 100));
+        assert_eq!(trades.queued(), (3, 100));
         assert_eq!(
             trades.drain(usize::MAX).batch.len_bytes(),
             100 + gap_len(&name, 1)
         );
-        assert_eq!(trades.queued_with_bytes(), (0, 0));
+        assert_eq!(trades.queued(), (0, 0));
         // Alone, a chunk over the bound goes; with it queued, nothing more does.
         let large = Bytes::from(vec![0u8; 500]);
         assert_eq!(trades.push(&large, 1, route(&name)), Pushed::Queued);
         assert_eq!(trades.push(&small, 1, route(&name)), Pushed::Dropped);
-        assert_eq!(trades.queued_with_bytes(), (1, 500));
+        assert_eq!(trades.queued(), (1, 500));
 
         // A book view over the byte bound is marked for a resync, and its next events are
         // dropped until the snapshot goes out.
@@ -516,7 +511,7 @@ mod tests {
         book.complete_resync(InstrumentId(0), 0, large.clone());
         assert_eq!(book.push(&small, 1, book_route), Pushed::Queued);
         // The snapshot is control output, outside the bound.
-        assert_eq!(book.queued_with_bytes(), (1, 20));
+        assert_eq!(book.queued(), (1, 20));
     }
 
     /// The encoded length of a gap report of `missed` events on `name`'s trades.
@@ -536,10 +531,10 @@ mod tests {
         assert!(capacity(&mailbox) >= 20_000);
         // Drained in messages of 64 KiB: the room goes back only once it is empty.
         let mut drained = 0;
-        while mailbox.queued() > 0 {
+        while mailbox.queued().0 > 0 {
             let batch = mailbox.drain(64 << 10).batch;
             drained += batch.len_bytes() / chunk.len();
-            if mailbox.queued() > 0 {
+            if mailbox.queued().0 > 0 {
                 assert!(capacity(&mailbox) >= 20_000);
             }
         }
