@@ -857,6 +857,10 @@ async fn ten_connections_dropped_together_reconnect_spread_out() {
     settle(&mut c, &mock, "BINANCE", &refs).await;
     let stats = mock.stats();
     assert_eq!(stats.connections, 60);
+    // Attempts are reserved 40 ms apart, but the mock sees them when they arrive: a busy
+    // machine can wake several late and land them close together. Ten reconnecting at
+    // once (the storm this prevents) land within the 20 ms of first-retry jitter; spaced,
+    // any seven span 240 ms, so "at most six in any 100 ms" holds with 140 ms of slack.
     let at = &stats.connected_at;
     for (i, t) in at.iter().enumerate() {
         let within = at[i..]
@@ -864,7 +868,7 @@ async fn ten_connections_dropped_together_reconnect_spread_out() {
             .take_while(|u| u.duration_since(*t) < Duration::from_millis(100))
             .count();
         assert!(
-            within <= 3,
+            within <= 6,
             "{within} connections within 100 ms of attempt {i}"
         );
     }
