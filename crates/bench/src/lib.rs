@@ -11,6 +11,8 @@
 //!
 //! With `compare`, every row runs again on NATS core pub/sub with the same payload bytes,
 //! rates and client count (`nats.rs`), and the report sets the two side by side. With
+//! `floor`, every row also runs on the plain-tonic relay ([`relay`]) through the same
+//! client path as Raven's: what gRPC alone costs on the machine. With
 //! `max`, each N steps the rate up ×1.5 from its start and reports the highest rate it
 //! sustained: published at 97% of the target or more (ingest backpressure slows a
 //! publisher that the server cannot keep up with), loss ≤ 0.1%, p99 ≤ 100 ms. With
@@ -20,6 +22,7 @@
 mod grpc;
 mod nats;
 mod plot;
+pub mod relay;
 mod report;
 mod server;
 mod workload;
@@ -29,7 +32,7 @@ use std::time::Duration;
 
 pub use plot::svg;
 pub use report::{BenchReport, Entry, Latency, Row};
-pub use server::{PARENT_ENV, RssSample};
+pub use server::{PARENT_ENV, RssSample, exit_with_parent};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -58,6 +61,8 @@ pub struct BenchConfig {
     pub max: Option<u64>,
     /// A NATS server (`nats://…`) to run the same workload on, side by side.
     pub compare: Option<String>,
+    /// The `raven-tonic-relay` binary: run every row on it too, as the plain-tonic floor.
+    pub floor: Option<PathBuf>,
     /// Read the Raven server's RSS this often during each row (the soak).
     pub sample_every: Option<Duration>,
     /// The CA to trust when the server is on TLS (its configuration has `[tls]`, or
@@ -147,6 +152,7 @@ pub enum BenchError {
 #[derive(Debug, Clone, Copy)]
 enum System<'a> {
     Raven,
+    Floor(&'a std::path::Path),
     Nats(&'a str),
 }
 
@@ -154,6 +160,7 @@ impl System<'_> {
     fn name(self) -> &'static str {
         match self {
             System::Raven => "Raven",
+            System::Floor(_) => "tonic",
             System::Nats(_) => "NATS",
         }
     }
@@ -205,11 +212,15 @@ pub async fn run(
             rate: config.rate_for(index),
         };
         let raven = search(config, System::Raven, plan, &mut progress).await?;
+        let floor = match &config.floor {
+            Some(relay) => search(config, System::Floor(relay), plan, &mut progress).await?,
+            None => None,
+        };
         let nats = match &config.compare {
             Some(url) => search(config, System::Nats(url), plan, &mut progress).await?,
             None => None,
         };
-        entries.push(Entry::new(clients, raven, nats));
+        entries.push(Entry::new(clients, raven, floor, nats));
     }
     Ok(BenchReport {
         duration_s: config.duration.as_secs_f64(),
@@ -283,6 +294,16 @@ async fn run_one(
                         .await?
                 }
             };
+            let row = grpc::run_row(config, plan, &server, progress).await;
+            server.stop().await;
+            row
+        }
+        System::Floor(relay) => {
+            progress(&format!(
+                "N={}: starting the plain-tonic relay",
+                plan.clients
+            ));
+            let server = server::Target::spawn_relay(relay).await?;
             let row = grpc::run_row(config, plan, &server, progress).await;
             server.stop().await;
             row

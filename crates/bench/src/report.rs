@@ -1,5 +1,6 @@
-//! Bench results: one entry per client count (Raven, and NATS beside it with
-//! `--compare`), printed as a table, written as JSON or as a Markdown summary.
+//! Bench results: one entry per client count (Raven, the plain-tonic relay beside it with
+//! `--floor`, NATS with `--compare`), printed as a table, written as JSON or as a
+//! Markdown summary.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -67,14 +68,17 @@ pub struct Latency {
     pub max: u64,
 }
 
-/// One client count: Raven's row and, with `--compare`, NATS's. With `--max` either may
-/// be missing when no rate was sustained.
+/// One client count: Raven's row and, with `--floor` and `--compare`, the relay's and
+/// NATS's. With `--max` any may be missing when no rate was sustained.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
     /// Streaming clients.
     pub clients: usize,
     /// Raven's row.
     pub raven: Option<Row>,
+    /// The plain-tonic relay's row, same workload and clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<Row>,
     /// NATS's row, same workload.
     pub nats: Option<Row>,
     /// Raven's deliveries/s over NATS's.
@@ -200,7 +204,12 @@ fn slope_per_min(samples: &[RssSample]) -> Option<f64> {
 }
 
 impl Entry {
-    pub(super) fn new(clients: usize, raven: Option<Row>, nats: Option<Row>) -> Entry {
+    pub(super) fn new(
+        clients: usize,
+        raven: Option<Row>,
+        floor: Option<Row>,
+        nats: Option<Row>,
+    ) -> Entry {
         let ratio = |f: fn(&Row) -> f64| match (&raven, &nats) {
             (Some(r), Some(n)) if f(n) > 0.0 => Some(f(r) / f(n)),
             _ => None,
@@ -210,6 +219,7 @@ impl Entry {
             deliveries_ratio: ratio(|r| r.delivered_per_s),
             p99_ratio: ratio(|r| r.latency_us.p99 as f64),
             raven,
+            floor,
             nats,
         }
     }
@@ -221,6 +231,9 @@ impl Entry {
         if let Some(r) = &self.raven {
             let ratios = [ratio(self.deliveries_ratio), ratio(self.p99_ratio)];
             lines.push(("Raven", r.cells(), ratios));
+        }
+        if let Some(f) = &self.floor {
+            lines.push(("tonic", f.cells(), ["".to_owned(), "".to_owned()]));
         }
         if let Some(n) = &self.nats {
             lines.push(("NATS", n.cells(), ["".to_owned(), "".to_owned()]));
@@ -269,7 +282,7 @@ impl BenchReport {
         }
         out.push('\n');
         for entry in &self.rows {
-            if entry.raven.is_none() && entry.nats.is_none() {
+            if entry.raven.is_none() && entry.floor.is_none() && entry.nats.is_none() {
                 let _ = writeln!(out, "{:>6} no rate sustained", entry.clients);
             }
             for (system, cells, ratios) in entry.lines() {

@@ -1,6 +1,7 @@
 //! The system under test: a `raven serve` child process the bench starts (so its memory
-//! and CPU can be read from /proc apart from the load generator's), a Raven URL, or the
-//! NATS server for `--compare` (read from /proc too when it runs on this machine).
+//! and CPU can be read from /proc apart from the load generator's), a Raven URL, the
+//! plain-tonic relay for `--floor` (a child too), or the NATS server for `--compare` (read
+//! from /proc too when it runs on this machine).
 //!
 //! A child server never outlives the bench: dropping its [`Target`] kills it (an error,
 //! or a signal that ends the run), and the child asks the kernel to kill it when the
@@ -21,6 +22,28 @@ use super::BenchError;
 /// already gone. Every child is spawned from the bench's main thread, which lives as long
 /// as the bench does.
 pub const PARENT_ENV: &str = "RAVEN_EXIT_WITH_PARENT";
+
+/// Called first by a server the bench may have started: with [`PARENT_ENV`] set, the
+/// kernel kills it when the bench's spawning thread ends, even when the bench is killed
+/// outright (its `Drop` kills the server on every other way out).
+pub fn exit_with_parent() -> std::io::Result<()> {
+    let Ok(parent) = std::env::var(PARENT_ENV) else {
+        return Ok(());
+    };
+    let parent: i32 = parent
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("{PARENT_ENV}={parent:?}: not a pid")))?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).map_err(
+        |e| std::io::Error::other(format!("cannot ask for the parent-death signal: {e}")),
+    )?;
+    // The parent may have gone before the request: then no signal would ever come.
+    if rustix::process::getppid().map(rustix::process::Pid::as_raw_pid) != Some(parent) {
+        return Err(std::io::Error::other(format!(
+            "the bench that started this server (pid {parent}) has gone"
+        )));
+    }
+    Ok(())
+}
 
 /// Where the load goes.
 pub struct Target {
@@ -123,9 +146,7 @@ impl Target {
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
-        // Spawned here, on the thread that runs the bench (not a blocking-pool thread,
-        // which ends when idle and would take the server with it).
-        let mut child = command
+        command
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -137,7 +158,25 @@ impl Target {
                 "off",
             ])
             .env("RAVEN_LOG", "warn")
-            .env(PARENT_ENV, std::process::id().to_string())
+            .env(PARENT_ENV, std::process::id().to_string());
+        Target::spawn_child(command).await
+    }
+
+    /// Starts the plain-tonic relay (`raven-tonic-relay`) on a free loopback port.
+    pub async fn spawn_relay(relay: &Path) -> Result<Target, BenchError> {
+        let mut command = Command::new(relay);
+        command
+            .arg("127.0.0.1:0")
+            .env(PARENT_ENV, std::process::id().to_string());
+        Target::spawn_child(command).await
+    }
+
+    /// Spawns `command`, a server whose first line on stdout names its `127.0.0.1:PORT`
+    /// (with `(TLS` in it when it takes TLS only).
+    async fn spawn_child(mut command: Command) -> Result<Target, BenchError> {
+        // Spawned here, on the thread that runs the bench (not a blocking-pool thread,
+        // which ends when idle and would take the server with it).
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -163,7 +202,6 @@ impl Target {
             .ok_or_else(|| {
                 std::io::Error::other(format!("server did not report its address: {line:?}"))
             })?;
-        // The startup line says when the server takes TLS only.
         let scheme = if line.contains("(TLS") {
             "https"
         } else {

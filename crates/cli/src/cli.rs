@@ -219,9 +219,13 @@ struct BenchArgs {
     /// Run the same workload on this NATS server (core pub/sub) and show Raven/NATS.
     #[arg(long, value_name = "NATS_URL")]
     compare: Option<String>,
+    /// Also run every row on the plain-tonic relay (`raven-tonic-relay`, built beside
+    /// this binary): what gRPC alone costs on this machine.
+    #[arg(long)]
+    floor: bool,
     /// Soak: one long row (this long; 100 clients at 50,000 events/s unless given), the
     /// server's RSS read every 10 s and its slope reported; fails on any loss or gap.
-    #[arg(long, value_parser = parse_duration, conflicts_with_all = ["max", "compare", "duration"])]
+    #[arg(long, value_parser = parse_duration, conflicts_with_all = ["max", "compare", "floor", "duration"])]
     soak: Option<Duration>,
     /// Also write the results as JSON to this file.
     #[arg(long)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use raven_bench::{BenchConfig, Row, run};
 
 const RAVEN: &str = env!("CARGO_BIN_EXE_raven");
+const RELAY: &str = env!("CARGO_BIN_EXE_raven-tonic-relay");
 const NATS: &str = "nats://127.0.0.1:4222";
 
 fn config(clients: Vec<usize>, rate: u64) -> BenchConfig {
@@ -23,6 +24,7 @@ fn config(clients: Vec<usize>, rate: u64) -> BenchConfig {
         warmup: Duration::from_millis(200),
         instruments: 3,
         compare: None,
+        floor: None,
         sample_every: None,
         tls_ca: None,
     }
@@ -127,6 +129,51 @@ async fn compare_runs_the_same_workload_on_nats_and_sets_them_side_by_side() {
         lines[2].contains("Raven") && lines[3].contains("NATS"),
         "{table}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floor_runs_the_same_workload_on_the_plain_tonic_relay_exactly() {
+    let config = BenchConfig {
+        floor: Some(PathBuf::from(RELAY)),
+        ..config(vec![1, 3], 1000)
+    };
+    let mut progress = Vec::new();
+    let report = run(&config, |line| progress.push(line.to_owned()))
+        .await
+        .unwrap();
+    for (entry, clients) in report.rows.iter().zip([1, 3]) {
+        let floor = entry.floor.as_ref().unwrap();
+        assert_exact(entry.raven.as_ref().unwrap());
+        assert_exact(floor);
+        assert_eq!((floor.clients, floor.rate), (clients, 1000));
+        // A child of the bench: its memory and CPU are read like Raven's.
+        assert!(floor.server_rss_mib.is_some_and(|m| m > 1.0), "{floor:?}");
+        assert!(floor.server_cpu_percent.is_some(), "{floor:?}");
+        // Ratios stay Raven over NATS; there is no NATS row here.
+        assert_eq!((entry.deliveries_ratio, entry.p99_ratio), (None, None));
+    }
+    assert!(
+        progress
+            .iter()
+            .any(|l| l == "N=3: starting the plain-tonic relay"),
+        "{progress:?}"
+    );
+    let table = report.table();
+    let systems: Vec<&str> = table
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(systems, ["Raven", "tonic", "Raven", "tonic"], "{table}");
+    // The relay is stopped with its row (other tests' servers are children too).
+    let relays: Vec<u32> = children(std::process::id())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.starts_with("raven-tonic"))
+        })
+        .collect();
+    assert_eq!(relays, Vec::<u32>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

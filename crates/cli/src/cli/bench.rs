@@ -14,10 +14,24 @@ const SOAK_SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let soak = args.soak.is_some();
+    let raven_binary =
+        std::env::current_exe().context("cannot find the raven binary to start a server")?;
+    let floor = match args.floor {
+        true => {
+            let relay = raven_binary.with_file_name("raven-tonic-relay");
+            anyhow::ensure!(
+                relay.exists(),
+                "--floor runs {}, which is not built: cargo build --release -p raven",
+                relay.display()
+            );
+            Some(relay)
+        }
+        false => None,
+    };
     let config = raven_bench::BenchConfig {
         server: args.server,
-        raven_binary: std::env::current_exe()
-            .context("cannot find the raven binary to start a server")?,
+        raven_binary,
+        floor,
         max: args.max,
         server_config: args.server_config,
         clients: args.clients.unwrap_or_else(|| {

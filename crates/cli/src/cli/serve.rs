@@ -52,7 +52,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    exit_with_parent()?;
+    raven_bench::exit_with_parent()?;
     let config = serve_config(&args)?;
     // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would otherwise kill the
     // server when the database outgrows it. With a handler (tokio's, which only notes the
@@ -165,22 +165,4 @@ async fn wait_for_signal(reload: impl Fn()) -> anyhow::Result<()> {
             _ = hangup.recv() => reload(),
         }
     }
-}
-
-/// A server started by `raven bench` dies with it, even when the bench is killed
-/// outright (its `Drop` kills the server on every other way out).
-fn exit_with_parent() -> anyhow::Result<()> {
-    let Ok(parent) = std::env::var(raven_bench::PARENT_ENV) else {
-        return Ok(());
-    };
-    let parent: i32 = parent
-        .parse()
-        .with_context(|| format!("{}={parent:?}: not a pid", raven_bench::PARENT_ENV))?;
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .context("cannot ask for the parent-death signal")?;
-    // The parent may have gone before the request: then no signal would ever come.
-    if rustix::process::getppid().map(rustix::process::Pid::as_raw_pid) != Some(parent) {
-        anyhow::bail!("the bench that started this server (pid {parent}) has gone");
-    }
-    Ok(())
 }
