@@ -362,6 +362,9 @@ impl Engine {
     }
 }
 
+/// Input batches a shard applies before one flush, when they are already waiting.
+const COALESCE_BATCHES: usize = 64;
+
 fn run_shard(mut shard: Shard, input: Receiver<Vec<FeedEvent>>, commands: Receiver<Command>) {
     let never = crossbeam_channel::never();
     let mut input = &input;
@@ -379,7 +382,12 @@ fn run_shard(mut shard: Shard, input: Receiver<Vec<FeedEvent>>, commands: Receiv
                 Ok(c) => shard.command(c),
             },
             recv(input) -> b => match b {
-                Ok(batch) => shard.process(batch),
+                // What waits already goes out with it (at most a bounded number, so
+                // commands are answered between), never anything not yet sent.
+                Ok(batch) => shard.process_all(
+                    batch,
+                    std::iter::from_fn(|| input.try_recv().ok()).take(COALESCE_BATCHES - 1),
+                ),
                 // Feeds gone: keep answering commands until told to stop.
                 Err(_) => input = &never,
             },

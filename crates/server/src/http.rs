@@ -112,6 +112,7 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
                 "shard": n,
                 "events": shard.events.get(),
                 "batches": shard.batches.get(),
+                "flushes": shard.flushes.get(),
                 "busy_ms": shard.busy_ns.get() as f64 / 1e6,
                 "recorder_wait_ms": shard.tap_wait_ns.get() as f64 / 1e6,
                 "input_queue_batches": s.engine.queued(n),

@@ -402,7 +402,7 @@ fn engine(e: &mut DescriptorEncoder<'_>, engine: &EngineStats) -> fmt::Result {
     let shards = engine.shards();
     let names: Vec<String> = (0..shards.len()).map(|n| n.to_string()).collect();
     type Read = fn(&crate::engine::stats::ShardStats) -> u64;
-    let counters: [(&str, &str, Read, f64); 4] = [
+    let counters: [(&str, &str, Read, f64); 5] = [
         (
             "raven_engine_events",
             "Feed events each shard applied.",
@@ -413,6 +413,13 @@ fn engine(e: &mut DescriptorEncoder<'_>, engine: &EngineStats) -> fmt::Result {
             "raven_engine_batches",
             "Input batches each shard processed.",
             |s| s.batches.get(),
+            1.0,
+        ),
+        (
+            "raven_engine_flushes",
+            "Times each shard published its output; below the batches when batches already \
+             waiting went out together (the shard fell behind).",
+            |s| s.flushes.get(),
             1.0,
         ),
         (

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, bounded};
+use prost::Message;
 use raven_book::BookFollower;
 use raven_model::{
     Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody, FeedEvent,
@@ -14,7 +15,7 @@ use raven_model::{
 };
 use raven_server::clock::{Clock, SystemClock};
 use raven_server::engine::{Command, Engine, EngineConfig, EngineInput, ShardContext, Tapped};
-use raven_server::fanout::Fanout;
+use raven_server::fanout::{Fanout, LagPolicy, QueueBound};
 use raven_server::feed::sim::{SimConfig, Simulator};
 use raven_server::feed::{Catalog, InstrumentInfo};
 use raven_server::store::Batch;
@@ -374,6 +375,105 @@ fn publish_times_never_go_backwards_when_the_wall_clock_does() {
         );
     }
     assert_eq!(published, vec![1_000, 1_000, 2_000]);
+    engine.shutdown();
+}
+
+fn trade(instrument: InstrumentId, n: u64) -> FeedEvent {
+    FeedEvent {
+        instrument,
+        exchange_time: UnixNanos(n),
+        receive_time: UnixNanos(n),
+        venue_seq: 0,
+        kind: FeedKind::Trade(Trade {
+            price: Price::from_units(100),
+            qty: Qty::from_units(i128::from(n)),
+            aggressor: raven_model::Aggressor::Buy,
+            trade_id: n.to_string(),
+        }),
+    }
+}
+
+/// Waits (polling, never sleeping a fixed time) until `ready` holds.
+fn wait_for(what: &str, ready: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn batches_waiting_behind_a_busy_shard_are_published_together_and_exactly() {
+    let registry = InstrumentRegistry::new();
+    let id = registry.intern(&InstrumentName::parse("TEST:X").unwrap());
+    // A tap of one slot: while its batch is unread, the shard waits in its next flush.
+    let (tap_tx, tap) = bounded(1);
+    let fanout = Arc::new(Fanout::default());
+    let mut ctx = ShardContext::new(
+        Catalog::new(registry.clone()),
+        Arc::new(SystemClock),
+        fanout.clone(),
+    );
+    ctx.taps.push(tap_tx);
+    let engine = Engine::start(EngineConfig::with_shards(1), ctx).unwrap();
+    let mailbox = fanout.open(
+        QueueBound {
+            events: 1024,
+            bytes: 1 << 20,
+        },
+        LagPolicy::Gap,
+    );
+    let (done, subscribed) = tokio::sync::oneshot::channel();
+    engine
+        .commands()
+        .send(
+            id,
+            Command::Subscribe {
+                mailbox: mailbox.clone(),
+                instrument: id,
+                channel: Channel::Trades,
+                depth: 0,
+                state: true,
+                done,
+            },
+        )
+        .unwrap();
+    subscribed.blocking_recv().unwrap();
+    let stats = engine.stats();
+    let shard = &stats.shards()[0];
+    let input = engine.input();
+    // Trade 1 fills the tap, which is left unread.
+    assert!(input.send(vec![trade(id, 1)]));
+    wait_for("trade 1 published", || shard.flushes.get() == 1);
+    // The shard takes trade 2 (with whatever of 3 to 5 has arrived by then) and its flush
+    // waits for the tap; the rest waits for the shard. Without coalescing, that would be
+    // four flushes.
+    for n in 2..=5 {
+        assert!(input.send(vec![trade(id, n)]));
+    }
+    let mut tapped: Vec<Vec<u64>> = Vec::new();
+    while tapped.iter().map(Vec::len).sum::<usize>() < 5 {
+        let batch = tap.recv_timeout(Duration::from_secs(30)).unwrap();
+        tapped.push(batch.events().iter().map(|e| e.sequence.0).collect());
+    }
+    assert_eq!(tapped[0], vec![1]);
+    assert_eq!(tapped.concat(), vec![1, 2, 3, 4, 5]);
+    assert!(tapped.len() <= 3, "{tapped:?}");
+    assert_eq!(shard.batches.get(), 5);
+    assert_eq!(shard.flushes.get(), tapped.len() as u64);
+    // The subscriber got every trade once, in order.
+    let drained = mailbox.drain(usize::MAX);
+    let bytes = drained.batch.encode_to_vec();
+    let response = raven_proto::pb::StreamResponse::decode(bytes.as_slice()).unwrap();
+    let trades: Vec<(u64, u64)> = response
+        .events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(raven_proto::pb::event::Body::Trade(t)) => Some((e.sequence, t.qty)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(trades, (1..=5).map(|n| (n, n)).collect::<Vec<_>>());
     engine.shutdown();
 }
 

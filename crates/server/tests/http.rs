@@ -166,6 +166,8 @@ async fn metrics_count_known_traffic_exactly() {
     );
     assert_eq!(after["raven_engine_events{shard=\"0\"}"], 251.0);
     assert_eq!(after["raven_engine_batches{shard=\"0\"}"], 2.0);
+    // Apart in time (the subscriber attached between them): published apart.
+    assert_eq!(after["raven_engine_flushes{shard=\"0\"}"], 2.0);
     assert!(after["raven_engine_busy_seconds{shard=\"0\"}"] > 0.0);
     assert_eq!(after["raven_engine_input_queue_batches{shard=\"0\"}"], 0.0);
     assert_eq!(after["raven_engine_receive_to_publish_seconds"], 251.0);

@@ -1,8 +1,8 @@
 //! One engine shard: the single writer for its instruments. Its loop applies feed events
 //! to the books (`derive` turns each into sequenced, derived, encoded output) and, at the
-//! end of every input batch, flushes the encoded bytes to the subscribers
-//! (`subscribers`) and the events to the taps; between batches it answers the API's
-//! commands.
+//! end of every input batch (or of the batches that were already waiting), flushes the
+//! encoded bytes to the subscribers (`subscribers`) and the events to the taps; between
+//! batches it answers the API's commands.
 
 use std::sync::Arc;
 
@@ -118,15 +118,32 @@ impl Shard {
     /// Applies one input batch and publishes its output. The batch is consumed: deltas
     /// and trades move into the events they produce instead of being copied.
     pub fn process(&mut self, batch: Vec<FeedEvent>) {
+        self.process_all(batch, std::iter::empty());
+    }
+
+    /// Applies `first` and then `more`, and publishes their output together: each
+    /// subscriber gets one chunk per instrument and channel for all of them, so a shard
+    /// that fell behind pushes fewer, larger chunks instead of adding to its lag.
+    pub fn process_all(
+        &mut self,
+        first: Vec<FeedEvent>,
+        more: impl IntoIterator<Item = Vec<FeedEvent>>,
+    ) {
         let started = std::time::Instant::now();
-        let events = batch.len();
-        self.tick();
-        for event in batch {
-            self.apply(event);
+        let mut events = 0;
+        let mut batches = 0;
+        for batch in std::iter::once(first).chain(more) {
+            events += batch.len();
+            batches += 1;
+            self.tick();
+            for event in batch {
+                self.apply(event);
+            }
+            self.checkpoint();
         }
         self.flush();
         self.stats
-            .batch(events, started.elapsed().as_nanos() as u64);
+            .batches(batches, events, started.elapsed().as_nanos() as u64);
     }
 
     /// Reads the clock for the next publish stamp. Stamps never go backwards, even when
@@ -210,24 +227,32 @@ impl Shard {
         }
     }
 
+    /// Taps a checkpoint of each changed book that is due one. After every input batch,
+    /// not every flush: batches published together keep the checkpoint spacing.
+    fn checkpoint(&mut self) {
+        if self.ctx.taps.is_empty() {
+            return;
+        }
+        for id in &self.dirty {
+            let Some(inst) = self.instruments[id.index()].as_deref_mut() else {
+                continue;
+            };
+            if inst.since_checkpoint >= self.ctx.checkpoint_every && !inst.awaiting_snapshot {
+                // For the recorder only: subscribers never see checkpoints.
+                inst.since_checkpoint = 0;
+                let checkpoint = snapshot_event(inst, 0, SnapshotKind::Checkpoint, self.now);
+                self.tapped.push(&inst.name, &checkpoint);
+            }
+        }
+    }
+
     fn flush(&mut self) {
         let mut lagged = 0;
-        let tapping = !self.ctx.taps.is_empty();
         for id in std::mem::take(&mut self.dirty) {
             let Some(inst) = self.instruments[id.index()].as_deref_mut() else {
                 continue;
             };
             inst.dirty = false;
-            if tapping
-                && inst.since_checkpoint >= self.ctx.checkpoint_every
-                && !inst.awaiting_snapshot
-            {
-                // For the recorder only: subscribers never see checkpoints.
-                inst.since_checkpoint = 0;
-                let now = self.now;
-                let checkpoint = snapshot_event(inst, 0, SnapshotKind::Checkpoint, now);
-                self.tapped.push(&inst.name, &checkpoint);
-            }
             lagged += inst.subscribers.flush(id, &inst.name);
         }
         if lagged > 0 {

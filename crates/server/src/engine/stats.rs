@@ -15,6 +15,9 @@ pub struct ShardStats {
     pub events: Tally,
     /// Input batches processed.
     pub batches: Tally,
+    /// Times their output went to subscribers and taps: fewer than `batches` when the
+    /// shard fell behind and published batches already waiting together.
+    pub flushes: Tally,
     /// Time spent processing them, ns.
     pub busy_ns: Tally,
     /// Time spent waiting for a full tap (the recorder behind), ns.
@@ -30,9 +33,10 @@ impl ShardStats {
         self.latency.record(publish.saturating_sub(receive));
     }
 
-    pub(super) fn batch(&self, events: usize, busy_ns: u64) {
+    pub(super) fn batches(&self, batches: u64, events: usize, busy_ns: u64) {
         self.events.add(events as u64);
-        self.batches.add(1);
+        self.batches.add(batches);
+        self.flushes.add(1);
         self.busy_ns.add(busy_ns);
     }
 
