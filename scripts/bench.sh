@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Raven's whole benchmark suite, in one go (under 15 minutes on a 2-core box with the
+# Raven's whole benchmark suite, in one go (under 20 minutes on a 2-core box with the
 # release build already made, 10 of them the soak): criterion hot-path benches, then `raven bench` side by side with
 # NATS core pub/sub (latency per client count, highest sustained rates, 1,000 clients on
-# everything at 10k events/s, 10,000 clients at 50 events/s), then the soak.
+# everything at 10k events/s, 10,000 clients at 50 events/s), then the soak. The first
+# three also run on the plain-tonic relay (`--floor`): what gRPC alone costs here.
 #
 # Writes bench-results/<UTC time>/summary.md with the JSON and SVG of each `raven bench`
 # run beside it, and every tool's full output under raw/ (not committed). Every run is
@@ -47,10 +48,11 @@ run_bench() {
     --markdown "$RAW/$name.md" 2> >(tee "$RAW/$name.progress.txt" >&2) >"$RAW/$name.txt"
 }
 run_bench latency --clients 1,10,100,1000 --rate 10000,10000,10000,1000 \
-  --duration 3s --warmup 1s --compare "$NATS_URL"
+  --duration 3s --warmup 1s --floor --compare "$NATS_URL"
 run_bench throughput --clients 100,1000 --rate 20000,1000 --max 1000000 \
-  --duration 2s --warmup 1s --compare "$NATS_URL"
-run_bench everything --clients 1000 --rate 10000 --duration 3s --warmup 1s --compare "$NATS_URL"
+  --duration 2s --warmup 1s --floor --compare "$NATS_URL"
+run_bench everything --clients 1000 --rate 10000 --duration 3s --warmup 1s --floor \
+  --compare "$NATS_URL"
 run_bench ten-thousand --clients 10000 --rate 50 --duration 5s --warmup 2s --compare "$NATS_URL"
 # A soak with any loss or gap exits non-zero; the summary still gets written, and says so.
 soak_status=passed
@@ -84,6 +86,9 @@ step "writing $OUT/summary.md"
     echo
     echo "Plot: [$3.svg]($3.svg); data: [$3.json]($3.json)."
   }
+  echo
+  echo "Rows: Raven; tonic, the plain-tonic relay (\`--floor\`: no engine, one broadcast"
+  echo "channel); NATS core pub/sub. R/N is Raven over NATS."
   section "Latency per client count" \
     "Fixed rates: 10k events/s for N = 1, 10, 100; 1k events/s for N = 1000." latency
   section "Highest sustained rate" \
