@@ -80,6 +80,9 @@ def collect(out):
         for label, key, lower in ROW_FIGURES.get(row, []):
             add(f"{row} {label}", lower, side, values.get(key))
         add(f"{row} lost", True, side, values.get("lost"))
+    for path in sorted(out.glob("[AB]-idle-*.txt")):
+        add("idle, SQLite recording, server CPU %", True, path.name[0],
+            float(path.read_text()))
     return figures
 
 

@@ -20,6 +20,8 @@
 #              n1000x10k N=1000 at 10k events/s      (p99, server RSS: clients falling behind)
 #              max100 N=100, highest sustained rate  (deliveries/s)
 #              max1000 N=1000, highest sustained rate (deliveries/s)
+#              idle   no subscribers, simulator at 2,000 events/s recording to SQLite
+#                     (server CPU % over 20 s, read from /proc 5 s after the start)
 #   OUT      where the runs go (default target/bench-ab/<UTC time>); report in OUT/report.md
 #
 # Exits 1 when any figure is worse beyond the spread.
@@ -94,6 +96,25 @@ row_args() {
   esac
 }
 
+# The idle row: a server with no clients, the simulator at 2,000 events/s, recording to
+# SQLite; its CPU (user + system) over 20 s, from 5 s after the start.
+idle_row() {
+  local side=$1 round=$2 dir=$OUT/idle-$1-$2 pid before after
+  mkdir -p "$dir"
+  "$OUT/$side/raven" serve --listen 127.0.0.1:0 --http off --rate 2000 \
+    --store "sqlite:$dir/raven.db" >"$dir/serve.log" 2>&1 &
+  pid=$!
+  sleep 5
+  before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  sleep 20
+  after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  kill "$pid"
+  wait "$pid" || true
+  awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f\n", t / hz / 20 * 100 }' \
+    >"$OUT/$side-idle-$round.txt"
+  rm -rf "$dir"
+}
+
 run_side() {
   local side=$1 round=$2
   for bench in $BENCHES; do
@@ -105,6 +126,11 @@ run_side() {
       >"$OUT/$side-criterion-${bench#*:}-$round.txt" 2>&1
   done
   for row in $ROWS; do
+    if [ "$row" = idle ]; then
+      step "round $round, $side: idle server"
+      idle_row "$side" "$round"
+      continue
+    fi
     step "round $round, $side: raven bench $row"
     # shellcheck disable=SC2046 # the row's arguments are words
     "$OUT/$side/raven" bench $(row_args "$row") --json "$OUT/$side-row-$row-$round.json" \

@@ -26,6 +26,8 @@ use tokio::sync::broadcast;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::workload::now_ns;
+
 /// Batches a subscriber may fall behind before it is cut off: at the bench's one batch
 /// per millisecond, a minute.
 const CHANNEL_BATCHES: usize = 65_536;
@@ -59,12 +61,6 @@ impl Relay {
     }
 }
 
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 fn batch(bytes: Bytes) -> EncodedBatch {
     let mut batch = EncodedBatch::new();
     batch.push(bytes);
@@ -90,12 +86,21 @@ impl Ingest for Relay {
                 .events
                 .into_iter()
                 .map(|e| {
-                    let sequence = sequences.entry(e.instrument.clone()).or_default();
-                    *sequence += 1;
+                    // The name is copied only the first time an instrument is seen.
+                    let sequence = match sequences.get_mut(&e.instrument) {
+                        Some(last) => {
+                            *last += 1;
+                            *last
+                        }
+                        None => {
+                            sequences.insert(e.instrument.clone(), 1);
+                            1
+                        }
+                    };
                     pb::Event {
                         instrument: e.instrument,
                         channel: pb::Channel::Trades as i32,
-                        sequence: *sequence,
+                        sequence,
                         exchange_time: e.exchange_time,
                         receive_time: received,
                         publish_time: received,

@@ -16,17 +16,16 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let soak = args.soak.is_some();
     let raven_binary =
         std::env::current_exe().context("cannot find the raven binary to start a server")?;
-    let floor = match args.floor {
-        true => {
-            let relay = raven_binary.with_file_name("raven-tonic-relay");
-            anyhow::ensure!(
-                relay.exists(),
-                "--floor runs {}, which is not built: cargo build --release -p raven",
-                relay.display()
-            );
-            Some(relay)
-        }
-        false => None,
+    let floor = if args.floor {
+        let relay = raven_binary.with_file_name("raven-tonic-relay");
+        anyhow::ensure!(
+            relay.exists(),
+            "--floor runs {}, which is not built: cargo build --release -p raven",
+            relay.display()
+        );
+        Some(relay)
+    } else {
+        None
     };
     let config = raven_bench::BenchConfig {
         server: args.server,
