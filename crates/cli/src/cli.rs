@@ -282,6 +282,10 @@ struct ServeArgs {
     /// `off` (overrides `store.url`; default `sqlite:./data/raven.db`).
     #[arg(long, env = "RAVEN_STORE")]
     store: Option<String>,
+    /// What this node does: `standalone`, or `ingest` (also publishes every engine batch
+    /// to NATS JetStream, `[replication]`) (overrides `server.role`).
+    #[arg(long, env = "RAVEN_ROLE")]
+    role: Option<RoleArg>,
     /// Serve gRPC over TLS with this certificate chain (PEM; overrides `tls.cert`).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -291,6 +295,12 @@ struct ServeArgs {
     /// Require client certificates signed by this CA (PEM; overrides `tls.client_ca`).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Standalone,
+    Ingest,
 }
 
 #[derive(Args)]

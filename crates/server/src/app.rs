@@ -1,4 +1,4 @@
-//! Wiring: builds the catalog, engine, recorder, feeds (the simulator and the publish
+//! Wiring: builds the catalog, engine, recorder, replication publisher (an ingest node), feeds (the simulator and the publish
 //! feed), gRPC services (market, ingest, history, health, reflection) and the HTTP
 //! listener (metrics, health, stats) from a
 //! [`Config`], runs them, and shuts them down in order: the feeds; client streams told
@@ -46,6 +46,7 @@ use crate::http::HttpState;
 use crate::metrics::{Metrics, Sources};
 use crate::query::{Recorded, StoreReader};
 use crate::recorder::{Recorder, RecorderStats};
+use crate::replication::{ReplicationError, ReplicationStats, Replicator};
 use crate::shutdown::{self, Trigger};
 use crate::store::StoreError;
 use crate::store::spill::Spill;
@@ -68,6 +69,9 @@ pub enum AppError {
     /// The API keys file cannot be used.
     #[error("{0}")]
     Keys(KeysError),
+    /// Replication to NATS JetStream cannot start.
+    #[error("{0}")]
+    Replication(#[from] ReplicationError),
     /// The HTTP listener's address could not be bound.
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Http {
@@ -96,6 +100,7 @@ pub struct RunningServer {
     clock: Arc<dyn Clock>,
     progress: Progress,
     recorder: Option<Recorder>,
+    replicator: Option<Replicator>,
     http: Option<Http>,
     keys: Option<Arc<Keys>>,
     /// The Market service, whose subscribe rate a reload sets.
@@ -131,6 +136,9 @@ struct Http {
 
 /// Engine output batches the recorder's tap holds before the engine waits for it.
 const TAP_BATCHES: usize = 4096;
+
+/// How long an ingest node may take at shutdown to publish what waits to NATS.
+const REPLICATION_FINISH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long the recorder may take at shutdown to store what waits; the rest waits in
 /// the spill file for the next start.
@@ -220,6 +228,15 @@ pub async fn start(
         }
         None => None,
     };
+    let replicator = match config.replication.clone() {
+        Some(replication) => {
+            let (tap, tapped) = crossbeam_channel::bounded(TAP_BATCHES);
+            ctx.taps.push(tap);
+            let run = recorder.as_ref().map_or(clock.now().0, Recorder::run);
+            Some(Replicator::start(replication, run, tapped, clock.clone()).await?)
+        }
+        None => None,
+    };
     let engine = Engine::start(EngineConfig::with_shards(config.shards), ctx)?;
     // The simulator first, so its instruments keep the ids they have always had.
     let (publish, ingest) = ingest::publish_feed();
@@ -277,6 +294,7 @@ pub async fn start(
     let sources = Sources {
         fanout: fanout.clone(),
         recorder: recorder.as_ref().map(Recorder::stats),
+        replication: replicator.as_ref().map(Replicator::stats),
         connections: connections.clone(),
         calls: calls.clone(),
         keys: keys.clone(),
@@ -364,6 +382,7 @@ pub async fn start(
         clock,
         progress: Progress::default(),
         recorder,
+        replicator,
         http,
         keys,
         market: service,
@@ -393,6 +412,11 @@ impl RunningServer {
     /// The recorder's counters, when recording.
     pub fn recorder_stats(&self) -> Option<Arc<RecorderStats>> {
         self.recorder.as_ref().map(Recorder::stats)
+    }
+
+    /// The replication publisher's counters, on an ingest node.
+    pub fn replication_stats(&self) -> Option<Arc<ReplicationStats>> {
+        self.replicator.as_ref().map(Replicator::stats)
     }
 
     /// The gRPC listener's connections.
@@ -547,11 +571,21 @@ impl RunningServer {
                 .map_err(std::io::Error::other)?;
         }
         self.progress.set("the recorder storing its last batches");
-        if let Some(recorder) = self.recorder.take() {
+        let recorder = self.recorder.take();
+        let replicator = self.replicator.take();
+        // Both at once: each has its own deadline.
+        let replicated = tokio::task::spawn_blocking(move || {
+            if let Some(replicator) = replicator {
+                replicator.finish(REPLICATION_FINISH);
+            }
+        });
+        if let Some(recorder) = recorder {
             tokio::task::spawn_blocking(move || recorder.finish(RECORDER_FINISH))
                 .await
                 .map_err(std::io::Error::other)?;
         }
+        self.progress.set("publishing the last batches to NATS");
+        replicated.await.map_err(std::io::Error::other)?;
         // Last, so that the drain and the recorder's end can be watched.
         self.progress.set("closing the HTTP listener");
         if let Some(http) = self.http.take() {
@@ -590,6 +624,9 @@ impl Drop for RunningServer {
         engine.shutdown();
         if let Some(recorder) = self.recorder.take() {
             recorder.finish(RECORDER_FINISH);
+        }
+        if let Some(replicator) = self.replicator.take() {
+            replicator.finish(REPLICATION_FINISH);
         }
     }
 }

@@ -6,8 +6,8 @@
 mod sections;
 
 pub use sections::{
-    AuthSection, EngineSection, FanoutSection, HttpSection, LimitsSection, ServerSection,
-    ShutdownSection, SimSection, StoreSection,
+    AuthSection, EngineSection, FanoutSection, HttpSection, LimitsSection, ReplicationSection,
+    Role, ServerSection, ShutdownSection, SimSection, StoreSection,
 };
 
 use std::net::SocketAddr;
@@ -23,6 +23,7 @@ use crate::fanout::{FanoutConfig, QueueBound};
 use crate::feed::exchange::{ExchangeConfig, FeedConfigError, FeedSection};
 use crate::feed::sim::SimConfig;
 use crate::recorder::RecorderConfig;
+use crate::replication::ReplicationConfig;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,8 @@ pub struct FileConfig {
     pub fanout: FanoutSection,
     /// `[store]`: where every event is recorded.
     pub store: StoreSection,
+    /// `[replication]`: the NATS JetStream stream of an ingest node.
+    pub replication: ReplicationSection,
     /// `[[feeds]]`: exchange connectors, one table per venue connection group.
     pub feeds: Vec<FeedSection>,
 }
@@ -154,6 +157,8 @@ pub struct Config {
     pub fanout: FanoutConfig,
     /// Recording; `None` when `store.url = "off"`.
     pub store: Option<StoreConfig>,
+    /// Publishing to NATS JetStream; `Some` on an ingest node.
+    pub replication: Option<ReplicationConfig>,
 }
 
 /// The password in `scheme://user:password@host…`, if there is one.
@@ -345,6 +350,50 @@ impl FileConfig {
                 "must be at most 65536 (MiB)",
             ));
         }
+        let replication = &self.replication;
+        let cluster_ok = !replication.cluster.is_empty()
+            && replication.cluster.len() <= 64
+            && replication
+                .cluster
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !cluster_ok {
+            return Err(invalid(
+                "replication.cluster",
+                &replication.cluster,
+                "must be 1 to 64 letters, digits, '-' or '_' (it names a NATS stream and subjects)",
+            ));
+        }
+        if !replication.nats.starts_with("nats://") {
+            return Err(invalid(
+                "replication.nats",
+                &replication.nats,
+                "expected nats://HOST:PORT",
+            ));
+        }
+        if !(crate::replication::DUPLICATE_WINDOW.as_secs()..=365 * 86_400)
+            .contains(&replication.max_age_secs)
+        {
+            return Err(invalid(
+                "replication.max_age_secs",
+                &replication.max_age_secs,
+                "must be between 120 (the stream's duplicate window) and 31536000",
+            ));
+        }
+        if replication.buffer_bytes < 1 << 20 {
+            return Err(invalid(
+                "replication.buffer_bytes",
+                &replication.buffer_bytes,
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        let replication = (self.server.role == Role::Ingest).then(|| ReplicationConfig {
+            nats: self.replication.nats,
+            cluster: self.replication.cluster,
+            storage: self.replication.storage,
+            max_age: Duration::from_secs(self.replication.max_age_secs),
+            buffer_bytes: self.replication.buffer_bytes,
+        });
         let store = (self.store.url != "off").then(|| StoreConfig {
             url: self.store.url,
             schema: self.store.schema,
@@ -445,6 +494,7 @@ impl FileConfig {
                     .then_some(self.fanout.write_budget_per_s),
             },
             store,
+            replication,
         })
     }
 }

@@ -135,6 +135,8 @@ pub type TopDirectory = Arc<RwLock<HashMap<InstrumentId, TopReader>>>;
 /// Everything a shard needs from outside.
 #[derive(Clone)]
 pub struct ShardContext {
+    /// The shard's number, `0..shards` (set by [`Engine::start`]).
+    pub index: u32,
     /// Publish-time source.
     pub clock: Arc<dyn Clock>,
     /// Routes resync requests to the feed that owns the instrument.
@@ -155,6 +157,7 @@ pub struct ShardContext {
 /// so that the recorder neither encodes an event again nor parses its bytes back.
 #[derive(Debug, Clone, Default)]
 pub struct Tapped {
+    shard: u32,
     bytes: Bytes,
     rows: Vec<TapRow>,
 }
@@ -176,6 +179,11 @@ pub struct TapRow {
 }
 
 impl Tapped {
+    /// The shard that published it (a shard's batches reach a tap in order).
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
     /// Every event's bytes (one-event `StreamResponse`s), concatenated.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
@@ -244,11 +252,12 @@ impl TapBuffer {
         start..end
     }
 
-    fn take(&mut self) -> Option<Tapped> {
+    fn take(&mut self, shard: u32) -> Option<Tapped> {
         if self.rows.is_empty() {
             return None;
         }
         Some(Tapped {
+            shard,
             bytes: self.bytes.split().freeze(),
             rows: std::mem::take(&mut self.rows),
         })
@@ -263,6 +272,7 @@ impl ShardContext {
     /// directory.
     pub fn new(catalog: Catalog, clock: Arc<dyn Clock>, fanout: Arc<Fanout>) -> ShardContext {
         ShardContext {
+            index: 0,
             clock,
             catalog,
             taps: Vec::new(),
@@ -305,7 +315,10 @@ impl Engine {
         for n in 0..config.shards {
             let (input_tx, input_rx) = bounded(config.input_batches);
             let (command_tx, command_rx) = bounded(config.commands);
-            let shard = Shard::new(ctx.clone());
+            let shard = Shard::new(ShardContext {
+                index: n as u32,
+                ..ctx.clone()
+            });
             stats.push(shard.stats());
             threads.push(
                 std::thread::Builder::new()

@@ -86,6 +86,21 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
             "max_commit_lag_ms": load(&r.max_lag_ns) as f64 / 1e6,
         })
     });
+    let replication = s.replication.as_ref().map(|r| {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "up": r.up.load(Ordering::Relaxed),
+            "published_batches": load(&r.published),
+            "published_events": load(&r.published_events),
+            "published_bytes": load(&r.published_bytes),
+            "stream_sequence": load(&r.stream_sequence),
+            "buffered_bytes": load(&r.buffered_bytes),
+            "dropped_batches": load(&r.dropped),
+            "dropped_events": load(&r.dropped_events),
+            "gaps": load(&r.gaps),
+            "resends": load(&r.resends),
+        })
+    });
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.clock.now().0.saturating_sub(s.started.0) / 1_000_000_000,
@@ -140,6 +155,7 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
             "closed_by_server": s.connections.closed_by_server(),
         },
         "recorder": recorder,
+        "replication": replication,
     });
     (
         [(header::CONTENT_TYPE, "application/json")],

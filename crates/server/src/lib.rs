@@ -7,7 +7,8 @@
 //! per-subscriber mailboxes, the delivery policy) → `api` (gRPC streams, request
 //! validation). The `recorder` taps the engine and writes every event, as encoded, to a
 //! `store` (SQLite or PostgreSQL); `query` reads it back (history, book-at-time, replay, the history→live
-//! handover). `app` wires them together from a `config`, with the time from a
+//! handover). On an ingest node `replication` taps it too, publishing every batch to NATS
+//! JetStream for edge nodes. `app` wires them together from a `config`, with the time from a
 //! `clock`, and stops them on a `shutdown` signal. `http` serves the `metrics` read from
 //! their counters, health and stats.
 
@@ -24,5 +25,6 @@ pub mod metrics;
 pub mod net;
 pub mod query;
 pub mod recorder;
+pub mod replication;
 pub mod shutdown;
 pub mod store;

@@ -27,6 +27,7 @@ use crate::fanout::Fanout;
 use crate::feed::{Catalog, FeedStats, STATUS_KINDS};
 use crate::histogram::BOUNDS_NS;
 use crate::recorder::RecorderStats;
+use crate::replication::ReplicationStats;
 
 /// The `Content-Type` of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -38,6 +39,8 @@ pub struct Sources {
     pub fanout: Arc<Fanout>,
     /// The recorder's counters, when recording.
     pub recorder: Option<Arc<RecorderStats>>,
+    /// The replication publisher's counters, on an ingest node.
+    pub replication: Option<Arc<ReplicationStats>>,
     /// The gRPC listener's connections.
     pub connections: Arc<Connections>,
     /// Finished gRPC calls.
@@ -307,6 +310,9 @@ impl Collector for Scrape {
         if let Some(r) = &s.recorder {
             recorder(&mut e, r)?;
         }
+        if let Some(r) = &s.replication {
+            replication(&mut e, r)?;
+        }
         Ok(())
     }
 }
@@ -565,6 +571,57 @@ fn recorder(e: &mut DescriptorEncoder<'_>, r: &RecorderStats) -> fmt::Result {
         "Time from a batch's first event being published to its commit (a backfilled batch's includes the outage it waited out).",
         &r.commit_lag.buckets(),
         r.commit_lag.sum_ns(),
+    )
+}
+
+fn replication(e: &mut DescriptorEncoder<'_>, r: &ReplicationStats) -> fmt::Result {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    for (name, help, v) in [
+        (
+            "raven_replication_published_batches",
+            "Event messages NATS JetStream acknowledged.",
+            load(&r.published),
+        ),
+        (
+            "raven_replication_published_events",
+            "Events in them.",
+            load(&r.published_events),
+        ),
+        (
+            "raven_replication_dropped_events",
+            "Events not replicated: the buffer was full while NATS was unreachable or slow.",
+            load(&r.dropped_events),
+        ),
+        (
+            "raven_replication_gaps",
+            "Gap markers sent to the edges (one per run of dropped batches of a shard).",
+            load(&r.gaps),
+        ),
+        (
+            "raven_replication_resends",
+            "Times publishing went back to the first unacknowledged batch.",
+            load(&r.resends),
+        ),
+    ] {
+        counter(e, name, help, v)?;
+    }
+    gauge(
+        e,
+        "raven_replication_up",
+        "1 while NATS JetStream takes batches.",
+        u64::from(r.up.load(Ordering::Relaxed)),
+    )?;
+    gauge(
+        e,
+        "raven_replication_buffered_bytes",
+        "Bytes of batches not yet acknowledged by NATS.",
+        load(&r.buffered_bytes),
+    )?;
+    gauge(
+        e,
+        "raven_replication_stream_sequence",
+        "The stream sequence of the last acknowledged message.",
+        load(&r.stream_sequence),
     )
 }
 

@@ -7,6 +7,7 @@
 //! - [`raw_h2`]: gRPC by hand, for peers tonic would not be.
 //! - [`tls`]: certificates made per test, good and bad.
 
+pub mod nats;
 pub mod pg;
 pub mod raw_h2;
 pub mod rows;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use raven_server::clock::SystemClock;
-use raven_server::config::FileConfig;
+use raven_server::config::{FileConfig, Role};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{ServeArgs, notify};
+use super::{RoleArg, ServeArgs, notify};
 
 /// The configuration `raven serve` runs: the file (if any) with the flags over it. Read
 /// again at SIGHUP.
@@ -32,6 +32,12 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<raven_server::config::Config
     }
     if let Some(store) = &args.store {
         file.store.url = store.clone();
+    }
+    if let Some(role) = args.role {
+        file.server.role = match role {
+            RoleArg::Standalone => Role::Standalone,
+            RoleArg::Ingest => Role::Ingest,
+        };
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         file.tls.cert = Some(cert.clone());
@@ -75,6 +81,13 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .iter()
             .map(|f| format!("{}: {} symbols", f.venue.as_str(), f.symbols.len())),
     );
+    if let Some(replication) = &config.replication {
+        sources.push(format!(
+            "ingest node: every batch to {} stream {}",
+            replication.nats,
+            replication.stream()
+        ));
+    }
     if let Some(tls) = &config.tls {
         sources.insert(
             0,

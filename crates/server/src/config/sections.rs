@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::fanout::LagPolicy;
+use crate::replication::Storage;
 
 /// `[store]`
 #[derive(Debug, Deserialize, Serialize)]
@@ -86,6 +87,20 @@ pub struct ServerSection {
     /// `RESOURCE_EXHAUSTED`. Bounds what the server holds in memory for one request.
     /// Default 64.
     pub start_backlog_mb: usize,
+    /// What this node does: `"standalone"` (feeds, engine, recording and clients on one
+    /// machine) or `"ingest"` (the same, and every engine batch published to NATS
+    /// JetStream for edge nodes, `[replication]`). Default `"standalone"`.
+    pub role: Role,
+}
+
+/// `[server] role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// One node does everything.
+    Standalone,
+    /// Also publishes every engine batch to NATS JetStream.
+    Ingest,
 }
 
 impl Default for ServerSection {
@@ -98,6 +113,40 @@ impl Default for ServerSection {
             handshake_timeout_secs: 10,
             idle_timeout_secs: 300,
             start_backlog_mb: 64,
+            role: Role::Standalone,
+        }
+    }
+}
+
+/// `[replication]`: the NATS JetStream stream an ingest node publishes to.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSection {
+    /// The NATS server. Default `nats://127.0.0.1:4222`.
+    pub nats: String,
+    /// Names the stream `RAVEN_<cluster>` and its subjects `raven.<cluster>.…`; letters,
+    /// digits, `-` and `_`. One ingest node per cluster. Default `"main"`.
+    pub cluster: String,
+    /// Where NATS keeps the stream: `"file"` (survives a NATS restart) or `"memory"`.
+    /// Default `"file"`.
+    pub storage: Storage,
+    /// How long the stream keeps a batch, at least 120 (its duplicate window). Default
+    /// 3600.
+    pub max_age_secs: u64,
+    /// Bytes of batches held while NATS is unreachable or slow; past them batches are
+    /// dropped and the gap is recorded for the edges. Default 67108864 (64 MiB: at 20,000
+    /// events/s about 25 s of an outage).
+    pub buffer_bytes: usize,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        ReplicationSection {
+            nats: "nats://127.0.0.1:4222".into(),
+            cluster: "main".into(),
+            storage: Storage::File,
+            max_age_secs: 3600,
+            buffer_bytes: 64 << 20,
         }
     }
 }

@@ -258,7 +258,7 @@ impl Shard {
         if lagged > 0 {
             self.ctx.fanout.record_lagged(lagged);
         }
-        if let Some(batch) = self.tapped.take() {
+        if let Some(batch) = self.tapped.take(self.ctx.index) {
             let batch = Arc::new(batch);
             for tap in &self.ctx.taps {
                 // Blocking: taps are lossless, a slow one slows the engine (and the feed).

@@ -1,0 +1,237 @@
+//! Scale-out over NATS JetStream (DESIGN.md, "Scale-out"): an ingest node publishes every
+//! engine batch, the exact bytes its own clients receive, to one JetStream stream that
+//! edge nodes consume. This module owns what both sides agree on: the stream's name,
+//! subjects and settings, the message ids that make a resent batch a duplicate the stream
+//! drops, and the control messages (heartbeats, gap markers). [`publisher`] is the ingest
+//! node's side.
+
+mod publisher;
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use serde::{Deserialize, Serialize};
+
+pub use publisher::{ReplicationError, ReplicationStats, Replicator};
+
+/// How long the stream remembers message ids: a batch resent within it (after a lost
+/// acknowledgement, a reconnect, a NATS restart) is stored once.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The largest message the ingest node publishes: an engine batch larger than this goes
+/// in several, split between events (one event larger than it goes alone). NATS refuses
+/// payloads over its `max_payload` (1 MiB by default).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 10;
+
+/// `[replication] storage`: where the stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// In the NATS server's memory: fastest, gone when it restarts.
+    Memory,
+    /// On the NATS server's disk.
+    File,
+}
+
+/// Replication settings, resolved from `[replication]`.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// The NATS server, `nats://HOST:PORT`.
+    pub nats: String,
+    /// Names the stream (`RAVEN_<cluster>`) and its subjects (`raven.<cluster>.…`): one
+    /// ingest node per cluster.
+    pub cluster: String,
+    /// Where the stream keeps its messages.
+    pub storage: Storage,
+    /// How long the stream keeps a message.
+    pub max_age: Duration,
+    /// Bytes of batches the ingest node holds while NATS is unreachable or slow, before it
+    /// drops batches and records a replication gap.
+    pub buffer_bytes: usize,
+}
+
+impl ReplicationConfig {
+    /// The stream's name.
+    pub fn stream(&self) -> String {
+        format!("RAVEN_{}", self.cluster)
+    }
+
+    /// Where a shard's batches go.
+    pub fn event_subject(&self, shard: u32) -> String {
+        format!("raven.{}.ev.{shard}", self.cluster)
+    }
+
+    /// Where heartbeats and gap markers go (in the stream, so that a gap marker is read
+    /// exactly where the gap is).
+    pub fn control_subject(&self) -> String {
+        format!("raven.{}.ctl", self.cluster)
+    }
+
+    /// The stream as the ingest node creates it.
+    pub fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.stream(),
+            subjects: vec![
+                format!("raven.{}.ev.*", self.cluster),
+                self.control_subject(),
+            ],
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            max_age: self.max_age,
+            duplicate_window: DUPLICATE_WINDOW,
+            storage: match self.storage {
+                Storage::Memory => StorageType::Memory,
+                Storage::File => StorageType::File,
+            },
+            allow_direct: true,
+            num_replicas: 1,
+            ..Default::default()
+        }
+    }
+}
+
+/// The id of a shard's batch: `<run>.<shard>.<batch>`, unique over runs (the run is the
+/// node's start time in ns).
+pub fn batch_id(run: u64, shard: u32, batch: u64) -> String {
+    format!("{run}.{shard}.{batch}")
+}
+
+/// The id of a control message: `<run>.ctl.<number>`.
+pub fn control_id(run: u64, number: u64) -> String {
+    format!("{run}.ctl.{number}")
+}
+
+/// What goes to the control subject, as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Control {
+    /// Once a second while the stream takes messages: the node is alive, and how many
+    /// batches each shard has numbered so far (a later batch than the last one read means
+    /// messages are missing).
+    Heartbeat {
+        /// The ingest node's run.
+        run: u64,
+        /// Wall-clock time, ns.
+        time_ns: u64,
+        /// Batches numbered so far, by shard.
+        batches: Vec<u64>,
+    },
+    /// Batches `first..=last` of `shard` were dropped (the buffer was full while NATS was
+    /// unreachable or slow): an edge resyncs that shard's instruments.
+    Gap {
+        /// The ingest node's run.
+        run: u64,
+        /// The shard.
+        shard: u32,
+        /// First batch dropped.
+        first: u64,
+        /// Last batch dropped.
+        last: u64,
+        /// Events they held.
+        events: u64,
+        /// Wall-clock time the gap was recorded, ns.
+        time_ns: u64,
+    },
+}
+
+/// The settings in which `found` (a stream that already exists) differs from `wanted`,
+/// each as `name: found (wanted)`; empty when it can be used.
+pub fn differences(wanted: &stream::Config, found: &stream::Config) -> Vec<String> {
+    let mut differ = Vec::new();
+    let mut check = |name: &str, found: String, wanted: String| {
+        if found != wanted {
+            differ.push(format!("{name}: {found} (Raven needs {wanted})"));
+        }
+    };
+    let mut subjects = found.subjects.clone();
+    subjects.sort();
+    let mut needed = wanted.subjects.clone();
+    needed.sort();
+    check("subjects", subjects.join(","), needed.join(","));
+    check(
+        "retention",
+        format!("{:?}", found.retention),
+        format!("{:?}", wanted.retention),
+    );
+    check(
+        "storage",
+        format!("{:?}", found.storage),
+        format!("{:?}", wanted.storage),
+    );
+    check(
+        "max_age",
+        format!("{}s", found.max_age.as_secs()),
+        format!("{}s", wanted.max_age.as_secs()),
+    );
+    check(
+        "duplicate_window",
+        format!("{}s", found.duplicate_window.as_secs()),
+        format!("{}s", wanted.duplicate_window.as_secs()),
+    );
+    check(
+        "allow_direct",
+        found.allow_direct.to_string(),
+        wanted.allow_direct.to_string(),
+    );
+    differ
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ReplicationConfig {
+        ReplicationConfig {
+            nats: "nats://127.0.0.1:4222".into(),
+            cluster: "c1".into(),
+            storage: Storage::File,
+            max_age: Duration::from_secs(3600),
+            buffer_bytes: 64 << 20,
+        }
+    }
+
+    #[test]
+    fn names_follow_the_cluster() {
+        let c = config();
+        assert_eq!(c.stream(), "RAVEN_c1");
+        assert_eq!(c.event_subject(3), "raven.c1.ev.3");
+        assert_eq!(c.control_subject(), "raven.c1.ctl");
+        assert_eq!(batch_id(17, 2, 9), "17.2.9");
+        assert_eq!(control_id(17, 4), "17.ctl.4");
+    }
+
+    #[test]
+    fn a_stream_with_other_settings_is_named_setting_by_setting() {
+        let c = config();
+        let wanted = c.stream_config();
+        assert!(differences(&wanted, &wanted).is_empty());
+        let mut found = wanted.clone();
+        found.max_age = Duration::from_secs(60);
+        found.storage = StorageType::Memory;
+        assert_eq!(
+            differences(&wanted, &found),
+            [
+                "storage: Memory (Raven needs File)",
+                "max_age: 60s (Raven needs 3600s)"
+            ]
+        );
+    }
+
+    #[test]
+    fn control_messages_are_tagged_json() {
+        let gap = Control::Gap {
+            run: 1,
+            shard: 0,
+            first: 5,
+            last: 7,
+            events: 30,
+            time_ns: 9,
+        };
+        let text = serde_json::to_string(&gap).unwrap();
+        assert_eq!(
+            text,
+            r#"{"kind":"gap","run":1,"shard":0,"first":5,"last":7,"events":30,"time_ns":9}"#
+        );
+        assert_eq!(serde_json::from_str::<Control>(&text).unwrap(), gap);
+    }
+}

@@ -1,0 +1,754 @@
+//! The ingest node's publisher: an engine tap (lossless, like the recorder's) and two
+//! threads.
+//!
+//! - The **intake** cuts each shard's output batch into messages of at most
+//!   [`MAX_MESSAGE_BYTES`] (between events: the bytes are the engine's, never encoded
+//!   again), numbers them per shard, and queues them in the [`Outbox`], bounded by
+//!   `buffer_bytes`. It never waits on NATS, so neither does the engine: when the outbox
+//!   is full it drops the message and records the gap, queued as a [`Control::Gap`]
+//!   marker ahead of that shard's next message.
+//! - The **publisher** (its own single-threaded runtime) publishes the outbox in order,
+//!   pipelined (up to [`IN_FLIGHT`] messages unacknowledged), each with its id and chained
+//!   to the one before it (`Nats-Expected-Last-Msg-Id`): a message lost with a broken
+//!   connection makes the stream refuse the next one rather than store it out of order.
+//!   On any failure it goes back to the first unacknowledged message and publishes from
+//!   there; whatever had landed is dropped by the stream as a duplicate (the id, within
+//!   [`super::DUPLICATE_WINDOW`]). A message leaves the outbox only when acknowledged.
+//!
+//! If NATS cannot be reached the node serves its own clients as ever; the publisher
+//! reconnects in the background and sets up the stream when it can.
+
+use std::collections::VecDeque;
+use std::future::IntoFuture;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, Context as JetStream};
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+
+use super::{Control, MAX_MESSAGE_BYTES, ReplicationConfig, batch_id, control_id, differences};
+use crate::clock::Clock;
+use crate::engine::Tapped;
+
+/// Messages published and not yet acknowledged, at most.
+const IN_FLIGHT: usize = 1024;
+
+/// How long the start waits for NATS before going on without it.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// Between heartbeats.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// After a failed publish or stream setup, before trying again.
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// After the stream could not be set up (other settings, no JetStream), before trying
+/// again: each try is logged as an error.
+const SETUP_RETRY: Duration = Duration::from_secs(5);
+
+/// How long an acknowledgement may take before the message counts as lost (and is
+/// published again from there).
+const ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// Why replication cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// The stream exists with settings Raven cannot use.
+    #[error(
+        "NATS stream {stream} exists with other settings: {}; delete it or change [replication]",
+        differences.join("; ")
+    )]
+    StreamSettings {
+        /// Its name.
+        stream: String,
+        /// Each setting that differs.
+        differences: Vec<String>,
+    },
+    /// NATS answered, but not as expected.
+    #[error("cannot set up NATS stream {stream}: {reason}")]
+    Setup {
+        /// Its name.
+        stream: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A thread or the runtime could not start.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the publisher has done, for metrics and `/api/v1/stats`.
+#[derive(Debug, Default)]
+pub struct ReplicationStats {
+    /// True while the stream takes messages.
+    pub up: AtomicBool,
+    /// Event messages the stream acknowledged.
+    pub published: AtomicU64,
+    /// Events in them.
+    pub published_events: AtomicU64,
+    /// Their payload bytes.
+    pub published_bytes: AtomicU64,
+    /// The stream sequence of the last acknowledged message.
+    pub stream_sequence: AtomicU64,
+    /// Bytes waiting in the outbox (published and unacknowledged included).
+    pub buffered_bytes: AtomicU64,
+    /// Event messages dropped because the outbox was full.
+    pub dropped: AtomicU64,
+    /// Events in them.
+    pub dropped_events: AtomicU64,
+    /// Gap markers queued (one per run of dropped messages of a shard).
+    pub gaps: AtomicU64,
+    /// Times the publisher went back to the first unacknowledged message.
+    pub resends: AtomicU64,
+}
+
+/// The running publisher.
+pub struct Replicator {
+    outbox: Arc<Outbox>,
+    stats: Arc<ReplicationStats>,
+    intake: Option<JoinHandle<()>>,
+    publisher: Option<JoinHandle<()>>,
+}
+
+impl Replicator {
+    /// Connects to NATS (waiting up to [`CONNECT_WAIT`]) and sets up the stream when it
+    /// answers; a stream with other settings fails the start. Then starts the threads:
+    /// from here on NATS being away is reported (`up`) and waited out, never an error.
+    /// The NATS client lives on the publisher thread's own runtime, off the one serving
+    /// gRPC.
+    pub async fn start(
+        config: ReplicationConfig,
+        run: u64,
+        tapped: Receiver<Arc<Tapped>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Replicator, ReplicationError> {
+        let stats = Arc::new(ReplicationStats::default());
+        let outbox = Arc::new(Outbox::new(config.buffer_bytes, stats.clone()));
+        outbox.name(&config, run);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let publisher = {
+            let (outbox, stats, clock) = (outbox.clone(), stats.clone(), clock.clone());
+            std::thread::Builder::new()
+                .name("raven-replicate".into())
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let publishing = match Publishing::connect(config, outbox, stats, clock).await {
+                            Ok(publishing) => {
+                                let _ = started_tx.send(Ok(()));
+                                publishing
+                            }
+                            Err(e) => {
+                                let _ = started_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        let stats = publishing.stats.clone();
+                        let outbox = publishing.outbox.clone();
+                        tokio::select! {
+                            () = publishing.run() => {}
+                            () = outbox.given_up() => tracing::warn!(
+                                buffered_bytes = stats.buffered_bytes.load(Ordering::Relaxed),
+                                "stopped with batches not replicated: NATS did not take them in time"
+                            ),
+                        }
+                    })
+                })?
+        };
+        let started = started.await.unwrap_or_else(|_| {
+            Err(ReplicationError::Io(std::io::Error::other(
+                "the replication thread ended while starting",
+            )))
+        });
+        if let Err(e) = started {
+            let _ = publisher.join();
+            return Err(e);
+        }
+        let intake = {
+            let outbox = outbox.clone();
+            std::thread::Builder::new()
+                .name("raven-repl-intake".into())
+                .spawn(move || {
+                    while let Ok(batch) = tapped.recv() {
+                        outbox.take(&batch, clock.now().0);
+                    }
+                    outbox.close(clock.now().0);
+                })?
+        };
+        Ok(Replicator {
+            outbox,
+            stats,
+            intake: Some(intake),
+            publisher: Some(publisher),
+        })
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<ReplicationStats> {
+        self.stats.clone()
+    }
+
+    /// After the engine has stopped (its tap closed): publishes what waits for up to
+    /// `budget`, then stops. What is still unacknowledged then is not replicated (edges
+    /// see the node stop: its heartbeats end).
+    pub fn finish(mut self, budget: Duration) {
+        if let Some(intake) = self.intake.take() {
+            let _ = intake.join();
+        }
+        let deadline = std::time::Instant::now() + budget;
+        self.outbox.abandon_at(deadline);
+        if let Some(publisher) = self.publisher.take() {
+            let _ = publisher.join();
+        }
+    }
+}
+
+impl Drop for Replicator {
+    /// Without [`Replicator::finish`]: the publisher stops at once.
+    fn drop(&mut self) {
+        self.outbox.abandon_at(std::time::Instant::now());
+    }
+}
+
+/// Creates the stream, or checks that the one there has Raven's settings.
+async fn ensure_stream(js: &JetStream, config: &ReplicationConfig) -> Result<(), ReplicationError> {
+    let wanted = config.stream_config();
+    let setup = |reason: String| ReplicationError::Setup {
+        stream: wanted.name.clone(),
+        reason,
+    };
+    match js.get_stream(&wanted.name).await {
+        Ok(stream) => {
+            let differ = differences(&wanted, &stream.cached_info().config);
+            if differ.is_empty() {
+                Ok(())
+            } else {
+                Err(ReplicationError::StreamSettings {
+                    stream: wanted.name.clone(),
+                    differences: differ,
+                })
+            }
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            js.create_stream(wanted.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| setup(e.to_string()))
+        }
+        Err(e) => Err(setup(e.to_string())),
+    }
+}
+
+/// One message for the stream.
+#[derive(Debug)]
+struct Outgoing {
+    subject: String,
+    id: String,
+    payload: Bytes,
+    /// Events in it (0 for a control message).
+    events: u64,
+}
+
+/// Messages waiting for the stream, in publishing order, bounded by bytes.
+struct Outbox {
+    state: Mutex<OutState>,
+    /// Wakes the publisher when messages arrive or the outbox closes.
+    ready: tokio::sync::Notify,
+    /// Wakes [`Outbox::given_up`] when a deadline is set.
+    give_up: tokio::sync::Notify,
+    limit: usize,
+    stats: Arc<ReplicationStats>,
+}
+
+#[derive(Default)]
+struct OutState {
+    messages: VecDeque<Outgoing>,
+    /// Bytes of `messages` and of those published and not yet acknowledged.
+    bytes: usize,
+    /// Batches numbered so far, by shard.
+    numbered: Vec<u64>,
+    /// Dropped and not yet reported, by shard: (first, last, events).
+    dropped: Vec<Option<(u64, u64, u64)>>,
+    /// Control messages numbered so far.
+    controls: u64,
+    /// Set by `config` on the first message: subjects and ids need it.
+    naming: Option<Naming>,
+    closed: bool,
+    /// Past this, the publisher gives up on what is left.
+    abandon_at: Option<std::time::Instant>,
+}
+
+#[derive(Clone)]
+struct Naming {
+    config: ReplicationConfig,
+    run: u64,
+}
+
+impl Outbox {
+    fn new(limit: usize, stats: Arc<ReplicationStats>) -> Outbox {
+        Outbox {
+            state: Mutex::default(),
+            ready: tokio::sync::Notify::new(),
+            give_up: tokio::sync::Notify::new(),
+            limit,
+            stats,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn name(&self, config: &ReplicationConfig, run: u64) {
+        self.lock().naming = Some(Naming {
+            config: config.clone(),
+            run,
+        });
+    }
+
+    /// Cuts `batch` into messages and queues them (or drops them, recording the gap).
+    fn take(&self, batch: &Tapped, now_ns: u64) {
+        let shard = batch.shard();
+        let mut state = self.lock();
+        let Some(naming) = state.naming.clone() else {
+            return;
+        };
+        let index = shard as usize;
+        if state.numbered.len() <= index {
+            state.numbered.resize(index + 1, 0);
+            state.dropped.resize(index + 1, None);
+        }
+        let bytes = batch.bytes();
+        let mut start = 0usize;
+        let mut cut = 0usize;
+        let mut events = 0u64;
+        let rows = batch.rows();
+        for (i, row) in rows.iter().enumerate() {
+            let end = row.end as usize;
+            events += 1;
+            let next_too_big = rows
+                .get(i + 1)
+                .is_some_and(|next| next.end as usize - start > MAX_MESSAGE_BYTES);
+            if next_too_big || i + 1 == rows.len() {
+                let payload = bytes.slice(start..end);
+                self.queue(&mut state, &naming, shard, payload, events, now_ns);
+                start = end;
+                cut += 1;
+                events = 0;
+            }
+        }
+        drop(state);
+        if cut > 0 {
+            self.ready.notify_one();
+        }
+    }
+
+    fn queue(
+        &self,
+        state: &mut OutState,
+        naming: &Naming,
+        shard: u32,
+        payload: Bytes,
+        events: u64,
+        now_ns: u64,
+    ) {
+        let index = shard as usize;
+        state.numbered[index] += 1;
+        let batch = state.numbered[index];
+        let size = payload.len();
+        // Room for the message and for the gap marker that must precede it.
+        if state.bytes + size + 256 > self.limit {
+            let dropped = state.dropped[index].get_or_insert((batch, batch, 0));
+            dropped.1 = batch;
+            dropped.2 += events;
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .dropped_events
+                .fetch_add(events, Ordering::Relaxed);
+            return;
+        }
+        if let Some(dropped) = state.dropped[index].take() {
+            self.mark_gap(state, naming, shard, dropped, now_ns);
+        }
+        state.bytes += size;
+        self.stats
+            .buffered_bytes
+            .store(state.bytes as u64, Ordering::Relaxed);
+        state.messages.push_back(Outgoing {
+            subject: naming.config.event_subject(shard),
+            id: batch_id(naming.run, shard, batch),
+            payload,
+            events,
+        });
+    }
+
+    /// Queues the marker of `shard`'s dropped batches `first..=last`.
+    fn mark_gap(
+        &self,
+        state: &mut OutState,
+        naming: &Naming,
+        shard: u32,
+        (first, last, events): (u64, u64, u64),
+        now_ns: u64,
+    ) {
+        tracing::warn!(
+            shard,
+            first,
+            last,
+            events,
+            "replication gap: batches dropped while NATS was unreachable or slow and the buffer full"
+        );
+        self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+        let gap = Control::Gap {
+            run: naming.run,
+            shard,
+            first,
+            last,
+            events,
+            time_ns: now_ns,
+        };
+        self.push_control(state, naming, &gap);
+    }
+
+    fn push_control(&self, state: &mut OutState, naming: &Naming, control: &Control) {
+        state.controls += 1;
+        let payload = Bytes::from(
+            serde_json::to_vec(control).expect("control messages serialize (invariant)"),
+        );
+        state.bytes += payload.len();
+        self.stats
+            .buffered_bytes
+            .store(state.bytes as u64, Ordering::Relaxed);
+        state.messages.push_back(Outgoing {
+            subject: naming.config.control_subject(),
+            id: control_id(naming.run, state.controls),
+            payload,
+            events: 0,
+        });
+    }
+
+    /// Queues a heartbeat, unless one still waits.
+    fn heartbeat(&self, now_ns: u64) {
+        let mut state = self.lock();
+        let Some(naming) = state.naming.clone() else {
+            return;
+        };
+        let waiting = state
+            .messages
+            .iter()
+            .any(|m| m.events == 0 && m.subject == naming.config.control_subject());
+        if waiting {
+            return;
+        }
+        let beat = Control::Heartbeat {
+            run: naming.run,
+            time_ns: now_ns,
+            batches: state.numbered.clone(),
+        };
+        self.push_control(&mut state, &naming, &beat);
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Up to `n` messages to publish, in order.
+    fn next(&self, n: usize) -> Vec<Outgoing> {
+        let mut state = self.lock();
+        let n = n.min(state.messages.len());
+        state.messages.drain(..n).collect()
+    }
+
+    /// Puts unacknowledged messages back at the front, in their order.
+    fn requeue(&self, messages: impl DoubleEndedIterator<Item = Outgoing>) {
+        let mut state = self.lock();
+        for message in messages.rev() {
+            state.messages.push_front(message);
+        }
+    }
+
+    /// An acknowledged message's bytes are free.
+    fn acknowledged(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.bytes -= bytes;
+        self.stats
+            .buffered_bytes
+            .store(state.bytes as u64, Ordering::Relaxed);
+    }
+
+    /// No more batches: gaps not yet marked (no later batch of their shard came) are
+    /// marked now.
+    fn close(&self, now_ns: u64) {
+        let mut state = self.lock();
+        if !state.closed {
+            state.closed = true;
+            if let Some(naming) = state.naming.clone() {
+                for shard in 0..state.dropped.len() {
+                    if let Some((first, last, events)) = state.dropped[shard].take() {
+                        self.mark_gap(
+                            &mut state,
+                            &naming,
+                            shard as u32,
+                            (first, last, events),
+                            now_ns,
+                        );
+                    }
+                }
+            }
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    fn abandon_at(&self, at: std::time::Instant) {
+        self.lock().abandon_at = Some(at);
+        self.give_up.notify_one();
+    }
+
+    /// Ends at the deadline [`Outbox::abandon_at`] sets, whatever the publisher is
+    /// waiting on (a frozen NATS).
+    async fn given_up(&self) {
+        loop {
+            let at = self.lock().abandon_at;
+            match at {
+                Some(at) => return tokio::time::sleep_until(at.into()).await,
+                None => self.give_up.notified().await,
+            }
+        }
+    }
+
+    /// Closed, and everything acknowledged.
+    fn ended(&self) -> bool {
+        let state = self.lock();
+        state.closed && state.bytes == 0
+    }
+}
+
+/// The publisher thread's state.
+struct Publishing {
+    config: ReplicationConfig,
+    js: JetStream,
+    connected: tokio::sync::watch::Receiver<bool>,
+    outbox: Arc<Outbox>,
+    stats: Arc<ReplicationStats>,
+    clock: Arc<dyn Clock>,
+    /// The stream is set up.
+    ready: bool,
+}
+
+type Ack = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    async_nats::jetstream::publish::PublishAck,
+                    async_nats::jetstream::context::PublishError,
+                >,
+            > + Send,
+    >,
+>;
+
+impl Publishing {
+    /// Connects, waiting up to [`CONNECT_WAIT`] for NATS, and sets up the stream if it
+    /// answered.
+    async fn connect(
+        config: ReplicationConfig,
+        outbox: Arc<Outbox>,
+        stats: Arc<ReplicationStats>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Publishing, ReplicationError> {
+        let (connected_tx, connected) = tokio::sync::watch::channel(false);
+        let options = async_nats::ConnectOptions::new()
+            .name("raven-ingest")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(CONNECT_WAIT)
+            // Back within a quarter second of NATS returning, rather than the default
+            // backoff's seconds.
+            .reconnect_delay_callback(|attempts| Duration::from_millis(50 * attempts.min(5) as u64))
+            .event_callback({
+                let stats = stats.clone();
+                move |event| {
+                    let (connected_tx, stats) = (connected_tx.clone(), stats.clone());
+                    async move {
+                        match event {
+                            async_nats::Event::Connected => {
+                                let _ = connected_tx.send(true);
+                            }
+                            async_nats::Event::Disconnected => {
+                                let _ = connected_tx.send(false);
+                                if stats.up.swap(false, Ordering::Relaxed) {
+                                    tracing::warn!("replication down: lost the connection to NATS; buffering batches until it answers");
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            });
+        let client =
+            options
+                .connect(config.nats.as_str())
+                .await
+                .map_err(|e| ReplicationError::Setup {
+                    stream: config.stream(),
+                    reason: format!("cannot use NATS URL {}: {e}", config.nats),
+                })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(ACK_WAIT)
+            .build(client);
+        let mut waiting = connected.clone();
+        let reached = tokio::time::timeout(CONNECT_WAIT, waiting.wait_for(|c| *c))
+            .await
+            .is_ok();
+        if reached {
+            ensure_stream(&js, &config).await?;
+            stats.up.store(true, Ordering::Relaxed);
+            tracing::info!(nats = %config.nats, stream = %config.stream(), "replicating to NATS JetStream");
+        } else {
+            tracing::warn!(
+                nats = %config.nats,
+                buffer_mb = config.buffer_bytes >> 20,
+                "replication down: NATS unreachable; serving this node's clients, buffering batches until it answers"
+            );
+        }
+        Ok(Publishing {
+            config,
+            js,
+            connected,
+            outbox,
+            stats,
+            clock,
+            ready: reached,
+        })
+    }
+
+    async fn run(mut self) {
+        let mut in_flight: VecDeque<(Outgoing, Ack)> = VecDeque::new();
+        // The id of the last message published, which the next one names as the one the
+        // stream must hold last; none for the run's first (or after a stream was set up
+        // again).
+        let mut previous: Option<String> = None;
+        let mut last_acknowledged: Option<String> = None;
+        // The message the stream last refused as out of order.
+        let mut refused: Option<String> = None;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            if self.outbox.ended() {
+                return;
+            }
+            if !self.ready {
+                if *self.connected.borrow() {
+                    match ensure_stream(&self.js, &self.config).await {
+                        Ok(()) => {
+                            self.ready = true;
+                            self.stats.up.store(true, Ordering::Relaxed);
+                            previous = None;
+                            last_acknowledged = None;
+                            tracing::info!(stream = %self.config.stream(), "replication up: NATS answers");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "replication down");
+                            tokio::time::sleep(SETUP_RETRY).await;
+                            continue;
+                        }
+                    }
+                }
+                let _ = tokio::time::timeout(RETRY_AFTER, self.connected.changed()).await;
+                continue;
+            }
+            let room = IN_FLIGHT - in_flight.len();
+            tokio::select! {
+                biased;
+                acked = async { (&mut in_flight.front_mut().expect("guarded").1).await }, if !in_flight.is_empty() => {
+                    let (message, _) = in_flight.pop_front().expect("guarded");
+                    match acked {
+                        Ok(ack) => {
+                            self.stats.stream_sequence.store(ack.sequence, Ordering::Relaxed);
+                            if message.events > 0 {
+                                self.stats.published.fetch_add(1, Ordering::Relaxed);
+                                self.stats.published_events.fetch_add(message.events, Ordering::Relaxed);
+                                self.stats.published_bytes.fetch_add(message.payload.len() as u64, Ordering::Relaxed);
+                            }
+                            self.outbox.acknowledged(message.payload.len());
+                            last_acknowledged = Some(message.id);
+                            if !self.stats.up.swap(true, Ordering::Relaxed) {
+                                tracing::info!("replication up: NATS takes batches again");
+                            }
+                        }
+                        Err(e) => {
+                            self.stats.resends.fetch_add(1, Ordering::Relaxed);
+                            if self.stats.up.swap(false, Ordering::Relaxed) {
+                                tracing::warn!(error = %e, id = %message.id, "replication down: NATS did not take a batch; resending from it when it answers");
+                            }
+                            previous = last_acknowledged.clone();
+                            match e.kind() {
+                                PublishErrorKind::StreamNotFound => self.ready = false,
+                                // Refused twice in a row as not following the last message
+                                // acknowledged: the stream's last message is not this node's
+                                // (another node publishes to the cluster's stream). Said, and
+                                // the chain starts again from whatever the stream holds.
+                                PublishErrorKind::WrongLastMessageId
+                                    if refused.as_ref() == Some(&message.id) =>
+                                {
+                                    tracing::error!(stream = %self.config.stream(), id = %message.id, "the stream's last message is not this node's: is another ingest node publishing to this cluster?");
+                                    previous = None;
+                                }
+                                PublishErrorKind::WrongLastMessageId => refused = Some(message.id.clone()),
+                                _ => {}
+                            }
+                            // Everything after it goes again, in order, after it.
+                            let rest = std::mem::take(&mut in_flight);
+                            self.outbox.requeue(std::iter::once(message).chain(rest.into_iter().map(|(m, _)| m)));
+                            let _ = tokio::time::timeout(RETRY_AFTER, self.connected.wait_for(|c| *c)).await;
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if *self.connected.borrow() {
+                        self.outbox.heartbeat(self.clock.now().0);
+                    }
+                }
+                _ = self.outbox.ready.notified(), if room > 0 => {}
+            }
+            if room == 0 || !*self.connected.borrow() {
+                continue;
+            }
+            let mut waiting = self.outbox.next(IN_FLIGHT - in_flight.len()).into_iter();
+            while let Some(message) = waiting.next() {
+                let mut publish = PublishMessage::build()
+                    .payload(message.payload.clone())
+                    .message_id(&message.id);
+                if let Some(previous) = &previous {
+                    publish = publish.expected_last_message_id(previous);
+                }
+                match self.js.send_publish(message.subject.clone(), publish).await {
+                    Ok(ack) => {
+                        previous = Some(message.id.clone());
+                        in_flight.push_back((message, ack.into_future()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot publish to NATS; retrying");
+                        // It and those after it wait, in order.
+                        self.outbox
+                            .requeue(std::iter::once(message).chain(waiting.by_ref()));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! An ingest node publishing to NATS JetStream, against a real `nats-server -js` of each
+//! test's own (a free loopback port, a scratch store: stopping it disturbs nothing
+//! else). Skipped with a message where `nats-server` is missing, unless
+//! `RAVEN_REQUIRE_SERVICES=1` (CI) makes that a failure.
+
+mod common;
+#[path = "common/live.rs"]
+mod live;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream::StorageType};
+use prost::Message;
+use raven_proto::pb;
+use raven_server::config::Role;
+use raven_server::replication::{Control, ReplicationStats};
+use raven_testkit::nats::{PrivateNats, nats_server_available};
+
+/// A cluster name no other run uses.
+fn cluster(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t_{what}_{}_{nanos}", std::process::id())
+}
+
+/// One message read back from the stream.
+struct Stored {
+    subject: String,
+    id: String,
+    payload: bytes::Bytes,
+}
+
+/// Every message in stream `RAVEN_<cluster>`, in stream order.
+async fn read_stream(url: &str, cluster: &str) -> Vec<Stored> {
+    let js = jetstream::new(async_nats::connect(url).await.unwrap());
+    let mut stream = js.get_stream(format!("RAVEN_{cluster}")).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut messages = Vec::new();
+    for sequence in state.first_sequence..=state.last_sequence {
+        let m = stream.get_raw_message(sequence).await.unwrap();
+        let id = m
+            .headers
+            .get("Nats-Msg-Id")
+            .expect("every message has an id")
+            .to_string();
+        messages.push(Stored {
+            subject: m.subject.to_string(),
+            id,
+            payload: m.payload,
+        });
+    }
+    messages
+}
+
+/// The one-event `StreamResponse`s a payload holds end to end, each as its bytes.
+fn split_events(payload: &[u8]) -> Vec<&[u8]> {
+    let mut events = Vec::new();
+    let mut at = 0;
+    while at < payload.len() {
+        assert_eq!(payload[at], 0x0a, "field 1 (events), length-delimited");
+        let mut len = 0usize;
+        let mut shift = 0;
+        let mut i = at + 1;
+        loop {
+            let b = payload[i];
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        events.push(&payload[at..i + len]);
+        at = i + len;
+    }
+    events
+}
+
+/// What the checks below need from the stream.
+#[derive(Default)]
+struct Replicated {
+    run: Option<u64>,
+    /// Batch numbers by shard, in stream order.
+    batches: BTreeMap<u32, Vec<u64>>,
+    /// Every event's bytes, by (instrument, channel, sequence); checkpoints left out.
+    events: HashMap<(String, i32, u64), Vec<u8>>,
+    /// Events in event messages, checkpoints included.
+    count: u64,
+    heartbeats: usize,
+    gaps: Vec<Control>,
+}
+
+fn replicated(messages: &[Stored], cluster: &str) -> Replicated {
+    let mut r = Replicated::default();
+    let ev = format!("raven.{cluster}.ev.");
+    for m in messages {
+        let parts: Vec<&str> = m.id.split('.').collect();
+        assert_eq!(parts.len(), 3, "id {}", m.id);
+        let run: u64 = parts[0].parse().unwrap();
+        assert_eq!(*r.run.get_or_insert(run), run, "one run");
+        if let Some(shard) = m.subject.strip_prefix(&ev) {
+            let shard: u32 = shard.parse().unwrap();
+            assert_eq!(parts[1], shard.to_string(), "id {} on {}", m.id, m.subject);
+            r.batches
+                .entry(shard)
+                .or_default()
+                .push(parts[2].parse().unwrap());
+            assert!(m.payload.len() <= raven_server::replication::MAX_MESSAGE_BYTES);
+            for bytes in split_events(&m.payload) {
+                let mut decoded = pb::StreamResponse::decode(bytes).unwrap();
+                assert_eq!(decoded.events.len(), 1);
+                let event = decoded.events.remove(0);
+                r.count += 1;
+                if matches!(&event.body, Some(pb::event::Body::Snapshot(s)) if s.checkpoint) {
+                    continue;
+                }
+                let key = (event.instrument.clone(), event.channel, event.sequence);
+                assert!(
+                    r.events.insert(key.clone(), bytes.to_vec()).is_none(),
+                    "{key:?} twice"
+                );
+            }
+        } else {
+            assert_eq!(m.subject, format!("raven.{cluster}.ctl"));
+            assert_eq!(parts[1], "ctl");
+            match serde_json::from_slice::<Control>(&m.payload).unwrap() {
+                Control::Heartbeat { run: beat, .. } => {
+                    assert_eq!(beat, run);
+                    r.heartbeats += 1;
+                }
+                gap @ Control::Gap { .. } => r.gaps.push(gap),
+            }
+        }
+    }
+    r
+}
+
+/// Every (instrument, channel) has sequences 1..=n, each once.
+fn assert_sequences_whole(events: &HashMap<(String, i32, u64), Vec<u8>>) {
+    let mut by: BTreeMap<(String, i32), Vec<u64>> = BTreeMap::new();
+    for (instrument, channel, sequence) in events.keys() {
+        by.entry((instrument.clone(), *channel))
+            .or_default()
+            .push(*sequence);
+    }
+    assert!(!by.is_empty());
+    for (key, mut sequences) in by {
+        sequences.sort_unstable();
+        assert_counts_up(&sequences, &format!("{key:?}'s sequences"));
+    }
+}
+
+/// How long a wait for something that must happen may take before the test fails: long,
+/// because a loaded CI machine is slow (each wait ends as soon as its condition holds).
+const LIVENESS: Duration = Duration::from_secs(60);
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Every shard's batches are 1..=n in stream order.
+fn assert_batches_whole(r: &Replicated, shards: u32) {
+    assert_eq!(r.batches.len() as u32, shards, "{:?}", r.batches.keys());
+    for (shard, batches) in &r.batches {
+        assert_counts_up(batches, &format!("shard {shard}'s batches"));
+    }
+}
+
+/// `numbers` is 1, 2, 3, …; if not, says where it first is not.
+fn assert_counts_up(numbers: &[u64], what: &str) {
+    if let Some(at) = (0..numbers.len()).find(|&i| numbers[i] != i as u64 + 1) {
+        let around = &numbers[at.saturating_sub(3)..(at + 4).min(numbers.len())];
+        panic!(
+            "{what}: position {at} holds {} (around it: {around:?})",
+            numbers[at]
+        );
+    }
+}
+
+fn assert_published_everything(stats: &ReplicationStats, r: &Replicated) {
+    assert_eq!(load(&stats.published_events), r.count);
+    assert_eq!(
+        load(&stats.published),
+        r.batches.values().map(|b| b.len() as u64).sum::<u64>()
+    );
+    assert_eq!(load(&stats.dropped), 0);
+    assert_eq!(load(&stats.gaps), 0);
+    assert_eq!(load(&stats.buffered_bytes), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_node_publishes_every_batch_in_order_as_its_clients_receive_it() {
+    if !nats_server_available() {
+        return;
+    }
+    let nats = PrivateNats::start(common::scratch_dir("nats"));
+    let cluster = cluster("order");
+    let server = common::server(|f| {
+        f.server.role = Role::Ingest;
+        f.replication.nats = nats.url();
+        f.replication.cluster = cluster.clone();
+        f.engine.shards = 2;
+        f.sim.rate = 4000;
+    })
+    .await;
+    let stats = server.replication_stats().expect("an ingest node");
+    assert!(stats.up.load(Ordering::Relaxed));
+    let (_keep, mut trades) =
+        live::subscribe(server.local_addr(), "SIM:BTC-USD", pb::Channel::Trades).await;
+    let mut received = Vec::new();
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        let Ok(response) = tokio::time::timeout(Duration::from_millis(500), trades.message()).await
+        else {
+            continue;
+        };
+        received.extend(
+            response
+                .unwrap()
+                .expect("the stream stays open")
+                .events
+                .into_iter()
+                .filter(|e| matches!(e.body, Some(pb::event::Body::Trade(_)))),
+        );
+    }
+    assert!(received.len() > 10, "{} trades", received.len());
+    server.shutdown().await.unwrap();
+
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = js.get_stream(format!("RAVEN_{cluster}")).await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.storage, StorageType::File);
+    assert_eq!(config.max_age, Duration::from_secs(3600));
+    assert_eq!(config.duplicate_window, Duration::from_secs(120));
+    assert!(config.allow_direct);
+
+    let r = replicated(&read_stream(&nats.url(), &cluster).await, &cluster);
+    assert_batches_whole(&r, 2);
+    assert_published_everything(&stats, &r);
+    assert!(r.heartbeats >= 2, "{} heartbeats", r.heartbeats);
+    assert!(r.gaps.is_empty());
+    assert_sequences_whole(&r.events);
+    // The subscriber's trades are the stream's, byte for byte.
+    for trade in &received {
+        let key = (trade.instrument.clone(), trade.channel, trade.sequence);
+        let bytes = pb::StreamResponse {
+            events: vec![trade.clone()],
+        }
+        .encode_to_vec();
+        assert_eq!(r.events.get(&key), Some(&bytes), "{key:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_other_settings_stops_the_start_naming_them() {
+    if !nats_server_available() {
+        return;
+    }
+    let nats = PrivateNats::start(common::scratch_dir("nats"));
+    let cluster = cluster("settings");
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(jetstream::stream::Config {
+        name: format!("RAVEN_{cluster}"),
+        subjects: vec![format!("raven.{cluster}.>")],
+        max_age: Duration::from_secs(600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let config = common::config(|f| {
+        f.server.role = Role::Ingest;
+        f.replication.nats = nats.url();
+        f.replication.cluster = cluster.clone();
+    });
+    let listener = raven_server::app::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let error = raven_server::app::start(
+        &config,
+        std::sync::Arc::new(raven_server::clock::SystemClock),
+        listener,
+    )
+    .await
+    .err()
+    .expect("the start fails")
+    .to_string();
+    assert_eq!(
+        error,
+        format!(
+            "NATS stream RAVEN_{cluster} exists with other settings: \
+             subjects: raven.{cluster}.> (Raven needs raven.{cluster}.ctl,raven.{cluster}.ev.*); \
+             max_age: 600s (Raven needs 3600s); \
+             allow_direct: false (Raven needs true); \
+             delete it or change [replication]"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_unreachable_an_ingest_node_serves_and_replicates_what_it_held_once_nats_answers()
+{
+    if !nats_server_available() {
+        return;
+    }
+    let mut nats = PrivateNats::stopped(common::scratch_dir("nats"));
+    let cluster = cluster("late");
+    let server = common::server(|f| {
+        f.server.role = Role::Ingest;
+        f.replication.nats = nats.url();
+        f.replication.cluster = cluster.clone();
+        f.sim.rate = 4000;
+    })
+    .await;
+    let stats = server.replication_stats().expect("an ingest node");
+    assert!(!stats.up.load(Ordering::Relaxed));
+    // Its own clients are served meanwhile.
+    let (_keep, mut trades) =
+        live::subscribe(server.local_addr(), "SIM:BTC-USD", pb::Channel::Trades).await;
+    let first = tokio::time::timeout(LIVENESS, trades.message())
+        .await
+        .expect("a live stream while NATS is away")
+        .unwrap()
+        .unwrap();
+    assert!(!first.events.is_empty());
+    wait_for("batches held", LIVENESS, || load(&stats.buffered_bytes) > 0).await;
+    nats.restart();
+    wait_for("replication up", LIVENESS, || {
+        stats.up.load(Ordering::Relaxed) && load(&stats.published) > 0
+    })
+    .await;
+    server.shutdown().await.unwrap();
+    let r = replicated(&read_stream(&nats.url(), &cluster).await, &cluster);
+    // Batch 1 onwards: nothing held while NATS was away was lost.
+    assert_batches_whole(&r, 1);
+    assert_published_everything(&stats, &r);
+    assert_sequences_whole(&r.events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_frozen_then_killed_and_restarted_mid_run_leaves_every_batch_once_in_order() {
+    if !nats_server_available() {
+        return;
+    }
+    let mut nats = PrivateNats::start(common::scratch_dir("nats"));
+    let cluster = cluster("restart");
+    let server = common::server(|f| {
+        f.server.role = Role::Ingest;
+        f.replication.nats = nats.url();
+        f.replication.cluster = cluster.clone();
+        f.engine.shards = 2;
+        f.sim.rate = 10_000;
+    })
+    .await;
+    let stats = server.replication_stats().expect("an ingest node");
+    wait_for("batches published", LIVENESS, || {
+        load(&stats.published) > 20
+    })
+    .await;
+    // Frozen: batches go out and no acknowledgement comes; they time out and are sent
+    // again, and when NATS goes on it reads both the first copies and the second.
+    nats.freeze();
+    wait_for("acknowledgements timed out", LIVENESS, || {
+        load(&stats.resends) > 0
+    })
+    .await;
+    nats.thaw();
+    let before = load(&stats.published);
+    wait_for("replication back after the freeze", LIVENESS, || {
+        stats.up.load(Ordering::Relaxed) && load(&stats.published) > before + 20
+    })
+    .await;
+    // Killed: the connection goes, with whatever was in flight.
+    nats.stop();
+    wait_for("replication down", LIVENESS, || {
+        !stats.up.load(Ordering::Relaxed)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = load(&stats.published);
+    nats.restart();
+    wait_for("replication back after the restart", LIVENESS, || {
+        stats.up.load(Ordering::Relaxed) && load(&stats.published) > before + 20
+    })
+    .await;
+    server.shutdown().await.unwrap();
+    let r = replicated(&read_stream(&nats.url(), &cluster).await, &cluster);
+    assert_batches_whole(&r, 2);
+    assert_published_everything(&stats, &r);
+    assert!(r.gaps.is_empty());
+    assert_sequences_whole(&r.events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_drops_whole_batches_and_marks_the_gap_where_it_is() {
+    if !nats_server_available() {
+        return;
+    }
+    let mut nats = PrivateNats::stopped(common::scratch_dir("nats"));
+    let cluster = cluster("gap");
+    let server = common::server(|f| {
+        f.server.role = Role::Ingest;
+        f.replication.nats = nats.url();
+        f.replication.cluster = cluster.clone();
+        f.replication.buffer_bytes = 1 << 20;
+        f.engine.shards = 2;
+        f.sim.rate = 50_000;
+        f.store.url = "off".into();
+    })
+    .await;
+    let stats = server.replication_stats().expect("an ingest node");
+    wait_for("batches dropped", LIVENESS, || load(&stats.dropped) > 10).await;
+    nats.restart();
+    wait_for("the gap marked", LIVENESS, || {
+        load(&stats.gaps) >= 1 && load(&stats.published) > 0
+    })
+    .await;
+    server.shutdown().await.unwrap();
+    let messages = read_stream(&nats.url(), &cluster).await;
+    let r = replicated(&messages, &cluster);
+    assert_eq!(r.gaps.len() as u64, load(&stats.gaps));
+    let mut dropped_events = 0;
+    let mut missing: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for gap in &r.gaps {
+        let Control::Gap {
+            shard,
+            first,
+            last,
+            events,
+            ..
+        } = gap
+        else {
+            unreachable!()
+        };
+        dropped_events += events;
+        missing.entry(*shard).or_default().extend(*first..=*last);
+    }
+    assert_eq!(dropped_events, load(&stats.dropped_events));
+    assert_eq!(
+        missing.values().map(|m| m.len() as u64).sum::<u64>(),
+        load(&stats.dropped)
+    );
+    // What was published and what the markers name as dropped are, together, every batch.
+    for (shard, batches) in &r.batches {
+        let mut all = batches.clone();
+        all.extend(missing.get(shard).into_iter().flatten());
+        all.sort_unstable();
+        assert_counts_up(&all, &format!("shard {shard}'s batches and gaps"));
+    }
+    // Each marker comes right before its shard's first batch after the gap, or after
+    // every batch of its shard when the gap lasted to the end (the node stopped with the
+    // buffer still full).
+    let ev = format!("raven.{cluster}.ev.");
+    for (i, m) in messages.iter().enumerate() {
+        if let Ok(Control::Gap { shard, last, .. }) = serde_json::from_slice::<Control>(&m.payload)
+        {
+            match messages[i + 1..]
+                .iter()
+                .find(|n| n.subject == format!("{ev}{shard}"))
+            {
+                Some(next) => assert!(
+                    next.id.ends_with(&format!(".{shard}.{}", last + 1)),
+                    "{}",
+                    next.id
+                ),
+                None => assert!(r.batches[&shard].iter().all(|b| *b < last)),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_with_nats_frozen_leaving_what_it_did_not_take() {
+    if !nats_server_available() {
+        return;
+    }
+    let nats = PrivateNats::start(common::scratch_dir("nats"));
+    let cluster = cluster("frozen");
+    let server = common::server(|f| {
+        f.server.role = Role::Ingest;
+        f.replication.nats = nats.url();
+        f.replication.cluster = cluster.clone();
+        f.sim.rate = 10_000;
+    })
+    .await;
+    let stats = server.replication_stats().expect("an ingest node");
+    wait_for("batches published", LIVENESS, || load(&stats.published) > 0).await;
+    nats.freeze();
+    wait_for("batches unacknowledged", LIVENESS, || {
+        load(&stats.buffered_bytes) > 0
+    })
+    .await;
+    // Ends (the publisher gives up at its deadline, whatever it waits on), rather than
+    // hanging on a NATS that answers nothing.
+    tokio::time::timeout(Duration::from_secs(60), server.shutdown())
+        .await
+        .expect("shutdown ends")
+        .unwrap();
+    assert!(load(&stats.buffered_bytes) > 0, "{stats:?}");
+    nats.thaw();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_from_another_publisher_is_stepped_over_not_a_stall() {
+    if !nats_server_available() {
+        return;
+    }
+    let nats = PrivateNats::start(common::scratch_dir("nats"));
+    let cluster = cluster("foreign");
+    let server = common::server(|f| {
+        f.server.role = Role::Ingest;
+        f.replication.nats = nats.url();
+        f.replication.cluster = cluster.clone();
+        f.sim.rate = 4000;
+    })
+    .await;
+    let stats = server.replication_stats().expect("an ingest node");
+    wait_for("batches published", LIVENESS, || {
+        load(&stats.published) > 10
+    })
+    .await;
+    // Another node, misconfigured with the same cluster, writes into the stream: the
+    // next batch, chained to this node's last, is refused as out of order.
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.send_publish(
+        format!("raven.{cluster}.ctl"),
+        jetstream::message::PublishMessage::build()
+            .payload("{}".into())
+            .message_id("foreign.ctl.1"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let before = load(&stats.published);
+    wait_for("batches published after it", LIVENESS, || {
+        load(&stats.published) > before + 10
+    })
+    .await;
+    server.shutdown().await.unwrap();
+    assert!(load(&stats.resends) >= 2);
+    let mut messages = read_stream(&nats.url(), &cluster).await;
+    let foreign = messages.iter().position(|m| m.id == "foreign.ctl.1");
+    messages.remove(foreign.expect("the foreign message is in the stream"));
+    let r = replicated(&messages, &cluster);
+    assert_batches_whole(&r, 1);
+    assert_published_everything(&stats, &r);
+    assert_sequences_whole(&r.events);
+}
