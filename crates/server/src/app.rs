@@ -232,6 +232,7 @@ pub async fn start(
         Some(replication) => {
             let (tap, tapped) = crossbeam_channel::bounded(TAP_BATCHES);
             ctx.taps.push(tap);
+            ctx.replica_checkpoints = true;
             let run = recorder.as_ref().map_or(clock.now().0, Recorder::run);
             Some(Replicator::start(replication, run, tapped, clock.clone()).await?)
         }

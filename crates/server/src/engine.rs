@@ -26,7 +26,9 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use prost::Message;
 use raven_book::top::{TopOfBook, TopReader};
-use raven_model::{Channel, Event, FeedEvent, InstrumentId, InstrumentName, Sequence, UnixNanos};
+use raven_model::{
+    Channel, Event, FeedEvent, InstrumentId, InstrumentName, PerChannel, Sequence, UnixNanos,
+};
 use raven_proto::convert::body_from_pb;
 use raven_proto::{pb, wire};
 use tokio::sync::oneshot;
@@ -146,6 +148,9 @@ pub struct ShardContext {
     /// Taps also get a checkpoint snapshot of a book after this many of its events
     /// (`SnapshotKind::Checkpoint`), so a past book is rebuilt from the nearest one.
     pub checkpoint_every: u32,
+    /// Taps also get each checkpoint's [`ReplicaState`] (an ingest node: edges start from
+    /// the checkpoints).
+    pub replica_checkpoints: bool,
     /// Where shards register top-of-book readers.
     pub tops: TopDirectory,
     /// Subscriber stats.
@@ -160,6 +165,19 @@ pub struct Tapped {
     shard: u32,
     bytes: Bytes,
     rows: Vec<TapRow>,
+    replicas: Vec<ReplicaState>,
+}
+
+/// What a replica (an edge node) needs of an instrument at a checkpoint besides its book,
+/// tapped with the checkpoint snapshot when [`ShardContext::replica_checkpoints`] is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaState {
+    /// The checkpoint snapshot's index in [`Tapped::rows`].
+    pub row: u32,
+    /// Each channel's last sequence at the checkpoint.
+    pub sequences: PerChannel<Sequence>,
+    /// The last BBO, as a one-event `StreamResponse`, once there is one.
+    pub bbo: Option<Bytes>,
 }
 
 /// One tapped event's columns.
@@ -192,6 +210,11 @@ impl Tapped {
     /// Every event's columns, in order.
     pub fn rows(&self) -> &[TapRow] {
         &self.rows
+    }
+
+    /// What replicas need beside the checkpoint snapshots in it, in row order.
+    pub fn replicas(&self) -> &[ReplicaState] {
+        &self.replicas
     }
 
     /// Decodes the events: for tests and tools (the recorder never does).
@@ -228,6 +251,7 @@ impl Tapped {
 struct TapBuffer {
     bytes: BytesMut,
     rows: Vec<TapRow>,
+    replicas: Vec<ReplicaState>,
 }
 
 /// Tap buffers grow in blocks this large (flushed bytes are shared slices of a block).
@@ -252,6 +276,15 @@ impl TapBuffer {
         start..end
     }
 
+    /// Adds what a replica needs beside the checkpoint snapshot just pushed.
+    fn replica(&mut self, state: ReplicaState) {
+        let row = self.rows.len() - 1;
+        self.replicas.push(ReplicaState {
+            row: u32::try_from(row).expect("rows of one batch fit in u32"),
+            ..state
+        });
+    }
+
     fn take(&mut self, shard: u32) -> Option<Tapped> {
         if self.rows.is_empty() {
             return None;
@@ -260,6 +293,7 @@ impl TapBuffer {
             shard,
             bytes: self.bytes.split().freeze(),
             rows: std::mem::take(&mut self.rows),
+            replicas: std::mem::take(&mut self.replicas),
         })
     }
 }
@@ -277,6 +311,7 @@ impl ShardContext {
             catalog,
             taps: Vec::new(),
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            replica_checkpoints: false,
             tops: TopDirectory::default(),
             fanout,
         }

@@ -99,6 +99,8 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
             "dropped_events": load(&r.dropped_events),
             "gaps": load(&r.gaps),
             "resends": load(&r.resends),
+            "checkpoints": load(&r.checkpoints),
+            "checkpoints_failed": load(&r.checkpoints_failed),
         })
     });
     let body = json!({

@@ -602,6 +602,16 @@ fn replication(e: &mut DescriptorEncoder<'_>, r: &ReplicationStats) -> fmt::Resu
             "Times publishing went back to the first unacknowledged batch.",
             load(&r.resends),
         ),
+        (
+            "raven_replication_checkpoints",
+            "Book checkpoints written to the KV bucket edges start from.",
+            load(&r.checkpoints),
+        ),
+        (
+            "raven_replication_checkpoints_failed",
+            "Checkpoints not written (the instrument's next one replaces it).",
+            load(&r.checkpoints_failed),
+        ),
     ] {
         counter(e, name, help, v)?;
     }

@@ -2,14 +2,15 @@
 //! engine batch, the exact bytes its own clients receive, to one JetStream stream that
 //! edge nodes consume. This module owns what both sides agree on: the stream's name,
 //! subjects and settings, the message ids that make a resent batch a duplicate the stream
-//! drops, and the control messages (heartbeats, gap markers). [`publisher`] is the ingest
-//! node's side.
+//! drops, the control messages (heartbeats, gap markers) and the checkpoints in a KV bucket
+//! that edges start from. [`publisher`] is the ingest node's side.
 
 mod publisher;
 
 use std::time::Duration;
 
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use raven_proto::pb;
 use serde::{Deserialize, Serialize};
 
 pub use publisher::{ReplicationError, ReplicationStats, Replicator};
@@ -67,6 +68,35 @@ impl ReplicationConfig {
         format!("raven.{}.ctl", self.cluster)
     }
 
+    /// The KV bucket of the checkpoints.
+    pub fn bucket(&self) -> String {
+        format!("RAVEN_{}_BOOKS", self.cluster)
+    }
+
+    /// The stream behind the bucket, as the ingest node creates it: the latest checkpoint
+    /// of each instrument (`$KV.<bucket>.<key>`), kept for good, as NATS's key-value
+    /// convention lays a bucket out. (Made as a stream rather than through the client's
+    /// bucket call, which first reads account details NATS 2.9 gives in an older form.)
+    pub fn bucket_stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: format!("KV_{}", self.bucket()),
+            subjects: vec![format!("$KV.{}.>", self.bucket())],
+            max_messages_per_subject: 1,
+            storage: match self.storage {
+                Storage::Memory => StorageType::Memory,
+                Storage::File => StorageType::File,
+            },
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: DiscardPolicy::New,
+            // NATS's default, written out so that the settings check compares like with like.
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: 1,
+            ..Default::default()
+        }
+    }
+
     /// The stream as the ingest node creates it.
     pub fn stream_config(&self) -> stream::Config {
         stream::Config {
@@ -99,6 +129,33 @@ pub fn batch_id(run: u64, shard: u32, batch: u64) -> String {
 /// The id of a control message: `<run>.ctl.<number>`.
 pub fn control_id(run: u64, number: u64) -> String {
     format!("{run}.ctl.{number}")
+}
+
+/// An instrument's key in the checkpoint bucket: its name in base64url without padding
+/// (names hold `:` and `/`, which KV keys may not).
+pub fn checkpoint_key(instrument: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(instrument)
+}
+
+/// An instrument's checkpoint in the bucket (protobuf): where an edge starts it from.
+/// Replaying the stream from `stream_sequence` and skipping each channel's events at or
+/// below its sequence here gives exactly the ingest node's events after the checkpoint.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Checkpoint {
+    /// The stream sequence of the message that holds `book`.
+    #[prost(uint64, tag = "1")]
+    pub stream_sequence: u64,
+    /// The full book (a checkpoint snapshot) at its channel's sequence.
+    #[prost(message, optional, tag = "2")]
+    pub book: Option<pb::Event>,
+    /// The last BBO, once there is one.
+    #[prost(message, optional, tag = "3")]
+    pub bbo: Option<pb::Event>,
+    /// Each channel's last sequence, in `raven.v1.Channel` order (book, BBO, trades,
+    /// candles).
+    #[prost(uint64, repeated, tag = "4")]
+    pub sequences: Vec<u64>,
 }
 
 /// What goes to the control subject, as JSON.
@@ -198,6 +255,9 @@ mod tests {
         assert_eq!(c.control_subject(), "raven.c1.ctl");
         assert_eq!(batch_id(17, 2, 9), "17.2.9");
         assert_eq!(control_id(17, 4), "17.ctl.4");
+        assert_eq!(c.bucket(), "RAVEN_c1_BOOKS");
+        assert_eq!(checkpoint_key("SIM:BTC-USD"), "U0lNOkJUQy1VU0Q");
+        assert_eq!(checkpoint_key("KRAKEN:BTC/USD"), "S1JBS0VOOkJUQy9VU0Q");
     }
 
     #[test]

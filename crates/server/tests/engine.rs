@@ -534,3 +534,128 @@ fn what_the_engine_taps_is_what_the_recorder_would_encode_and_parse() {
         "{rows} rows, {checkpoints} checkpoints"
     );
 }
+
+#[test]
+fn a_changed_book_is_checkpointed_a_minute_after_its_last_checkpoint_with_what_a_replica_needs() {
+    let registry = InstrumentRegistry::new();
+    let id = registry.intern(&InstrumentName::parse("TEST:X").unwrap());
+    let t0 = 1_000 * UnixNanos::PER_SECOND;
+    let clock = Arc::new(SetClock(t0.into()));
+    let (tap_tx, tap) = bounded(1024);
+    let mut ctx = ShardContext::new(
+        Catalog::new(registry.clone()),
+        clock.clone(),
+        Arc::new(Fanout::default()),
+    );
+    ctx.taps.push(tap_tx);
+    ctx.checkpoint_every = 1_000;
+    ctx.replica_checkpoints = true;
+    let engine = Engine::start(EngineConfig::with_shards(1), ctx).unwrap();
+    let book = |kind, n: u64| FeedEvent {
+        instrument: id,
+        exchange_time: UnixNanos(n),
+        receive_time: UnixNanos(n),
+        venue_seq: n,
+        kind,
+    };
+    let bid = |p, q| LevelChange {
+        side: Side::Bid,
+        price: Price::from_units(p),
+        qty: Qty::from_units(q),
+    };
+    // Sends `events` at `secs` past t0; returns what was tapped for them.
+    let at = |secs: u64, events: Vec<FeedEvent>| {
+        clock.0.store(
+            t0 + secs * UnixNanos::PER_SECOND,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        assert!(engine.input().send(events));
+        tap.recv_timeout(Duration::from_secs(30))
+            .expect("engine output")
+    };
+    let first = at(
+        0,
+        vec![
+            book(
+                FeedKind::Snapshot(BookSnapshot {
+                    bids: vec![Level {
+                        price: Price::from_units(100),
+                        qty: Qty::from_units(1),
+                    }],
+                    asks: vec![Level {
+                        price: Price::from_units(102),
+                        qty: Qty::from_units(1),
+                    }],
+                    kind: SnapshotKind::Initial,
+                }),
+                1,
+            ),
+            trade(id, 2),
+        ],
+    );
+    let checkpoints = |t: &Tapped| t.rows().iter().filter(|r| r.channel == 0).count();
+    assert_eq!((checkpoints(&first), first.replicas().len()), (0, 0));
+    let early = at(
+        59,
+        vec![book(
+            FeedKind::Delta(BookDelta {
+                changes: vec![bid(99, 2)],
+            }),
+            3,
+        )],
+    );
+    assert_eq!(checkpoints(&early), 0, "59 s after the book's first events");
+
+    // A minute after: the delta, then the book's checkpoint with its replica state.
+    let due = at(
+        60,
+        vec![book(
+            FeedKind::Delta(BookDelta {
+                changes: vec![bid(98, 3)],
+            }),
+            4,
+        )],
+    );
+    assert_eq!(checkpoints(&due), 1);
+    let events = due.events();
+    let row = due.rows().iter().position(|r| r.channel == 0).unwrap();
+    let EventBody::Snapshot(snapshot) = &events[row].body else {
+        panic!("{:?}", events[row])
+    };
+    assert_eq!(snapshot.kind, SnapshotKind::Checkpoint);
+    assert_eq!(snapshot.bids.len(), 3);
+    let [replica] = due.replicas() else {
+        panic!("{:?}", due.replicas())
+    };
+    assert_eq!(replica.row as usize, row);
+    // Book 3 (the snapshot and two deltas), BBO 1 (the deltas were below the best bid),
+    // trades 1, candles none yet.
+    let sequences: Vec<u64> = replica.sequences.iter().map(|(_, s)| s.0).collect();
+    assert_eq!(sequences, [3, 1, 1, 0]);
+    let bbo = raven_proto::pb::StreamResponse::decode(replica.bbo.clone().unwrap()).unwrap();
+    assert_eq!(bbo.events[0].sequence, 1);
+    let level = |p, q| Level {
+        price: Price::from_units(p),
+        qty: Qty::from_units(q),
+    };
+    assert_eq!(
+        raven_proto::convert::body_from_pb(&bbo.events[0]).unwrap(),
+        Some(EventBody::Bbo(Bbo {
+            bid: Some(level(100, 1)),
+            ask: Some(level(102, 1)),
+        }))
+    );
+
+    // The age counts from that checkpoint.
+    let after = at(
+        61,
+        vec![book(
+            FeedKind::Delta(BookDelta {
+                changes: vec![bid(97, 1)],
+            }),
+            5,
+        )],
+    );
+    assert_eq!(checkpoints(&after), 0);
+    engine.shutdown();
+}

@@ -29,6 +29,7 @@ fn cluster(what: &str) -> String {
 
 /// One message read back from the stream.
 struct Stored {
+    sequence: u64,
     subject: String,
     id: String,
     payload: bytes::Bytes,
@@ -48,6 +49,7 @@ async fn read_stream(url: &str, cluster: &str) -> Vec<Stored> {
             .expect("every message has an id")
             .to_string();
         messages.push(Stored {
+            sequence,
             subject: m.subject.to_string(),
             id,
             payload: m.payload,
@@ -555,4 +557,124 @@ async fn a_message_from_another_publisher_is_stepped_over_not_a_stall() {
     assert_batches_whole(&r, 1);
     assert_published_everything(&stats, &r);
     assert_sequences_whole(&r.events);
+}
+
+/// The last BBO event: its sequence and body.
+type LastBbo = Option<(u64, raven_model::EventBody)>;
+
+/// An instrument as the stream has it at a checkpoint snapshot of it.
+struct AtCheckpoint {
+    stream_sequence: u64,
+    book: raven_model::BookSnapshot,
+    /// Book, BBO, trades, candles.
+    sequences: Vec<u64>,
+    bbo: LastBbo,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instrument_s_latest_checkpoint_is_in_the_bucket_where_the_stream_has_it() {
+    if !nats_server_available() {
+        return;
+    }
+    let nats = PrivateNats::start(common::scratch_dir("nats"));
+    let cluster = cluster("kv");
+    let server = common::server(|f| {
+        f.server.role = Role::Ingest;
+        f.replication.nats = nats.url();
+        f.replication.cluster = cluster.clone();
+        f.engine.shards = 2;
+        f.sim.rate = 4000;
+        f.store.snapshot_every = 200;
+    })
+    .await;
+    let stats = server.replication_stats().expect("an ingest node");
+    wait_for("checkpoints written", LIVENESS, || {
+        load(&stats.checkpoints) >= 24
+    })
+    .await;
+    server.shutdown().await.unwrap();
+    assert_eq!(load(&stats.checkpoints_failed), 0);
+
+    // Walk the stream as an edge would, keeping each instrument's book, sequences and
+    // BBO, and note them at each of its checkpoint snapshots.
+    let ev = format!("raven.{cluster}.ev.");
+    let mut books: HashMap<String, raven_book::BookFollower> = HashMap::new();
+    let mut last: HashMap<String, (Vec<u64>, LastBbo)> = HashMap::new();
+    let mut at: HashMap<String, Vec<AtCheckpoint>> = HashMap::new();
+    for m in read_stream(&nats.url(), &cluster).await {
+        if !m.subject.starts_with(&ev) {
+            continue;
+        }
+        for bytes in split_events(&m.payload) {
+            let event = pb::StreamResponse::decode(bytes).unwrap().events.remove(0);
+            let body = raven_proto::convert::body_from_pb(&event).unwrap().unwrap();
+            let (sequences, bbo) = last
+                .entry(event.instrument.clone())
+                .or_insert((vec![0; 4], None));
+            if let raven_model::EventBody::Snapshot(s) = &body
+                && s.kind == raven_model::SnapshotKind::Checkpoint
+            {
+                let book = books[&event.instrument].book().expect("a known book");
+                at.entry(event.instrument.clone())
+                    .or_default()
+                    .push(AtCheckpoint {
+                        stream_sequence: m.sequence,
+                        book: book.snapshot(0, raven_model::SnapshotKind::Checkpoint),
+                        sequences: sequences.clone(),
+                        bbo: bbo.clone(),
+                    });
+                assert_eq!(
+                    event.sequence, sequences[0],
+                    "a checkpoint repeats the book's sequence"
+                );
+                continue;
+            }
+            sequences[event.channel as usize - 1] = event.sequence;
+            if matches!(body, raven_model::EventBody::Bbo(_)) {
+                *bbo = Some((event.sequence, body.clone()));
+            }
+            if event.channel == pb::Channel::Book as i32 {
+                books
+                    .entry(event.instrument.clone())
+                    .or_default()
+                    .apply(event.sequence, &body)
+                    .unwrap();
+            }
+        }
+    }
+    assert_eq!(at.len(), 8, "every simulated instrument checkpointed");
+
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let bucket = js
+        .get_key_value(format!("RAVEN_{cluster}_BOOKS"))
+        .await
+        .unwrap();
+    for (instrument, checkpoints) in &at {
+        let key = raven_server::replication::checkpoint_key(instrument);
+        let value = bucket
+            .get(key.as_str())
+            .await
+            .unwrap()
+            .expect("a checkpoint");
+        let stored = raven_server::replication::Checkpoint::decode(value).unwrap();
+        let book = stored.book.expect("a book");
+        assert_eq!(&book.instrument, instrument);
+        let raven_model::EventBody::Snapshot(snapshot) =
+            raven_proto::convert::body_from_pb(&book).unwrap().unwrap()
+        else {
+            panic!("a snapshot")
+        };
+        let bbo = stored.bbo.map(|e| {
+            let body = raven_proto::convert::body_from_pb(&e).unwrap().unwrap();
+            (e.sequence, body)
+        });
+        // The latest checkpoint of the instrument, as the stream has it there.
+        let expected = checkpoints.last().unwrap();
+        assert_eq!(
+            (stored.stream_sequence, &stored.sequences, &bbo),
+            (expected.stream_sequence, &expected.sequences, &expected.bbo),
+            "{instrument}: stream sequence, channel sequences, BBO"
+        );
+        assert!(snapshot == expected.book, "{instrument}: the book differs");
+    }
 }

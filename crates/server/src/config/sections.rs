@@ -41,8 +41,9 @@ pub struct StoreSection {
     /// corrupt file: it will not pass by itself; each try is logged as an error).
     /// Default 30.
     pub refused_retry_secs: u64,
-    /// A book's full snapshot is stored after this many of its events, so a past book
-    /// (`History.BookAt`) is rebuilt from the nearest one. Default 10000.
+    /// A book's full snapshot is stored after this many of its events (or a minute after
+    /// the last one, if it changed), so a past book (`History.BookAt`) is rebuilt from the
+    /// nearest one; an ingest node also writes it to the checkpoint bucket. Default 10000.
     pub snapshot_every: u32,
 }
 

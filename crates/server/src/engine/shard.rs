@@ -19,7 +19,7 @@ use super::candles::Candles;
 use super::derive::{Output, Scratch, Times};
 use super::stats::ShardStats;
 use super::subscribers::{Subscribers, initial_state, snapshot_end, snapshot_event};
-use super::{Command, ShardContext, TapBuffer};
+use super::{Command, ReplicaState, ShardContext, TapBuffer};
 
 /// One instrument's state in its shard.
 pub(super) struct Instrument {
@@ -40,6 +40,8 @@ pub(super) struct Instrument {
     dirty: bool,
     /// Book events tapped since the last checkpoint snapshot.
     pub(super) since_checkpoint: u32,
+    /// When the last checkpoint snapshot was tapped (or its first events came).
+    checkpointed_at: UnixNanos,
 }
 
 impl Instrument {
@@ -91,9 +93,40 @@ fn slot<'a>(
             subscribers: Subscribers::default(),
             dirty: false,
             since_checkpoint: 0,
+            checkpointed_at: UnixNanos::ZERO,
         }));
     }
     instruments[id.index()].as_deref_mut()
+}
+
+/// A changed book gets a checkpoint at least this often, however few its events, so that
+/// a replica starting from the checkpoints replays at most this much of a quiet book.
+pub const CHECKPOINT_AGE: UnixNanos = UnixNanos(60 * UnixNanos::PER_SECOND);
+
+/// What a replica needs of `inst` besides its book, at a checkpoint.
+fn replica_state(inst: &Instrument, now: UnixNanos) -> ReplicaState {
+    let bbo = (inst.seq[Channel::Bbo].0 > 0).then(|| {
+        let mut buf = bytes::BytesMut::new();
+        raven_proto::wire::put_event(
+            &mut buf,
+            inst.name.as_str(),
+            &raven_model::Event {
+                instrument: inst.id,
+                sequence: inst.seq[Channel::Bbo],
+                exchange_time: inst.book_times.0,
+                receive_time: inst.book_times.1,
+                publish_time: now,
+                venue_seq: inst.book_times.2,
+                body: raven_model::EventBody::Bbo(inst.bbo),
+            },
+        );
+        buf.freeze()
+    });
+    ReplicaState {
+        row: 0,
+        sequences: inst.seq,
+        bbo,
+    }
 }
 
 impl Shard {
@@ -227,7 +260,8 @@ impl Shard {
         }
     }
 
-    /// Taps a checkpoint of each changed book that is due one. After every input batch,
+    /// Taps a checkpoint of each changed book that is due one ([`ShardContext`]'s
+    /// `checkpoint_every` book events, or [`CHECKPOINT_AGE`] since its last one). After every input batch,
     /// not every flush: batches published together keep the checkpoint spacing.
     fn checkpoint(&mut self) {
         if self.ctx.taps.is_empty() {
@@ -237,11 +271,22 @@ impl Shard {
             let Some(inst) = self.instruments[id.index()].as_deref_mut() else {
                 continue;
             };
-            if inst.since_checkpoint >= self.ctx.checkpoint_every && !inst.awaiting_snapshot {
-                // For the recorder only: subscribers never see checkpoints.
+            if inst.checkpointed_at == UnixNanos::ZERO {
+                // The age counts from the book's first events.
+                inst.checkpointed_at = self.now;
+            }
+            let due = inst.since_checkpoint >= self.ctx.checkpoint_every
+                || (inst.since_checkpoint > 0
+                    && self.now.0.saturating_sub(inst.checkpointed_at.0) >= CHECKPOINT_AGE.0);
+            if due && !inst.awaiting_snapshot {
+                // For the taps only: subscribers never see checkpoints.
                 inst.since_checkpoint = 0;
+                inst.checkpointed_at = self.now;
                 let checkpoint = snapshot_event(inst, 0, SnapshotKind::Checkpoint, self.now);
                 self.tapped.push(&inst.name, &checkpoint);
+                if self.ctx.replica_checkpoints {
+                    self.tapped.replica(replica_state(inst, self.now));
+                }
             }
         }
     }

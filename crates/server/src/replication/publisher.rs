@@ -28,13 +28,18 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, Context as JetStream};
+use async_nats::jetstream::{self, Context as JetStream, stream};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
+use prost::Message;
+use raven_proto::pb;
 
-use super::{Control, MAX_MESSAGE_BYTES, ReplicationConfig, batch_id, control_id, differences};
+use super::{
+    Checkpoint, Control, MAX_MESSAGE_BYTES, ReplicationConfig, batch_id, checkpoint_key,
+    control_id, differences,
+};
 use crate::clock::Clock;
-use crate::engine::Tapped;
+use crate::engine::{ReplicaState, Tapped};
 
 /// Messages published and not yet acknowledged, at most.
 const IN_FLIGHT: usize = 1024;
@@ -106,6 +111,11 @@ pub struct ReplicationStats {
     pub gaps: AtomicU64,
     /// Times the publisher went back to the first unacknowledged message.
     pub resends: AtomicU64,
+    /// Checkpoints written to the bucket.
+    pub checkpoints: AtomicU64,
+    /// Checkpoints not written (the bucket failed, or too many waited); the instrument's
+    /// next one replaces it.
+    pub checkpoints_failed: AtomicU64,
 }
 
 /// The running publisher.
@@ -218,9 +228,14 @@ impl Drop for Replicator {
     }
 }
 
-/// Creates the stream, or checks that the one there has Raven's settings.
+/// Sets up the stream and the checkpoint bucket.
 async fn ensure_stream(js: &JetStream, config: &ReplicationConfig) -> Result<(), ReplicationError> {
-    let wanted = config.stream_config();
+    stream_settings(js, config.stream_config()).await?;
+    stream_settings(js, config.bucket_stream_config()).await
+}
+
+/// Creates the stream `wanted`, or checks that the one there has its settings.
+async fn stream_settings(js: &JetStream, wanted: stream::Config) -> Result<(), ReplicationError> {
     let setup = |reason: String| ReplicationError::Setup {
         stream: wanted.name.clone(),
         reason,
@@ -261,6 +276,17 @@ struct Outgoing {
     payload: Bytes,
     /// Events in it (0 for a control message).
     events: u64,
+    /// The checkpoint snapshots in it, written to the bucket once it is acknowledged
+    /// (then its stream sequence is known).
+    checkpoints: Vec<Pending>,
+}
+
+/// A checkpoint waiting for its message's acknowledgement.
+#[derive(Debug)]
+struct Pending {
+    /// The checkpoint snapshot, a one-event `StreamResponse`.
+    book: Bytes,
+    state: ReplicaState,
 }
 
 /// Messages waiting for the stream, in publishing order, bounded by bytes.
@@ -337,15 +363,25 @@ impl Outbox {
         let mut cut = 0usize;
         let mut events = 0u64;
         let rows = batch.rows();
+        let mut replicas = batch.replicas().iter().peekable();
+        let mut checkpoints = Vec::new();
         for (i, row) in rows.iter().enumerate() {
             let end = row.end as usize;
             events += 1;
+            if let Some(replica) = replicas.next_if(|r| r.row as usize == i) {
+                let row_start = i.checked_sub(1).map_or(0, |p| rows[p].end as usize);
+                checkpoints.push(Pending {
+                    book: bytes.slice(row_start..end),
+                    state: replica.clone(),
+                });
+            }
             let next_too_big = rows
                 .get(i + 1)
                 .is_some_and(|next| next.end as usize - start > MAX_MESSAGE_BYTES);
             if next_too_big || i + 1 == rows.len() {
                 let payload = bytes.slice(start..end);
-                self.queue(&mut state, &naming, shard, payload, events, now_ns);
+                let message = (payload, events, std::mem::take(&mut checkpoints));
+                self.queue(&mut state, &naming, shard, message, now_ns);
                 start = end;
                 cut += 1;
                 events = 0;
@@ -362,8 +398,7 @@ impl Outbox {
         state: &mut OutState,
         naming: &Naming,
         shard: u32,
-        payload: Bytes,
-        events: u64,
+        (payload, events, checkpoints): (Bytes, u64, Vec<Pending>),
         now_ns: u64,
     ) {
         let index = shard as usize;
@@ -393,6 +428,7 @@ impl Outbox {
             id: batch_id(naming.run, shard, batch),
             payload,
             events,
+            checkpoints,
         });
     }
 
@@ -438,6 +474,7 @@ impl Outbox {
             id: control_id(naming.run, state.controls),
             payload,
             events: 0,
+            checkpoints: Vec::new(),
         });
     }
 
@@ -538,6 +575,8 @@ impl Outbox {
 
 /// The publisher thread's state.
 struct Publishing {
+    /// To the task that writes checkpoints to the bucket.
+    checkpoints: tokio::sync::mpsc::Sender<(String, Bytes)>,
     config: ReplicationConfig,
     js: JetStream,
     connected: tokio::sync::watch::Receiver<bool>,
@@ -623,7 +662,15 @@ impl Publishing {
                 "replication down: NATS unreachable; serving this node's clients, buffering batches until it answers"
             );
         }
+        let (checkpoints, written) = tokio::sync::mpsc::channel(CHECKPOINTS_WAITING);
+        tokio::spawn(write_checkpoints(
+            js.clone(),
+            config.bucket(),
+            written,
+            stats.clone(),
+        ));
         Ok(Publishing {
+            checkpoints,
             config,
             js,
             connected,
@@ -632,6 +679,35 @@ impl Publishing {
             clock,
             ready: reached,
         })
+    }
+
+    /// Hands the checkpoint in a message the stream holds at `stream_sequence` to the
+    /// bucket's writer.
+    fn checkpoint(&self, pending: &Pending, stream_sequence: u64) {
+        let one = |bytes: &Bytes| {
+            pb::StreamResponse::decode(bytes.as_ref())
+                .ok()
+                .and_then(|r| r.events.into_iter().next())
+        };
+        let Some(book) = one(&pending.book) else {
+            unreachable!("the engine's own encoding decodes (invariant)");
+        };
+        let key = checkpoint_key(&book.instrument);
+        let value = Checkpoint {
+            stream_sequence,
+            book: Some(book),
+            bbo: pending.state.bbo.as_ref().and_then(one),
+            sequences: pending.state.sequences.iter().map(|(_, s)| s.0).collect(),
+        };
+        if self
+            .checkpoints
+            .try_send((key, Bytes::from(value.encode_to_vec())))
+            .is_err()
+        {
+            self.stats
+                .checkpoints_failed
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     async fn run(mut self) {
@@ -684,6 +760,9 @@ impl Publishing {
                                 self.stats.published_bytes.fetch_add(message.payload.len() as u64, Ordering::Relaxed);
                             }
                             self.outbox.acknowledged(message.payload.len());
+                            for pending in &message.checkpoints {
+                                self.checkpoint(pending, ack.sequence);
+                            }
                             last_acknowledged = Some(message.id);
                             if !self.stats.up.swap(true, Ordering::Relaxed) {
                                 tracing::info!("replication up: NATS takes batches again");
@@ -748,6 +827,45 @@ impl Publishing {
                         break;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Checkpoints waiting for the bucket, at most: far more than the instruments that check
+/// point between two writes.
+const CHECKPOINTS_WAITING: usize = 4096;
+
+/// Writes checkpoints to the bucket, in the order they come (an instrument's later one
+/// lands after its earlier one).
+async fn write_checkpoints(
+    js: JetStream,
+    bucket: String,
+    mut waiting: tokio::sync::mpsc::Receiver<(String, Bytes)>,
+    stats: Arc<ReplicationStats>,
+) {
+    let mut store = None;
+    let mut failing = false;
+    while let Some((key, value)) = waiting.recv().await {
+        if store.is_none() {
+            store = js.get_key_value(bucket.as_str()).await.ok();
+        }
+        let written = match &store {
+            Some(kv) => kv.put(key.as_str(), value).await.map_err(|e| e.to_string()),
+            None => Err(format!("no bucket {bucket}")),
+        };
+        match written {
+            Ok(_) => {
+                stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                failing = false;
+            }
+            Err(error) => {
+                stats.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
+                if !failing {
+                    tracing::warn!(%error, %bucket, "checkpoint not written; the instrument's next one replaces it");
+                }
+                failing = true;
+                store = None;
             }
         }
     }
