@@ -233,12 +233,16 @@ pub async fn start(
             let (tap, tapped) = crossbeam_channel::bounded(TAP_BATCHES);
             ctx.taps.push(tap);
             ctx.replica_checkpoints = true;
+            ctx.checkpoint_every = replication.checkpoint_every;
             let run = recorder.as_ref().map_or(clock.now().0, Recorder::run);
             Some(Replicator::start(replication, run, tapped, clock.clone()).await?)
         }
         None => None,
     };
     let engine = Engine::start(EngineConfig::with_shards(config.shards), ctx)?;
+    if let Some(replicator) = &replicator {
+        replicator.attach(engine.commands());
+    }
     // The simulator first, so its instruments keep the ids they have always had.
     let (publish, ingest) = ingest::publish_feed();
     let mut feeds: Vec<Box<dyn Feed>> = Vec::new();

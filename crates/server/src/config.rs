@@ -393,6 +393,7 @@ impl FileConfig {
             storage: self.replication.storage,
             max_age: Duration::from_secs(self.replication.max_age_secs),
             buffer_bytes: self.replication.buffer_bytes,
+            checkpoint_every: self.store.snapshot_every,
         });
         let store = (self.store.url != "off").then(|| StoreConfig {
             url: self.store.url,

@@ -88,6 +88,9 @@ pub enum Command {
         /// The snapshot event.
         reply: oneshot::Sender<Event>,
     },
+    /// Tap a checkpoint of every book in the shard now (an ingest node whose replicas
+    /// missed batches: they resync from these).
+    Checkpoint,
     /// Forget a subscriber everywhere in this shard.
     Detach {
         /// Subscriber id.
@@ -482,6 +485,18 @@ impl EngineCommands {
     pub fn top_of_book(&self, instrument: InstrumentId) -> Option<TopOfBook> {
         let tops = self.tops.read().unwrap_or_else(|p| p.into_inner());
         tops.get(&instrument).map(TopReader::read)
+    }
+
+    /// Asks shard `shard` to tap a checkpoint of each of its books.
+    pub fn checkpoint(&self, shard: u32) -> Result<(), EngineError> {
+        let shard = self
+            .shards
+            .get(shard as usize)
+            .ok_or(EngineError::Stopped)?;
+        shard.try_send(Command::Checkpoint).map_err(|e| match e {
+            TrySendError::Full(_) => EngineError::Busy,
+            TrySendError::Disconnected(_) => EngineError::Stopped,
+        })
     }
 
     /// Sends `Detach` to every shard. Best effort: a shard that misses it drops the

@@ -49,6 +49,9 @@ pub struct ReplicationConfig {
     /// Bytes of batches the ingest node holds while NATS is unreachable or slow, before it
     /// drops batches and records a replication gap.
     pub buffer_bytes: usize,
+    /// Book events between checkpoints (`store.snapshot_every`, which applies with or
+    /// without a store).
+    pub checkpoint_every: u32,
 }
 
 impl ReplicationConfig {
@@ -244,6 +247,7 @@ mod tests {
             storage: Storage::File,
             max_age: Duration::from_secs(3600),
             buffer_bytes: 64 << 20,
+            checkpoint_every: 10_000,
         }
     }
 

@@ -403,7 +403,7 @@ async fn nats_frozen_then_killed_and_restarted_mid_run_leaves_every_batch_once_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_buffer_drops_whole_batches_and_marks_the_gap_where_it_is() {
+async fn a_full_buffer_drops_whole_batches_marks_the_gap_and_checkpoints_the_shard_afresh() {
     if !nats_server_available() {
         return;
     }
@@ -417,6 +417,9 @@ async fn a_full_buffer_drops_whole_batches_and_marks_the_gap_where_it_is() {
         f.engine.shards = 2;
         f.sim.rate = 50_000;
         f.store.url = "off".into();
+        // No checkpoint falls due in the test: those in the stream are the ones asked
+        // for after a gap.
+        f.store.snapshot_every = u32::MAX;
     })
     .await;
     let stats = server.replication_stats().expect("an ingest node");
@@ -476,6 +479,37 @@ async fn a_full_buffer_drops_whole_batches_and_marks_the_gap_where_it_is() {
                 ),
                 None => assert!(r.batches[&shard].iter().all(|b| *b < last)),
             }
+        }
+    }
+    // After a gap marked before a later batch, the shard's books were checkpointed
+    // afresh: every instrument of the shard has a checkpoint after its first marker.
+    let mut shard_of: HashMap<String, u32> = HashMap::new();
+    let mut marked: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut checkpointed: HashMap<String, usize> = HashMap::new();
+    for (i, m) in messages.iter().enumerate() {
+        if let Some(shard) = m.subject.strip_prefix(&ev) {
+            let shard: u32 = shard.parse().unwrap();
+            for bytes in split_events(&m.payload) {
+                let event = pb::StreamResponse::decode(bytes).unwrap().events.remove(0);
+                shard_of.insert(event.instrument.clone(), shard);
+                if matches!(&event.body, Some(pb::event::Body::Snapshot(s)) if s.checkpoint) {
+                    checkpointed.entry(event.instrument).or_insert(i);
+                }
+            }
+        } else if let Ok(Control::Gap { shard, last, .. }) = serde_json::from_slice(&m.payload)
+            && r.batches[&shard].contains(&(last + 1))
+        {
+            marked.entry(shard).or_insert(i);
+        }
+    }
+    assert!(!marked.is_empty());
+    for (instrument, shard) in &shard_of {
+        if let Some(marker) = marked.get(shard) {
+            let at = checkpointed.get(instrument);
+            assert!(
+                at.is_some_and(|at| at > marker),
+                "{instrument}: checkpoint at {at:?}, gap marked at {marker}"
+            );
         }
     }
 }

@@ -103,6 +103,18 @@ fn slot<'a>(
 /// a replica starting from the checkpoints replays at most this much of a quiet book.
 pub const CHECKPOINT_AGE: UnixNanos = UnixNanos(60 * UnixNanos::PER_SECOND);
 
+/// Taps a checkpoint snapshot of `inst` (for the taps only: subscribers never see
+/// checkpoints), with its [`ReplicaState`] when `replica`.
+fn tap_checkpoint(tapped: &mut TapBuffer, inst: &mut Instrument, now: UnixNanos, replica: bool) {
+    inst.since_checkpoint = 0;
+    inst.checkpointed_at = now;
+    let checkpoint = snapshot_event(inst, 0, SnapshotKind::Checkpoint, now);
+    tapped.push(&inst.name, &checkpoint);
+    if replica {
+        tapped.replica(replica_state(inst, now));
+    }
+}
+
 /// What a replica needs of `inst` besides its book, at a checkpoint.
 fn replica_state(inst: &Instrument, now: UnixNanos) -> ReplicaState {
     let bbo = (inst.seq[Channel::Bbo].0 > 0).then(|| {
@@ -279,14 +291,12 @@ impl Shard {
                 || (inst.since_checkpoint > 0
                     && self.now.0.saturating_sub(inst.checkpointed_at.0) >= CHECKPOINT_AGE.0);
             if due && !inst.awaiting_snapshot {
-                // For the taps only: subscribers never see checkpoints.
-                inst.since_checkpoint = 0;
-                inst.checkpointed_at = self.now;
-                let checkpoint = snapshot_event(inst, 0, SnapshotKind::Checkpoint, self.now);
-                self.tapped.push(&inst.name, &checkpoint);
-                if self.ctx.replica_checkpoints {
-                    self.tapped.replica(replica_state(inst, self.now));
-                }
+                tap_checkpoint(
+                    &mut self.tapped,
+                    inst,
+                    self.now,
+                    self.ctx.replica_checkpoints,
+                );
             }
         }
     }
@@ -342,6 +352,16 @@ impl Shard {
                     inst.subscribers.add(channel, depth, mailbox, &inst.book);
                 }
                 let _ = done.send(sequence);
+            }
+            Command::Checkpoint => {
+                for inst in self.instruments.iter_mut().flatten() {
+                    if !inst.awaiting_snapshot {
+                        let replica = self.ctx.replica_checkpoints;
+                        tap_checkpoint(&mut self.tapped, inst, self.now, replica);
+                    }
+                }
+                // Between batches nothing else is pending: this taps the checkpoints alone.
+                self.flush();
             }
             Command::Unsubscribe {
                 subscriber,

@@ -39,7 +39,7 @@ use super::{
     control_id, differences,
 };
 use crate::clock::Clock;
-use crate::engine::{ReplicaState, Tapped};
+use crate::engine::{EngineCommands, ReplicaState, Tapped};
 
 /// Messages published and not yet acknowledged, at most.
 const IN_FLIGHT: usize = 1024;
@@ -201,6 +201,12 @@ impl Replicator {
         })
     }
 
+    /// The engine whose tap it reads, asked for fresh checkpoints after a replication
+    /// gap (it starts after the publisher, which its tap needs).
+    pub fn attach(&self, engine: EngineCommands) {
+        self.outbox.lock().engine = Some(engine);
+    }
+
     /// Its counters.
     pub fn stats(&self) -> Arc<ReplicationStats> {
         self.stats.clone()
@@ -313,6 +319,8 @@ struct OutState {
     controls: u64,
     /// Set by `config` on the first message: subjects and ids need it.
     naming: Option<Naming>,
+    /// Asked for fresh checkpoints after a gap, once attached.
+    engine: Option<EngineCommands>,
     closed: bool,
     /// Past this, the publisher gives up on what is left.
     abandon_at: Option<std::time::Instant>,
@@ -418,6 +426,13 @@ impl Outbox {
         }
         if let Some(dropped) = state.dropped[index].take() {
             self.mark_gap(state, naming, shard, dropped, now_ns);
+            // Fresh checkpoints after the marker: edges resync the shard's books from them
+            // rather than wait for the next ones due.
+            if let Some(engine) = &state.engine
+                && let Err(error) = engine.checkpoint(shard)
+            {
+                tracing::warn!(shard, %error, "no fresh checkpoints after the replication gap; edges resync at the next ones due");
+            }
         }
         state.bytes += size;
         self.stats
