@@ -337,19 +337,32 @@ impl Clock for SetClock {
     }
 }
 
+/// One shard over `registry` on `clock`, with `configure` applied, and its tap.
+fn start_on(
+    registry: &InstrumentRegistry,
+    clock: Arc<SetClock>,
+    configure: impl FnOnce(&mut ShardContext),
+) -> (Engine, Receiver<Arc<Tapped>>) {
+    let (tap_tx, tap) = bounded(1024);
+    let mut ctx = ShardContext::new(
+        Catalog::new(registry.clone()),
+        clock,
+        Arc::new(Fanout::default()),
+    );
+    ctx.taps.push(tap_tx);
+    configure(&mut ctx);
+    (
+        Engine::start(EngineConfig::with_shards(1), ctx).unwrap(),
+        tap,
+    )
+}
+
 #[test]
 fn publish_times_never_go_backwards_when_the_wall_clock_does() {
     let registry = InstrumentRegistry::new();
     let id = registry.intern(&InstrumentName::parse("TEST:X").unwrap());
     let clock = Arc::new(SetClock(1_000.into()));
-    let (tap_tx, tap) = bounded(1024);
-    let mut ctx = ShardContext::new(
-        Catalog::new(registry.clone()),
-        clock.clone(),
-        Arc::new(Fanout::default()),
-    );
-    ctx.taps.push(tap_tx);
-    let engine = Engine::start(EngineConfig::with_shards(1), ctx).unwrap();
+    let (engine, tap) = start_on(&registry, clock.clone(), |_| {});
     let mut published = Vec::new();
     // The clock reads 1000, is stepped back to 500, then moves on to 2000.
     for (wall, n) in [(1_000, 1), (500, 2), (2_000, 3)] {
@@ -541,16 +554,10 @@ fn a_changed_book_is_checkpointed_a_minute_after_its_last_checkpoint_with_what_a
     let id = registry.intern(&InstrumentName::parse("TEST:X").unwrap());
     let t0 = 1_000 * UnixNanos::PER_SECOND;
     let clock = Arc::new(SetClock(t0.into()));
-    let (tap_tx, tap) = bounded(1024);
-    let mut ctx = ShardContext::new(
-        Catalog::new(registry.clone()),
-        clock.clone(),
-        Arc::new(Fanout::default()),
-    );
-    ctx.taps.push(tap_tx);
-    ctx.checkpoint_every = 1_000;
-    ctx.replica_checkpoints = true;
-    let engine = Engine::start(EngineConfig::with_shards(1), ctx).unwrap();
+    let (engine, tap) = start_on(&registry, clock.clone(), |ctx| {
+        ctx.checkpoint_every = 1_000;
+        ctx.replica_checkpoints = true;
+    });
     let book = |kind, n: u64| FeedEvent {
         instrument: id,
         exchange_time: UnixNanos(n),
@@ -593,29 +600,18 @@ fn a_changed_book_is_checkpointed_a_minute_after_its_last_checkpoint_with_what_a
             trade(id, 2),
         ],
     );
+    // A bid below the best: a book change that leaves the BBO as it is.
+    let bid_at = |secs, price, qty, n| {
+        let changes = vec![bid(price, qty)];
+        at(secs, vec![book(FeedKind::Delta(BookDelta { changes }), n)])
+    };
     let checkpoints = |t: &Tapped| t.rows().iter().filter(|r| r.channel == 0).count();
     assert_eq!((checkpoints(&first), first.replicas().len()), (0, 0));
-    let early = at(
-        59,
-        vec![book(
-            FeedKind::Delta(BookDelta {
-                changes: vec![bid(99, 2)],
-            }),
-            3,
-        )],
-    );
+    let early = bid_at(59, 99, 2, 3);
     assert_eq!(checkpoints(&early), 0, "59 s after the book's first events");
 
     // A minute after: the delta, then the book's checkpoint with its replica state.
-    let due = at(
-        60,
-        vec![book(
-            FeedKind::Delta(BookDelta {
-                changes: vec![bid(98, 3)],
-            }),
-            4,
-        )],
-    );
+    let due = bid_at(60, 98, 3, 4);
     assert_eq!(checkpoints(&due), 1);
     let events = due.events();
     let row = due.rows().iter().position(|r| r.channel == 0).unwrap();
@@ -647,15 +643,7 @@ fn a_changed_book_is_checkpointed_a_minute_after_its_last_checkpoint_with_what_a
     );
 
     // The age counts from that checkpoint.
-    let after = at(
-        61,
-        vec![book(
-            FeedKind::Delta(BookDelta {
-                changes: vec![bid(97, 1)],
-            }),
-            5,
-        )],
-    );
+    let after = bid_at(61, 97, 1, 5);
     assert_eq!(checkpoints(&after), 0);
     engine.shutdown();
 }

@@ -8,13 +8,15 @@ mod common;
 mod live;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream::StorageType};
 use prost::Message;
 use raven_proto::pb;
-use raven_server::config::Role;
+use raven_server::app::RunningServer;
+use raven_server::config::{FileConfig, Role};
 use raven_server::replication::{Control, ReplicationStats};
 use raven_testkit::nats::{PrivateNats, nats_server_available};
 
@@ -160,6 +162,28 @@ fn assert_sequences_whole(events: &HashMap<(String, i32, u64), Vec<u8>>) {
 /// because a loaded CI machine is slow (each wait ends as soon as its condition holds).
 const LIVENESS: Duration = Duration::from_secs(60);
 
+/// An ingest node publishing to `nats` as `cluster`, its simulator at `rate` events/s
+/// over `shards` shards, with `configure` applied last; and its replication counters.
+async fn ingest(
+    nats: &PrivateNats,
+    cluster: &str,
+    shards: usize,
+    rate: u64,
+    configure: impl FnOnce(&mut FileConfig),
+) -> (RunningServer, Arc<ReplicationStats>) {
+    let server = common::server(|f| {
+        f.server.role = Role::Ingest;
+        f.replication.nats = nats.url();
+        f.replication.cluster = cluster.to_owned();
+        f.engine.shards = shards;
+        f.sim.rate = rate;
+        configure(f);
+    })
+    .await;
+    let stats = server.replication_stats().expect("an ingest node");
+    (server, stats)
+}
+
 async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
@@ -209,15 +233,7 @@ async fn an_ingest_node_publishes_every_batch_in_order_as_its_clients_receive_it
     }
     let nats = PrivateNats::start(common::scratch_dir("nats"));
     let cluster = cluster("order");
-    let server = common::server(|f| {
-        f.server.role = Role::Ingest;
-        f.replication.nats = nats.url();
-        f.replication.cluster = cluster.clone();
-        f.engine.shards = 2;
-        f.sim.rate = 4000;
-    })
-    .await;
-    let stats = server.replication_stats().expect("an ingest node");
+    let (server, stats) = ingest(&nats, &cluster, 2, 4000, |_| {}).await;
     assert!(stats.up.load(Ordering::Relaxed));
     let (_keep, mut trades) =
         live::subscribe(server.local_addr(), "SIM:BTC-USD", pb::Channel::Trades).await;
@@ -316,14 +332,7 @@ async fn with_nats_unreachable_an_ingest_node_serves_and_replicates_what_it_held
     }
     let mut nats = PrivateNats::stopped(common::scratch_dir("nats"));
     let cluster = cluster("late");
-    let server = common::server(|f| {
-        f.server.role = Role::Ingest;
-        f.replication.nats = nats.url();
-        f.replication.cluster = cluster.clone();
-        f.sim.rate = 4000;
-    })
-    .await;
-    let stats = server.replication_stats().expect("an ingest node");
+    let (server, stats) = ingest(&nats, &cluster, 1, 4000, |_| {}).await;
     assert!(!stats.up.load(Ordering::Relaxed));
     // Its own clients are served meanwhile.
     let (_keep, mut trades) =
@@ -355,15 +364,7 @@ async fn nats_frozen_then_killed_and_restarted_mid_run_leaves_every_batch_once_i
     }
     let mut nats = PrivateNats::start(common::scratch_dir("nats"));
     let cluster = cluster("restart");
-    let server = common::server(|f| {
-        f.server.role = Role::Ingest;
-        f.replication.nats = nats.url();
-        f.replication.cluster = cluster.clone();
-        f.engine.shards = 2;
-        f.sim.rate = 10_000;
-    })
-    .await;
-    let stats = server.replication_stats().expect("an ingest node");
+    let (server, stats) = ingest(&nats, &cluster, 2, 10_000, |_| {}).await;
     wait_for("batches published", LIVENESS, || {
         load(&stats.published) > 20
     })
@@ -409,20 +410,14 @@ async fn a_full_buffer_drops_whole_batches_marks_the_gap_and_checkpoints_the_sha
     }
     let mut nats = PrivateNats::stopped(common::scratch_dir("nats"));
     let cluster = cluster("gap");
-    let server = common::server(|f| {
-        f.server.role = Role::Ingest;
-        f.replication.nats = nats.url();
-        f.replication.cluster = cluster.clone();
+    let (server, stats) = ingest(&nats, &cluster, 2, 50_000, |f| {
         f.replication.buffer_bytes = 1 << 20;
-        f.engine.shards = 2;
-        f.sim.rate = 50_000;
         f.store.url = "off".into();
         // No checkpoint falls due in the test: those in the stream are the ones asked
         // for after a gap.
         f.store.snapshot_every = u32::MAX;
     })
     .await;
-    let stats = server.replication_stats().expect("an ingest node");
     wait_for("batches dropped", LIVENESS, || load(&stats.dropped) > 10).await;
     nats.restart();
     wait_for("the gap marked", LIVENESS, || {
@@ -521,14 +516,7 @@ async fn shutdown_ends_with_nats_frozen_leaving_what_it_did_not_take() {
     }
     let nats = PrivateNats::start(common::scratch_dir("nats"));
     let cluster = cluster("frozen");
-    let server = common::server(|f| {
-        f.server.role = Role::Ingest;
-        f.replication.nats = nats.url();
-        f.replication.cluster = cluster.clone();
-        f.sim.rate = 10_000;
-    })
-    .await;
-    let stats = server.replication_stats().expect("an ingest node");
+    let (server, stats) = ingest(&nats, &cluster, 1, 10_000, |_| {}).await;
     wait_for("batches published", LIVENESS, || load(&stats.published) > 0).await;
     nats.freeze();
     wait_for("batches unacknowledged", LIVENESS, || {
@@ -552,14 +540,7 @@ async fn a_message_from_another_publisher_is_stepped_over_not_a_stall() {
     }
     let nats = PrivateNats::start(common::scratch_dir("nats"));
     let cluster = cluster("foreign");
-    let server = common::server(|f| {
-        f.server.role = Role::Ingest;
-        f.replication.nats = nats.url();
-        f.replication.cluster = cluster.clone();
-        f.sim.rate = 4000;
-    })
-    .await;
-    let stats = server.replication_stats().expect("an ingest node");
+    let (server, stats) = ingest(&nats, &cluster, 1, 4000, |_| {}).await;
     wait_for("batches published", LIVENESS, || {
         load(&stats.published) > 10
     })
@@ -612,16 +593,10 @@ async fn each_instrument_s_latest_checkpoint_is_in_the_bucket_where_the_stream_h
     }
     let nats = PrivateNats::start(common::scratch_dir("nats"));
     let cluster = cluster("kv");
-    let server = common::server(|f| {
-        f.server.role = Role::Ingest;
-        f.replication.nats = nats.url();
-        f.replication.cluster = cluster.clone();
-        f.engine.shards = 2;
-        f.sim.rate = 4000;
+    let (server, stats) = ingest(&nats, &cluster, 2, 4000, |f| {
         f.store.snapshot_every = 200;
     })
     .await;
-    let stats = server.replication_stats().expect("an ingest node");
     wait_for("checkpoints written", LIVENESS, || {
         load(&stats.checkpoints) >= 24
     })

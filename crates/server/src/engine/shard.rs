@@ -18,7 +18,7 @@ use raven_model::{
 use super::candles::Candles;
 use super::derive::{Output, Scratch, Times};
 use super::stats::ShardStats;
-use super::subscribers::{Subscribers, initial_state, snapshot_end, snapshot_event};
+use super::subscribers::{Subscribers, bbo_event, initial_state, snapshot_end, snapshot_event};
 use super::{Command, ReplicaState, ShardContext, TapBuffer};
 
 /// One instrument's state in its shard.
@@ -119,19 +119,7 @@ fn tap_checkpoint(tapped: &mut TapBuffer, inst: &mut Instrument, now: UnixNanos,
 fn replica_state(inst: &Instrument, now: UnixNanos) -> ReplicaState {
     let bbo = (inst.seq[Channel::Bbo].0 > 0).then(|| {
         let mut buf = bytes::BytesMut::new();
-        raven_proto::wire::put_event(
-            &mut buf,
-            inst.name.as_str(),
-            &raven_model::Event {
-                instrument: inst.id,
-                sequence: inst.seq[Channel::Bbo],
-                exchange_time: inst.book_times.0,
-                receive_time: inst.book_times.1,
-                publish_time: now,
-                venue_seq: inst.book_times.2,
-                body: raven_model::EventBody::Bbo(inst.bbo),
-            },
-        );
+        raven_proto::wire::put_event(&mut buf, inst.name.as_str(), &bbo_event(inst, now));
         buf.freeze()
     });
     ReplicaState {

@@ -195,14 +195,26 @@ pub(super) fn snapshot_event(
     kind: SnapshotKind,
     now: UnixNanos,
 ) -> Event {
+    let body = EventBody::Snapshot(inst.book.snapshot(depth as usize, kind));
+    state_event(inst, Channel::Book, body, now)
+}
+
+/// The instrument's last BBO as an event published `now`, at the BBO channel's sequence.
+pub(super) fn bbo_event(inst: &Instrument, now: UnixNanos) -> Event {
+    state_event(inst, Channel::Bbo, EventBody::Bbo(inst.bbo), now)
+}
+
+/// `body`, state derived from the book, as an event published `now`: at `channel`'s last
+/// sequence, with the times of the book's last change.
+fn state_event(inst: &Instrument, channel: Channel, body: EventBody, now: UnixNanos) -> Event {
     Event {
         instrument: inst.id,
-        sequence: inst.seq[Channel::Book],
+        sequence: inst.seq[channel],
         exchange_time: inst.book_times.0,
         receive_time: inst.book_times.1,
         publish_time: now,
         venue_seq: inst.book_times.2,
-        body: EventBody::Snapshot(inst.book.snapshot(depth as usize, kind)),
+        body,
     }
 }
 
@@ -220,16 +232,7 @@ pub(super) fn initial_state(
     match channel {
         Channel::Book => wire::put_event(&mut buf, name, &snapshot_event(inst, depth, kind, now)),
         Channel::Bbo if inst.seq[Channel::Bbo].0 > 0 => {
-            let event = Event {
-                instrument: inst.id,
-                sequence: inst.seq[Channel::Bbo],
-                exchange_time: inst.book_times.0,
-                receive_time: inst.book_times.1,
-                publish_time: now,
-                venue_seq: inst.book_times.2,
-                body: EventBody::Bbo(inst.bbo),
-            };
-            wire::put_event(&mut buf, name, &event);
+            wire::put_event(&mut buf, name, &bbo_event(inst, now));
         }
         _ => {}
     }
