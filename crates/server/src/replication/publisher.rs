@@ -779,7 +779,9 @@ impl Publishing {
                                 self.checkpoint(pending, ack.sequence);
                             }
                             last_acknowledged = Some(message.id);
-                            if !self.stats.up.swap(true, Ordering::Relaxed) {
+                            // An acknowledgement read after the connection was lost
+                            // (it was already here) does not make replication up.
+                            if *self.connected.borrow() && !self.stats.up.swap(true, Ordering::Relaxed) {
                                 tracing::info!("replication up: NATS takes batches again");
                             }
                         }
