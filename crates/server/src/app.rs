@@ -235,7 +235,7 @@ pub async fn start(
             ctx.replica_checkpoints = true;
             ctx.checkpoint_every = replication.checkpoint_every;
             let run = recorder.as_ref().map_or(clock.now().0, Recorder::run);
-            Some(Replicator::start(replication, run, tapped, clock.clone()).await?)
+            Some(Replicator::start(replication, (run, config.shards), tapped, clock.clone()).await?)
         }
         None => None,
     };

@@ -5,6 +5,7 @@
 //! drops, the control messages (heartbeats, gap markers) and the checkpoints in a KV bucket
 //! that edges start from. [`publisher`] is the ingest node's side.
 
+mod outbox;
 mod publisher;
 
 use std::time::Duration;
@@ -161,6 +162,34 @@ pub struct Checkpoint {
     pub sequences: Vec<u64>,
 }
 
+/// A [`Checkpoint`]'s bytes, made from the engine's: `book` and `bbo` are one-event
+/// `StreamResponse`s (field 1, the event), which become fields 2 and 3 by their key alone,
+/// so the book is neither decoded nor encoded again.
+pub fn checkpoint_value(
+    stream_sequence: u64,
+    book: &[u8],
+    bbo: Option<&[u8]>,
+    sequences: &[u64],
+) -> Vec<u8> {
+    use prost::Message as _;
+    const EVENT: u8 = 1 << 3 | 2;
+    let mut value = Checkpoint {
+        stream_sequence,
+        book: None,
+        bbo: None,
+        sequences: sequences.to_vec(),
+    }
+    .encode_to_vec();
+    for (key, event) in [(2 << 3 | 2, Some(book)), (3 << 3 | 2, bbo)] {
+        if let Some(event) = event {
+            assert_eq!(event.first(), Some(&EVENT), "a one-event StreamResponse");
+            value.push(key);
+            value.extend_from_slice(&event[1..]);
+        }
+    }
+    value
+}
+
 /// What goes to the control subject, as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -279,6 +308,34 @@ mod tests {
                 "max_age: 60s (Raven needs 3600s)"
             ]
         );
+    }
+
+    #[test]
+    fn a_checkpoint_made_from_the_engine_s_bytes_decodes_as_encoded_whole() {
+        use prost::Message as _;
+        let event = |sequence, instrument: &str| pb::Event {
+            instrument: instrument.into(),
+            sequence,
+            publish_time: 7,
+            ..Default::default()
+        };
+        let one = |e: &pb::Event| {
+            pb::StreamResponse {
+                events: vec![e.clone()],
+            }
+            .encode_to_vec()
+        };
+        let (book, bbo) = (event(12, "SIM:BTC-USD"), event(5, "SIM:BTC-USD"));
+        let whole = Checkpoint {
+            stream_sequence: 300,
+            book: Some(book.clone()),
+            bbo: Some(bbo.clone()),
+            sequences: vec![12, 5, 3, 0],
+        };
+        let spliced = checkpoint_value(300, &one(&book), Some(&one(&bbo)), &[12, 5, 3, 0]);
+        assert_eq!(Checkpoint::decode(spliced.as_slice()).unwrap(), whole);
+        let without = checkpoint_value(300, &one(&book), None, &[12, 0, 0, 0]);
+        assert_eq!(Checkpoint::decode(without.as_slice()).unwrap().bbo, None);
     }
 
     #[test]

@@ -62,26 +62,9 @@ async fn read_stream(url: &str, cluster: &str) -> Vec<Stored> {
 
 /// The one-event `StreamResponse`s a payload holds end to end, each as its bytes.
 fn split_events(payload: &[u8]) -> Vec<&[u8]> {
-    let mut events = Vec::new();
-    let mut at = 0;
-    while at < payload.len() {
-        assert_eq!(payload[at], 0x0a, "field 1 (events), length-delimited");
-        let mut len = 0usize;
-        let mut shift = 0;
-        let mut i = at + 1;
-        loop {
-            let b = payload[i];
-            len |= usize::from(b & 0x7f) << shift;
-            shift += 7;
-            i += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        events.push(&payload[at..i + len]);
-        at = i + len;
-    }
-    events
+    raven_proto::wire::scan::split(payload)
+        .collect::<Result<_, _>>()
+        .expect("the engine's bytes")
 }
 
 /// What the checks below need from the stream.

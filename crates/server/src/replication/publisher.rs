@@ -1,19 +1,17 @@
 //! The ingest node's publisher: an engine tap (lossless, like the recorder's) and two
 //! threads.
 //!
-//! - The **intake** cuts each shard's output batch into messages of at most
-//!   [`MAX_MESSAGE_BYTES`] (between events: the bytes are the engine's, never encoded
-//!   again), numbers them per shard, and queues them in the [`Outbox`], bounded by
-//!   `buffer_bytes`. It never waits on NATS, so neither does the engine: when the outbox
-//!   is full it drops the message and records the gap, queued as a [`Control::Gap`]
-//!   marker ahead of that shard's next message.
-//! - The **publisher** (its own single-threaded runtime) publishes the outbox in order,
-//!   pipelined (up to [`IN_FLIGHT`] messages unacknowledged), each with its id and chained
-//!   to the one before it (`Nats-Expected-Last-Msg-Id`): a message lost with a broken
-//!   connection makes the stream refuse the next one rather than store it out of order.
-//!   On any failure it goes back to the first unacknowledged message and publishes from
-//!   there; whatever had landed is dropped by the stream as a duplicate (the id, within
-//!   [`super::DUPLICATE_WINDOW`]). A message leaves the outbox only when acknowledged.
+//! - The **intake** moves each shard's output batch into the [`Outbox`] (cut into
+//!   messages, numbered, bounded by `buffer_bytes`). It never waits on NATS, so neither
+//!   does the engine.
+//! - The **publisher** (its own single-threaded runtime, with the NATS client) publishes
+//!   the outbox in order, pipelined (up to [`IN_FLIGHT`] messages unacknowledged), each with
+//!   its id and chained to the one before it (`Nats-Expected-Last-Msg-Id`): a message lost
+//!   with a broken connection makes the stream refuse the next one rather than store it out
+//!   of order. On any failure it goes back to the first unacknowledged message and
+//!   publishes from there; whatever had landed is dropped by the stream as a duplicate (the
+//!   id, within [`super::DUPLICATE_WINDOW`]). Acknowledged checkpoint snapshots go to the
+//!   bucket, from a task of their own.
 //!
 //! If NATS cannot be reached the node serves its own clients as ever; the publisher
 //! reconnects in the background and sets up the stream when it can.
@@ -21,8 +19,8 @@
 use std::collections::VecDeque;
 use std::future::IntoFuture;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -31,15 +29,12 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, Context as JetStream, stream};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use prost::Message;
-use raven_proto::pb;
+use raven_proto::wire;
 
-use super::{
-    Checkpoint, Control, MAX_MESSAGE_BYTES, ReplicationConfig, batch_id, checkpoint_key,
-    control_id, differences,
-};
+use super::outbox::{Outbox, Outgoing, Pending};
+use super::{ReplicationConfig, checkpoint_key, checkpoint_value, differences};
 use crate::clock::Clock;
-use crate::engine::{EngineCommands, ReplicaState, Tapped};
+use crate::engine::{EngineCommands, Tapped};
 
 /// Messages published and not yet acknowledged, at most.
 const IN_FLIGHT: usize = 1024;
@@ -134,13 +129,12 @@ impl Replicator {
     /// gRPC.
     pub async fn start(
         config: ReplicationConfig,
-        run: u64,
+        (run, shards): (u64, usize),
         tapped: Receiver<Arc<Tapped>>,
         clock: Arc<dyn Clock>,
     ) -> Result<Replicator, ReplicationError> {
         let stats = Arc::new(ReplicationStats::default());
-        let outbox = Arc::new(Outbox::new(config.buffer_bytes, stats.clone()));
-        outbox.name(&config, run);
+        let outbox = Arc::new(Outbox::new(&config, run, shards, stats.clone()));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -204,7 +198,7 @@ impl Replicator {
     /// The engine whose tap it reads, asked for fresh checkpoints after a replication
     /// gap (it starts after the publisher, which its tap needs).
     pub fn attach(&self, engine: EngineCommands) {
-        self.outbox.lock().engine = Some(engine);
+        self.outbox.attach(engine);
     }
 
     /// Its counters.
@@ -271,320 +265,6 @@ async fn stream_settings(js: &JetStream, wanted: stream::Config) -> Result<(), R
                 .map_err(|e| setup(e.to_string()))
         }
         Err(e) => Err(setup(e.to_string())),
-    }
-}
-
-/// One message for the stream.
-#[derive(Debug)]
-struct Outgoing {
-    subject: String,
-    id: String,
-    payload: Bytes,
-    /// Events in it (0 for a control message).
-    events: u64,
-    /// The checkpoint snapshots in it, written to the bucket once it is acknowledged
-    /// (then its stream sequence is known).
-    checkpoints: Vec<Pending>,
-}
-
-/// A checkpoint waiting for its message's acknowledgement.
-#[derive(Debug)]
-struct Pending {
-    /// The checkpoint snapshot, a one-event `StreamResponse`.
-    book: Bytes,
-    state: ReplicaState,
-}
-
-/// Messages waiting for the stream, in publishing order, bounded by bytes.
-struct Outbox {
-    state: Mutex<OutState>,
-    /// Wakes the publisher when messages arrive or the outbox closes.
-    ready: tokio::sync::Notify,
-    /// Wakes [`Outbox::given_up`] when a deadline is set.
-    give_up: tokio::sync::Notify,
-    limit: usize,
-    stats: Arc<ReplicationStats>,
-}
-
-#[derive(Default)]
-struct OutState {
-    messages: VecDeque<Outgoing>,
-    /// Bytes of `messages` and of those published and not yet acknowledged.
-    bytes: usize,
-    /// Batches numbered so far, by shard.
-    numbered: Vec<u64>,
-    /// Dropped and not yet reported, by shard: (first, last, events).
-    dropped: Vec<Option<(u64, u64, u64)>>,
-    /// Control messages numbered so far.
-    controls: u64,
-    /// Set by `config` on the first message: subjects and ids need it.
-    naming: Option<Naming>,
-    /// Asked for fresh checkpoints after a gap, once attached.
-    engine: Option<EngineCommands>,
-    closed: bool,
-    /// Past this, the publisher gives up on what is left.
-    abandon_at: Option<std::time::Instant>,
-}
-
-#[derive(Clone)]
-struct Naming {
-    config: ReplicationConfig,
-    run: u64,
-}
-
-impl Outbox {
-    fn new(limit: usize, stats: Arc<ReplicationStats>) -> Outbox {
-        Outbox {
-            state: Mutex::default(),
-            ready: tokio::sync::Notify::new(),
-            give_up: tokio::sync::Notify::new(),
-            limit,
-            stats,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn name(&self, config: &ReplicationConfig, run: u64) {
-        self.lock().naming = Some(Naming {
-            config: config.clone(),
-            run,
-        });
-    }
-
-    /// Cuts `batch` into messages and queues them (or drops them, recording the gap).
-    fn take(&self, batch: &Tapped, now_ns: u64) {
-        let shard = batch.shard();
-        let mut state = self.lock();
-        let Some(naming) = state.naming.clone() else {
-            return;
-        };
-        let index = shard as usize;
-        if state.numbered.len() <= index {
-            state.numbered.resize(index + 1, 0);
-            state.dropped.resize(index + 1, None);
-        }
-        let bytes = batch.bytes();
-        let mut start = 0usize;
-        let mut cut = 0usize;
-        let mut events = 0u64;
-        let rows = batch.rows();
-        let mut replicas = batch.replicas().iter().peekable();
-        let mut checkpoints = Vec::new();
-        for (i, row) in rows.iter().enumerate() {
-            let end = row.end as usize;
-            events += 1;
-            if let Some(replica) = replicas.next_if(|r| r.row as usize == i) {
-                let row_start = i.checked_sub(1).map_or(0, |p| rows[p].end as usize);
-                checkpoints.push(Pending {
-                    book: bytes.slice(row_start..end),
-                    state: replica.clone(),
-                });
-            }
-            let next_too_big = rows
-                .get(i + 1)
-                .is_some_and(|next| next.end as usize - start > MAX_MESSAGE_BYTES);
-            if next_too_big || i + 1 == rows.len() {
-                let payload = bytes.slice(start..end);
-                let message = (payload, events, std::mem::take(&mut checkpoints));
-                self.queue(&mut state, &naming, shard, message, now_ns);
-                start = end;
-                cut += 1;
-                events = 0;
-            }
-        }
-        drop(state);
-        if cut > 0 {
-            self.ready.notify_one();
-        }
-    }
-
-    fn queue(
-        &self,
-        state: &mut OutState,
-        naming: &Naming,
-        shard: u32,
-        (payload, events, checkpoints): (Bytes, u64, Vec<Pending>),
-        now_ns: u64,
-    ) {
-        let index = shard as usize;
-        state.numbered[index] += 1;
-        let batch = state.numbered[index];
-        let size = payload.len();
-        // Room for the message and for the gap marker that must precede it.
-        if state.bytes + size + 256 > self.limit {
-            let dropped = state.dropped[index].get_or_insert((batch, batch, 0));
-            dropped.1 = batch;
-            dropped.2 += events;
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .dropped_events
-                .fetch_add(events, Ordering::Relaxed);
-            return;
-        }
-        if let Some(dropped) = state.dropped[index].take() {
-            self.mark_gap(state, naming, shard, dropped, now_ns);
-            // Fresh checkpoints after the marker: edges resync the shard's books from them
-            // rather than wait for the next ones due.
-            if let Some(engine) = &state.engine
-                && let Err(error) = engine.checkpoint(shard)
-            {
-                tracing::warn!(shard, %error, "no fresh checkpoints after the replication gap; edges resync at the next ones due");
-            }
-        }
-        state.bytes += size;
-        self.stats
-            .buffered_bytes
-            .store(state.bytes as u64, Ordering::Relaxed);
-        state.messages.push_back(Outgoing {
-            subject: naming.config.event_subject(shard),
-            id: batch_id(naming.run, shard, batch),
-            payload,
-            events,
-            checkpoints,
-        });
-    }
-
-    /// Queues the marker of `shard`'s dropped batches `first..=last`.
-    fn mark_gap(
-        &self,
-        state: &mut OutState,
-        naming: &Naming,
-        shard: u32,
-        (first, last, events): (u64, u64, u64),
-        now_ns: u64,
-    ) {
-        tracing::warn!(
-            shard,
-            first,
-            last,
-            events,
-            "replication gap: batches dropped while NATS was unreachable or slow and the buffer full"
-        );
-        self.stats.gaps.fetch_add(1, Ordering::Relaxed);
-        let gap = Control::Gap {
-            run: naming.run,
-            shard,
-            first,
-            last,
-            events,
-            time_ns: now_ns,
-        };
-        self.push_control(state, naming, &gap);
-    }
-
-    fn push_control(&self, state: &mut OutState, naming: &Naming, control: &Control) {
-        state.controls += 1;
-        let payload = Bytes::from(
-            serde_json::to_vec(control).expect("control messages serialize (invariant)"),
-        );
-        state.bytes += payload.len();
-        self.stats
-            .buffered_bytes
-            .store(state.bytes as u64, Ordering::Relaxed);
-        state.messages.push_back(Outgoing {
-            subject: naming.config.control_subject(),
-            id: control_id(naming.run, state.controls),
-            payload,
-            events: 0,
-            checkpoints: Vec::new(),
-        });
-    }
-
-    /// Queues a heartbeat, unless one still waits.
-    fn heartbeat(&self, now_ns: u64) {
-        let mut state = self.lock();
-        let Some(naming) = state.naming.clone() else {
-            return;
-        };
-        let waiting = state
-            .messages
-            .iter()
-            .any(|m| m.events == 0 && m.subject == naming.config.control_subject());
-        if waiting {
-            return;
-        }
-        let beat = Control::Heartbeat {
-            run: naming.run,
-            time_ns: now_ns,
-            batches: state.numbered.clone(),
-        };
-        self.push_control(&mut state, &naming, &beat);
-        drop(state);
-        self.ready.notify_one();
-    }
-
-    /// Up to `n` messages to publish, in order.
-    fn next(&self, n: usize) -> Vec<Outgoing> {
-        let mut state = self.lock();
-        let n = n.min(state.messages.len());
-        state.messages.drain(..n).collect()
-    }
-
-    /// Puts unacknowledged messages back at the front, in their order.
-    fn requeue(&self, messages: impl DoubleEndedIterator<Item = Outgoing>) {
-        let mut state = self.lock();
-        for message in messages.rev() {
-            state.messages.push_front(message);
-        }
-    }
-
-    /// An acknowledged message's bytes are free.
-    fn acknowledged(&self, bytes: usize) {
-        let mut state = self.lock();
-        state.bytes -= bytes;
-        self.stats
-            .buffered_bytes
-            .store(state.bytes as u64, Ordering::Relaxed);
-    }
-
-    /// No more batches: gaps not yet marked (no later batch of their shard came) are
-    /// marked now.
-    fn close(&self, now_ns: u64) {
-        let mut state = self.lock();
-        if !state.closed {
-            state.closed = true;
-            if let Some(naming) = state.naming.clone() {
-                for shard in 0..state.dropped.len() {
-                    if let Some((first, last, events)) = state.dropped[shard].take() {
-                        self.mark_gap(
-                            &mut state,
-                            &naming,
-                            shard as u32,
-                            (first, last, events),
-                            now_ns,
-                        );
-                    }
-                }
-            }
-        }
-        drop(state);
-        self.ready.notify_one();
-    }
-
-    fn abandon_at(&self, at: std::time::Instant) {
-        self.lock().abandon_at = Some(at);
-        self.give_up.notify_one();
-    }
-
-    /// Ends at the deadline [`Outbox::abandon_at`] sets, whatever the publisher is
-    /// waiting on (a frozen NATS).
-    async fn given_up(&self) {
-        loop {
-            let at = self.lock().abandon_at;
-            match at {
-                Some(at) => return tokio::time::sleep_until(at.into()).await,
-                None => self.give_up.notified().await,
-            }
-        }
-    }
-
-    /// Closed, and everything acknowledged.
-    fn ended(&self) -> bool {
-        let state = self.lock();
-        state.closed && state.bytes == 0
     }
 }
 
@@ -699,24 +379,20 @@ impl Publishing {
     /// Hands the checkpoint in a message the stream holds at `stream_sequence` to the
     /// bucket's writer.
     fn checkpoint(&self, pending: &Pending, stream_sequence: u64) {
-        let one = |bytes: &Bytes| {
-            pb::StreamResponse::decode(bytes.as_ref())
-                .ok()
-                .and_then(|r| r.events.into_iter().next())
-        };
-        let Some(book) = one(&pending.book) else {
-            unreachable!("the engine's own encoding decodes (invariant)");
-        };
-        let key = checkpoint_key(&book.instrument);
-        let value = Checkpoint {
+        let instrument = wire::scan::instrument(&pending.book)
+            .ok()
+            .and_then(|name| std::str::from_utf8(name).ok())
+            .expect("the engine's own encoding names the instrument (invariant)");
+        let sequences: Vec<u64> = pending.state.sequences.iter().map(|(_, s)| s.0).collect();
+        let value = checkpoint_value(
             stream_sequence,
-            book: Some(book),
-            bbo: pending.state.bbo.as_ref().and_then(one),
-            sequences: pending.state.sequences.iter().map(|(_, s)| s.0).collect(),
-        };
+            &pending.book,
+            pending.state.bbo.as_deref(),
+            &sequences,
+        );
         if self
             .checkpoints
-            .try_send((key, Bytes::from(value.encode_to_vec())))
+            .try_send((checkpoint_key(instrument), Bytes::from(value)))
             .is_err()
         {
             self.stats
