@@ -282,8 +282,9 @@ struct ServeArgs {
     /// `off` (overrides `store.url`; default `sqlite:./data/raven.db`).
     #[arg(long, env = "RAVEN_STORE")]
     store: Option<String>,
-    /// What this node does: `standalone`, or `ingest` (also publishes every engine batch
-    /// to NATS JetStream, `[replication]`) (overrides `server.role`).
+    /// What this node does: `standalone`; `ingest` (also publishes every engine batch to
+    /// NATS JetStream, `[replication]`); or `edge` (serves clients from an ingest node's
+    /// stream, with no feeds and no recording) (overrides `server.role`).
     #[arg(long, env = "RAVEN_ROLE")]
     role: Option<RoleArg>,
     /// Serve gRPC over TLS with this certificate chain (PEM; overrides `tls.cert`).
@@ -301,6 +302,7 @@ struct ServeArgs {
 enum RoleArg {
     Standalone,
     Ingest,
+    Edge,
 }
 
 #[derive(Args)]

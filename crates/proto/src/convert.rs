@@ -152,7 +152,8 @@ pub fn event_to_pb(instrument: &str, event: &Event) -> pb::Event {
     }
 }
 
-fn snapshot_from_pb(s: &pb::BookSnapshot) -> BookSnapshot {
+/// A wire book snapshot as the model's.
+pub fn snapshot_from_pb(s: &pb::BookSnapshot) -> BookSnapshot {
     BookSnapshot {
         bids: s.bids.iter().map(level_from_pb).collect(),
         asks: s.asks.iter().map(level_from_pb).collect(),
@@ -166,7 +167,8 @@ fn snapshot_from_pb(s: &pb::BookSnapshot) -> BookSnapshot {
     }
 }
 
-fn delta_from_pb(d: &pb::BookDelta) -> BookDelta {
+/// A wire book delta as the model's (bids' changes, then asks').
+pub fn delta_from_pb(d: &pb::BookDelta) -> BookDelta {
     let change = |side| {
         move |l: &pb::Level| LevelChange {
             side,

@@ -1,6 +1,7 @@
-//! Wiring: builds the catalog, engine, recorder, replication publisher (an ingest node), feeds (the simulator and the publish
-//! feed), gRPC services (market, ingest, history, health, reflection) and the HTTP
-//! listener (metrics, health, stats) from a
+//! Wiring: builds the catalog, engine, recorder, replication publisher (an ingest node) or
+//! follower (an edge node, whose only feed is the ingest node's stream), feeds (the
+//! simulator, exchanges and the publish feed), gRPC services (market, ingest, history,
+//! health, reflection) and the HTTP listener (metrics, health, stats) from a
 //! [`Config`], runs them, and shuts them down in order: the feeds; client streams told
 //! the server is going away (`UNAVAILABLE`) and connections drained, what is left of them
 //! cut at the drain deadline; the engine, which finishes what it accepted; then the
@@ -36,8 +37,8 @@ use crate::api::ingest::{self, IngestApi};
 use crate::api::market::{Limits, MarketApi, MarketService};
 use crate::api::tls::Acceptor;
 use crate::clock::Clock;
-use crate::config::Config;
-use crate::engine::{Engine, EngineConfig, ShardContext};
+use crate::config::{Config, Role};
+use crate::engine::{Engine, EngineConfig, ReplicaContext, ShardContext};
 use crate::fanout::{Closed, Fanout};
 use crate::feed::exchange::ExchangeFeed;
 use crate::feed::sim::SimFeed;
@@ -46,7 +47,7 @@ use crate::http::HttpState;
 use crate::metrics::{Metrics, Sources};
 use crate::query::{Recorded, StoreReader};
 use crate::recorder::{Recorder, RecorderStats};
-use crate::replication::{ReplicationError, ReplicationStats, Replicator};
+use crate::replication::{Follower, FollowerStats, ReplicationError, ReplicationStats, Replicator};
 use crate::shutdown::{self, Trigger};
 use crate::store::StoreError;
 use crate::store::spill::Spill;
@@ -101,6 +102,8 @@ pub struct RunningServer {
     progress: Progress,
     recorder: Option<Recorder>,
     replicator: Option<Replicator>,
+    /// An edge node's reader of the ingest node's stream, and what stops it.
+    follower: Option<(Follower, Trigger)>,
     http: Option<Http>,
     keys: Option<Arc<Keys>>,
     /// The Market service, whose subscribe rate a reload sets.
@@ -229,7 +232,7 @@ pub async fn start(
         None => None,
     };
     let replicator = match config.replication.clone() {
-        Some(replication) => {
+        Some(replication) if config.role == Role::Ingest => {
             let (tap, tapped) = crossbeam_channel::bounded(TAP_BATCHES);
             ctx.taps.push(tap);
             ctx.replica_checkpoints = true;
@@ -237,14 +240,34 @@ pub async fn start(
             let run = recorder.as_ref().map_or(clock.now().0, Recorder::run);
             Some(Replicator::start(replication, (run, config.shards), tapped, clock.clone()).await?)
         }
-        None => None,
+        _ => None,
+    };
+    let edge = match &config.replication {
+        Some(replication) if config.role == Role::Edge => {
+            let stats = Arc::new(FollowerStats::default());
+            let (feed, _, _) = catalog.add_feed(&format!("edge of {}", replication.stream()));
+            ctx.replica = Some(ReplicaContext {
+                feed,
+                stats: stats.replica.clone(),
+            });
+            Some((replication.clone(), stats))
+        }
+        _ => None,
     };
     let engine = Engine::start(EngineConfig::with_shards(config.shards), ctx)?;
     if let Some(replicator) = &replicator {
         replicator.attach(engine.commands());
     }
+    let follower = match edge {
+        Some((replication, stats)) => {
+            let (stop, stopped) = shutdown::channel();
+            let follower =
+                Follower::start(replication, engine.input(), stats, clock.clone(), stopped).await?;
+            Some((follower, stop))
+        }
+        None => None,
+    };
     // The simulator first, so its instruments keep the ids they have always had.
-    let (publish, ingest) = ingest::publish_feed();
     let mut feeds: Vec<Box<dyn Feed>> = Vec::new();
     if let Some(sim) = config.sim {
         feeds.push(Box::new(SimFeed::new(sim)));
@@ -252,7 +275,13 @@ pub async fn start(
     for exchange in &config.feeds {
         feeds.push(Box::new(ExchangeFeed::new(exchange.clone())));
     }
-    feeds.push(Box::new(publish));
+    let ingest = if follower.is_some() {
+        ingest::on_edge()
+    } else {
+        let (publish, ingest) = ingest::publish_feed();
+        feeds.push(Box::new(publish));
+        ingest
+    };
     let feeds = feeds
         .into_iter()
         .map(|feed| {
@@ -300,6 +329,7 @@ pub async fn start(
         fanout: fanout.clone(),
         recorder: recorder.as_ref().map(Recorder::stats),
         replication: replicator.as_ref().map(Replicator::stats),
+        edge: follower.as_ref().map(|(f, _)| f.stats()),
         connections: connections.clone(),
         calls: calls.clone(),
         keys: keys.clone(),
@@ -308,9 +338,16 @@ pub async fn start(
         started,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<MarketServer<MarketApi>>().await;
-    health.set_serving::<IngestServer<IngestApi>>().await;
-    health.set_serving::<HistoryServer<HistoryApi>>().await;
+    match follower.as_ref().map(|(f, _)| f.stats()) {
+        // An edge serves once it has started from the checkpoints.
+        Some(edge) => {
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            tokio::spawn(serving_when_ready(health.clone(), edge, draining.clone()));
+        }
+        None => set_serving(&health).await,
+    }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(raven_proto::FILE_DESCRIPTOR_SET)
@@ -388,6 +425,7 @@ pub async fn start(
         progress: Progress::default(),
         recorder,
         replicator,
+        follower,
         http,
         keys,
         market: service,
@@ -422,6 +460,11 @@ impl RunningServer {
     /// The replication publisher's counters, on an ingest node.
     pub fn replication_stats(&self) -> Option<Arc<ReplicationStats>> {
         self.replicator.as_ref().map(Replicator::stats)
+    }
+
+    /// What an edge node has read of its ingest node's stream.
+    pub fn edge_stats(&self) -> Option<Arc<FollowerStats>> {
+        self.follower.as_ref().map(|(f, _)| f.stats())
     }
 
     /// The gRPC listener's connections.
@@ -532,6 +575,12 @@ impl RunningServer {
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + DRAIN_POLL)).await;
         }
         self.progress.set("stopping the feeds");
+        if let Some((follower, stop)) = self.follower.take() {
+            stop.fire();
+            tokio::task::spawn_blocking(move || follower.join())
+                .await
+                .map_err(std::io::Error::other)?;
+        }
         let feeds = std::mem::take(&mut self.feeds);
         tokio::task::spawn_blocking(move || feeds.into_iter().try_for_each(FeedHandle::stop))
             .await
@@ -612,6 +661,10 @@ impl Drop for RunningServer {
             return;
         };
         let feeds = std::mem::take(&mut self.feeds);
+        if let Some((follower, stop)) = self.follower.take() {
+            stop.fire();
+            follower.join();
+        }
         self.shutdown.fire();
         self.fanout
             .close_all(Closed::Refused(tonic::Status::unavailable(
@@ -635,6 +688,36 @@ impl Drop for RunningServer {
         }
     }
 }
+
+/// Every service serving, as health checks see them.
+async fn set_serving(health: &tonic_health::server::HealthReporter) {
+    health.set_serving::<MarketServer<MarketApi>>().await;
+    health.set_serving::<IngestServer<IngestApi>>().await;
+    health.set_serving::<HistoryServer<HistoryApi>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+}
+
+/// Sets an edge node's services serving once it is ready, unless the drain began.
+async fn serving_when_ready(
+    health: tonic_health::server::HealthReporter,
+    edge: Arc<FollowerStats>,
+    draining: crate::shutdown::Shutdown,
+) {
+    while !edge.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        if draining.is_set() {
+            return;
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+    if !draining.is_set() {
+        set_serving(&health).await;
+    }
+}
+
+/// How often an edge's health looks whether it is ready.
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How often the drain looks whether any call is left.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);

@@ -157,7 +157,10 @@ pub struct Config {
     pub fanout: FanoutConfig,
     /// Recording; `None` when `store.url = "off"`.
     pub store: Option<StoreConfig>,
-    /// Publishing to NATS JetStream; `Some` on an ingest node.
+    /// What this node does.
+    pub role: Role,
+    /// The NATS JetStream stream an ingest node publishes to and edges read; `Some`
+    /// unless standalone.
     pub replication: Option<ReplicationConfig>,
 }
 
@@ -387,7 +390,8 @@ impl FileConfig {
                 "must be at least 1048576 (1 MiB)",
             ));
         }
-        let replication = (self.server.role == Role::Ingest).then(|| ReplicationConfig {
+        let role = self.server.role;
+        let replication = (role != Role::Standalone).then(|| ReplicationConfig {
             nats: self.replication.nats,
             cluster: self.replication.cluster,
             storage: self.replication.storage,
@@ -395,7 +399,16 @@ impl FileConfig {
             buffer_bytes: self.replication.buffer_bytes,
             checkpoint_every: self.store.snapshot_every,
         });
-        let store = (self.store.url != "off").then(|| StoreConfig {
+        // An edge takes its events from the ingest node, which records them.
+        let edge = role == Role::Edge;
+        if edge && !self.feeds.is_empty() {
+            return Err(invalid(
+                "feeds",
+                &format!("{} tables", self.feeds.len()),
+                "an edge node takes its events from the ingest node: configure the feeds there",
+            ));
+        }
+        let store = (!edge && self.store.url != "off").then(|| StoreConfig {
             url: self.store.url,
             schema: self.store.schema,
             spill: self.store.spill,
@@ -473,15 +486,11 @@ impl FileConfig {
             },
             drain: Duration::from_secs(self.shutdown.drain_secs),
             shutdown_timeout: Duration::from_secs(self.shutdown.timeout_secs),
-            sim: self
-                .sim
-                .enabled
-                .unwrap_or(feeds.is_empty())
-                .then_some(SimConfig {
-                    seed: self.sim.seed,
-                    rate: self.sim.rate,
-                    levels: self.sim.levels,
-                }),
+            sim: (!edge && self.sim.enabled.unwrap_or(feeds.is_empty())).then_some(SimConfig {
+                seed: self.sim.seed,
+                rate: self.sim.rate,
+                levels: self.sim.levels,
+            }),
             feeds,
             shards: self.engine.shards,
             fanout: FanoutConfig {
@@ -495,6 +504,7 @@ impl FileConfig {
                     .then_some(self.fanout.write_budget_per_s),
             },
             store,
+            role,
             replication,
         })
     }

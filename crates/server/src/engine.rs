@@ -14,6 +14,7 @@
 
 mod candles;
 mod derive;
+mod replica;
 mod shard;
 pub mod stats;
 mod subscribers;
@@ -37,7 +38,27 @@ use crate::clock::Clock;
 use crate::fanout::{Fanout, Mailbox};
 use crate::feed::Catalog;
 
+pub use replica::{ReplicaStats, Replicated};
+
+/// What an edge node's shards share.
+#[derive(Clone)]
+pub struct ReplicaContext {
+    /// The feed that stands for the ingest node in the catalog, under which replicated
+    /// instruments are listed.
+    pub feed: crate::feed::FeedId,
+    /// Their counters.
+    pub stats: Arc<ReplicaStats>,
+}
 pub use shard::Shard;
+
+/// What a shard applies, in the order it was sent.
+pub enum Input {
+    /// A feed's events, which the shard validates, sequences and derives from.
+    Feed(Vec<FeedEvent>),
+    /// What an edge node reads from its ingest node's stream: events already sequenced,
+    /// forwarded as they are.
+    Replica(Replicated),
+}
 
 /// Requests the API sends to the shard that owns an instrument.
 pub enum Command {
@@ -133,9 +154,17 @@ impl EngineConfig {
     }
 }
 
-/// Lock-free top-of-book readers, by instrument. Written when a shard first sees an
-/// instrument; read by anyone.
-pub type TopDirectory = Arc<RwLock<HashMap<InstrumentId, TopReader>>>;
+/// Which shard owns each instrument, with its lock-free top-of-book reader. Written when a
+/// shard first sees an instrument; read by anyone.
+pub type TopDirectory = Arc<RwLock<HashMap<InstrumentId, Listed>>>;
+
+/// An instrument in the [`TopDirectory`].
+pub struct Listed {
+    /// The shard that owns it: `id % shards` where feeds send events, the shard its
+    /// ingest node's shard maps to on an edge.
+    shard: u32,
+    top: TopReader,
+}
 
 /// Everything a shard needs from outside.
 #[derive(Clone)]
@@ -154,6 +183,8 @@ pub struct ShardContext {
     /// Taps also get each checkpoint's [`ReplicaState`] (an ingest node: edges start from
     /// the checkpoints).
     pub replica_checkpoints: bool,
+    /// On an edge node: shards keep replicas of the ingest node's books.
+    pub replica: Option<ReplicaContext>,
     /// Where shards register top-of-book readers.
     pub tops: TopDirectory,
     /// Subscriber stats.
@@ -181,6 +212,10 @@ pub struct ReplicaState {
     pub sequences: PerChannel<Sequence>,
     /// The last BBO, as a one-event `StreamResponse`, once there is one.
     pub bbo: Option<Bytes>,
+    /// The shard that publishes the instrument's events.
+    pub shard: u32,
+    /// The instrument's tick size, as its feed gave it.
+    pub tick_size: raven_model::Price,
 }
 
 /// One tapped event's columns.
@@ -315,6 +350,7 @@ impl ShardContext {
             taps: Vec::new(),
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             replica_checkpoints: false,
+            replica: None,
             tops: TopDirectory::default(),
             fanout,
         }
@@ -332,7 +368,7 @@ pub struct Engine {
 /// The feed side: sends batches to the owning shards, blocking when they are behind.
 #[derive(Clone)]
 pub struct EngineInput {
-    shards: Vec<Sender<Vec<FeedEvent>>>,
+    shards: Vec<Sender<Input>>,
 }
 
 /// The API side: routes commands to the owning shard without blocking, and reads tops
@@ -416,7 +452,7 @@ impl Engine {
 /// Input batches a shard applies before one flush, when they are already waiting.
 const COALESCE_BATCHES: usize = 64;
 
-fn run_shard(mut shard: Shard, input: Receiver<Vec<FeedEvent>>, commands: Receiver<Command>) {
+fn run_shard(mut shard: Shard, input: Receiver<Input>, commands: Receiver<Command>) {
     let never = crossbeam_channel::never();
     let mut input = &input;
     loop {
@@ -425,23 +461,49 @@ fn run_shard(mut shard: Shard, input: Receiver<Vec<FeedEvent>>, commands: Receiv
                 Ok(Command::Stop) | Err(_) => {
                     // Everything accepted before the stop is processed (and reaches
                     // the taps): the feeds have stopped, so this ends.
-                    while let Ok(batch) = input.try_recv() {
-                        shard.process(batch);
+                    while let Ok(next) = input.try_recv() {
+                        apply(&mut shard, next, &never);
                     }
                     return;
                 }
                 Ok(c) => shard.command(c),
             },
             recv(input) -> b => match b {
-                // What waits already goes out with it (at most a bounded number, so
-                // commands are answered between), never anything not yet sent.
-                Ok(batch) => shard.process_all(
-                    batch,
-                    std::iter::from_fn(|| input.try_recv().ok()).take(COALESCE_BATCHES - 1),
-                ),
+                Ok(first) => apply(&mut shard, first, input),
                 // Feeds gone: keep answering commands until told to stop.
                 Err(_) => input = &never,
             },
+        }
+    }
+}
+
+/// Applies `first` and what already waits behind it of the same kind (at most a bounded
+/// number, so commands are answered between, and never anything not yet sent), with one
+/// flush for all of them.
+fn apply(shard: &mut Shard, first: Input, input: &Receiver<Input>) {
+    let mut carried = Some(first);
+    while let Some(next) = carried.take() {
+        match next {
+            Input::Feed(batch) => {
+                let more = std::iter::from_fn(|| match input.try_recv().ok()? {
+                    Input::Feed(batch) => Some(batch),
+                    other => {
+                        carried = Some(other);
+                        None
+                    }
+                });
+                shard.process_all(batch, more.take(COALESCE_BATCHES - 1));
+            }
+            Input::Replica(replicated) => {
+                let more = std::iter::from_fn(|| match input.try_recv().ok()? {
+                    Input::Replica(replicated) => Some(replicated),
+                    other => {
+                        carried = Some(other);
+                        None
+                    }
+                });
+                shard.replicate_all(replicated, more.take(COALESCE_BATCHES - 1));
+            }
         }
     }
 }
@@ -455,7 +517,7 @@ impl EngineInput {
     /// once the engine has stopped.
     pub fn send(&self, batch: Vec<FeedEvent>) -> bool {
         if self.shards.len() == 1 {
-            return self.shards[0].send(batch).is_ok();
+            return self.shards[0].send(Input::Feed(batch)).is_ok();
         }
         let mut split: Vec<Vec<FeedEvent>> = vec![Vec::new(); self.shards.len()];
         for e in batch {
@@ -465,14 +527,33 @@ impl EngineInput {
             .into_iter()
             .enumerate()
             .filter(|(_, b)| !b.is_empty())
-            .all(|(i, b)| self.shards[i].send(b).is_ok())
+            .all(|(i, b)| self.shards[i].send(Input::Feed(b)).is_ok())
+    }
+
+    /// Sends what an edge read of the ingest node's shard `origin` to the shard that
+    /// replicates it (`origin % shards`). Blocks while that shard is behind; returns
+    /// false once the engine has stopped.
+    pub fn replicate(&self, origin: u32, replicated: Replicated) -> bool {
+        let shard = &self.shards[origin as usize % self.shards.len()];
+        shard.send(Input::Replica(replicated)).is_ok()
+    }
+
+    /// How many shards there are.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 }
 
 impl EngineCommands {
     /// Sends a command concerning `instrument` to its shard.
     pub fn send(&self, instrument: InstrumentId, command: Command) -> Result<(), EngineError> {
-        let shard = &self.shards[instrument.index() % self.shards.len()];
+        let listed = {
+            let tops = self.tops.read().unwrap_or_else(|p| p.into_inner());
+            tops.get(&instrument).map(|listed| listed.shard as usize)
+        };
+        // An instrument no shard has seen yet goes where its feed's events will.
+        let shard = listed.unwrap_or(instrument.index() % self.shards.len());
+        let shard = &self.shards[shard];
         shard.try_send(command).map_err(|e| match e {
             TrySendError::Full(_) => EngineError::Busy,
             TrySendError::Disconnected(_) => EngineError::Stopped,
@@ -484,7 +565,7 @@ impl EngineCommands {
     /// `None` until its shard has seen it.
     pub fn top_of_book(&self, instrument: InstrumentId) -> Option<TopOfBook> {
         let tops = self.tops.read().unwrap_or_else(|p| p.into_inner());
-        tops.get(&instrument).map(TopReader::read)
+        tops.get(&instrument).map(|listed| listed.top.read())
     }
 
     /// Asks shard `shard` to tap a checkpoint of each of its books.

@@ -293,6 +293,12 @@ impl Catalog {
         }
     }
 
+    /// An instrument's tick size, once known.
+    pub fn tick_size(&self, id: InstrumentId) -> Option<Price> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.get(&id).map(|(info, _)| info.tick_size)
+    }
+
     /// Every feed's name, the number of instruments it owns and its counters, in feed
     /// order.
     pub fn feeds(&self) -> Vec<(String, usize, Arc<FeedStats>)> {

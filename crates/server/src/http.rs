@@ -59,10 +59,13 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 async fn ready(State(state): State<Arc<HttpState>>) -> Response {
-    if !state.draining.is_set() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    if state.draining.is_set() {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n").into_response()
+    } else if !state.sources.following() {
+        let why = "not ready: edge node starting from the checkpoints\n";
+        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 
@@ -103,10 +106,34 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
             "checkpoints_failed": load(&r.checkpoints_failed),
         })
     });
+    let edge = s.edge.as_ref().map(|f| {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let r = &f.replica;
+        json!({
+            "up": f.up.load(Ordering::Relaxed),
+            "ready": f.ready.load(Ordering::Relaxed),
+            "stale": f.stale.load(Ordering::Relaxed),
+            "checkpoints": load(&f.checkpoints),
+            "messages": load(&f.messages),
+            "bytes": load(&f.bytes),
+            "events": load(&r.events),
+            "skipped_events": load(&r.skipped),
+            "stream_sequence": load(&f.stream_sequence),
+            "pending_messages": load(&f.pending),
+            "lag_ms": load(&f.lag_ns) as f64 / 1e6,
+            "gaps": load(&r.gaps),
+            "missed_events": load(&r.missed),
+            "resyncs": load(&r.resyncs),
+            "undecodable_messages": load(&r.undecodable),
+            "gap_markers": load(&f.gap_markers),
+            "consumer_restarts": load(&f.restarts),
+            "stale_reports": load(&f.stale_reports),
+        })
+    });
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.clock.now().0.saturating_sub(s.started.0) / 1_000_000_000,
-        "ready": !state.draining.is_set(),
+        "ready": !state.draining.is_set() && s.following(),
         "feeds": s.catalog.feeds().into_iter()
             .map(|(name, instruments, f)| json!({
                 "name": name,
@@ -158,6 +185,7 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
         },
         "recorder": recorder,
         "replication": replication,
+        "edge": edge,
     });
     (
         [(header::CONTENT_TYPE, "application/json")],

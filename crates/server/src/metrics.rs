@@ -27,7 +27,7 @@ use crate::fanout::Fanout;
 use crate::feed::{Catalog, FeedStats, STATUS_KINDS};
 use crate::histogram::BOUNDS_NS;
 use crate::recorder::RecorderStats;
-use crate::replication::ReplicationStats;
+use crate::replication::{FollowerStats, ReplicationStats};
 
 /// The `Content-Type` of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -41,6 +41,8 @@ pub struct Sources {
     pub recorder: Option<Arc<RecorderStats>>,
     /// The replication publisher's counters, on an ingest node.
     pub replication: Option<Arc<ReplicationStats>>,
+    /// What an edge node has read of its ingest node's stream.
+    pub edge: Option<Arc<FollowerStats>>,
     /// The gRPC listener's connections.
     pub connections: Arc<Connections>,
     /// Finished gRPC calls.
@@ -58,6 +60,15 @@ pub struct Sources {
 /// A server's registry.
 pub struct Metrics {
     registry: Registry,
+}
+
+impl Sources {
+    /// False while an edge node is still starting from its checkpoints (true elsewhere).
+    pub fn following(&self) -> bool {
+        self.edge
+            .as_ref()
+            .is_none_or(|f| f.ready.load(Ordering::Relaxed))
+    }
 }
 
 impl Metrics {
@@ -312,6 +323,9 @@ impl Collector for Scrape {
         }
         if let Some(r) = &s.replication {
             replication(&mut e, r)?;
+        }
+        if let Some(f) = &s.edge {
+            edge(&mut e, f)?;
         }
         Ok(())
     }
@@ -632,6 +646,100 @@ fn replication(e: &mut DescriptorEncoder<'_>, r: &ReplicationStats) -> fmt::Resu
         "raven_replication_stream_sequence",
         "The stream sequence of the last acknowledged message.",
         load(&r.stream_sequence),
+    )
+}
+
+fn edge(e: &mut DescriptorEncoder<'_>, f: &FollowerStats) -> fmt::Result {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let r = &f.replica;
+    for (name, help, v) in [
+        (
+            "raven_edge_messages",
+            "Messages read from the ingest node's stream.",
+            load(&f.messages),
+        ),
+        (
+            "raven_edge_events",
+            "Events in them applied and forwarded.",
+            load(&r.events),
+        ),
+        (
+            "raven_edge_skipped_events",
+            "Events at or below what an instrument's checkpoint held, skipped.",
+            load(&r.skipped),
+        ),
+        (
+            "raven_edge_gaps",
+            "Sequence gaps found in what was read, over every instrument and channel.",
+            load(&r.gaps),
+        ),
+        (
+            "raven_edge_missed_events",
+            "Events those gaps missed, where the next event told how many.",
+            load(&r.missed),
+        ),
+        (
+            "raven_edge_resyncs",
+            "Books resynced from a checkpoint after a gap.",
+            load(&r.resyncs),
+        ),
+        (
+            "raven_edge_undecodable_messages",
+            "Messages that did not decode (their shard's books resynced).",
+            load(&r.undecodable),
+        ),
+        (
+            "raven_edge_gap_markers",
+            "Gap markers read: the ingest node dropped batches.",
+            load(&f.gap_markers),
+        ),
+        (
+            "raven_edge_consumer_restarts",
+            "Times the stream's consumer was made again after a failure.",
+            load(&f.restarts),
+        ),
+        (
+            "raven_edge_stale_reports",
+            "Times the stream was silent for longer than two heartbeats.",
+            load(&f.stale_reports),
+        ),
+    ] {
+        counter(e, name, help, v)?;
+    }
+    for (name, help, v) in [
+        (
+            "raven_edge_up",
+            "1 while connected to NATS.",
+            u64::from(f.up.load(Ordering::Relaxed)),
+        ),
+        (
+            "raven_edge_ready",
+            "1 once the checkpoints are applied and the stream read up to where it was at the start.",
+            u64::from(f.ready.load(Ordering::Relaxed)),
+        ),
+        (
+            "raven_edge_stale",
+            "1 while the ingest node's stream is silent.",
+            u64::from(f.stale.load(Ordering::Relaxed)),
+        ),
+        (
+            "raven_edge_stream_sequence",
+            "The stream sequence of the last message read.",
+            load(&f.stream_sequence),
+        ),
+        (
+            "raven_edge_pending_messages",
+            "Messages the stream held beyond the last one read.",
+            load(&f.pending),
+        ),
+    ] {
+        gauge(e, name, help, v)?;
+    }
+    gauge(
+        e,
+        "raven_edge_lag_seconds",
+        "How long the last message read waited in the stream.",
+        load(&f.lag_ns) as f64 / 1e9,
     )
 }
 

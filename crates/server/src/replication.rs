@@ -3,8 +3,10 @@
 //! edge nodes consume. This module owns what both sides agree on: the stream's name,
 //! subjects and settings, the message ids that make a resent batch a duplicate the stream
 //! drops, the control messages (heartbeats, gap markers) and the checkpoints in a KV bucket
-//! that edges start from. [`publisher`] is the ingest node's side.
+//! that edges start from. [`publisher`] is the ingest node's side, [`follower`] the edge
+//! node's (whose replica books are the engine's, `engine::replica`).
 
+mod follower;
 mod outbox;
 mod publisher;
 
@@ -14,6 +16,9 @@ use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, Storag
 use raven_proto::pb;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::ReplicaState;
+
+pub use follower::{Follower, FollowerStats, STALE_AFTER};
 pub use publisher::{ReplicationError, ReplicationStats, Replicator};
 
 /// How long the stream remembers message ids: a batch resent within it (after a lost
@@ -160,26 +165,40 @@ pub struct Checkpoint {
     /// candles).
     #[prost(uint64, repeated, tag = "4")]
     pub sequences: Vec<u64>,
+    /// The ingest node's shard that publishes the instrument (its events are on
+    /// `raven.<cluster>.ev.<shard>`).
+    #[prost(uint32, tag = "5")]
+    pub shard: u32,
+    /// The instrument's tick size, in 1e-9 units.
+    #[prost(int64, tag = "6")]
+    pub tick_size: i64,
+    /// The ingest node's run (its start time, ns): sequences start again with a run.
+    #[prost(uint64, tag = "7")]
+    pub run: u64,
 }
 
 /// A [`Checkpoint`]'s bytes, made from the engine's: `book` and `bbo` are one-event
 /// `StreamResponse`s (field 1, the event), which become fields 2 and 3 by their key alone,
 /// so the book is neither decoded nor encoded again.
 pub fn checkpoint_value(
+    run: u64,
     stream_sequence: u64,
     book: &[u8],
-    bbo: Option<&[u8]>,
-    sequences: &[u64],
+    state: &ReplicaState,
 ) -> Vec<u8> {
     use prost::Message as _;
     const EVENT: u8 = 1 << 3 | 2;
     let mut value = Checkpoint {
+        run,
         stream_sequence,
         book: None,
         bbo: None,
-        sequences: sequences.to_vec(),
+        sequences: state.sequences.iter().map(|(_, s)| s.0).collect(),
+        shard: state.shard,
+        tick_size: state.tick_size.units(),
     }
     .encode_to_vec();
+    let bbo = state.bbo.as_deref();
     for (key, event) in [(2 << 3 | 2, Some(book)), (3 << 3 | 2, bbo)] {
         if let Some(event) = event {
             assert_eq!(event.first(), Some(&EVENT), "a one-event StreamResponse");
@@ -221,6 +240,15 @@ pub enum Control {
         /// Wall-clock time the gap was recorded, ns.
         time_ns: u64,
     },
+}
+
+/// Whether NATS said the stream does not exist.
+fn stream_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
+            if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }
 
 /// The settings in which `found` (a stream that already exists) differs from `wanted`,
@@ -313,6 +341,7 @@ mod tests {
     #[test]
     fn a_checkpoint_made_from_the_engine_s_bytes_decodes_as_encoded_whole() {
         use prost::Message as _;
+        use raven_model::{Channel, PerChannel, Price, Sequence};
         let event = |sequence, instrument: &str| pb::Event {
             instrument: instrument.into(),
             sequence,
@@ -331,10 +360,24 @@ mod tests {
             book: Some(book.clone()),
             bbo: Some(bbo.clone()),
             sequences: vec![12, 5, 3, 0],
+            shard: 1,
+            tick_size: 10_000_000,
+            run: 77,
         };
-        let spliced = checkpoint_value(300, &one(&book), Some(&one(&bbo)), &[12, 5, 3, 0]);
+        let mut state = ReplicaState {
+            row: 0,
+            sequences: PerChannel::default(),
+            bbo: Some(one(&bbo).into()),
+            shard: 1,
+            tick_size: Price::from_units(10_000_000),
+        };
+        for (channel, sequence) in [(Channel::Book, 12), (Channel::Bbo, 5), (Channel::Trades, 3)] {
+            state.sequences[channel] = Sequence(sequence);
+        }
+        let spliced = checkpoint_value(77, 300, &one(&book), &state);
         assert_eq!(Checkpoint::decode(spliced.as_slice()).unwrap(), whole);
-        let without = checkpoint_value(300, &one(&book), None, &[12, 0, 0, 0]);
+        state.bbo = None;
+        let without = checkpoint_value(77, 300, &one(&book), &state);
         assert_eq!(Checkpoint::decode(without.as_slice()).unwrap().bbo, None);
     }
 

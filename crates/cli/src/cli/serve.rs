@@ -37,6 +37,7 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<raven_server::config::Config
         file.server.role = match role {
             RoleArg::Standalone => Role::Standalone,
             RoleArg::Ingest => Role::Ingest,
+            RoleArg::Edge => Role::Edge,
         };
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
@@ -82,8 +83,13 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(|f| format!("{}: {} symbols", f.venue.as_str(), f.symbols.len())),
     );
     if let Some(replication) = &config.replication {
+        let role = if config.role == Role::Edge {
+            "edge node: following"
+        } else {
+            "ingest node: every batch to"
+        };
         sources.push(format!(
-            "ingest node: every batch to {} stream {}",
+            "{role} {} stream {}",
             replication.nats,
             replication.stream()
         ));

@@ -42,6 +42,8 @@ pub struct EventHeader<'a> {
     pub receive_time: u64,
     /// Publish time, ns.
     pub publish_time: u64,
+    /// The venue's id of the update (0 when it has none).
+    pub venue_seq: u64,
     /// Field number of the body in the `Event.body` oneof (10 snapshot, 11 delta, 12
     /// trade, 13 BBO, 14 candle, 15 status, 16 snapshot end, 17 heartbeat ack, 18 history
     /// end); 0 if none.
@@ -136,6 +138,7 @@ fn event(buf: &[u8]) -> Result<EventHeader<'_>, ScanError> {
             (4, 1) => h.exchange_time = r.fixed64()?,
             (5, 1) => h.receive_time = r.fixed64()?,
             (6, 1) => h.publish_time = r.fixed64()?,
+            (7, 0) => h.venue_seq = r.varint()?,
             (10..=17, 2) => {
                 h.body = field as u32;
                 let len = r.varint()?;

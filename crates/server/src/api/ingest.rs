@@ -38,6 +38,8 @@ pub struct PublishFeed {
 #[derive(Clone)]
 pub struct IngestApi {
     attached: Arc<OnceLock<Publisher>>,
+    /// An edge node takes no events: they go to its ingest node.
+    edge: bool,
 }
 
 /// The publish feed's context, once spawned.
@@ -58,8 +60,19 @@ pub fn publish_feed() -> (PublishFeed, IngestApi) {
         PublishFeed {
             attached: attached.clone(),
         },
-        IngestApi { attached },
+        IngestApi {
+            attached,
+            edge: false,
+        },
     )
+}
+
+/// The service on an edge node, which refuses every publish (`FAILED_PRECONDITION`).
+pub fn on_edge() -> IngestApi {
+    IngestApi {
+        attached: Arc::default(),
+        edge: true,
+    }
 }
 
 impl Feed for PublishFeed {
@@ -217,6 +230,11 @@ impl Ingest for IngestApi {
         &self,
         request: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        if self.edge {
+            return Err(Status::failed_precondition(
+                "edge node: publish to the ingest node",
+            ));
+        }
         let publisher = self
             .attached
             .get()

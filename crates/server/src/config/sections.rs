@@ -89,8 +89,10 @@ pub struct ServerSection {
     /// Default 64.
     pub start_backlog_mb: usize,
     /// What this node does: `"standalone"` (feeds, engine, recording and clients on one
-    /// machine) or `"ingest"` (the same, and every engine batch published to NATS
-    /// JetStream for edge nodes, `[replication]`). Default `"standalone"`.
+    /// machine), `"ingest"` (the same, and every engine batch published to NATS
+    /// JetStream for edge nodes, `[replication]`) or `"edge"` (no feeds and no
+    /// recording: replica books kept from the ingest node's stream, served to this node's
+    /// clients). Default `"standalone"`.
     pub role: Role,
 }
 
@@ -102,6 +104,8 @@ pub enum Role {
     Standalone,
     /// Also publishes every engine batch to NATS JetStream.
     Ingest,
+    /// Serves clients from an ingest node's stream.
+    Edge,
 }
 
 impl Default for ServerSection {

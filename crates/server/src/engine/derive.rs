@@ -81,45 +81,13 @@ impl Output<'_> {
         kind: SnapshotKind,
     ) {
         inst.book_times = (times.exchange, times.receive, times.venue_seq);
-        let is_delta = delta.is_some();
         let body = match delta {
             Some(d) => EventBody::Delta(d),
             None => EventBody::Snapshot(inst.book.snapshot(0, kind)),
         };
         let event = self.event(inst, Channel::Book, times, body);
         self.emit(inst, &event);
-        for view in &mut inst.subscribers.views {
-            let depth = view.depth as usize;
-            let s = &mut *self.scratch;
-            inst.book.top_into(Side::Bid, depth, &mut s.bids);
-            inst.book.top_into(Side::Ask, depth, &mut s.asks);
-            let body = if is_delta {
-                let mut changes = Vec::new();
-                diff_levels(Side::Bid, &view.bids, &s.bids, &mut changes);
-                diff_levels(Side::Ask, &view.asks, &s.asks, &mut changes);
-                EventBody::Delta(BookDelta { changes })
-            } else {
-                EventBody::Snapshot(BookSnapshot {
-                    bids: s.bids.clone(),
-                    asks: s.asks.clone(),
-                    kind,
-                })
-            };
-            std::mem::swap(&mut view.bids, &mut s.bids);
-            std::mem::swap(&mut view.asks, &mut s.asks);
-            // Every view carries the book sequence, so each view's stream stays contiguous
-            // (an unchanged top-N is an empty delta).
-            let view_event = Event {
-                instrument: event.instrument,
-                sequence: event.sequence,
-                exchange_time: event.exchange_time,
-                receive_time: event.receive_time,
-                publish_time: event.publish_time,
-                venue_seq: event.venue_seq,
-                body,
-            };
-            view.group.encode(&inst.name, &view_event);
-        }
+        views_changed(inst, self.scratch, &event);
         let bbo = Bbo {
             bid: inst.book.best_bid(),
             ask: inst.book.best_ask(),
@@ -163,10 +131,47 @@ impl Output<'_> {
     }
 }
 
+/// Publishes the book change `event` (a delta or a snapshot, already applied to the book)
+/// to every depth-limited view: each gets its own delta of its top `depth` levels (empty
+/// when they did not change, so every view's stream stays contiguous) or snapshot, with
+/// the change's sequence and times.
+pub(super) fn views_changed(inst: &mut Instrument, scratch: &mut Scratch, event: &Event) {
+    for view in &mut inst.subscribers.views {
+        let depth = view.depth as usize;
+        inst.book.top_into(Side::Bid, depth, &mut scratch.bids);
+        inst.book.top_into(Side::Ask, depth, &mut scratch.asks);
+        let body = match &event.body {
+            EventBody::Snapshot(snapshot) => EventBody::Snapshot(BookSnapshot {
+                bids: scratch.bids.clone(),
+                asks: scratch.asks.clone(),
+                kind: snapshot.kind,
+            }),
+            _ => {
+                let mut changes = Vec::new();
+                diff_levels(Side::Bid, &view.bids, &scratch.bids, &mut changes);
+                diff_levels(Side::Ask, &view.asks, &scratch.asks, &mut changes);
+                EventBody::Delta(BookDelta { changes })
+            }
+        };
+        std::mem::swap(&mut view.bids, &mut scratch.bids);
+        std::mem::swap(&mut view.asks, &mut scratch.asks);
+        let view_event = Event {
+            instrument: event.instrument,
+            sequence: event.sequence,
+            exchange_time: event.exchange_time,
+            receive_time: event.receive_time,
+            publish_time: event.publish_time,
+            venue_seq: event.venue_seq,
+            body,
+        };
+        view.group.encode(&inst.name, &view_event);
+    }
+}
+
 /// Publishes the book's top level, sequence and times to lock-free readers after every
 /// book-channel event, so that a depth-1 snapshot read there is the one the shard would
 /// give.
-fn publish_top(inst: &mut Instrument) {
+pub(super) fn publish_top(inst: &mut Instrument) {
     inst.top.publish(&TopOfBook {
         bbo: inst.bbo,
         sequence: inst.seq[Channel::Book],

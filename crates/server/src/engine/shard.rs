@@ -4,6 +4,7 @@
 //! encoded bytes to the subscribers (`subscribers`) and the events to the taps; between
 //! batches it answers the API's commands.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,8 +27,9 @@ pub(super) struct Instrument {
     pub(super) id: InstrumentId,
     pub(super) name: InstrumentName,
     pub(super) book: OrderBook,
-    /// After a refused update the book is stale until the feed sends a fresh snapshot.
-    awaiting_snapshot: bool,
+    /// After a refused update the book is stale until the feed sends a fresh snapshot (on
+    /// an edge: after missed events, until the next checkpoint).
+    pub(super) awaiting_snapshot: bool,
     /// Last sequence used, per channel.
     pub(super) seq: PerChannel<Sequence>,
     /// Times of the last book change, for snapshots served later.
@@ -37,7 +39,12 @@ pub(super) struct Instrument {
     pub(super) top: TopWriter,
     pub(super) candles: Candles,
     pub(super) subscribers: Subscribers,
-    dirty: bool,
+    pub(super) dirty: bool,
+    /// On an edge: the ingest node's shard that publishes it.
+    pub(super) origin: u32,
+    /// On an edge: its state came from a checkpoint or its first snapshot, so a channel
+    /// at sequence 0 has had no event (otherwise the first one seen is taken as it is).
+    pub(super) known: bool,
     /// Book events tapped since the last checkpoint snapshot.
     pub(super) since_checkpoint: u32,
     /// When the last checkpoint snapshot was tapped (or its first events came).
@@ -54,18 +61,20 @@ impl Instrument {
 
 /// A shard's state. Driven by one thread (see `run_shard`); benchmarks drive it directly.
 pub struct Shard {
-    ctx: ShardContext,
-    instruments: Vec<Option<Box<Instrument>>>,
-    dirty: Vec<InstrumentId>,
+    pub(super) ctx: ShardContext,
+    pub(super) instruments: Vec<Option<Box<Instrument>>>,
+    pub(super) dirty: Vec<InstrumentId>,
     tapped: TapBuffer,
-    now: UnixNanos,
-    scratch: Scratch,
-    stats: Arc<ShardStats>,
+    pub(super) now: UnixNanos,
+    pub(super) scratch: Scratch,
+    pub(super) stats: Arc<ShardStats>,
+    /// On an edge: instrument ids by name as the stream spells them.
+    pub(super) names: HashMap<Box<[u8]>, InstrumentId>,
 }
 
 /// The state of instrument `id`, created on first use. A free function over the table
 /// (not a method) so callers can keep borrowing the shard's other fields.
-fn slot<'a>(
+pub(super) fn slot<'a>(
     instruments: &'a mut Vec<Option<Box<Instrument>>>,
     ctx: &ShardContext,
     id: InstrumentId,
@@ -76,10 +85,13 @@ fn slot<'a>(
     if instruments[id.index()].is_none() {
         let name = ctx.catalog.registry().name(id)?;
         let (writer, reader) = top::channel();
-        ctx.tops
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, reader);
+        ctx.tops.write().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            super::Listed {
+                shard: ctx.index,
+                top: reader,
+            },
+        );
         instruments[id.index()] = Some(Box::new(Instrument {
             id,
             name,
@@ -92,6 +104,8 @@ fn slot<'a>(
             candles: Candles::default(),
             subscribers: Subscribers::default(),
             dirty: false,
+            origin: 0,
+            known: false,
             since_checkpoint: 0,
             checkpointed_at: UnixNanos::ZERO,
         }));
@@ -105,18 +119,23 @@ pub const CHECKPOINT_AGE: UnixNanos = UnixNanos(60 * UnixNanos::PER_SECOND);
 
 /// Taps a checkpoint snapshot of `inst` (for the taps only: subscribers never see
 /// checkpoints), with its [`ReplicaState`] when `replica`.
-fn tap_checkpoint(tapped: &mut TapBuffer, inst: &mut Instrument, now: UnixNanos, replica: bool) {
+fn tap_checkpoint(
+    tapped: &mut TapBuffer,
+    ctx: &ShardContext,
+    inst: &mut Instrument,
+    now: UnixNanos,
+) {
     inst.since_checkpoint = 0;
     inst.checkpointed_at = now;
     let checkpoint = snapshot_event(inst, 0, SnapshotKind::Checkpoint, now);
     tapped.push(&inst.name, &checkpoint);
-    if replica {
-        tapped.replica(replica_state(inst, now));
+    if ctx.replica_checkpoints {
+        tapped.replica(replica_state(ctx, inst, now));
     }
 }
 
 /// What a replica needs of `inst` besides its book, at a checkpoint.
-fn replica_state(inst: &Instrument, now: UnixNanos) -> ReplicaState {
+fn replica_state(ctx: &ShardContext, inst: &Instrument, now: UnixNanos) -> ReplicaState {
     let bbo = (inst.seq[Channel::Bbo].0 > 0).then(|| {
         let mut buf = bytes::BytesMut::new();
         raven_proto::wire::put_event(&mut buf, inst.name.as_str(), &bbo_event(inst, now));
@@ -126,6 +145,8 @@ fn replica_state(inst: &Instrument, now: UnixNanos) -> ReplicaState {
         row: 0,
         sequences: inst.seq,
         bbo,
+        shard: ctx.index,
+        tick_size: ctx.catalog.tick_size(inst.id).unwrap_or_default(),
     }
 }
 
@@ -140,6 +161,7 @@ impl Shard {
             now: UnixNanos::ZERO,
             scratch: Scratch::default(),
             stats: Arc::default(),
+            names: HashMap::new(),
         }
     }
 
@@ -182,7 +204,7 @@ impl Shard {
     /// Reads the clock for the next publish stamp. Stamps never go backwards, even when
     /// the wall clock is stepped back: every instrument's events are then in publish-time
     /// order wherever they are recorded, which the store's time index relies on.
-    fn tick(&mut self) {
+    pub(super) fn tick(&mut self) {
         self.now = self.now.max(self.ctx.clock.now());
     }
 
@@ -279,17 +301,12 @@ impl Shard {
                 || (inst.since_checkpoint > 0
                     && self.now.0.saturating_sub(inst.checkpointed_at.0) >= CHECKPOINT_AGE.0);
             if due && !inst.awaiting_snapshot {
-                tap_checkpoint(
-                    &mut self.tapped,
-                    inst,
-                    self.now,
-                    self.ctx.replica_checkpoints,
-                );
+                tap_checkpoint(&mut self.tapped, &self.ctx, inst, self.now);
             }
         }
     }
 
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         let mut lagged = 0;
         for id in std::mem::take(&mut self.dirty) {
             let Some(inst) = self.instruments[id.index()].as_deref_mut() else {
@@ -344,8 +361,7 @@ impl Shard {
             Command::Checkpoint => {
                 for inst in self.instruments.iter_mut().flatten() {
                     if !inst.awaiting_snapshot {
-                        let replica = self.ctx.replica_checkpoints;
-                        tap_checkpoint(&mut self.tapped, inst, self.now, replica);
+                        tap_checkpoint(&mut self.tapped, &self.ctx, inst, self.now);
                     }
                 }
                 // Between batches nothing else is pending: this taps the checkpoints alone.

@@ -154,6 +154,19 @@ impl Subscribers {
         }
     }
 
+    /// Ends every subscriber's stream with `why` and forgets them.
+    pub(super) fn close_all(&mut self, why: &crate::fanout::Closed) {
+        let groups = self.groups.iter_mut().map(|(_, g)| g);
+        for group in groups.chain(self.views.iter_mut().map(|v| &mut v.group)) {
+            for mailbox in group.subs.drain(..) {
+                mailbox.close(why.clone());
+            }
+            group.out.clear();
+            group.events = 0;
+        }
+        self.views.clear();
+    }
+
     /// Whether `subscriber` takes the book at `depth`.
     pub(super) fn has_book(&self, subscriber: u64, depth: u32) -> bool {
         if depth == 0 {

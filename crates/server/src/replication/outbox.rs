@@ -114,6 +114,11 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The node's run, which names its messages and checkpoints.
+    pub(super) fn run(&self) -> u64 {
+        self.run
+    }
+
     /// The engine to ask for fresh checkpoints after a gap.
     pub(super) fn attach(&self, engine: EngineCommands) {
         self.lock().engine = Some(engine);

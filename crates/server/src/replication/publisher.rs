@@ -78,6 +78,14 @@ pub enum ReplicationError {
         /// What went wrong.
         reason: String,
     },
+    /// An edge could not reach NATS at its start.
+    #[error("edge node: cannot reach NATS at {url}: {reason}")]
+    Unreachable {
+        /// `[replication] nats`.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// A thread or the runtime could not start.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -252,18 +260,11 @@ async fn stream_settings(js: &JetStream, wanted: stream::Config) -> Result<(), R
                 })
             }
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
-            ) =>
-        {
-            js.create_stream(wanted.clone())
-                .await
-                .map(|_| ())
-                .map_err(|e| setup(e.to_string()))
-        }
+        Err(e) if super::stream_not_found(&e) => js
+            .create_stream(wanted.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| setup(e.to_string())),
         Err(e) => Err(setup(e.to_string())),
     }
 }
@@ -383,12 +384,11 @@ impl Publishing {
             .ok()
             .and_then(|name| std::str::from_utf8(name).ok())
             .expect("the engine's own encoding names the instrument (invariant)");
-        let sequences: Vec<u64> = pending.state.sequences.iter().map(|(_, s)| s.0).collect();
         let value = checkpoint_value(
+            self.outbox.run(),
             stream_sequence,
             &pending.book,
-            pending.state.bbo.as_deref(),
-            &sequences,
+            &pending.state,
         );
         if self
             .checkpoints
