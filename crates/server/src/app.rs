@@ -45,9 +45,11 @@ use crate::feed::sim::SimFeed;
 use crate::feed::{Catalog, Feed, FeedContext, FeedHandle, FeedInput};
 use crate::http::HttpState;
 use crate::metrics::{Metrics, Sources};
-use crate::query::{Recorded, StoreReader};
+use crate::query::{Backfill, Recorded, StoreReader};
 use crate::recorder::{Recorder, RecorderStats};
-use crate::replication::{Follower, FollowerStats, ReplicationError, ReplicationStats, Replicator};
+use crate::replication::{
+    Follower, FollowerStats, ReplicationError, ReplicationStats, Replicator, StreamHistory,
+};
 use crate::shutdown::{self, Trigger};
 use crate::store::StoreError;
 use crate::store::spill::Spill;
@@ -317,11 +319,14 @@ pub async fn start(
         },
     );
     if let (Some(store), Some(recorder)) = (&config.store, &recorder) {
-        service = service.with_history(Recorded {
+        service = service.with_history(Backfill::Recorded(Recorded {
             reader: StoreReader::new(store.clone()),
             run: recorder.run(),
             committed: recorder.committed(),
-        });
+        }));
+    }
+    if let (Some(replication), Some(_)) = (&config.replication, &follower) {
+        service = service.with_history(Backfill::Stream(StreamHistory::new(replication.clone())));
     }
     let service = Arc::new(service);
     service.set_subscribe_rate(config.subscribe_requests_per_s);

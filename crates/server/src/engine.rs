@@ -49,7 +49,7 @@ pub struct ReplicaContext {
     /// Their counters.
     pub stats: Arc<ReplicaStats>,
 }
-pub use shard::Shard;
+pub use shard::{CHECKPOINT_AGE, Shard};
 
 /// What a shard applies, in the order it was sent.
 pub enum Input {

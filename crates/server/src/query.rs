@@ -15,7 +15,7 @@ mod handover;
 mod rows;
 
 pub use book_at::book_at;
-pub use handover::{Recorded, backlog};
+pub use handover::{Backfill, Backlog, Recorded, backfill};
 pub use rows::stream_rows;
 
 use crate::config::StoreConfig;

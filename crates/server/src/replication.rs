@@ -7,6 +7,7 @@
 //! node's (whose replica books are the engine's, `engine::replica`).
 
 mod follower;
+mod history;
 mod outbox;
 mod publisher;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::ReplicaState;
 
 pub use follower::{Follower, FollowerStats, STALE_AFTER};
+pub use history::StreamHistory;
 pub use publisher::{ReplicationError, ReplicationStats, Replicator};
 
 /// How long the stream remembers message ids: a batch resent within it (after a lost

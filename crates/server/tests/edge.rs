@@ -597,3 +597,57 @@ async fn nats_stopped_the_edge_goes_stale_then_resyncs_with_the_gaps_counted() {
     edge.shutdown().await.unwrap();
     ingest.shutdown().await.unwrap();
 }
+
+/// A message on a shard's subject that does not decode (not the ingest node's): the edge
+/// logs it with its stream sequence, resyncs that shard's books from their next
+/// checkpoints and goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_message_resyncs_its_shard_and_the_edge_goes_on() {
+    if !nats_server_available() {
+        return;
+    }
+    let nats = PrivateNats::start(common::scratch_dir("nats"));
+    let cluster = cluster("garbage");
+    let ingest = ingest(&nats, &cluster, 4_000, |_| {}).await;
+    let (edge, stats) = edge(&nats, &cluster, 2).await;
+    wait_for("events through the edge", || {
+        load(&stats.replica.events) > 1_000
+    })
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let ack = js
+        .publish(
+            format!("raven.{cluster}.ev.0"),
+            vec![0x0a, 0xff, 0xff].into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    wait_for("the message read", || {
+        load(&stats.stream_sequence) >= ack.sequence
+    })
+    .await;
+    assert_eq!(load(&stats.replica.undecodable), 1);
+    wait_for("shard 0's books resynced", || {
+        load(&stats.replica.resyncs) > 0
+    })
+    .await;
+    let events = load(&stats.replica.events);
+    wait_for("events after it", || {
+        load(&stats.replica.events) > events + 1_000
+    })
+    .await;
+    let until = Instant::now() + Duration::from_secs(2);
+    collect(
+        edge.local_addr(),
+        "SIM:BTC-USD",
+        pb::Channel::Trades,
+        0,
+        until,
+    )
+    .await
+    .assert_contiguous();
+    edge.shutdown().await.unwrap();
+    ingest.shutdown().await.unwrap();
+}

@@ -20,7 +20,7 @@ use crate::clock::Clock;
 use crate::engine::{Command, EngineCommands, EngineError};
 use crate::fanout::{Fanout, FanoutConfig};
 use crate::feed::Catalog;
-use crate::query::Recorded;
+use crate::query::Backfill;
 
 /// Everything the service needs, shared by all calls.
 pub struct MarketService {
@@ -30,8 +30,9 @@ pub struct MarketService {
     pub(super) limits: Limits,
     /// Heartbeat times and what counts as the future.
     pub(super) clock: Arc<dyn Clock>,
-    /// Recorded events, for subscriptions with a start time; `None` when not recording.
-    pub(super) recorded: Option<Recorded>,
+    /// What came before the live part, for subscriptions with a start time: the
+    /// recording, or an edge's stream; `None` when there is neither.
+    pub(super) recorded: Option<Backfill>,
     /// Subscribe requests per second one stream may make (0: no limit); a reload may
     /// change it.
     pub(super) subscribe_rate: AtomicU32,
@@ -81,7 +82,7 @@ impl MarketService {
     }
 
     /// Lets subscriptions start from recorded history.
-    pub fn with_history(mut self, recorded: Recorded) -> MarketService {
+    pub fn with_history(mut self, recorded: Backfill) -> MarketService {
         self.recorded = Some(recorded);
         self
     }

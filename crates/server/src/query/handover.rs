@@ -32,12 +32,54 @@ pub struct Recorded {
     pub committed: watch::Receiver<u64>,
 }
 
+/// Where a subscription with a start time finds what came before its live part.
+#[derive(Clone)]
+pub enum Backfill {
+    /// This server's recording.
+    Recorded(Recorded),
+    /// An edge node's: the ingest node's stream.
+    Stream(crate::replication::StreamHistory),
+}
+
+/// The events of `name` on `channel` published from `start`, up to and including
+/// sequence `upto`, then a `HistoryEnd` marker, from `source`.
+pub async fn backfill(
+    source: &Backfill,
+    name: &str,
+    channel: Channel,
+    start: u64,
+    upto: u64,
+    budget: &mut usize,
+) -> Result<Vec<Bytes>, QueryError> {
+    let mut rows = match source {
+        Backfill::Recorded(recorded) => {
+            backlog(recorded, name, channel, start, upto, budget).await?
+        }
+        Backfill::Stream(stream) => stream.backlog(name, channel, start, upto, budget).await?,
+    };
+    let mut marker = BytesMut::new();
+    wire::put_history_end(
+        &mut marker,
+        &wire::Header {
+            instrument: name,
+            channel,
+            sequence: upto,
+            exchange_time: 0,
+            receive_time: 0,
+            publish_time: 0,
+            venue_seq: 0,
+        },
+    );
+    rows.push(marker.freeze());
+    Ok(rows)
+}
+
 /// The recorded events of `name` on `channel` in this run, published from `start`, up to
-/// and including sequence `upto`, then a `HistoryEnd` marker. For the book, what comes
+/// and including sequence `upto`. For the book, what comes
 /// first is the book as it was at `start` (rebuilt from the run's snapshot and deltas),
 /// then every change after it. Takes the events' bytes from `budget` (what the whole
 /// request may hold) and fails with [`QueryError::TooLarge`] past it.
-pub async fn backlog(
+async fn backlog(
     recorded: &Recorded,
     name: &str,
     channel: Channel,
@@ -55,22 +97,8 @@ pub async fn backlog(
         let found = reader
             .run(move |store| collect(store, &owned, channel, run, start, upto, limit))
             .await??;
-        if let Some((mut rows, bytes)) = found {
+        if let Some((rows, bytes)) = found {
             *budget -= bytes;
-            let mut marker = BytesMut::new();
-            wire::put_history_end(
-                &mut marker,
-                &wire::Header {
-                    instrument: name,
-                    channel,
-                    sequence: upto,
-                    exchange_time: 0,
-                    receive_time: 0,
-                    publish_time: 0,
-                    venue_seq: 0,
-                },
-            );
-            rows.push(marker.freeze());
             return Ok(rows);
         }
         let behind = || {
@@ -119,78 +147,132 @@ fn collect(
         limit: 0,
         after: Some(after),
     };
-    let mut rows: Vec<Bytes> = Vec::new();
-    let mut bytes = 0;
-    let (mut last, mut folded) = (0, 0);
-    let mut rebuilt = Rebuilding::default();
+    let mut backlog = Backlog::new(name, channel, start, upto, budget);
     let mut failure = None;
     store.query(&query, &mut |this_run, row| {
         if this_run != run {
             return true;
         }
-        let Some(Ok(header)) = scan::events(row).next() else {
-            failure = Some(QueryError::DataLoss("a stored event does not scan".into()));
-            return false;
-        };
-        if header.sequence > upto {
-            return false;
-        }
-        if header.publish_time > start
-            && store::row(row).is_ok_and(|r| r.channel == store::CHECKPOINT_CHANNEL)
-        {
-            // Checkpoints are for rebuilding; subscribers never see them.
-            return true;
-        }
-        last = header.sequence;
-        if book && header.publish_time <= start {
-            // Before the start: folded into the book sent first, not sent itself.
-            if let Err(error) = rebuilt.fold(row) {
+        let checkpoint = store::row(row).is_ok_and(|r| r.channel == store::CHECKPOINT_CHANNEL);
+        match backlog.push(row, checkpoint) {
+            Ok(more) => more,
+            Err(error) => {
                 failure = Some(error);
-                return false;
+                false
             }
-            folded = header.sequence;
-            return true;
         }
-        if rows.len() >= MAX_START_BACKLOG {
-            failure = Some(QueryError::TooLarge(format!(
-                "more than {MAX_START_BACKLOG} recorded events of {name} since the start time; fetch older ones with History.Query"
-            )));
-            return false;
-        }
-        bytes += row.len();
-        if bytes > budget {
-            failure = Some(too_large(name));
-            return false;
-        }
-        rows.push(Bytes::copy_from_slice(row));
-        true
     })?;
     if let Some(error) = failure {
         return Err(error);
     }
-    if last < upto {
-        return Ok(None);
-    }
-    if let Some((book, event)) = rebuilt.finish()? {
-        // The last book event folded in may be a status (it has a book sequence too).
-        let snapshot = Event {
-            instrument: InstrumentId(0),
-            sequence: Sequence(folded),
-            exchange_time: UnixNanos(event.exchange_time),
-            receive_time: UnixNanos(event.receive_time),
-            publish_time: UnixNanos(event.publish_time),
-            venue_seq: 0,
-            body: EventBody::Snapshot(book.snapshot(0, SnapshotKind::Initial)),
-        };
-        let mut buf = BytesMut::new();
-        wire::put_event(&mut buf, name, &snapshot);
-        bytes += buf.len();
-        if bytes > budget {
-            return Err(too_large(name));
+    backlog.finish()
+}
+
+/// A subscription's recorded part, made from one instrument's events on its channel in
+/// order (for the book: from a snapshot at or before the start, checkpoints included):
+/// the book as it was at the start (folded from what came before it), then every event
+/// published after the start up to sequence `upto`, within a budget of bytes.
+pub struct Backlog<'a> {
+    name: &'a str,
+    book: bool,
+    start: u64,
+    upto: u64,
+    budget: usize,
+    rows: Vec<Bytes>,
+    bytes: usize,
+    /// The last sequence taken (sent or folded).
+    last: u64,
+    /// The last sequence folded into the book sent first.
+    folded: u64,
+    rebuilt: Rebuilding,
+}
+
+impl<'a> Backlog<'a> {
+    /// An empty one for `name` on `channel`.
+    pub fn new(
+        name: &'a str,
+        channel: Channel,
+        start: u64,
+        upto: u64,
+        budget: usize,
+    ) -> Backlog<'a> {
+        Backlog {
+            name,
+            book: channel == Channel::Book,
+            start,
+            upto,
+            budget,
+            rows: Vec::new(),
+            bytes: 0,
+            last: 0,
+            folded: 0,
+            rebuilt: Rebuilding::default(),
         }
-        rows.insert(0, buf.freeze());
     }
-    Ok(Some((rows, bytes)))
+
+    /// Takes the next event (a one-event `StreamResponse`; `checkpoint` when it is a
+    /// checkpoint snapshot); false once past `upto` (nothing more is needed).
+    pub fn push(&mut self, row: &[u8], checkpoint: bool) -> Result<bool, QueryError> {
+        let Some(Ok(header)) = scan::events(row).next() else {
+            return Err(QueryError::DataLoss(
+                "a recorded event does not scan".into(),
+            ));
+        };
+        if header.sequence > self.upto {
+            return Ok(false);
+        }
+        if header.publish_time > self.start && checkpoint {
+            // Checkpoints are for rebuilding; subscribers never see them.
+            return Ok(true);
+        }
+        self.last = header.sequence;
+        if self.book && header.publish_time <= self.start {
+            // Before the start: folded into the book sent first, not sent itself.
+            self.rebuilt.fold(row)?;
+            self.folded = header.sequence;
+            return Ok(true);
+        }
+        if self.rows.len() >= MAX_START_BACKLOG {
+            return Err(QueryError::TooLarge(format!(
+                "more than {MAX_START_BACKLOG} recorded events of {} since the start time; fetch older ones with History.Query",
+                self.name
+            )));
+        }
+        self.bytes += row.len();
+        if self.bytes > self.budget {
+            return Err(too_large(self.name));
+        }
+        self.rows.push(Bytes::copy_from_slice(row));
+        Ok(true)
+    }
+
+    /// `None` while sequence `upto` has not been taken; otherwise the rows (the book at
+    /// the start first) and their size in bytes.
+    pub fn finish(mut self) -> Result<Option<(Vec<Bytes>, usize)>, QueryError> {
+        if self.last < self.upto {
+            return Ok(None);
+        }
+        if let Some((book, event)) = self.rebuilt.finish()? {
+            // The last book event folded in may be a status (it has a book sequence too).
+            let snapshot = Event {
+                instrument: InstrumentId(0),
+                sequence: Sequence(self.folded),
+                exchange_time: UnixNanos(event.exchange_time),
+                receive_time: UnixNanos(event.receive_time),
+                publish_time: UnixNanos(event.publish_time),
+                venue_seq: 0,
+                body: EventBody::Snapshot(book.snapshot(0, SnapshotKind::Initial)),
+            };
+            let mut buf = BytesMut::new();
+            wire::put_event(&mut buf, self.name, &snapshot);
+            self.bytes += buf.len();
+            if self.bytes > self.budget {
+                return Err(too_large(self.name));
+            }
+            self.rows.insert(0, buf.freeze());
+        }
+        Ok(Some((self.rows, self.bytes)))
+    }
 }
 
 fn too_large(name: &str) -> QueryError {
@@ -291,7 +373,8 @@ mod tests {
             let recorded = recorded.clone();
             tokio::spawn(async move {
                 let mut budget = 1 << 20;
-                let rows = backlog(&recorded, "TEST:X", Channel::Trades, 0, 5, &mut budget).await;
+                let source = Backfill::Recorded(recorded);
+                let rows = backfill(&source, "TEST:X", Channel::Trades, 0, 5, &mut budget).await;
                 (rows, budget)
             })
         };

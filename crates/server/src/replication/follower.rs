@@ -232,11 +232,7 @@ impl Following {
         let mut waited = false;
         let info = loop {
             let info = match self.js.get_stream(&stream).await {
-                Ok(mut s) => s
-                    .info()
-                    .await
-                    .cloned()
-                    .map_err(|e| e.to_string()),
+                Ok(mut s) => s.info().await.cloned().map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match info {

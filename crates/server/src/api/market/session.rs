@@ -21,7 +21,7 @@ use crate::api::auth::Key;
 use crate::api::{EventStream, request};
 use crate::engine::{Command, EngineError};
 use crate::fanout::{Closed, Mailbox};
-use crate::query::{self, Recorded};
+use crate::query::{self, Backfill};
 
 /// Cleans up after a stream, however it ends.
 struct Guard {
@@ -266,7 +266,7 @@ impl Session {
                             .name(id)
                             .map(|n| n.to_string());
                         let name = name.unwrap_or_default();
-                        query::backlog(recorded, &name, channel, s.start, upto, &mut budget)
+                        query::backfill(recorded, &name, channel, s.start, upto, &mut budget)
                             .await
                             .map_err(Status::from)
                     }
@@ -288,7 +288,7 @@ impl Session {
     }
 
     /// Checks a subscription with a start time can be served from the recording.
-    fn history_source(&self, start: u64, channel: Channel, depth: u32) -> Result<Recorded, Status> {
+    fn history_source(&self, start: u64, channel: Channel, depth: u32) -> Result<Backfill, Status> {
         let recorded = self.service.recorded.clone().ok_or_else(|| {
             Status::failed_precondition(
                 "recording is off on this server (store.url = \"off\"): a subscription cannot start from history",
