@@ -195,6 +195,31 @@ fn feed_trade(instrument: &str, stamp: u64) -> pb::FeedEvent {
     }
 }
 
+/// How long an edge may take to list instruments just created on its ingest node.
+const EDGE_CATCH_UP: Duration = Duration::from_secs(30);
+
+/// Waits until the edge at `url` lists every one of `names`.
+async fn edge_lists(url: &str, names: &[String], tls_ca: Option<&Path>) -> Result<(), BenchError> {
+    let mut market = pb::market_client::MarketClient::new(connect(url, tls_ca).await?);
+    let deadline = Instant::now() + EDGE_CATCH_UP;
+    loop {
+        let listed = market
+            .list_instruments(pb::ListInstrumentsRequest {})
+            .await?
+            .into_inner()
+            .instruments;
+        if names.iter().all(|n| listed.iter().any(|i| &i.name == n)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Config(format!(
+                "edge {url} does not list the bench instruments {EDGE_CATCH_UP:?} after they were created: is it an edge of --server?"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub(super) async fn run_row(
     config: &BenchConfig,
     plan: RowPlan,
@@ -212,10 +237,23 @@ pub(super) async fn run_row(
     let shared = Arc::new(Shared::new(names.len()));
     let (finish, finished) = watch::channel(false);
 
+    // Through edges, clients subscribe once the edges have the instruments too.
+    let subscribe_to = if config.via_edges.is_empty() {
+        vec![target.url.clone()]
+    } else {
+        for edge in &config.via_edges {
+            progress(&format!(
+                "waiting for edge {edge} to list the bench instruments"
+            ));
+            edge_lists(edge, &names, config.tls_ca.as_deref()).await?;
+        }
+        config.via_edges.clone()
+    };
     progress(&format!("N={clients}: connecting {clients} Raven clients"));
     let mut fleet = Clients::new(clients);
-    for _ in 0..clients {
-        let channel = connect(&target.url, config.tls_ca.as_deref()).await?;
+    for n in 0..clients {
+        let url = &subscribe_to[n % subscribe_to.len()];
+        let channel = connect(url, config.tls_ca.as_deref()).await?;
         let (names, shared, finished) = (names.clone(), shared.clone(), finished.clone());
         fleet.spawn(|ready| client(channel, names, shared, ready, finished));
     }

@@ -39,6 +39,9 @@ pub use server::{PARENT_ENV, RssSample, exit_with_parent};
 pub struct BenchConfig {
     /// A running server to target; `None` starts one (`raven_binary serve`) per run.
     pub server: Option<String>,
+    /// Edge nodes of `server` (an ingest node): clients subscribe to these, in turn,
+    /// while events are published to `server`. Empty: clients subscribe to `server`.
+    pub via_edges: Vec<String>,
     /// The `raven` binary used to start a server when `server` is `None`.
     pub raven_binary: PathBuf,
     /// Config file for the server the bench starts.

@@ -219,6 +219,10 @@ struct BenchArgs {
     /// Run the same workload on this NATS server (core pub/sub) and show Raven/NATS.
     #[arg(long, value_name = "NATS_URL")]
     compare: Option<String>,
+    /// Publish to --server (an ingest node) and have the clients subscribe to these edge
+    /// nodes of it, in turn (scale-out: the latency includes the trip through NATS).
+    #[arg(long, value_name = "URL", value_delimiter = ',', requires = "server")]
+    via_edge: Vec<String>,
     /// Also run every row on the plain-tonic relay (`raven-tonic-relay`, built beside
     /// this binary): what gRPC alone costs on this machine.
     #[arg(long)]

@@ -15,6 +15,7 @@ const NATS: &str = "nats://127.0.0.1:4222";
 fn config(clients: Vec<usize>, rate: u64) -> BenchConfig {
     BenchConfig {
         server: None,
+        via_edges: Vec::new(),
         raven_binary: PathBuf::from(RAVEN),
         server_config: None,
         max: None,

@@ -29,6 +29,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let config = raven_bench::BenchConfig {
         server: args.server,
+        via_edges: args.via_edge,
         raven_binary,
         floor,
         max: args.max,
