@@ -235,12 +235,13 @@ pub async fn start(
     };
     let replicator = match config.replication.clone() {
         Some(replication) if config.role == Role::Ingest => {
-            let (tap, tapped) = crossbeam_channel::bounded(TAP_BATCHES);
-            ctx.taps.push(tap);
             ctx.replica_checkpoints = true;
             ctx.checkpoint_every = replication.checkpoint_every;
             let run = recorder.as_ref().map_or(clock.now().0, Recorder::run);
-            Some(Replicator::start(replication, (run, config.shards), tapped, clock.clone()).await?)
+            let replicator =
+                Replicator::start(replication, (run, config.shards), clock.clone()).await?;
+            ctx.inline_taps.push(replicator.tap());
+            Some(replicator)
         }
         _ => None,
     };

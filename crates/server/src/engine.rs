@@ -175,8 +175,12 @@ pub struct ShardContext {
     pub clock: Arc<dyn Clock>,
     /// Routes resync requests to the feed that owns the instrument.
     pub catalog: Catalog,
-    /// Lossless consumers of every event.
+    /// Lossless consumers of every event, each on a thread of its own.
     pub taps: Vec<Sender<Arc<Tapped>>>,
+    /// Consumers of every event called on the shard's thread, which must never wait (an
+    /// ingest node's replication outbox: one thread hand-off less between the engine and
+    /// NATS).
+    pub inline_taps: Vec<InlineTap>,
     /// Taps also get a checkpoint snapshot of a book after this many of its events
     /// (`SnapshotKind::Checkpoint`), so a past book is rebuilt from the nearest one.
     pub checkpoint_every: u32,
@@ -200,6 +204,16 @@ pub struct Tapped {
     bytes: Bytes,
     rows: Vec<TapRow>,
     replicas: Vec<ReplicaState>,
+}
+
+/// A tap called with each batch on the shard's own thread; see [`ShardContext::inline_taps`].
+pub type InlineTap = Arc<dyn Fn(&Tapped) + Send + Sync>;
+
+impl ShardContext {
+    /// Whether anything taps the events.
+    fn tapping(&self) -> bool {
+        !self.taps.is_empty() || !self.inline_taps.is_empty()
+    }
 }
 
 /// What a replica (an edge node) needs of an instrument at a checkpoint besides its book,
@@ -348,6 +362,7 @@ impl ShardContext {
             clock,
             catalog,
             taps: Vec::new(),
+            inline_taps: Vec::new(),
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             replica_checkpoints: false,
             replica: None,
@@ -531,11 +546,22 @@ impl EngineInput {
     }
 
     /// Sends what an edge read of the ingest node's shard `origin` to the shard that
-    /// replicates it (`origin % shards`). Blocks while that shard is behind; returns
-    /// false once the engine has stopped.
-    pub fn replicate(&self, origin: u32, replicated: Replicated) -> bool {
+    /// replicates it (`origin % shards`), unless that shard is behind (`Full`: it is
+    /// handed back) or the engine has stopped. Never blocks: the edge's reader waits on
+    /// its own runtime instead, where it keeps answering NATS.
+    pub fn try_replicate(
+        &self,
+        origin: u32,
+        replicated: Replicated,
+    ) -> Result<(), TrySendError<Replicated>> {
         let shard = &self.shards[origin as usize % self.shards.len()];
-        shard.send(Input::Replica(replicated)).is_ok()
+        shard
+            .try_send(Input::Replica(replicated))
+            .map_err(|e| match e {
+                TrySendError::Full(Input::Replica(r)) => TrySendError::Full(r),
+                TrySendError::Disconnected(Input::Replica(r)) => TrySendError::Disconnected(r),
+                _ => unreachable!("sent a replica input"),
+            })
     }
 
     /// How many shards there are.

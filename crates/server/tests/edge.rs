@@ -628,11 +628,16 @@ async fn an_undecodable_message_resyncs_its_shard_and_the_edge_goes_on() {
         load(&stats.stream_sequence) >= ack.sequence
     })
     .await;
-    assert_eq!(load(&stats.replica.undecodable), 1);
+    // Read, then applied by its shard a moment later.
+    wait_for("the message refused", || {
+        load(&stats.replica.undecodable) > 0
+    })
+    .await;
     wait_for("shard 0's books resynced", || {
         load(&stats.replica.resyncs) > 0
     })
     .await;
+    assert_eq!(load(&stats.replica.undecodable), 1);
     let events = load(&stats.replica.events);
     wait_for("events after it", || {
         load(&stats.replica.events) > events + 1_000

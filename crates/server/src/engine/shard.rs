@@ -210,7 +210,7 @@ impl Shard {
 
     fn apply(&mut self, fe: FeedEvent) {
         let now = self.now;
-        let tapping = !self.ctx.taps.is_empty();
+        let tapping = self.ctx.tapping();
         let Some(inst) = slot(&mut self.instruments, &self.ctx, fe.instrument) else {
             tracing::warn!(
                 instrument = fe.instrument.0,
@@ -286,7 +286,7 @@ impl Shard {
     /// `checkpoint_every` book events, or [`CHECKPOINT_AGE`] since its last one). After every input batch,
     /// not every flush: batches published together keep the checkpoint spacing.
     fn checkpoint(&mut self) {
-        if self.ctx.taps.is_empty() {
+        if !self.ctx.tapping() {
             return;
         }
         for id in &self.dirty {
@@ -319,6 +319,9 @@ impl Shard {
             self.ctx.fanout.record_lagged(lagged);
         }
         if let Some(batch) = self.tapped.take(self.ctx.index) {
+            for tap in &self.ctx.inline_taps {
+                tap(&batch);
+            }
             let batch = Arc::new(batch);
             for tap in &self.ctx.taps {
                 // Blocking: taps are lossless, a slow one slows the engine (and the feed).

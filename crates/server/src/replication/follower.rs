@@ -226,7 +226,37 @@ enum Interrupted {
     Stopped,
 }
 
+/// While a replica shard is behind, how long the reader waits before handing it the next
+/// item again (it reads nothing meanwhile, which NATS sees as a slower consumer).
+const SHARD_BEHIND_WAIT: Duration = Duration::from_micros(200);
+
 impl Following {
+    /// Hands `replicated` to the shard replicating the ingest node's shard `origin`,
+    /// waiting while it is behind without blocking the runtime (the NATS connection's
+    /// pings and heartbeats are answered meanwhile); false once the engine has stopped.
+    async fn hand(&self, origin: u32, mut replicated: Replicated) -> bool {
+        loop {
+            match self.engine.try_replicate(origin, replicated) {
+                Ok(()) => return true,
+                Err(crossbeam_channel::TrySendError::Full(back)) => {
+                    replicated = back;
+                    tokio::time::sleep(SHARD_BEHIND_WAIT).await;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    /// Hands each shard what `make` makes for it; false once the engine has stopped.
+    async fn hand_all(&self, make: impl Fn() -> Replicated) -> bool {
+        for shard in 0..self.engine.shards() as u32 {
+            if !self.hand(shard, make()).await {
+                return false;
+            }
+        }
+        true
+    }
+
     async fn run(mut self) {
         let stream = self.config.stream();
         let mut waited = false;
@@ -285,7 +315,7 @@ impl Following {
                     // No consumer to wait on while NATS is away: silence is noticed here.
                     if !self.stats.stale.load(Ordering::Relaxed)
                         && self.heard.elapsed() >= STALE_AFTER
-                        && !self.stale()
+                        && !self.stale().await
                     {
                         return;
                     }
@@ -327,8 +357,8 @@ impl Following {
             let origin = checkpoint.shard;
             self.origins = self.origins.max(origin + 1);
             if !self
-                .engine
-                .replicate(origin, Replicated::Checkpoint(Box::new(checkpoint)))
+                .hand(origin, Replicated::Checkpoint(Box::new(checkpoint)))
+                .await
             {
                 return None;
             }
@@ -388,7 +418,7 @@ impl Following {
         let mut reached = Vec::new();
         for shard in 0..self.engine.shards() as u32 {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            if !self.engine.replicate(shard, Replicated::Fence(tx)) {
+            if !self.hand(shard, Replicated::Fence(tx)).await {
                 return false;
             }
             reached.push(rx);
@@ -439,7 +469,7 @@ impl Following {
             let message = tokio::select! {
                 message = messages.next() => message,
                 () = tokio::time::sleep_until(stale_at), if !self.stats.stale.load(Ordering::Relaxed) => {
-                    if !self.stale() {
+                    if !self.stale().await {
                         return Interrupted::Stopped;
                     }
                     continue;
@@ -458,8 +488,24 @@ impl Following {
             if sequence < *next {
                 continue;
             }
-            if sequence > *next && !self.lost(*next, sequence) {
-                return Interrupted::Stopped;
+            if sequence > *next {
+                // Delivered while the connection was down (a pull consumer without
+                // acknowledgements does not deliver them again): read them again from the
+                // stream, unless it no longer holds them.
+                match self.first_sequence().await {
+                    Some(first) if first <= *next => {
+                        return Interrupted::Consumer(format!(
+                            "messages {}..{} were delivered but not received",
+                            *next,
+                            sequence - 1
+                        ));
+                    }
+                    _ => {
+                        if !self.lost(*next, sequence).await {
+                            return Interrupted::Stopped;
+                        }
+                    }
+                }
             }
             *next = sequence + 1;
             self.heard = tokio::time::Instant::now();
@@ -486,12 +532,15 @@ impl Following {
                 .as_ref()
                 .and_then(|h| h.get("Nats-Msg-Id"))
                 .map(|v| v.as_str().to_owned());
-            if !self.handle(
-                sequence,
-                &message.subject,
-                id.as_deref(),
-                message.payload.clone(),
-            ) {
+            if !self
+                .handle(
+                    sequence,
+                    &message.subject,
+                    id.as_deref(),
+                    message.payload.clone(),
+                )
+                .await
+            {
                 return Interrupted::Stopped;
             }
             if until != 0 && sequence >= until {
@@ -501,7 +550,7 @@ impl Following {
     }
 
     /// Hands one message on; false once the engine has stopped.
-    fn handle(
+    async fn handle(
         &mut self,
         sequence: u64,
         subject: &str,
@@ -525,10 +574,8 @@ impl Following {
                     run,
                     "edge: the ingest node restarted; client streams end and the books start over"
                 );
-                for shard in 0..self.engine.shards() as u32 {
-                    if !self.engine.replicate(shard, Replicated::NewRun) {
-                        return false;
-                    }
+                if !self.hand_all(|| Replicated::NewRun).await {
+                    return false;
                 }
             }
             self.run = run;
@@ -543,14 +590,12 @@ impl Following {
                 return true;
             };
             self.origins = self.origins.max(origin + 1);
-            return self.engine.replicate(
+            let batch = Replicated::Batch {
+                stream_sequence: sequence,
                 origin,
-                Replicated::Batch {
-                    stream_sequence: sequence,
-                    origin,
-                    bytes: payload,
-                },
-            );
+                bytes: payload,
+            };
+            return self.hand(origin, batch).await;
         }
         match serde_json::from_slice::<Control>(&payload) {
             Ok(Control::Heartbeat { .. }) => true,
@@ -569,13 +614,11 @@ impl Following {
                     events,
                     "edge: the ingest node dropped batches; their books resync from the next checkpoints"
                 );
-                self.engine.replicate(
-                    shard,
-                    Replicated::Gap {
-                        origin: shard,
-                        events,
-                    },
-                )
+                let gap = Replicated::Gap {
+                    origin: shard,
+                    events,
+                };
+                self.hand(shard, gap).await
             }
             Err(e) => {
                 tracing::error!(stream_sequence = sequence, error = %e, "edge: a control message does not decode; skipped");
@@ -586,20 +629,31 @@ impl Following {
 
     /// Messages `next..found` are gone from the stream (its max age passed before they
     /// were read): every shard's books resync. False once the engine has stopped.
-    fn lost(&mut self, next: u64, found: u64) -> bool {
+    async fn lost(&mut self, next: u64, found: u64) -> bool {
         tracing::warn!(
             from = next,
             to = found - 1,
             "edge: messages left the stream before they were read; every book resyncs from its next checkpoint"
         );
-        (0..self.origins).all(|origin| {
-            self.engine
-                .replicate(origin, Replicated::Gap { origin, events: 0 })
-        })
+        for origin in 0..self.origins {
+            if !self
+                .hand(origin, Replicated::Gap { origin, events: 0 })
+                .await
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The first sequence the stream holds, when NATS says.
+    async fn first_sequence(&self) -> Option<u64> {
+        let mut stream = self.js.get_stream(self.config.stream()).await.ok()?;
+        Some(stream.info().await.ok()?.state.first_sequence)
     }
 
     /// Tells every shard the stream is silent; false once the engine has stopped.
-    fn stale(&mut self) -> bool {
+    async fn stale(&mut self) -> bool {
         let silent = self.heard.elapsed();
         self.stats.stale.store(true, Ordering::Relaxed);
         self.stats.stale_reports.fetch_add(1, Ordering::Relaxed);
@@ -607,8 +661,7 @@ impl Following {
             silent_ms = silent.as_millis() as u64,
             "edge: nothing from the ingest node's stream; subscribers told their data is stale"
         );
-        (0..self.engine.shards() as u32)
-            .all(|shard| self.engine.replicate(shard, Replicated::Stale { silent }))
+        self.hand_all(|| Replicated::Stale { silent }).await
     }
 
     /// Where to read from after the consumer failed: `next`, unless the stream was made
@@ -628,7 +681,7 @@ impl Following {
             next,
             "edge: the stream was made again; reading it from its start"
         );
-        self.lost(next, next + 1);
+        self.lost(next, next + 1).await;
         info.state.first_sequence.max(1)
     }
 }
