@@ -500,27 +500,38 @@ fn apply(shard: &mut Shard, first: Input, input: &Receiver<Input>) {
     while let Some(next) = carried.take() {
         match next {
             Input::Feed(batch) => {
-                let more = std::iter::from_fn(|| match input.try_recv().ok()? {
-                    Input::Feed(batch) => Some(batch),
-                    other => {
-                        carried = Some(other);
-                        None
-                    }
+                let more = waiting(input, &mut carried, |i| match i {
+                    Input::Feed(batch) => Ok(batch),
+                    other => Err(other),
                 });
-                shard.process_all(batch, more.take(COALESCE_BATCHES - 1));
+                shard.process_all(batch, more);
             }
             Input::Replica(replicated) => {
-                let more = std::iter::from_fn(|| match input.try_recv().ok()? {
-                    Input::Replica(replicated) => Some(replicated),
-                    other => {
-                        carried = Some(other);
-                        None
-                    }
+                let more = waiting(input, &mut carried, |i| match i {
+                    Input::Replica(replicated) => Ok(replicated),
+                    other => Err(other),
                 });
-                shard.replicate_all(replicated, more.take(COALESCE_BATCHES - 1));
+                shard.replicate_all(replicated, more);
             }
         }
     }
+}
+
+/// What already waits in `input` of the kind `kind` takes, at most enough to fill
+/// [`COALESCE_BATCHES`]; the first of another kind is left in `carried`, for next.
+fn waiting<'a, T: 'a>(
+    input: &'a Receiver<Input>,
+    carried: &'a mut Option<Input>,
+    kind: fn(Input) -> Result<T, Input>,
+) -> impl Iterator<Item = T> + 'a {
+    std::iter::from_fn(move || match kind(input.try_recv().ok()?) {
+        Ok(item) => Some(item),
+        Err(other) => {
+            *carried = Some(other);
+            None
+        }
+    })
+    .take(COALESCE_BATCHES - 1)
 }
 
 impl EngineInput {

@@ -5,6 +5,8 @@
 //! is missing, unless `RAVEN_REQUIRE_SERVICES=1` (CI) makes that a failure.
 
 mod common;
+#[path = "common/scaleout.rs"]
+mod scaleout;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,32 +22,8 @@ use raven_server::app::RunningServer;
 use raven_server::config::{FileConfig, Role};
 use raven_server::replication::FollowerStats;
 use raven_testkit::nats::{PrivateNats, nats_server_available};
+use scaleout::{LIVENESS, cluster, load, wait_for};
 use tonic::Code;
-
-/// A cluster name no other run uses.
-fn cluster(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("t_{what}_{}_{nanos}", std::process::id())
-}
-
-/// How long a wait for something that must happen may take before the test fails: long,
-/// because a loaded CI machine is slow (each wait ends as soon as its condition holds).
-const LIVENESS: Duration = Duration::from_secs(60);
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LIVENESS;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {LIVENESS:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
-}
 
 /// An ingest node of `cluster` on `nats`, its simulator at `rate` events/s over two
 /// shards, a checkpoint every 500 book events, with `configure` applied last.
@@ -81,7 +59,10 @@ async fn edge(
     })
     .await;
     let stats = server.edge_stats().expect("an edge node");
-    wait_for("the edge ready", || stats.ready.load(Ordering::Relaxed)).await;
+    wait_for("the edge ready", LIVENESS, || {
+        stats.ready.load(Ordering::Relaxed)
+    })
+    .await;
     (server, stats)
 }
 
@@ -144,7 +125,7 @@ async fn collect(
     until: Instant,
 ) -> Received {
     let what = format!("{addr} {instrument} {channel:?} depth {depth}");
-    let mut stream = subscribe(addr, instrument, channel, depth).await;
+    let (_requests, mut stream) = subscribe(addr, instrument, channel, depth).await;
     let mut events = Vec::new();
     let mut live = false;
     while let Ok(message) = tokio::time::timeout_at(until.into(), stream.message()).await {
@@ -159,12 +140,17 @@ async fn collect(
     Received { what, events }
 }
 
+/// A stream subscribed to `instrument` on `channel` at `depth`, and the sender that keeps
+/// its requests open.
 async fn subscribe(
     addr: SocketAddr,
     instrument: &str,
     channel: pb::Channel,
     depth: u32,
-) -> tonic::Streaming<pb::StreamResponse> {
+) -> (
+    tokio::sync::mpsc::Sender<pb::StreamRequest>,
+    tonic::Streaming<pb::StreamResponse>,
+) {
     let mut client = MarketClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -179,13 +165,12 @@ async fn subscribe(
     })
     .await
     .unwrap();
-    // The request side stays open as long as the stream is read.
-    std::mem::forget(tx);
-    client
+    let stream = client
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .unwrap()
-        .into_inner()
+        .into_inner();
+    (tx, stream)
 }
 
 async fn snapshot(addr: SocketAddr, instrument: &str) -> pb::Event {
@@ -506,11 +491,14 @@ async fn nats_stopped_the_edge_goes_stale_then_resyncs_with_the_gaps_counted() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     nats.stop();
     let stopped = Instant::now();
-    wait_for("the edge stale", || stats.stale.load(Ordering::Relaxed)).await;
+    wait_for("the edge stale", LIVENESS, || {
+        stats.stale.load(Ordering::Relaxed)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
     nats.restart();
     let back = Instant::now();
-    wait_for("the edge's books resynced", || {
+    wait_for("the edge's books resynced", LIVENESS, || {
         load(&stats.replica.resyncs) > 0
     })
     .await;
@@ -610,7 +598,7 @@ async fn an_undecodable_message_resyncs_its_shard_and_the_edge_goes_on() {
     let cluster = cluster("garbage");
     let ingest = ingest(&nats, &cluster, 4_000, |_| {}).await;
     let (edge, stats) = edge(&nats, &cluster, 2).await;
-    wait_for("events through the edge", || {
+    wait_for("events through the edge", LIVENESS, || {
         load(&stats.replica.events) > 1_000
     })
     .await;
@@ -624,22 +612,22 @@ async fn an_undecodable_message_resyncs_its_shard_and_the_edge_goes_on() {
         .unwrap()
         .await
         .unwrap();
-    wait_for("the message read", || {
+    wait_for("the message read", LIVENESS, || {
         load(&stats.stream_sequence) >= ack.sequence
     })
     .await;
     // Read, then applied by its shard a moment later.
-    wait_for("the message refused", || {
+    wait_for("the message refused", LIVENESS, || {
         load(&stats.replica.undecodable) > 0
     })
     .await;
-    wait_for("shard 0's books resynced", || {
+    wait_for("shard 0's books resynced", LIVENESS, || {
         load(&stats.replica.resyncs) > 0
     })
     .await;
     assert_eq!(load(&stats.replica.undecodable), 1);
     let events = load(&stats.replica.events);
-    wait_for("events after it", || {
+    wait_for("events after it", LIVENESS, || {
         load(&stats.replica.events) > events + 1_000
     })
     .await;

@@ -6,6 +6,8 @@
 mod common;
 #[path = "common/live.rs"]
 mod live;
+#[path = "common/scaleout.rs"]
+mod scaleout;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,15 +21,7 @@ use raven_server::app::RunningServer;
 use raven_server::config::{FileConfig, Role};
 use raven_server::replication::{Control, ReplicationStats};
 use raven_testkit::nats::{PrivateNats, nats_server_available};
-
-/// A cluster name no other run uses.
-fn cluster(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("t_{what}_{}_{nanos}", std::process::id())
-}
+use scaleout::{LIVENESS, cluster, load, wait_for};
 
 /// One message read back from the stream.
 struct Stored {
@@ -141,10 +135,6 @@ fn assert_sequences_whole(events: &HashMap<(String, i32, u64), Vec<u8>>) {
     }
 }
 
-/// How long a wait for something that must happen may take before the test fails: long,
-/// because a loaded CI machine is slow (each wait ends as soon as its condition holds).
-const LIVENESS: Duration = Duration::from_secs(60);
-
 /// An ingest node publishing to `nats` as `cluster`, its simulator at `rate` events/s
 /// over `shards` shards, with `configure` applied last; and its replication counters.
 async fn ingest(
@@ -165,18 +155,6 @@ async fn ingest(
     .await;
     let stats = server.replication_stats().expect("an ingest node");
     (server, stats)
-}
-
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
 }
 
 /// Every shard's batches are 1..=n in stream order.
