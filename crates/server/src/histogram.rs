@@ -76,6 +76,25 @@ impl Histogram {
     }
 }
 
+/// The upper bound of the bucket that holds quantile `q` (0 to 1) of `buckets` (as
+/// [`Histogram::buckets`] gives them, perhaps summed over several), ns; `None` when
+/// nothing was counted, `u64::MAX` when it is over every bound.
+pub fn quantile_bound(buckets: &[u64; BOUNDS_NS.len() + 1], q: f64) -> Option<u64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64 * q).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (i, &n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(BOUNDS_NS.get(i).copied().unwrap_or(u64::MAX));
+        }
+    }
+    Some(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +112,10 @@ mod tests {
         expected[BOUNDS_NS.len()] = 1;
         assert_eq!(histogram.buckets(), expected);
         assert_eq!(histogram.sum_ns(), 10_000 + 10_001 + 120_000_000_000);
+        // Four counted: the median is in the first bucket, the 99th in the last.
+        assert_eq!(quantile_bound(&histogram.buckets(), 0.5), Some(10_000));
+        assert_eq!(quantile_bound(&histogram.buckets(), 0.75), Some(25_000));
+        assert_eq!(quantile_bound(&histogram.buckets(), 0.99), Some(u64::MAX));
+        assert_eq!(quantile_bound(&Histogram::default().buckets(), 0.5), None);
     }
 }

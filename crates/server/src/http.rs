@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::clock::Clock;
+use crate::histogram::quantile_bound;
 use crate::metrics::{CONTENT_TYPE, Metrics, Sources};
 use crate::shutdown::Shutdown;
 
@@ -109,6 +110,9 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
     let edge = s.edge.as_ref().map(|f| {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let r = &f.replica;
+        let (lag, _) = crate::metrics::replication_lag(&s.engine);
+        // Bucket bounds: the quantile is at most this.
+        let lag_ms = |q| quantile_bound(&lag, q).map(|ns| ns as f64 / 1e6);
         json!({
             "up": f.up.load(Ordering::Relaxed),
             "ready": f.ready.load(Ordering::Relaxed),
@@ -121,6 +125,8 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
             "stream_sequence": load(&f.stream_sequence),
             "pending_messages": load(&f.pending),
             "lag_ms": load(&f.lag_ns) as f64 / 1e6,
+            "lag_p50_ms_at_most": lag_ms(0.5),
+            "lag_p99_ms_at_most": lag_ms(0.99),
             "gaps": load(&r.gaps),
             "missed_events": load(&r.missed),
             "resyncs": load(&r.resyncs),

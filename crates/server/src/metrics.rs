@@ -326,6 +326,14 @@ impl Collector for Scrape {
         }
         if let Some(f) = &s.edge {
             edge(&mut e, f)?;
+            let (buckets, sum_ns) = replication_lag(&s.engine);
+            histogram(
+                &mut e,
+                "raven_edge_lag_seconds",
+                "Time from the ingest node publishing a message's last event to this edge applying it.",
+                &buckets,
+                sum_ns,
+            )?;
         }
         Ok(())
     }
@@ -494,6 +502,19 @@ fn engine(e: &mut DescriptorEncoder<'_>, engine: &EngineStats) -> fmt::Result {
         &buckets,
         sum_ns,
     )
+}
+
+/// An edge's replication lag, merged over its shards: bucket counts and their sum.
+pub fn replication_lag(engine: &EngineStats) -> ([u64; BOUNDS_NS.len() + 1], u64) {
+    let mut buckets = [0u64; BOUNDS_NS.len() + 1];
+    let mut sum_ns = 0u64;
+    for stats in engine.shards() {
+        for (total, n) in buckets.iter_mut().zip(stats.replication_lag.buckets()) {
+            *total += n;
+        }
+        sum_ns += stats.replication_lag.sum_ns();
+    }
+    (buckets, sum_ns)
 }
 
 /// A histogram of durations counted in [`BOUNDS_NS`] buckets, in seconds.
@@ -735,12 +756,7 @@ fn edge(e: &mut DescriptorEncoder<'_>, f: &FollowerStats) -> fmt::Result {
     ] {
         gauge(e, name, help, v)?;
     }
-    gauge(
-        e,
-        "raven_edge_lag_seconds",
-        "How long the last message read waited in the stream.",
-        load(&f.lag_ns) as f64 / 1e9,
-    )
+    Ok(())
 }
 
 /// The process's CPU time, resident memory and descriptors, from `/proc/self` (absent

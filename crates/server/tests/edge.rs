@@ -7,6 +7,8 @@
 mod common;
 #[path = "common/scaleout.rs"]
 mod scaleout;
+#[path = "scrape/mod.rs"]
+mod scrape;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -366,6 +368,27 @@ async fn edges_serve_the_ingest_node_s_events_byte_for_byte() {
     }
     // The late edge skipped what its checkpoints held.
     assert!(load(&late_stats.replica.skipped) > 0);
+    // What /metrics and /api/v1/stats say is what the counters hold.
+    let applied = load(&first_stats.replica.events) as f64;
+    let samples = scrape::scrape(&first).await;
+    assert!(samples["raven_edge_events"] >= applied, "{samples:#?}");
+    assert_eq!(samples["raven_edge_ready"], 1.0);
+    assert_eq!(samples["raven_edge_gaps"], 0.0);
+    let lagged = samples["raven_edge_lag_seconds"];
+    assert!(
+        lagged > 0.0 && lagged <= load(&first_stats.messages) as f64,
+        "{lagged}"
+    );
+    let (status, body) = scrape::get(first.http_addr().unwrap(), "/api/v1/stats")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["edge"]["ready"], true);
+    assert!(
+        stats["edge"]["lag_p99_ms_at_most"].as_f64().is_some(),
+        "{body}"
+    );
     for server in [late, first, ingest] {
         server.shutdown().await.unwrap();
     }

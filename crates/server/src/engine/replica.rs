@@ -167,10 +167,12 @@ impl Shard {
 
     fn replicate_batch(&mut self, stream_sequence: u64, origin: u32, bytes: &Bytes) -> usize {
         let mut events = 0;
+        let mut published = 0;
         for item in scan::framed(bytes) {
-            let result = item
-                .map_err(|e| e.to_string())
-                .and_then(|(own, header)| self.replicate_event(origin, own, &header));
+            let result = item.map_err(|e| e.to_string()).and_then(|(own, header)| {
+                published = header.publish_time;
+                self.replicate_event(origin, own, &header)
+            });
             if let Err(error) = result {
                 tracing::error!(
                     stream_sequence,
@@ -178,10 +180,9 @@ impl Shard {
                     %error,
                     "a message from the ingest node does not decode; its shard's books resync from their next checkpoints"
                 );
-                self.ctx
-                    .replica
-                    .as_ref()
-                    .map(|r| r.stats.undecodable.fetch_add(1, Ordering::Relaxed));
+                if let Some(replica) = &self.ctx.replica {
+                    replica.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                }
                 let detail = format!(
                     "edge node: stream message {stream_sequence} did not decode; the book resyncs from its next checkpoint"
                 );
@@ -195,6 +196,10 @@ impl Shard {
                 .stats
                 .events
                 .fetch_add(events as u64, Ordering::Relaxed);
+        }
+        if published > 0 {
+            let lag = self.ctx.clock.now().0.saturating_sub(published);
+            self.stats.replication_lag.record(lag);
         }
         events
     }

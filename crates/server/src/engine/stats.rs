@@ -24,6 +24,9 @@ pub struct ShardStats {
     pub tap_wait_ns: Tally,
     /// Receive → publish latencies of the events with a receive time.
     pub latency: Histogram,
+    /// On an edge: from the ingest node publishing a message's last event to this shard
+    /// applying it (NATS, the ingest node's outbox and the edge's reader included).
+    pub replication_lag: Histogram,
 }
 
 impl ShardStats {
