@@ -684,3 +684,68 @@ async fn an_undecodable_message_resyncs_its_shard_and_the_edge_goes_on() {
     edge.shutdown().await.unwrap();
     ingest.shutdown().await.unwrap();
 }
+
+/// The ingest node restarts (a new run: its sequences start again at 1): the edge ends its
+/// client streams with `UNAVAILABLE`, saying why, and a client that subscribes again gets
+/// the new run's book and sequences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_node_restart_ends_the_edge_s_streams_and_the_books_start_over() {
+    if !nats_server_available() {
+        return;
+    }
+    let nats = PrivateNats::start(common::scratch_dir("nats"));
+    let cluster = cluster("restart");
+    let first = ingest(&nats, &cluster, 2_000, |_| {}).await;
+    let (edge, stats) = edge(&nats, &cluster, 1).await;
+    let (_requests, mut stream) =
+        subscribe(edge.local_addr(), "SIM:BTC-USD", pb::Channel::Book, 0).await;
+    let mut before = 0;
+    while before < 1_000 {
+        let message = stream.message().await.unwrap().expect("open");
+        before = message
+            .events
+            .iter()
+            .map(|e| e.sequence)
+            .max()
+            .unwrap_or(before);
+    }
+    first.shutdown().await.unwrap();
+    let events = load(&stats.replica.events);
+    let second = ingest(&nats, &cluster, 2_000, |_| {}).await;
+    let ended = loop {
+        match tokio::time::timeout(LIVENESS, stream.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Err(status)) => break status,
+            other => panic!("the stream ends with a status: {other:?}"),
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable);
+    assert!(
+        ended.message().contains("the ingest node restarted"),
+        "{ended:?}"
+    );
+    wait_for("the new run's events", LIVENESS, || {
+        load(&stats.replica.events) > events + 500
+    })
+    .await;
+    // Subscribed again: the new run's book, its sequences from the start again.
+    let until = Instant::now() + Duration::from_secs(2);
+    let again = collect(
+        edge.local_addr(),
+        "SIM:BTC-USD",
+        pb::Channel::Trades,
+        0,
+        until,
+    )
+    .await;
+    again.assert_contiguous();
+    let at_edge = snapshot(edge.local_addr(), "SIM:BTC-USD").await;
+    assert!(
+        at_edge.sequence < before,
+        "{} then {before}",
+        at_edge.sequence
+    );
+    assert_eq!(load(&stats.replica.gaps), 0, "a new run is not a gap");
+    edge.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
