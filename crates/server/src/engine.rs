@@ -467,11 +467,21 @@ impl Engine {
 /// Input batches a shard applies before one flush, when they are already waiting.
 const COALESCE_BATCHES: usize = 64;
 
+/// How often an ingest node's shard looks for books whose checkpoint is due by age alone.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn run_shard(mut shard: Shard, input: Receiver<Input>, commands: Receiver<Command>) {
     let never = crossbeam_channel::never();
     let mut input = &input;
+    // Only an ingest node checkpoints quiet books; elsewhere an idle shard stays asleep.
+    let sweep = if shard.sweeps() {
+        crossbeam_channel::tick(SWEEP_EVERY)
+    } else {
+        crossbeam_channel::never()
+    };
     loop {
         crossbeam_channel::select! {
+            recv(sweep) -> _ => shard.sweep(),
             recv(commands) -> c => match c {
                 Ok(Command::Stop) | Err(_) => {
                     // Everything accepted before the stop is processed (and reaches

@@ -647,3 +647,57 @@ fn a_changed_book_is_checkpointed_a_minute_after_its_last_checkpoint_with_what_a
     assert_eq!(checkpoints(&after), 0);
     engine.shutdown();
 }
+
+#[test]
+fn a_quiet_book_is_checkpointed_every_minute_for_the_edges() {
+    let registry = InstrumentRegistry::new();
+    let id = registry.intern(&InstrumentName::parse("TEST:QUIET").unwrap());
+    let t0 = 1_000 * UnixNanos::PER_SECOND;
+    let clock = Arc::new(SetClock(t0.into()));
+    let (engine, tap) = start_on(&registry, clock.clone(), |ctx| {
+        ctx.checkpoint_every = 1_000;
+        ctx.replica_checkpoints = true;
+    });
+    let level = |p, q| Level {
+        price: Price::from_units(p),
+        qty: Qty::from_units(q),
+    };
+    let snapshot = BookSnapshot {
+        bids: vec![level(100, 1)],
+        asks: vec![level(102, 1)],
+        kind: SnapshotKind::Initial,
+    };
+    assert!(engine.input().send(vec![FeedEvent {
+        instrument: id,
+        exchange_time: UnixNanos(1),
+        receive_time: UnixNanos(1),
+        venue_seq: 1,
+        kind: FeedKind::Snapshot(snapshot.clone()),
+    }]));
+    let first = tap.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        first.rows().iter().all(|r| r.channel != 0),
+        "no checkpoint yet"
+    );
+    // No event since: a minute on, the sweep checkpoints it, and a minute later again.
+    for minutes in 1..=2 {
+        clock.0.store(
+            t0 + minutes * 61 * UnixNanos::PER_SECOND,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let swept = tap.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(swept.rows().len(), 1);
+        assert_eq!(swept.rows()[0].channel, 0, "a checkpoint snapshot");
+        let [replica] = swept.replicas() else {
+            panic!("{:?}", swept.replicas())
+        };
+        let sequences: Vec<u64> = replica.sequences.iter().map(|(_, s)| s.0).collect();
+        assert_eq!(sequences, [1, 1, 0, 0]);
+        let EventBody::Snapshot(book) = &swept.events()[0].body else {
+            panic!("{:?}", swept.events())
+        };
+        assert_eq!((&book.bids, &book.asks), (&snapshot.bids, &snapshot.asks));
+        assert_eq!(book.kind, SnapshotKind::Checkpoint);
+    }
+    engine.shutdown();
+}

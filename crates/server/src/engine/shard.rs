@@ -49,6 +49,9 @@ pub(super) struct Instrument {
     pub(super) since_checkpoint: u32,
     /// When the last checkpoint snapshot was tapped (or its first events came).
     checkpointed_at: UnixNanos,
+    /// No event since the last [`Shard::sweep`]: a book with events is checkpointed by
+    /// age at its next batch instead.
+    quiet: bool,
 }
 
 impl Instrument {
@@ -108,6 +111,7 @@ pub(super) fn slot<'a>(
             known: false,
             since_checkpoint: 0,
             checkpointed_at: UnixNanos::ZERO,
+            quiet: false,
         }));
     }
     instruments[id.index()].as_deref_mut()
@@ -222,6 +226,7 @@ impl Shard {
             inst.dirty = true;
             self.dirty.push(inst.id);
         }
+        inst.quiet = false;
         if fe.receive_time.0 > 0 {
             self.stats.latency(fe.receive_time.0, now.0);
         }
@@ -279,6 +284,36 @@ impl Shard {
             FeedKind::Status(s) => {
                 out.status(inst, &times, s);
             }
+        }
+    }
+
+    /// Whether [`Shard::sweep`] has anything to do: on an ingest node, whose edges start
+    /// from the checkpoints.
+    pub fn sweeps(&self) -> bool {
+        self.ctx.replica_checkpoints
+    }
+
+    /// Taps a checkpoint of every quiet book (no event since the last sweep) whose last
+    /// one is [`CHECKPOINT_AGE`] old: an edge reads the stream from its oldest checkpoint,
+    /// so a quiet book's must not fall behind, nor a new book that went quiet go without
+    /// one. A book with events is checkpointed by age at its next batch. Between batches.
+    pub fn sweep(&mut self) {
+        if !self.sweeps() {
+            return;
+        }
+        self.tick();
+        let mut tapped = false;
+        for inst in self.instruments.iter_mut().flatten() {
+            let age = self.now.0.saturating_sub(inst.checkpointed_at.0);
+            let due = inst.checkpointed_at.0 > 0 && age >= CHECKPOINT_AGE.0;
+            if inst.quiet && due && !inst.awaiting_snapshot {
+                tap_checkpoint(&mut self.tapped, &self.ctx, inst, self.now);
+                tapped = true;
+            }
+            inst.quiet = true;
+        }
+        if tapped {
+            self.flush();
         }
     }
 
