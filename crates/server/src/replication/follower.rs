@@ -42,6 +42,9 @@ pub const STALE_AFTER: Duration = Duration::from_secs(2);
 /// After a consumer failed, or while the stream does not exist yet, before trying again.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 
+/// Checkpoints read from the bucket at once, at the start.
+const BUCKET_READS: usize = 64;
+
 /// Messages a pull may ask for at once.
 const PULL_BATCH: usize = 1024;
 
@@ -367,46 +370,39 @@ impl Following {
     }
 
     /// The latest checkpoint of every instrument in the bucket's stream (none before the
-    /// ingest node made it).
+    /// ingest node made it): its keys listed, then each one's latest read directly. (A
+    /// consumer of each key's last message races the checkpoints that keep replacing
+    /// them while it delivers: a busy book's could be missed.)
     async fn read_bucket(&self, bucket: &str) -> Result<Vec<Checkpoint>, String> {
-        let mut stream = match self.js.get_stream(bucket).await {
+        let stream = match self.js.get_stream(bucket).await {
             Ok(stream) => stream,
             Err(e) if super::stream_not_found(&e) => return Ok(Vec::new()),
             Err(e) => return Err(e.to_string()),
         };
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| e.to_string())?
-            .state
-            .clone();
-        if state.messages == 0 {
-            return Ok(Vec::new());
-        }
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                filter_subject: format!("$KV.{}.>", self.config.bucket()),
-                ..Default::default()
-            })
+        let mut listed = stream
+            .info_with_subjects(format!("$KV.{}.>", self.config.bucket()))
             .await
             .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-        let mut checkpoints = Vec::new();
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| e.to_string())?;
-            let info = message.info().map_err(|e| e.to_string())?;
-            // Checkpoints keep coming while the ingest node runs: read up to the last one
-            // there was (or what replaced it).
-            let done = info.pending == 0 || info.stream_sequence >= state.last_sequence;
+        let mut keys = Vec::new();
+        while let Some(key) = listed.next().await {
+            keys.push(key.map_err(|e| e.to_string())?.0);
+        }
+        let read: Vec<_> = futures::stream::iter(keys)
+            .map(|key| {
+                let stream = &stream;
+                async move { (stream.direct_get_last_for_subject(key.clone()).await, key) }
+            })
+            .buffer_unordered(BUCKET_READS)
+            .collect()
+            .await;
+        let mut checkpoints = Vec::with_capacity(read.len());
+        for (found, key) in read {
+            let message = found.map_err(|e| format!("{key}: {e}"))?;
             match Checkpoint::decode(message.payload.as_ref()) {
                 Ok(checkpoint) => checkpoints.push(checkpoint),
                 Err(e) => {
-                    tracing::error!(subject = %message.subject, error = %e, "edge: a checkpoint in the bucket does not decode; skipped")
+                    tracing::error!(%key, error = %e, "edge: a checkpoint in the bucket does not decode; skipped")
                 }
-            }
-            if done {
-                break;
             }
         }
         Ok(checkpoints)

@@ -263,8 +263,8 @@ async fn stream_settings(js: &JetStream, wanted: stream::Config) -> Result<(), R
 
 /// The publisher thread's state.
 struct Publishing {
-    /// To the task that writes checkpoints to the bucket.
-    checkpoints: tokio::sync::mpsc::Sender<(String, Bytes)>,
+    /// What the task that writes checkpoints to the bucket has still to write.
+    checkpoints: Arc<Waiting>,
     config: ReplicationConfig,
     js: JetStream,
     connected: tokio::sync::watch::Receiver<bool>,
@@ -350,7 +350,8 @@ impl Publishing {
                 "replication down: NATS unreachable; serving this node's clients, buffering batches until it answers"
             );
         }
-        let (checkpoints, written) = tokio::sync::mpsc::channel(CHECKPOINTS_WAITING);
+        let checkpoints = Arc::new(Waiting::default());
+        let written = checkpoints.clone();
         tokio::spawn(write_checkpoints(
             js.clone(),
             config.bucket(),
@@ -382,15 +383,8 @@ impl Publishing {
             &pending.book,
             &pending.state,
         );
-        if self
-            .checkpoints
-            .try_send((checkpoint_key(instrument), Bytes::from(value)))
-            .is_err()
-        {
-            self.stats
-                .checkpoints_failed
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.checkpoints
+            .put(checkpoint_key(instrument), Bytes::from(value));
     }
 
     async fn run(mut self) {
@@ -517,41 +511,87 @@ impl Publishing {
     }
 }
 
-/// Checkpoints waiting for the bucket, at most: far more than the instruments that check
-/// point between two writes.
-const CHECKPOINTS_WAITING: usize = 4096;
+/// Checkpoints waiting for the bucket: each instrument's latest only. A burst (thousands
+/// of books checkpointed at once) waits in memory bounded by the number of instruments,
+/// and an instrument's older checkpoint is never written after its newer one.
+#[derive(Default)]
+struct Waiting {
+    latest: std::sync::Mutex<std::collections::HashMap<String, Bytes>>,
+    ready: tokio::sync::Notify,
+}
 
-/// Writes checkpoints to the bucket, in the order they come (an instrument's later one
-/// lands after its earlier one).
+impl Waiting {
+    fn put(&self, key: String, value: Bytes) {
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest.insert(key, value);
+        drop(latest);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> std::collections::HashMap<String, Bytes> {
+        std::mem::take(&mut *self.latest.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Checkpoints written to the bucket at once (each a different instrument's).
+const CHECKPOINT_WRITES: usize = 64;
+
+/// Writes what waits to the bucket, many instruments at a time; an instrument's later
+/// checkpoint waits for the next round.
 async fn write_checkpoints(
     js: JetStream,
     bucket: String,
-    mut waiting: tokio::sync::mpsc::Receiver<(String, Bytes)>,
+    waiting: Arc<Waiting>,
     stats: Arc<ReplicationStats>,
 ) {
+    use futures::StreamExt;
     let mut store = None;
     let mut failing = false;
-    while let Some((key, value)) = waiting.recv().await {
+    loop {
+        waiting.ready.notified().await;
+        let round = waiting.take();
+        if round.is_empty() {
+            continue;
+        }
         if store.is_none() {
             store = js.get_key_value(bucket.as_str()).await.ok();
         }
-        let written = match &store {
-            Some(kv) => kv.put(key.as_str(), value).await.map_err(|e| e.to_string()),
-            None => Err(format!("no bucket {bucket}")),
-        };
-        match written {
-            Ok(_) => {
-                stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                failing = false;
+        let Some(kv) = &store else {
+            stats
+                .checkpoints_failed
+                .fetch_add(round.len() as u64, Ordering::Relaxed);
+            if !failing {
+                tracing::warn!(%bucket, "checkpoints not written: no bucket; each instrument's next one replaces its");
             }
-            Err(error) => {
-                stats.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
+            failing = true;
+            continue;
+        };
+        let written: Vec<_> = futures::stream::iter(round)
+            .map(|(key, value)| async move { kv.put(key.as_str(), value).await })
+            .buffer_unordered(CHECKPOINT_WRITES)
+            .collect()
+            .await;
+        let mut error = None;
+        for result in written {
+            match result {
+                Ok(_) => {
+                    stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    stats.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
+                    error = Some(e.to_string());
+                }
+            }
+        }
+        match error {
+            Some(error) => {
                 if !failing {
                     tracing::warn!(%error, %bucket, "checkpoint not written; the instrument's next one replaces it");
                 }
                 failing = true;
                 store = None;
             }
+            None => failing = false,
         }
     }
 }
