@@ -7,6 +7,7 @@ mod bench;
 mod client;
 mod history;
 mod notify;
+mod parquet;
 mod render;
 mod serve;
 
@@ -35,7 +36,7 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// List the instruments the server has.
     Instruments(InstrumentsArgs),
-    /// Export recorded events (JSON lines or CSV).
+    /// Export recorded events (JSON lines, CSV or Parquet).
     History(HistoryArgs),
     /// Print an instrument's book as it was at an instant.
     BookAt(BookAtArgs),
@@ -110,6 +111,8 @@ enum ExportFormat {
     Jsonl,
     /// One row per level, trade, candle or status.
     Csv,
+    /// Parquet, one file per channel, each with its channel's schema (needs `--out`).
+    Parquet,
 }
 
 #[derive(Args)]
@@ -132,8 +135,9 @@ struct HistoryArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "jsonl")]
     format: ExportFormat,
-    /// Write here instead of stdout.
-    #[arg(long)]
+    /// Write here instead of stdout. Parquet with several channels: a prefix (`day` →
+    /// `day.book.parquet`, `day.trades.parquet`, …).
+    #[arg(long, required_if_eq("format", "parquet"))]
     out: Option<PathBuf>,
     #[command(flatten)]
     server: ServerArg,

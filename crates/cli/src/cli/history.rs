@@ -12,6 +12,7 @@ use raven_proto::convert::body_from_pb;
 use raven_proto::pb::{self, history_client::HistoryClient};
 
 use super::client::{Conn, channel, ok_if_pipe_closed, print_stream, status_error};
+use super::parquet::{self, ParquetExport, Table};
 use super::render::{Printer, print_snapshot};
 use super::{BookAtArgs, ExportFormat, HistoryArgs, ReplayArgs, ServerArg};
 
@@ -114,6 +115,34 @@ pub(super) async fn history(args: HistoryArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
+    // Progress goes to stderr when someone watches it, or when stdout is the export.
+    let show_progress = args.out.is_some() || std::io::stderr().is_terminal();
+    let mut progress = Progress::new(show_progress, &request);
+    let mut exported = 0u64;
+    if let ExportFormat::Parquet = args.format {
+        let out = args
+            .out
+            .as_deref()
+            .expect("clap requires --out with parquet");
+        let tables = tables(&args.channel);
+        let paths = parquet::paths(out, &tables);
+        let mut export = ParquetExport::create(&tables, &paths)?;
+        while let Some(message) = stream.message().await.map_err(status_error)? {
+            for event in &message.events {
+                export.push(event)?;
+                exported += 1;
+                progress.update(exported, event.publish_time);
+            }
+        }
+        let rows = export.finish()?;
+        progress.finish(exported);
+        if progress.show {
+            for (path, rows) in paths.iter().zip(rows) {
+                eprintln!("{}: {rows} rows", path.display());
+            }
+        }
+        return Ok(());
+    }
     let out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(
             std::fs::File::create(path)
@@ -122,19 +151,15 @@ pub(super) async fn history(args: HistoryArgs) -> anyhow::Result<()> {
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = BufWriter::new(out);
-    // Progress goes to stderr when someone watches it, or when stdout is the export.
-    let show_progress = args.out.is_some() || std::io::stderr().is_terminal();
-    let mut progress = Progress::new(show_progress, &request);
     let mut printer = Printer::new(true);
     if matches!(args.format, ExportFormat::Csv) {
         ok_if_pipe_closed(writeln!(out, "{CSV_HEADER}"))?;
     }
-    let mut exported = 0u64;
     while let Some(message) = stream.message().await.map_err(status_error)? {
         for event in &message.events {
             let written = match args.format {
-                ExportFormat::Jsonl => printer.print(&mut out, event).map(|_| ()),
                 ExportFormat::Csv => write_csv(&mut out, event),
+                _ => printer.print(&mut out, event).map(|_| ()),
             };
             ok_if_pipe_closed(written)?;
             exported += 1;
@@ -144,6 +169,27 @@ pub(super) async fn history(args: HistoryArgs) -> anyhow::Result<()> {
     ok_if_pipe_closed(out.flush())?;
     progress.finish(exported);
     Ok(())
+}
+
+/// The Parquet tables of `--channel` (every channel's when none is given).
+fn tables(args: &[super::ChannelArg]) -> Vec<Table> {
+    if args.is_empty() {
+        return Table::ALL.to_vec();
+    }
+    Table::ALL
+        .into_iter()
+        .filter(|t| {
+            args.iter().any(|&c| {
+                matches!(
+                    (c, t),
+                    (super::ChannelArg::Book, Table::Book)
+                        | (super::ChannelArg::Bbo, Table::Bbo)
+                        | (super::ChannelArg::Trades, Table::Trades)
+                        | (super::ChannelArg::Candles, Table::Candles)
+                )
+            })
+        })
+        .collect()
 }
 
 const CSV_HEADER: &str = "instrument,channel,sequence,exchange_time,receive_time,publish_time,type,side,price,qty,detail";
