@@ -6,55 +6,21 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use raven_testkit::python::{run, skip_or_fail, venv};
+
 const GRPCIO: &str = "1.85.1";
-
-/// Skips the test with a message, or fails it when services are required (CI).
-fn skip_or_fail(why: &str) {
-    if std::env::var("RAVEN_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-        panic!("python interop required (RAVEN_REQUIRE_SERVICES=1) but {why}");
-    }
-    eprintln!("SKIPPED python grpcio interop: {why}");
-}
-
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
+const WHAT: &str = "python grpcio interop";
 
 /// A virtualenv with grpcio and grpcio-tools, and the generated stubs.
 fn python_env() -> Result<Option<(PathBuf, PathBuf)>, String> {
-    if Command::new("python3").arg("--version").output().is_err() {
-        return Ok(None);
-    }
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("py-interop-{GRPCIO}"));
-    let python = root.join("venv/bin/python");
-    if !python.exists() {
-        run(Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(root.join("venv")))?;
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args([
-                format!("grpcio=={GRPCIO}"),
-                format!("grpcio-tools=={GRPCIO}"),
-            ]))?;
-    }
+    let packages = [
+        format!("grpcio=={GRPCIO}"),
+        format!("grpcio-tools=={GRPCIO}"),
+    ];
+    let Some(python) = venv(&root, &packages)? else {
+        return Ok(None);
+    };
     let stubs = root.join("stubs");
     let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto");
     std::fs::create_dir_all(&stubs).map_err(|e| e.to_string())?;
@@ -73,13 +39,14 @@ pub async fn ready() -> Option<(PathBuf, PathBuf)> {
     match tokio::task::spawn_blocking(python_env).await.unwrap() {
         Ok(Some(env)) => Some(env),
         Ok(None) => {
-            skip_or_fail("python3 is not installed");
+            skip_or_fail(WHAT, "python3 is not installed");
             None
         }
         Err(e) => {
-            skip_or_fail(&format!(
-                "the Python environment could not be prepared: {e}"
-            ));
+            skip_or_fail(
+                WHAT,
+                &format!("the Python environment could not be prepared: {e}"),
+            );
             None
         }
     }

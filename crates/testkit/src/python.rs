@@ -1,0 +1,58 @@
+//! Python for the tests that run it: a virtualenv per package set, made once under the
+//! target directory, and the rule for a machine without Python (skipped with a message,
+//! or a failure when `RAVEN_REQUIRE_SERVICES=1`, as in CI).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Skips the test with a message naming `what`, or fails it when services are required.
+pub fn skip_or_fail(what: &str, why: &str) {
+    if std::env::var("RAVEN_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+        panic!("{what} required (RAVEN_REQUIRE_SERVICES=1) but {why}");
+    }
+    eprintln!("SKIPPED {what}: {why}");
+}
+
+/// Runs `cmd`; its output in the error when it fails.
+pub fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The interpreter of a virtualenv in `root` holding `packages` (pip requirement
+/// strings), made on first use; `None` when the machine has no `python3`. A marker
+/// written after the install makes an interrupted install start over.
+pub fn venv(root: &Path, packages: &[String]) -> Result<Option<PathBuf>, String> {
+    if Command::new("python3").arg("--version").output().is_err() {
+        return Ok(None);
+    }
+    let python = root.join("venv/bin/python");
+    let installed = root.join("installed");
+    if !installed.exists() {
+        let _ = std::fs::remove_dir_all(root.join("venv"));
+        run(Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(root.join("venv")))?;
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(packages))?;
+        std::fs::write(&installed, packages.join("\n")).map_err(|e| e.to_string())?;
+    }
+    Ok(Some(python))
+}
