@@ -86,6 +86,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .method(
             method(
+                "query_arrow",
+                "QueryArrow",
+                "crate::pb::HistoryRequest",
+                "crate::pb::ArrowBatch",
+            )
+            .server_streaming()
+            .build(),
+        )
+        .method(
+            method(
                 "book_at",
                 "BookAt",
                 "crate::pb::BookAtRequest",

@@ -27,6 +27,7 @@ from raven_md import (
     GapError,
     HistoryEnd,
     NotFound,
+    OutOfRange,
     Query,
     SnapshotEnd,
     Status,
@@ -333,9 +334,13 @@ def test_async_client_makes_the_same_calls(server):
                     break
             assert trades == list(range(trades[0], trades[0] + 20))
             end = now_ns()
-            history = await c.history("SIM:BTC-USD", "trades", end=end, limit=50)
+            history = c.history("SIM:BTC-USD", "trades", end=end, limit=50)
             replayed = [e async for e in c.replay(Query("SIM:BTC-USD", "trades", end=end, limit=50), speed=0)]
-            assert replayed == history.events and len(replayed) == 50
+            assert replayed == await history.events() and len(replayed) == 50
+            assert [e async for e in history] == replayed
+            trades = await history.to_arrow()
+            assert trades["sequence"].to_pylist() == [e.sequence for e in replayed]
+            assert (await history.to_polars())["sequence"].to_list() == [e.sequence for e in replayed]
             at = await c.book_at("SIM:BTC-USD", end, depth=1)
             assert len(at.bids) == 1
             with pytest.raises(NotFound, match="SIM:NOPE"):
@@ -364,12 +369,12 @@ def test_bad_input_is_refused_clearly(client, published):
             with pytest.raises(ValueError, match="naive datetime"):
                 c.subscribe("SIM:BTC-USD", "trades", start=datetime(2026, 1, 1))
             with pytest.raises(ValueError, match="unknown channel 'quotes'"):
-                await c.history("SIM:BTC-USD", "quotes")
+                c.history("SIM:BTC-USD", "quotes")
 
     asyncio.run(refused_by_the_async_client())
     # A quantity decimal128(38, 9) cannot hold stops the conversion, naming the event.
     history = client.history(HUGE, "trades")
-    with pytest.raises(ValueError, match=f"{HUGE} sequence 1: quantity of {10**38} units"):
+    with pytest.raises(OutOfRange, match=f"{HUGE} sequence 1: quantity of {10**38} units"):
         history.to_arrow()
     # Typed events still carry it exactly.
     assert [e.qty for e in history if isinstance(e, Trade)] == [10**38]

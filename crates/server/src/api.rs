@@ -41,6 +41,7 @@ impl From<QueryError> for Status {
             QueryError::NotFound(_) => Status::not_found(message),
             QueryError::DataLoss(_) => Status::data_loss(message),
             QueryError::TooLarge(_) => Status::resource_exhausted(message),
+            QueryError::Export(_) => Status::out_of_range(message),
             QueryError::Behind(_) | QueryError::ShuttingDown => Status::unavailable(message),
             QueryError::Task(_) => Status::internal(message),
         }

@@ -10,10 +10,12 @@
 //!
 //! Errors are [`QueryError`]s; the API turns them into gRPC statuses in one place.
 
+mod arrow;
 mod book_at;
 mod handover;
 mod rows;
 
+pub use arrow::stream_arrow;
 pub use book_at::book_at;
 pub use handover::{Backfill, Backlog, Recorded, backfill};
 pub use rows::stream_rows;
@@ -42,6 +44,9 @@ pub enum QueryError {
     /// The server is shutting down; the stream ended early.
     #[error("server shutting down; resume the query after the last event received")]
     ShuttingDown,
+    /// An event the Arrow tables cannot hold (a quantity of 10³⁸ units or more).
+    #[error(transparent)]
+    Export(#[from] raven_arrow::ExportError),
     /// A reading task failed (a defect).
     #[error("a store reading task failed: {0}")]
     Task(String),

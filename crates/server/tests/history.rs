@@ -10,11 +10,18 @@ mod live;
 #[path = "common/recorded.rs"]
 mod recorded;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::StreamReader;
+use arrow_select::concat::concat_batches;
+
 use prost::Message;
+use raven_arrow::{Table, TableBuilder};
 use raven_model::{EventBody, SnapshotKind};
 use raven_proto::pb::history_client::HistoryClient;
+use raven_proto::pb::ingest_client::IngestClient;
 use raven_proto::pb::market_client::MarketClient;
 use raven_proto::pb::stream_request::Request as Req;
 use raven_proto::{convert, pb};
@@ -672,4 +679,108 @@ async fn a_subscription_with_a_start_is_bounded_in_bytes_over_all_its_instrument
     assert!(end > 100, "{end} recorded events before the marker");
     assert!(events.len() > end + 1, "no live events after the marker");
     server.shutdown().await.unwrap();
+}
+
+/// Every Arrow batch of a `QueryArrow` stream, decoded, by channel.
+async fn query_arrow(
+    client: &mut HistoryClient<Channel>,
+    request: pb::HistoryRequest,
+) -> Result<BTreeMap<i32, Vec<RecordBatch>>, tonic::Status> {
+    let mut stream = client.query_arrow(request).await?.into_inner();
+    let mut tables: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
+    while let Some(message) = stream.message().await? {
+        let reader = StreamReader::try_new(&message.ipc[..], None).unwrap();
+        let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+        assert_eq!(batches.len(), 1, "one record batch per message");
+        tables.entry(message.channel).or_default().extend(batches);
+    }
+    Ok(tables)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_arrow_is_the_query_as_each_channels_table() {
+    let server = common::server(|f| f.sim.rate = 5000).await;
+    wait_recorded(&server, 5000).await;
+    // A range ending now, so that both calls read the same events; they are all stored
+    // once a thousand more are.
+    let both = request_to(&["SIM:BTC-USD", "SIM:ETH-USD"], &[]);
+    wait_recorded(&server, 6000).await;
+    let events = query(&server, both.clone()).await;
+    let mut client = history(&server).await;
+    let tables = query_arrow(&mut client, both).await.unwrap();
+    for table in Table::ALL {
+        let mut expected = TableBuilder::new(table);
+        for e in events.iter().filter(|e| e.channel == table.channel()) {
+            expected.push(e).unwrap();
+        }
+        let expected = expected.finish();
+        let got = &tables[&table.channel()];
+        let got = concat_batches(&table.schema(), got).unwrap();
+        assert!(expected.num_rows() > 0, "{table:?}");
+        assert_eq!(got, expected, "{table:?}");
+    }
+    // One channel asked: only its table comes.
+    let trades = query_arrow(
+        &mut client,
+        request_to(&["SIM:BTC-USD"], &[pb::Channel::Trades]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        trades.keys().copied().collect::<Vec<_>>(),
+        vec![pb::Channel::Trades as i32]
+    );
+
+    // Bad input: the query's own errors, and a quantity a decimal128(38, 9) cannot hold,
+    // named by its event.
+    let unknown = query_arrow(&mut client, request(&["SIM:NOPE"], &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let mut ingest = IngestClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    let huge = 10u128.pow(38);
+    let accepted = ingest
+        .publish(tokio_stream::iter([pb::PublishRequest {
+            events: vec![pb::FeedEvent {
+                instrument: "TEST:HUGE".into(),
+                exchange_time: 1,
+                body: Some(pb::feed_event::Body::Trade(pb::Trade {
+                    price: 1,
+                    qty: huge as u64,
+                    qty_hi: (huge >> 64) as u64,
+                    aggressor: pb::Aggressor::Buy as i32,
+                    trade_id: "t".into(),
+                })),
+                ..Default::default()
+            }],
+        }]))
+        .await
+        .unwrap()
+        .into_inner()
+        .accepted;
+    assert_eq!(accepted, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match query_arrow(&mut client, request(&["TEST:HUGE"], &[])).await {
+            Err(e) if e.code() == Code::NotFound && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other.unwrap_err(),
+        }
+    };
+    assert_eq!(refused.code(), Code::OutOfRange);
+    assert_eq!(
+        refused.message(),
+        "TEST:HUGE sequence 1: quantity of 100000000000000000000000000000000000000 units (10⁻⁹) is beyond decimal128(38, 9), which holds less than 10³⁸"
+    );
+    server.shutdown().await.unwrap();
+}
+
+fn request_to(instruments: &[&str], channels: &[pb::Channel]) -> pb::HistoryRequest {
+    pb::HistoryRequest {
+        to: now_ns(),
+        ..request(instruments, channels)
+    }
 }

@@ -12,7 +12,7 @@ since the Unix epoch (``timestamp[ns, UTC]`` in tables).
 """
 
 from raven_md.book import BookBuilder
-from raven_md.client import AsyncClient, Client, History, Query, Subscription, Tls
+from raven_md.client import AsyncClient, AsyncHistory, Client, History, Query, Subscription, Tls
 from raven_md.errors import (
     Aborted,
     AlreadyExists,
@@ -53,6 +53,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "History",
+    "AsyncHistory",
     "Query",
     "Subscription",
     "Tls",

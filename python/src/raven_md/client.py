@@ -99,54 +99,113 @@ class Query:
         )
 
 
-class History:
-    """What a history query returned: iterate for typed events, or convert whole with
-    :meth:`to_arrow`, :meth:`to_pandas`, :meth:`to_polars`, :meth:`to_parquet`."""
+class _Tables:
+    """The conversions both history kinds share, over a dict of Arrow tables."""
 
-    def __init__(self, events: list, channels: list[str]):
-        self._raw = events
-        self.channels = channels
+    @staticmethod
+    def _arrow(tables: dict, channel: Optional[str]):
+        return table.single(tables, channel)
+
+    @staticmethod
+    def _pandas(arrow):
+        import pandas as pd
+
+        return arrow.to_pandas(types_mapper=pd.ArrowDtype)
+
+    @staticmethod
+    def _polars(arrow):
+        import polars as pl
+
+        return pl.from_arrow(arrow)
+
+
+class History(_Tables):
+    """A history query's answer, fetched when first asked for and then kept: iterate it
+    (or read ``events``) for typed events in record order, as streamed; or take it whole
+    as tables with :meth:`to_arrow`, :meth:`to_pandas`, :meth:`to_polars`,
+    :meth:`to_parquet`, which the server builds (``History.QueryArrow``), so nothing is
+    decoded event by event here. The two views are separate calls: give ``end`` for
+    both to see the same events while the server records."""
+
+    def __init__(self, client: "Client", query: "Query"):
+        self._client = client
+        self.query = query
+        self.channels = query.channel_names
+        self._events: Optional[list] = None
         self._tables: Optional[dict] = None
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-    def __iter__(self) -> Iterator[Event]:
-        for e in self._raw:
-            event = from_pb(e)
-            if event is not None:
-                yield event
 
     @property
     def events(self) -> list[Event]:
-        return list(self)
+        if self._events is None:
+            self._events = self._client._query_events(self.query)
+        return self._events
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
 
     def tables(self) -> dict:
         """An Arrow table per channel of the query."""
         if self._tables is None:
-            self._tables = table.tables(self._raw, self.channels)
+            self._tables = self._client._query_tables(self.query)
         return self._tables
 
     def to_arrow(self, channel: Optional[str] = None):
         """The Arrow table of ``channel`` (or of the query's only channel)."""
-        return table.single(self.tables(), channel)
+        return self._arrow(self.tables(), channel)
 
     def to_pandas(self, channel: Optional[str] = None):
         """A DataFrame with Arrow-backed columns (exact decimals, UTC nanosecond times)."""
-        import pandas as pd
-
-        return self.to_arrow(channel).to_pandas(types_mapper=pd.ArrowDtype)
+        return self._pandas(self.to_arrow(channel))
 
     def to_polars(self, channel: Optional[str] = None):
         """A polars DataFrame (``Decimal(38, 9)`` prices and quantities)."""
-        import polars as pl
-
-        return pl.from_arrow(self.to_arrow(channel))
+        return self._polars(self.to_arrow(channel))
 
     def to_parquet(self, path) -> list[Path]:
         """Parquet files as `raven history --format parquet` writes them: ``path`` for one
         channel, ``path`` as a prefix for several. The files written."""
         return table.write_parquet(self.tables(), path)
+
+
+class AsyncHistory(_Tables):
+    """:class:`History` for :class:`AsyncClient`: the same views, awaited
+    (``await h.events()``, ``async for e in h``, ``await h.to_arrow()``, …)."""
+
+    def __init__(self, client: "AsyncClient", query: "Query"):
+        self._client = client
+        self.query = query
+        self.channels = query.channel_names
+        self._events: Optional[list] = None
+        self._tables: Optional[dict] = None
+
+    async def events(self) -> list[Event]:
+        if self._events is None:
+            self._events = await self._client._query_events(self.query)
+        return self._events
+
+    async def __aiter__(self):
+        for event in await self.events():
+            yield event
+
+    async def tables(self) -> dict:
+        if self._tables is None:
+            self._tables = await self._client._query_tables(self.query)
+        return self._tables
+
+    async def to_arrow(self, channel: Optional[str] = None):
+        return self._arrow(await self.tables(), channel)
+
+    async def to_pandas(self, channel: Optional[str] = None):
+        return self._pandas(await self.to_arrow(channel))
+
+    async def to_polars(self, channel: Optional[str] = None):
+        return self._polars(await self.to_arrow(channel))
+
+    async def to_parquet(self, path) -> list[Path]:
+        return table.write_parquet(await self.tables(), path)
 
 
 def _credentials(tls):
@@ -261,13 +320,23 @@ class Client(_Base):
         end: Time = None,
         limit: int = 0,
     ) -> History:
-        """Recorded events published in [``start``, ``end``)."""
-        query = Query(instruments, channels, start, end, limit)
+        """Recorded events published in [``start``, ``end``): a :class:`History`, fetched
+        when first used."""
+        return History(self, Query(instruments, channels, start, end, limit))
+
+    def _query_events(self, query: Query) -> list[Event]:
         try:
-            raw = [e for response in self._history.Query(query.to_pb(), metadata=self._metadata) for e in response.events]
+            responses = self._history.Query(query.to_pb(), metadata=self._metadata)
+            return [event for r in responses for event in map(from_pb, r.events) if event is not None]
         except grpc.RpcError as e:
             raise from_rpc(e) from None
-        return History(raw, query.channel_names)
+
+    def _query_tables(self, query: Query) -> dict:
+        try:
+            batches = self._history.QueryArrow(query.to_pb(), metadata=self._metadata)
+            return table.from_ipc(batches, query.channel_names)
+        except grpc.RpcError as e:
+            raise from_rpc(e) from None
 
     def book_at(self, instrument: str, at: Time, depth: int = 0) -> BookSnapshot:
         """The book as it was at ``at``."""
@@ -396,22 +465,34 @@ class AsyncClient(_Base):
         )
         return self._events(lambda: self._market.Stream(metadata=self._metadata), request)
 
-    async def history(
+    def history(
         self,
         instruments: Union[str, Iterable[str]],
         channels: Union[str, Iterable[str], None] = None,
         start: Time = None,
         end: Time = None,
         limit: int = 0,
-    ) -> History:
-        query = Query(instruments, channels, start, end, limit)
-        raw = []
+    ) -> AsyncHistory:
+        """As :meth:`Client.history`; the views are awaited."""
+        return AsyncHistory(self, Query(instruments, channels, start, end, limit))
+
+    async def _query_events(self, query: Query) -> list[Event]:
+        events = []
         try:
             async for response in self._history.Query(query.to_pb(), metadata=self._metadata):
-                raw.extend(response.events)
+                events.extend(e for e in map(from_pb, response.events) if e is not None)
         except grpc.RpcError as e:
             raise from_rpc(e) from None
-        return History(raw, query.channel_names)
+        return events
+
+    async def _query_tables(self, query: Query) -> dict:
+        batches = []
+        try:
+            async for batch in self._history.QueryArrow(query.to_pb(), metadata=self._metadata):
+                batches.append(batch)
+        except grpc.RpcError as e:
+            raise from_rpc(e) from None
+        return table.from_ipc(batches, query.channel_names)
 
     async def book_at(self, instrument: str, at: Time, depth: int = 0) -> BookSnapshot:
         request = pb.BookAtRequest(instrument=instrument, at=_nanos(at, "at"), depth=depth)

@@ -7,12 +7,13 @@ use std::io::{BufWriter, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
+use raven_arrow::Table;
 use raven_model::{EventBody, Side};
 use raven_proto::convert::body_from_pb;
 use raven_proto::pb::{self, history_client::HistoryClient};
 
 use super::client::{Conn, channel, ok_if_pipe_closed, print_stream, status_error};
-use super::parquet::{self, ParquetExport, Table};
+use super::parquet::{self, ParquetExport};
 use super::render::{Printer, print_snapshot};
 use super::{BookAtArgs, ExportFormat, HistoryArgs, ReplayArgs, ServerArg};
 

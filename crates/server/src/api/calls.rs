@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::HeaderMap;
 
 /// The methods counted by name, in label form; anything else is `other`.
-pub const METHODS: [&str; 11] = [
+pub const METHODS: [&str; 12] = [
     "raven.v1.Market/Stream",
     "raven.v1.Market/GetSnapshot",
     "raven.v1.Market/ListInstruments",
     "raven.v1.Ingest/Publish",
     "raven.v1.History/Query",
+    "raven.v1.History/QueryArrow",
     "raven.v1.History/BookAt",
     "raven.v1.History/Replay",
     "grpc.health.v1.Health/Check",

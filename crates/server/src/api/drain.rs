@@ -25,9 +25,10 @@ use crate::shutdown::Shutdown;
 
 /// The calls that hold a stream open for as long as the client likes: refused once the
 /// drain begins.
-pub const STREAMING: [&str; 4] = [
+pub const STREAMING: [&str; 5] = [
     "/raven.v1.Market/Stream",
     "/raven.v1.History/Query",
+    "/raven.v1.History/QueryArrow",
     "/raven.v1.History/Replay",
     "/raven.v1.Ingest/Publish",
 ];

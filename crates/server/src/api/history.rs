@@ -2,7 +2,7 @@
 //! This is the gRPC side only: requests validated, answers and errors turned into
 //! messages and statuses. Rows are the wire bytes subscribers received, so a history
 //! message is stored rows concatenated, never decoded and re-encoded; only `BookAt`
-//! decodes, to rebuild the book.
+//! (to rebuild the book) and `QueryArrow` (to fill Arrow tables) decode.
 
 use std::sync::Arc;
 
@@ -18,6 +18,10 @@ use crate::clock::Clock;
 use crate::query::{self, Reader, StoreReader};
 use crate::shutdown::Shutdown;
 use crate::store::Query;
+
+/// `QueryArrow`'s answer: Arrow batches, one channel's rows each.
+pub type ArrowStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ArrowBatch, Status>> + Send>>;
 
 /// The tonic service.
 #[derive(Clone)]
@@ -81,6 +85,7 @@ impl HistoryApi {
 impl History for HistoryApi {
     type QueryStream = EventStream;
     type ReplayStream = EventStream;
+    type QueryArrowStream = ArrowStream;
 
     async fn query(
         &self,
@@ -89,6 +94,18 @@ impl History for HistoryApi {
         let key = request.extensions().get::<Arc<Key>>();
         let (reader, query) = self.prepare(request.get_ref(), key).await?;
         Ok(Response::new(self.stream(reader, query, 0.0)))
+    }
+
+    async fn query_arrow(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<ArrowStream>, Status> {
+        let key = request.extensions().get::<Arc<Key>>();
+        let (reader, query) = self.prepare(request.get_ref(), key).await?;
+        let batches = query::stream_arrow(reader, query, self.shutdown.clone());
+        Ok(Response::new(Box::pin(
+            batches.map(|batch| batch.map_err(Status::from)),
+        )))
     }
 
     async fn replay(

@@ -70,6 +70,14 @@ class HistoryRequest(_message.Message):
     limit: int
     def __init__(self, instruments: _Optional[_Iterable[str]] = ..., channels: _Optional[_Iterable[_Union[Channel, str]]] = ..., to: _Optional[int] = ..., limit: _Optional[int] = ..., **kwargs) -> None: ...
 
+class ArrowBatch(_message.Message):
+    __slots__ = ("channel", "ipc")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    IPC_FIELD_NUMBER: _ClassVar[int]
+    channel: Channel
+    ipc: bytes
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., ipc: _Optional[bytes] = ...) -> None: ...
+
 class BookAtRequest(_message.Message):
     __slots__ = ("instrument", "at", "depth")
     INSTRUMENT_FIELD_NUMBER: _ClassVar[int]

@@ -290,6 +290,11 @@ class HistoryStub:
                 request_serializer=raven_dot_v1_dot_raven__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=raven_dot_v1_dot_raven__pb2.StreamResponse.FromString,
                 _registered_method=True)
+        self.QueryArrow = channel.unary_stream(
+                '/raven.v1.History/QueryArrow',
+                request_serializer=raven_dot_v1_dot_raven__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=raven_dot_v1_dot_raven__pb2.ArrowBatch.FromString,
+                _registered_method=True)
         self.BookAt = channel.unary_unary(
                 '/raven.v1.History/BookAt',
                 request_serializer=raven_dot_v1_dot_raven__pb2.BookAtRequest.SerializeToString,
@@ -311,6 +316,15 @@ class HistoryServicer:
     def Query(self, request, context):
         """Stored events of the instruments and channels with publish time in [from, to), as
         batches. Ends after `limit` events when it is not 0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryArrow(self, request, context):
+        """The same events as Arrow tables, one schema per channel (the schemas of
+        `raven history --format parquet`): for columnar clients, which then decode nothing
+        event by event. Each message holds some of one channel's rows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -340,6 +354,11 @@ def add_HistoryServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=raven_dot_v1_dot_raven__pb2.HistoryRequest.FromString,
                     response_serializer=raven_dot_v1_dot_raven__pb2.StreamResponse.SerializeToString,
+            ),
+            'QueryArrow': grpc.unary_stream_rpc_method_handler(
+                    servicer.QueryArrow,
+                    request_deserializer=raven_dot_v1_dot_raven__pb2.HistoryRequest.FromString,
+                    response_serializer=raven_dot_v1_dot_raven__pb2.ArrowBatch.SerializeToString,
             ),
             'BookAt': grpc.unary_unary_rpc_method_handler(
                     servicer.BookAt,
@@ -382,6 +401,33 @@ class History:
             '/raven.v1.History/Query',
             raven_dot_v1_dot_raven__pb2.HistoryRequest.SerializeToString,
             raven_dot_v1_dot_raven__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryArrow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raven.v1.History/QueryArrow',
+            raven_dot_v1_dot_raven__pb2.HistoryRequest.SerializeToString,
+            raven_dot_v1_dot_raven__pb2.ArrowBatch.FromString,
             options,
             channel_credentials,
             insecure,
