@@ -2,7 +2,6 @@
 
 import asyncio
 import csv
-import io
 import os
 import subprocess
 import tempfile
@@ -31,11 +30,13 @@ from raven_md import (
     Query,
     SnapshotEnd,
     Status,
+    Tls,
     Trade,
+    Unauthenticated,
 )
 from raven_md._pb.raven.v1 import raven_pb2 as pb
-from raven_md.events import text
 from raven_md._pb.raven.v1 import raven_pb2_grpc as rpc
+from raven_md.events import text
 
 # Names of this run's own, so that a test run against a long-lived server starts clean.
 _RUN = f"{os.getpid()}-{time.time_ns() % 10**9}"
@@ -381,6 +382,32 @@ def test_bad_input_is_refused_clearly(client, published):
     # Several channels: say which.
     with pytest.raises(ValueError, match="pass channel="):
         client.history(EXTREME).to_arrow()
+
+
+def test_api_keys_and_mutual_tls():
+    """A server taking only mutual TLS and API keys (the Rust test starts it)."""
+    server = os.environ.get("RAVEN_SECURE_SERVER")
+    if not server:
+        pytest.skip("RAVEN_SECURE_SERVER is not set")
+    key = os.environ["RAVEN_KEY"]
+    tls = Tls(ca=os.environ["RAVEN_CA"], cert=os.environ["RAVEN_CLIENT_CERT"], key=os.environ["RAVEN_CLIENT_KEY"])
+    with Client(server, key=key, tls=tls) as c:
+        assert "SIM:BTC-USD" in [i.name for i in c.instruments()]
+        assert c.snapshot("SIM:BTC-USD", depth=1).bids
+    with Client(f"https://{server}", key=key, tls=tls) as c:
+        assert len(c.snapshot("SIM:ETH-USD", depth=2).asks) == 2
+    with Client(server, tls=tls) as c:
+        with pytest.raises(Unauthenticated, match="an API key is required"):
+            c.instruments()
+    with Client(server, key="rvn_" + "0" * 64, tls=tls) as c:
+        with pytest.raises(Unauthenticated):
+            c.snapshot("SIM:BTC-USD")
+
+    async def run():
+        async with AsyncClient(server, key=key, tls=tls) as c:
+            assert "SIM:BTC-USD" in [i.name for i in await c.instruments()]
+
+    asyncio.run(run())
 
 
 def test_regenerating_the_stubs_changes_nothing():

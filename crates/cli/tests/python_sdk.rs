@@ -109,6 +109,57 @@ fn concat(batches: &[RecordBatch]) -> RecordBatch {
     concat_batches(&batches[0].schema(), batches).unwrap()
 }
 
+/// A second server that takes only mutual TLS and API keys, for `Client(key=…, tls=…)`.
+struct Secure {
+    served: Served,
+    key: String,
+    ca: PathBuf,
+    client: raven_testkit::tls::Pair,
+}
+
+impl Secure {
+    fn start(scratch: &Path) -> Secure {
+        let dir = scratch.join("secure");
+        std::fs::create_dir_all(&dir).unwrap();
+        let authority = raven_testkit::tls::Authority::new("Raven SDK test CA");
+        let ca = authority.write(&dir, "ca");
+        let server = authority.issue(&dir, "server", false);
+        let client = authority.issue(&dir, "client", false);
+        let keys = dir.join("keys.toml");
+        let added = Command::new(RAVEN)
+            .args(["keys", "add", "--file"])
+            .arg(&keys)
+            .args(["--id", "sdk", "--role", "subscribe,history"])
+            .output()
+            .unwrap();
+        assert!(added.status.success(), "{added:?}");
+        let key = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+        std::fs::write(
+            dir.join("raven.toml"),
+            format!("[auth]\nkeys_file = {keys:?}\n"),
+        )
+        .unwrap();
+        let mut command = Command::new(RAVEN);
+        command
+            .current_dir(&dir)
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "off"])
+            .args(["--config", "raven.toml", "--tls-cert"])
+            .arg(&server.cert)
+            .arg("--tls-key")
+            .arg(&server.key)
+            .arg("--tls-ca")
+            .arg(&ca)
+            .env("RAVEN_LOG", "warn")
+            .stderr(Stdio::inherit());
+        Secure {
+            served: Served::start(command),
+            key,
+            ca,
+            client,
+        }
+    }
+}
+
 #[test]
 fn python_sdk_against_a_live_server() {
     let scratch = raven_testkit::scratch_dir!("python-sdk");
@@ -130,6 +181,7 @@ fn python_sdk_against_a_live_server() {
         .env("RAVEN_LOG", "warn")
         .stderr(Stdio::inherit());
     let served = Served::start(command);
+    let secure = Secure::start(&scratch);
     let files = scratch.join("files");
     let out = Command::new(&python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
@@ -139,6 +191,11 @@ fn python_sdk_against_a_live_server() {
         .env("RAVEN_SCRATCH", &files)
         .env("RAVEN_PYTHON_SOURCE", source())
         .env("PYTHON", &python)
+        .env("RAVEN_SECURE_SERVER", secure.served.addr().to_string())
+        .env("RAVEN_KEY", &secure.key)
+        .env("RAVEN_CA", &secure.ca)
+        .env("RAVEN_CLIENT_CERT", &secure.client.cert)
+        .env("RAVEN_CLIENT_KEY", &secure.client.key)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
