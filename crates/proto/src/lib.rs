@@ -2,12 +2,14 @@
 //! servers ([`market_server`], [`ingest_server`], [`history_server`]), the hand-written
 //! encode-once wire encoder ([`wire`]), the codec of the long-lived streams ([`codec`]),
 //! conversions between the model and protobuf
-//! ([`convert`]), and the request limits the server enforces ([`limits`]).
+//! ([`convert`]), the JSON form of events ([`json`]), and the request limits the server
+//! enforces ([`limits`]).
 //!
 //! This is the one crate where generated types live: servers and clients share it.
 
 pub mod codec;
 pub mod convert;
+pub mod json;
 pub mod limits;
 pub mod wire;
 

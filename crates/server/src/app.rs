@@ -361,8 +361,9 @@ pub async fn start(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let market = MarketServer::new(MarketApi::new(service.clone()))
-        .max_decoding_message_size(MAX_MARKET_REQUEST_BYTES);
+    let market_api = MarketApi::new(service.clone());
+    let market =
+        MarketServer::new(market_api.clone()).max_decoding_message_size(MAX_MARKET_REQUEST_BYTES);
 
     let tls = config.tls.as_ref().map(Acceptor::new);
     let incoming = connections.incoming(listener, tls.clone());
@@ -407,10 +408,12 @@ pub async fn start(
                 sources,
                 draining,
                 clock: clock.clone(),
+                market: market_api,
+                keys: keys.clone(),
             });
             let (stop, stopped) = shutdown::channel();
             let task = tokio::spawn(crate::http::serve(listener, state, stopped));
-            tracing::info!(%addr, "serving HTTP: /metrics, /healthz, /readyz, /api/v1/stats");
+            tracing::info!(%addr, "serving HTTP: /metrics, /healthz, /readyz, /api/v1/stats, /api/v1/instruments, /api/v1/snapshot");
             Some(Http { addr, task, stop })
         }
         None => None,

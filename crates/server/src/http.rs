@@ -1,22 +1,31 @@
 //! The HTTP listener (`[http] listen`, default `127.0.0.1:50052`): `/metrics`
 //! (OpenMetrics text, [`crate::metrics`]), `/healthz` (the process answers), `/readyz`
 //! (200 while serving, 503 from the start of a drain, so a load balancer stops sending
-//! clients before the gRPC listener goes) and `/api/v1/stats` (JSON, with the
-//! per-subscriber detail metrics leave out). It keeps serving through the drain and stops
-//! last.
+//! clients before the gRPC listener goes), `/api/v1/stats` (JSON, with the
+//! per-subscriber detail metrics leave out), and the market reads any HTTP client can
+//! make: `/api/v1/instruments` and `/api/v1/snapshot/{instrument}?depth=N`, answered by
+//! the gRPC service's own code in the JSON form of [`raven_proto::json`], behind the same
+//! API keys (the `subscribe` role) when keys are configured; a refusal is
+//! `{"error": {"code", "message"}}` with the gRPC code's name. It keeps serving through
+//! the drain and stops last.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use raven_model::StatusKind;
-use serde_json::json;
+use raven_proto::market_server::Market;
+use raven_proto::{json as event_json, pb};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tonic::{Code, Request, Status};
 
+use crate::api::auth::{Keys, Role};
+use crate::api::market::MarketApi;
 use crate::clock::Clock;
 use crate::histogram::quantile_bound;
 use crate::metrics::{CONTENT_TYPE, Metrics, Sources};
@@ -32,6 +41,27 @@ pub struct HttpState {
     pub draining: Shutdown,
     /// For the uptime.
     pub clock: Arc<dyn Clock>,
+    /// The gRPC market service, which answers the market reads.
+    pub market: MarketApi,
+    /// The API keys, when the server takes only keyed callers.
+    pub keys: Option<Arc<Keys>>,
+}
+
+impl HttpState {
+    /// `message` as a gRPC request from the caller `headers` name, if it may make it.
+    fn request<T>(
+        &self,
+        headers: &HeaderMap,
+        role: Role,
+        message: T,
+    ) -> Result<Request<T>, Status> {
+        let mut request = Request::new(message);
+        if let Some(keys) = &self.keys {
+            let key = keys.authorize(headers.get(header::AUTHORIZATION), role)?;
+            request.extensions_mut().insert(key);
+        }
+        Ok(request)
+    }
 }
 
 /// Serves the routes on `listener` until `shutdown` fires.
@@ -45,6 +75,8 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/instruments", get(instruments))
+        .route("/api/v1/snapshot/{instrument}", get(snapshot))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.wait().await })
@@ -57,6 +89,103 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// A refusal: the gRPC code's name and message, under the HTTP status that says the same.
+fn refused(status: &Status) -> Response {
+    let http = match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let code = format!("{:?}", status.code());
+    json_response(
+        http,
+        &json!({"error": {"code": screaming_snake(&code), "message": status.message()}}),
+    )
+}
+
+/// `NotFound` → `NOT_FOUND`: gRPC's names for its codes.
+fn screaming_snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+async fn instruments(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    let answer = match state.request(&headers, Role::Subscribe, pb::ListInstrumentsRequest {}) {
+        Ok(request) => state.market.list_instruments(request).await,
+        Err(status) => Err(status),
+    };
+    match answer {
+        Ok(list) => {
+            let list = list.into_inner().instruments;
+            let list = list.iter().map(event_json::instrument).collect();
+            json_response(StatusCode::OK, &Value::Array(list))
+        }
+        Err(status) => refused(&status),
+    }
+}
+
+async fn snapshot(
+    State(state): State<Arc<HttpState>>,
+    Path(instrument): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let depth = match depth(query.as_deref()) {
+        Ok(depth) => depth,
+        Err(status) => return refused(&status),
+    };
+    let message = pb::GetSnapshotRequest { instrument, depth };
+    let answer = match state.request(&headers, Role::Subscribe, message) {
+        Ok(request) => state.market.get_snapshot(request).await,
+        Err(status) => Err(status),
+    };
+    match answer.map(|e| event_json::snapshot(&e.into_inner())) {
+        Ok(Ok(book)) => json_response(StatusCode::OK, &book),
+        Ok(Err(e)) => refused(&Status::internal(e.to_string())),
+        Err(status) => refused(&status),
+    }
+}
+
+/// `depth=N` from a query string (0, the whole book, when absent); the service checks N.
+fn depth(query: Option<&str>) -> Result<u32, Status> {
+    let mut depth = 0;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("depth", value)) => {
+                depth = value.parse().map_err(|_| {
+                    Status::invalid_argument(format!("depth {value:?} is not a level count"))
+                })?;
+            }
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown query parameter {pair:?}: this call takes depth=N"
+                )));
+            }
+        }
+    }
+    Ok(depth)
 }
 
 async fn ready(State(state): State<Arc<HttpState>>) -> Response {

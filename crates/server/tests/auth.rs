@@ -469,3 +469,58 @@ async fn a_reload_of_limits_changes_the_defaults_of_keys_without_their_own() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn market_reads_over_http_take_the_same_keys() {
+    let (server, keys, _) = keyed_server().await;
+    let http = server.http_addr().unwrap();
+    let call = |path: &'static str, key: Option<&str>| {
+        let header = key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n"));
+        async move {
+            let (status, body) = scrape::get_with(http, path, &header).await.unwrap();
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (status, body)
+        }
+    };
+    let (status, body) = call("/api/v1/instruments", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "UNAUTHENTICATED");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("an API key is required")
+    );
+    let (status, body) = call("/api/v1/instruments", Some("rvn_nonsense")).await;
+    assert_eq!(
+        (status, &body["error"]["message"]),
+        (401, &"unknown or revoked API key".into())
+    );
+    // A key sees the instruments it may use, and no other's book.
+    let (status, body) = call("/api/v1/instruments", Some(&keys.reader)).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["SIM:BTC-USD", "SIM:ETH-USD"]);
+    let (status, body) = call("/api/v1/snapshot/SIM:BTC-USD?depth=1", Some(&keys.reader)).await;
+    assert_eq!((status, body["bids"].as_array().unwrap().len()), (200, 1));
+    let (status, body) = call("/api/v1/snapshot/SIM:SOL-USD", Some(&keys.reader)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &"PERMISSION_DENIED".into())
+    );
+    // A key without the subscribe role reads nothing.
+    let (status, body) = call("/api/v1/instruments", Some(&keys.publisher)).await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        body["error"]["message"],
+        "API key \"publisher\" lacks the subscribe role"
+    );
+    let (status, _) = call("/api/v1/snapshot/SIM:SOL-USD", Some(&keys.ops)).await;
+    assert_eq!(status, 200);
+    server.shutdown().await.unwrap();
+}

@@ -338,3 +338,129 @@ async fn stats_give_the_per_subscriber_detail() {
     assert_eq!(stats["recorder"]["lost"], 0);
     server.shutdown().await.unwrap();
 }
+
+/// A JSON answer of the HTTP API.
+async fn get_json(server: &RunningServer, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = get(server.http_addr().unwrap(), path).await.unwrap();
+    let body = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn market_reads_over_http_answer_as_the_grpc_calls_do() {
+    let server = common::server(quiet).await;
+    publish_trades(&server, 3).await;
+    let mut ingest = IngestClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    let level = |price: i64, qty: u64| pb::Level {
+        price,
+        qty,
+        qty_hi: 0,
+    };
+    let book = pb::FeedEvent {
+        instrument: "TEST:BOOK".into(),
+        exchange_time: 1_700_000_000_000_000_000,
+        body: Some(pb::feed_event::Body::Snapshot(pb::BookSnapshot {
+            bids: vec![level(99, 1), level(98, 2), level(97, 3)],
+            asks: vec![level(101, 4), level(i64::MAX, u64::MAX)],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    ingest
+        .publish(tokio_stream::iter([pb::PublishRequest {
+            events: vec![book],
+        }]))
+        .await
+        .unwrap();
+    let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+
+    let listed = market
+        .list_instruments(pb::ListInstrumentsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, instruments) = get_json(&server, "/api/v1/instruments").await;
+    assert_eq!(status, 200);
+    let expected: Vec<serde_json::Value> = listed
+        .instruments
+        .iter()
+        .map(raven_proto::json::instrument)
+        .collect();
+    assert_eq!(instruments, serde_json::Value::Array(expected));
+    assert_eq!(instruments.as_array().unwrap().len(), 2);
+
+    let grpc = market
+        .get_snapshot(pb::GetSnapshotRequest {
+            instrument: "TEST:BOOK".into(),
+            depth: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, mut http) = get_json(&server, "/api/v1/snapshot/TEST:BOOK?depth=2").await;
+    assert_eq!(status, 200);
+    let mut expected = raven_proto::json::snapshot(&grpc).unwrap();
+    // Each answer is stamped when it is made.
+    for answer in [&mut http, &mut expected] {
+        let published = answer.as_object_mut().unwrap().remove("publish_time");
+        assert!(published.unwrap().as_str().unwrap().parse::<u64>().is_ok());
+    }
+    assert_eq!(http, expected);
+    assert_eq!(
+        http["asks"],
+        serde_json::json!([
+            ["0.000000101", "0.000000004"],
+            ["9223372036.854775807", "18446744073.709551615"]
+        ])
+    );
+    assert_eq!(http["bids"].as_array().unwrap().len(), 2);
+    let (_, whole) = get_json(&server, "/api/v1/snapshot/TEST:BOOK").await;
+    assert_eq!(whole["bids"].as_array().unwrap().len(), 3);
+
+    // Refusals: the gRPC code's name and the service's own message.
+    let unknown = market
+        .get_snapshot(pb::GetSnapshotRequest {
+            instrument: "TEST:NOPE".into(),
+            depth: 0,
+        })
+        .await
+        .unwrap_err();
+    let (status, body) = get_json(&server, "/api/v1/snapshot/TEST:NOPE").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        serde_json::json!({"error": {"code": "NOT_FOUND", "message": unknown.message()}})
+    );
+    for (path, message) in [
+        (
+            "/api/v1/snapshot/TEST:BOOK?depth=abc",
+            "depth \"abc\" is not a level count",
+        ),
+        (
+            "/api/v1/snapshot/TEST:BOOK?levels=3",
+            "unknown query parameter \"levels=3\": this call takes depth=N",
+        ),
+    ] {
+        let (status, body) = get_json(&server, path).await;
+        assert_eq!(status, 400, "{path}");
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": "INVALID_ARGUMENT", "message": message}})
+        );
+    }
+    let (status, body) = get_json(&server, "/api/v1/snapshot/nocolon").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &"INVALID_ARGUMENT".into())
+    );
+    let (status, body) = get_json(&server, "/api/v1/snapshot/TEST:BOOK?depth=1000000").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &"INVALID_ARGUMENT".into())
+    );
+    server.shutdown().await.unwrap();
+}

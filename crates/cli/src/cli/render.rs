@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use raven_book::BookFollower;
-use raven_model::{Aggressor, EventBody, Level, Price, Side};
+use raven_model::{Aggressor, EventBody, Level, Price};
 use raven_proto::convert::{body_from_pb, level_from_pb};
+use raven_proto::json;
 use raven_proto::pb;
-use serde_json::{Value, json};
 
 /// What a printed wire event was.
 pub enum Printed {
@@ -17,32 +17,6 @@ pub enum Printed {
     Event,
     /// A marker (snapshot end, heartbeat ack): not counted.
     Marker,
-}
-
-fn levels_json(levels: &[Level]) -> Value {
-    Value::Array(
-        levels
-            .iter()
-            .map(|l| json!([l.price.to_string(), l.qty.to_string()]))
-            .collect(),
-    )
-}
-
-fn level_json(level: Option<Level>) -> Value {
-    level.map_or(
-        Value::Null,
-        |l| json!({"price": l.price.to_string(), "qty": l.qty.to_string()}),
-    )
-}
-
-fn channel_name(channel: i32) -> &'static str {
-    match pb::Channel::try_from(channel) {
-        Ok(pb::Channel::Book) => "book",
-        Ok(pb::Channel::Bbo) => "bbo",
-        Ok(pb::Channel::Trades) => "trades",
-        Ok(pb::Channel::Candles) => "candles",
-        _ => "",
-    }
 }
 
 /// `HH:MM:SS.mmm` UTC.
@@ -79,96 +53,27 @@ impl Printer {
 
     /// Prints one wire event.
     pub fn print(&mut self, out: &mut impl Write, event: &pb::Event) -> io::Result<Printed> {
-        let body =
-            body_from_pb(event).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let Some(body) = body else {
-            let marker = match event.body {
-                Some(pb::event::Body::SnapshotEnd(_)) => Some("snapshot_end"),
-                Some(pb::event::Body::HistoryEnd(_)) => Some("history_end"),
-                _ => None,
+        let invalid = |e| io::Error::new(io::ErrorKind::InvalidData, e);
+        if self.json {
+            let Some(line) = json::event(event).map_err(invalid)? else {
+                return Ok(Printed::Marker);
             };
-            if let (true, Some(marker)) = (self.json, marker) {
-                let line = json!({
-                    "instrument": event.instrument,
-                    "channel": channel_name(event.channel),
-                    "sequence": event.sequence,
-                    "type": marker,
-                });
-                writeln!(out, "{line}")?;
-            }
+            writeln!(out, "{line}")?;
+            let marker = matches!(
+                event.body,
+                Some(pb::event::Body::SnapshotEnd(_) | pb::event::Body::HistoryEnd(_))
+            );
+            return Ok(if marker {
+                Printed::Marker
+            } else {
+                Printed::Event
+            });
+        }
+        let Some(body) = body_from_pb(event).map_err(invalid)? else {
             return Ok(Printed::Marker);
         };
-        if self.json {
-            self.print_json(out, event, &body)?;
-        } else {
-            self.print_human(out, event, &body)?;
-        }
+        self.print_human(out, event, &body)?;
         Ok(Printed::Event)
-    }
-
-    fn print_json(&self, out: &mut impl Write, e: &pb::Event, body: &EventBody) -> io::Result<()> {
-        let mut line = json!({
-            "instrument": e.instrument,
-            "channel": channel_name(e.channel),
-            "sequence": e.sequence,
-            "exchange_time": e.exchange_time,
-            "receive_time": e.receive_time,
-            "publish_time": e.publish_time,
-        });
-        let fields = match body {
-            EventBody::Snapshot(s) => json!({
-                "type": "snapshot",
-                "resync": s.kind == raven_model::SnapshotKind::Resync,
-                "bids": levels_json(&s.bids),
-                "asks": levels_json(&s.asks),
-            }),
-            EventBody::Delta(d) => {
-                let side = |side| {
-                    let levels: Vec<Level> = d
-                        .changes
-                        .iter()
-                        .filter(|c| c.side == side)
-                        .map(|c| Level {
-                            price: c.price,
-                            qty: c.qty,
-                        })
-                        .collect();
-                    levels_json(&levels)
-                };
-                json!({"type": "delta", "bids": side(Side::Bid), "asks": side(Side::Ask)})
-            }
-            EventBody::Trade(t) => json!({
-                "type": "trade",
-                "price": t.price.to_string(),
-                "qty": t.qty.to_string(),
-                "aggressor": match t.aggressor { Aggressor::Buy => "buy", Aggressor::Sell => "sell", Aggressor::Unknown => "unknown" },
-                "trade_id": t.trade_id,
-            }),
-            EventBody::Bbo(b) => {
-                json!({"type": "bbo", "bid": level_json(b.bid), "ask": level_json(b.ask)})
-            }
-            EventBody::Candle(c) => json!({
-                "type": "candle",
-                "interval": match c.interval { raven_model::CandleInterval::Second1 => "1s", raven_model::CandleInterval::Minute1 => "1m" },
-                "open_time": c.open_time.0,
-                "open": c.open.to_string(),
-                "high": c.high.to_string(),
-                "low": c.low.to_string(),
-                "close": c.close.to_string(),
-                "volume": c.volume.to_string(),
-                "trades": c.trades,
-            }),
-            EventBody::Status(s) => json!({
-                "type": "status",
-                "kind": s.kind.name(),
-                "missed": s.missed,
-                "detail": s.detail,
-            }),
-        };
-        if let (Value::Object(line), Value::Object(fields)) = (&mut line, fields) {
-            line.extend(fields);
-        }
-        writeln!(out, "{line}")
     }
 
     fn print_human(
@@ -292,15 +197,7 @@ pub fn print_snapshot(out: &mut impl Write, e: &pb::Event, json: bool) -> io::Re
     let bids: Vec<Level> = s.bids.iter().map(level_from_pb).collect();
     let asks: Vec<Level> = s.asks.iter().map(level_from_pb).collect();
     if json {
-        let line = json!({
-            "instrument": e.instrument,
-            "sequence": e.sequence,
-            "exchange_time": e.exchange_time,
-            "receive_time": e.receive_time,
-            "publish_time": e.publish_time,
-            "bids": levels_json(&bids),
-            "asks": levels_json(&asks),
-        });
+        let line = json::snapshot(e).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         return writeln!(out, "{line}");
     }
     writeln!(
@@ -361,9 +258,7 @@ pub fn print_instruments(
     for i in &list.instruments {
         let tick = Price::from_units(i.tick_size).to_string();
         if json {
-            let line =
-                json!({"name": i.name, "venue": i.venue, "symbol": i.symbol, "tick_size": tick});
-            writeln!(out, "{line}")?;
+            writeln!(out, "{}", json::instrument(i))?;
         } else {
             writeln!(
                 out,

@@ -470,6 +470,27 @@ impl Keys {
         Ok(keys)
     }
 
+    /// The key a request's `authorization` header names if it has `role`, or the refusal
+    /// (counted): for the gRPC layer and the HTTP API alike.
+    pub fn authorize(
+        &self,
+        header: Option<&http::HeaderValue>,
+        role: Role,
+    ) -> Result<Arc<Key>, Status> {
+        let key = self.authenticate(header).inspect_err(|_| {
+            self.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+        })?;
+        if !key.has(role) {
+            self.stats.permission_denied.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::permission_denied(format!(
+                "API key {:?} lacks the {} role",
+                key.id,
+                role.name()
+            )));
+        }
+        Ok(key)
+    }
+
     /// The key a request's `authorization` header names, or why not.
     fn authenticate(&self, header: Option<&http::HeaderValue>) -> Result<Arc<Key>, Status> {
         let Some(header) = header else {

@@ -12,9 +12,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `GET path` over HTTP/1.1: the status and the body.
 pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    get_with(addr, path, "").await
+}
+
+/// `GET path` with `headers` (each line ending in CRLF), e.g. an `Authorization`.
+pub async fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(u16, String)> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: raven\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: raven\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await?;
     let mut raw = Vec::new();

@@ -68,19 +68,7 @@ impl<S> Authenticated<S> {
             counter.fetch_add(1, Ordering::Relaxed);
             status
         };
-        let key = keys
-            .authenticate(request.headers().get(http::header::AUTHORIZATION))
-            .map_err(|s| refuse(&keys.stats.unauthenticated, s))?;
-        if !key.has(role) {
-            return Err(refuse(
-                &keys.stats.permission_denied,
-                Status::permission_denied(format!(
-                    "API key {:?} lacks the {} role",
-                    key.id,
-                    role.name()
-                )),
-            ));
-        }
+        let key = keys.authorize(request.headers().get(http::header::AUTHORIZATION), role)?;
         // Streaming calls count against `max_streams`.
         if !STREAMING.contains(&request.uri().path()) {
             return Ok((key, None));
