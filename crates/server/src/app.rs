@@ -362,6 +362,16 @@ pub async fn start(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let market_api = MarketApi::new(service.clone());
+    let history_api = HistoryApi::new(
+        config.store.clone().map(StoreReader::new),
+        clock.clone(),
+        shutdown.clone(),
+        Draining {
+            signal: draining.clone(),
+            time: config.drain,
+            clock: clock.clone(),
+        },
+    );
     let market =
         MarketServer::new(market_api.clone()).max_decoding_message_size(MAX_MARKET_REQUEST_BYTES);
 
@@ -382,16 +392,7 @@ pub async fn start(
         .add_service(reflection_v1alpha)
         .add_service(market)
         .add_service(ingest)
-        .add_service(HistoryServer::new(HistoryApi::new(
-            config.store.clone().map(StoreReader::new),
-            clock.clone(),
-            shutdown,
-            Draining {
-                signal: draining.clone(),
-                time: config.drain,
-                clock: clock.clone(),
-            },
-        )))
+        .add_service(HistoryServer::new(history_api.clone()))
         .serve_with_incoming_shutdown(incoming, async move { stopped.wait().await });
     let grpc = tokio::spawn(grpc);
     tracing::info!(
@@ -409,11 +410,12 @@ pub async fn start(
                 draining,
                 clock: clock.clone(),
                 market: market_api,
+                history: history_api,
                 keys: keys.clone(),
             });
             let (stop, stopped) = shutdown::channel();
             let task = tokio::spawn(crate::http::serve(listener, state, stopped));
-            tracing::info!(%addr, "serving HTTP: /metrics, /healthz, /readyz, /api/v1/stats, /api/v1/instruments, /api/v1/snapshot");
+            tracing::info!(%addr, "serving HTTP: /metrics, /healthz, /readyz, /api/v1/stats, /api/v1/instruments, /api/v1/snapshot, /api/v1/history");
             Some(Http { addr, task, stop })
         }
         None => None,

@@ -2,11 +2,12 @@
 //! (OpenMetrics text, [`crate::metrics`]), `/healthz` (the process answers), `/readyz`
 //! (200 while serving, 503 from the start of a drain, so a load balancer stops sending
 //! clients before the gRPC listener goes), `/api/v1/stats` (JSON, with the
-//! per-subscriber detail metrics leave out), and the market reads any HTTP client can
-//! make: `/api/v1/instruments` and `/api/v1/snapshot/{instrument}?depth=N`, answered by
-//! the gRPC service's own code in the JSON form of [`raven_proto::json`], behind the same
-//! API keys (the `subscribe` role) when keys are configured; a refusal is
-//! `{"error": {"code", "message"}}` with the gRPC code's name. It keeps serving through
+//! per-subscriber detail metrics leave out), and the reads any HTTP client can make:
+//! `/api/v1/instruments`, `/api/v1/snapshot/{instrument}?depth=N` and `/api/v1/history`
+//! (NDJSON, streamed), answered by the gRPC services' own code in the JSON form of
+//! [`raven_proto::json`], behind the same API keys (roles `subscribe` and `history`) when
+//! keys are configured; a refusal is `{"error": {"code", "message"}}` with the gRPC
+//! code's name (in a history already under way: its last line). It keeps serving through
 //! the drain and stops last.
 
 use std::sync::Arc;
@@ -17,14 +18,21 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
 use raven_model::StatusKind;
+use raven_model::UnixNanos;
+use raven_proto::history_server::History;
 use raven_proto::market_server::Market;
+use raven_proto::wire::EncodedBatch;
 use raven_proto::{json as event_json, pb};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tonic::{Code, Request, Status};
 
 use crate::api::auth::{Keys, Role};
+use crate::api::history::HistoryApi;
 use crate::api::market::MarketApi;
 use crate::clock::Clock;
 use crate::histogram::quantile_bound;
@@ -43,6 +51,8 @@ pub struct HttpState {
     pub clock: Arc<dyn Clock>,
     /// The gRPC market service, which answers the market reads.
     pub market: MarketApi,
+    /// The gRPC history service, which answers `/api/v1/history`.
+    pub history: HistoryApi,
     /// The API keys, when the server takes only keyed callers.
     pub keys: Option<Arc<Keys>>,
 }
@@ -77,6 +87,7 @@ pub async fn serve(
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/instruments", get(instruments))
         .route("/api/v1/snapshot/{instrument}", get(snapshot))
+        .route("/api/v1/history", get(history))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.wait().await })
@@ -166,6 +177,136 @@ async fn snapshot(
         Ok(Err(e)) => refused(&Status::internal(e.to_string())),
         Err(status) => refused(&status),
     }
+}
+
+async fn history(
+    State(state): State<Arc<HttpState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let answer = match history_request(query.as_deref().unwrap_or("")) {
+        Ok(message) => match state.request(&headers, Role::History, message) {
+            Ok(request) => state.history.query(request).await,
+            Err(status) => Err(status),
+        },
+        Err(status) => Err(status),
+    };
+    let batches = match answer {
+        Ok(stream) => stream.into_inner(),
+        Err(status) => return refused(&status),
+    };
+    let lines = batches.map(|batch| {
+        Ok::<_, std::convert::Infallible>(match batch {
+            Ok(batch) => ndjson(&batch),
+            Err(status) => error_line(&status),
+        })
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+/// A history message's events, a JSON object a line.
+fn ndjson(batch: &EncodedBatch) -> Bytes {
+    let events = match pb::StreamResponse::decode(batch.encode_to_vec().as_slice()) {
+        Ok(response) => response.events,
+        Err(e) => return error_line(&Status::internal(format!("a history message: {e}"))),
+    };
+    let mut out = Vec::with_capacity(batch.len_bytes() * 2);
+    for event in &events {
+        match event_json::event(event) {
+            Ok(Some(line)) => {
+                out.extend_from_slice(line.to_string().as_bytes());
+                out.push(b'\n');
+            }
+            Ok(None) => {}
+            Err(e) => {
+                out.extend_from_slice(&error_line(&Status::internal(e.to_string())));
+                break;
+            }
+        }
+    }
+    Bytes::from(out)
+}
+
+fn error_line(status: &Status) -> Bytes {
+    let code = screaming_snake(&format!("{:?}", status.code()));
+    let line = json!({"error": {"code": code, "message": status.message()}});
+    Bytes::from(format!("{line}\n"))
+}
+
+/// `/api/v1/history`'s query string: `instruments=A,B` (required), `channels=book,trades`
+/// (all when absent), `from` and `to` (RFC 3339 or Unix ns), `limit`. The service checks
+/// the rest as it checks a gRPC request.
+fn history_request(query: &str) -> Result<pb::HistoryRequest, Status> {
+    let mut request = pb::HistoryRequest::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decoded(value)?;
+        let time = |value: &str| {
+            UnixNanos::parse(value)
+                .map(UnixNanos::as_u64)
+                .map_err(|e| Status::invalid_argument(format!("{name}: {e}")))
+        };
+        match name {
+            "instruments" => request.instruments.extend(
+                value
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            ),
+            "channels" => {
+                for channel in value.split(',').filter(|s| !s.is_empty()) {
+                    let number = match channel {
+                        "book" => pb::Channel::Book,
+                        "bbo" => pb::Channel::Bbo,
+                        "trades" => pb::Channel::Trades,
+                        "candles" => pb::Channel::Candles,
+                        other => {
+                            return Err(Status::invalid_argument(format!(
+                                "unknown channel {other:?}: book, bbo, trades or candles"
+                            )));
+                        }
+                    };
+                    request.channels.push(number as i32);
+                }
+            }
+            "from" => request.from = time(&value)?,
+            "to" => request.to = time(&value)?,
+            "limit" => {
+                request.limit = value.parse().map_err(|_| {
+                    Status::invalid_argument(format!("limit {value:?} is not a count"))
+                })?;
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown query parameter {other:?}: this call takes instruments, channels, from, to and limit"
+                )));
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// A query-string value with its `%XX` escapes (and `+` for a space) decoded.
+fn percent_decoded(value: &str) -> Result<String, Status> {
+    let bad = || Status::invalid_argument(format!("{value:?} is not a valid query value"));
+    let mut out = Vec::with_capacity(value.len());
+    let mut bytes = value.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next().ok_or_else(bad)?, bytes.next().ok_or_else(bad)?];
+                let hex = std::str::from_utf8(&hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
 }
 
 /// `depth=N` from a query string (0, the whole book, when absent); the service checks N.

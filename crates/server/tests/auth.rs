@@ -522,5 +522,16 @@ async fn market_reads_over_http_take_the_same_keys() {
     );
     let (status, _) = call("/api/v1/snapshot/SIM:SOL-USD", Some(&keys.ops)).await;
     assert_eq!(status, 200);
+    // History takes the history role.
+    let (status, body) = call(
+        "/api/v1/history?instruments=SIM:BTC-USD",
+        Some(&keys.reader),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        body["error"]["message"],
+        "API key \"reader\" lacks the history role"
+    );
     server.shutdown().await.unwrap();
 }

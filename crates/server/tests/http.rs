@@ -464,3 +464,132 @@ async fn market_reads_over_http_answer_as_the_grpc_calls_do() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_over_http_is_the_query_as_json_lines() {
+    let server = common::server(quiet).await;
+    // Two publishes apart: two publish times.
+    publish_trades(&server, 3).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut ingest = IngestClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    ingest
+        .publish(tokio_stream::iter([pb::PublishRequest {
+            events: (4..=5).map(trade).collect(),
+        }]))
+        .await
+        .unwrap();
+    let request = pb::HistoryRequest {
+        instruments: vec!["TEST:ABC".into()],
+        channels: vec![pb::Channel::Trades as i32],
+        ..Default::default()
+    };
+    let mut history = raven_proto::pb::history_client::HistoryClient::connect(format!(
+        "http://{}",
+        server.local_addr()
+    ))
+    .await
+    .unwrap();
+    // Recorded within the 5 ms window: wait until the store has all five.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let mut events = Vec::new();
+        if let Ok(answer) = history.query(request.clone()).await {
+            let mut stream = answer.into_inner();
+            while let Some(message) = stream.message().await.unwrap() {
+                events.extend(message.events);
+            }
+        }
+        if events.len() == 5 {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lines = |body: &str| -> Vec<serde_json::Value> {
+        body.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let expected: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| raven_proto::json::event(e).unwrap().unwrap())
+        .collect();
+    let http = server.http_addr().unwrap();
+    // The colon percent-encoded, as a browser sends it.
+    let (status, body) = get(
+        http,
+        "/api/v1/history?instruments=TEST%3AABC&channels=trades",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(lines(&body), expected);
+    // A time range (RFC 3339 and Unix ns) and a limit, as History.Query takes them.
+    let (first, second) = (events[0].publish_time, events[3].publish_time);
+    assert!(first < second && events[4].publish_time == second);
+    let path = format!(
+        "/api/v1/history?instruments=TEST:ABC&from={first}&to={second}&limit=10&channels=trades,book"
+    );
+    let (_, body) = get(http, &path).await.unwrap();
+    assert_eq!(lines(&body), expected[..3]);
+    let path = format!("/api/v1/history?instruments=TEST:ABC&from={second}");
+    let (_, body) = get(http, &path).await.unwrap();
+    assert_eq!(lines(&body), expected[3..]);
+    let (_, body) = get(
+        http,
+        "/api/v1/history?instruments=TEST:ABC&from=1970-01-01T00:00:00Z&limit=2",
+    )
+    .await
+    .unwrap();
+    assert_eq!(lines(&body), expected[..2]);
+
+    for (path, status, code, message) in [
+        (
+            "/api/v1/history",
+            400,
+            "INVALID_ARGUMENT",
+            "the query names no instruments",
+        ),
+        (
+            "/api/v1/history?instruments=TEST:ABC&channels=quotes",
+            400,
+            "INVALID_ARGUMENT",
+            "unknown channel \"quotes\": book, bbo, trades or candles",
+        ),
+        (
+            "/api/v1/history?instruments=TEST:ABC&from=yesterday",
+            400,
+            "INVALID_ARGUMENT",
+            "from: invalid time \"yesterday\": expected Unix nanoseconds or RFC 3339, e.g. 2026-11-28T05:00:00Z or 2026-11-28T06:00:00.5+01:00",
+        ),
+        (
+            "/api/v1/history?instruments=TEST:ABC&sort=desc",
+            400,
+            "INVALID_ARGUMENT",
+            "unknown query parameter \"sort\": this call takes instruments, channels, from, to and limit",
+        ),
+        (
+            "/api/v1/history?instruments=TEST%3",
+            400,
+            "INVALID_ARGUMENT",
+            "\"TEST%3\" is not a valid query value",
+        ),
+        (
+            "/api/v1/history?instruments=TEST:NOPE",
+            404,
+            "NOT_FOUND",
+            "no recorded events for instrument \"TEST:NOPE\"",
+        ),
+    ] {
+        let (got, body) = get(http, path).await.unwrap();
+        assert_eq!(got, status, "{path}: {body}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"error": {"code": code, "message": message}}),
+            "{path}"
+        );
+    }
+    server.shutdown().await.unwrap();
+}

@@ -37,7 +37,31 @@ pub async fn get_with(
         .expect("a status")
         .parse()
         .unwrap();
-    Ok((status, body.to_owned()))
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        status,
+        if chunked {
+            dechunked(body)
+        } else {
+            body.to_owned()
+        },
+    ))
+}
+
+/// A body sent in chunks (a streamed answer), joined.
+fn dechunked(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
 }
 
 /// `/metrics` as Prometheus reads it: every sample as `name` or `name{k="v",…}` → value
