@@ -2,8 +2,9 @@
 //! and published extremes, the export read back with the Rust `parquet` reader and
 //! compared value for value with the same history as CSV.
 
+mod parquet_files;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,7 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet_files::read;
 use raven_model::{Price, Qty};
 use raven_proto::pb::feed_event::Body;
 use raven_proto::pb::{self, ingest_client::IngestClient};
@@ -125,16 +126,6 @@ fn succeeded(out: Output) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn read(path: &Path) -> Vec<RecordBatch> {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
 }
 
 /// A column's value in row `row` as the CSV export writes it ("" for null).

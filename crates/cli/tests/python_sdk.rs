@@ -5,12 +5,14 @@
 //! SDK wrote are read with the Rust `parquet` reader and compared. Without Python the test
 //! is skipped with a message, unless `RAVEN_REQUIRE_SERVICES=1` (CI) makes that a failure.
 
+mod parquet_files;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use arrow_array::RecordBatch;
 use arrow_select::concat::concat_batches;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet_files::read;
 use raven_testkit::python::{run, skip_or_fail, venv};
 use raven_testkit::served::Served;
 
@@ -91,17 +93,6 @@ fn sdk_env(scratch: &Path) -> Result<Option<PathBuf>, String> {
         ])
         .arg(&wheel))?;
     Ok(Some(python))
-}
-
-/// Every record batch of a Parquet file.
-fn read(path: &Path) -> Vec<RecordBatch> {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
 }
 
 /// A file's batches as one (the two writers cut record batches at different rows).
