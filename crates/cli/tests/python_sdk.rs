@@ -13,8 +13,9 @@ use std::process::{Command, Stdio};
 use arrow_array::RecordBatch;
 use arrow_select::concat::concat_batches;
 use parquet_files::read;
-use raven_testkit::python::{run, skip_or_fail, venv};
+use raven_testkit::python::{run, venv};
 use raven_testkit::served::Served;
+use raven_testkit::skip_or_fail;
 
 const RAVEN: &str = env!("CARGO_BIN_EXE_raven");
 const WHAT: &str = "the Python SDK";

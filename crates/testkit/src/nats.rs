@@ -26,10 +26,7 @@ pub fn nats_server_available() -> bool {
     if found {
         return true;
     }
-    if std::env::var("RAVEN_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-        panic!("NATS required (RAVEN_REQUIRE_SERVICES=1) but `nats-server` is not on the PATH");
-    }
-    eprintln!("SKIPPED NATS JetStream tests: `nats-server` is not on the PATH");
+    crate::skip_or_fail("NATS JetStream", "`nats-server` is not on the PATH");
     false
 }
 

@@ -10,12 +10,7 @@ pub fn postgres_available() -> bool {
     if std::net::TcpStream::connect("127.0.0.1:5432").is_ok() {
         return true;
     }
-    if std::env::var("RAVEN_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-        panic!(
-            "PostgreSQL required (RAVEN_REQUIRE_SERVICES=1) but nothing listens on 127.0.0.1:5432"
-        );
-    }
-    eprintln!("SKIPPED PostgreSQL store tests: no server on 127.0.0.1:5432");
+    crate::skip_or_fail("PostgreSQL", "nothing listens on 127.0.0.1:5432");
     false
 }
 

@@ -1,17 +1,8 @@
 //! Python for the tests that run it: a virtualenv per package set, made once under the
-//! target directory, and the rule for a machine without Python (skipped with a message,
-//! or a failure when `RAVEN_REQUIRE_SERVICES=1`, as in CI).
+//! target directory (a machine without Python: [`crate::skip_or_fail`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Skips the test with a message naming `what`, or fails it when services are required.
-pub fn skip_or_fail(what: &str, why: &str) {
-    if std::env::var("RAVEN_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-        panic!("{what} required (RAVEN_REQUIRE_SERVICES=1) but {why}");
-    }
-    eprintln!("SKIPPED {what}: {why}");
-}
 
 /// Runs `cmd`; its output in the error when it fails.
 pub fn run(cmd: &mut Command) -> Result<(), String> {

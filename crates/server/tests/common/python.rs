@@ -6,7 +6,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use raven_testkit::python::{run, skip_or_fail, venv};
+use raven_testkit::python::{run, venv};
+use raven_testkit::skip_or_fail;
 
 const GRPCIO: &str = "1.85.1";
 const WHAT: &str = "python grpcio interop";
