@@ -700,11 +700,22 @@ async fn query_arrow(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_arrow_is_the_query_as_each_channels_table() {
     let server = common::server(|f| f.sim.rate = 5000).await;
-    wait_recorded(&server, 5000).await;
+    // Every channel has events once a candle has closed (a bar closes after its second).
+    wait_recorded(&server, 1000).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !query(&server, request(&["SIM:BTC-USD"], &[pb::Channel::Candles]))
+        .await
+        .iter()
+        .any(|e| matches!(e.body, Some(pb::event::Body::Candle(_))))
+    {
+        assert!(Instant::now() < deadline, "no candle recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A range ending now, so that both calls read the same events; they are all stored
     // once a thousand more are.
+    let recorded = wait_recorded(&server, 1).await;
     let both = request_to(&["SIM:BTC-USD", "SIM:ETH-USD"], &[]);
-    wait_recorded(&server, 6000).await;
+    wait_recorded(&server, recorded + 1000).await;
     let events = query(&server, both.clone()).await;
     let mut client = history(&server).await;
     let tables = query_arrow(&mut client, both).await.unwrap();
