@@ -157,6 +157,18 @@ def test_book_builder_equals_get_snapshot_at_the_same_sequence(client):
     assert matched == set(watched)
 
 
+def test_times_are_exact_nanoseconds():
+    from raven_md.client import _nanos
+
+    assert _nanos(datetime(2026, 11, 28, 5, 0, 0, 999999, tzinfo=timezone.utc), "t") == 1_795_842_000_999_999_000
+    assert _nanos(datetime(2026, 11, 28, 6, 0, tzinfo=timezone(timedelta(hours=1))), "t") == 1_795_842_000_000_000_000
+    assert _nanos(1_795_842_000_000_000_001, "t") == 1_795_842_000_000_000_001
+    with pytest.raises(ValueError, match="before the Unix epoch"):
+        _nanos(-1, "t")
+    with pytest.raises(ValueError, match="before the Unix epoch"):
+        _nanos(datetime(1969, 12, 31, 23, 59, 59, tzinfo=timezone.utc), "t")
+
+
 def test_book_builder_refuses_a_gap_and_waits_through_a_resync():
     head = dict(instrument="X:Y", channel="book", exchange_time=0, receive_time=0, publish_time=0, venue_seq=0)
     b = BookBuilder()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import AsyncIterator, Iterable, Iterator, Optional, Union
 
@@ -27,6 +27,7 @@ Time = Union[datetime, int, None]
 """An instant: a timezone-aware ``datetime`` or integer nanoseconds since the Unix epoch."""
 
 _MAX_MESSAGE = 64 << 20
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _nanos(value: Time, name: str) -> int:
@@ -37,10 +38,11 @@ def _nanos(value: Time, name: str) -> int:
             raise ValueError(
                 f"{name}: a naive datetime is ambiguous; give it a timezone (e.g. tzinfo=timezone.utc)"
             )
-        whole = int(value.timestamp())
-        # Microseconds exactly, without a float round trip.
-        return whole * 1_000_000_000 + value.microsecond * 1_000
-    if isinstance(value, bool) or not isinstance(value, int):
+        # In integers throughout: `timestamp()` is a float, which can round a time near a
+        # second's end into the next second.
+        delta = value - _EPOCH
+        value = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    elif isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name}: expected a timezone-aware datetime or integer nanoseconds, got {value!r}")
     if value < 0:
         raise ValueError(f"{name}: {value} is before the Unix epoch")
