@@ -324,6 +324,22 @@ def test_book_at_equals_the_history_applied_up_to_that_instant(client, published
     assert len(top.bids) <= 2 and len(top.asks) <= 2
 
 
+def test_candles_carry_their_exact_decimals(client):
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        candles = [e for e in client.history("SIM:BTC-USD", "candles") if isinstance(e, raven_md.Candle)]
+        if candles:
+            break
+        assert time.monotonic() < deadline, "no candle recorded"
+        time.sleep(0.1)
+    c = candles[0]
+    assert c.interval in ("1s", "1m")
+    assert c.low <= c.open <= c.high and c.low <= c.close <= c.high and c.trades > 0
+    assert (c.open_decimal, c.high_decimal, c.low_decimal, c.close_decimal, c.volume_decimal) == tuple(
+        Decimal(text(v)) for v in (c.open, c.high, c.low, c.close, c.volume)
+    )
+
+
 def test_replay_as_fast_as_read_equals_the_history(client):
     end = now_ns()
     query = Query("SIM:BTC-USD", "trades", end=end, limit=200)

@@ -168,6 +168,26 @@ class Candle(Event):
     volume: int = 0
     trades: int = 0
 
+    @property
+    def open_decimal(self) -> Decimal:
+        return decimal(self.open)
+
+    @property
+    def high_decimal(self) -> Decimal:
+        return decimal(self.high)
+
+    @property
+    def low_decimal(self) -> Decimal:
+        return decimal(self.low)
+
+    @property
+    def close_decimal(self) -> Decimal:
+        return decimal(self.close)
+
+    @property
+    def volume_decimal(self) -> Decimal:
+        return decimal(self.volume)
+
 
 @dataclass(frozen=True)
 class Status(Event):
