@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tonic::{Code, Request, Status};
 
 use crate::api::auth::{Keys, Role};
+use crate::api::calls::CODES;
 use crate::api::history::HistoryApi;
 use crate::api::market::MarketApi;
 use crate::clock::Clock;
@@ -123,23 +124,16 @@ fn refused(status: &Status) -> Response {
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let code = format!("{:?}", status.code());
-    json_response(
-        http,
-        &json!({"error": {"code": screaming_snake(&code), "message": status.message()}}),
-    )
+    json_response(http, &error_body(status))
 }
 
-/// `NotFound` → `NOT_FOUND`: gRPC's names for its codes.
-fn screaming_snake(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
+/// `{"error": {"code", "message"}}`: the gRPC code's name and the service's message.
+fn error_body(status: &Status) -> Value {
+    let code = CODES
+        .get(status.code() as usize)
+        .copied()
+        .unwrap_or("UNKNOWN");
+    json!({"error": {"code": code, "message": status.message()}})
 }
 
 async fn instruments(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
@@ -232,9 +226,7 @@ fn ndjson(batch: &EncodedBatch) -> Bytes {
 }
 
 fn error_line(status: &Status) -> Bytes {
-    let code = screaming_snake(&format!("{:?}", status.code()));
-    let line = json!({"error": {"code": code, "message": status.message()}});
-    Bytes::from(format!("{line}\n"))
+    Bytes::from(format!("{}\n", error_body(status)))
 }
 
 /// `/api/v1/history`'s query string: `instruments=A,B` (required), `channels=book,trades`
