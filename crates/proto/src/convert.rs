@@ -217,6 +217,25 @@ pub fn feed_kind_from_pb(event: &pb::FeedEvent) -> Result<FeedKind, ProtoError> 
     }
 }
 
+/// A status kind's number.
+pub fn status_kind_from_pb(value: i32) -> Result<StatusKind, ProtoError> {
+    Ok(match value {
+        1 => StatusKind::Gap,
+        2 => StatusKind::Resync,
+        3 => StatusKind::FeedDown,
+        4 => StatusKind::FeedUp,
+        5 => StatusKind::Stale,
+        6 => StatusKind::Rejected,
+        7 => StatusKind::GoingAway,
+        value => {
+            return Err(ProtoError::UnknownEnum {
+                field: "status.kind",
+                value,
+            });
+        }
+    })
+}
+
 /// The model body of a wire event; `Ok(None)` for per-subscriber control events
 /// (`SnapshotEnd`, `HistoryEnd`, `HeartbeatAck`) which have no model counterpart.
 pub fn body_from_pb(event: &pb::Event) -> Result<Option<EventBody>, ProtoError> {
@@ -253,21 +272,7 @@ pub fn body_from_pb(event: &pb::Event) -> Result<Option<EventBody>, ProtoError> 
             trades: c.trades,
         }),
         Body::Status(s) => EventBody::Status(Status {
-            kind: match s.kind {
-                1 => StatusKind::Gap,
-                2 => StatusKind::Resync,
-                3 => StatusKind::FeedDown,
-                4 => StatusKind::FeedUp,
-                5 => StatusKind::Stale,
-                6 => StatusKind::Rejected,
-                7 => StatusKind::GoingAway,
-                value => {
-                    return Err(ProtoError::UnknownEnum {
-                        field: "status.kind",
-                        value,
-                    });
-                }
-            },
+            kind: status_kind_from_pb(s.kind)?,
             channel: channel_from_pb(event.channel)?,
             missed: s.missed,
             detail: s.detail.clone(),

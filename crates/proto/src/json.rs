@@ -7,7 +7,7 @@
 use raven_model::{Aggressor, CandleInterval, EventBody, Level, Price, Side, SnapshotKind};
 use serde_json::{Map, Value, json};
 
-use crate::convert::{ProtoError, body_from_pb, level_from_pb};
+use crate::convert::{ProtoError, body_from_pb, level_from_pb, status_kind_from_pb};
 use crate::pb;
 
 /// A channel's name as the JSON forms and the CLI spell it ("" for none).
@@ -37,6 +37,10 @@ fn level(level: Option<Level>) -> Value {
     )
 }
 
+fn status(kind: &str, missed: u64, detail: &str) -> Value {
+    json!({"type": "status", "kind": kind, "missed": missed.to_string(), "detail": detail})
+}
+
 /// The fields every event has.
 fn head(e: &pb::Event) -> Map<String, Value> {
     let mut head = Map::new();
@@ -52,6 +56,15 @@ fn head(e: &pb::Event) -> Map<String, Value> {
 /// An event as one JSON object, or `None` for what is not shown (a heartbeat
 /// acknowledgement). Markers (`snapshot_end`, `history_end`) are objects with their type.
 pub fn event(e: &pb::Event) -> Result<Option<Value>, ProtoError> {
+    if let (Some(pb::event::Body::Status(s)), 0) = (&e.body, e.channel) {
+        // The server's own statuses (`going_away`) belong to no channel.
+        let kind = status_kind_from_pb(s.kind)?.name();
+        let mut object = head(e);
+        if let Value::Object(fields) = status(kind, s.missed, &s.detail) {
+            object.extend(fields);
+        }
+        return Ok(Some(Value::Object(object)));
+    }
     let Some(body) = body_from_pb(e)? else {
         let marker = match e.body {
             Some(pb::event::Body::SnapshotEnd(_)) => "snapshot_end",
@@ -110,12 +123,7 @@ pub fn event(e: &pb::Event) -> Result<Option<Value>, ProtoError> {
             "volume": c.volume.to_string(),
             "trades": c.trades.to_string(),
         }),
-        EventBody::Status(s) => json!({
-            "type": "status",
-            "kind": s.kind.name(),
-            "missed": s.missed.to_string(),
-            "detail": s.detail,
-        }),
+        EventBody::Status(s) => status(s.kind.name(), s.missed, &s.detail),
     };
     let mut object = head(e);
     if let Value::Object(fields) = fields {

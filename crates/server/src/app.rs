@@ -396,7 +396,7 @@ pub async fn start(
             });
             let (stop, stopped) = shutdown::channel();
             let task = tokio::spawn(crate::http::serve(listener, state, stopped));
-            tracing::info!(%addr, "serving HTTP: /metrics, /healthz, /readyz, /api/v1/stats, /api/v1/instruments, /api/v1/snapshot, /api/v1/history");
+            tracing::info!(%addr, "serving HTTP: the dashboard at /, the WebSocket gateway at /ws, /metrics, /healthz, /readyz, /api/v1/stats, /api/v1/instruments, /api/v1/snapshot, /api/v1/history");
             Some(Http { addr, task, stop })
         }
         None => None,

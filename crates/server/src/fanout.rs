@@ -21,12 +21,52 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use prost::Message;
 use raven_model::{Channel, InstrumentId, InstrumentName};
+use raven_proto::pb;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use mailbox::{Delivered, Drained, Mailbox};
+
+/// How a mailbox's entries are encoded: what its stream writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `events` entries of a gRPC `StreamResponse` ([`raven_proto::wire`]).
+    Protobuf,
+    /// One JSON object an entry ([`raven_proto::json`]): a WebSocket text message each.
+    Json,
+}
+
+impl Form {
+    /// `event` as one entry of this form.
+    pub fn encode(self, event: &pb::Event) -> Bytes {
+        match self {
+            Form::Protobuf => pb::StreamResponse {
+                events: vec![event.clone()],
+            }
+            .encode_to_vec()
+            .into(),
+            Form::Json => Form::json(event),
+        }
+    }
+
+    /// `event` as its JSON object's text (empty for what JSON does not show: a heartbeat
+    /// acknowledgement).
+    pub fn json(event: &pb::Event) -> Bytes {
+        match raven_proto::json::event(event) {
+            Ok(Some(object)) => object.to_string().into(),
+            Ok(None) => Bytes::new(),
+            // The server's own events always convert; say so rather than send nothing.
+            Err(e) => {
+                serde_json::json!({"type": "error", "code": "INTERNAL", "message": e.to_string()})
+                    .to_string()
+                    .into()
+            }
+        }
+    }
+}
 
 /// What happens to a non-book subscription whose queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -139,14 +179,26 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// Registers a new subscriber.
+    /// Registers a new subscriber, a gRPC stream.
     pub fn open(&self, bound: QueueBound, policy: LagPolicy) -> Arc<Mailbox> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let mailbox = Arc::new(Mailbox::new(id, bound, policy));
+        self.open_as(bound, policy, Form::Protobuf)
+    }
+
+    /// Registers a new subscriber whose stream writes `form`.
+    pub fn open_as(&self, bound: QueueBound, policy: LagPolicy, form: Form) -> Arc<Mailbox> {
+        let mailbox = Arc::new(self.unlisted(bound, policy, form));
         let mut all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
-        all.insert(id, mailbox.clone());
+        all.insert(mailbox.id(), mailbox.clone());
         self.count.send_replace(all.len());
         mailbox
+    }
+
+    /// A mailbox with a subscriber id of its own that is not counted among the
+    /// subscribers: the server's own subscriptions (the WebSocket gateway's views), whose
+    /// clients are.
+    pub fn unlisted(&self, bound: QueueBound, policy: LagPolicy, form: Form) -> Mailbox {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        Mailbox::with_form(id, bound, policy, form)
     }
 
     /// Forgets a subscriber whose stream ended, keeping its counts.
@@ -215,12 +267,20 @@ impl Fanout {
         queues
     }
 
-    /// Ends every stream with `why` (used at shutdown).
-    /// Queues `bytes` (an encoded control event) on every open stream; returns how many.
-    pub fn broadcast_control(&self, bytes: &Bytes) -> usize {
+    /// Queues `event` (a control event) on every open stream, in each one's form;
+    /// returns how many.
+    pub fn broadcast_control(&self, event: &pb::Event) -> usize {
+        let protobuf = Form::Protobuf.encode(event);
+        let json = Form::Json.encode(event);
         let all = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
         all.values()
-            .filter(|m| matches!(m.push_control(bytes.clone()), Pushed::Queued))
+            .filter(|m| {
+                let bytes = match m.form() {
+                    Form::Protobuf => protobuf.clone(),
+                    Form::Json => json.clone(),
+                };
+                matches!(m.push_control(bytes), Pushed::Queued)
+            })
             .count()
     }
 

@@ -7,8 +7,12 @@
 //! (NDJSON, streamed), answered by the gRPC services' own code in the JSON form of
 //! [`raven_proto::json`], behind the same API keys (roles `subscribe` and `history`) when
 //! keys are configured; a refusal is `{"error": {"code", "message"}}` with the gRPC
-//! code's name (in a history already under way: its last line). It keeps serving through
-//! the drain and stops last.
+//! code's name (in a history already under way: its last line). `/ws` is the WebSocket
+//! JSON gateway ([`ws`]) and `/` the dashboard page that uses it ([`page`]). It keeps
+//! serving through the drain and stops last.
+
+mod page;
+mod ws;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -89,6 +93,9 @@ pub async fn serve(
         .route("/api/v1/instruments", get(instruments))
         .route("/api/v1/snapshot/{instrument}", get(snapshot))
         .route("/api/v1/history", get(history))
+        .route("/ws", get(ws::upgrade))
+        .route("/", get(page::index))
+        .route("/web/{*path}", get(page::file))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.wait().await })
@@ -451,6 +458,7 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
             "accepted": s.connections.accepted(),
             "closed_by_server": s.connections.closed_by_server(),
         },
+        "gateway": {"views": state.market.gateway_views()},
         "recorder": recorder,
         "replication": replication,
         "edge": edge,

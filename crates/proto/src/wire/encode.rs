@@ -488,6 +488,11 @@ impl EncodedBatch {
     pub fn is_empty(&self) -> bool {
         self.chunks.is_empty()
     }
+
+    /// The entries, in the order they were pushed.
+    pub fn into_chunks(self) -> Vec<Bytes> {
+        self.chunks
+    }
 }
 
 impl prost::Message for EncodedBatch {

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::StreamExt;
-use prost::Message;
 use raven_model::UnixNanos;
 use raven_proto::pb;
 use raven_proto::wire::EncodedBatch;
@@ -21,6 +19,7 @@ use tonic::Status;
 
 use super::EventStream;
 use crate::clock::Clock;
+use crate::fanout::Form;
 use crate::shutdown::Shutdown;
 
 /// The calls that hold a stream open for as long as the client likes: refused once the
@@ -33,10 +32,9 @@ pub const STREAMING: [&str; 5] = [
     "/raven.v1.Ingest/Publish",
 ];
 
-/// The `GOING_AWAY` status event, encoded as one entry of a stream response: no
-/// instrument, the drain time in its detail.
-pub fn going_away(now: UnixNanos, drain: Duration) -> Bytes {
-    let event = pb::Event {
+/// The `GOING_AWAY` status event: no instrument, the drain time in its detail.
+pub fn going_away(now: UnixNanos, drain: Duration) -> pb::Event {
+    pb::Event {
         publish_time: now.0,
         body: Some(pb::event::Body::Status(pb::Status {
             kind: pb::StatusKind::GoingAway as i32,
@@ -47,12 +45,7 @@ pub fn going_away(now: UnixNanos, drain: Duration) -> Bytes {
             ),
         })),
         ..Default::default()
-    };
-    pb::StreamResponse {
-        events: vec![event],
     }
-    .encode_to_vec()
-    .into()
 }
 
 /// Where a drain is: the signal that begins it, and how long it serves streams.
@@ -79,7 +72,8 @@ impl Draining {
                         biased;
                         () = drain.signal.wait() => {
                             let mut batch = EncodedBatch::new();
-                            batch.push(going_away(drain.clock.now(), drain.time));
+                            let event = going_away(drain.clock.now(), drain.time);
+                            batch.push(Form::Protobuf.encode(&event));
                             return Some((Ok(batch), (stream, drain, true)));
                         }
                         item = stream.next() => {

@@ -1,10 +1,13 @@
 //! `raven.v1.Market`: live streams (`session`: one client's `Stream` call), snapshots
 //! and the instrument list.
 
+pub mod gateway;
 mod session;
+pub mod views;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use raven_model::{BookSnapshot, Event, EventBody, InstrumentId, SnapshotKind};
 use raven_proto::convert::event_to_pb;
@@ -21,6 +24,7 @@ use crate::engine::{Command, EngineCommands, EngineError};
 use crate::fanout::{Fanout, FanoutConfig};
 use crate::feed::Catalog;
 use crate::query::Backfill;
+use views::Views;
 
 /// Everything the service needs, shared by all calls.
 pub struct MarketService {
@@ -38,6 +42,8 @@ pub struct MarketService {
     pub(super) subscribe_rate: AtomicU32,
     /// Where refusals for stream limits are counted.
     pub(super) calls: Arc<CallStats>,
+    /// The WebSocket gateway's shared JSON views.
+    pub(super) views: Views,
 }
 
 /// Per-request and per-client limits.
@@ -64,6 +70,13 @@ impl MarketService {
         calls: Arc<CallStats>,
         limits: Limits,
     ) -> MarketService {
+        let views = Views::new(
+            commands.clone(),
+            fanout.clone(),
+            limits.fanout.queue,
+            limits.fanout.max_batch_bytes,
+            clock.clone(),
+        );
         MarketService {
             catalog,
             calls,
@@ -71,6 +84,7 @@ impl MarketService {
             commands,
             fanout,
             limits,
+            views,
             recorded: None,
             subscribe_rate: AtomicU32::new(0),
         }
@@ -118,10 +132,66 @@ impl MarketService {
         names.iter().map(|n| self.resolve(n)).collect()
     }
 
+    /// Checks a stream holding `held` subscriptions may take `new` more, under the
+    /// stream's limit and its key's allowance (which it then takes).
+    pub(super) fn admit(&self, key: Option<&Key>, held: usize, new: usize) -> Result<(), Status> {
+        let max = self.limits.max_subscriptions;
+        if held + new > max {
+            let hits = &self.calls.limits.subscriptions;
+            hits.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "a stream may hold at most {max} subscriptions; this one has {held} and asked for {new} more"
+            )));
+        }
+        if let Some(key) = key {
+            key.subscribe(new)?;
+        }
+        Ok(())
+    }
+
     pub(super) fn send(&self, instrument: InstrumentId, command: Command) -> Result<(), Status> {
         self.commands
             .send(instrument, command)
             .map_err(engine_status)
+    }
+}
+
+/// Subscribe requests one stream made in the current one-second window, against
+/// `subscribe_requests_per_s`.
+pub(super) struct Pace {
+    since: Instant,
+    count: u32,
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace {
+            since: Instant::now(),
+            count: 0,
+        }
+    }
+}
+
+impl Pace {
+    /// Counts a subscribe request; refuses it over the limit.
+    pub(super) fn check(&mut self, service: &MarketService) -> Result<(), Status> {
+        let max = service.subscribe_rate.load(Ordering::Relaxed);
+        if max == 0 {
+            return Ok(());
+        }
+        if self.since.elapsed() >= Duration::from_secs(1) {
+            self.since = Instant::now();
+            self.count = 0;
+        }
+        self.count += 1;
+        if self.count > max {
+            let hits = &service.calls.limits.subscribe_rate;
+            hits.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "more than {max} subscribe requests in one second on this stream: limit subscribe_requests_per_s = {max}"
+            )));
+        }
+        Ok(())
     }
 }
 

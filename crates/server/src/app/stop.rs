@@ -92,7 +92,10 @@ impl RunningServer {
         self.progress
             .set("draining: serving the open streams for the drain time");
         let deadline = tokio::time::Instant::now() + self.drain;
-        while self.connections.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        // WebSocket clients are subscribers without a gRPC call: they count too.
+        while (self.connections.in_flight() > 0 || self.fanout.subscribers() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + DRAIN_POLL)).await;
         }
         self.progress.set("stopping the feeds");

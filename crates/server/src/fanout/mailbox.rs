@@ -15,10 +15,11 @@ use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use raven_model::{Channel, InstrumentId, InstrumentName, Status, StatusKind};
+use raven_proto::convert::event_to_pb;
 use raven_proto::wire::{self, EncodedBatch};
 use tokio::sync::Notify;
 
-use super::{Closed, LagPolicy, Pushed, QueueBound, Route};
+use super::{Closed, Form, LagPolicy, Pushed, QueueBound, Route};
 
 /// Queue entries a drained mailbox keeps room for...
 const RETAINED_ENTRIES: usize = 256;
@@ -82,6 +83,7 @@ pub struct Mailbox {
     id: u64,
     bound: QueueBound,
     policy: LagPolicy,
+    form: Form,
     state: Mutex<State>,
     notify: Notify,
 }
@@ -97,12 +99,19 @@ pub struct Drained {
 }
 
 impl Mailbox {
-    /// A new mailbox holding at most `bound` of data events.
+    /// A new mailbox holding at most `bound` of data events, encoded as gRPC stream
+    /// entries.
     pub fn new(id: u64, bound: QueueBound, policy: LagPolicy) -> Mailbox {
+        Mailbox::with_form(id, bound, policy, Form::Protobuf)
+    }
+
+    /// A new mailbox whose entries are in `form`.
+    pub fn with_form(id: u64, bound: QueueBound, policy: LagPolicy, form: Form) -> Mailbox {
         Mailbox {
             id,
             bound,
             policy,
+            form,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
         }
@@ -111,6 +120,11 @@ impl Mailbox {
     /// The subscriber id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// How its entries are encoded.
+    pub fn form(&self) -> Form {
+        self.form
     }
 
     // A std Mutex, not tokio's: the lock is never held across an await, and the publisher
@@ -188,11 +202,30 @@ impl Mailbox {
         Pushed::Queued
     }
 
+    /// Counts `missed` events of `route` lost before they reached this mailbox (by the
+    /// gateway view it is fed from), reported as its own drops are: one gap event in
+    /// front of the next event of that channel, or once the queue drains.
+    pub fn add_missed(&self, route: Route<'_>, missed: u64) {
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return;
+        }
+        let entry = s
+            .missed
+            .entry((route.instrument, route.channel))
+            .or_insert_with(|| (route.name.clone(), 0));
+        entry.1 += missed;
+        drop(s);
+        self.notify.notify_one();
+    }
+
     /// Whether a chunk of `len` bytes holding `events` fits under the bound. A chunk
-    /// larger than the byte bound still goes to a subscriber with nothing queued, so a
-    /// single large event (a deep snapshot) is delayed by nothing and dropped for no one.
+    /// larger than the bound still goes to a subscriber with nothing queued, so a single
+    /// large event (a deep snapshot) or batch (an ingest request's trades, for the
+    /// gateway's views) is delayed by nothing and dropped for no one — and a drop always
+    /// finds a drain pending that will report it.
     fn fits(&self, s: &State, len: usize, events: u32) -> bool {
-        s.queued + events as usize <= self.bound.events
+        (s.queued == 0 || s.queued + events as usize <= self.bound.events)
             && (s.queued_bytes == 0 || s.queued_bytes + len <= self.bound.bytes)
     }
 
@@ -321,7 +354,7 @@ impl Mailbox {
                     name,
                     channel,
                     missed,
-                } => batch.push(gap_event(&name, channel, missed)),
+                } => batch.push(gap_event(self.form, &name, channel, missed)),
             }
             if batch.len_bytes() >= max_bytes {
                 break;
@@ -337,7 +370,7 @@ impl Mailbox {
             // The client caught up with everything queued; report drops now rather than
             // in front of a next event that may never come (the end of a burst).
             for ((_, channel), (name, missed)) in s.missed.drain() {
-                batch.push(gap_event(&name, channel, missed));
+                batch.push(gap_event(self.form, &name, channel, missed));
             }
         }
         let resync_requests = s
@@ -379,9 +412,9 @@ impl Mailbox {
     }
 }
 
-/// A per-subscriber `Status` gap event. It has no sequence of its own: the channel's
-/// sequence jumps by `missed`, and this event says why.
-fn gap_event(name: &InstrumentName, channel: Channel, missed: u64) -> Bytes {
+/// A per-subscriber `Status` gap event in the mailbox's form. It has no sequence of its
+/// own: the channel's sequence jumps by `missed`, and this event says why.
+fn gap_event(form: Form, name: &InstrumentName, channel: Channel, missed: u64) -> Bytes {
     use raven_model::{Event, EventBody, Sequence, UnixNanos};
     let event = Event {
         instrument: InstrumentId(0),
@@ -397,9 +430,14 @@ fn gap_event(name: &InstrumentName, channel: Channel, missed: u64) -> Bytes {
             detail: format!("subscriber lagged: {missed} events dropped"),
         }),
     };
-    let mut buf = BytesMut::new();
-    wire::put_event(&mut buf, name.as_str(), &event);
-    buf.freeze()
+    match form {
+        Form::Protobuf => {
+            let mut buf = BytesMut::new();
+            wire::put_event(&mut buf, name.as_str(), &event);
+            buf.freeze()
+        }
+        Form::Json => Form::json(&event_to_pb(name.as_str(), &event)),
+    }
 }
 
 #[cfg(test)]
@@ -469,6 +507,22 @@ mod tests {
         assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Queued);
         assert_eq!(decode(mailbox.drain(usize::MAX)).len(), 10);
         assert_eq!(mailbox.queued(), (0, 0));
+        // A chunk of more events than the bound goes to an empty queue, and only there.
+        let mut big = BytesMut::new();
+        for _ in 0..20 {
+            wire::put_event(&mut big, "TEST:X", &trade);
+        }
+        let big = big.freeze();
+        assert_eq!(mailbox.push(&big, 20, route(&name)), Pushed::Queued);
+        assert_eq!(mailbox.push(&chunk, 10, route(&name)), Pushed::Dropped);
+        // Losses counted before the mailbox (a gateway view's) are reported with its own.
+        mailbox.add_missed(route(&name), 5);
+        let events = decode(mailbox.drain(usize::MAX));
+        assert_eq!(events.len(), 21);
+        let Some(pb::event::Body::Status(gap)) = &events[20].body else {
+            panic!("{:?}", events[20])
+        };
+        assert_eq!(gap.missed, 15);
     }
 
     #[test]
@@ -520,7 +574,7 @@ mod tests {
 
     /// The encoded length of a gap report of `missed` events on `name`'s trades.
     fn gap_len(name: &InstrumentName, missed: u64) -> usize {
-        gap_event(name, Channel::Trades, missed).len()
+        gap_event(Form::Protobuf, name, Channel::Trades, missed).len()
     }
 
     #[test]

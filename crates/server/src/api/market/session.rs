@@ -5,8 +5,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use raven_model::{Channel, InstrumentId};
@@ -16,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tonic::{Status, Streaming};
 
-use super::{MarketService, engine_status};
+use super::{MarketService, Pace, engine_status};
 use crate::api::auth::Key;
 use crate::api::{EventStream, request};
 use crate::engine::{Command, EngineError};
@@ -116,7 +114,7 @@ async fn read_requests(
         subscriptions: HashSet::new(),
         key,
         held: 0,
-        subscribes: (Instant::now(), 0),
+        pace: Pace::default(),
     };
     loop {
         let result = match inbound.message().await {
@@ -141,8 +139,8 @@ struct Session {
     /// Subscriptions taken from the key's allowance (a failed subscribe ends the
     /// stream, so what it took is given back with the rest at the end).
     held: usize,
-    /// Subscribe requests in the current one-second window, and when it began.
-    subscribes: (Instant, u32),
+    /// Subscribe requests against `subscribe_requests_per_s`.
+    pace: Pace,
 }
 
 impl Drop for Session {
@@ -173,30 +171,8 @@ impl Session {
         }
     }
 
-    /// Counts a subscribe request against `subscribe_requests_per_s`.
-    fn pace(&mut self) -> Result<(), Status> {
-        let max = self.service.subscribe_rate.load(Ordering::Relaxed);
-        if max == 0 {
-            return Ok(());
-        }
-        let (since, count) = &mut self.subscribes;
-        if since.elapsed() >= Duration::from_secs(1) {
-            *since = Instant::now();
-            *count = 0;
-        }
-        *count += 1;
-        if *count > max {
-            let hits = &self.service.calls.limits.subscribe_rate;
-            hits.fetch_add(1, Ordering::Relaxed);
-            return Err(Status::resource_exhausted(format!(
-                "more than {max} subscribe requests in one second on this stream: limit subscribe_requests_per_s = {max}"
-            )));
-        }
-        Ok(())
-    }
-
     async fn subscribe(&mut self, s: pb::Subscribe) -> Result<(), Status> {
-        self.pace()?;
+        self.pace.check(&self.service)?;
         let channel = request::channel(s.channel)?;
         let depth = request::depth(s.depth)?;
         if depth != 0 && channel != Channel::Book {
@@ -214,17 +190,9 @@ impl Session {
             .iter()
             .filter(|&&id| !self.subscriptions.contains(&(id, channel)))
             .count();
-        let max = self.service.limits.max_subscriptions;
-        if self.subscriptions.len() + new > max {
-            let hits = &self.service.calls.limits.subscriptions;
-            hits.fetch_add(1, Ordering::Relaxed);
-            return Err(Status::resource_exhausted(format!(
-                "a stream may hold at most {max} subscriptions; this one has {} and asked for {new} more",
-                self.subscriptions.len()
-            )));
-        }
-        if let Some(key) = &self.key {
-            key.subscribe(new)?;
+        self.service
+            .admit(self.key.as_deref(), self.subscriptions.len(), new)?;
+        if self.key.is_some() {
             self.held += new;
         }
         let recorded = match s.start {
