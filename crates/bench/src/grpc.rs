@@ -1,6 +1,7 @@
 //! One Raven row: create the bench instruments, connect N clients (each its own HTTP/2
-//! connection, reading raw `StreamResponse` bytes), publish through `Ingest.Publish` at
-//! the configured rate, and account for every event every client receives.
+//! connection, reading raw `StreamResponse` bytes; or, when the target serves the
+//! WebSocket gateway, each its own WebSocket), publish through `Ingest.Publish` at the
+//! configured rate, and account for every event every client receives.
 
 use std::marker::PhantomData;
 use std::path::Path;
@@ -19,7 +20,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use super::report::Row;
 use super::server::{Target, Usage};
 use super::workload::{self, ClientResult, Clients, Pacer, Shared, Tally};
-use super::{BenchConfig, BenchError, RowPlan};
+use super::{BenchConfig, BenchError, RowPlan, websocket};
 
 /// How long clients may take to receive everything after publishing stops. Raven never
 /// loses silently (a dropped trade is reported as a gap), so running out of this is an
@@ -249,12 +250,24 @@ pub(super) async fn run_row(
         }
         config.via_edges.clone()
     };
-    progress(&format!("N={clients}: connecting {clients} Raven clients"));
+    let how = if target.ws.is_some() {
+        "WebSocket"
+    } else {
+        "gRPC"
+    };
+    progress(&format!(
+        "N={clients}: connecting {clients} Raven {how} clients"
+    ));
     let mut fleet = Clients::new(clients);
     for n in 0..clients {
+        let (names, shared, finished) = (names.clone(), shared.clone(), finished.clone());
+        if let Some(ws) = &target.ws {
+            let ws = ws.clone();
+            fleet.spawn(|ready| websocket::client(ws, names, shared, ready, finished));
+            continue;
+        }
         let url = &subscribe_to[n % subscribe_to.len()];
         let channel = connect(url, config.tls_ca.as_deref()).await?;
-        let (names, shared, finished) = (names.clone(), shared.clone(), finished.clone());
         fleet.spawn(|ready| client(channel, names, shared, ready, finished));
     }
     fleet.all_ready().await?;

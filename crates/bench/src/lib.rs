@@ -25,6 +25,7 @@ mod plot;
 pub mod relay;
 mod report;
 mod server;
+mod websocket;
 mod workload;
 
 use std::path::PathBuf;
@@ -71,6 +72,10 @@ pub struct BenchConfig {
     /// The CA to trust when the server is on TLS (its configuration has `[tls]`, or
     /// `server` is `https://`).
     pub tls_ca: Option<PathBuf>,
+    /// Also run every row with WebSocket clients on Raven's JSON gateway (`/ws` of a
+    /// server the bench starts), beside the gRPC row, and compare the server CPU each
+    /// delivery costs.
+    pub websocket: bool,
 }
 
 impl BenchConfig {
@@ -93,6 +98,11 @@ impl BenchConfig {
                 self.rates.len(),
                 self.clients.len()
             )));
+        }
+        if self.websocket && self.server.is_some() {
+            return Err(BenchError::Config(
+                "--transport ws runs servers of its own (with HTTP on a free port): leave out --server".into(),
+            ));
         }
         if self.rates.contains(&0) {
             return Err(BenchError::Config(
@@ -155,6 +165,7 @@ pub enum BenchError {
 #[derive(Debug, Clone, Copy)]
 enum System<'a> {
     Raven,
+    WebSocket,
     Floor(&'a std::path::Path),
     Nats(&'a str),
 }
@@ -163,6 +174,7 @@ impl System<'_> {
     fn name(self) -> &'static str {
         match self {
             System::Raven => "Raven",
+            System::WebSocket => "WS",
             System::Floor(_) => "tonic",
             System::Nats(_) => "NATS",
         }
@@ -215,6 +227,10 @@ pub async fn run(
             rate: config.rate_for(index),
         };
         let raven = search(config, System::Raven, plan, &mut progress).await?;
+        let websocket = match config.websocket {
+            true => search(config, System::WebSocket, plan, &mut progress).await?,
+            false => None,
+        };
         let floor = match &config.floor {
             Some(relay) => search(config, System::Floor(relay), plan, &mut progress).await?,
             None => None,
@@ -223,7 +239,7 @@ pub async fn run(
             Some(url) => search(config, System::Nats(url), plan, &mut progress).await?,
             None => None,
         };
-        entries.push(Entry::new(clients, raven, floor, nats));
+        entries.push(Entry::new(clients, raven, floor, nats).with_websocket(websocket));
     }
     Ok(BenchReport {
         duration_s: config.duration.as_secs_f64(),
@@ -288,13 +304,14 @@ async fn run_one(
     progress: &mut impl FnMut(&str),
 ) -> Result<Row, BenchError> {
     match system {
-        System::Raven => {
+        System::Raven | System::WebSocket => {
+            let websocket = matches!(system, System::WebSocket);
             let server = match &config.server {
                 Some(url) => server::Target::remote(url.clone()),
                 None => {
                     progress(&format!("N={}: starting a Raven server", plan.clients));
-                    server::Target::spawn(&config.raven_binary, config.server_config.as_deref())
-                        .await?
+                    let config_file = config.server_config.as_deref();
+                    server::Target::spawn(&config.raven_binary, config_file, websocket).await?
                 }
             };
             let row = grpc::run_row(config, plan, &server, progress).await;

@@ -1,6 +1,6 @@
-//! Bench results: one entry per client count (Raven, the plain-tonic relay beside it with
-//! `--floor`, NATS with `--compare`), printed as a table, written as JSON or as a
-//! Markdown summary.
+//! Bench results: one entry per client count (Raven, its WebSocket gateway beside it with
+//! `--transport ws`, the plain-tonic relay with `--floor`, NATS with `--compare`),
+//! printed as a table, written as JSON or as a Markdown summary.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -81,6 +81,12 @@ pub struct Entry {
     pub floor: Option<Row>,
     /// NATS's row, same workload.
     pub nats: Option<Row>,
+    /// With `--transport ws`: Raven's row with WebSocket clients on the JSON gateway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<Row>,
+    /// Server CPU per delivery over WebSocket, over the same over gRPC (`raven`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket_cpu_ratio: Option<f64>,
     /// Raven's deliveries/s over NATS's.
     pub deliveries_ratio: Option<f64>,
     /// Raven's p99 latency over NATS's (below 1: Raven is faster).
@@ -221,7 +227,33 @@ impl Entry {
             raven,
             floor,
             nats,
+            websocket: None,
+            websocket_cpu_ratio: None,
         }
+    }
+
+    /// The entry with `websocket`'s row beside gRPC's.
+    pub(super) fn with_websocket(mut self, websocket: Option<Row>) -> Entry {
+        let per_delivery =
+            |r: &Row| Some(r.server_cpu_percent? / r.delivered_per_s).filter(|c| c.is_finite());
+        self.websocket_cpu_ratio = match (&websocket, &self.raven) {
+            (Some(ws), Some(grpc)) => per_delivery(ws)
+                .zip(per_delivery(grpc))
+                .map(|(w, g)| w / g)
+                .filter(|r| r.is_finite()),
+            _ => None,
+        };
+        self.websocket = websocket;
+        self
+    }
+
+    /// The note under the table: what a WebSocket delivery costs the server.
+    fn websocket_note(&self) -> Option<String> {
+        let ratio = self.websocket_cpu_ratio?;
+        Some(format!(
+            "N={}: server CPU per delivery over WebSocket = {ratio:.2} × over gRPC",
+            self.clients
+        ))
     }
 
     /// (system, cells, ratio cells) for each system that has a row.
@@ -231,6 +263,9 @@ impl Entry {
         if let Some(r) = &self.raven {
             let ratios = [ratio(self.deliveries_ratio), ratio(self.p99_ratio)];
             lines.push(("Raven", r.cells(), ratios));
+        }
+        if let Some(w) = &self.websocket {
+            lines.push(("WS", w.cells(), ["".to_owned(), "".to_owned()]));
         }
         if let Some(f) = &self.floor {
             lines.push(("tonic", f.cells(), ["".to_owned(), "".to_owned()]));
@@ -293,6 +328,9 @@ impl BenchReport {
                 out.push('\n');
             }
         }
+        for note in self.rows.iter().filter_map(Entry::websocket_note) {
+            let _ = writeln!(out, "{note}");
+        }
         out
     }
 
@@ -321,6 +359,9 @@ impl BenchReport {
                 }
                 out.push('\n');
             }
+        }
+        for note in self.rows.iter().filter_map(Entry::websocket_note) {
+            let _ = write!(out, "\n{note}\n");
         }
         out
     }

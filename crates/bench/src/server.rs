@@ -49,6 +49,8 @@ pub fn exit_with_parent() -> std::io::Result<()> {
 pub struct Target {
     /// Server URL (`http://…` for Raven, `nats://…` for NATS).
     pub url: String,
+    /// Raven's WebSocket gateway (`ws://…/ws`), when the server was started with HTTP.
+    pub ws: Option<String>,
     child: Option<Child>,
     /// The server process, when it runs on this machine.
     pid: Option<u32>,
@@ -115,6 +117,7 @@ impl Target {
     pub fn remote(url: String) -> Target {
         Target {
             url,
+            ws: None,
             child: None,
             pid: None,
         }
@@ -132,6 +135,7 @@ impl Target {
         };
         Target {
             url,
+            ws: None,
             child: None,
             pid,
         }
@@ -139,19 +143,33 @@ impl Target {
 
     /// Starts `raven serve` (with `config`, if given) on a free loopback port with the
     /// simulator nearly idle and recording off: these rows measure streaming, and the
-    /// recorder has benchmarks of its own.
-    pub async fn spawn(raven: &Path, config: Option<&Path>) -> Result<Target, BenchError> {
+    /// recorder has benchmarks of its own. HTTP is off unless `websocket`, which serves it
+    /// on a free port too for the WebSocket gateway's clients.
+    pub async fn spawn(
+        raven: &Path,
+        config: Option<&Path>,
+        websocket: bool,
+    ) -> Result<Target, BenchError> {
         let mut command = Command::new(raven);
         command.arg("serve");
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
+        let http = if websocket {
+            // Free now; the server binds it a moment later.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            Some(format!("127.0.0.1:{port}"))
+        } else {
+            None
+        };
         command
             .args([
                 "--listen",
                 "127.0.0.1:0",
                 "--http",
-                "off",
+                http.as_deref().unwrap_or("off"),
                 "--rate",
                 "1",
                 "--store",
@@ -159,7 +177,9 @@ impl Target {
             ])
             .env("RAVEN_LOG", "warn")
             .env(PARENT_ENV, std::process::id().to_string());
-        Target::spawn_child(command).await
+        let mut target = Target::spawn_child(command).await?;
+        target.ws = http.map(|addr| format!("ws://{addr}/ws"));
+        Ok(target)
     }
 
     /// Starts the plain-tonic relay (`raven-tonic-relay`) on a free loopback port.
@@ -186,6 +206,7 @@ impl Target {
             .ok_or_else(|| std::io::Error::other("no stdout"))?;
         let mut target = Target {
             url: String::new(),
+            ws: None,
             pid: Some(child.id()),
             child: Some(child),
         };

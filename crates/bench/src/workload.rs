@@ -1,13 +1,16 @@
 //! The workload every system under test gets, and how a client counts what it receives:
 //! trades paced at a fixed rate over the bench instruments, each stamped with its send
 //! time, and per-client accounting of deliveries, latency and sequence gaps from event
-//! headers read with `raven_proto::wire::scan` (bodies are never decoded).
+//! headers read with `raven_proto::wire::scan` (bodies are never decoded), or from the
+//! few fields it needs of the WebSocket gateway's JSON objects.
 
 use std::ops::Range;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use memchr::memmem::Finder;
 use prost::Message;
 use raven_proto::pb;
 use raven_proto::wire::scan;
@@ -238,6 +241,43 @@ impl Clients {
     }
 }
 
+/// The keys a client looks for in the gateway's JSON, each searcher built once.
+struct JsonKeys {
+    kind: Finder<'static>,
+    instrument: Finder<'static>,
+    sequence: Finder<'static>,
+    exchange_time: Finder<'static>,
+    status: Finder<'static>,
+    missed: Finder<'static>,
+}
+
+static KEYS: LazyLock<JsonKeys> = LazyLock::new(|| JsonKeys {
+    kind: Finder::new(br#""type":""#),
+    instrument: Finder::new(br#""instrument":""#),
+    sequence: Finder::new(br#""sequence":""#),
+    exchange_time: Finder::new(br#""exchange_time":""#),
+    status: Finder::new(br#""kind":""#),
+    missed: Finder::new(br#""missed":""#),
+});
+
+/// What a client counts.
+enum Seen {
+    /// Live trades continue after this sequence.
+    SnapshotEnd(u64),
+    /// The server dropped this many trades for the client.
+    Gap(u64),
+    /// A trade.
+    Trade { sequence: u64, exchange_time: u64 },
+}
+
+/// The string value after `key` (`"name":"`) in one of the gateway's JSON objects (whose
+/// values never hold a quote where the bench looks: names, kinds, decimal strings).
+fn json_field<'a>(text: &'a [u8], key: &Finder) -> Option<&'a [u8]> {
+    let start = key.find(text)? + key.needle().len();
+    let len = memchr::memchr(b'"', &text[start..])?;
+    Some(&text[start..start + len])
+}
+
 /// One client's running account of what it has received.
 pub(super) struct Tally {
     latency_us: Histogram<u64>,
@@ -270,38 +310,97 @@ impl Tally {
             let Some(i) = instrument_index(header.instrument) else {
                 continue;
             };
-            if i >= self.last_seq.len() {
-                continue;
-            }
-            match header.body {
-                SNAPSHOT_END => {
-                    // Live trades follow this sequence.
-                    self.first_seq[i] = header.sequence;
-                    self.last_seq[i] = header.sequence;
-                    self.markers += 1;
-                }
+            let seen = match header.body {
+                SNAPSHOT_END => Seen::SnapshotEnd(header.sequence),
                 STATUS => {
-                    // A gap report: the server dropped `missed` trades for this client.
                     let status = pb::Status::decode(header.body_bytes)
                         .map_err(|e| tonic::Status::internal(e.to_string()))?;
-                    if status.kind == pb::StatusKind::Gap as i32 {
-                        self.last_seq[i] += status.missed;
-                        self.gaps += status.missed;
+                    if status.kind != pb::StatusKind::Gap as i32 {
+                        continue;
                     }
+                    Seen::Gap(status.missed)
                 }
-                TRADE => {
-                    self.gaps += header.sequence.saturating_sub(self.last_seq[i] + 1);
-                    self.last_seq[i] = header.sequence;
-                    if window.contains(&header.exchange_time) {
-                        self.delivered += 1;
-                        self.latency_us
-                            .saturating_record(now.saturating_sub(header.exchange_time) / 1000);
-                    }
-                }
-                _ => {}
-            }
+                TRADE => Seen::Trade {
+                    sequence: header.sequence,
+                    exchange_time: header.exchange_time,
+                },
+                _ => continue,
+            };
+            self.record(i, seen, now, &window);
         }
         Ok(())
+    }
+
+    /// Counts one WebSocket message: a JSON object of the gateway's (the fields it needs
+    /// are found by name, not parsed into a tree: the client must stay cheaper than the
+    /// server it measures). A refusal ends the client with the server's message.
+    pub(super) fn json(&mut self, text: &[u8], shared: &Shared) -> Result<(), BenchError> {
+        let keys = &*KEYS;
+        let kind = json_field(text, &keys.kind).unwrap_or_default();
+        if kind == b"error" {
+            return Err(BenchError::Stalled(format!(
+                "the gateway refused: {}",
+                String::from_utf8_lossy(text)
+            )));
+        }
+        let Some(i) = json_field(text, &keys.instrument).and_then(instrument_index) else {
+            return Ok(());
+        };
+        let number = |key: &Finder| {
+            json_field(text, key)
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    BenchError::Stalled(format!(
+                        "a gateway message without a whole {}: {}",
+                        String::from_utf8_lossy(key.needle()),
+                        String::from_utf8_lossy(text)
+                    ))
+                })
+        };
+        let seen = match kind {
+            b"snapshot_end" => Seen::SnapshotEnd(number(&keys.sequence)?),
+            b"status" if json_field(text, &keys.status) == Some(b"gap") => {
+                Seen::Gap(number(&keys.missed)?)
+            }
+            b"trade" => Seen::Trade {
+                sequence: number(&keys.sequence)?,
+                exchange_time: number(&keys.exchange_time)?,
+            },
+            _ => return Ok(()),
+        };
+        self.record(i, seen, now_ns(), &shared.window());
+        Ok(())
+    }
+
+    fn record(&mut self, i: usize, seen: Seen, now: u64, window: &Range<u64>) {
+        if i >= self.last_seq.len() {
+            return;
+        }
+        match seen {
+            Seen::SnapshotEnd(sequence) => {
+                // Live trades follow this sequence.
+                self.first_seq[i] = sequence;
+                self.last_seq[i] = sequence;
+                self.markers += 1;
+            }
+            Seen::Gap(missed) => {
+                // A gap report: the server dropped `missed` trades for this client.
+                self.last_seq[i] += missed;
+                self.gaps += missed;
+            }
+            Seen::Trade {
+                sequence,
+                exchange_time,
+            } => {
+                self.gaps += sequence.saturating_sub(self.last_seq[i] + 1);
+                self.last_seq[i] = sequence;
+                if window.contains(&exchange_time) {
+                    self.delivered += 1;
+                    self.latency_us
+                        .saturating_record(now.saturating_sub(exchange_time) / 1000);
+                }
+            }
+        }
     }
 
     /// Whether every instrument's snapshot-end marker has arrived.

@@ -248,6 +248,20 @@ struct BenchArgs {
     /// --server-config); its certificate must name localhost.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// How the clients subscribe: `grpc`; or `ws`, which also runs every row with
+    /// WebSocket clients on the JSON gateway beside the gRPC row and reports the server
+    /// CPU per delivery of each.
+    #[arg(long, value_enum, default_value = "grpc")]
+    transport: Transport,
+}
+
+/// `raven bench --transport`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    /// gRPC `Market.Stream` clients.
+    Grpc,
+    /// gRPC clients, and WebSocket clients of `/ws` beside them.
+    Ws,
 }
 
 /// `10s`, `500ms`, `2m`, or plain seconds.

@@ -28,6 +28,7 @@ fn config(clients: Vec<usize>, rate: u64) -> BenchConfig {
         floor: None,
         sample_every: None,
         tls_ca: None,
+        websocket: false,
     }
 }
 
@@ -129,6 +130,59 @@ async fn compare_runs_the_same_workload_on_nats_and_sets_them_side_by_side() {
     assert!(
         lines[2].contains("Raven") && lines[3].contains("NATS"),
         "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_transport_runs_each_row_over_the_json_gateway_beside_grpc() {
+    let config = BenchConfig {
+        websocket: true,
+        ..config(vec![1, 3], 1000)
+    };
+    let mut progress = Vec::new();
+    let report = run(&config, |line| progress.push(line.to_owned()))
+        .await
+        .unwrap();
+    for (entry, clients) in report.rows.iter().zip([1, 3]) {
+        let ws = entry.websocket.as_ref().unwrap();
+        assert_exact(entry.raven.as_ref().unwrap());
+        // Counted from the gateway's JSON: every trade, by sequence, exactly.
+        assert_exact(ws);
+        assert_eq!((ws.clients, ws.rate), (clients, 1000));
+        let (cpu, grpc) = (ws.server_cpu_percent, entry.raven.as_ref().unwrap());
+        let per_delivery = |cpu: f64, row: &Row| cpu / row.delivered_per_s;
+        let expected =
+            per_delivery(cpu.unwrap(), ws) / per_delivery(grpc.server_cpu_percent.unwrap(), grpc);
+        match entry.websocket_cpu_ratio {
+            Some(ratio) => assert_eq!(ratio, expected),
+            // A row too short for the server to use a clock tick has no ratio.
+            None => assert!(!expected.is_finite(), "{entry:?}"),
+        }
+    }
+    assert!(
+        progress
+            .iter()
+            .any(|l| l == "N=3: connecting 3 Raven WebSocket clients"),
+        "{progress:?}"
+    );
+    let table = report.table();
+    let systems: Vec<&str> = table
+        .lines()
+        .skip(2)
+        .take(4)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(systems, ["Raven", "WS", "Raven", "WS"], "{table}");
+
+    // With a server of the caller's, there is no HTTP port to find the gateway on.
+    let remote = BenchConfig {
+        server: Some("http://127.0.0.1:1".into()),
+        ..config
+    };
+    let error = run(&remote, |_| {}).await.unwrap_err().to_string();
+    assert!(
+        error.starts_with("--transport ws runs servers of its own"),
+        "{error}"
     );
 }
 

@@ -588,8 +588,11 @@ async fn with_keys_a_client_authenticates_within_five_seconds() {
     let dir = common::scratch_dir("ws-auth");
     let (reader, publisher) = (new_secret().unwrap(), new_secret().unwrap());
     let keys = dir.join("keys.toml");
+    // One socket at a time for the reader.
     let mut text = key_entry("reader", &reader, &[Role::Subscribe], &[]);
-    text += &key_entry("publisher", &publisher, &[Role::Ingest], &[]);
+    text += "max_streams = 1\n";
+    let publisher_entry = key_entry("publisher", &publisher, &[Role::Ingest], &[]);
+    text += &publisher_entry;
     std::fs::write(&keys, text).unwrap();
     let server = common::server(|f| {
         quiet(f);
@@ -641,6 +644,29 @@ async fn with_keys_a_client_authenticates_within_five_seconds() {
         next(&mut ws).await["type"],
         "pong",
         "an authenticated client stays"
+    );
+
+    // A second socket of the reader's is over its max_streams.
+    let mut second = connect(&server).await;
+    send(&mut second, json!({"op": "auth", "id": 1, "key": reader})).await;
+    let reply = next(&mut second).await;
+    assert_eq!(reply["code"], "RESOURCE_EXHAUSTED", "{reply}");
+    assert_eq!(
+        reply["message"],
+        "API key \"reader\" has 1 streams open: limit max_streams = 1"
+    );
+
+    // A reload that drops the key ends its socket.
+    std::fs::write(&keys, &publisher_entry).unwrap();
+    server.reload(None);
+    let reply = next(&mut ws).await;
+    assert_eq!(
+        (reply["code"].as_str(), reply["message"].as_str()),
+        (Some("UNAUTHENTICATED"), Some("API key revoked"))
+    );
+    assert_eq!(
+        closed_with(&mut ws).await,
+        (CloseCode::Policy, "API key revoked".into())
     );
     server.shutdown().await.unwrap();
 }

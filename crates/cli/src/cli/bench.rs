@@ -50,6 +50,7 @@ pub(super) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         compare: args.compare,
         sample_every: soak.then_some(SOAK_SAMPLE_EVERY),
         tls_ca: args.tls_ca,
+        websocket: args.transport == super::Transport::Ws,
     };
     // A signal ends the run: dropping it kills the server it started.
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;

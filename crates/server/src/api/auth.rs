@@ -220,7 +220,7 @@ impl Key {
     }
 
     /// Resolves when the key is revoked.
-    fn revoked(&self) -> Shutdown {
+    pub fn revoked(&self) -> Shutdown {
         self.usage.revoked.clone()
     }
 }
@@ -309,7 +309,32 @@ pub struct Keys {
     pub stats: Arc<AuthStats>,
 }
 
+/// A stream counted against its key's `max_streams` while it lives.
+pub struct StreamSlot(Arc<Key>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.usage.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Keys {
+    /// Counts a stream of `key`'s (a streaming call, a WebSocket) against its
+    /// `max_streams` for as long as the slot lives, or refuses it (counted).
+    pub fn open_stream(&self, key: &Arc<Key>) -> Result<StreamSlot, Status> {
+        let held = key.usage.streams.fetch_add(1, Ordering::AcqRel);
+        let slot = StreamSlot(key.clone());
+        let max = key.limits.max_streams;
+        if max != 0 && held >= max {
+            self.stats.streams_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "API key {:?} has {held} streams open: limit max_streams = {max}",
+                key.id
+            )));
+        }
+        Ok(slot)
+    }
+
     /// Loads `path`, with `defaults` for the limits a key does not set.
     pub fn load(path: &Path, defaults: KeyLimits) -> Result<Keys, KeysError> {
         let keys = Keys {

@@ -5,8 +5,9 @@
 //! message) and `pong`, one object a message. Subscriptions are the market service's
 //! ([`JsonStream`]); this module owns the socket: parsing, the error budget, close codes.
 //!
-//! Close codes: 4001 no auth in time; 1008 more than [`MAX_ERRORS`] errors, or a client
-//! too slow under `fanout.trade_overflow = "disconnect"`; 1009 a message over
+//! A socket counts against its key's `max_streams` and ends when the key is revoked.
+//! Close codes: 4001 no auth in time; 1008 more than [`MAX_ERRORS`] errors, a revoked key,
+//! or a client too slow under `fanout.trade_overflow = "disconnect"`; 1009 a message over
 //! [`MAX_MESSAGE_BYTES`]; 1001 the server shutting down.
 
 use std::sync::Arc;
@@ -21,15 +22,17 @@ use raven_model::Channel;
 use serde_json::{Value, json};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tonic::{Code, Status};
 
 use super::{HttpState, error_body, refused};
-use crate::api::auth::{Key, Role};
+use crate::api::auth::{Key, Role, StreamSlot};
 use crate::api::market::gateway::{JsonStream, Subscribe};
 use crate::fanout::Closed;
+use crate::shutdown::Shutdown;
 
 /// How long a client may take to authenticate when keys are configured.
 pub const AUTH_TIME: Duration = Duration::from_secs(5);
@@ -78,7 +81,10 @@ pub(super) async fn upgrade(
     // A key in the upgrade request authenticates at once (clients other than browsers,
     // which cannot set the header, can skip the `auth` message).
     let key = match (&state.keys, headers.get(header::AUTHORIZATION)) {
-        (Some(keys), Some(header)) => match keys.authorize(Some(header), Role::Subscribe) {
+        (Some(keys), Some(header)) => match keys
+            .authorize(Some(header), Role::Subscribe)
+            .and_then(|key| Ok((keys.open_stream(&key)?, key)))
+        {
             Ok(key) => Some(key),
             Err(status) => return refused(&status),
         },
@@ -120,12 +126,15 @@ pub(super) async fn upgrade(
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// One client, until it or the server closes.
-async fn serve(mut socket: Socket, state: Arc<HttpState>, key: Option<Arc<Key>>) {
+async fn serve(mut socket: Socket, state: Arc<HttpState>, key: Option<(StreamSlot, Arc<Key>)>) {
+    let (slot, key) = key.unzip();
     let mut client = Client {
         authenticated: state.keys.is_none() || key.is_some(),
+        revoked: key.as_ref().map(|k| k.revoked()),
         stream: state.market.json_stream(key),
         state,
         errors: 0,
+        _slot: slot,
     };
     let deadline = tokio::time::Instant::now() + AUTH_TIME;
     let closing = loop {
@@ -154,6 +163,12 @@ async fn serve(mut socket: Socket, state: Arc<HttpState>, key: Option<Arc<Key>>)
                 Some(Ok(_)) => {}
             },
             () = client.stream.mailbox().ready() => {}
+            () = revoked(&mut client.revoked) => {
+                let status = Status::unauthenticated("API key revoked");
+                client.refuse(&Value::Null, &status);
+                let _ = client.write(&mut socket).await;
+                break Some(close(CloseCode::Policy, status.message()));
+            }
             () = tokio::time::sleep_until(deadline), if !client.authenticated => {
                 break Some(close(
                     CloseCode::Library(NO_AUTH),
@@ -187,11 +202,23 @@ fn close(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
+/// Resolves when the client's key is revoked (never without a key).
+async fn revoked(key: &mut Option<Shutdown>) {
+    match key {
+        Some(revoked) => revoked.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Client {
     state: Arc<HttpState>,
     stream: JsonStream,
     authenticated: bool,
+    /// Fires when the key the client authenticated with is revoked (a reload).
+    revoked: Option<Shutdown>,
     errors: u32,
+    /// The client's place under its key's `max_streams`.
+    _slot: Option<StreamSlot>,
 }
 
 impl Client {
@@ -201,10 +228,10 @@ impl Client {
         self.stream.resync(drained.resync_requests);
         let mut wrote = false;
         for chunk in drained.batch.into_chunks() {
-            match Utf8Bytes::try_from(chunk) {
-                Ok(text) => socket.feed(Message::Text(text)).await?,
-                Err(e) => tracing::error!(error = %e, "the gateway queued a non-UTF-8 message"),
-            }
+            // A text frame of the queued JSON as it is: serde_json wrote it, so it is
+            // UTF-8, and `Message::Text` would check that again for every client.
+            let frame = Frame::message(chunk, OpCode::Data(Data::Text), true);
+            socket.feed(Message::Frame(frame)).await?;
             wrote = true;
         }
         let close_with = |status: &Status, code| {
@@ -333,7 +360,10 @@ impl Client {
         let header = HeaderValue::from_str(&format!("Bearer {secret}"))
             .map_err(|_| Status::unauthenticated("unknown or revoked API key"))?;
         let key = keys.authorize(Some(&header), Role::Subscribe)?;
+        let slot = keys.open_stream(&key)?;
+        self.revoked = Some(key.revoked());
         self.stream.authenticate(key)?;
+        self._slot = Some(slot);
         self.authenticated = true;
         Ok(())
     }

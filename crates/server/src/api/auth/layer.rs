@@ -5,13 +5,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tonic::Status;
 
-use super::{Key, Keys, Role};
+use super::{Key, Keys, Role, StreamSlot};
 use crate::api::drain::STREAMING;
 
 /// The tower layer that authenticates every call (see the module comment); with no keys
@@ -48,15 +47,6 @@ pub struct Authenticated<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// A stream counted against its key's `max_streams` while it lives.
-struct StreamSlot(Arc<Key>);
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.usage.streams.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl<S> Authenticated<S> {
     /// The caller's key with its stream counted, or the refusal.
     fn admit<B>(
@@ -64,27 +54,12 @@ impl<S> Authenticated<S> {
         request: &http::Request<B>,
         role: Role,
     ) -> Result<(Arc<Key>, Option<StreamSlot>), Status> {
-        let refuse = |counter: &AtomicU64, status: Status| {
-            counter.fetch_add(1, Ordering::Relaxed);
-            status
-        };
         let key = keys.authorize(request.headers().get(http::header::AUTHORIZATION), role)?;
         // Streaming calls count against `max_streams`.
         if !STREAMING.contains(&request.uri().path()) {
             return Ok((key, None));
         }
-        let held = key.usage.streams.fetch_add(1, Ordering::AcqRel);
-        let slot = StreamSlot(key.clone());
-        let max = key.limits.max_streams;
-        if max != 0 && held >= max {
-            return Err(refuse(
-                &keys.stats.streams_limited,
-                Status::resource_exhausted(format!(
-                    "API key {:?} has {held} streams open: limit max_streams = {max}",
-                    key.id
-                )),
-            ));
-        }
+        let slot = keys.open_stream(&key)?;
         Ok((key, Some(slot)))
     }
 }
