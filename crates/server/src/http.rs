@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -97,6 +98,13 @@ pub async fn serve(
         .route("/", get(page::index))
         .route("/web/{*path}", get(page::file))
         .with_state(state);
+    // Streams (the WebSocket gateway, a history) write small messages: Nagle's
+    // algorithm would hold each behind the peer's delayed acknowledgement.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY refused on an HTTP connection");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
