@@ -226,6 +226,10 @@ function renderLadder() {
     rows.push(tr);
   }
   ladder.tBodies[0].replaceChildren(...rows);
+  if (!ladder.dataset.seq && !performance.getEntriesByName("raven-first-ladder").length) {
+    // Time to the first ladder since navigation began, for anyone measuring the page.
+    performance.mark("raven-first-ladder");
+  }
   ladder.dataset.seq = book.sequence.toString();
   $("book-seq").textContent = `sequence ${book.sequence}`;
 }

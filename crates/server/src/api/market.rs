@@ -1,5 +1,6 @@
 //! `raven.v1.Market`: live streams (`session`: one client's `Stream` call), snapshots
-//! and the instrument list.
+//! and the instrument list; and the same subscriptions for the WebSocket gateway's
+//! clients (`gateway`), served from views transcoded to JSON once each (`views`).
 
 pub mod gateway;
 mod session;
