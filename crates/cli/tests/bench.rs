@@ -32,6 +32,15 @@ fn config(clients: Vec<usize>, rate: u64) -> BenchConfig {
     }
 }
 
+/// Runs `config`, keeping its progress lines.
+async fn run_logged(config: &BenchConfig) -> (raven_bench::BenchReport, Vec<String>) {
+    let mut progress = Vec::new();
+    let report = run(config, |line| progress.push(line.to_owned()))
+        .await
+        .unwrap();
+    (report, progress)
+}
+
 /// Every published event reached every client, nothing lost or skipped.
 fn assert_exact(row: &Row) {
     assert!(row.published > 0, "{row:?}");
@@ -61,10 +70,7 @@ async fn every_published_event_reaches_every_client_and_is_counted() {
         rates: vec![2000, 1000],
         ..config(vec![1, 4], 0)
     };
-    let mut progress = Vec::new();
-    let report = run(&config, |line| progress.push(line.to_owned()))
-        .await
-        .unwrap();
+    let (report, progress) = run_logged(&config).await;
     let rows: Vec<&Row> = report
         .rows
         .iter()
@@ -100,10 +106,7 @@ async fn compare_runs_the_same_workload_on_nats_and_sets_them_side_by_side() {
         compare: Some(NATS.into()),
         ..config(vec![3], 1000)
     };
-    let mut progress = Vec::new();
-    let report = run(&config, |line| progress.push(line.to_owned()))
-        .await
-        .unwrap();
+    let (report, progress) = run_logged(&config).await;
     let entry = &report.rows[0];
     let (raven, nats) = (entry.raven.as_ref().unwrap(), entry.nats.as_ref().unwrap());
     assert_exact(raven);
@@ -139,10 +142,7 @@ async fn the_websocket_transport_runs_each_row_over_the_json_gateway_beside_grpc
         websocket: true,
         ..config(vec![1, 3], 1000)
     };
-    let mut progress = Vec::new();
-    let report = run(&config, |line| progress.push(line.to_owned()))
-        .await
-        .unwrap();
+    let (report, progress) = run_logged(&config).await;
     for (entry, clients) in report.rows.iter().zip([1, 3]) {
         let ws = entry.websocket.as_ref().unwrap();
         assert_exact(entry.raven.as_ref().unwrap());
@@ -192,10 +192,7 @@ async fn floor_runs_the_same_workload_on_the_plain_tonic_relay_exactly() {
         floor: Some(PathBuf::from(RELAY)),
         ..config(vec![1, 3], 1000)
     };
-    let mut progress = Vec::new();
-    let report = run(&config, |line| progress.push(line.to_owned()))
-        .await
-        .unwrap();
+    let (report, progress) = run_logged(&config).await;
     for (entry, clients) in report.rows.iter().zip([1, 3]) {
         let floor = entry.floor.as_ref().unwrap();
         assert_exact(entry.raven.as_ref().unwrap());
@@ -359,10 +356,7 @@ async fn max_mode_steps_the_rate_up_to_the_cap_and_reports_the_highest_sustained
         max: Some(2000),
         ..config(vec![2], 500)
     };
-    let mut progress = Vec::new();
-    let report = run(&config, |line| progress.push(line.to_owned()))
-        .await
-        .unwrap();
+    let (report, progress) = run_logged(&config).await;
     let steps: Vec<&String> = progress
         .iter()
         .filter(|l| l.contains("deliveries/s, p50"))

@@ -1,6 +1,6 @@
-//! The browser page's book module (`web/book.js`, pure) under `node --test`
-//! (`web/book.test.js`): snapshots, deltas, a resync, a sequence gap asking for a new
-//! subscription. Without Node.js the test is skipped with a message, unless
+//! The browser page's pure modules under `node --test`: the book (`web/book.js`,
+//! `web/book.test.js`: snapshots, deltas, a resync, a sequence gap asking for a new
+//! subscription) and the chart's ring of points (`web/ring.js`, `web/ring.test.js`). Without Node.js the test is skipped with a message, unless
 //! `RAVEN_REQUIRE_SERVICES=1` (CI) makes that a failure.
 
 use std::path::Path;
@@ -20,7 +20,7 @@ fn the_book_module_passes_its_node_tests() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("# pass 4") && stdout.contains("# fail 0"),
+        stdout.contains("# pass 6") && stdout.contains("# fail 0"),
         "{stdout}"
     );
 }

@@ -194,6 +194,22 @@ async fn grpc_objects(stream: &mut tonic::Streaming<pb::StreamResponse>, n: usiz
     objects
 }
 
+/// The server's book now (`GetSnapshot` at `depth`), as JSON.
+async fn server_book(server: &RunningServer, depth: u32) -> Value {
+    let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
+        .await
+        .unwrap();
+    let snapshot = market
+        .get_snapshot(pb::GetSnapshotRequest {
+            instrument: NAME.into(),
+            depth,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    raven_proto::json::snapshot(&snapshot).unwrap()
+}
+
 /// Subscribes `ws` and returns the ack.
 async fn subscribe(ws: &mut Ws, id: u64, channel: &str, extra: Value) -> Value {
     let mut request =
@@ -333,18 +349,7 @@ async fn a_conflated_book_is_the_servers_book_at_its_sequence() {
         }
     };
     assert!(books < 300, "{books} books for 300 changes");
-    let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
-        .await
-        .unwrap();
-    let snapshot = market
-        .get_snapshot(pb::GetSnapshotRequest {
-            instrument: NAME.into(),
-            depth: 20,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let expected = raven_proto::json::snapshot(&snapshot).unwrap();
+    let expected = server_book(&server, 20).await;
     assert_eq!(expected["sequence"], "301");
     assert_eq!(
         (&last["bids"], &last["asks"]),
@@ -372,18 +377,7 @@ async fn a_client_that_stops_reading_gets_gaps_and_resyncs_like_a_grpc_client() 
     let mut events: Vec<_> = (1..=trades).map(trade).collect();
     events.extend(book_events(3_000).into_iter().skip(1));
     publish(&server, events).await;
-    let mut market = MarketClient::connect(format!("http://{}", server.local_addr()))
-        .await
-        .unwrap();
-    let expected = market
-        .get_snapshot(pb::GetSnapshotRequest {
-            instrument: NAME.into(),
-            depth: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let expected = raven_proto::json::snapshot(&expected).unwrap();
+    let expected = server_book(&server, 0).await;
     assert_eq!(expected["sequence"], "3001");
     let (mut received, mut missed, mut resyncs) = (0u64, 0u64, 0);
     let mut book: Option<Value> = None;

@@ -7,12 +7,14 @@
 
 import uPlot from "/web/vendor/uplot/uPlot.esm.js";
 import { Book } from "/web/book.js";
+import { Ring } from "/web/ring.js";
 
 const DEPTH = 20;
 const TAPE_ROWS = 200;
 const CHART_WINDOW_S = 600;
 const CHART_TRADES = 6000;
 const SAMPLE_MS = 250;
+const CHART_BBOS = (CHART_WINDOW_S * 1000) / SAMPLE_MS;
 const STATS_MS = 2000;
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 4000;
@@ -28,8 +30,8 @@ const state = {
   book: null,
   trades: [],
   bbo: null,
-  bboSamples: [],
-  tradeSamples: [],
+  bboSamples: new Ring(CHART_BBOS, 3),
+  tradeSamples: new Ring(CHART_TRADES, 2),
   renderQueued: false,
   lastStats: null,
 };
@@ -64,14 +66,24 @@ function show(instrument) {
   state.book = new Book(instrument);
   state.trades = [];
   state.bbo = null;
-  state.bboSamples = [];
-  state.tradeSamples = [];
+  state.bboSamples.clear();
+  state.tradeSamples.clear();
   if (instrument) subscribe(instrument);
   queueRender();
 }
 
+function askForKey(why) {
+  $("login").hidden = false;
+  $("login-error").textContent = why;
+}
+
 async function loadInstruments() {
   const response = await fetch("/api/v1/instruments", { headers: headers() });
+  if (response.status === 401 || response.status === 403) {
+    const { error } = await response.json();
+    askForKey(error.message);
+    throw new Error(error.message);
+  }
   if (!response.ok) throw new Error(`instruments: HTTP ${response.status}`);
   const list = await response.json();
   const select = $("instrument");
@@ -108,7 +120,8 @@ function connect() {
     }
   };
   ws.onmessage = (message) => receive(JSON.parse(message.data));
-  ws.onclose = () => {
+  ws.onclose = (close) => {
+    if (close.code === 4001) askForKey(close.reason);
     if (state.ws !== ws) return;
     state.ws = null;
     $("banner").hidden = false;
@@ -126,8 +139,7 @@ function receive(event) {
       return;
     case "error":
       if (event.code === "UNAUTHENTICATED" || event.code === "PERMISSION_DENIED") {
-        $("login").hidden = false;
-        $("login-error").textContent = event.message;
+        askForKey(event.message);
       } else {
         setStatus(`${event.code}: ${event.message}`);
       }
@@ -150,8 +162,7 @@ function receive(event) {
       if (event.type === "trade") {
         state.trades.unshift(event);
         if (state.trades.length > TAPE_ROWS) state.trades.length = TAPE_ROWS;
-        state.tradeSamples.push([seconds(event.exchange_time), Number(event.price)]);
-        if (state.tradeSamples.length > CHART_TRADES) state.tradeSamples.splice(0, state.tradeSamples.length - CHART_TRADES);
+        state.tradeSamples.push(seconds(event.exchange_time), Number(event.price));
       }
       break;
     case "bbo":
@@ -244,7 +255,8 @@ function renderTape() {
   $("tape-count").textContent = `(last ${state.trades.length})`;
 }
 
-// The chart: BBO sampled every SAMPLE_MS, trades as dots, the last CHART_WINDOW_S.
+// The chart: BBO sampled every SAMPLE_MS, trades as dots, the last CHART_WINDOW_S (at
+// most CHART_TRADES of them).
 const chart = new uPlot(
   {
     width: Math.max(300, $("chart").clientWidth),
@@ -267,19 +279,38 @@ const chart = new uPlot(
 function sample() {
   const now = Date.now() / 1000;
   const from = now - CHART_WINDOW_S;
-  const bbo = state.bbo;
-  if (bbo && bbo.bid && bbo.ask) {
-    const bid = Number(bbo.bid.price);
-    const ask = Number(bbo.ask.price);
-    state.bboSamples.push([now, bid, ask, (bid + ask) / 2]);
+  const latest = state.bbo;
+  if (latest && latest.bid && latest.ask) {
+    state.bboSamples.push(now, Number(latest.bid.price), Number(latest.ask.price));
   }
-  while (state.bboSamples.length && state.bboSamples[0][0] < from) state.bboSamples.shift();
-  while (state.tradeSamples.length && state.tradeSamples[0][0] < from) state.tradeSamples.shift();
-  const rows = [
-    ...state.bboSamples.map(([t, bid, ask, mid]) => [t, bid, ask, mid, null]),
-    ...state.tradeSamples.map(([t, price]) => [t, null, null, null, price]),
-  ].sort((a, b) => a[0] - b[0]);
-  chart.setData([0, 1, 2, 3, 4].map((i) => rows.map((row) => row[i])));
+  state.bboSamples.dropBefore(from);
+  state.tradeSamples.dropBefore(from);
+  // Both series on one time axis, in time order: a merge of the two rings.
+  const bbo = state.bboSamples;
+  const trades = state.tradeSamples;
+  const columns = [[], [], [], [], []];
+  let i = 0;
+  let j = 0;
+  while (i < bbo.length || j < trades.length) {
+    if (j >= trades.length || (i < bbo.length && bbo.at(i, 0) <= trades.at(j, 0))) {
+      const bid = bbo.at(i, 1);
+      const ask = bbo.at(i, 2);
+      columns[0].push(bbo.at(i, 0));
+      columns[1].push(bid);
+      columns[2].push(ask);
+      columns[3].push((bid + ask) / 2);
+      columns[4].push(null);
+      i++;
+    } else {
+      columns[0].push(trades.at(j, 0));
+      columns[1].push(null);
+      columns[2].push(null);
+      columns[3].push(null);
+      columns[4].push(trades.at(j, 1));
+      j++;
+    }
+  }
+  chart.setData(columns);
 }
 
 function resize() {

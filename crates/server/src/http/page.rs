@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// Every file the page loads: its path under `/web/`, its type and its bytes.
-const FILES: [(&str, &str, &str); 7] = [
+const FILES: [(&str, &str, &str); 8] = [
     (
         "app.js",
         "text/javascript; charset=utf-8",
@@ -18,6 +18,11 @@ const FILES: [(&str, &str, &str); 7] = [
         "book.js",
         "text/javascript; charset=utf-8",
         include_str!("../../web/book.js"),
+    ),
+    (
+        "ring.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/ring.js"),
     ),
     (
         "style.css",
