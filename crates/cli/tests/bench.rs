@@ -92,7 +92,7 @@ async fn every_published_event_reaches_every_client_and_is_counted() {
     assert!(
         progress
             .iter()
-            .any(|l| l.starts_with("N=4: connecting 4 Raven clients")),
+            .any(|l| l == "N=4: connecting 4 Raven gRPC clients"),
         "{progress:?}"
     );
 }
