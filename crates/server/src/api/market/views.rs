@@ -350,7 +350,7 @@ impl View {
         {
             // The view's own queue overflowed: each client counts the loss with its own
             // (a report pushed like an event could itself be dropped, and its count lost).
-            let route = self.route();
+            let route = View::route(&self.key, &self.name);
             for client in &self.clients {
                 client.add_missed(route, gap.missed);
             }
@@ -395,23 +395,20 @@ impl View {
         }
     }
 
-    fn route(&self) -> Route<'_> {
+    /// Where the view's pushes belong (a function of the two fields, so that the clients
+    /// can be changed while it is held).
+    fn route<'a>(key: &ViewKey, name: &'a InstrumentName) -> Route<'a> {
         Route {
-            instrument: self.key.instrument,
-            name: &self.name,
-            channel: self.key.channel,
-            depth: self.key.depth,
+            instrument: key.instrument,
+            name,
+            channel: key.channel,
+            depth: key.depth,
         }
     }
 
     /// Pushes one JSON object to every client, under each one's bound.
     fn publish(&mut self, json: &Bytes) {
-        let route = Route {
-            instrument: self.key.instrument,
-            name: &self.name,
-            channel: self.key.channel,
-            depth: self.key.depth,
-        };
+        let route = View::route(&self.key, &self.name);
         self.clients
             .retain(|client| client.push(json, 1, route) != Pushed::Closed);
     }
