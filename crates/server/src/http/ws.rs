@@ -20,6 +20,7 @@ use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use raven_model::Channel;
 use serde_json::{Value, json};
+use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -40,6 +41,10 @@ pub const AUTH_TIME: Duration = Duration::from_secs(5);
 pub const MAX_ERRORS: u32 = 10;
 /// The largest message a client may send (1009 beyond).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 10;
+/// What one read of a client's socket asks for. The library zero-fills this much before
+/// every read, including the many that find nothing (each wait polls the socket), and
+/// clients send small requests: its default (128 KiB) was a third of the gateway's CPU.
+const READ_BYTES: usize = 4 << 10;
 /// Output written to the socket before it is flushed.
 const WRITE_BYTES: usize = 256 << 10;
 /// A book subscription's depth when the client names none.
@@ -96,6 +101,7 @@ pub(super) async fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()
+                    .read_buffer_size(READ_BYTES)
                     .max_message_size(Some(MAX_MESSAGE_BYTES))
                     .max_frame_size(Some(MAX_MESSAGE_BYTES));
                 let socket = WebSocketStream::from_raw_socket(
@@ -136,13 +142,19 @@ async fn serve(mut socket: Socket, state: Arc<HttpState>, key: Option<(StreamSlo
         errors: 0,
         _slot: slot,
     };
-    let deadline = tokio::time::Instant::now() + AUTH_TIME;
+    let deadline = Instant::now() + AUTH_TIME;
+    // Not before this may the client be written to again (the write budget).
+    let mut paced: Option<Instant> = None;
     let closing = loop {
-        // Written before every wait: whatever woke the loop, nothing queued waits.
-        match client.write(&mut socket).await {
-            Ok(None) => {}
-            Ok(Some(close)) => break Some(close),
-            Err(_) => break None,
+        // Written before every wait, unless the budget holds it back: whatever woke the
+        // loop, nothing queued waits longer than that.
+        if paced.is_none() {
+            match client.write(&mut socket).await {
+                Ok(Wrote::Nothing) => {}
+                Ok(Wrote::Frames) => paced = client.stream.next_write(Instant::now()),
+                Ok(Wrote::End(close)) => break Some(close),
+                Err(_) => break None,
+            }
         }
         tokio::select! {
             message = socket.next() => match message {
@@ -162,14 +174,15 @@ async fn serve(mut socket: Socket, state: Arc<HttpState>, key: Option<(StreamSlo
                 // Pings are answered by the library as it writes.
                 Some(Ok(_)) => {}
             },
-            () = client.stream.mailbox().ready() => {}
+            () = client.stream.mailbox().ready(), if paced.is_none() => {}
+            () = sleep_until(paced.unwrap_or(deadline)), if paced.is_some() => paced = None,
             () = revoked(&mut client.revoked) => {
                 let status = Status::unauthenticated("API key revoked");
                 client.refuse(&Value::Null, &status);
                 let _ = client.write(&mut socket).await;
                 break Some(close(CloseCode::Policy, status.message()));
             }
-            () = tokio::time::sleep_until(deadline), if !client.authenticated => {
+            () = sleep_until(deadline), if !client.authenticated => {
                 break Some(close(
                     CloseCode::Library(NO_AUTH),
                     &format!("no auth within {} s: send {{\"op\":\"auth\",\"key\":…}} first", AUTH_TIME.as_secs()),
@@ -210,6 +223,14 @@ async fn revoked(key: &mut Option<Shutdown>) {
     }
 }
 
+/// What a [`Client::write`] did.
+enum Wrote {
+    Nothing,
+    Frames,
+    /// The server ends the stream, with this close frame (after what was queued).
+    End(CloseFrame),
+}
+
 struct Client {
     state: Arc<HttpState>,
     stream: JsonStream,
@@ -222,8 +243,8 @@ struct Client {
 }
 
 impl Client {
-    /// Writes what is queued; `Some` when the server ends the stream, with its close frame.
-    async fn write(&mut self, socket: &mut Socket) -> Result<Option<CloseFrame>, WsError> {
+    /// Writes what is queued.
+    async fn write(&mut self, socket: &mut Socket) -> Result<Wrote, WsError> {
         let drained = self.stream.mailbox().drain(WRITE_BYTES);
         self.stream.resync(drained.resync_requests);
         let mut wrote = false;
@@ -265,7 +286,11 @@ impl Client {
         if wrote {
             socket.flush().await?;
         }
-        Ok(end.map(|(_, frame)| frame))
+        Ok(match end {
+            Some((_, frame)) => Wrote::End(frame),
+            None if wrote => Wrote::Frames,
+            None => Wrote::Nothing,
+        })
     }
 
     /// Queues `object` for the client.

@@ -74,6 +74,14 @@ impl JsonStream {
         &self.mailbox
     }
 
+    /// When a client that last wrote at `last` may write again: the gRPC streams' write
+    /// budget, shared with them (`fanout.write_budget_per_s`), so that many browsers
+    /// get more messages per write rather than a write per message each.
+    pub fn next_write(&self, last: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let fanout = &self.service.limits.fanout;
+        fanout.next_write(self.service.fanout.subscribers(), last)
+    }
+
     /// The caller is `key` from now on (its subscriptions count against it).
     pub fn authenticate(&mut self, key: Arc<Key>) -> Result<(), Status> {
         if !self.subscriptions.is_empty() {
