@@ -8,8 +8,8 @@
 //! intermediate structs, no allocation per field). Its output is checked against prost's
 //! own encoding of the same event in the tests below.
 
-use bytes::{BufMut, Bytes, BytesMut};
-use prost::encoding::{DecodeContext, WireType, encoded_len_varint, skip_field};
+use bytes::BytesMut;
+use prost::encoding::{WireType, encoded_len_varint};
 use raven_model::{
     Aggressor, Bbo, BookDelta, BookSnapshot, Candle, CandleInterval, Channel, Event, EventBody,
     Level, Qty, Side, SnapshotKind, Status, StatusKind, Trade,
@@ -458,77 +458,12 @@ pub fn put_heartbeat_ack(buf: &mut BytesMut, id: u64, server_time: u64) {
     );
 }
 
-/// A `StreamResponse` made of pre-encoded `events` entries. Implements `prost::Message` so
-/// tonic can send it; encoding copies the shared chunks into the HTTP/2 frame and nothing
-/// else.
-#[derive(Debug, Default, Clone)]
-pub struct EncodedBatch {
-    chunks: Vec<Bytes>,
-    bytes: usize,
-}
-
-impl EncodedBatch {
-    /// An empty batch.
-    pub fn new() -> EncodedBatch {
-        EncodedBatch::default()
-    }
-
-    /// Appends entries produced by the `put_*` functions.
-    pub fn push(&mut self, chunk: Bytes) {
-        self.bytes += chunk.len();
-        self.chunks.push(chunk);
-    }
-
-    /// Encoded size in bytes.
-    pub fn len_bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// True when nothing was pushed.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    /// The entries, in the order they were pushed.
-    pub fn into_chunks(self) -> Vec<Bytes> {
-        self.chunks
-    }
-}
-
-impl prost::Message for EncodedBatch {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        for c in &self.chunks {
-            buf.put_slice(c);
-        }
-    }
-
-    /// Servers never decode a batch (clients use `pb::StreamResponse`); skipping keeps the
-    /// trait contract without a second decoder.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl bytes::Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.bytes
-    }
-
-    fn clear(&mut self) {
-        self.chunks.clear();
-        self.bytes = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::convert::event_to_pb;
     use crate::pb;
+    use crate::wire::EncodedBatch;
     use prost::Message;
     use raven_model::{InstrumentId, LevelChange, Price, Sequence, UnixNanos};
 
