@@ -165,6 +165,23 @@ pub struct Config {
 }
 
 /// The password in `scheme://user:password@host…`, if there is one.
+/// `value` must lie in `allowed`; `reason` says what is allowed.
+fn within<T: PartialOrd + std::fmt::Display>(
+    field: &'static str,
+    value: T,
+    allowed: std::ops::RangeInclusive<T>,
+    reason: &'static str,
+) -> Result<(), ConfigError> {
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        field,
+        value: value.to_string(),
+        reason,
+    })
+}
+
 fn url_password(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
     let userinfo = &rest[..rest.find('@')?];
@@ -228,168 +245,14 @@ impl FileConfig {
                 )
             })?),
         };
-        if self.server.keepalive_secs == 0 {
-            return Err(invalid("server.keepalive_secs", &0, "must be at least 1"));
-        }
-        for (field, value) in [
-            (
-                "server.handshake_timeout_secs",
-                self.server.handshake_timeout_secs,
-            ),
-            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
-        ] {
-            if value == 0 {
-                return Err(invalid(field, &0, "must be at least 1"));
-            }
-        }
-        if self.shutdown.drain_secs > 3600 {
-            return Err(invalid(
-                "shutdown.drain_secs",
-                &self.shutdown.drain_secs,
-                "must be at most 3600",
-            ));
-        }
-        if self.shutdown.timeout_secs <= self.shutdown.drain_secs {
-            return Err(invalid(
-                "shutdown.timeout_secs",
-                &self.shutdown.timeout_secs,
-                "must be more than shutdown.drain_secs (the drain is part of the shutdown)",
-            ));
-        }
-        if self.server.start_backlog_mb == 0 || self.server.start_backlog_mb > 4096 {
-            return Err(invalid(
-                "server.start_backlog_mb",
-                &self.server.start_backlog_mb,
-                "must be 1 to 4096",
-            ));
-        }
-        if self.server.max_instruments_per_request == 0 {
-            return Err(invalid(
-                "server.max_instruments_per_request",
-                &0,
-                "must be at least 1",
-            ));
-        }
-        if self.sim.rate == 0 || self.sim.rate > 10_000_000 {
-            return Err(invalid(
-                "sim.rate",
-                &self.sim.rate,
-                "must be between 1 and 10000000 events/s",
-            ));
-        }
-        if !(1..=1000).contains(&self.sim.levels) {
-            return Err(invalid(
-                "sim.levels",
-                &self.sim.levels,
-                "must be between 1 and 1000",
-            ));
-        }
-        if !(1..=64).contains(&self.engine.shards) {
-            return Err(invalid(
-                "engine.shards",
-                &self.engine.shards,
-                "must be between 1 and 64",
-            ));
-        }
-        if self.fanout.queue_events < 16 {
-            return Err(invalid(
-                "fanout.queue_events",
-                &self.fanout.queue_events,
-                "must be at least 16",
-            ));
-        }
-        if self.fanout.queue_bytes < 4096 {
-            return Err(invalid(
-                "fanout.queue_bytes",
-                &self.fanout.queue_bytes,
-                "must be at least 4096",
-            ));
-        }
-        if self.fanout.max_batch_bytes < 4096 || self.fanout.max_batch_bytes > 4 << 20 {
-            return Err(invalid(
-                "fanout.max_batch_bytes",
-                &self.fanout.max_batch_bytes,
-                "must be between 4096 and 4194304 (gRPC clients refuse messages over 4 MiB by default)",
-            ));
-        }
-        if !(1..=1000).contains(&self.store.batch_window_ms) {
-            return Err(invalid(
-                "store.batch_window_ms",
-                &self.store.batch_window_ms,
-                "must be between 1 and 1000",
-            ));
-        }
-        if !(1..=crate::store::MAX_BATCH_ROWS).contains(&self.store.batch_max_rows) {
-            return Err(invalid(
-                "store.batch_max_rows",
-                &self.store.batch_max_rows,
-                "must be between 1 and 16777216",
-            ));
-        }
-        if self.store.retry_secs == 0 {
-            return Err(invalid("store.retry_secs", &0, "must be at least 1"));
-        }
-        if self.store.refused_retry_secs == 0 {
-            return Err(invalid(
-                "store.refused_retry_secs",
-                &0,
-                "must be at least 1",
-            ));
-        }
-        if self.store.snapshot_every == 0 {
-            return Err(invalid("store.snapshot_every", &0, "must be at least 1"));
-        }
-        if !(8..=1 << 20).contains(&self.store.spill_reserve_mb) {
-            return Err(invalid(
-                "store.spill_reserve_mb",
-                &self.store.spill_reserve_mb,
-                "must be between 8 and 1048576 (MiB)",
-            ));
-        }
-        if self.store.queue_mb > 1 << 16 {
-            return Err(invalid(
-                "store.queue_mb",
-                &self.store.queue_mb,
-                "must be at most 65536 (MiB)",
-            ));
-        }
-        let replication = &self.replication;
-        let cluster_ok = !replication.cluster.is_empty()
-            && replication.cluster.len() <= 64
-            && replication
-                .cluster
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !cluster_ok {
-            return Err(invalid(
-                "replication.cluster",
-                &replication.cluster,
-                "must be 1 to 64 letters, digits, '-' or '_' (it names a NATS stream and subjects)",
-            ));
-        }
-        if !replication.nats.starts_with("nats://") {
-            return Err(invalid(
-                "replication.nats",
-                &replication.nats,
-                "expected nats://HOST:PORT",
-            ));
-        }
-        if !(crate::replication::DUPLICATE_WINDOW.as_secs()..=365 * 86_400)
-            .contains(&replication.max_age_secs)
-        {
-            return Err(invalid(
-                "replication.max_age_secs",
-                &replication.max_age_secs,
-                "must be between 120 (the stream's duplicate window) and 31536000",
-            ));
-        }
-        if replication.buffer_bytes < 1 << 20 {
-            return Err(invalid(
-                "replication.buffer_bytes",
-                &replication.buffer_bytes,
-                "must be at least 1048576 (1 MiB)",
-            ));
-        }
+        self.server.check()?;
+        self.shutdown.check()?;
+        self.sim.check()?;
+        self.engine.check()?;
+        self.fanout.check()?;
+        self.store.check()?;
+        self.replication.check()?;
+        self.limits.check()?;
         let role = self.server.role;
         let replication = (role != Role::Standalone).then(|| ReplicationConfig {
             nats: self.replication.nats,
@@ -458,13 +321,6 @@ impl FileConfig {
                     None => e.reason,
                 },
             })?;
-        }
-        if self.limits.streams_per_connection == 0 {
-            return Err(invalid(
-                "limits.streams_per_connection",
-                &0,
-                "must be at least 1",
-            ));
         }
         Ok(Config {
             listen,
@@ -662,6 +518,93 @@ mod tests {
             err,
             "invalid config value sim.rate = 0: must be between 1 and 10000000 events/s"
         );
+    }
+
+    #[test]
+    fn every_value_out_of_its_range_is_refused_naming_the_range() {
+        let cases = [
+            (
+                "[server]\nkeepalive_secs = 0",
+                "server.keepalive_secs = 0: must be at least 1",
+            ),
+            (
+                "[server]\nidle_timeout_secs = 0",
+                "server.idle_timeout_secs = 0: must be at least 1",
+            ),
+            (
+                "[server]\nstart_backlog_mb = 4097",
+                "server.start_backlog_mb = 4097: must be 1 to 4096",
+            ),
+            (
+                "[shutdown]\ndrain_secs = 3601\ntimeout_secs = 4000",
+                "shutdown.drain_secs = 3601: must be at most 3600",
+            ),
+            (
+                "[shutdown]\ndrain_secs = 5\ntimeout_secs = 5",
+                "shutdown.timeout_secs = 5: must be more than shutdown.drain_secs (the drain is part of the shutdown)",
+            ),
+            (
+                "[sim]\nlevels = 1001",
+                "sim.levels = 1001: must be between 1 and 1000",
+            ),
+            (
+                "[engine]\nshards = 65",
+                "engine.shards = 65: must be between 1 and 64",
+            ),
+            (
+                "[fanout]\nqueue_events = 15",
+                "fanout.queue_events = 15: must be at least 16",
+            ),
+            (
+                "[fanout]\nqueue_bytes = 4095",
+                "fanout.queue_bytes = 4095: must be at least 4096",
+            ),
+            (
+                "[fanout]\nmax_batch_bytes = 4194305",
+                "fanout.max_batch_bytes = 4194305: must be between 4096 and 4194304 (gRPC clients refuse messages over 4 MiB by default)",
+            ),
+            (
+                "[store]\nbatch_window_ms = 0",
+                "store.batch_window_ms = 0: must be between 1 and 1000",
+            ),
+            (
+                "[store]\nsnapshot_every = 0",
+                "store.snapshot_every = 0: must be at least 1",
+            ),
+            (
+                "[store]\nspill_reserve_mb = 7",
+                "store.spill_reserve_mb = 7: must be between 8 and 1048576 (MiB)",
+            ),
+            (
+                "[store]\nqueue_mb = 65537",
+                "store.queue_mb = 65537: must be at most 65536 (MiB)",
+            ),
+            (
+                "[replication]\ncluster = \"a.b\"",
+                "replication.cluster = a.b: must be 1 to 64 letters, digits, '-' or '_' (it names a NATS stream and subjects)",
+            ),
+            (
+                "[replication]\nnats = \"127.0.0.1:4222\"",
+                "replication.nats = 127.0.0.1:4222: expected nats://HOST:PORT",
+            ),
+            (
+                "[replication]\nmax_age_secs = 119",
+                "replication.max_age_secs = 119: must be between 120 (the stream's duplicate window) and 31536000",
+            ),
+            (
+                "[replication]\nbuffer_bytes = 1048575",
+                "replication.buffer_bytes = 1048575: must be at least 1048576 (1 MiB)",
+            ),
+            (
+                "[limits]\nstreams_per_connection = 0",
+                "limits.streams_per_connection = 0: must be at least 1",
+            ),
+        ];
+        for (file, message) in cases {
+            let f: FileConfig = toml::from_str(file).unwrap();
+            let err = f.resolve().unwrap_err().to_string();
+            assert_eq!(err, format!("invalid config value {message}"), "{file}");
+        }
     }
 
     #[test]

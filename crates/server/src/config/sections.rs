@@ -1,13 +1,17 @@
 //! The config file's sections as written: each `[section]` table with its documented
-//! defaults. `FileConfig` (in the parent) gathers them; `resolve` there validates them
-//! into the `Config` the server runs on.
+//! defaults and the ranges its values must lie in (`check`). `FileConfig` (in the
+//! parent) gathers them; `resolve` there checks them and resolves the `Config` the
+//! server runs on.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::{ConfigError, within};
 use crate::fanout::LagPolicy;
 use crate::replication::Storage;
+
+const AT_LEAST_1: &str = "must be at least 1";
 
 /// `[store]`
 #[derive(Debug, Deserialize, Serialize)]
@@ -61,6 +65,52 @@ impl Default for StoreSection {
             refused_retry_secs: 30,
             snapshot_every: 10_000,
         }
+    }
+}
+
+impl StoreSection {
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        let window = self.batch_window_ms;
+        within(
+            "store.batch_window_ms",
+            window,
+            1..=1000,
+            "must be between 1 and 1000",
+        )?;
+        within(
+            "store.batch_max_rows",
+            self.batch_max_rows,
+            1..=crate::store::MAX_BATCH_ROWS,
+            "must be between 1 and 16777216",
+        )?;
+        within(
+            "store.retry_secs",
+            self.retry_secs,
+            1..=u64::MAX,
+            AT_LEAST_1,
+        )?;
+        let refused = self.refused_retry_secs;
+        within(
+            "store.refused_retry_secs",
+            refused,
+            1..=u64::MAX,
+            AT_LEAST_1,
+        )?;
+        let every = self.snapshot_every;
+        within("store.snapshot_every", every, 1..=u32::MAX, AT_LEAST_1)?;
+        within(
+            "store.spill_reserve_mb",
+            self.spill_reserve_mb,
+            8..=1 << 20,
+            "must be between 8 and 1048576 (MiB)",
+        )?;
+        let queue = self.queue_mb;
+        within(
+            "store.queue_mb",
+            queue,
+            0..=1 << 16,
+            "must be at most 65536 (MiB)",
+        )
     }
 }
 
@@ -123,6 +173,39 @@ impl Default for ServerSection {
     }
 }
 
+impl ServerSection {
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        within(
+            "server.keepalive_secs",
+            self.keepalive_secs,
+            1..=u64::MAX,
+            AT_LEAST_1,
+        )?;
+        let handshake = self.handshake_timeout_secs;
+        within(
+            "server.handshake_timeout_secs",
+            handshake,
+            1..=u64::MAX,
+            AT_LEAST_1,
+        )?;
+        let idle = self.idle_timeout_secs;
+        within("server.idle_timeout_secs", idle, 1..=u64::MAX, AT_LEAST_1)?;
+        let backlog = self.start_backlog_mb;
+        within(
+            "server.start_backlog_mb",
+            backlog,
+            1..=4096,
+            "must be 1 to 4096",
+        )?;
+        within(
+            "server.max_instruments_per_request",
+            self.max_instruments_per_request,
+            1..=usize::MAX,
+            AT_LEAST_1,
+        )
+    }
+}
+
 /// `[replication]`: the NATS JetStream stream an ingest node publishes to.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -153,6 +236,43 @@ impl Default for ReplicationSection {
             max_age_secs: 3600,
             buffer_bytes: 64 << 20,
         }
+    }
+}
+
+impl ReplicationSection {
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        let cluster_ok = !self.cluster.is_empty()
+            && self.cluster.len() <= 64
+            && self
+                .cluster
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !cluster_ok {
+            return Err(ConfigError::Invalid {
+                field: "replication.cluster",
+                value: self.cluster.clone(),
+                reason: "must be 1 to 64 letters, digits, '-' or '_' (it names a NATS stream and subjects)",
+            });
+        }
+        if !self.nats.starts_with("nats://") {
+            return Err(ConfigError::Invalid {
+                field: "replication.nats",
+                value: self.nats.clone(),
+                reason: "expected nats://HOST:PORT",
+            });
+        }
+        within(
+            "replication.max_age_secs",
+            self.max_age_secs,
+            crate::replication::DUPLICATE_WINDOW.as_secs()..=365 * 86_400,
+            "must be between 120 (the stream's duplicate window) and 31536000",
+        )?;
+        within(
+            "replication.buffer_bytes",
+            self.buffer_bytes,
+            1 << 20..=usize::MAX,
+            "must be at least 1048576 (1 MiB)",
+        )
     }
 }
 
@@ -195,6 +315,24 @@ impl Default for ShutdownSection {
             drain_secs: 5,
             timeout_secs: 30,
         }
+    }
+}
+
+impl ShutdownSection {
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        let drain = self.drain_secs;
+        within(
+            "shutdown.drain_secs",
+            drain,
+            0..=3600,
+            "must be at most 3600",
+        )?;
+        within(
+            "shutdown.timeout_secs",
+            self.timeout_secs,
+            drain + 1..=u64::MAX,
+            "must be more than shutdown.drain_secs (the drain is part of the shutdown)",
+        )
     }
 }
 
@@ -249,6 +387,18 @@ impl Default for LimitsSection {
     }
 }
 
+impl LimitsSection {
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        let streams = self.streams_per_connection;
+        within(
+            "limits.streams_per_connection",
+            streams,
+            1..=u32::MAX,
+            AT_LEAST_1,
+        )
+    }
+}
+
 /// `[sim]`
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -274,6 +424,24 @@ impl Default for SimSection {
     }
 }
 
+impl SimSection {
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        let rate = self.rate;
+        within(
+            "sim.rate",
+            rate,
+            1..=10_000_000,
+            "must be between 1 and 10000000 events/s",
+        )?;
+        within(
+            "sim.levels",
+            self.levels,
+            1..=1000,
+            "must be between 1 and 1000",
+        )
+    }
+}
+
 /// `[engine]`
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -286,6 +454,17 @@ pub struct EngineSection {
 impl Default for EngineSection {
     fn default() -> Self {
         EngineSection { shards: 1 }
+    }
+}
+
+impl EngineSection {
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        within(
+            "engine.shards",
+            self.shards,
+            1..=64,
+            "must be between 1 and 64",
+        )
     }
 }
 
@@ -336,5 +515,30 @@ impl Default for FanoutSection {
             max_batch_bytes: 64 << 10,
             write_budget_per_s: 50_000,
         }
+    }
+}
+
+impl FanoutSection {
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        let events = self.queue_events;
+        within(
+            "fanout.queue_events",
+            events,
+            16..=usize::MAX,
+            "must be at least 16",
+        )?;
+        let bytes = self.queue_bytes;
+        within(
+            "fanout.queue_bytes",
+            bytes,
+            4096..=usize::MAX,
+            "must be at least 4096",
+        )?;
+        within(
+            "fanout.max_batch_bytes",
+            self.max_batch_bytes,
+            4096..=4 << 20,
+            "must be between 4096 and 4194304 (gRPC clients refuse messages over 4 MiB by default)",
+        )
     }
 }
