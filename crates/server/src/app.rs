@@ -123,7 +123,7 @@ pub struct RunningServer {
 /// The running HTTP listener.
 struct Http {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
     stop: Trigger,
 }
 

@@ -11,6 +11,7 @@
 //! JSON gateway ([`ws`]) and `/` the dashboard page that uses it ([`page`]). It keeps
 //! serving through the drain and stops last.
 
+mod conn;
 mod page;
 mod ws;
 
@@ -22,7 +23,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
@@ -81,11 +81,7 @@ impl HttpState {
 }
 
 /// Serves the routes on `listener` until `shutdown` fires.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<HttpState>,
-    mut shutdown: Shutdown,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Shutdown) {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -98,16 +94,7 @@ pub async fn serve(
         .route("/", get(page::index))
         .route("/web/{*path}", get(page::file))
         .with_state(state);
-    // Streams (the WebSocket gateway, a history) write small messages: Nagle's
-    // algorithm would hold each behind the peer's delayed acknowledgement.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY refused on an HTTP connection");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+    conn::serve(listener, app, shutdown).await;
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {

@@ -1,7 +1,8 @@
 //! The HTTP listener over a real socket: `/metrics` read with an OpenMetrics parser gives
 //! exact counts of known traffic, two servers in one process keep separate counts,
 //! `/readyz` turns 503 when a drain starts while `/healthz` stays up, `/api/v1/stats`
-//! has the per-subscriber detail.
+//! has the per-subscriber detail, and a connection that sends no request (or half of
+//! one) is closed rather than held.
 
 mod common;
 #[path = "common/live.rs"]
@@ -591,5 +592,33 @@ async fn history_over_http_is_the_query_as_json_lines() {
             "{path}"
         );
     }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_whole_request_is_closed_and_others_are_served() {
+    let server = common::server(quiet).await;
+    let http = server.http_addr().unwrap();
+    let mut silent = tokio::net::TcpStream::connect(http).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(http).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: raven\r\n")
+        .await
+        .unwrap();
+    // The header limit is 10 s; the server closes both (a 408 for the half request).
+    for (name, socket) in [("silent", &mut silent), ("half a request", &mut half)] {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("the {name} connection was held open"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{name}: {answer}"
+        );
+    }
+    // Meanwhile, and after, whole requests are answered.
+    let (status, body) = get(http, "/healthz").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
     server.shutdown().await.unwrap();
 }
