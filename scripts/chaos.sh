@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The reliability suite: every fault scenario against the release binary, one row each
 # (crates/chaos): full disk, torn spill file, PostgreSQL stopped for 15 s and 60 s,
-# kill -9, clients attached at SIGTERM, 3,000 silent sockets, a stalled subscriber,
-# SIGTERM under load, and the WAL's size over WAL_MINUTES at 2k and 50k events/s.
+# kill -9, clients attached at SIGTERM, 4,000 silent sockets (gRPC and HTTP), a stalled
+# subscriber, SIGTERM under load, and the WAL's size over WAL_MINUTES at 2k and 50k
+# events/s.
 # The full-disk scenario mounts a tmpfs and the PostgreSQL ones run a private server
 # (as the postgres user), so run it as root. About 7 minutes plus 2 x WAL_MINUTES.
 #

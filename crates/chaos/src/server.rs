@@ -16,6 +16,8 @@ pub struct Server {
     child: Child,
     /// Where it serves gRPC.
     pub addr: SocketAddr,
+    /// Where it serves HTTP.
+    pub http: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -86,9 +88,14 @@ impl Server {
                 log.lock().expect("log lock")
             );
         };
+        let http = first
+            .split_once(", HTTP on ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .with_context(|| format!("no HTTP address in {first:?}"))?;
         Ok(Server {
             child,
             addr: addr.parse()?,
+            http: http.parse()?,
             log,
         })
     }
