@@ -223,7 +223,14 @@ async fn subscribe(ws: &mut Ws, id: u64, channel: &str, extra: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_gets_what_a_grpc_subscriber_gets() {
-    let server = common::server(quiet).await;
+    // A small write budget (4 streams at 100 writes/s: a write per client per 40 ms), so
+    // that this exact comparison runs on the paced write path of both transports; the
+    // other tests here write unpaced (below 50 streams the default budget spaces nothing).
+    let server = common::server(|f| {
+        quiet(f);
+        f.fanout.write_budget_per_s = 100;
+    })
+    .await;
     introduce(&server).await;
     let (_tx, mut grpc_trades) =
         live::subscribe(server.local_addr(), NAME, pb::Channel::Trades).await;

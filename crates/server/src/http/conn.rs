@@ -19,7 +19,7 @@ use crate::shutdown::Shutdown;
 /// How long a connection may take to send a request's head (all of its headers), from
 /// the accept or from the end of its previous response: an idle keep-alive connection
 /// is closed after it too (a browser or a scraper opens another).
-pub const HEADER_TIME: Duration = Duration::from_secs(10);
+const HEADER_TIME: Duration = Duration::from_secs(10);
 
 /// How long accepting pauses after it failed (descriptors exhausted, say).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);

@@ -175,7 +175,7 @@ async fn serve(mut socket: Socket, state: Arc<HttpState>, key: Option<(StreamSlo
                 Some(Ok(_)) => {}
             },
             () = client.stream.mailbox().ready(), if paced.is_none() => {}
-            () = sleep_until(paced.unwrap_or(deadline)), if paced.is_some() => paced = None,
+            () = at(paced) => paced = None,
             () = revoked(&mut client.revoked) => {
                 let status = Status::unauthenticated("API key revoked");
                 client.refuse(&Value::Null, &status);
@@ -212,6 +212,14 @@ fn close(code: CloseCode, reason: &str) -> CloseFrame {
     CloseFrame {
         code,
         reason: Utf8Bytes::from(&reason[..end]),
+    }
+}
+
+/// Resolves at `when` (never without one).
+async fn at(when: Option<Instant>) {
+    match when {
+        Some(when) => sleep_until(when).await,
+        None => std::future::pending().await,
     }
 }
 
