@@ -46,7 +46,7 @@ use crate::fanout::Fanout;
 use crate::feed::exchange::ExchangeFeed;
 use crate::feed::sim::SimFeed;
 use crate::feed::{Catalog, Feed, FeedContext, FeedHandle, FeedInput};
-use crate::http::HttpState;
+use crate::http::{HttpConnections, HttpState};
 use crate::metrics::{Metrics, Sources};
 use crate::query::{Backfill, Recorded, StoreReader};
 use crate::recorder::{Recorder, RecorderStats};
@@ -100,6 +100,7 @@ pub struct RunningServer {
     grpc: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
     stop_grpc: Trigger,
     connections: Arc<Connections>,
+    http_connections: Arc<HttpConnections>,
     health: tonic_health::server::HealthReporter,
     shutdown: Trigger,
     drain_trigger: Trigger,
@@ -286,6 +287,7 @@ pub async fn start(
     let (drain_trigger, draining) = shutdown::channel();
     let ingest = IngestServer::new(ingest).max_decoding_message_size(MAX_PUBLISH_REQUEST_BYTES);
     let connections = Connections::new(config.connections);
+    let http_connections = HttpConnections::new(config.max_http_connections);
     let calls = Arc::new(CallStats::default());
     let mut service = MarketService::new(
         catalog.clone(),
@@ -318,6 +320,7 @@ pub async fn start(
         replication: replicator.as_ref().map(Replicator::stats),
         edge: follower.as_ref().map(|(f, _)| f.stats()),
         connections: connections.clone(),
+        http: http_connections.clone(),
         calls: calls.clone(),
         keys: keys.clone(),
         catalog: catalog.clone(),
@@ -409,6 +412,7 @@ pub async fn start(
         grpc: Some(grpc),
         stop_grpc,
         connections,
+        http_connections,
         health,
         shutdown: trigger,
         drain_trigger,
@@ -479,6 +483,7 @@ impl RunningServer {
     pub fn reload(&self, config: Option<&Config>) {
         if let Some(config) = config {
             self.connections.set_limits(config.connections);
+            self.http_connections.set_max(config.max_http_connections);
             self.market
                 .set_subscribe_rate(config.subscribe_requests_per_s);
             if let Some(keys) = &self.keys {
@@ -510,6 +515,7 @@ impl RunningServer {
             tracing::info!(
                 max_connections = config.connections.max_connections,
                 connections_per_ip_per_s = config.connections.per_ip_per_s,
+                max_http_connections = config.max_http_connections,
                 subscribe_requests_per_s = config.subscribe_requests_per_s,
                 "reloaded limits; listeners, store and feeds change at the next start"
             );

@@ -143,6 +143,8 @@ pub struct Config {
     pub start_backlog_bytes: usize,
     /// Handshake and idle limits for connections.
     pub connections: ConnectionLimits,
+    /// HTTP connections open at once (0: no limit).
+    pub max_http_connections: usize,
     /// How long streams are served after being told the server is going away.
     pub drain: Duration,
     /// How long the whole shutdown may take.
@@ -340,6 +342,7 @@ impl FileConfig {
                 max_connections: self.limits.max_connections,
                 per_ip_per_s: self.limits.connections_per_ip_per_s,
             },
+            max_http_connections: self.limits.max_http_connections,
             drain: Duration::from_secs(self.shutdown.drain_secs),
             shutdown_timeout: Duration::from_secs(self.shutdown.timeout_secs),
             sim: (!edge && self.sim.enabled.unwrap_or(feeds.is_empty())).then_some(SimConfig {

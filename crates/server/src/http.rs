@@ -15,6 +15,8 @@ mod conn;
 mod page;
 mod ws;
 
+pub use conn::HttpConnections;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -82,6 +84,7 @@ impl HttpState {
 
 /// Serves the routes on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Shutdown) {
+    let connections = state.sources.http.clone();
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -94,7 +97,7 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Shutd
         .route("/", get(page::index))
         .route("/web/{*path}", get(page::file))
         .with_state(state);
-    conn::serve(listener, app, shutdown).await;
+    conn::serve(listener, app, connections, shutdown).await;
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {

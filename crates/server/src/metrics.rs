@@ -26,6 +26,7 @@ use crate::engine::stats::EngineStats;
 use crate::fanout::Fanout;
 use crate::feed::{Catalog, FeedStats, STATUS_KINDS};
 use crate::histogram::BOUNDS_NS;
+use crate::http::HttpConnections;
 use crate::recorder::RecorderStats;
 use crate::replication::{FollowerStats, ReplicationStats};
 
@@ -49,6 +50,8 @@ pub struct Sources {
     pub edge: Option<Arc<FollowerStats>>,
     /// The gRPC listener's connections.
     pub connections: Arc<Connections>,
+    /// The HTTP listener's.
+    pub http: Arc<HttpConnections>,
     /// Finished gRPC calls.
     pub calls: Arc<CallStats>,
     /// API keys, when calls need them.
@@ -239,6 +242,18 @@ impl Collector for Scrape {
             "gRPC connections closed as soon as accepted, by the limit they were over.",
             "limit",
             &refused,
+        )?;
+        gauge(
+            &mut e,
+            "raven_http_connections",
+            "HTTP connections open (WebSockets included).",
+            s.http.open() as u64,
+        )?;
+        counter(
+            &mut e,
+            "raven_http_connections_refused",
+            "HTTP connections answered 503 and closed as soon as accepted: over limits.max_http_connections.",
+            s.http.refused(),
         )?;
         if let Some(keys) = &s.keys {
             let stats = &keys.stats;

@@ -2,7 +2,8 @@
 //! exact counts of known traffic, two servers in one process keep separate counts,
 //! `/readyz` turns 503 when a drain starts while `/healthz` stays up, `/api/v1/stats`
 //! has the per-subscriber detail, and a connection that sends no request (or half of
-//! one) is closed rather than held.
+//! one) is closed rather than held, and past `limits.max_http_connections` a new one is
+//! answered 503 (a WebSocket holding its place until its socket closes).
 
 mod common;
 #[path = "common/live.rs"]
@@ -618,6 +619,81 @@ async fn a_connection_without_a_whole_request_is_closed_and_others_are_served() 
         );
     }
     // Meanwhile, and after, whole requests are answered.
+    let (status, body) = get(http, "/healthz").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    server.shutdown().await.unwrap();
+}
+
+/// `GET path` until it is answered 200 (a connection closed a moment ago may not have
+/// given its place back yet): the body, and how many 503s came first.
+async fn get_when_free(http: std::net::SocketAddr, path: &str) -> (String, u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut busy = 0;
+    loop {
+        let (status, body) = get(http, path).await.unwrap();
+        if status == 200 {
+            return (body, busy);
+        }
+        assert_eq!(status, 503, "{body}");
+        busy += 1;
+        assert!(tokio::time::Instant::now() < deadline, "never free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the unlabelled sample `name` in an exposition.
+fn sample(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{exposition}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_past_the_limit_are_answered_503_and_a_reload_moves_it() {
+    let limited = |max: usize| {
+        move |f: &mut raven_server::config::FileConfig| {
+            quiet(f);
+            f.limits.max_http_connections = max;
+        }
+    };
+    let server = common::server(limited(2)).await;
+    let http = server.http_addr().expect("HTTP on");
+    const BUSY: &str = "too many HTTP connections (limits.max_http_connections)\n";
+
+    // Two held: a silent socket and a WebSocket, which keeps its place after the upgrade
+    // for as long as its socket lives.
+    let silent = tokio::net::TcpStream::connect(http).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{http}/ws"), tcp)
+        .await
+        .unwrap();
+    let (status, body) = get(http, "/healthz").await.unwrap();
+    assert_eq!((status, body.as_str()), (503, BUSY));
+
+    // The silent one goes; a scrape takes its place and sees itself and the WebSocket.
+    drop(silent);
+    let (metrics, busy) = get_when_free(http, "/metrics").await;
+    assert_eq!(sample(&metrics, "raven_http_connections"), 2.0);
+    assert_eq!(
+        sample(&metrics, "raven_http_connections_refused_total"),
+        (1 + busy) as f64
+    );
+
+    // What SIGHUP does: one place, which the WebSocket holds, until it closes.
+    server.reload(Some(&common::config(limited(1))));
+    let (status, body) = get(http, "/healthz").await.unwrap();
+    assert_eq!((status, body.as_str()), (503, BUSY));
+    drop(ws);
+    let (body, _) = get_when_free(http, "/healthz").await;
+    assert_eq!(body, "ok\n");
+
+    // No limit: three silent sockets and a request, all taken.
+    server.reload(Some(&common::config(limited(0))));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(http).await.unwrap());
+    }
     let (status, body) = get(http, "/healthz").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     server.shutdown().await.unwrap();

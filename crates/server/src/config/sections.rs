@@ -357,6 +357,10 @@ pub struct LimitsSection {
     /// New gRPC connections per second from one IP address; past it they are closed at
     /// once. Default 0.
     pub connections_per_ip_per_s: u32,
+    /// HTTP connections (the dashboard, WebSockets, scrapes, REST reads) open at once;
+    /// past it a new one is answered 503 and closed. Default 512: half the descriptors
+    /// `max_connections` leaves for the store, feeds and HTTP (raise both together).
+    pub max_http_connections: usize,
     /// HTTP/2 streams (calls) open at once on one connection. Default 1024.
     pub streams_per_connection: u32,
     /// Subscribe requests per second on one stream; past it the stream ends with
@@ -378,6 +382,7 @@ impl Default for LimitsSection {
         LimitsSection {
             max_connections: crate::api::connections::default_max_connections(),
             connections_per_ip_per_s: 0,
+            max_http_connections: 512,
             streams_per_connection: 1024,
             subscribe_requests_per_s: 100,
             streams_per_key: 100,

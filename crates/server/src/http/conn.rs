@@ -1,17 +1,26 @@
 //! The HTTP listener's connections, served by hyper (HTTP/1.1, with upgrades for `/ws`)
 //! under a time limit for each request's head: a client that connects and sends nothing,
 //! or sends a request slowly, is closed after [`HEADER_TIME`] rather than holding a
-//! descriptor for as long as it likes (`axum::serve` sets no limit). At shutdown each
-//! connection finishes the request it is serving and closes; a WebSocket, once upgraded,
-//! is no longer hyper's and ends through the gateway's own drain.
+//! descriptor for as long as it likes (`axum::serve` sets no limit). How many may be
+//! open at once is bounded too (`limits.max_http_connections`, [`HttpConnections`]): the
+//! listener's descriptors come out of the reserve the store and the feeds draw on, so a
+//! client opening thousands must not leave the store unable to open a file. At shutdown
+//! each connection finishes the request it is serving and closes; a WebSocket, once
+//! upgraded, is no longer hyper's and ends through the gateway's own drain.
 
-use std::time::Duration;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::shutdown::Shutdown;
@@ -24,9 +33,152 @@ const HEADER_TIME: Duration = Duration::from_secs(10);
 /// How long accepting pauses after it failed (descriptors exhausted, say).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
-/// Serves `app` on `listener` until `shutdown` fires, then waits for the connections'
-/// requests in flight.
-pub async fn serve(listener: TcpListener, app: Router, mut shutdown: Shutdown) {
+/// What a connection over the limit is answered, whatever it asked (its request is not
+/// read), before it is closed.
+const BUSY: &str = "too many HTTP connections (limits.max_http_connections)\n";
+
+/// How often a refusal is logged at most.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The HTTP listener's connections: how many are open (a WebSocket's for as long as its
+/// socket lives) and how many were refused over the limit, which SIGHUP can change.
+#[derive(Debug, Default)]
+pub struct HttpConnections {
+    open: AtomicUsize,
+    max: AtomicUsize,
+    refused: AtomicU64,
+    refusal_logged: Mutex<Option<Instant>>,
+}
+
+impl HttpConnections {
+    /// At most `max` open at once (0: no limit).
+    pub fn new(max: usize) -> Arc<HttpConnections> {
+        let connections = HttpConnections::default();
+        connections.set_max(max);
+        Arc::new(connections)
+    }
+
+    /// From the next connection accepted on; those open stay.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Answered 503 and closed at accept.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// A slot for one more, unless the limit is reached.
+    fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let max = self.max.load(Ordering::Relaxed);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot(self.clone()))
+    }
+
+    /// Tells `tcp` the server is busy and closes it; says so at most every
+    /// [`REFUSAL_LOG_EVERY`].
+    fn refuse(&self, tcp: TcpStream) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{BUSY}",
+            BUSY.len()
+        );
+        // Best effort, never waited for: a fresh socket's send buffer takes it whole. A
+        // request already here is read first, so that closing does not reset the
+        // connection (a reset can discard the answer before the client reads it).
+        let _ = tcp.try_read(&mut [0; 4096]);
+        let _ = tcp.try_write(response.as_bytes());
+        let mut logged = self
+            .refusal_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+            *logged = Some(Instant::now());
+            let max = self.max.load(Ordering::Relaxed);
+            let peer = tcp
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            tracing::warn!(%peer, max_http_connections = max, "refusing HTTP connections over the limit (said at most every 10 s)");
+        }
+    }
+}
+
+/// One open connection's place in the count, given back when its socket closes.
+#[derive(Debug)]
+struct Slot(Arc<HttpConnections>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A socket that holds its connection's [`Slot`] for as long as it lives: in hyper's
+/// hands, then, once upgraded, in a WebSocket's.
+struct Counted {
+    tcp: TcpStream,
+    _slot: Slot,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// Serves `app` on `listener`, at most `connections`' limit at once, until `shutdown`
+/// fires, then waits for the connections' requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    connections: Arc<HttpConnections>,
+    mut shutdown: Shutdown,
+) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -45,6 +197,10 @@ pub async fn serve(listener: TcpListener, app: Router, mut shutdown: Shutdown) {
             },
             () = shutdown.wait() => break,
         };
+        let Some(slot) = connections.admit() else {
+            connections.refuse(tcp);
+            continue;
+        };
         // Streams (the WebSocket gateway, a history) write small messages: Nagle's
         // algorithm would hold each behind the peer's delayed acknowledgement.
         if let Err(e) = tcp.set_nodelay(true) {
@@ -52,7 +208,7 @@ pub async fn serve(listener: TcpListener, app: Router, mut shutdown: Shutdown) {
         }
         let service = TowerToHyperService::new(app.clone());
         let connection = builder
-            .serve_connection(TokioIo::new(tcp), service)
+            .serve_connection(TokioIo::new(Counted { tcp, _slot: slot }), service)
             .with_upgrades();
         let mut stop = shutdown.clone();
         let held = open.subscribe();
