@@ -23,7 +23,16 @@ ROW_FIGURES = {
     "n1000x10k": [("p99 µs", "p99", True), ("server RSS MiB", "rss", True)],
     "max100": [("deliveries/s", "delivered", False)],
     "max1000": [("deliveries/s", "delivered", False)],
+    "ws100": [
+        ("p50 µs", "p50", True),
+        ("p99 µs", "p99", True),
+        ("server CPU %", "cpu", True),
+        ("CPU per delivery, WS / gRPC", "ws_cpu_ratio", True),
+    ],
 }
+
+# The row each figure is read from: the WebSocket rows' own, elsewhere Raven's gRPC one.
+ROW_SOURCE = {"ws100": "websocket"}
 
 
 def criterion_times(path):
@@ -42,14 +51,16 @@ def criterion_times(path):
     return times
 
 
-def row_values(path):
-    """The figures of a `raven bench --json` file's first Raven row."""
+def row_values(path, source):
+    """The figures of a `raven bench --json` file's first `source` row ("raven": gRPC,
+    "websocket": the gateway), with its entry's WS / gRPC CPU per delivery."""
     report = json.loads(path.read_text())
-    rows = [e["raven"] for e in report["rows"] if e.get("raven")]
-    if not rows:
+    entries = [e for e in report["rows"] if e.get(source)]
+    if not entries:
         return {}
-    row = rows[0]
+    row = entries[0][source]
     return {
+        "ws_cpu_ratio": entries[0].get("websocket_cpu_ratio"),
         "p50": row["latency_us"]["p50"],
         "p99": row["latency_us"]["p99"],
         "cpu": row.get("server_cpu_percent"),
@@ -76,7 +87,7 @@ def collect(out):
             add(f"criterion {name} (ns)", True, side, ns)
     for path in sorted(out.glob("[AB]-row-*.json")):
         side, row = path.name[0], path.name.split("-")[2]
-        values = row_values(path)
+        values = row_values(path, ROW_SOURCE.get(row, "raven"))
         for label, key, lower in ROW_FIGURES.get(row, []):
             add(f"{row} {label}", lower, side, values.get(key))
         add(f"{row} lost", True, side, values.get("lost"))

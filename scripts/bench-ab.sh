@@ -20,6 +20,8 @@
 #              n1000x10k N=1000 at 10k events/s      (p99, server RSS: clients falling behind)
 #              max100 N=100, highest sustained rate  (deliveries/s)
 #              max1000 N=1000, highest sustained rate (deliveries/s)
+#              ws100  N=100 WebSocket clients at 10k events/s of 8 instruments (p50, p99,
+#                     server CPU, CPU per delivery against gRPC in the same run)
 #              idle   no subscribers, simulator at 2,000 events/s recording to SQLite
 #                     (server CPU % over 20 s, read from /proc 5 s after the start)
 #   OUT      where the runs go (default target/bench-ab/<UTC time>); report in OUT/report.md
@@ -92,6 +94,7 @@ row_args() {
     n1000x10k) echo --clients 1000 --rate 10000 --duration 3s --warmup 1s ;;
     max100) echo --clients 100 --rate 20000 --max 2000000 --duration 2s --warmup 1s ;;
     max1000) echo --clients 1000 --rate 1000 --max 1000000 --duration 2s --warmup 1s ;;
+    ws100) echo --clients 100 --rate 10000 --instruments 8 --duration 10s --warmup 2s --transport ws ;;
     *) echo "unknown row $1" >&2; exit 2 ;;
   esac
 }
