@@ -9,8 +9,9 @@
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -144,7 +145,9 @@ impl Target {
     /// Starts `raven serve` (with `config`, if given) on a free loopback port with the
     /// simulator nearly idle and recording off: these rows measure streaming, and the
     /// recorder has benchmarks of its own. HTTP is off unless `websocket`, which serves it
-    /// on a free port too for the WebSocket gateway's clients.
+    /// on a free port too for the WebSocket gateway's clients, with no limit on its
+    /// connections unless `config` sets one (the default, 512, is fewer than a row may
+    /// ask for).
     pub async fn spawn(
         raven: &Path,
         config: Option<&Path>,
@@ -152,7 +155,11 @@ impl Target {
     ) -> Result<Target, BenchError> {
         let mut command = Command::new(raven);
         command.arg("serve");
-        if let Some(config) = config {
+        let unlimited = match (config, websocket) {
+            (None, true) => Some(TempConfig::write("[limits]\nmax_http_connections = 0\n")?),
+            _ => None,
+        };
+        if let Some(config) = config.or(unlimited.as_ref().map(|c| c.0.as_path())) {
             command.arg("--config").arg(config);
         }
         let http = if websocket {
@@ -177,7 +184,9 @@ impl Target {
             ])
             .env("RAVEN_LOG", "warn")
             .env(PARENT_ENV, std::process::id().to_string());
+        // The server has read its configuration once it reports its address.
         let mut target = Target::spawn_child(command).await?;
+        drop(unlimited);
         target.ws = http.map(|addr| format!("ws://{addr}/ws"));
         Ok(target)
     }
@@ -287,6 +296,26 @@ impl Drop for Target {
         if let Some(child) = self.child.take() {
             kill(child);
         }
+    }
+}
+
+/// A configuration file the bench writes for a server it starts, removed when dropped.
+struct TempConfig(PathBuf);
+
+impl TempConfig {
+    fn write(text: &str) -> std::io::Result<TempConfig> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("raven-bench-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text)?;
+        Ok(TempConfig(path))
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -108,7 +108,14 @@ async fn upgrade(tcp: &mut TcpStream, host: &str, path: &str) -> Result<Vec<u8>,
         if let Some(end) = memchr::memmem::find(&response, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&response[..end]).into_owned();
             if !head.starts_with("HTTP/1.1 101") {
-                return Err(ws_error(format!("the upgrade was refused: {head}")));
+                // The status line, and the body as far as it came with the head (the
+                // server's reason, such as its connection limit).
+                let status = head.lines().next().unwrap_or_default();
+                let body = String::from_utf8_lossy(&response[end + 4..]);
+                return Err(ws_error(format!(
+                    "the upgrade was refused: {status} {}",
+                    body.trim()
+                )));
             }
             response.drain(..end + 4);
             return Ok(response);
