@@ -33,8 +33,8 @@ const HEADER_TIME: Duration = Duration::from_secs(10);
 /// How long accepting pauses after it failed (descriptors exhausted, say).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
-/// What a connection over the limit is answered, whatever it asked (its request is not
-/// read), before it is closed.
+/// What a connection over the limit is answered, whatever it asked, before it is
+/// closed.
 const BUSY: &str = "too many HTTP connections (limits.max_http_connections)\n";
 
 /// How often a refusal is logged at most.
