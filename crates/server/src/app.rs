@@ -398,7 +398,12 @@ pub async fn start(
                 keys: keys.clone(),
             });
             let (stop, stopped) = shutdown::channel();
-            let task = tokio::spawn(crate::http::serve(listener, state, stopped));
+            let task = tokio::spawn(crate::http::serve(
+                listener,
+                state,
+                config.http_head_timeout,
+                stopped,
+            ));
             tracing::info!(%addr, "serving HTTP: the dashboard at /, the WebSocket gateway at /ws, /metrics, /healthz, /readyz, /api/v1/stats, /api/v1/instruments, /api/v1/snapshot, /api/v1/history");
             Some(Http { addr, task, stop })
         }

@@ -123,6 +123,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// HTTP listen address; `None` when `http.listen = "off"`.
     pub http: Option<SocketAddr>,
+    /// How long an HTTP connection may take to send a request head.
+    pub http_head_timeout: Duration,
     /// TLS for the gRPC listener; `None` for plaintext.
     pub tls: Option<Tls>,
     /// The API keys file, when calls need keys.
@@ -248,6 +250,7 @@ impl FileConfig {
             })?),
         };
         self.server.check()?;
+        self.http.check()?;
         self.shutdown.check()?;
         self.sim.check()?;
         self.engine.check()?;
@@ -327,6 +330,7 @@ impl FileConfig {
         Ok(Config {
             listen,
             http,
+            http_head_timeout: Duration::from_secs(self.http.request_head_timeout_secs),
             tls,
             keys_file: self.auth.keys_file,
             key_limits,
@@ -533,6 +537,10 @@ mod tests {
             (
                 "[server]\nidle_timeout_secs = 0",
                 "server.idle_timeout_secs = 0: must be at least 1",
+            ),
+            (
+                "[http]\nrequest_head_timeout_secs = 0",
+                "http.request_head_timeout_secs = 0: must be at least 1",
             ),
             (
                 "[server]\nstart_backlog_mb = 4097",

@@ -19,6 +19,7 @@ pub use conn::HttpConnections;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
@@ -82,8 +83,14 @@ impl HttpState {
     }
 }
 
-/// Serves the routes on `listener` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Shutdown) {
+/// Serves the routes on `listener` until `shutdown` fires; a connection has `head_time`
+/// to send each request's head.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    head_time: Duration,
+    shutdown: Shutdown,
+) {
     let connections = state.sources.http.clone();
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -97,7 +104,7 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Shutd
         .route("/", get(page::index))
         .route("/web/{*path}", get(page::file))
         .with_state(state);
-    conn::serve(listener, app, connections, shutdown).await;
+    conn::serve(listener, app, connections, head_time, shutdown).await;
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {

@@ -598,14 +598,20 @@ async fn history_over_http_is_the_query_as_json_lines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_a_whole_request_is_closed_and_others_are_served() {
-    let server = common::server(quiet).await;
+    let server = common::server(|f| {
+        quiet(f);
+        f.http.request_head_timeout_secs = 2;
+    })
+    .await;
     let http = server.http_addr().unwrap();
+    let opened = tokio::time::Instant::now();
     let mut silent = tokio::net::TcpStream::connect(http).await.unwrap();
     let mut half = tokio::net::TcpStream::connect(http).await.unwrap();
     half.write_all(b"GET /healthz HTTP/1.1\r\nHost: raven\r\n")
         .await
         .unwrap();
-    // The header limit is 10 s; the server closes both (a 408 for the half request).
+    // The request-head limit is 2 s here; the server closes both (a 408 for the half
+    // request), before the default's 10 s would have passed.
     for (name, socket) in [("silent", &mut silent), ("half a request", &mut half)] {
         let mut answer = Vec::new();
         tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut answer))
@@ -617,6 +623,7 @@ async fn a_connection_without_a_whole_request_is_closed_and_others_are_served() 
             answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
             "{name}: {answer}"
         );
+        assert!(opened.elapsed() < Duration::from_secs(9), "{name}");
     }
     // Meanwhile, and after, whole requests are answered.
     let (status, body) = get(http, "/healthz").await.unwrap();

@@ -283,13 +283,28 @@ pub struct HttpSection {
     /// Address for HTTP: `/metrics` (OpenMetrics), `/healthz`, `/readyz` and
     /// `/api/v1/stats`; `"off"` serves none of them. Default `127.0.0.1:50052`.
     pub listen: String,
+    /// Seconds a connection has to send a whole request head (from the accept, or from
+    /// its previous response) before it is closed. Default 10.
+    pub request_head_timeout_secs: u64,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: "127.0.0.1:50052".into(),
+            request_head_timeout_secs: 10,
         }
+    }
+}
+
+impl HttpSection {
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        within(
+            "http.request_head_timeout_secs",
+            self.request_head_timeout_secs,
+            1..=u64::MAX,
+            AT_LEAST_1,
+        )
     }
 }
 

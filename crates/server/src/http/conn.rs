@@ -1,7 +1,8 @@
 //! The HTTP listener's connections, served by hyper (HTTP/1.1, with upgrades for `/ws`)
-//! under a time limit for each request's head: a client that connects and sends nothing,
-//! or sends a request slowly, is closed after [`HEADER_TIME`] rather than holding a
-//! descriptor for as long as it likes (`axum::serve` sets no limit). How many may be
+//! under a time limit for each request's head (`http.request_head_timeout_secs`): a
+//! client that connects and sends nothing, or sends a request slowly, is closed after it
+//! rather than holding a descriptor for as long as it likes (`axum::serve` sets no
+//! limit). How many may be
 //! open at once is bounded too (`limits.max_http_connections`, [`HttpConnections`]): the
 //! listener's descriptors come out of the reserve the store and the feeds draw on, so a
 //! client opening thousands must not leave the store unable to open a file. At shutdown
@@ -19,16 +20,11 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::shutdown::Shutdown;
-
-/// How long a connection may take to send a request's head (all of its headers), from
-/// the accept or from the end of its previous response: an idle keep-alive connection
-/// is closed after it too (a browser or a scraper opens another).
-const HEADER_TIME: Duration = Duration::from_secs(10);
 
 /// How long accepting pauses after it failed (descriptors exhausted, say).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
@@ -40,6 +36,13 @@ const BUSY: &str = "too many HTTP connections (limits.max_http_connections)\n";
 /// How often a refusal is logged at most.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// Refused connections being answered at once, at most: each holds its descriptor for up
+/// to [`LINGER`], so a flood of them is bounded too (past it they are closed unanswered).
+const MAX_LINGERING: usize = 64;
+
+/// How long a refused connection is given to read its answer and close.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// The HTTP listener's connections: how many are open (a WebSocket's for as long as its
 /// socket lives) and how many were refused over the limit, which SIGHUP can change.
 #[derive(Debug, Default)]
@@ -47,6 +50,8 @@ pub struct HttpConnections {
     open: AtomicUsize,
     max: AtomicUsize,
     refused: AtomicU64,
+    /// Refused connections still being answered.
+    lingering: AtomicUsize,
     refusal_logged: Mutex<Option<Instant>>,
 }
 
@@ -86,18 +91,8 @@ impl HttpConnections {
 
     /// Tells `tcp` the server is busy and closes it; says so at most every
     /// [`REFUSAL_LOG_EVERY`].
-    fn refuse(&self, tcp: TcpStream) {
+    fn refuse(self: &Arc<Self>, tcp: TcpStream) {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        let response = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\n\
-             connection: close\r\ncontent-length: {}\r\n\r\n{BUSY}",
-            BUSY.len()
-        );
-        // Best effort, never waited for: a fresh socket's send buffer takes it whole. A
-        // request already here is read first, so that closing does not reset the
-        // connection (a reset can discard the answer before the client reads it).
-        let _ = tcp.try_read(&mut [0; 4096]);
-        let _ = tcp.try_write(response.as_bytes());
         let mut logged = self
             .refusal_logged
             .lock()
@@ -111,7 +106,40 @@ impl HttpConnections {
                 .unwrap_or_default();
             tracing::warn!(%peer, max_http_connections = max, "refusing HTTP connections over the limit (said at most every 10 s)");
         }
+        drop(logged);
+        // Past its own bound the answer is not waited for: dropped at once, the client
+        // sees its connection closed.
+        let lingering = self.lingering.fetch_add(1, Ordering::AcqRel);
+        if lingering >= MAX_LINGERING {
+            self.lingering.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let connections = self.clone();
+        tokio::spawn(async move {
+            answer_busy(tcp).await;
+            connections.lingering.fetch_sub(1, Ordering::AcqRel);
+        });
     }
+}
+
+/// Answers 503 and closes without a reset: the answer and a FIN go out, then whatever the
+/// client sends is read and dropped until it closes (for at most [`LINGER`]). Closing a
+/// socket with unread input, or closing it before the request arrives, resets the
+/// connection, and a reset can discard the answer before the client reads it.
+async fn answer_busy(mut tcp: TcpStream) {
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{BUSY}",
+        BUSY.len()
+    );
+    let _ = tokio::time::timeout(LINGER, async {
+        tcp.write_all(response.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0; 1024];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
 }
 
 /// One open connection's place in the count, given back when its socket closes.
@@ -172,17 +200,21 @@ impl AsyncWrite for Counted {
 }
 
 /// Serves `app` on `listener`, at most `connections`' limit at once, until `shutdown`
-/// fires, then waits for the connections' requests in flight.
+/// fires, then waits for the connections' requests in flight. A connection has
+/// `head_time` to send a request's head (all of its headers), from the accept or from the
+/// end of its previous response: an idle keep-alive connection is closed after it too (a
+/// browser or a scraper opens another).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     connections: Arc<HttpConnections>,
+    head_time: Duration,
     mut shutdown: Shutdown,
 ) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIME);
+        .header_read_timeout(head_time);
     // Each connection holds a receiver; the sender sees them all gone at the end.
     let (open, _) = watch::channel(());
     loop {
