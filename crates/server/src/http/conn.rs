@@ -2,12 +2,12 @@
 //! under a time limit for each request's head (`http.request_head_timeout_secs`): a
 //! client that connects and sends nothing, or sends a request slowly, is closed after it
 //! rather than holding a descriptor for as long as it likes (`axum::serve` sets no
-//! limit). How many may be
-//! open at once is bounded too (`limits.max_http_connections`, [`HttpConnections`]): the
-//! listener's descriptors come out of the reserve the store and the feeds draw on, so a
-//! client opening thousands must not leave the store unable to open a file. At shutdown
-//! each connection finishes the request it is serving and closes; a WebSocket, once
-//! upgraded, is no longer hyper's and ends through the gateway's own drain.
+//! limit). How many may be open at once is bounded too (`limits.max_http_connections`,
+//! [`HttpConnections`]): the listener's descriptors come out of the reserve the store and
+//! the feeds draw on, so a client opening thousands must not leave the store unable to
+//! open a file. At shutdown each connection finishes the request it is serving and
+//! closes; a WebSocket, once upgraded, is no longer hyper's and ends through the
+//! gateway's own drain.
 
 use std::io;
 use std::pin::Pin;
