@@ -164,7 +164,8 @@ pub struct Stats {
 /// Snapshot faults, consumed one request at a time.
 #[derive(Debug, Clone)]
 pub enum SnapshotFault {
-    /// Serve the book this many diffs old.
+    /// Serve the book this many diffs old, or the oldest kept: one from before any
+    /// connection (stale to all of them).
     Stale(usize),
     /// Answer with this status and `Retry-After` seconds.
     Fail(u16, u64),
@@ -289,10 +290,13 @@ impl MockExchange {
             .symbols
             .iter()
             .map(|s| {
-                (
-                    s.clone(),
-                    SymbolTruth::new(&mut rng, config.market == Market::UsdM, config.history),
-                )
+                let mut truth =
+                    SymbolTruth::new(&mut rng, config.market == Market::UsdM, config.history);
+                // One step before anyone connects: the oldest book kept (what a `Stale`
+                // snapshot falls back to) is then older than any diff a connection gets,
+                // so it is stale to every connection, however early it subscribes.
+                truth.step(&mut rng);
+                (s.clone(), truth)
             })
             .collect();
         let (events, _) = broadcast::channel(1 << 16);
