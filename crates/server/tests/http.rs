@@ -648,14 +648,6 @@ async fn get_when_free(http: std::net::SocketAddr, path: &str) -> (String, u64) 
     }
 }
 
-/// The value of the unlabelled sample `name` in an exposition.
-fn sample(exposition: &str, name: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{exposition}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connections_past_the_limit_are_answered_503_and_a_reload_moves_it() {
     let limited = |max: usize| {
@@ -681,11 +673,9 @@ async fn http_connections_past_the_limit_are_answered_503_and_a_reload_moves_it(
     // The silent one goes; a scrape takes its place and sees itself and the WebSocket.
     drop(silent);
     let (metrics, busy) = get_when_free(http, "/metrics").await;
-    assert_eq!(sample(&metrics, "raven_http_connections"), 2.0);
-    assert_eq!(
-        sample(&metrics, "raven_http_connections_refused_total"),
-        (1 + busy) as f64
-    );
+    let metrics = scrape::samples(&metrics);
+    assert_eq!(metrics["raven_http_connections"], 2.0);
+    assert_eq!(metrics["raven_http_connections_refused"], (1 + busy) as f64);
 
     // What SIGHUP does: one place, which the WebSocket holds, until it closes.
     server.reload(Some(&common::config(limited(1))));

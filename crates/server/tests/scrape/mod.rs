@@ -71,6 +71,11 @@ pub async fn scrape(server: &RunningServer) -> BTreeMap<String, f64> {
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
+    samples(&body)
+}
+
+/// An exposition's samples, keyed as [`scrape`] keys them.
+pub fn samples(body: &str) -> BTreeMap<String, f64> {
     let exposition = parse_openmetrics(&body).unwrap_or_else(|e| panic!("{e:?} in\n{body}"));
     let mut samples = BTreeMap::new();
     for (name, family) in &exposition.families {
