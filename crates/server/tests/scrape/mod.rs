@@ -76,7 +76,7 @@ pub async fn scrape(server: &RunningServer) -> BTreeMap<String, f64> {
 
 /// An exposition's samples, keyed as [`scrape`] keys them.
 pub fn samples(body: &str) -> BTreeMap<String, f64> {
-    let exposition = parse_openmetrics(&body).unwrap_or_else(|e| panic!("{e:?} in\n{body}"));
+    let exposition = parse_openmetrics(body).unwrap_or_else(|e| panic!("{e:?} in\n{body}"));
     let mut samples = BTreeMap::new();
     for (name, family) in &exposition.families {
         for sample in family.iter_samples() {
