@@ -5,7 +5,7 @@
 //! in short chunks, PostgreSQL streams). Batching, spill and retry live in the recorder
 //! and are shared.
 //!
-//! Both stores keep the same tables:
+//! Both stores keep these tables:
 //! - `events`: one row per **block**: consecutive events of one batch (see [`blocks`]),
 //!   their wire bytes end to end (each a one-event `StreamResponse`, exactly what a
 //!   subscriber received; together a valid `StreamResponse`). Columns: `run` (the server
@@ -21,9 +21,10 @@
 //!   instrument, channel, time and position. Checkpoint snapshots are blocks of their
 //!   own with only the [`CHECKPOINT_CHANNEL`] bit set, under a partial index.
 //! - `instruments`: name ↔ id.
-//! - `batches`: (run, number, rows) of every batch written, in the batch's own
-//!   transaction, so a batch retried after an unacknowledged commit is skipped, never
-//!   duplicated.
+//! - `batches` (PostgreSQL): (run, number, rows) of every batch written, in the batch's
+//!   own transaction, so a batch retried after an unacknowledged commit is skipped,
+//!   never duplicated. SQLite has no such table: a batch's positions are its own, so its
+//!   stored events are its claim, and each of its commits writes a page less.
 //! - `runs`: every run with stored events.
 //! - `marks`: the time index: the run, instrument, publish time and position of some of
 //!   an instrument's events (its first in the run, then one at most every
@@ -371,7 +372,7 @@ impl<I: Copy + Eq + std::hash::Hash> Marker<I> {
 }
 
 /// The SQL a store speaks to write a batch. What writing a batch is (instrument ids
-/// outside the transaction, the claim in `batches` that makes a retried batch a no-op,
+/// outside the transaction, the claim that makes a retried batch a no-op,
 /// the run, the time index's marks, the rows, commit, then remembering the marks) is
 /// [`write_batch`], once for every store.
 pub(crate) trait WriteSql {
@@ -385,8 +386,8 @@ pub(crate) trait WriteSql {
     /// Opens the batch's transaction.
     fn begin(&mut self) -> Result<(), StoreError>;
 
-    /// Records (run, number) in `batches`; false when it is there already (the retry of
-    /// a batch whose commit went through unacknowledged).
+    /// Claims batch (run, number) for this transaction; false when the store holds it
+    /// already (the retry of a batch whose commit went through unacknowledged).
     fn claim(&mut self, run: i64, number: i64, rows: usize) -> Result<bool, StoreError>;
 
     /// Records the run in `runs`, unless it is there.

@@ -756,10 +756,59 @@ fn a_sqlite_file_of_another_layout_is_refused_not_written_into() {
     assert_eq!(
         error,
         format!(
-            "corrupt data: {} holds events in layout version 0, this Raven writes version 3; move the file aside",
+            "corrupt data: {} holds events in layout version 0, this Raven writes version 4; move the file aside",
             path.display()
         )
     );
+}
+
+#[test]
+fn a_sqlite_file_of_the_layout_before_is_read_and_upgraded_by_its_first_write() {
+    let dir = raven_testkit::scratch_dir!("sqlite-upgrade");
+    let path = dir.join("v3.db");
+    let events = fixture();
+    let (first, second) = events.split_at(3);
+    let mut store = SqliteStore::open(&path).unwrap();
+    store.write(&batch(7, 0, first)).unwrap();
+    drop(store);
+    // Layout 3 was this one with a claim table, holding a row per batch written.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE batches (run INTEGER NOT NULL, number INTEGER NOT NULL, \
+         rows INTEGER NOT NULL, PRIMARY KEY (run, number)) WITHOUT ROWID; \
+         INSERT INTO batches VALUES (7, 0, 3); PRAGMA user_version = 3;",
+    )
+    .unwrap();
+    drop(conn);
+    let tables = |path: &std::path::Path| {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        let batches: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'batches'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (version, batches)
+    };
+    // Opened and read: nothing written.
+    let mut store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.count().unwrap(), 3);
+    assert_eq!(tables(&path), (3, 1));
+    // The first write upgrades it; the batch stored before is still claimed by its
+    // events, so its retry is skipped.
+    store.write(&batch(7, 0, first)).unwrap();
+    assert_eq!(tables(&path), (4, 0));
+    store.write(&batch(7, 1, second)).unwrap();
+    assert_eq!(store.count().unwrap(), events.len() as u64);
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+    drop(store);
+    // Opened again, it is of this layout.
+    let mut again = SqliteStore::open(&path).unwrap();
+    assert_eq!(again.count().unwrap(), events.len() as u64);
 }
 
 #[test]

@@ -28,7 +28,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     Batch, Block, MAX_BLOCK_ROWS, Marker, Picker, Query, ReadSql, Seek, Store, StoreError, Stretch,
-    WriteSql, read_rows, write_batch,
+    WriteSql, position, read_rows, write_batch,
 };
 
 /// The most the WAL file holds with default settings while the recorder keeps up: the
@@ -65,12 +65,6 @@ CREATE TABLE IF NOT EXISTS instruments (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE
 );
-CREATE TABLE IF NOT EXISTS batches (
-    run INTEGER NOT NULL,
-    number INTEGER NOT NULL,
-    rows INTEGER NOT NULL,
-    PRIMARY KEY (run, number)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     run INTEGER NOT NULL,
     position INTEGER NOT NULL,
@@ -218,6 +212,34 @@ impl SqliteStore {
         }
     }
 
+    /// Brings a file of the older layout to this one: its `batches` table goes (a
+    /// batch's events are its claim now), in one transaction with the new version.
+    /// Done by the writer before its first batch, not on opening: opening writes
+    /// nothing (see [`connect`]).
+    fn upgrade(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == UPGRADES_FROM {
+            let upgraded = self.conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; DROP TABLE IF EXISTS batches; \
+                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ));
+            if upgraded.is_err() {
+                // Tried again before the next batch, from no open transaction.
+                self.rollback();
+            }
+            upgraded?;
+            tracing::info!(
+                path = %self.path.display(),
+                from = UPGRADES_FROM,
+                to = SCHEMA_VERSION,
+                "SQLite file upgraded to this Raven's layout"
+            );
+        }
+        Ok(())
+    }
+
     /// `PRAGMA integrity_check`'s verdict: "ok" for a sound file.
     pub fn integrity_check(&self) -> Result<String, StoreError> {
         Ok(self
@@ -235,8 +257,13 @@ fn block_bytes(page_size: usize) -> usize {
 }
 
 /// The layout `SCHEMA` creates, kept in `PRAGMA user_version`: 3 stores blocks of
-/// events (2 stored a row per event).
-const SCHEMA_VERSION: i64 = 3;
+/// events (2 stored a row per event); 4 is 3 without the `batches` table, a batch's
+/// stored events being its claim ([`SqliteStore::claim`]).
+const SCHEMA_VERSION: i64 = 4;
+
+/// The one older layout this Raven reads, and writes once it has upgraded it
+/// ([`SqliteStore::upgrade`]).
+const UPGRADES_FROM: i64 = 3;
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
@@ -267,7 +294,7 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     if tables == 0 {
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    } else if version != SCHEMA_VERSION {
+    } else if version != SCHEMA_VERSION && version != UPGRADES_FROM {
         return Err(StoreError::Corrupt(format!(
             "{} holds events in layout version {version}, this Raven writes version {SCHEMA_VERSION}; move the file aside",
             path.display()
@@ -410,19 +437,23 @@ impl WriteSql for SqliteStore {
         Ok(())
     }
 
-    fn claim(&mut self, run: i64, number: i64, rows: usize) -> Result<bool, StoreError> {
+    /// A batch's events are its claim: the positions from its number's first to the next
+    /// number's are its own ([`position`]), so one block there means it is stored. A row
+    /// of its own in a claim table was a sixth of the pages each commit wrote (at the
+    /// idle server's 140 commits a second, BENCHMARKS.md).
+    fn claim(&mut self, run: i64, number: i64, _rows: usize) -> Result<bool, StoreError> {
+        let number = number as u64;
         let done = self
             .conn
-            .prepare_cached("SELECT 1 FROM batches WHERE run = ?1 AND number = ?2")?
-            .query_row(params![run, number], |_| Ok(()))
+            .prepare_cached(
+                "SELECT 1 FROM events WHERE run = ?1 AND position >= ?2 AND position < ?3 LIMIT 1",
+            )?
+            .query_row(
+                params![run, position(number, 0), position(number + 1, 0)],
+                |_| Ok(()),
+            )
             .optional()?;
-        if done.is_some() {
-            return Ok(false);
-        }
-        self.conn
-            .prepare_cached("INSERT INTO batches (run, number, rows) VALUES (?1, ?2, ?3)")?
-            .execute(params![run, number, rows as i64])?;
-        Ok(true)
+        Ok(done.is_none())
     }
 
     fn add_run(&mut self, run: i64) -> Result<(), StoreError> {
@@ -485,11 +516,12 @@ impl Store for SqliteStore {
 
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
         if self.checkpointer.is_none() {
-            self.checkpointer = Some(Checkpointer::start(&self.path)?);
             // Only another process can hold the write lock (readers never take it): the
             // recorder waits this long for it, then spills, rather than stall the engine
             // behind a `sqlite3` shell's open transaction.
             self.conn.busy_timeout(WRITE_LOCK_WAIT)?;
+            self.upgrade()?;
+            self.checkpointer = Some(Checkpointer::start(&self.path)?);
             self.conn.wal_hook(Some(note_wal_frames));
         }
         let mut marker = std::mem::take(&mut self.marker);
