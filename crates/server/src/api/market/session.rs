@@ -234,9 +234,20 @@ impl Session {
                             .name(id)
                             .map(|n| n.to_string());
                         let name = name.unwrap_or_default();
-                        query::backfill(recorded, &name, channel, s.start, upto, &mut budget)
-                            .await
-                            .map_err(Status::from)
+                        // Boxed: every session's task holds its largest await inline,
+                        // and a read of the recording or of an edge's stream is ~10 KiB
+                        // of state that few sessions ever use (10,000 clients held 100
+                        // MiB more with it inline, BENCHMARKS.md).
+                        Box::pin(query::backfill(
+                            recorded,
+                            &name,
+                            channel,
+                            s.start,
+                            upto,
+                            &mut budget,
+                        ))
+                        .await
+                        .map_err(Status::from)
                     }
                     Err(e) => Err(e),
                 };
