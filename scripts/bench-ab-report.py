@@ -21,6 +21,7 @@ ROW_FIGURES = {
     "n100": [("p50 µs", "p50", True), ("p99 µs", "p99", True), ("server CPU %", "cpu", True)],
     "n1000": [("p99 µs", "p99", True), ("server RSS MiB", "rss", True)],
     "n1000x10k": [("p99 µs", "p99", True), ("server RSS MiB", "rss", True)],
+    "n10000": [("p99 µs", "p99", True), ("server RSS MiB", "rss", True)],
     "max100": [("deliveries/s", "delivered", False)],
     "max1000": [("deliveries/s", "delivered", False)],
     "ws100": [

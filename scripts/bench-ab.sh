@@ -18,6 +18,7 @@
 #              n100   N=100 at 10k events/s          (p50, p99, server CPU)
 #              n1000  N=1000 at 1k events/s          (p99, server RSS)
 #              n1000x10k N=1000 at 10k events/s      (p99, server RSS: clients falling behind)
+#              n10000 N=10,000 at 50 events/s         (p99, server RSS; scripts/bench.sh's row)
 #              max100 N=100, highest sustained rate  (deliveries/s)
 #              max1000 N=1000, highest sustained rate (deliveries/s)
 #              ws100  N=100 WebSocket clients at 10k events/s of 8 instruments (p50, p99,
@@ -92,6 +93,7 @@ row_args() {
     n100) echo --clients 100 --rate 10000 --duration 3s --warmup 1s ;;
     n1000) echo --clients 1000 --rate 1000 --duration 3s --warmup 1s ;;
     n1000x10k) echo --clients 1000 --rate 10000 --duration 3s --warmup 1s ;;
+    n10000) echo --clients 10000 --rate 50 --duration 5s --warmup 2s ;;
     max100) echo --clients 100 --rate 20000 --max 2000000 --duration 2s --warmup 1s ;;
     max1000) echo --clients 1000 --rate 1000 --max 1000000 --duration 2s --warmup 1s ;;
     ws100) echo --clients 100 --rate 10000 --instruments 8 --duration 10s --warmup 2s --transport ws ;;

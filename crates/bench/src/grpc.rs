@@ -27,6 +27,11 @@ use super::{BenchConfig, BenchError, RowPlan, websocket};
 /// error, not loss.
 const DRAIN: Duration = Duration::from_secs(30);
 
+/// Times a client asks again for a subscription the server refused as busy, waiting
+/// this much longer each time (at most about 10 s in all).
+const SUBSCRIBE_RETRIES: u32 = 20;
+const SUBSCRIBE_BACKOFF: Duration = Duration::from_millis(50);
+
 /// Sends requests of type `T` and hands back each `StreamResponse` as raw bytes, so the
 /// client scans headers instead of decoding.
 pub(super) struct RawCodec<T>(PhantomData<T>);
@@ -103,9 +108,6 @@ async fn client(
     mut finished: watch::Receiver<bool>,
 ) -> Result<ClientResult, BenchError> {
     let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let subscribe = pb::StreamRequest {
         request: Some(Req::Subscribe(pb::Subscribe {
             instruments: names.clone(),
@@ -114,20 +116,45 @@ async fn client(
             start: 0,
         })),
     };
-    // The request stream stays open (pending) for the life of the call.
-    let requests =
-        tokio_stream::StreamExt::chain(tokio_stream::iter([subscribe]), tokio_stream::pending());
-    let path = PathAndQuery::from_static("/raven.v1.Market/Stream");
-    let mut stream = grpc
-        .streaming(tonic::Request::new(requests), path, RawCodec::default())
-        .await?
-        .into_inner();
-
+    let mut open = async || {
+        // The request stream stays open (pending) for the life of the call.
+        let requests = tokio_stream::StreamExt::chain(
+            tokio_stream::iter([subscribe.clone()]),
+            tokio_stream::pending(),
+        );
+        let path = PathAndQuery::from_static("/raven.v1.Market/Stream");
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok::<_, tonic::Status>(
+            grpc.streaming(tonic::Request::new(requests), path, RawCodec::default())
+                .await?
+                .into_inner(),
+        )
+    };
+    let mut stream = open().await?;
     let mut tally = Tally::new(names.len());
     let mut ready = Some(ready);
+    let mut refusals = 0;
     loop {
         let message = tokio::select! {
-            m = stream.message() => m?,
+            m = stream.message() => match m {
+                // A subscribe the engine had no room for ("retry shortly"), as thousands
+                // arriving at once can meet: asked again, as a client should, before
+                // publishing starts (it waits for every client's subscription).
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && ready.is_some()
+                        && refusals < SUBSCRIBE_RETRIES =>
+                {
+                    refusals += 1;
+                    tokio::time::sleep(SUBSCRIBE_BACKOFF * refusals).await;
+                    stream = open().await?;
+                    tally = Tally::new(names.len());
+                    continue;
+                }
+                m => m?,
+            },
             // Publishing ended: check below whether everything has arrived already.
             _ = finished.changed() => None,
         };
