@@ -139,9 +139,10 @@ async fn client(
     loop {
         let message = tokio::select! {
             m = stream.message() => match m {
-                // A subscribe the engine had no room for ("retry shortly"), as thousands
-                // arriving at once can meet: asked again, as a client should, before
-                // publishing starts (it waits for every client's subscription).
+                // A subscribe the engine had no room for even after waiting ("retry
+                // shortly"), as thousands arriving at once can meet: asked again, as a
+                // client should, before publishing starts (it waits for every client's
+                // subscription).
                 Err(status)
                     if status.code() == tonic::Code::Unavailable
                         && ready.is_some()

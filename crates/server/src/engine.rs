@@ -22,6 +22,7 @@ mod subscribers;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
@@ -124,7 +125,8 @@ pub enum Command {
 /// Why a command was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The shard's command queue is full.
+    /// The shard's command queue is full (for a client's request: it stayed full for
+    /// [`EngineConfig::command_wait`]).
     #[error("server busy: the engine's command queue is full, retry shortly")]
     Busy,
     /// The engine is shutting down.
@@ -141,6 +143,9 @@ pub struct EngineConfig {
     pub input_batches: usize,
     /// Commands a shard may have waiting.
     pub commands: usize,
+    /// How long a request waits for room in a full command queue
+    /// ([`EngineCommands::send_waiting`]) before it is refused as busy.
+    pub command_wait: Duration,
 }
 
 impl EngineConfig {
@@ -150,9 +155,20 @@ impl EngineConfig {
             shards,
             input_batches: 64,
             commands: 4096,
+            // Thousands of clients reconnecting at once (after a restart, or a load
+            // balancer's failover) each send a subscribe: 10,000 clients of 8 instruments
+            // filled the 4,096 places of one shard's queue in the bench. A shard clears
+            // such a burst in well under a second; waiting that long is better than
+            // refusing most of them.
+            command_wait: Duration::from_secs(2),
         }
     }
 }
+
+/// The first pause of a request waiting for room in a command queue, doubled up to
+/// [`COMMAND_PAUSE_MAX`].
+const COMMAND_PAUSE_MIN: Duration = Duration::from_millis(1);
+const COMMAND_PAUSE_MAX: Duration = Duration::from_millis(20);
 
 /// Which shard owns each instrument, with its lock-free top-of-book reader. Written when a
 /// shard first sees an instrument; read by anyone.
@@ -392,6 +408,7 @@ pub struct EngineInput {
 pub struct EngineCommands {
     shards: Vec<Sender<Command>>,
     tops: TopDirectory,
+    wait: Duration,
 }
 
 impl Engine {
@@ -422,6 +439,7 @@ impl Engine {
             commands: EngineCommands {
                 shards: commands,
                 tops: ctx.tops,
+                wait: config.command_wait,
             },
             threads,
             stats,
@@ -592,19 +610,53 @@ impl EngineInput {
 }
 
 impl EngineCommands {
-    /// Sends a command concerning `instrument` to its shard.
+    /// Sends a command concerning `instrument` to its shard, refused at once when the
+    /// shard's queue is full.
     pub fn send(&self, instrument: InstrumentId, command: Command) -> Result<(), EngineError> {
+        self.shard(instrument)
+            .try_send(command)
+            .map_err(|e| match e {
+                TrySendError::Full(_) => EngineError::Busy,
+                TrySendError::Disconnected(_) => EngineError::Stopped,
+            })
+    }
+
+    /// Sends a command for a client's request: when the shard's queue is full it waits
+    /// for room (pausing its task, never the thread) up to the configured
+    /// `command_wait`, and only then refuses it as busy. A burst of requests is absorbed;
+    /// a shard that stays stuck still answers its clients in bounded time.
+    pub async fn send_waiting(
+        &self,
+        instrument: InstrumentId,
+        mut command: Command,
+    ) -> Result<(), EngineError> {
+        let shard = self.shard(instrument);
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut pause = COMMAND_PAUSE_MIN;
+        loop {
+            match shard.try_send(command) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(_)) => return Err(EngineError::Stopped),
+                Err(TrySendError::Full(back)) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Err(EngineError::Busy);
+                    }
+                    command = back;
+                    tokio::time::sleep_until((now + pause).min(deadline)).await;
+                    pause = (pause * 2).min(COMMAND_PAUSE_MAX);
+                }
+            }
+        }
+    }
+
+    fn shard(&self, instrument: InstrumentId) -> &Sender<Command> {
         let listed = {
             let tops = self.tops.read().unwrap_or_else(|p| p.into_inner());
             tops.get(&instrument).map(|listed| listed.shard as usize)
         };
         // An instrument no shard has seen yet goes where its feed's events will.
-        let shard = listed.unwrap_or(instrument.index() % self.shards.len());
-        let shard = &self.shards[shard];
-        shard.try_send(command).map_err(|e| match e {
-            TrySendError::Full(_) => EngineError::Busy,
-            TrySendError::Disconnected(_) => EngineError::Stopped,
-        })
+        &self.shards[listed.unwrap_or(instrument.index() % self.shards.len())]
     }
 
     /// The latest top of book of an instrument (its level, sequence and times as a

@@ -701,3 +701,103 @@ fn a_quiet_book_is_checkpointed_every_minute_for_the_edges() {
     }
     engine.shutdown();
 }
+
+/// A client's request that meets a full command queue (thousands of clients subscribing
+/// at once) waits for room rather than being refused, and is refused as busy only once
+/// the queue has stayed full for the whole `command_wait`. Time is the test runtime's
+/// paused clock, so the two-second wait takes none.
+#[test]
+fn a_request_waits_for_room_in_a_full_command_queue_and_is_refused_busy_only_after_the_wait() {
+    use futures::FutureExt;
+    use raven_server::engine::EngineError;
+
+    let registry = InstrumentRegistry::new();
+    let id = registry.intern(&InstrumentName::parse("TEST:X").unwrap());
+    // While the test holds the gate, the shard waits in its flush: it takes no command.
+    let gate = Arc::new(std::sync::Mutex::new(()));
+    let (entered_tx, entered) = bounded(16);
+    let mut ctx = ShardContext::new(
+        Catalog::new(registry.clone()),
+        Arc::new(SystemClock),
+        Arc::new(Fanout::default()),
+    );
+    let held_by = gate.clone();
+    ctx.inline_taps.push(Arc::new(move |_: &Tapped| {
+        let _ = entered_tx.try_send(());
+        drop(held_by.lock().unwrap());
+    }));
+    let config = EngineConfig {
+        commands: 2,
+        ..EngineConfig::with_shards(1)
+    };
+    assert_eq!(config.command_wait, Duration::from_secs(2));
+    let engine = Engine::start(config, ctx).unwrap();
+    let commands = engine.commands();
+    let snapshot = || {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let command = Command::Snapshot {
+            instrument: id,
+            depth: 0,
+            reply,
+        };
+        (command, answer)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+
+    // The shard is held; its queue takes two commands and `send` refuses a third at once.
+    let held = gate.lock().unwrap();
+    assert!(engine.input().send(vec![trade(id, 1)]));
+    entered.recv_timeout(Duration::from_secs(30)).unwrap();
+    let (first, first_answer) = snapshot();
+    let (second, second_answer) = snapshot();
+    commands.send(id, first).unwrap();
+    commands.send(id, second).unwrap();
+    let (third, _) = snapshot();
+    assert!(matches!(commands.send(id, third), Err(EngineError::Busy)));
+    // `send_waiting` waits instead, and gets in once the shard moves on.
+    let (waiting, waiting_answer) = snapshot();
+    runtime.block_on(async {
+        let mut send = std::pin::pin!(commands.send_waiting(id, waiting));
+        assert!(
+            (&mut send).now_or_never().is_none(),
+            "sent into a full queue"
+        );
+        drop(held);
+        first_answer.await.unwrap();
+        second_answer.await.unwrap();
+        send.await.unwrap();
+        let answered = waiting_answer.await.unwrap();
+        assert_eq!(answered.instrument, id);
+        assert!(matches!(answered.body, EventBody::Snapshot(_)));
+    });
+
+    // Held again and full again: the wait runs out and the request is refused, after
+    // exactly `command_wait` and not before.
+    let held = gate.lock().unwrap();
+    assert!(engine.input().send(vec![trade(id, 2)]));
+    entered.recv_timeout(Duration::from_secs(30)).unwrap();
+    let (first, first_answer) = snapshot();
+    let (second, second_answer) = snapshot();
+    commands.send(id, first).unwrap();
+    commands.send(id, second).unwrap();
+    let (refused, refused_answer) = snapshot();
+    let waited = runtime.block_on(async {
+        let started = tokio::time::Instant::now();
+        let sent = commands.send_waiting(id, refused).await;
+        assert!(matches!(sent, Err(EngineError::Busy)), "{sent:?}");
+        started.elapsed()
+    });
+    assert_eq!(waited, Duration::from_secs(2));
+    drop(held);
+    // What was queued is answered; what was refused never reached the shard.
+    runtime.block_on(async {
+        first_answer.await.unwrap();
+        second_answer.await.unwrap();
+        assert!(refused_answer.await.is_err());
+    });
+    engine.shutdown();
+}

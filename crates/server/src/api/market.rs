@@ -150,9 +150,15 @@ impl MarketService {
         Ok(())
     }
 
-    pub(super) fn send(&self, instrument: InstrumentId, command: Command) -> Result<(), Status> {
+    /// Sends a client's request to the engine, waiting a while for room when it is busy.
+    pub(super) async fn send(
+        &self,
+        instrument: InstrumentId,
+        command: Command,
+    ) -> Result<(), Status> {
         self.commands
-            .send(instrument, command)
+            .send_waiting(instrument, command)
+            .await
             .map_err(engine_status)
     }
 }
@@ -259,14 +265,16 @@ impl Market for MarketApi {
             return Ok(Response::new(event_to_pb(&req.instrument, &event)));
         }
         let (reply, answer) = oneshot::channel();
-        self.0.send(
-            instrument,
-            Command::Snapshot {
+        self.0
+            .send(
                 instrument,
-                depth,
-                reply,
-            },
-        )?;
+                Command::Snapshot {
+                    instrument,
+                    depth,
+                    reply,
+                },
+            )
+            .await?;
         let event = answer
             .await
             .map_err(|_| engine_status(EngineError::Stopped))?;

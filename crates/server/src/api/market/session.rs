@@ -215,7 +215,7 @@ impl Session {
                 state: recorded.is_none(),
                 done,
             };
-            let sent = self.service.send(id, command);
+            let sent = self.service.send(id, command).await;
             // Waiting keeps requests ordered: a heartbeat sent after a subscribe is
             // answered after that subscription's snapshot.
             let upto = match sent {
@@ -293,7 +293,7 @@ impl Session {
                 channel,
                 done,
             };
-            self.service.send(id, command)?;
+            self.service.send(id, command).await?;
             finished
                 .await
                 .map_err(|_| engine_status(EngineError::Stopped))?;

@@ -247,7 +247,8 @@ impl View {
             done,
         };
         self.commands
-            .send(self.key.instrument, command)
+            .send_waiting(self.key.instrument, command)
+            .await
             .map_err(engine_status)?;
         finished
             .await
