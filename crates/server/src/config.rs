@@ -363,6 +363,8 @@ impl FileConfig {
                 },
                 trade_overflow: self.fanout.trade_overflow,
                 max_batch_bytes: self.fanout.max_batch_bytes,
+                batch_budget_bytes: (self.fanout.batch_budget_bytes > 0)
+                    .then_some(self.fanout.batch_budget_bytes),
                 write_budget_per_s: (self.fanout.write_budget_per_s > 0)
                     .then_some(self.fanout.write_budget_per_s),
             },
@@ -506,12 +508,14 @@ mod tests {
     #[test]
     fn file_values_are_read_and_unknown_keys_refused() {
         let f: FileConfig = toml::from_str(
-            "[server]\nlisten = \"127.0.0.1:7000\"\n[sim]\nrate = 5\n[fanout]\ntrade_overflow = \"disconnect\"\nwrite_budget_per_s = 20000\n",
+            "[server]\nlisten = \"127.0.0.1:7000\"\n[sim]\nrate = 5\n[fanout]\ntrade_overflow = \"disconnect\"\nwrite_budget_per_s = 20000\nbatch_budget_bytes = 0\n",
         )
         .unwrap();
         let c = f.resolve().unwrap();
         assert_eq!(c.fanout.write_budget_per_s, Some(20_000));
         assert_eq!(Config::default().fanout.write_budget_per_s, Some(50_000));
+        assert_eq!(c.fanout.batch_budget_bytes, None);
+        assert_eq!(Config::default().fanout.batch_budget_bytes, Some(16 << 20));
         assert_eq!(c.listen.port(), 7000);
         assert_eq!(c.sim.map(|s| s.rate), Some(5));
         assert_eq!(c.fanout.trade_overflow, LagPolicy::Disconnect);

@@ -96,9 +96,16 @@ pub struct FanoutConfig {
     pub trade_overflow: LagPolicy,
     /// Largest stream message in bytes.
     pub max_batch_bytes: usize,
+    /// Stream message bytes over all clients, if limited: each client's messages are at
+    /// most this over the subscriber count (see [`FanoutConfig::batch_bytes`]).
+    pub batch_budget_bytes: Option<usize>,
     /// Stream writes per second over all clients, if limited.
     pub write_budget_per_s: Option<u64>,
 }
+
+/// The smallest message a batch budget leaves a client (a message still takes at least
+/// one queued entry, whatever its size).
+pub const MIN_BATCH_BYTES: usize = 4096;
 
 impl FanoutConfig {
     /// When a client that last wrote at `last` may write again. With a write budget,
@@ -110,6 +117,21 @@ impl FanoutConfig {
         let budget = self.write_budget_per_s?;
         let gap = Duration::from_secs_f64(subscribers as f64 / budget as f64);
         (gap >= Duration::from_millis(1)).then_some(last + gap)
+    }
+
+    /// The largest message for one of `subscribers` clients. A client that falls behind
+    /// has a message of this size in flight at each layer below the mailbox (the gRPC
+    /// encoder's buffer, HTTP/2's), where no overflow policy reaches it; the batch budget
+    /// shares a fixed amount among all clients, so a thousand lagging clients hold a
+    /// thousandth each while a hundred keep messages large enough for their highest rates.
+    pub fn batch_bytes(&self, subscribers: usize) -> usize {
+        match self.batch_budget_bytes {
+            Some(budget) => (budget / subscribers.max(1)).clamp(
+                MIN_BATCH_BYTES.min(self.max_batch_bytes),
+                self.max_batch_bytes,
+            ),
+            None => self.max_batch_bytes,
+        }
     }
 }
 
@@ -342,6 +364,7 @@ mod tests {
             },
             trade_overflow: LagPolicy::Gap,
             max_batch_bytes: 1,
+            batch_budget_bytes: None,
             write_budget_per_s: Some(50_000),
         };
         let last = Instant::now();
@@ -357,5 +380,33 @@ mod tests {
             ..config
         };
         assert_eq!(unlimited.next_write(100_000, last), None);
+    }
+
+    #[test]
+    fn the_batch_budget_shares_message_bytes_among_subscribers_within_the_bounds() {
+        let config = FanoutConfig {
+            queue: QueueBound {
+                events: 1,
+                bytes: 1,
+            },
+            trade_overflow: LagPolicy::Gap,
+            max_batch_bytes: 64 << 10,
+            batch_budget_bytes: Some(16 << 20),
+            write_budget_per_s: None,
+        };
+        // 1,000 clients share 16 MiB: 16,777 bytes each.
+        assert_eq!(config.batch_bytes(1000), 16_777);
+        // 100 clients would get 164 KiB: capped at the largest message.
+        assert_eq!(config.batch_bytes(100), 64 << 10);
+        // 10,000 would get 1.6 KiB: raised to the smallest.
+        assert_eq!(config.batch_bytes(10_000), MIN_BATCH_BYTES);
+        // Not yet counted (a stream's first drain can run before its registration is
+        // seen): as one.
+        assert_eq!(config.batch_bytes(0), 64 << 10);
+        let unlimited = FanoutConfig {
+            batch_budget_bytes: None,
+            ..config
+        };
+        assert_eq!(unlimited.batch_bytes(100_000), 64 << 10);
     }
 }

@@ -516,6 +516,14 @@ pub struct FanoutSection {
     /// MiB that was 0.8–2.1 GiB of RSS and seconds of latency, at 64 KiB 250 MiB, with a
     /// higher sustained rate at 100 clients too (BENCHMARKS.md).
     pub max_batch_bytes: usize,
+    /// Stream message bytes for all gRPC clients together: each client's messages are
+    /// at most this over the number of subscribers (at least 4 KiB, at most
+    /// `max_batch_bytes`). 0 means no budget. Default 16 MiB: a client that falls behind
+    /// holds about a message's worth several times over below its queue, so with 1,000
+    /// lagging clients (10k events/s each) 64 KiB messages held 230 MiB of RSS and 16 KiB
+    /// ones 133, while 100 clients keep 64 KiB messages, which their highest rate needs
+    /// (10.1M deliveries/s, 6.75M at 16 KiB; BENCHMARKS.md).
+    pub batch_budget_bytes: usize,
     /// Stream writes per second for all clients together; each client's writes are spaced
     /// by `subscribers / budget` (when that is 1 ms or more) so that a write carries more
     /// events. 0 means no limit. Default 50000: with many clients, per-message costs on
@@ -533,6 +541,7 @@ impl Default for FanoutSection {
             queue_bytes: 4 << 20,
             trade_overflow: LagPolicy::Gap,
             max_batch_bytes: 64 << 10,
+            batch_budget_bytes: 16 << 20,
             write_budget_per_s: 50_000,
         }
     }
@@ -559,6 +568,15 @@ impl FanoutSection {
             self.max_batch_bytes,
             4096..=4 << 20,
             "must be between 4096 and 4194304 (gRPC clients refuse messages over 4 MiB by default)",
-        )
+        )?;
+        if self.batch_budget_bytes != 0 {
+            within(
+                "fanout.batch_budget_bytes",
+                self.batch_budget_bytes,
+                4096..=usize::MAX,
+                "must be 0 (no budget) or at least 4096",
+            )?;
+        }
+        Ok(())
     }
 }

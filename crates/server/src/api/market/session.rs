@@ -67,7 +67,7 @@ pub(super) fn open(
                 tokio::time::sleep_until(next).await;
             }
             loop {
-                let drained = guard.mailbox.drain(limits.fanout.max_batch_bytes);
+                let drained = guard.mailbox.drain(limits.fanout.batch_bytes(subscribers));
                 for (instrument, depth) in drained.resync_requests {
                     let command = Command::Resync {
                         mailbox: guard.mailbox.clone(),
