@@ -748,14 +748,24 @@ fn a_request_waits_for_room_in_a_full_command_queue_and_is_refused_busy_only_aft
         .build()
         .unwrap();
 
+    // Holds the shard inside the flush of trade `n` and fills its queue with two
+    // snapshot requests, whose answers it returns.
+    let hold_and_fill = |n| {
+        let held = gate.lock().unwrap();
+        assert!(engine.input().send(vec![trade(id, n)]));
+        entered.recv_timeout(Duration::from_secs(30)).unwrap();
+        let answers: Vec<_> = (0..2)
+            .map(|_| {
+                let (command, answer) = snapshot();
+                commands.send(id, command).unwrap();
+                answer
+            })
+            .collect();
+        (held, answers)
+    };
+
     // The shard is held; its queue takes two commands and `send` refuses a third at once.
-    let held = gate.lock().unwrap();
-    assert!(engine.input().send(vec![trade(id, 1)]));
-    entered.recv_timeout(Duration::from_secs(30)).unwrap();
-    let (first, first_answer) = snapshot();
-    let (second, second_answer) = snapshot();
-    commands.send(id, first).unwrap();
-    commands.send(id, second).unwrap();
+    let (held, answers) = hold_and_fill(1);
     let (third, _) = snapshot();
     assert!(matches!(commands.send(id, third), Err(EngineError::Busy)));
     // `send_waiting` waits instead, and gets in once the shard moves on.
@@ -767,8 +777,9 @@ fn a_request_waits_for_room_in_a_full_command_queue_and_is_refused_busy_only_aft
             "sent into a full queue"
         );
         drop(held);
-        first_answer.await.unwrap();
-        second_answer.await.unwrap();
+        for answer in answers {
+            answer.await.unwrap();
+        }
         send.await.unwrap();
         let answered = waiting_answer.await.unwrap();
         assert_eq!(answered.instrument, id);
@@ -777,13 +788,7 @@ fn a_request_waits_for_room_in_a_full_command_queue_and_is_refused_busy_only_aft
 
     // Held again and full again: the wait runs out and the request is refused, after
     // exactly `command_wait` and not before.
-    let held = gate.lock().unwrap();
-    assert!(engine.input().send(vec![trade(id, 2)]));
-    entered.recv_timeout(Duration::from_secs(30)).unwrap();
-    let (first, first_answer) = snapshot();
-    let (second, second_answer) = snapshot();
-    commands.send(id, first).unwrap();
-    commands.send(id, second).unwrap();
+    let (held, answers) = hold_and_fill(2);
     let (refused, refused_answer) = snapshot();
     let waited = runtime.block_on(async {
         let started = tokio::time::Instant::now();
@@ -795,8 +800,9 @@ fn a_request_waits_for_room_in_a_full_command_queue_and_is_refused_busy_only_aft
     drop(held);
     // What was queued is answered; what was refused never reached the shard.
     runtime.block_on(async {
-        first_answer.await.unwrap();
-        second_answer.await.unwrap();
+        for answer in answers {
+            answer.await.unwrap();
+        }
         assert!(refused_answer.await.is_err());
     });
     engine.shutdown();
