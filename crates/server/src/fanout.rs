@@ -105,7 +105,7 @@ pub struct FanoutConfig {
 
 /// The smallest message a batch budget leaves a client (a message still takes at least
 /// one queued entry, whatever its size).
-pub const MIN_BATCH_BYTES: usize = 4096;
+const MIN_BATCH_BYTES: usize = 4096;
 
 impl FanoutConfig {
     /// When a client that last wrote at `last` may write again. With a write budget,
