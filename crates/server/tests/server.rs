@@ -661,3 +661,35 @@ async fn write_budget_batches_more_events_per_message() {
         "without a budget: {unbudgeted} events in the second message"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_budget_caps_a_lone_subscribers_messages_at_the_budget() {
+    // One write a second, so the second message would hold a second of every instrument's
+    // trades (tens of KiB at 5,000 events/s) but for the cap: `max_batch_bytes` (64 KiB)
+    // without a budget, the budget itself for a lone subscriber.
+    async fn second_message_bytes(budget: usize) -> usize {
+        let server = server(|f| {
+            f.fanout.write_budget_per_s = 1;
+            f.fanout.batch_budget_bytes = budget;
+        })
+        .await;
+        let mut c = client(&server).await;
+        let mut sub = Sub::open(&mut c).await;
+        sub.subscribe(&instrument_names(), pb::Channel::Trades, 0)
+            .await;
+        let first = sub.responses.message().await.unwrap().unwrap();
+        assert!(first.events.iter().any(is_snapshot_end));
+        let second = sub.responses.message().await.unwrap().unwrap();
+        server.shutdown().await.unwrap();
+        prost::Message::encoded_len(&second)
+    }
+    let capped = second_message_bytes(4096).await;
+    let uncapped = second_message_bytes(0).await;
+    // A drain stops once the batch reaches the cap: at most one trade (under 256 bytes)
+    // past it.
+    assert!(
+        (1..4096 + 256).contains(&capped),
+        "with a 4 KiB budget: {capped} bytes"
+    );
+    assert!(uncapped > 4096 + 256, "without a budget: {uncapped} bytes");
+}
