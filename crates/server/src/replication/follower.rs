@@ -48,6 +48,12 @@ const BUCKET_READS: usize = 64;
 /// Messages a pull may ask for at once.
 const PULL_BATCH: usize = 1024;
 
+/// Bytes a pull may ask for at once. NATS queues what a pull delivers in the connection's
+/// outbound buffer (64 MiB by default) and drops a reader that lets it fill as a slow
+/// consumer: 1,024 of the ingest node's messages (up to 256 KiB each) would. The next
+/// pull goes out once half of this has arrived, so reading never waits on a round trip.
+const PULL_BYTES: usize = 8 << 20;
+
 /// Idle heartbeat of the consumer: a connection that lost it is noticed in two.
 const CONSUMER_HEARTBEAT: Duration = Duration::from_millis(500);
 
@@ -452,6 +458,7 @@ impl Following {
         let messages = consumer
             .stream()
             .max_messages_per_batch(PULL_BATCH)
+            .max_bytes_per_batch(PULL_BYTES)
             .heartbeat(CONSUMER_HEARTBEAT)
             .expires(CONSUMER_HEARTBEAT * 4)
             .messages()
