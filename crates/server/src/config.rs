@@ -264,6 +264,7 @@ impl FileConfig {
             cluster: self.replication.cluster,
             storage: self.replication.storage,
             max_age: Duration::from_secs(self.replication.max_age_secs),
+            max_bytes: self.replication.max_bytes,
             buffer_bytes: self.replication.buffer_bytes,
             checkpoint_every: self.store.snapshot_every,
         });
@@ -605,6 +606,10 @@ mod tests {
             (
                 "[replication]\nmax_age_secs = 119",
                 "replication.max_age_secs = 119: must be between 120 (the stream's duplicate window) and 31536000",
+            ),
+            (
+                "[replication]\nmax_bytes = 16777215",
+                "replication.max_bytes = 16777215: must be at least 16777216 (16 MiB)",
             ),
             (
                 "[replication]\nbuffer_bytes = 1048575",

@@ -54,6 +54,8 @@ pub struct ReplicationConfig {
     pub storage: Storage,
     /// How long the stream keeps a message.
     pub max_age: Duration,
+    /// Bytes the stream keeps at most (the oldest messages go first).
+    pub max_bytes: u64,
     /// Bytes of batches the ingest node holds while NATS is unreachable or slow, before it
     /// drops batches and records a replication gap.
     pub buffer_bytes: usize,
@@ -101,8 +103,10 @@ impl ReplicationConfig {
             deny_delete: true,
             allow_direct: true,
             discard: DiscardPolicy::New,
-            // NATS's default, written out so that the settings check compares like with like.
+            // NATS's defaults, written out so that the settings check compares like with
+            // like. The bucket is bounded by the instruments: one checkpoint each.
             duplicate_window: DUPLICATE_WINDOW,
+            max_bytes: -1,
             num_replicas: 1,
             ..Default::default()
         }
@@ -119,6 +123,7 @@ impl ReplicationConfig {
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
             max_age: self.max_age,
+            max_bytes: i64::try_from(self.max_bytes).unwrap_or(i64::MAX),
             duplicate_window: DUPLICATE_WINDOW,
             storage: match self.storage {
                 Storage::Memory => StorageType::Memory,
@@ -283,6 +288,11 @@ pub fn differences(wanted: &stream::Config, found: &stream::Config) -> Vec<Strin
         format!("{}s", wanted.max_age.as_secs()),
     );
     check(
+        "max_bytes",
+        found.max_bytes.to_string(),
+        wanted.max_bytes.to_string(),
+    );
+    check(
         "duplicate_window",
         format!("{}s", found.duplicate_window.as_secs()),
         format!("{}s", wanted.duplicate_window.as_secs()),
@@ -305,6 +315,7 @@ mod tests {
             cluster: "c1".into(),
             storage: Storage::File,
             max_age: Duration::from_secs(3600),
+            max_bytes: 1 << 30,
             buffer_bytes: 64 << 20,
             checkpoint_every: 10_000,
         }
@@ -331,11 +342,13 @@ mod tests {
         let mut found = wanted.clone();
         found.max_age = Duration::from_secs(60);
         found.storage = StorageType::Memory;
+        found.max_bytes = -1;
         assert_eq!(
             differences(&wanted, &found),
             [
                 "storage: Memory (Raven needs File)",
-                "max_age: 60s (Raven needs 3600s)"
+                "max_age: 60s (Raven needs 3600s)",
+                "max_bytes: -1 (Raven needs 1073741824)"
             ]
         );
     }

@@ -19,7 +19,7 @@ use prost::Message;
 use raven_proto::pb;
 use raven_server::app::RunningServer;
 use raven_server::config::{FileConfig, Role};
-use raven_server::replication::{Control, ReplicationStats};
+use raven_server::replication::{Control, ReplicationStats, Storage};
 use raven_testkit::nats::{PrivateNats, nats_server_available};
 use scaleout::{LIVENESS, cluster, load, wait_for};
 
@@ -469,6 +469,52 @@ async fn a_full_buffer_drops_whole_batches_marks_the_gap_and_checkpoints_the_sha
                 "{instrument}: checkpoint at {at:?}, gap marked at {marker}"
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_keeps_its_newest_max_bytes_so_a_nats_smaller_than_the_feed_takes_every_batch() {
+    if !nats_server_available() {
+        return;
+    }
+    // A NATS whose JetStream holds 32 MiB in memory, as one sized for its machine holds
+    // a share of it: an unbounded stream refuses every batch once full (`insufficient
+    // resources`) and the ingest node drops from then on.
+    const NATS_MEMORY: u64 = 32 << 20;
+    const KEPT: u64 = 16 << 20;
+    let nats = PrivateNats::with_memory(common::scratch_dir("nats"), NATS_MEMORY);
+    let cluster = cluster("bounded");
+    let (server, stats) = ingest(&nats, &cluster, 2, 50_000, |f| {
+        f.replication.storage = Storage::Memory;
+        f.replication.max_bytes = KEPT;
+        f.store.url = "off".into();
+    })
+    .await;
+    wait_for(
+        "twice NATS's memory published (or a drop)",
+        LIVENESS,
+        || load(&stats.published_bytes) > 2 * NATS_MEMORY || load(&stats.dropped) > 0,
+    )
+    .await;
+    server.shutdown().await.unwrap();
+    assert_eq!(load(&stats.dropped), 0);
+    assert_eq!(load(&stats.gaps), 0);
+    assert_eq!(load(&stats.buffered_bytes), 0);
+
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = js.get_stream(format!("RAVEN_{cluster}")).await.unwrap();
+    let info = stream.info().await.unwrap().clone();
+    assert_eq!(info.config.max_bytes, KEPT as i64);
+    assert!(info.state.bytes <= KEPT, "{} bytes kept", info.state.bytes);
+    // The oldest went; the newest, up to the last the node published, are there.
+    assert!(info.state.first_sequence > 1);
+    assert_eq!(info.state.last_sequence, load(&stats.stream_sequence));
+    let r = replicated(&read_stream(&nats.url(), &cluster).await, &cluster);
+    assert_eq!(r.batches.len(), 2);
+    for (shard, batches) in &r.batches {
+        let from = batches[0] - 1;
+        let numbered: Vec<u64> = batches.iter().map(|b| b - from).collect();
+        assert_counts_up(&numbered, &format!("shard {shard}'s kept batches"));
     }
 }
 

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct PrivateNats {
     port: u16,
     store: PathBuf,
+    /// JetStream's memory, when bounded (NATS's own default is 75% of the machine's).
+    memory: Option<u64>,
     child: Option<Child>,
 }
 
@@ -41,11 +43,16 @@ pub fn free_port() -> u16 {
 impl PrivateNats {
     /// Starts one with its store in `store` and waits until it accepts connections.
     pub fn start(store: PathBuf) -> PrivateNats {
-        let mut nats = PrivateNats {
-            port: free_port(),
-            store,
-            child: None,
-        };
+        let mut nats = PrivateNats::stopped(store);
+        nats.restart();
+        nats
+    }
+
+    /// Starts one whose JetStream holds at most `bytes` in memory, as a NATS sized for
+    /// its machine does: past them it refuses what a memory stream is sent.
+    pub fn with_memory(store: PathBuf, bytes: u64) -> PrivateNats {
+        let mut nats = PrivateNats::stopped(store);
+        nats.memory = Some(bytes);
         nats.restart();
         nats
     }
@@ -56,6 +63,7 @@ impl PrivateNats {
         PrivateNats {
             port: free_port(),
             store,
+            memory: None,
             child: None,
         }
     }
@@ -97,11 +105,25 @@ impl PrivateNats {
     /// connections.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        command
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
-            .arg(&self.store)
+            .arg(&self.store);
+        if let Some(bytes) = self.memory {
+            // Only a configuration file bounds JetStream's memory; flags still win for
+            // the rest.
+            std::fs::create_dir_all(&self.store).expect("make the NATS store directory");
+            let file = self.store.join("nats.conf");
+            std::fs::write(
+                &file,
+                format!("jetstream {{ max_memory_store: {bytes} }}\n"),
+            )
+            .expect("write the NATS configuration");
+            command.arg("-c").arg(file);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

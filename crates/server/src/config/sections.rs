@@ -206,6 +206,9 @@ impl ServerSection {
     }
 }
 
+/// The least `replication.max_bytes`: 64 of the largest messages.
+const MIN_STREAM_BYTES: u64 = 16 << 20;
+
 /// `[replication]`: the NATS JetStream stream an ingest node publishes to.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -221,6 +224,11 @@ pub struct ReplicationSection {
     /// How long the stream keeps a batch, at least 120 (its duplicate window). Default
     /// 3600.
     pub max_age_secs: u64,
+    /// Bytes the stream keeps at most, the oldest batches discarded first, at least
+    /// 16777216 (16 MiB). Without a bound NATS fills its JetStream memory or disk and
+    /// then refuses every batch. Default 1073741824 (1 GiB: the hour at 5,000 events/s,
+    /// three minutes at 100,000).
+    pub max_bytes: u64,
     /// Bytes of batches held while NATS is unreachable or slow; past them batches are
     /// dropped and the gap is recorded for the edges. Default 67108864 (64 MiB: at 20,000
     /// events/s about 25 s of an outage).
@@ -234,6 +242,7 @@ impl Default for ReplicationSection {
             cluster: "main".into(),
             storage: Storage::File,
             max_age_secs: 3600,
+            max_bytes: 1 << 30,
             buffer_bytes: 64 << 20,
         }
     }
@@ -266,6 +275,12 @@ impl ReplicationSection {
             self.max_age_secs,
             crate::replication::DUPLICATE_WINDOW.as_secs()..=365 * 86_400,
             "must be between 120 (the stream's duplicate window) and 31536000",
+        )?;
+        within(
+            "replication.max_bytes",
+            self.max_bytes,
+            MIN_STREAM_BYTES..=i64::MAX as u64,
+            "must be at least 16777216 (16 MiB)",
         )?;
         within(
             "replication.buffer_bytes",
