@@ -2,8 +2,8 @@
 # The reliability suite: every fault scenario against the release binary, one row each
 # (crates/chaos): full disk, torn spill file, PostgreSQL stopped for 15 s and 60 s,
 # kill -9, clients attached at SIGTERM, 4,000 silent sockets (gRPC and HTTP), a stalled
-# subscriber, SIGTERM under load, and the WAL's size over WAL_MINUTES at 2k and 50k
-# events/s.
+# subscriber, SIGTERM under load, the WAL's size over WAL_MINUTES at 2k and 50k
+# events/s, and NATS killed under an ingest node and its edge (a private nats-server).
 # The full-disk scenario mounts a tmpfs and the PostgreSQL ones run a private server
 # (as the postgres user), so run it as root. About 7 minutes plus 2 x WAL_MINUTES.
 #

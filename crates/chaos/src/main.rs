@@ -3,8 +3,9 @@
 //! a real filesystem, a real PostgreSQL stopped and started), then audits what was
 //! stored row by row, and prints one row: events published, stored, lost, recorded as
 //! gaps, silently missing, duplicated, the longest pause a live subscriber saw, and the
-//! time from SIGTERM to exit, against the targets of issue 10. `scripts/chaos.sh` runs
-//! it; RELIABILITY.md holds the results.
+//! time from SIGTERM to exit, against the targets of issue 10 (and, for an edge node's
+//! subscriber, issue 15's: nothing missing through a NATS outage). `scripts/chaos.sh`
+//! runs it; RELIABILITY.md holds the results.
 
 mod db;
 mod pg;

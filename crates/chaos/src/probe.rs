@@ -21,8 +21,12 @@ pub struct Watched {
     pub longest_pause: Duration,
     /// Live trades: (instrument, sequence).
     pub trades: Vec<(String, u64)>,
-    /// Gap statuses received (the watcher fell behind).
+    /// Gap statuses received (the watcher fell behind, or an edge missed events).
     pub gaps: u64,
+    /// Stale statuses received (an edge heard nothing from the ingest node).
+    pub stale: u64,
+    /// Resync statuses received (an edge's book missed events).
+    pub resyncs: u64,
     /// Whether the server said it was going away (its drain).
     pub told_going_away: bool,
 }
@@ -77,6 +81,12 @@ pub async fn watch(addr: SocketAddr) -> anyhow::Result<Watcher> {
                     }
                     Some(pb::event::Body::Status(s)) if s.kind == pb::StatusKind::Gap as i32 => {
                         seen.gaps += 1;
+                    }
+                    Some(pb::event::Body::Status(s)) if s.kind == pb::StatusKind::Stale as i32 => {
+                        seen.stale += 1;
+                    }
+                    Some(pb::event::Body::Status(s)) if s.kind == pb::StatusKind::Resync as i32 => {
+                        seen.resyncs += 1;
                     }
                     Some(pb::event::Body::Status(s))
                         if s.kind == pb::StatusKind::GoingAway as i32 =>
