@@ -23,6 +23,8 @@ pub struct Watched {
     pub trades: Vec<(String, u64)>,
     /// Gap statuses received (the watcher fell behind, or an edge missed events).
     pub gaps: u64,
+    /// The trades those on the trade channel say were missed.
+    pub trades_missed: u64,
     /// Stale statuses received (an edge heard nothing from the ingest node).
     pub stale: u64,
     /// Resync statuses received (an edge's book missed events).
@@ -81,6 +83,9 @@ pub async fn watch(addr: SocketAddr) -> anyhow::Result<Watcher> {
                     }
                     Some(pb::event::Body::Status(s)) if s.kind == pb::StatusKind::Gap as i32 => {
                         seen.gaps += 1;
+                        if event.channel == pb::Channel::Trades as i32 {
+                            seen.trades_missed += s.missed;
+                        }
                     }
                     Some(pb::event::Body::Status(s)) if s.kind == pb::StatusKind::Stale as i32 => {
                         seen.stale += 1;
@@ -108,6 +113,32 @@ impl Watcher {
         let _ = self.stop.send(());
         self.task.await?
     }
+}
+
+/// The value of each of `names` (counters summed over their labels) in the server's
+/// `/metrics` at `http`.
+pub fn metrics(http: SocketAddr, names: &[&str]) -> anyhow::Result<Vec<f64>> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(http)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        tcp,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text)?;
+    Ok(names
+        .iter()
+        .map(|name| {
+            text.lines()
+                .filter(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with([' ', '{']))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        })
+        .collect())
 }
 
 /// `n` sockets connected that never send a byte.
