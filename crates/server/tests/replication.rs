@@ -279,6 +279,7 @@ async fn a_stream_with_other_settings_stops_the_start_naming_them() {
             "NATS stream RAVEN_{cluster} exists with other settings: \
              subjects: raven.{cluster}.> (Raven needs raven.{cluster}.ctl,raven.{cluster}.ev.*); \
              max_age: 600s (Raven needs 3600s); \
+             max_bytes: -1 (Raven needs 1073741824); \
              allow_direct: false (Raven needs true); \
              delete it or change [replication]"
         )
