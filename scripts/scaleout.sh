@@ -103,12 +103,13 @@ printf '%s\n' "${added[@]}"
 # The edge's lag histogram as "le count" lines, summed over its shards.
 lag_buckets() {
   curl -s "http://$edge1_http/metrics" | awk -F'[{}" ]+' '/^raven_edge_lag_seconds_bucket/ {
-    for (i = 1; i <= NF; i++) if ($i == "le=") le = $(i + 1); n[le] += $NF; order[le] = 1
+    for (i = 1; i <= NF; i++) if ($i == "le=") le = $(i + 1); n[le] += $NF
   } END { for (le in n) print le, n[le] }' | sort -g
 }
-# Upper bounds of p50 and p99 of the histogram between two lag_buckets outputs.
+# Upper bounds of p50 and p99 of the histogram between two lag_buckets outputs (the same
+# buckets in the same order).
 lag_quantiles() {
-  join <(echo "$1") <(echo "$2") | awk '{ le[NR] = $1; d[NR] = $3 - $2 } END {
+  paste -d ' ' <(echo "$1") <(echo "$2") | awk '{ le[NR] = $1; d[NR] = $4 - $2 } END {
     total = d[NR]; q50 = q99 = ""
     for (i = 1; i <= NR; i++) {
       if (q50 == "" && d[i] >= 0.5 * total) q50 = le[i]
@@ -117,7 +118,7 @@ lag_quantiles() {
     printf "%d messages applied, p50 <= %s s, p99 <= %s s", total, q50, q99
   }'
 }
-edge_gaps() { curl -s "http://$edge1_http/metrics" | awk '/^raven_edge_replica_gaps_total/ {n += $NF} END {print n + 0}'; }
+edge_gaps() { curl -s "http://$edge1_http/metrics" | awk '/^raven_edge_gaps_total/ {n += $NF} END {print n + 0}'; }
 if [ "$LAG_DURATION" != 0 ]; then
   # One edge: the second would only take the cores the four others share.
   kill "$edge2_pid"
