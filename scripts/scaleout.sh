@@ -11,7 +11,9 @@
 # core).
 #
 # Environment: DURATION (default 10s per row), ROUNDS (3), LAG_RATE (1000000),
-# LAG_DURATION (60s; 0 skips the lag rows), OUT (default target/scaleout/<UTC time>).
+# LAG_DURATION (60s; 0 skips the lag rows), OUT (default target/scaleout/<UTC time>),
+# RAVEN (a `raven` binary to run, for an A/B of two builds; default: the working tree's
+# release build, built first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,8 +23,11 @@ LAG_RATE=${LAG_RATE:-1000000}
 LAG_DURATION=${LAG_DURATION:-60s}
 OUT=${OUT:-target/scaleout/$(date -u +%Y-%m-%dT%H%MZ)}
 mkdir -p "$OUT"
-cargo build --release -p raven 2>"$OUT/build.txt"
-raven=target/release/raven
+raven=${RAVEN:-}
+if [ -z "$raven" ]; then
+  cargo build --release -p raven 2>"$OUT/build.txt"
+  raven=target/release/raven
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()

@@ -393,6 +393,7 @@ async fn stats(State(state): State<Arc<HttpState>>) -> Response {
             "stale": f.stale.load(Ordering::Relaxed),
             "checkpoints": load(&f.checkpoints),
             "messages": load(&f.messages),
+            "live_messages": load(&f.live),
             "bytes": load(&f.bytes),
             "events": load(&r.events),
             "skipped_events": load(&r.skipped),

@@ -8,6 +8,7 @@
 
 mod follower;
 mod history;
+mod live;
 mod outbox;
 mod publisher;
 
@@ -75,6 +76,11 @@ impl ReplicationConfig {
         format!("raven.{}.ev.{shard}", self.cluster)
     }
 
+    /// Every shard's batches.
+    pub fn events_subject(&self) -> String {
+        format!("raven.{}.ev.*", self.cluster)
+    }
+
     /// Where heartbeats and gap markers go (in the stream, so that a gap marker is read
     /// exactly where the gap is).
     pub fn control_subject(&self) -> String {
@@ -116,10 +122,7 @@ impl ReplicationConfig {
     pub fn stream_config(&self) -> stream::Config {
         stream::Config {
             name: self.stream(),
-            subjects: vec![
-                format!("raven.{}.ev.*", self.cluster),
-                self.control_subject(),
-            ],
+            subjects: vec![self.events_subject(), self.control_subject()],
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
             max_age: self.max_age,

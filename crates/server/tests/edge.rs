@@ -245,6 +245,9 @@ async fn edges_serve_the_ingest_node_s_events_byte_for_byte() {
     let (first, first_stats) = edge(&nats, &cluster, 2).await;
     // The second starts from checkpoints the ingest node has written meanwhile.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // What the first edge's checkpoints covered is behind it: from here on it skips
+    // nothing, though it reads each batch twice (live, then from the stream).
+    let skipped_by_first = load(&first_stats.replica.skipped);
     let (late, late_stats) = edge(&nats, &cluster, 1).await;
     assert!(
         load(&late_stats.checkpoints) >= 8,
@@ -378,10 +381,21 @@ async fn edges_serve_the_ingest_node_s_events_byte_for_byte() {
     }
     // The late edge skipped what its checkpoints held.
     assert!(load(&late_stats.replica.skipped) > 0);
+    // Each batch went on once, from whichever copy came first: the live one, mostly.
+    assert_eq!(load(&first_stats.replica.skipped), skipped_by_first);
+    for stats in [&first_stats, &late_stats] {
+        let (live, read) = (load(&stats.live), load(&stats.messages));
+        assert!(live * 2 > read, "{live} of {read} batches went on live");
+    }
     // What /metrics and /api/v1/stats say is what the counters hold.
     let applied = load(&first_stats.replica.events) as f64;
+    let went_live = load(&first_stats.live) as f64;
     let samples = scrape::scrape(&first).await;
     assert!(samples["raven_edge_events"] >= applied, "{samples:#?}");
+    assert!(
+        samples["raven_edge_live_messages"] >= went_live,
+        "{samples:#?}"
+    );
     assert_eq!(samples["raven_edge_ready"], 1.0);
     assert_eq!(samples["raven_edge_gaps"], 0.0);
     let lagged = samples["raven_edge_lag_seconds"];

@@ -41,8 +41,11 @@ pub enum Replicated {
     /// One message of the ingest node's shard `origin`, at `stream_sequence`: one-event
     /// `StreamResponse`s end to end, as the ingest node's clients receive them.
     Batch {
-        /// The message's position in the stream, for the log when it does not decode.
+        /// The message's position in the stream, for the log when it does not decode (0:
+        /// its live copy, read before the stream stored it).
         stream_sequence: u64,
+        /// Its number among the ingest shard's batches (the id's last part), for the log.
+        batch: u64,
         /// The ingest node's shard.
         origin: u32,
         /// The events.
@@ -119,9 +122,10 @@ impl Shard {
             }
             Replicated::Batch {
                 stream_sequence,
+                batch,
                 origin,
                 bytes,
-            } => self.replicate_batch(stream_sequence, origin, &bytes),
+            } => self.replicate_batch(stream_sequence, batch, origin, &bytes),
             Replicated::Gap { origin, events } => {
                 let detail = format!(
                     "edge node: the ingest node dropped {events} events of its shard {origin}; the book resyncs from its next checkpoint"
@@ -165,7 +169,13 @@ impl Shard {
         }
     }
 
-    fn replicate_batch(&mut self, stream_sequence: u64, origin: u32, bytes: &Bytes) -> usize {
+    fn replicate_batch(
+        &mut self,
+        stream_sequence: u64,
+        batch: u64,
+        origin: u32,
+        bytes: &Bytes,
+    ) -> usize {
         let mut events = 0;
         let mut published = 0;
         for item in scan::framed(bytes) {
@@ -176,6 +186,7 @@ impl Shard {
             if let Err(error) = result {
                 tracing::error!(
                     stream_sequence,
+                    batch,
                     shard = origin,
                     %error,
                     "a message from the ingest node does not decode; its shard's books resync from their next checkpoints"
@@ -184,7 +195,7 @@ impl Shard {
                     replica.stats.undecodable.fetch_add(1, Ordering::Relaxed);
                 }
                 let detail = format!(
-                    "edge node: stream message {stream_sequence} did not decode; the book resyncs from its next checkpoint"
+                    "edge node: batch {batch} of the ingest node's shard {origin} did not decode; the book resyncs from its next checkpoint"
                 );
                 self.origin_lost(origin, &detail);
                 break;

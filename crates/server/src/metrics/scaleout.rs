@@ -86,8 +86,13 @@ pub(super) fn edge(
             load(&f.messages),
         ),
         (
+            "raven_edge_live_messages",
+            "Batches handed on from the live subscription, before the stream delivered them.",
+            load(&f.live),
+        ),
+        (
             "raven_edge_events",
-            "Events in them applied and forwarded.",
+            "Events applied and forwarded.",
             load(&r.events),
         ),
         (

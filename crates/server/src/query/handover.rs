@@ -246,6 +246,11 @@ impl<'a> Backlog<'a> {
         Ok(true)
     }
 
+    /// Whether sequence `upto` has been taken.
+    pub fn reached(&self) -> bool {
+        self.last >= self.upto
+    }
+
     /// `None` while sequence `upto` has not been taken; otherwise the rows (the book at
     /// the start first) and their size in bytes.
     pub fn finish(mut self) -> Result<Option<(Vec<Bytes>, usize)>, QueryError> {

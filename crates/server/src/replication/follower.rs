@@ -9,7 +9,9 @@
 //! the checkpoints and it has read what the stream held when it started.
 //!
 //! Then, for each message in stream order: a shard's batch goes to the replica shard of
-//! that ingest shard; a heartbeat only proves the ingest node alive; a gap marker makes
+//! that ingest shard, unless its live copy went first (`live`: a core subscription to the
+//! same subjects, on a connection of its own, gets each batch before JetStream has stored
+//! it); a heartbeat only proves the ingest node alive; a gap marker makes
 //! that shard's books wait for their next checkpoints. Silence for [`STALE_AFTER`] tells
 //! subscribers their data is stale. A consumer that fails (NATS restarted, a missed
 //! heartbeat) is made again from the next stream sequence, so nothing is read twice or
@@ -24,9 +26,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{self, Context as JetStream};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 
+use super::live::{Live, parse_batch_id};
 use super::{Checkpoint, Control, ReplicationConfig, ReplicationError};
 use crate::clock::Clock;
 use crate::engine::{EngineInput, ReplicaStats, Replicated};
@@ -54,6 +57,10 @@ const PULL_BATCH: usize = 1024;
 /// pull goes out once half of this has arrived, so reading never waits on a round trip.
 const PULL_BYTES: usize = 8 << 20;
 
+/// Live messages the NATS client queues for the follower at most; past it NATS drops them
+/// (the stream's copies follow) rather than hold up to 64Ki of them (up to 256 KiB each).
+const LIVE_QUEUE: usize = 256;
+
 /// Idle heartbeat of the consumer: a connection that lost it is noticed in two.
 const CONSUMER_HEARTBEAT: Duration = Duration::from_millis(500);
 
@@ -71,6 +78,8 @@ pub struct FollowerStats {
     pub checkpoints: AtomicU64,
     /// Messages read from the stream.
     pub messages: AtomicU64,
+    /// Batches handed on from the live subscription, before the stream delivered them.
+    pub live: AtomicU64,
     /// Their payload bytes.
     pub bytes: AtomicU64,
     /// The stream sequence of the last message read.
@@ -115,10 +124,10 @@ impl Follower {
                 .name("raven-follow".into())
                 .spawn(move || {
                     runtime.block_on(async move {
-                        let js = match connect(&config, &stats).await {
-                            Ok(js) => {
+                        let (js, live) = match connect(&config, &stats).await {
+                            Ok(connected) => {
                                 let _ = started_tx.send(Ok(()));
-                                js
+                                connected
                             }
                             Err(e) => {
                                 let _ = started_tx.send(Err(e));
@@ -128,6 +137,8 @@ impl Follower {
                         let following = Following {
                             config,
                             js,
+                            live: Some(live),
+                            order: Live::default(),
                             engine,
                             stats,
                             clock,
@@ -171,15 +182,15 @@ impl Follower {
     }
 }
 
+/// The stream's connection, and the live subscription to the ingest node's batches on a
+/// connection of its own (a live path that falls behind loses only its own messages and
+/// never gets the stream's connection dropped as a slow consumer).
 async fn connect(
     config: &ReplicationConfig,
     stats: &Arc<FollowerStats>,
-) -> Result<JetStream, ReplicationError> {
+) -> Result<(JetStream, async_nats::Subscriber), ReplicationError> {
     let options = async_nats::ConnectOptions::new()
         .name("raven-edge")
-        .max_reconnects(None)
-        .connection_timeout(CONNECT_TIMEOUT)
-        .reconnect_delay_callback(|attempts| Duration::from_millis(50 * attempts.min(5) as u64))
         .event_callback({
             let stats = stats.clone();
             move |event| {
@@ -197,23 +208,50 @@ async fn connect(
                 }
             }
         });
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(config.nats.as_str()))
+    let client = connect_with(config, options).await?;
+    let live = async_nats::ConnectOptions::new()
+        .name("raven-edge-live")
+        .subscription_capacity(LIVE_QUEUE);
+    let live = connect_with(config, live)
+        .await?
+        .subscribe(config.events_subject())
+        .await
+        .map_err(|e| ReplicationError::Unreachable {
+            url: config.nats.clone(),
+            reason: e.to_string(),
+        })?;
+    stats.up.store(true, Ordering::Relaxed);
+    tracing::info!(nats = %config.nats, stream = %config.stream(), "edge node: following the ingest node's stream");
+    Ok((jetstream::new(client), live))
+}
+
+/// Connects with `options`, reconnecting for ever once connected.
+async fn connect_with(
+    config: &ReplicationConfig,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, ReplicationError> {
+    let options = options
+        .max_reconnects(None)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .reconnect_delay_callback(|attempts| Duration::from_millis(50 * attempts.min(5) as u64));
+    tokio::time::timeout(CONNECT_TIMEOUT, options.connect(config.nats.as_str()))
         .await
         .map_err(|_| format!("no answer in {} s", CONNECT_TIMEOUT.as_secs()))
         .and_then(|connected| connected.map_err(|e| e.to_string()))
         .map_err(|reason| ReplicationError::Unreachable {
             url: config.nats.clone(),
             reason,
-        })?;
-    stats.up.store(true, Ordering::Relaxed);
-    tracing::info!(nats = %config.nats, stream = %config.stream(), "edge node: following the ingest node's stream");
-    Ok(jetstream::new(client))
+        })
 }
 
 /// The follower thread's state.
 struct Following {
     config: ReplicationConfig,
     js: JetStream,
+    /// The live copies of the batches (`None` once the subscription ended).
+    live: Option<async_nats::Subscriber>,
+    /// Which copy of each batch goes on.
+    order: Live,
     engine: EngineInput,
     stats: Arc<FollowerStats>,
     clock: Arc<dyn Clock>,
@@ -233,6 +271,14 @@ enum Interrupted {
     Consumer(String),
     /// The engine has stopped.
     Stopped,
+}
+
+/// The live subscription's next message; never, without one.
+async fn next_live(live: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match live {
+        Some(live) => live.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// While a replica shard is behind, how long the reader waits before handing it the next
@@ -469,9 +515,16 @@ impl Following {
         };
         loop {
             let stale_at = self.heard + STALE_AFTER;
+            let stale = self.stats.stale.load(Ordering::Relaxed);
             let message = tokio::select! {
                 message = messages.next() => message,
-                () = tokio::time::sleep_until(stale_at), if !self.stats.stale.load(Ordering::Relaxed) => {
+                live = next_live(&mut self.live) => {
+                    if !self.took_live(live).await {
+                        return Interrupted::Stopped;
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(stale_at), if !stale => {
                     if !self.stale().await {
                         return Interrupted::Stopped;
                     }
@@ -483,6 +536,11 @@ impl Following {
                 Some(Err(e)) => return Interrupted::Consumer(e.to_string()),
                 None => return Interrupted::Consumer("the consumer ended".into()),
             };
+            // Live copies that arrived with it go first: this batch's may be among them
+            // (the reader, woken late, often finds both).
+            if !self.live_waiting().await {
+                return Interrupted::Stopped;
+            }
             let Ok(info) = message.info() else {
                 return Interrupted::Consumer("a message without its stream position".into());
             };
@@ -581,6 +639,7 @@ impl Following {
                     return false;
                 }
             }
+            self.order.forget();
             self.run = run;
         }
         let prefix = format!("raven.{}.", self.config.cluster);
@@ -593,12 +652,19 @@ impl Following {
                 return true;
             };
             self.origins = self.origins.max(origin + 1);
+            let number = id.and_then(parse_batch_id).map(|(_, _, batch)| batch);
+            if let Some(number) = number
+                && !self.order.streamed(origin, number)
+            {
+                return true;
+            }
             let batch = Replicated::Batch {
                 stream_sequence: sequence,
+                batch: number.unwrap_or(0),
                 origin,
                 bytes: payload,
             };
-            return self.hand(origin, batch).await;
+            return self.hand(origin, batch).await && self.hand_held(origin).await;
         }
         match serde_json::from_slice::<Control>(&payload) {
             Ok(Control::Heartbeat { .. }) => true,
@@ -621,13 +687,98 @@ impl Following {
                     origin: shard,
                     events,
                 };
-                self.hand(shard, gap).await
+                self.order.dropped(shard, last);
+                self.hand(shard, gap).await && self.hand_held(shard).await
             }
             Err(e) => {
                 tracing::error!(stream_sequence = sequence, error = %e, "edge: a control message does not decode; skipped");
                 true
             }
         }
+    }
+
+    /// A batch's live copy: handed on at once when it is its shard's next (with the held
+    /// ones it lets follow), held or dropped otherwise (see `live`). Until the edge is
+    /// ready it is still reading what the stream held at its start, far behind: live
+    /// copies are let go. False once the engine has stopped.
+    async fn went_live(&mut self, message: async_nats::Message) -> bool {
+        if !self.stats.ready.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Some((run, origin, batch)) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .and_then(|id| parse_batch_id(id.as_str()))
+        else {
+            return true;
+        };
+        if run != self.run {
+            return true;
+        }
+        match self.order.arrived(origin, batch, message.payload) {
+            Some(bytes) => {
+                self.hand_live(origin, batch, bytes).await && self.hand_held(origin).await
+            }
+            None => true,
+        }
+    }
+
+    /// Takes the live copies already here (at most [`LIVE_QUEUE`], so that a live path
+    /// busier than the reader cannot hold the stream up); false once the engine has
+    /// stopped.
+    async fn live_waiting(&mut self) -> bool {
+        for _ in 0..LIVE_QUEUE {
+            let Some(live) = self.live.as_mut() else {
+                return true;
+            };
+            match live.next().now_or_never() {
+                Some(live) => {
+                    if !self.took_live(live).await {
+                        return false;
+                    }
+                }
+                None => return true,
+            }
+        }
+        true
+    }
+
+    /// What the live subscription gave (`None`: it ended, and the stream is read alone);
+    /// false once the engine has stopped.
+    async fn took_live(&mut self, live: Option<async_nats::Message>) -> bool {
+        match live {
+            Some(message) => self.went_live(message).await,
+            None => {
+                tracing::warn!("edge: the live subscription ended; reading the stream alone");
+                self.live = None;
+                true
+            }
+        }
+    }
+
+    /// Hands on the held live copies that now come next for `origin`; false once the
+    /// engine has stopped.
+    async fn hand_held(&mut self, origin: u32) -> bool {
+        while let Some((batch, bytes)) = self.order.next_held(origin) {
+            if !self.hand_live(origin, batch, bytes).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands on a live copy of batch `batch` of `origin`; false once the engine has
+    /// stopped.
+    async fn hand_live(&self, origin: u32, batch: u64, bytes: bytes::Bytes) -> bool {
+        self.stats.live.fetch_add(1, Ordering::Relaxed);
+        let batch = Replicated::Batch {
+            stream_sequence: 0,
+            batch,
+            origin,
+            bytes,
+        };
+        self.hand(origin, batch).await
     }
 
     /// Messages `next..found` are gone from the stream (its max age passed before they
@@ -638,6 +789,7 @@ impl Following {
             to = found - 1,
             "edge: messages left the stream before they were read; every book resyncs from its next checkpoint"
         );
+        self.order.forget();
         for origin in 0..self.origins {
             if !self
                 .hand(origin, Replicated::Gap { origin, events: 0 })

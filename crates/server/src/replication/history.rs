@@ -4,7 +4,9 @@
 //! the form a recording node sends them (`query::Backlog`). The book is rebuilt from the
 //! last full snapshot at or before the start — a changed book has a checkpoint in the
 //! stream at least every minute, so a minute before the start is read first, and the
-//! whole stream only for a book quiet for longer.
+//! whole stream only for a book quiet for longer. The edge's books run on the live copies
+//! of the batches, a little ahead of what the stream has stored, so a read waits (briefly)
+//! for the stream to hold the events up to where the live part begins.
 //!
 //! Reads go through a NATS connection of their own (made at the first such subscribe),
 //! so that a long read never delays the live stream the follower reads.
@@ -27,6 +29,10 @@ use crate::query::{Backlog, QueryError};
 
 /// How long the history connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a read waits for the stream to store the events up to where a subscription's
+/// live part begins, past what it held when the read began.
+const STORED_WAIT: Duration = Duration::from_secs(2);
 
 /// The stream as a source of recent history.
 #[derive(Clone)]
@@ -124,14 +130,25 @@ impl StreamHistory {
             };
             let consumer = stream
                 .create_consumer(pull::OrderedConfig {
-                    filter_subject: format!("raven.{}.ev.*", self.config.cluster),
+                    filter_subject: self.config.events_subject(),
                     deliver_policy,
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| failed(&e))?;
             let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
-            'messages: while let Some(message) = messages.next().await {
+            // Past what the stream held, how long to wait for it to store the rest.
+            let mut waiting_until = None;
+            'messages: loop {
+                let next = match waiting_until {
+                    None => messages.next().await,
+                    Some(deadline) => tokio::time::timeout_at(deadline, messages.next())
+                        .await
+                        .unwrap_or(None),
+                };
+                let Some(message) = next else {
+                    break;
+                };
                 let message = message.map_err(|e| failed(&e))?;
                 let info = message.info().map_err(|e| failed(&e))?;
                 let (sequence, pending) = (info.stream_sequence, info.pending);
@@ -161,8 +178,16 @@ impl StreamHistory {
                         break 'messages;
                     }
                 }
-                if pending == 0 || sequence >= state.last_sequence {
+                if backlog.reached() {
                     break;
+                }
+                if waiting_until.is_none() && (pending == 0 || sequence >= state.last_sequence) {
+                    if !based {
+                        break;
+                    }
+                    // The edge's books follow the live copies of the batches, which NATS
+                    // routes before it stores them: the stream may not hold `upto` yet.
+                    waiting_until = Some(tokio::time::Instant::now() + STORED_WAIT);
                 }
             }
         }
