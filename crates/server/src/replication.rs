@@ -8,7 +8,6 @@
 
 mod follower;
 mod history;
-mod live;
 mod outbox;
 mod publisher;
 

@@ -26,14 +26,17 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{self, Context as JetStream};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use prost::Message as _;
 
-use super::live::{Live, parse_batch_id};
 use super::{Checkpoint, Control, ReplicationConfig, ReplicationError};
 use crate::clock::Clock;
 use crate::engine::{EngineInput, ReplicaStats, Replicated};
 use crate::shutdown::Shutdown;
+
+mod live;
+
+use live::{LIVE_QUEUE, Live, next_live, parse_batch_id};
 
 /// How long the start waits for NATS before the edge gives up (exit 1).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,10 +59,6 @@ const PULL_BATCH: usize = 1024;
 /// consumer: 1,024 of the ingest node's messages (up to 256 KiB each) would. The next
 /// pull goes out once half of this has arrived, so reading never waits on a round trip.
 const PULL_BYTES: usize = 8 << 20;
-
-/// Live messages the NATS client queues for the follower at most; past it NATS drops them
-/// (the stream's copies follow) rather than hold up to 64Ki of them (up to 256 KiB each).
-const LIVE_QUEUE: usize = 256;
 
 /// Idle heartbeat of the consumer: a connection that lost it is noticed in two.
 const CONSUMER_HEARTBEAT: Duration = Duration::from_millis(500);
@@ -271,14 +270,6 @@ enum Interrupted {
     Consumer(String),
     /// The engine has stopped.
     Stopped,
-}
-
-/// The live subscription's next message; never, without one.
-async fn next_live(live: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
-    match live {
-        Some(live) => live.next().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// While a replica shard is behind, how long the reader waits before handing it the next
@@ -592,14 +583,9 @@ impl Following {
                 .headers
                 .as_ref()
                 .and_then(|h| h.get("Nats-Msg-Id"))
-                .map(|v| v.as_str().to_owned());
+                .map(|v| v.as_str());
             if !self
-                .handle(
-                    sequence,
-                    &message.subject,
-                    id.as_deref(),
-                    message.payload.clone(),
-                )
+                .handle(sequence, &message.subject, id, message.payload.clone())
                 .await
             {
                 return Interrupted::Stopped;
@@ -642,8 +628,11 @@ impl Following {
             self.order.forget();
             self.run = run;
         }
-        let prefix = format!("raven.{}.", self.config.cluster);
-        let Some(rest) = subject.strip_prefix(prefix.as_str()) else {
+        let Some(rest) = subject
+            .strip_prefix("raven.")
+            .and_then(|s| s.strip_prefix(self.config.cluster.as_str()))
+            .and_then(|s| s.strip_prefix('.'))
+        else {
             return true;
         };
         if let Some(shard) = rest.strip_prefix("ev.") {
@@ -695,90 +684,6 @@ impl Following {
                 true
             }
         }
-    }
-
-    /// A batch's live copy: handed on at once when it is its shard's next (with the held
-    /// ones it lets follow), held or dropped otherwise (see `live`). Until the edge is
-    /// ready it is still reading what the stream held at its start, far behind: live
-    /// copies are let go. False once the engine has stopped.
-    async fn went_live(&mut self, message: async_nats::Message) -> bool {
-        if !self.stats.ready.load(Ordering::Relaxed) {
-            return true;
-        }
-        let Some((run, origin, batch)) = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .and_then(|id| parse_batch_id(id.as_str()))
-        else {
-            return true;
-        };
-        if run != self.run {
-            return true;
-        }
-        match self.order.arrived(origin, batch, message.payload) {
-            Some(bytes) => {
-                self.hand_live(origin, batch, bytes).await && self.hand_held(origin).await
-            }
-            None => true,
-        }
-    }
-
-    /// Takes the live copies already here (at most [`LIVE_QUEUE`], so that a live path
-    /// busier than the reader cannot hold the stream up); false once the engine has
-    /// stopped.
-    async fn live_waiting(&mut self) -> bool {
-        for _ in 0..LIVE_QUEUE {
-            let Some(live) = self.live.as_mut() else {
-                return true;
-            };
-            match live.next().now_or_never() {
-                Some(live) => {
-                    if !self.took_live(live).await {
-                        return false;
-                    }
-                }
-                None => return true,
-            }
-        }
-        true
-    }
-
-    /// What the live subscription gave (`None`: it ended, and the stream is read alone);
-    /// false once the engine has stopped.
-    async fn took_live(&mut self, live: Option<async_nats::Message>) -> bool {
-        match live {
-            Some(message) => self.went_live(message).await,
-            None => {
-                tracing::warn!("edge: the live subscription ended; reading the stream alone");
-                self.live = None;
-                true
-            }
-        }
-    }
-
-    /// Hands on the held live copies that now come next for `origin`; false once the
-    /// engine has stopped.
-    async fn hand_held(&mut self, origin: u32) -> bool {
-        while let Some((batch, bytes)) = self.order.next_held(origin) {
-            if !self.hand_live(origin, batch, bytes).await {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Hands on a live copy of batch `batch` of `origin`; false once the engine has
-    /// stopped.
-    async fn hand_live(&self, origin: u32, batch: u64, bytes: bytes::Bytes) -> bool {
-        self.stats.live.fetch_add(1, Ordering::Relaxed);
-        let batch = Replicated::Batch {
-            stream_sequence: 0,
-            batch,
-            origin,
-            bytes,
-        };
-        self.hand(origin, batch).await
     }
 
     /// Messages `next..found` are gone from the stream (its max age passed before they

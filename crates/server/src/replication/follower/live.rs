@@ -1,5 +1,5 @@
-//! Which copy of each of the ingest node's batches an edge hands on: the stream's, or the
-//! live one.
+//! The follower's live path: the core subscription's copies of the ingest node's batches,
+//! and which copy of each batch an edge hands on, the stream's or the live one.
 //!
 //! An edge reads each batch twice: from the stream (stored, in order, complete: the
 //! record) and from a core NATS subscription to the same subjects, which NATS routes as
@@ -14,8 +14,17 @@
 //! stream batch already handed on live is skipped.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+
+use super::Following;
+use crate::engine::Replicated;
+
+/// Live messages the NATS client queues for the follower at most; past it NATS drops them
+/// (the stream's copies follow) rather than hold up to 64Ki of them (up to 256 KiB each).
+pub(super) const LIVE_QUEUE: usize = 256;
 
 /// Live batches waiting for an earlier one, at most, in bytes over every shard: past it
 /// the stream's copies are waited for instead.
@@ -126,6 +135,102 @@ pub(super) fn parse_batch_id(id: &str) -> Option<(u64, u32, u64)> {
     let shard = parts.next()?.parse().ok()?;
     let batch = parts.next()?.parse().ok()?;
     parts.next().is_none().then_some((run, shard, batch))
+}
+
+impl Following {
+    /// A batch's live copy: handed on at once when it is its shard's next (with the held
+    /// ones it lets follow), held or dropped otherwise (see `live`). Until the edge is
+    /// ready it is still reading what the stream held at its start, far behind: live
+    /// copies are let go. False once the engine has stopped.
+    async fn went_live(&mut self, message: async_nats::Message) -> bool {
+        if !self.stats.ready.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Some((run, origin, batch)) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .and_then(|id| parse_batch_id(id.as_str()))
+        else {
+            return true;
+        };
+        if run != self.run {
+            return true;
+        }
+        match self.order.arrived(origin, batch, message.payload) {
+            Some(bytes) => {
+                self.hand_live(origin, batch, bytes).await && self.hand_held(origin).await
+            }
+            None => true,
+        }
+    }
+
+    /// Takes the live copies already here (at most [`LIVE_QUEUE`], so that a live path
+    /// busier than the reader cannot hold the stream up); false once the engine has
+    /// stopped.
+    pub(super) async fn live_waiting(&mut self) -> bool {
+        for _ in 0..LIVE_QUEUE {
+            let Some(live) = self.live.as_mut() else {
+                return true;
+            };
+            match live.next().now_or_never() {
+                Some(live) => {
+                    if !self.took_live(live).await {
+                        return false;
+                    }
+                }
+                None => return true,
+            }
+        }
+        true
+    }
+
+    /// What the live subscription gave (`None`: it ended, and the stream is read alone);
+    /// false once the engine has stopped.
+    pub(super) async fn took_live(&mut self, live: Option<async_nats::Message>) -> bool {
+        match live {
+            Some(message) => self.went_live(message).await,
+            None => {
+                tracing::warn!("edge: the live subscription ended; reading the stream alone");
+                self.live = None;
+                true
+            }
+        }
+    }
+
+    /// Hands on the held live copies that now come next for `origin`; false once the
+    /// engine has stopped.
+    pub(super) async fn hand_held(&mut self, origin: u32) -> bool {
+        while let Some((batch, bytes)) = self.order.next_held(origin) {
+            if !self.hand_live(origin, batch, bytes).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands on a live copy of batch `batch` of `origin`; false once the engine has
+    /// stopped.
+    async fn hand_live(&self, origin: u32, batch: u64, bytes: bytes::Bytes) -> bool {
+        self.stats.live.fetch_add(1, Ordering::Relaxed);
+        let batch = Replicated::Batch {
+            stream_sequence: 0,
+            batch,
+            origin,
+            bytes,
+        };
+        self.hand(origin, batch).await
+    }
+}
+
+/// The live subscription's next message; never, without one.
+pub(super) async fn next_live(
+    live: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
+    match live {
+        Some(live) => live.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
