@@ -42,7 +42,7 @@ use crate::api::tls::Acceptor;
 use crate::clock::Clock;
 use crate::config::{Config, Role};
 use crate::engine::{Engine, EngineConfig, ReplicaContext, ShardContext};
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, WriteBudget};
 use crate::feed::exchange::ExchangeFeed;
 use crate::feed::sim::SimFeed;
 use crate::feed::{Catalog, Feed, FeedContext, FeedHandle, FeedInput};
@@ -178,7 +178,13 @@ pub async fn start(
     };
     let started = clock.now();
     let registry = InstrumentRegistry::new();
-    let fanout = Arc::new(Fanout::default());
+    let fanout = Arc::new(Fanout::with_budget(WriteBudget::new(
+        config.fanout.write_budget_per_s,
+        config.fanout.write_budget_max_per_s,
+    )));
+    if fanout.budget().adapts() {
+        tokio::spawn(fanout.budget().clone().follow_load());
+    }
     let catalog = Catalog::new(registry.clone());
 
     let mut ctx = ShardContext::new(catalog.clone(), clock.clone(), fanout.clone());

@@ -368,6 +368,8 @@ impl FileConfig {
                     .then_some(self.fanout.batch_budget_bytes),
                 write_budget_per_s: (self.fanout.write_budget_per_s > 0)
                     .then_some(self.fanout.write_budget_per_s),
+                write_budget_max_per_s: (self.fanout.write_budget_max_per_s > 0)
+                    .then_some(self.fanout.write_budget_max_per_s),
             },
             store,
             role,
@@ -509,12 +511,17 @@ mod tests {
     #[test]
     fn file_values_are_read_and_unknown_keys_refused() {
         let f: FileConfig = toml::from_str(
-            "[server]\nlisten = \"127.0.0.1:7000\"\n[sim]\nrate = 5\n[fanout]\ntrade_overflow = \"disconnect\"\nwrite_budget_per_s = 20000\nbatch_budget_bytes = 0\n",
+            "[server]\nlisten = \"127.0.0.1:7000\"\n[sim]\nrate = 5\n[fanout]\ntrade_overflow = \"disconnect\"\nwrite_budget_per_s = 20000\nwrite_budget_max_per_s = 0\nbatch_budget_bytes = 0\n",
         )
         .unwrap();
         let c = f.resolve().unwrap();
         assert_eq!(c.fanout.write_budget_per_s, Some(20_000));
+        assert_eq!(c.fanout.write_budget_max_per_s, None);
         assert_eq!(Config::default().fanout.write_budget_per_s, Some(50_000));
+        assert_eq!(
+            Config::default().fanout.write_budget_max_per_s,
+            Some(800_000)
+        );
         assert_eq!(c.fanout.batch_budget_bytes, None);
         assert_eq!(Config::default().fanout.batch_budget_bytes, Some(16 << 20));
         assert_eq!(c.listen.port(), 7000);

@@ -13,12 +13,12 @@
 //! - other channels follow [`LagPolicy`]: drop and report the number missed in a `Status`
 //!   gap event, or disconnect the client.
 
+mod budget;
 mod mailbox;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
@@ -28,6 +28,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use budget::WriteBudget;
 pub use mailbox::{Delivered, Drained, Mailbox};
 
 /// How a mailbox's entries are encoded: what its stream writes.
@@ -99,8 +100,10 @@ pub struct FanoutConfig {
     /// Stream message bytes over all clients, if limited: each client's messages are at
     /// most this over the subscriber count (see [`FanoutConfig::batch_bytes`]).
     pub batch_budget_bytes: Option<usize>,
-    /// Stream writes per second over all clients, if limited.
+    /// Stream writes per second over all clients on a busy machine, if limited.
     pub write_budget_per_s: Option<u64>,
+    /// The most it rises to while the machine's CPUs have room ([`WriteBudget`]).
+    pub write_budget_max_per_s: Option<u64>,
 }
 
 /// The smallest message a batch budget leaves a client (a message still takes at least
@@ -108,17 +111,6 @@ pub struct FanoutConfig {
 const MIN_BATCH_BYTES: usize = 4096;
 
 impl FanoutConfig {
-    /// When a client that last wrote at `last` may write again. With a write budget,
-    /// each client's writes are spaced by subscribers/budget so that all clients
-    /// together stay within it; each write then carries more events (per-message costs
-    /// dominate with many clients). Below the timer's 1 ms resolution spacing would only
-    /// add latency, so there is none.
-    pub fn next_write(&self, subscribers: usize, last: Instant) -> Option<Instant> {
-        let budget = self.write_budget_per_s?;
-        let gap = Duration::from_secs_f64(subscribers as f64 / budget as f64);
-        (gap >= Duration::from_millis(1)).then_some(last + gap)
-    }
-
     /// The largest message for one of `subscribers` clients. A client that falls behind
     /// has a message of this size in flight at each layer below the mailbox (the gRPC
     /// encoder's buffer, HTTP/2's), where no overflow policy reaches it; the batch budget
@@ -198,9 +190,28 @@ pub struct Fanout {
     subscriptions: AtomicUsize,
     /// Deliveries of the streams that ended, and why they ended.
     retired: Mutex<(Delivered, Disconnects)>,
+    budget: Arc<WriteBudget>,
 }
 
 impl Fanout {
+    /// No subscribers yet, sharing `budget`.
+    pub fn with_budget(budget: WriteBudget) -> Fanout {
+        Fanout {
+            budget: Arc::new(budget),
+            ..Fanout::default()
+        }
+    }
+
+    /// The write budget the subscribers share.
+    pub fn budget(&self) -> &Arc<WriteBudget> {
+        &self.budget
+    }
+
+    /// When a client that last wrote at `last` may write again (see [`WriteBudget`]).
+    pub fn next_write(&self, last: Instant) -> Option<Instant> {
+        self.budget.next_write(self.subscribers(), last)
+    }
+
     /// Registers a new subscriber, a gRPC stream.
     pub fn open(&self, bound: QueueBound, policy: LagPolicy) -> Arc<Mailbox> {
         self.open_as(bound, policy, Form::Protobuf)
@@ -356,33 +367,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_write_budget_spaces_each_clients_writes_by_subscribers_over_budget() {
-        let config = FanoutConfig {
-            queue: QueueBound {
-                events: 1,
-                bytes: 1,
-            },
-            trade_overflow: LagPolicy::Gap,
-            max_batch_bytes: 1,
-            batch_budget_bytes: None,
-            write_budget_per_s: Some(50_000),
-        };
-        let last = Instant::now();
-        // 100 clients sharing 50,000 writes/s: one write each per 2 ms.
-        assert_eq!(
-            config.next_write(100, last),
-            Some(last + Duration::from_millis(2))
-        );
-        // 10 clients: 0.2 ms apart, under the timer's resolution: no spacing.
-        assert_eq!(config.next_write(10, last), None);
-        let unlimited = FanoutConfig {
-            write_budget_per_s: None,
-            ..config
-        };
-        assert_eq!(unlimited.next_write(100_000, last), None);
-    }
-
-    #[test]
     fn the_batch_budget_shares_message_bytes_among_subscribers_within_the_bounds() {
         let config = FanoutConfig {
             queue: QueueBound {
@@ -393,6 +377,7 @@ mod tests {
             max_batch_bytes: 64 << 10,
             batch_budget_bytes: Some(16 << 20),
             write_budget_per_s: None,
+            write_budget_max_per_s: None,
         };
         // 1,000 clients share 16 MiB: 16,777 bytes each.
         assert_eq!(config.batch_bytes(1000), 16_777);

@@ -216,6 +216,12 @@ impl Collector for Scrape {
             "Resync snapshots sent to subscribers that lagged.",
             s.fanout.resyncs(),
         )?;
+        gauge(
+            &mut e,
+            "raven_subscriber_write_budget",
+            "Stream writes per second all subscribers share now (0: no budget); it moves between fanout.write_budget_per_s and fanout.write_budget_max_per_s with the machine's CPU load.",
+            s.fanout.budget().per_s().unwrap_or(0),
+        )?;
 
         gauge(
             &mut e,

@@ -79,9 +79,13 @@ async fn metrics_count_known_traffic_exactly() {
         quiet(f);
         f.store.url = format!("sqlite:{}", db.display());
         f.store.spill = dir.join("raven.spill");
+        // A budget the CPU load does not move, to be read back exactly.
+        f.fanout.write_budget_per_s = 20_000;
+        f.fanout.write_budget_max_per_s = 0;
     })
     .await;
     let before = scrape(&server).await;
+    assert_eq!(before["raven_subscriber_write_budget"], 20_000.0);
     assert_eq!(before["raven_subscribers"], 0.0);
     assert_eq!(before["raven_subscriptions"], 0.0);
     assert_eq!(before["raven_connections_accepted"], 0.0);

@@ -636,7 +636,11 @@ async fn candles_stream_closed_bars_in_sequence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_budget_batches_more_events_per_message() {
     async fn second_message_events(budget: u64) -> usize {
-        let server = server(|f| f.fanout.write_budget_per_s = budget).await;
+        let server = server(|f| {
+            f.fanout.write_budget_per_s = budget;
+            f.fanout.write_budget_max_per_s = 0;
+        })
+        .await;
         let mut c = client(&server).await;
         let mut sub = Sub::open(&mut c).await;
         sub.subscribe(&["SIM:BTC-USD"], pb::Channel::Trades, 0)
@@ -670,6 +674,7 @@ async fn the_batch_budget_caps_a_lone_subscribers_messages_at_the_budget() {
     async fn second_message_bytes(budget: usize) -> usize {
         let server = server(|f| {
             f.fanout.write_budget_per_s = 1;
+            f.fanout.write_budget_max_per_s = 0;
             f.fanout.batch_budget_bytes = budget;
         })
         .await;

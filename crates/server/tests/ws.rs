@@ -229,6 +229,7 @@ async fn a_websocket_client_gets_what_a_grpc_subscriber_gets() {
     let server = common::server(|f| {
         quiet(f);
         f.fanout.write_budget_per_s = 100;
+        f.fanout.write_budget_max_per_s = 0;
     })
     .await;
     introduce(&server).await;

@@ -545,8 +545,16 @@ pub struct FanoutSection {
     /// both ends (HTTP/2 framing, a syscall, the client's own per-message work) dominate,
     /// and without spacing 1,000 clients at 1k events/s on a 2-core box queue for seconds;
     /// with it, p99 is about 30 ms. Costs about 2 ms with 100 clients at 10k events/s,
-    /// nothing with fewer than 50 (see BENCHMARKS.md).
+    /// nothing with fewer than 50 (see BENCHMARKS.md). This is the budget on a busy
+    /// machine: see `write_budget_max_per_s`.
     pub write_budget_per_s: u64,
+    /// The most the write budget rises to while the machine's CPUs have room (under 50%
+    /// busy, read from `/proc/stat` four times a second; it doubles each time, and halves
+    /// back toward `write_budget_per_s` over 70%). 0 keeps it at `write_budget_per_s`.
+    /// Default 800000: no spacing below 800 clients while the CPU is not what runs out,
+    /// which takes 100 clients at 10k events/s from a 4.4 ms p99 to about 1.5 ms
+    /// (BENCHMARKS.md).
+    pub write_budget_max_per_s: u64,
 }
 
 impl Default for FanoutSection {
@@ -558,6 +566,7 @@ impl Default for FanoutSection {
             max_batch_bytes: 64 << 10,
             batch_budget_bytes: 16 << 20,
             write_budget_per_s: 50_000,
+            write_budget_max_per_s: 800_000,
         }
     }
 }

@@ -78,8 +78,7 @@ impl JsonStream {
     /// budget, shared with them (`fanout.write_budget_per_s`), so that many browsers
     /// get more messages per write rather than a write per message each.
     pub fn next_write(&self, last: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        let fanout = &self.service.limits.fanout;
-        fanout.next_write(self.service.fanout.subscribers(), last)
+        self.service.fanout.next_write(last)
     }
 
     /// The caller is `key` from now on (its subscriptions count against it).

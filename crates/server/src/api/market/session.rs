@@ -63,7 +63,7 @@ pub(super) fn open(
         move |state| async move {
             let (guard, last_write) = state?;
             let subscribers = guard.service.fanout.subscribers();
-            if let Some(next) = last_write.and_then(|l| limits.fanout.next_write(subscribers, l)) {
+            if let Some(next) = last_write.and_then(|l| guard.service.fanout.next_write(l)) {
                 tokio::time::sleep_until(next).await;
             }
             loop {
