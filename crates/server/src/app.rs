@@ -182,9 +182,6 @@ pub async fn start(
         config.fanout.write_budget_per_s,
         config.fanout.write_budget_max_per_s,
     )));
-    if fanout.budget().adapts() {
-        tokio::spawn(fanout.budget().clone().follow_load());
-    }
     let catalog = Catalog::new(registry.clone());
 
     let mut ctx = ShardContext::new(catalog.clone(), clock.clone(), fanout.clone());
@@ -368,6 +365,9 @@ pub async fn start(
     let tls = config.tls.as_ref().map(Acceptor::new);
     let incoming = connections.incoming(listener, tls.clone());
     tokio::spawn(connections.clone().watch(shutdown.clone()));
+    if fanout.budget().adapts() {
+        tokio::spawn(fanout.budget().clone().follow_load(shutdown.clone()));
+    }
     let (stop_grpc, mut stopped) = shutdown::channel();
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive))

@@ -549,8 +549,9 @@ pub struct FanoutSection {
     /// machine: see `write_budget_max_per_s`.
     pub write_budget_per_s: u64,
     /// The most the write budget rises to while the machine's CPUs have room (under 50%
-    /// busy, read from `/proc/stat` four times a second; it doubles each time, and halves
-    /// back toward `write_budget_per_s` over 70%). 0 keeps it at `write_budget_per_s`.
+    /// busy, read from `/proc/stat` four times a second, and from the cgroup where the
+    /// process has a CPU quota; it doubles each time, and halves back toward
+    /// `write_budget_per_s` over 70%). 0 keeps it at `write_budget_per_s`.
     /// Default 800000: no spacing below 800 clients while the CPU is not what runs out,
     /// which takes 100 clients at 10k events/s from a 4.4 ms p99 to about 1.5 ms
     /// (BENCHMARKS.md).

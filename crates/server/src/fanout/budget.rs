@@ -14,12 +14,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::shutdown::Shutdown;
+
 /// Below this share of the machine's CPU time busy, the budget doubles (up to its highest).
 const ROOM: f64 = 0.50;
 /// Above this, it halves (down to its lowest).
 const BUSY: f64 = 0.70;
 /// How often the load is read.
-pub const EVERY: Duration = Duration::from_millis(250);
+const EVERY: Duration = Duration::from_millis(250);
 
 /// Stream writes per second over all clients, moved within a range by the CPU load.
 #[derive(Debug)]
@@ -84,9 +86,9 @@ impl WriteBudget {
         self.now.store(next, Ordering::Relaxed);
     }
 
-    /// Reads the CPU load every [`EVERY`] and moves the budget, for as long as the
-    /// runtime runs. Where `/proc/stat` cannot be read the budget stays at its lowest.
-    pub async fn follow_load(self: std::sync::Arc<Self>) {
+    /// Reads the CPU load every [`EVERY`] and moves the budget, until `shutdown`. Where
+    /// `/proc/stat` cannot be read the budget stays at its lowest.
+    pub async fn follow_load(self: std::sync::Arc<Self>, mut shutdown: Shutdown) {
         let Some(mut load) = Load::start() else {
             tracing::warn!(
                 "/proc/stat is unreadable: the write budget stays at fanout.write_budget_per_s"
@@ -96,7 +98,10 @@ impl WriteBudget {
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait() => return,
+            }
             if let Some(busy) = load.busy() {
                 self.adjust(busy);
             }
