@@ -34,7 +34,7 @@ async fn a_dropped_server_stops_its_threads() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut running = raven_threads();
     while running != expected && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         running = raven_threads();
     }
     assert_eq!(running, expected);

@@ -281,6 +281,19 @@ mod tests {
         assert_eq!(budget.next_write(100, Instant::now()), None);
     }
 
+    #[tokio::test]
+    async fn following_the_load_ends_with_the_shutdown_signal() {
+        let budget = std::sync::Arc::new(WriteBudget::new(Some(50_000), Some(800_000)));
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let task = tokio::spawn(budget.follow_load(shutdown));
+        trigger.fire();
+        // A task that kept reading the load would hold this until the deadline.
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the task ended")
+            .unwrap();
+    }
+
     #[test]
     fn cpu_load_is_read_from_the_first_line_of_proc_stat() {
         let before = CpuTimes::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n").unwrap();
