@@ -1,6 +1,7 @@
-//! Fan-out publish cost against subscriber count, and with one stalled subscriber.
+//! Fan-out publish cost against subscriber count, and with one stalled subscriber; and
+//! for subscribers that all take the trades of several instruments.
 //!
-//! One shard, one instrument (SIM:BTC-USD), N subscribers to its full book. Each
+//! `fanout_publish`: one shard, one instrument (SIM:BTC-USD), N subscribers to its full book. Each
 //! iteration publishes a batch of simulator events (apply, encode once, push the shared
 //! bytes to every mailbox). Mailboxes are drained outside the timed section, except the
 //! stalled one, which is never drained: its queue fills, and from then on every push to it
@@ -11,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
-use raven_model::{Channel, FeedEvent, FeedKind, InstrumentRegistry, UnixNanos};
+use raven_model::{
+    Aggressor, Channel, FeedEvent, FeedKind, InstrumentName, InstrumentRegistry, Price, Qty, Trade,
+    UnixNanos,
+};
 use raven_server::clock::SystemClock;
 use raven_server::engine::{Command, Shard, ShardContext};
 use raven_server::fanout::{Fanout, LagPolicy, Mailbox, QueueBound};
@@ -133,5 +137,78 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, fanout);
+/// `fanout_trades`: one shard, 8 instruments, 1,000 subscribers each taking the trades of
+/// all 8 (as `raven bench` clients do); each iteration publishes a batch of 40 trades, five
+/// an instrument (10,000 events/s arriving in 4 ms batches).
+fn trades(c: &mut Criterion) {
+    let registry = InstrumentRegistry::new();
+    let ids: Vec<_> = (0..8)
+        .map(|i| registry.intern(&InstrumentName::parse(&format!("BENCH:T{i}")).unwrap()))
+        .collect();
+    let fanout = Arc::new(Fanout::default());
+    let ctx = ShardContext::new(
+        Catalog::new(registry.clone()),
+        Arc::new(SystemClock),
+        fanout.clone(),
+    );
+    let mut shard = Shard::new(ctx);
+    let mailboxes: Vec<Arc<Mailbox>> = (0..1000)
+        .map(|_| {
+            let mailbox = fanout.open(
+                QueueBound {
+                    events: 8192,
+                    bytes: usize::MAX,
+                },
+                LagPolicy::Gap,
+            );
+            for &instrument in &ids {
+                let (done, _) = tokio::sync::oneshot::channel();
+                shard.command(Command::Subscribe {
+                    mailbox: mailbox.clone(),
+                    instrument,
+                    channel: Channel::Trades,
+                    depth: 0,
+                    state: true,
+                    done,
+                });
+            }
+            mailbox
+        })
+        .collect();
+    let batch: Vec<FeedEvent> = (0..40)
+        .map(|n| FeedEvent {
+            instrument: ids[n % ids.len()],
+            exchange_time: UnixNanos(1),
+            receive_time: UnixNanos(1),
+            venue_seq: 0,
+            kind: FeedKind::Trade(Trade {
+                price: Price::from_units(100),
+                qty: Qty::from_units(1),
+                aggressor: Aggressor::Buy,
+                trade_id: n.to_string(),
+            }),
+        })
+        .collect();
+    let mut g = c.benchmark_group("fanout_trades");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.bench_function("8_instruments_1000", |b| {
+        b.iter_custom(|iterations| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iterations {
+                for m in &mailboxes {
+                    m.drain(usize::MAX);
+                }
+                let batch = batch.clone();
+                let start = Instant::now();
+                shard.process(batch);
+                timed += start.elapsed();
+            }
+            timed
+        })
+    });
+    g.finish();
+    assert_eq!(fanout.lagged(), 0);
+}
+
+criterion_group!(benches, fanout, trades);
 criterion_main!(benches);
