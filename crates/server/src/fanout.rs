@@ -1,7 +1,9 @@
 //! Fan-out: the per-subscriber side of delivery.
 //!
 //! The engine encodes each event once (see `raven_proto::wire`) and pushes the shared
-//! bytes into the [`Mailbox`] of every subscriber of that (instrument, channel). A
+//! bytes into the [`Mailbox`] of every subscriber of that (instrument, channel); the
+//! output of several channels with exactly the same subscribers goes as one chunk (one
+//! push per subscriber per batch for a client taking the trades of many instruments). A
 //! mailbox is a bounded queue; the gRPC stream drains whatever is queued into one message.
 //! Pushing is a short critical section and never waits for the client, so a stalled client
 //! costs the publisher exactly what a fast one does.

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
 use raven_book::top::{self, TopWriter};
 use raven_book::{BookError, OrderBook};
@@ -19,7 +19,9 @@ use raven_model::{
 use super::candles::Candles;
 use super::derive::{Output, Scratch, Times};
 use super::stats::ShardStats;
-use super::subscribers::{Subscribers, bbo_event, initial_state, snapshot_end, snapshot_event};
+use super::subscribers::{
+    Pending, Subscribers, bbo_event, flush_together, initial_state, snapshot_end, snapshot_event,
+};
 use super::{Command, ReplicaState, ShardContext, TapBuffer};
 
 /// One instrument's state in its shard.
@@ -67,6 +69,10 @@ pub struct Shard {
     pub(super) ctx: ShardContext,
     pub(super) instruments: Vec<Option<Box<Instrument>>>,
     pub(super) dirty: Vec<InstrumentId>,
+    /// Channels with output waiting for [`flush_together`], and the buffer it combines
+    /// their chunks in.
+    pending: Vec<Pending>,
+    combined: BytesMut,
     tapped: TapBuffer,
     pub(super) now: UnixNanos,
     pub(super) scratch: Scratch,
@@ -161,6 +167,8 @@ impl Shard {
             ctx,
             instruments: Vec::new(),
             dirty: Vec::new(),
+            pending: Vec::new(),
+            combined: BytesMut::new(),
             tapped: TapBuffer::default(),
             now: UnixNanos::ZERO,
             scratch: Scratch::default(),
@@ -348,8 +356,9 @@ impl Shard {
                 continue;
             };
             inst.dirty = false;
-            lagged += inst.subscribers.flush(id, &inst.name);
+            lagged += inst.subscribers.flush(id, &inst.name, &mut self.pending);
         }
+        lagged += flush_together(&mut self.instruments, &mut self.pending, &mut self.combined);
         if lagged > 0 {
             self.ctx.fanout.record_lagged(lagged);
         }

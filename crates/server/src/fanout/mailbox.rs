@@ -1,8 +1,9 @@
 //! A subscriber's mailbox: the bounded queue between the engine, which pushes each
-//! encoded chunk into every subscriber of its (instrument, channel), and the gRPC
-//! stream, which drains what is queued into one message. The overflow policy is applied
-//! here as chunks are pushed: book views are marked for a resync snapshot, other channels
-//! drop and count what they missed (or close the stream, as configured).
+//! encoded chunk into every subscriber of its (instrument, channel) — or of the several
+//! channels it holds, when they have the same subscribers — and the gRPC stream, which
+//! drains what is queued into one message. The overflow policy is applied here as chunks
+//! are pushed: book views are marked for a resync snapshot, other channels drop and count
+//! what they missed (or close the stream, as configured).
 //!
 //! The bound is in events and in bytes ([`QueueBound`]). Events bound what the subscriber
 //! holds alone (a queue entry for each chunk); bytes bound what it keeps alive of the
@@ -11,7 +12,7 @@
 //! otherwise pin thousands of them within the event bound.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use raven_model::{Channel, InstrumentId, InstrumentName, Status, StatusKind};
@@ -130,7 +131,7 @@ impl Mailbox {
     // A std Mutex, not tokio's: the lock is never held across an await, and the publisher
     // is a plain thread. A poisoned lock only means another holder panicked mid-push; the
     // queue is still structurally valid, so keep going.
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -144,32 +145,50 @@ impl Mailbox {
 
     /// Queues `events` encoded events under the overflow policy.
     pub fn push(&self, bytes: &Bytes, events: u32, route: Route<'_>) -> Pushed {
+        if route.channel != Channel::Book {
+            return self.push_parts(bytes, &[(route, events)]);
+        }
         let mut s = self.lock();
         if s.closed.is_some() {
             return Pushed::Closed;
         }
-        if route.channel == Channel::Book {
-            if s.resync
-                .iter()
-                .any(|r| (r.0, r.1) == (route.instrument, route.depth))
-            {
-                return Pushed::Dropped;
-            }
-            if !self.fits(&s, bytes.len(), events) {
-                s.resync.push((route.instrument, route.depth, false));
-                drop(s);
-                // Wake the drain even when the queue is empty, so it asks for the snapshot.
-                self.notify.notify_one();
-                return Pushed::Dropped;
-            }
-        } else if !self.fits(&s, bytes.len(), events) {
+        if s.resync
+            .iter()
+            .any(|r| (r.0, r.1) == (route.instrument, route.depth))
+        {
+            return Pushed::Dropped;
+        }
+        if !self.fits(&s, bytes.len(), events) {
+            s.resync.push((route.instrument, route.depth, false));
+            drop(s);
+            // Wake the drain even when the queue is empty, so it asks for the snapshot.
+            self.notify.notify_one();
+            return Pushed::Dropped;
+        }
+        self.queue(s, bytes, events)
+    }
+
+    /// Queues one chunk holding the events of several non-book (instrument, channel)
+    /// `parts`, each with its count: the engine's output for subscribers that share all
+    /// of them. It fits or is dropped whole; what is dropped is counted per part, and
+    /// reported per part as [`Mailbox::push`] reports it.
+    pub fn push_parts(&self, bytes: &Bytes, parts: &[(Route<'_>, u32)]) -> Pushed {
+        debug_assert!(parts.iter().all(|(r, _)| r.channel != Channel::Book));
+        let events = parts.iter().map(|(_, n)| n).sum();
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return Pushed::Closed;
+        }
+        if !self.fits(&s, bytes.len(), events) {
             match self.policy {
                 LagPolicy::Gap => {
-                    let missed = s
-                        .missed
-                        .entry((route.instrument, route.channel))
-                        .or_insert_with(|| (route.name.clone(), 0));
-                    missed.1 += u64::from(events);
+                    for (route, n) in parts {
+                        let missed = s
+                            .missed
+                            .entry((route.instrument, route.channel))
+                            .or_insert_with(|| (route.name.clone(), 0));
+                        missed.1 += u64::from(*n);
+                    }
                     return Pushed::Dropped;
                 }
                 LagPolicy::Disconnect => {
@@ -179,17 +198,25 @@ impl Mailbox {
                     return Pushed::Disconnected;
                 }
             }
-        } else if !s.missed.is_empty() {
+        }
+        if !s.missed.is_empty() {
             // Checked first: the map is empty unless this client lagged, and hashing the
             // key on every push was 5% of a 1,000-client server's profile.
-            if let Some((name, missed)) = s.missed.remove(&(route.instrument, route.channel)) {
-                s.entries.push_back(Entry::Gap {
-                    name,
-                    channel: route.channel,
-                    missed,
-                });
+            for (route, _) in parts {
+                if let Some((name, missed)) = s.missed.remove(&(route.instrument, route.channel)) {
+                    s.entries.push_back(Entry::Gap {
+                        name,
+                        channel: route.channel,
+                        missed,
+                    });
+                }
             }
         }
+        self.queue(s, bytes, events)
+    }
+
+    /// Queues a data chunk that fits, under the lock its checks took.
+    fn queue(&self, mut s: MutexGuard<'_, State>, bytes: &Bytes, events: u32) -> Pushed {
         let was_empty = s.entries.is_empty();
         s.entries.push_back(Entry::Chunk {
             bytes: bytes.clone(),
