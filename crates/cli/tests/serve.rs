@@ -1,6 +1,7 @@
 //! `raven serve` as a process, where only a process will do: `kill -9` mid-run, and a
 //! real write error from a file-size limit (`prlimit`). The database is sound after
-//! each, and every event the engine published is stored once, in order.
+//! each, and every event the engine published is stored once, in order. And what the
+//! process sets for itself: transparent huge pages off.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -63,6 +64,26 @@ fn after_kill_9_the_database_is_sound_and_recording_resumes() {
         SqliteStore::open(&db).unwrap().integrity_check().unwrap(),
         "ok"
     );
+}
+
+#[test]
+fn the_server_process_runs_without_transparent_huge_pages() {
+    let dir = scratch_dir!("thp");
+    let mut command = Command::new(RAVEN);
+    command
+        .current_dir(&dir)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "off"])
+        .args(["--rate", "1", "--store", "off"])
+        .env("RAVEN_LOG", "warn");
+    let mut served = Served::start(command);
+    let pid = served.child().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let thp: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("THP_enabled:"))
+        .collect();
+    assert_eq!(thp, ["THP_enabled:\t0"], "{status}");
+    assert!(served.terminate().success());
 }
 
 /// The number after `name=` in a log line.
