@@ -13,14 +13,53 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
 use raven_model::{
-    Aggressor, Channel, FeedEvent, FeedKind, InstrumentName, InstrumentRegistry, Price, Qty, Trade,
-    UnixNanos,
+    Aggressor, Channel, FeedEvent, FeedKind, InstrumentId, InstrumentName, InstrumentRegistry,
+    Price, Qty, Trade, UnixNanos,
 };
 use raven_server::clock::SystemClock;
 use raven_server::engine::{Command, Shard, ShardContext};
 use raven_server::fanout::{Fanout, LagPolicy, Mailbox, QueueBound};
 use raven_server::feed::Catalog;
 use raven_server::feed::sim::{SimConfig, Simulator};
+
+/// A shard over `registry`'s instruments, with a fan-out of its own.
+fn shard(registry: &InstrumentRegistry) -> (Shard, Arc<Fanout>) {
+    let fanout = Arc::new(Fanout::default());
+    let ctx = ShardContext::new(
+        Catalog::new(registry.clone()),
+        Arc::new(SystemClock),
+        fanout.clone(),
+    );
+    (Shard::new(ctx), fanout)
+}
+
+/// A subscriber of `channel` on each of `instruments`, whose queue holds 8,192 events.
+fn subscriber(
+    shard: &mut Shard,
+    fanout: &Fanout,
+    instruments: &[InstrumentId],
+    channel: Channel,
+) -> Arc<Mailbox> {
+    let mailbox = fanout.open(
+        QueueBound {
+            events: 8192,
+            bytes: usize::MAX,
+        },
+        LagPolicy::Gap,
+    );
+    for &instrument in instruments {
+        let (done, _) = tokio::sync::oneshot::channel();
+        shard.command(Command::Subscribe {
+            mailbox: mailbox.clone(),
+            instrument,
+            channel,
+            depth: 0,
+            state: true,
+            done,
+        });
+    }
+    mailbox
+}
 
 fn fanout(c: &mut Criterion) {
     let registry = InstrumentRegistry::new();
@@ -48,34 +87,10 @@ fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout_publish");
     g.throughput(Throughput::Elements(100));
     for (subscribers, stalled) in [(1, false), (100, false), (1000, false), (1000, true)] {
-        let fanout = Arc::new(Fanout::default());
-        let ctx = ShardContext::new(
-            Catalog::new(registry.clone()),
-            Arc::new(SystemClock),
-            fanout.clone(),
-        );
-        let mut shard = Shard::new(ctx);
+        let (mut shard, fanout) = shard(&registry);
         shard.process(snapshots.clone());
         let mailboxes: Vec<Arc<Mailbox>> = (0..subscribers)
-            .map(|_| {
-                let mailbox = fanout.open(
-                    QueueBound {
-                        events: 8192,
-                        bytes: usize::MAX,
-                    },
-                    LagPolicy::Gap,
-                );
-                let (done, _) = tokio::sync::oneshot::channel();
-                shard.command(Command::Subscribe {
-                    mailbox: mailbox.clone(),
-                    instrument: btc,
-                    channel: Channel::Book,
-                    depth: 0,
-                    state: true,
-                    done,
-                });
-                mailbox
-            })
+            .map(|_| subscriber(&mut shard, &fanout, &[btc], Channel::Book))
             .collect();
         let readers = if stalled {
             &mailboxes[1..]
@@ -145,35 +160,9 @@ fn trades(c: &mut Criterion) {
     let ids: Vec<_> = (0..8)
         .map(|i| registry.intern(&InstrumentName::parse(&format!("BENCH:T{i}")).unwrap()))
         .collect();
-    let fanout = Arc::new(Fanout::default());
-    let ctx = ShardContext::new(
-        Catalog::new(registry.clone()),
-        Arc::new(SystemClock),
-        fanout.clone(),
-    );
-    let mut shard = Shard::new(ctx);
+    let (mut shard, fanout) = shard(&registry);
     let mailboxes: Vec<Arc<Mailbox>> = (0..1000)
-        .map(|_| {
-            let mailbox = fanout.open(
-                QueueBound {
-                    events: 8192,
-                    bytes: usize::MAX,
-                },
-                LagPolicy::Gap,
-            );
-            for &instrument in &ids {
-                let (done, _) = tokio::sync::oneshot::channel();
-                shard.command(Command::Subscribe {
-                    mailbox: mailbox.clone(),
-                    instrument,
-                    channel: Channel::Trades,
-                    depth: 0,
-                    state: true,
-                    done,
-                });
-            }
-            mailbox
-        })
+        .map(|_| subscriber(&mut shard, &fanout, &ids, Channel::Trades))
         .collect();
     let batch: Vec<FeedEvent> = (0..40)
         .map(|n| FeedEvent {
