@@ -402,6 +402,17 @@ pub struct EngineInput {
     shards: Vec<Sender<Input>>,
 }
 
+/// What [`EngineInput::offer`] did with a batch.
+#[derive(Debug)]
+pub enum Offered {
+    /// Every shard took its part.
+    Taken,
+    /// The events of the shards that were full, to send once they have room.
+    Full(Vec<FeedEvent>),
+    /// The engine has stopped.
+    Stopped,
+}
+
 /// The API side: routes commands to the owning shard without blocking, and reads tops
 /// of book without asking a shard.
 #[derive(Clone)]
@@ -582,6 +593,44 @@ impl EngineInput {
             .enumerate()
             .filter(|(_, b)| !b.is_empty())
             .all(|(i, b)| self.shards[i].send(Input::Feed(b)).is_ok())
+    }
+
+    /// Sends a batch, split by owning shard, where the shards have room: never blocks,
+    /// so an async caller needs no blocking thread for the usual case. What full shards
+    /// could not take comes back, in order, for [`EngineInput::send`].
+    pub fn offer(&self, batch: Vec<FeedEvent>) -> Offered {
+        let offer = |shard: &Sender<Input>, batch| match shard.try_send(Input::Feed(batch)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Input::Feed(batch))) => Err(Some(batch)),
+            Err(_) => Err(None),
+        };
+        if self.shards.len() == 1 {
+            return match offer(&self.shards[0], batch) {
+                Ok(()) => Offered::Taken,
+                Err(Some(batch)) => Offered::Full(batch),
+                Err(None) => Offered::Stopped,
+            };
+        }
+        let mut split: Vec<Vec<FeedEvent>> = vec![Vec::new(); self.shards.len()];
+        for e in batch {
+            split[self.shard_of(e.instrument)].push(e);
+        }
+        let mut rest = Vec::new();
+        for (i, part) in split.into_iter().enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            match offer(&self.shards[i], part) {
+                Ok(()) => {}
+                Err(Some(part)) => rest.extend(part),
+                Err(None) => return Offered::Stopped,
+            }
+        }
+        if rest.is_empty() {
+            Offered::Taken
+        } else {
+            Offered::Full(rest)
+        }
     }
 
     /// Sends what an edge read of the ingest node's shard `origin` to the shard that

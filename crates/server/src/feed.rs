@@ -27,7 +27,7 @@ use raven_model::{
 };
 
 use crate::clock::Clock;
-use crate::engine::EngineInput;
+use crate::engine::{EngineInput, Offered};
 
 /// A source of events for the engine.
 pub trait Feed: Send + 'static {
@@ -160,6 +160,20 @@ impl FeedInput {
     pub fn send(&self, batch: Vec<FeedEvent>) -> bool {
         self.stats.count(&batch, self.clock.now().0);
         self.engine.send(batch)
+    }
+
+    /// Sends a batch where the engine has room, without blocking (see
+    /// [`EngineInput::offer`]); it is counted whole, and what comes back goes to
+    /// [`FeedInput::send_rest`].
+    pub fn offer(&self, batch: Vec<FeedEvent>) -> Offered {
+        self.stats.count(&batch, self.clock.now().0);
+        self.engine.offer(batch)
+    }
+
+    /// Sends what [`FeedInput::offer`] handed back: blocks while the engine is behind;
+    /// false once it has stopped.
+    pub fn send_rest(&self, rest: Vec<FeedEvent>) -> bool {
+        self.engine.send(rest)
     }
 }
 

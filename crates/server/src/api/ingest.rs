@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::Key;
 use crate::clock::Clock;
+use crate::engine::Offered;
 use crate::feed::FeedInput;
 use crate::feed::{Catalog, Feed, FeedContext, FeedHandle, FeedId, InstrumentInfo};
 use crate::shutdown::{self, Shutdown};
@@ -297,11 +298,18 @@ impl Ingest for IngestApi {
                     }
                 }
             }
-            let input = publisher.input.clone();
-            // Blocking send: the engine's bounded input slows this stream when it is behind.
-            let sent = tokio::task::spawn_blocking(move || input.send(batch))
-                .await
-                .map_err(|e| Status::internal(format!("ingest task failed: {e}")))?;
+            // Straight into the engine's input when it has room; a blocking send (on a
+            // blocking thread) only when it is behind, which slows this stream.
+            let sent = match publisher.input.offer(batch) {
+                Offered::Taken => true,
+                Offered::Stopped => false,
+                Offered::Full(rest) => {
+                    let input = publisher.input.clone();
+                    tokio::task::spawn_blocking(move || input.send_rest(rest))
+                        .await
+                        .map_err(|e| Status::internal(format!("ingest task failed: {e}")))?
+                }
+            };
             if !sent {
                 return Err(Status::unavailable("server shutting down"));
             }
