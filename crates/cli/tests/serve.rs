@@ -83,7 +83,9 @@ fn the_server_process_runs_without_transparent_huge_pages() {
         .filter(|l| l.starts_with("THP_enabled:"))
         .collect();
     assert_eq!(thp, ["THP_enabled:\t0"], "{status}");
-    assert!(served.terminate().success());
+    // Dropped, the server is stopped; whether a SIGTERM this early in its start is
+    // answered with a drain is for the drain's own tests.
+    drop(served);
 }
 
 /// The number after `name=` in a log line.
