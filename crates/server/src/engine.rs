@@ -578,20 +578,24 @@ impl EngineInput {
         instrument.index() % self.shards.len()
     }
 
+    /// `batch` split by owning shard: each shard's index and its non-empty part, in order.
+    fn parts(&self, batch: Vec<FeedEvent>) -> impl Iterator<Item = (usize, Vec<FeedEvent>)> {
+        let split = if self.shards.len() == 1 {
+            vec![batch]
+        } else {
+            let mut split: Vec<Vec<FeedEvent>> = vec![Vec::new(); self.shards.len()];
+            for e in batch {
+                split[self.shard_of(e.instrument)].push(e);
+            }
+            split
+        };
+        split.into_iter().enumerate().filter(|(_, b)| !b.is_empty())
+    }
+
     /// Sends a batch, split by owning shard. Blocks while a shard is full; returns false
     /// once the engine has stopped.
     pub fn send(&self, batch: Vec<FeedEvent>) -> bool {
-        if self.shards.len() == 1 {
-            return self.shards[0].send(Input::Feed(batch)).is_ok();
-        }
-        let mut split: Vec<Vec<FeedEvent>> = vec![Vec::new(); self.shards.len()];
-        for e in batch {
-            split[self.shard_of(e.instrument)].push(e);
-        }
-        split
-            .into_iter()
-            .enumerate()
-            .filter(|(_, b)| !b.is_empty())
+        self.parts(batch)
             .all(|(i, b)| self.shards[i].send(Input::Feed(b)).is_ok())
     }
 
@@ -599,31 +603,12 @@ impl EngineInput {
     /// so an async caller needs no blocking thread for the usual case. What full shards
     /// could not take comes back, in order, for [`EngineInput::send`].
     pub fn offer(&self, batch: Vec<FeedEvent>) -> Offered {
-        let offer = |shard: &Sender<Input>, batch| match shard.try_send(Input::Feed(batch)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(Input::Feed(batch))) => Err(Some(batch)),
-            Err(_) => Err(None),
-        };
-        if self.shards.len() == 1 {
-            return match offer(&self.shards[0], batch) {
-                Ok(()) => Offered::Taken,
-                Err(Some(batch)) => Offered::Full(batch),
-                Err(None) => Offered::Stopped,
-            };
-        }
-        let mut split: Vec<Vec<FeedEvent>> = vec![Vec::new(); self.shards.len()];
-        for e in batch {
-            split[self.shard_of(e.instrument)].push(e);
-        }
         let mut rest = Vec::new();
-        for (i, part) in split.into_iter().enumerate() {
-            if part.is_empty() {
-                continue;
-            }
-            match offer(&self.shards[i], part) {
+        for (i, part) in self.parts(batch) {
+            match self.shards[i].try_send(Input::Feed(part)) {
                 Ok(()) => {}
-                Err(Some(part)) => rest.extend(part),
-                Err(None) => return Offered::Stopped,
+                Err(TrySendError::Full(Input::Feed(part))) => rest.extend(part),
+                Err(_) => return Offered::Stopped,
             }
         }
         if rest.is_empty() {
