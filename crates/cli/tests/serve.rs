@@ -1,7 +1,8 @@
 //! `raven serve` as a process, where only a process will do: `kill -9` mid-run, and a
 //! real write error from a file-size limit (`prlimit`). The database is sound after
 //! each, and every event the engine published is stored once, in order. And what the
-//! process sets for itself: transparent huge pages off.
+//! process sets for itself: transparent huge pages off, and signal handlers in place
+//! before it reports ready.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -83,9 +84,25 @@ fn the_server_process_runs_without_transparent_huge_pages() {
         .filter(|l| l.starts_with("THP_enabled:"))
         .collect();
     assert_eq!(thp, ["THP_enabled:\t0"], "{status}");
-    // Dropped, the server is stopped; whether a SIGTERM this early in its start is
-    // answered with a drain is for the drain's own tests.
-    drop(served);
+    let status = served.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_sigterm_as_soon_as_the_address_line_is_printed_drains() {
+    // A service manager may stop a server the moment it reads ready. The window between
+    // that line and the handlers is short, so the test goes through it many times.
+    let dir = scratch_dir!("sigterm-at-ready");
+    for run in 0..20 {
+        let mut command = Command::new(RAVEN);
+        command
+            .current_dir(&dir)
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "off"])
+            .args(["--rate", "1", "--store", "off"])
+            .env("RAVEN_LOG", "warn");
+        let status = Served::start(command).terminate();
+        assert!(status.success(), "run {run}: {status:?}");
+    }
 }
 
 /// The number after `name=` in a log line.

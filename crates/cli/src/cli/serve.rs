@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use raven_server::clock::SystemClock;
 use raven_server::config::{FileConfig, Role};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{RoleArg, ServeArgs, notify};
 
@@ -75,6 +75,9 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     raven_bench::exit_with_parent()?;
     no_transparent_huge_pages();
     let config = serve_config(&args)?;
+    // Installed before the address line: a service manager may stop the server as soon as
+    // it reads ready, and without a handler that SIGTERM would end it with no drain.
+    let mut signals = Signals::install()?;
     // A file-size limit (`ulimit -f`, systemd's LimitFSIZE) would otherwise kill the
     // server when the database outgrows it. With a handler (tokio's, which only notes the
     // signal) the write fails with EFBIG instead, and the recorder spills and retries as
@@ -147,7 +150,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             server.reload(None);
         }
     };
-    wait_for_signal(reload).await?;
+    signals.stop_requested(reload).await;
     notify::notify("STOPPING=1\nSTATUS=draining");
     tracing::info!(
         drain_secs = config.drain.as_secs(),
@@ -158,16 +161,15 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let waiting = recorder.clone();
     tokio::spawn(async move {
         let ignored = || tracing::info!("SIGHUP while shutting down: nothing reloaded");
-        if wait_for_signal(ignored).await.is_ok() {
-            let waiting = recorder.map_or(0, |r| {
-                r.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)
-            });
-            tracing::warn!(
-                unstored_bytes = waiting,
-                "second signal: exiting now; batches still in memory are not stored"
-            );
-            std::process::exit(130);
-        }
+        signals.stop_requested(ignored).await;
+        let waiting = recorder.map_or(0, |r| {
+            r.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        tracing::warn!(
+            unstored_bytes = waiting,
+            "second signal: exiting now; batches still in memory are not stored"
+        );
+        std::process::exit(130);
     });
     match tokio::time::timeout(config.shutdown_timeout, server.shutdown()).await {
         Ok(stopped) => Ok(stopped?),
@@ -186,16 +188,35 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Waits for SIGTERM or SIGINT, calling `reload` at each SIGHUP meanwhile (service
-/// managers send it to reload: `systemctl reload`; by default it would end the process).
-async fn wait_for_signal(reload: impl Fn()) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => return r.context("cannot listen for Ctrl-C"),
-            _ = term.recv() => return Ok(()),
-            _ = hangup.recv() => reload(),
+/// The signals that stop the server (SIGTERM, SIGINT) and reload it (SIGHUP: service
+/// managers send it for `systemctl reload`; by default it would end the process). Each
+/// stream sees only signals that come after it was made, so the same streams are kept from
+/// start-up to exit.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())
+                .context("cannot install the SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt())
+                .context("cannot install the SIGINT handler")?,
+            hangup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
+        })
+    }
+
+    /// Returns at the next SIGTERM or SIGINT, calling `reload` at each SIGHUP meanwhile.
+    async fn stop_requested(&mut self, reload: impl Fn()) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => return,
+                _ = self.hangup.recv() => reload(),
+            }
         }
     }
 }
