@@ -60,6 +60,15 @@ fn gated(registry: &InstrumentRegistry) -> (ShardContext, Arc<Mutex<()>>, Receiv
     (ctx, gate, entered)
 }
 
+/// `f`'s result, run on its own thread: a call that should not block (the shard is held,
+/// so a blocked call would never return) fails the test after 30 s instead of hanging it.
+fn promptly<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done_tx, done) = bounded(1);
+    std::thread::spawn(move || done_tx.send(f()).unwrap());
+    done.recv_timeout(Duration::from_secs(30))
+        .expect("blocked with the shard held")
+}
+
 #[test]
 fn an_offered_batch_goes_where_shards_have_room_and_the_rest_comes_back_in_order() {
     let registry = InstrumentRegistry::new();
@@ -81,10 +90,14 @@ fn an_offered_batch_goes_where_shards_have_room_and_the_rest_comes_back_in_order
     // Shard 0 takes trade 1 and waits; trades 2 and 3 fill its input.
     assert!(matches!(input.offer(vec![trade(a, 1)]), Offered::Taken));
     entered.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert!(input.send(vec![trade(a, 2)]));
-    assert!(input.send(vec![trade(a, 3)]));
+    let sending = input.clone();
+    assert!(promptly(
+        move || sending.send(vec![trade(a, 2)]) && sending.send(vec![trade(a, 3)])
+    ));
     // Shard 1 has room for its part; shard 0's part comes back, in order.
-    let offered = input.offer(vec![trade(a, 4), trade(b, 1), trade(a, 5), trade(b, 2)]);
+    let offering = input.clone();
+    let offered =
+        promptly(move || offering.offer(vec![trade(a, 4), trade(b, 1), trade(a, 5), trade(b, 2)]));
     let Offered::Full(rest) = offered else {
         panic!("{offered:?}")
     };
