@@ -34,6 +34,17 @@ fn serve_in(dir: &Path) -> Served {
     Served::start(command)
 }
 
+/// `raven serve` at one event/s with neither HTTP nor a store: only the process itself.
+fn quiet_serve(dir: &Path) -> Command {
+    let mut command = Command::new(RAVEN);
+    command
+        .current_dir(dir)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "off"])
+        .args(["--rate", "1", "--store", "off"])
+        .env("RAVEN_LOG", "warn");
+    command
+}
+
 #[test]
 fn after_kill_9_the_database_is_sound_and_recording_resumes() {
     let dir = scratch_dir!("kill9");
@@ -69,14 +80,7 @@ fn after_kill_9_the_database_is_sound_and_recording_resumes() {
 
 #[test]
 fn the_server_process_runs_without_transparent_huge_pages() {
-    let dir = scratch_dir!("thp");
-    let mut command = Command::new(RAVEN);
-    command
-        .current_dir(&dir)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "off"])
-        .args(["--rate", "1", "--store", "off"])
-        .env("RAVEN_LOG", "warn");
-    let mut served = Served::start(command);
+    let mut served = Served::start(quiet_serve(&scratch_dir!("thp")));
     let pid = served.child().id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let thp: Vec<&str> = status
@@ -94,13 +98,7 @@ fn a_sigterm_as_soon_as_the_address_line_is_printed_drains() {
     // that line and the handlers is short, so the test goes through it many times.
     let dir = scratch_dir!("sigterm-at-ready");
     for run in 0..20 {
-        let mut command = Command::new(RAVEN);
-        command
-            .current_dir(&dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "off"])
-            .args(["--rate", "1", "--store", "off"])
-            .env("RAVEN_LOG", "warn");
-        let status = Served::start(command).terminate();
+        let status = Served::start(quiet_serve(&dir)).terminate();
         assert!(status.success(), "run {run}: {status:?}");
     }
 }
