@@ -329,6 +329,15 @@ pub async fn start(
         catalog: catalog.clone(),
         engine: engine.stats(),
         started,
+        files: config
+            .store
+            .iter()
+            .flat_map(|store| {
+                let database =
+                    crate::store::sqlite_path(&store.url).map(|p| ("database", p.to_owned()));
+                database.into_iter().chain([("spill", store.spill.clone())])
+            })
+            .collect(),
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     match follower.as_ref().map(|(f, _)| f.stats()) {

@@ -2,7 +2,8 @@
 //! counts), every series read at scrape time from the counters the parts keep — each
 //! feed's (counted once per batch it sends), each engine shard's (written only by its
 //! thread, merged here), the fan-out's, the recorder's, the listener's, replication's
-//! (`scaleout`) — and from `/proc` for the process. Nothing here is called per event: a scrape costs some atomic
+//! (`scaleout`) — from `/proc` for the process, and from `statvfs` for the disks the
+//! recorder writes to. Nothing here is called per event: a scrape costs some atomic
 //! loads and one pass over the subscribers.
 //!
 //! No per-instrument or per-subscriber labels (their number is the clients' to choose):
@@ -10,6 +11,7 @@
 //! they are a label.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -62,6 +64,9 @@ pub struct Sources {
     pub engine: EngineStats,
     /// When the server started.
     pub started: UnixNanos,
+    /// The recorder's files on disk, named by role (`database` for a SQLite store,
+    /// `spill`): their filesystems' free space is read at each scrape.
+    pub files: Vec<(&'static str, PathBuf)>,
 }
 
 /// A server's registry.
@@ -346,6 +351,7 @@ impl Collector for Scrape {
         if let Some(r) = &s.recorder {
             recorder(&mut e, r)?;
         }
+        disks(&mut e, &s.files)?;
         if let Some(r) = &s.replication {
             scaleout::replication(&mut e, r)?;
         }
@@ -611,6 +617,55 @@ fn recorder(e: &mut DescriptorEncoder<'_>, r: &RecorderStats) -> fmt::Result {
         &r.commit_lag.buckets(),
         r.commit_lag.sum_ns(),
     )
+}
+
+/// The free and total bytes of each recorder file's filesystem (what an unprivileged
+/// writer may still use: the recorder stops storing when it is gone), and the SQLite
+/// database's own size with its WAL. Read with `statvfs` and `stat` at each scrape: a
+/// disk fills over hours, and `predict_linear` over these says when.
+fn disks(e: &mut DescriptorEncoder<'_>, files: &[(&'static str, PathBuf)]) -> fmt::Result {
+    let filesystems: Vec<(&str, rustix::fs::StatVfs)> = files
+        .iter()
+        .filter_map(|(role, file)| {
+            let directory = crate::store::directory(file);
+            Some((*role, rustix::fs::statvfs(directory).ok()?))
+        })
+        .collect();
+    if filesystems.is_empty() {
+        return Ok(());
+    }
+    for (name, help, whole) in [
+        (
+            "raven_disk_free_bytes",
+            "Bytes an unprivileged writer may still use on the filesystem of a recorder file (label file: database or spill).",
+            false,
+        ),
+        (
+            "raven_disk_size_bytes",
+            "Size of the filesystem of a recorder file (label file: database or spill).",
+            true,
+        ),
+    ] {
+        let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (role, fs) in &filesystems {
+            let blocks = if whole { fs.f_blocks } else { fs.f_bavail };
+            family
+                .encode_family(&[("file", *role)])?
+                .encode_gauge(&(blocks * fs.f_frsize))?;
+        }
+    }
+    if let Some((_, database)) = files.iter().find(|(role, _)| *role == "database") {
+        let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        gauge(
+            e,
+            "raven_store_file_bytes",
+            "Bytes of the SQLite database file and its WAL.",
+            size(database) + size(Path::new(&wal)),
+        )?;
+    }
+    Ok(())
 }
 
 /// The process's CPU time, resident memory and descriptors, from `/proc/self` (absent

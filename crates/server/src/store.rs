@@ -229,16 +229,33 @@ pub trait Store: Send {
 /// Opens the store `url` names: `postgres://…` (tables in `schema`, created if need be),
 /// `sqlite:PATH`, or a plain path (SQLite).
 pub fn open(url: &str, schema: &str) -> Result<Box<dyn Store>, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    let Some(path) = sqlite_path(url) else {
         return Ok(Box::new(postgres::PostgresStore::connect(url, schema)?));
-    }
-    let path = url.strip_prefix("sqlite:").unwrap_or(url);
-    if path.is_empty() || path.contains("://") {
+    };
+    if path.as_os_str().is_empty() || path.to_string_lossy().contains("://") {
         return Err(StoreError::Url(format!(
             "store {url:?}: expected postgres://…, sqlite:PATH or a file path"
         )));
     }
-    Ok(Box::new(sqlite::SqliteStore::open(path.as_ref())?))
+    Ok(Box::new(sqlite::SqliteStore::open(path)?))
+}
+
+/// The database file of a SQLite store `url` (as [`open`] reads it); `None` for
+/// PostgreSQL.
+pub fn sqlite_path(url: &str) -> Option<&std::path::Path> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return None;
+    }
+    Some(std::path::Path::new(
+        url.strip_prefix("sqlite:").unwrap_or(url),
+    ))
+}
+
+/// The directory a file is in (`.` for a bare name): where its filesystem is asked about.
+pub fn directory(file: &std::path::Path) -> &std::path::Path {
+    file.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
 }
 
 /// True when `url` is a SQLite file on the same filesystem as `spill` (both directories
@@ -246,17 +263,10 @@ pub fn open(url: &str, schema: &str) -> Result<Box<dyn Store>, StoreError> {
 /// reservation.
 pub fn shares_filesystem(url: &str, spill: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    let Some(database) = sqlite_path(url) else {
         return false;
-    }
-    let database = std::path::Path::new(url.strip_prefix("sqlite:").unwrap_or(url));
-    let device = |path: &std::path::Path| {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        std::fs::metadata(dir).map(|m| m.dev()).ok()
     };
+    let device = |file: &std::path::Path| std::fs::metadata(directory(file)).map(|m| m.dev()).ok();
     matches!((device(database), device(spill)), (Some(a), Some(b)) if a == b)
 }
 

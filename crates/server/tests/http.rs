@@ -159,6 +159,34 @@ async fn metrics_count_known_traffic_exactly() {
         assert_eq!(after[zero], 0.0, "{zero}");
     }
     assert_eq!(after["raven_store_up"], 1.0);
+    // The disk: the database and the spill file share the scratch directory's filesystem,
+    // whose size is fixed; its free space moves with whatever else writes there.
+    let filesystem = rustix::fs::statvfs(&dir).unwrap();
+    let size = (filesystem.f_blocks * filesystem.f_frsize) as f64;
+    let free = (filesystem.f_bavail * filesystem.f_frsize) as f64;
+    for file in ["database", "spill"] {
+        assert_eq!(
+            after[&format!("raven_disk_size_bytes{{file=\"{file}\"}}")],
+            size
+        );
+        let reported = after[&format!("raven_disk_free_bytes{{file=\"{file}\"}}")];
+        assert!(
+            reported > 0.0 && reported <= size,
+            "{file}: {reported} of {size}"
+        );
+        assert!(
+            (reported - free).abs() < (1u64 << 30) as f64,
+            "{file}: {reported}, {free}"
+        );
+    }
+    // The database with its WAL, as `stat` gives them (read again until no commit or
+    // checkpoint falls between the scrape and the `stat`).
+    let on_disk = || {
+        let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+        (size("raven.db") + size("raven.db-wal")) as f64
+    };
+    scrape_until(&server, |m| m["raven_store_file_bytes"] == on_disk()).await;
+    assert!(on_disk() > 0.0);
     // The feed sent 251 events, the engine applied them, each with a receive time.
     assert_eq!(after["raven_feed_events{feed=\"Publisher\"}"], 251.0);
     for kind in ["gap", "resync", "feed_down", "feed_up", "stale", "rejected"] {
