@@ -1,9 +1,9 @@
 //! Prometheus metrics: one registry per server (two servers in one process keep separate
 //! counts), every series read at scrape time from the counters the parts keep — each
 //! feed's (counted once per batch it sends), each engine shard's (written only by its
-//! thread, merged here), the fan-out's, the recorder's, the listener's, replication's
-//! (`scaleout`) — from `/proc` for the process, and from `statvfs` for the disks the
-//! recorder writes to. Nothing here is called per event: a scrape costs some atomic
+//! thread, merged here), the fan-out's, the recorder's (`recording`), the listener's,
+//! replication's (`scaleout`) — from `/proc` for the process, and from `statvfs` for the
+//! disks the recorder writes to (`recording`). Nothing here is called per event: a scrape costs some atomic
 //! loads and one pass over the subscribers.
 //!
 //! No per-instrument or per-subscriber labels (their number is the clients' to choose):
@@ -11,7 +11,7 @@
 //! they are a label.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,6 +32,7 @@ use crate::http::HttpConnections;
 use crate::recorder::RecorderStats;
 use crate::replication::{FollowerStats, ReplicationStats};
 
+mod recording;
 mod scaleout;
 
 pub use scaleout::replication_lag;
@@ -349,9 +350,9 @@ impl Collector for Scrape {
         }
 
         if let Some(r) = &s.recorder {
-            recorder(&mut e, r)?;
+            recording::recorder(&mut e, r)?;
         }
-        disks(&mut e, &s.files)?;
+        recording::disks(&mut e, &s.files)?;
         if let Some(r) = &s.replication {
             scaleout::replication(&mut e, r)?;
         }
@@ -543,129 +544,6 @@ fn histogram(
         .collect();
     e.encode_descriptor(name, help, None, MetricType::Histogram)?
         .encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, buckets.iter().sum(), &bounds, None)
-}
-
-fn recorder(e: &mut DescriptorEncoder<'_>, r: &RecorderStats) -> fmt::Result {
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    for (name, help, v) in [
-        (
-            "raven_recorder_received_events",
-            "Events the recorder took from the engine: everything published.",
-            load(&r.received),
-        ),
-        (
-            "raven_recorder_stored_events",
-            "Events in the store.",
-            load(&r.stored),
-        ),
-        (
-            "raven_recorder_spilled_events",
-            "Events written to the spill file while the store was unavailable.",
-            load(&r.spilled),
-        ),
-        (
-            "raven_recorder_backfilled_events",
-            "Events moved from the spill file to the store.",
-            load(&r.backfilled),
-        ),
-        (
-            "raven_recorder_lost_events",
-            "Events lost because the store, memory queue and spill file were all unavailable.",
-            load(&r.lost),
-        ),
-        (
-            "raven_recorder_batches",
-            "Batches committed to the store.",
-            load(&r.batches),
-        ),
-        (
-            "raven_store_errors",
-            "Store failures seen.",
-            load(&r.failures),
-        ),
-    ] {
-        counter(e, name, help, v)?;
-    }
-    gauge(
-        e,
-        "raven_store_up",
-        "1 while the store accepts writes.",
-        u64::from(r.store_up.load(Ordering::Relaxed)),
-    )?;
-    gauge(
-        e,
-        "raven_recorder_queue_bytes",
-        "Bytes of batches waiting in memory for the store.",
-        load(&r.memory_bytes),
-    )?;
-    gauge(
-        e,
-        "raven_recorder_spill_bytes",
-        "Bytes of batches waiting in the spill file.",
-        load(&r.spill_bytes),
-    )?;
-    gauge(
-        e,
-        "raven_recorder_commit_lag_max_seconds",
-        "Longest time from a batch's first event to its commit.",
-        load(&r.max_lag_ns) as f64 / 1e9,
-    )?;
-    histogram(
-        e,
-        "raven_recorder_commit_lag_seconds",
-        "Time from a batch's first event being published to its commit (a backfilled batch's includes the outage it waited out).",
-        &r.commit_lag.buckets(),
-        r.commit_lag.sum_ns(),
-    )
-}
-
-/// The free and total bytes of each recorder file's filesystem (what an unprivileged
-/// writer may still use: the recorder stops storing when it is gone), and the SQLite
-/// database's own size with its WAL. Read with `statvfs` and `stat` at each scrape: a
-/// disk fills over hours, and `predict_linear` over these says when.
-fn disks(e: &mut DescriptorEncoder<'_>, files: &[(&'static str, PathBuf)]) -> fmt::Result {
-    let filesystems: Vec<(&str, rustix::fs::StatVfs)> = files
-        .iter()
-        .filter_map(|(role, file)| {
-            let directory = crate::store::directory(file);
-            Some((*role, rustix::fs::statvfs(directory).ok()?))
-        })
-        .collect();
-    if filesystems.is_empty() {
-        return Ok(());
-    }
-    for (name, help, whole) in [
-        (
-            "raven_disk_free_bytes",
-            "Bytes an unprivileged writer may still use on the filesystem of a recorder file (label file: database or spill).",
-            false,
-        ),
-        (
-            "raven_disk_size_bytes",
-            "Size of the filesystem of a recorder file (label file: database or spill).",
-            true,
-        ),
-    ] {
-        let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (role, fs) in &filesystems {
-            let blocks = if whole { fs.f_blocks } else { fs.f_bavail };
-            family
-                .encode_family(&[("file", *role)])?
-                .encode_gauge(&(blocks * fs.f_frsize))?;
-        }
-    }
-    if let Some((_, database)) = files.iter().find(|(role, _)| *role == "database") {
-        let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
-        let mut wal = database.as_os_str().to_owned();
-        wal.push("-wal");
-        gauge(
-            e,
-            "raven_store_file_bytes",
-            "Bytes of the SQLite database file and its WAL.",
-            size(database) + size(Path::new(&wal)),
-        )?;
-    }
-    Ok(())
 }
 
 /// The process's CPU time, resident memory and descriptors, from `/proc/self` (absent
